@@ -1,0 +1,1 @@
+//! Examples of ppool: run them with `cargo run --release --example <name>`.

@@ -1,0 +1,97 @@
+//! How many tasks go into one job. Tiny tasks travel in chunks so the channel's per-message
+//! cost is spread; the size adapts to how long tasks take, aiming at a few milliseconds of
+//! work per chunk (like joblib's auto batch size), unless the user fixes it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The work one chunk should hold, in nanoseconds.
+const TARGET_NANOS: u64 = 2_000_000;
+/// The most tasks in one chunk.
+pub(crate) const MAX_CHUNK: usize = 4096;
+
+/// A pool's chunk policy and what it has learnt of its tasks' duration.
+#[derive(Debug)]
+pub(crate) struct Chunking {
+    fixed: Option<usize>,
+    cap: usize,
+    /// Mean nanoseconds per task seen so far; 0 before the first chunk comes back.
+    nanos_per_task: AtomicU64,
+}
+
+impl Chunking {
+    /// `fixed`: the user's `chunk_size`; `cap`: the most tasks a chunk may hold (a worker
+    /// recycled after n tasks gets chunks of at most n).
+    pub(crate) fn new(fixed: Option<usize>, cap: Option<u64>) -> Self {
+        let cap = cap.map_or(MAX_CHUNK, |c| (c.min(MAX_CHUNK as u64) as usize).max(1));
+        Chunking { fixed, cap, nanos_per_task: AtomicU64::new(0) }
+    }
+
+    /// The chunk size for a stream of unknown length.
+    pub(crate) fn next(&self) -> usize {
+        if let Some(n) = self.fixed {
+            return n;
+        }
+        let per_task = self.nanos_per_task.load(Ordering::Relaxed);
+        if per_task == 0 {
+            return 1;
+        }
+        ((TARGET_NANOS / per_task) as usize).clamp(1, self.cap)
+    }
+
+    /// The chunk size for `len` tasks on `workers` workers: at least four chunks a worker, so
+    /// the load stays balanced, and no more work per chunk than the target once known.
+    pub(crate) fn for_len(&self, len: usize, workers: usize) -> usize {
+        if let Some(n) = self.fixed {
+            return n;
+        }
+        let balanced = len.div_ceil(4 * workers.max(1)).max(1);
+        let per_task = self.nanos_per_task.load(Ordering::Relaxed);
+        let by_time = if per_task == 0 { self.cap } else { ((TARGET_NANOS / per_task) as usize).max(1) };
+        balanced.min(by_time).min(self.cap)
+    }
+
+    /// Learns from a chunk of `count` tasks that kept a worker busy `busy_nanos`.
+    pub(crate) fn observe(&self, busy_nanos: u64, count: u32) {
+        if count == 0 || self.fixed.is_some() {
+            return;
+        }
+        let sample = (busy_nanos / u64::from(count)).max(1);
+        let old = self.nanos_per_task.load(Ordering::Relaxed);
+        let new = if old == 0 { sample } else { (old * 3 + sample) / 4 };
+        self.nanos_per_task.store(new.max(1), Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_size_wins() {
+        let c = Chunking::new(Some(7), None);
+        c.observe(1, 1);
+        assert_eq!(c.next(), 7);
+        assert_eq!(c.for_len(1000, 2), 7);
+    }
+
+    #[test]
+    fn adapts_to_task_duration() {
+        let c = Chunking::new(None, None);
+        assert_eq!(c.next(), 1, "nothing known yet");
+        c.observe(100 * 1000, 1000); // 100 ns a task
+        assert_eq!(c.next(), MAX_CHUNK);
+        let slow = Chunking::new(None, None);
+        slow.observe(10_000_000, 1); // 10 ms a task
+        assert_eq!(slow.next(), 1);
+        assert_eq!(slow.for_len(200, 2), 1);
+    }
+
+    #[test]
+    fn balances_known_lengths_and_respects_the_cap() {
+        let c = Chunking::new(None, Some(3));
+        assert_eq!(c.for_len(1000, 2), 3);
+        let c = Chunking::new(None, None);
+        assert_eq!(c.for_len(80, 2), 10);
+        assert_eq!(c.for_len(1, 8), 1);
+    }
+}

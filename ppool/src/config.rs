@@ -1,0 +1,85 @@
+//! Pool settings that need checking: the number of workers.
+
+use crate::error::Error;
+
+/// How many workers a pool has, as given to [`ProcessPool::new`](crate::ProcessPool::new) or
+/// [`Builder::n_jobs`](crate::Builder::n_jobs): `-1` for every CPU, a count `n >= 1` (clamped to
+/// the CPUs), or a share `0.0 < f <= 1.0` of the CPUs (at least one). Anything else is an
+/// [`Error::InvalidConfig`] when the pool is built.
+///
+/// Built from any integer or float, so `new(4)`, `new(-1)` and `new(0.5)` all work.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NJobs(Spec);
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Spec {
+    Count(i128),
+    Share(f64),
+}
+
+macro_rules! from_int {
+    ($($t:ty),*) => {$(
+        impl From<$t> for NJobs {
+            fn from(n: $t) -> Self {
+                NJobs(Spec::Count(n as i128))
+            }
+        }
+    )*};
+}
+from_int!(i8, i16, i32, i64, isize, u8, u16, u32, u64, usize);
+
+impl From<f64> for NJobs {
+    fn from(f: f64) -> Self {
+        NJobs(Spec::Share(f))
+    }
+}
+
+impl From<f32> for NJobs {
+    fn from(f: f32) -> Self {
+        NJobs(Spec::Share(f64::from(f)))
+    }
+}
+
+/// The CPUs this process may use, respecting affinity and cgroup quotas.
+pub(crate) fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl NJobs {
+    /// The number of workers on a machine with `cpus` usable CPUs.
+    pub(crate) fn resolve(self, cpus: usize) -> Result<usize, Error> {
+        const ALLOWED: &str = "use -1 for every CPU, a count n >= 1 (clamped to the CPUs), \
+                               or a share 0.0 < f <= 1.0 of the CPUs";
+        match self.0 {
+            Spec::Count(-1) => Ok(cpus),
+            Spec::Count(n) if n >= 1 => Ok((n.min(cpus as i128)) as usize),
+            Spec::Count(n) => Err(Error::config("n_jobs", format!("{n} is not allowed; {ALLOWED}"))),
+            Spec::Share(f) if f > 0.0 && f <= 1.0 => Ok(((f * cpus as f64).floor() as usize).max(1)),
+            Spec::Share(f) => Err(Error::config("n_jobs", format!("{f} is not allowed; {ALLOWED}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_counts_shares_and_all() {
+        assert_eq!(NJobs::from(-1).resolve(8).unwrap(), 8);
+        assert_eq!(NJobs::from(3).resolve(8).unwrap(), 3);
+        assert_eq!(NJobs::from(30u64).resolve(8).unwrap(), 8);
+        assert_eq!(NJobs::from(0.5).resolve(8).unwrap(), 4);
+        assert_eq!(NJobs::from(0.01).resolve(8).unwrap(), 1);
+        assert_eq!(NJobs::from(1.0).resolve(8).unwrap(), 8);
+    }
+
+    #[test]
+    fn rejects_everything_else_with_a_message() {
+        for bad in [NJobs::from(0), NJobs::from(-2), NJobs::from(1.5), NJobs::from(f64::NAN), NJobs::from(0.0), NJobs::from(-0.5)] {
+            let e = bad.resolve(8).unwrap_err();
+            assert!(matches!(e, Error::InvalidConfig { setting: "n_jobs", .. }), "{e}");
+            assert!(e.to_string().contains("-1 for every CPU"), "{e}");
+        }
+    }
+}

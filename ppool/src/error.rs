@@ -1,0 +1,223 @@
+//! The one error type of ppool.
+
+use std::fmt;
+use std::time::Duration;
+
+/// A `Result` whose error is [`ppool::Error`](Error).
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong with a pool or one of its tasks.
+///
+/// A failed task fails that task only: the pool goes on with the others. Every variant
+/// displays as one line a person can act on.
+///
+/// ```
+/// # use ppool::Error;
+/// fn describe(e: &Error) -> &'static str {
+///     match e {
+///         Error::Panicked { .. } => "the entry panicked",
+///         Error::WorkerDied { .. } => "the worker process died",
+///         Error::Timeout { .. } => "the task ran too long",
+///         _ => "something else",
+///     }
+/// }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The entry panicked. The worker caught the panic and goes on serving.
+    #[error("entry `{entry}` panicked on worker {worker}: {message}{}", at(location))]
+    Panicked {
+        /// The entry's name.
+        entry: String,
+        /// The index of the worker that ran it.
+        worker: usize,
+        /// The panic message.
+        message: String,
+        /// Where it panicked, as `file:line:column`, when known.
+        location: Option<String>,
+    },
+
+    /// The worker process ended while it held the task (abort, signal, `exit`, OOM kill).
+    /// The worker has been replaced.
+    #[error("worker {worker} (pid {pid}) died running entry `{entry}`: {cause}")]
+    WorkerDied {
+        /// The entry's name.
+        entry: String,
+        /// The index of the worker.
+        worker: usize,
+        /// The worker's process id.
+        pid: u32,
+        /// How it ended.
+        cause: ExitCause,
+    },
+
+    /// The task ran longer than the pool's `task_timeout`; its worker was killed and replaced.
+    #[error("entry `{entry}` ran past its {timeout:?} timeout on worker {worker} (pid {pid}); the worker was killed and replaced")]
+    Timeout {
+        /// The entry's name.
+        entry: String,
+        /// The index of the worker.
+        worker: usize,
+        /// The worker's process id.
+        pid: u32,
+        /// The timeout that was exceeded.
+        timeout: Duration,
+    },
+
+    /// The worker's memory grew past the pool's `worker_memory_limit`; it was killed and
+    /// replaced.
+    #[error("entry `{entry}` hit the memory limit of {limit} bytes on worker {worker} (pid {pid}, {rss} bytes resident); the worker was killed and replaced")]
+    MemoryLimit {
+        /// The entry's name.
+        entry: String,
+        /// The index of the worker.
+        worker: usize,
+        /// The worker's process id.
+        pid: u32,
+        /// The limit, in bytes.
+        limit: u64,
+        /// The resident memory seen when it was killed, in bytes.
+        rss: u64,
+    },
+
+    /// The pool was shut down (or the stream dropped) before the task could run.
+    #[error("the pool was shut down before the task could run")]
+    Closed,
+
+    /// The pool was built with `start(false)` and [`start`](crate::ProcessPool::start) has not
+    /// been called yet.
+    #[error("the pool has not been started: it was built with `start(false)`; call `start()` first")]
+    NotStarted,
+
+    /// A builder setting is not allowed.
+    #[error("invalid pool setting `{setting}`: {message}")]
+    InvalidConfig {
+        /// The setting, as named on the builder.
+        setting: &'static str,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+
+    /// A worker could not be started, or its initializer failed.
+    #[error("could not start a worker: {message}")]
+    Spawn {
+        /// What went wrong.
+        message: String,
+    },
+
+    /// A frame from a worker was malformed, oversized or of another build. The worker has been
+    /// replaced.
+    #[error("protocol error with worker {worker}: {message}")]
+    Protocol {
+        /// The index of the worker.
+        worker: usize,
+        /// What was wrong with the frame.
+        message: String,
+    },
+
+    /// A task's arguments or result could not be serialized or deserialized.
+    #[error("could not {action} for entry `{entry}`: {message}")]
+    Codec {
+        /// The entry's name.
+        entry: String,
+        /// What was being done, such as `encode the arguments`.
+        action: &'static str,
+        /// The serializer's message.
+        message: String,
+    },
+
+    /// Two entries of this binary have the same name, so neither can be used safely.
+    #[error("two pool entries are named `{name}`: one at {first}, one at {second}; rename one")]
+    DuplicateEntry {
+        /// The shared name.
+        name: String,
+        /// Where the first is defined (`file:line`).
+        first: String,
+        /// Where the second is defined (`file:line`).
+        second: String,
+    },
+}
+
+fn at(location: &Option<String>) -> String {
+    location.as_ref().map(|l| format!(" (at {l})")).unwrap_or_default()
+}
+
+/// How a worker process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExitCause {
+    /// It exited with this code.
+    Code(i32),
+    /// It was killed by this signal.
+    Signal(i32),
+    /// It closed its channel, and its exit status is not known.
+    Unknown,
+}
+
+impl ExitCause {
+    /// Reads an [`ExitStatus`](std::process::ExitStatus).
+    pub(crate) fn from_status(status: std::process::ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(code), _) => ExitCause::Code(code),
+            (None, Some(signal)) => ExitCause::Signal(signal),
+            (None, None) => ExitCause::Unknown,
+        }
+    }
+}
+
+impl fmt::Display for ExitCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ExitCause::Code(code) => write!(f, "exit code {code}"),
+            ExitCause::Signal(signal) => match signal_name(signal) {
+                Some(name) => write!(f, "killed by signal {signal} ({name})"),
+                None => write!(f, "killed by signal {signal}"),
+            },
+            ExitCause::Unknown => f.write_str("it closed its channel"),
+        }
+    }
+}
+
+fn signal_name(signal: i32) -> Option<&'static str> {
+    Some(match signal {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        5 => "SIGTRAP",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        15 => "SIGTERM",
+        24 => "SIGXCPU",
+        25 => "SIGXFSZ",
+        _ => return None,
+    })
+}
+
+impl Error {
+    pub(crate) fn spawn(message: impl Into<String>) -> Self {
+        Error::Spawn { message: message.into() }
+    }
+
+    pub(crate) fn config(setting: &'static str, message: impl Into<String>) -> Self {
+        Error::InvalidConfig { setting, message: message.into() }
+    }
+
+    /// True for the failures that say a worker process was lost (died, timed out, hit its
+    /// memory limit or broke the protocol), as opposed to a failure of the task itself.
+    pub fn is_worker_failure(&self) -> bool {
+        matches!(
+            self,
+            Error::WorkerDied { .. }
+                | Error::Timeout { .. }
+                | Error::MemoryLimit { .. }
+                | Error::Protocol { .. }
+        )
+    }
+}

@@ -1,0 +1,100 @@
+//! Typed jobs: encode a chunk of one entry's tasks into a frame, and turn the worker's answer
+//! back into one `Result` per task.
+
+use crate::codec;
+use crate::entry::Entry;
+use crate::error::{Error, Result};
+use crate::protocol::{self, FrameBuf, Outcome};
+use crate::supervisor::{Deliver, Delivery, Job};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+/// Builds the frame of one job from up to `max` tasks.
+pub(crate) struct ChunkEncoder {
+    frame: FrameBuf,
+    count: u32,
+}
+
+impl ChunkEncoder {
+    pub(crate) fn new() -> Self {
+        let mut frame = FrameBuf::default();
+        protocol::start_tasks(&mut frame, 0, 0);
+        ChunkEncoder { frame, count: 0 }
+    }
+
+    /// Appends one task; on failure the chunk is unchanged and the error says why.
+    pub(crate) fn push<F: Entry>(&mut self, args: &F::Args) -> Result<()> {
+        self.frame
+            .block(|out| codec::encode_into(args, out))
+            .map_err(|message| Error::Codec { entry: F::NAME.to_string(), action: "encode the arguments", message })?;
+        self.count += 1;
+        Ok(())
+    }
+
+    pub(crate) fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// The job, with `deliver` for its results.
+    pub(crate) fn into_job(mut self, deliver: Deliver, cancelled: Option<Arc<AtomicBool>>) -> Job {
+        protocol::set_count(&mut self.frame, self.count);
+        Job { count: self.count, frame: self.frame.take(), deliver, cancelled, attempts: 0 }
+    }
+}
+
+/// A job of a single task.
+pub(crate) fn single<F: Entry>(args: &F::Args, deliver: Deliver) -> Result<Job, (Error, Deliver)> {
+    let mut chunk = ChunkEncoder::new();
+    match chunk.push::<F>(args) {
+        Ok(()) => Ok(chunk.into_job(deliver, None)),
+        Err(e) => Err((e, deliver)),
+    }
+}
+
+/// Calls `each(k, result)` for the `k`-th task of a job of `count` tasks.
+pub(crate) fn for_each_result<F: Entry>(delivery: Delivery<'_>, count: u32, mut each: impl FnMut(usize, Result<F::Output>)) {
+    match delivery {
+        Ok((results, worker)) => {
+            for (k, outcome) in results.outcomes().enumerate() {
+                each(k, convert::<F>(outcome, worker));
+            }
+        }
+        Err(error) => {
+            for k in 0..count as usize {
+                each(k, Err(error.clone()));
+            }
+        }
+    }
+}
+
+/// The result of a job of one task.
+pub(crate) fn first_result<F: Entry>(delivery: Delivery<'_>) -> Result<F::Output> {
+    let mut out = None;
+    for_each_result::<F>(delivery, 1, |_, r| {
+        if out.is_none() {
+            out = Some(r);
+        }
+    });
+    out.unwrap_or(Err(Error::Protocol { worker: 0, message: "a job came back without results".into() }))
+}
+
+fn convert<F: Entry>(outcome: Outcome<'_>, worker: usize) -> Result<F::Output> {
+    match outcome {
+        Outcome::Ok(bytes) => codec::decode::<F::Output>(bytes).map_err(|message| Error::Codec {
+            entry: F::NAME.to_string(),
+            action: "decode the result",
+            message,
+        }),
+        Outcome::Panicked { message, location } => Err(Error::Panicked {
+            entry: F::NAME.to_string(),
+            worker,
+            message: message.to_string(),
+            location: (!location.is_empty()).then(|| location.to_string()),
+        }),
+        Outcome::Codec { action, message } => Err(Error::Codec {
+            entry: F::NAME.to_string(),
+            action: if action.starts_with("decode") { "decode the arguments" } else { "encode the result" },
+            message: message.to_string(),
+        }),
+    }
+}

@@ -1,0 +1,110 @@
+//! Run your program's own functions across CPU cores, in worker processes.
+//!
+//! ```
+//! use ppool::{pool_entry, ProcessPool};
+//!
+//! #[pool_entry]
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! ppool::main! {
+//!     fn main() -> Result<(), ppool::Error> {
+//!         let pool = ProcessPool::<square>::new(-1)?;       // one worker per CPU
+//!         assert_eq!(pool.call(7)?, 49);                     // blocking, from any thread
+//!         let squares = pool.batch(0..1000).wait()?;         // all results, in order
+//!         assert_eq!(squares[999], 998_001);
+//!         for r in pool.map(0..10_000) {                     // lazy, bounded memory
+//!             let _y: u64 = r?;
+//!         }
+//!         pool.join()
+//!     }
+//! }
+//! ```
+//!
+//! - [`#[pool_entry]`](pool_entry) marks a free function as something a worker can run. It
+//!   stays an ordinary function, and a type of the same name types the pool:
+//!   `ProcessPool::<square>` takes `u64` tasks and gives `u64` results.
+//! - [`ppool::main!`](main!) wraps `main`: started normally, the binary runs `main`; started by
+//!   a pool, the same binary serves tasks instead. In test crates, [`test_support!`] does the
+//!   same job in one line.
+//! - A worker that panics, crashes or hangs fails that one task with a clear [`Error`]; it is
+//!   replaced, and the pool goes on.
+//!
+//! Workers talk to the pool over two private pipes with length-prefixed frames; values travel
+//! as [postcard](https://docs.rs/postcard). The worker's stdout and stderr are the program's.
+
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations)]
+
+mod batch;
+mod chunking;
+mod codec;
+mod config;
+mod entry;
+mod error;
+mod jobs;
+mod launch;
+mod local;
+mod pool;
+mod process;
+mod protocol;
+mod stream;
+mod supervisor;
+mod task;
+mod watchdog;
+mod worker;
+
+pub use batch::Batch;
+pub use config::NJobs;
+pub use entry::{Entry, Portable};
+pub use error::{Error, ExitCause, Result};
+pub use pool::{Builder, ProcessPool};
+pub use stream::Map;
+pub use task::Task;
+
+/// Marks a free function as a pool entry: something a worker process can run.
+///
+/// ```
+/// use ppool::{pool_entry, ProcessPool};
+///
+/// #[pool_entry]
+/// fn add(a: i64, b: i64) -> i64 {   // several arguments: the task is a tuple
+///     a + b
+/// }
+///
+/// ppool::main! {
+///     fn main() -> Result<(), ppool::Error> {
+///         assert_eq!(add(2, 3), 5);                      // still an ordinary function
+///         let pool = ProcessPool::<add>::new(2)?;        // typed by the entry
+///         assert_eq!(pool.call((2, 3))?, 5);
+///         Ok(())
+///     }
+/// }
+/// ```
+///
+/// The function is registered in a link-time table under a stable name, its module path and
+/// identifier, and a type with the same name implements [`Entry`]. Its arguments and return
+/// type must be `serde::Serialize + serde::de::DeserializeOwned + Send + 'static`
+/// ([`Portable`]). Methods, generic, `async`, `unsafe` and `const` functions, reference and
+/// `impl Trait` arguments and patterns in the argument list are compile errors that point at
+/// the offending token.
+pub use ppool_macros::pool_entry;
+
+/// The current worker's index in its pool (`0..n_jobs`), or `None` outside a worker.
+pub fn worker_index() -> Option<usize> {
+    worker::WORKER.get().map(|w| w.index)
+}
+
+/// The name of the pool this worker serves, or `None` outside a worker.
+pub fn worker_pool_name() -> Option<&'static str> {
+    worker::WORKER.get().map(|w| w.pool.as_str())
+}
+
+/// What the macros' expansions need; not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::entry::{ENTRIES, Entry, EntryRecord, assert_portable};
+    pub use crate::launch::{LAUNCHERS, Launcher, run_test_worker, run_worker_if_requested};
+    pub use linkme;
+}

@@ -1,0 +1,474 @@
+//! The typed pool: [`ProcessPool<F>`] and its [`Builder`]. The only generic layer; everything
+//! beneath it moves bytes.
+
+use crate::batch::{Batch, Gather};
+use crate::chunking::Chunking;
+use crate::codec;
+use crate::config::{self, NJobs};
+use crate::entry::{self, Entry};
+use crate::error::{Error, Result};
+use crate::jobs::{self, ChunkEncoder};
+use crate::process::Spec;
+use crate::protocol::DEFAULT_MAX_FRAME;
+use crate::stream::Map;
+use crate::supervisor::{Core, Delivery, Settings};
+use crate::task::{OneShot, Task};
+use std::ffi::OsString;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A pool of worker processes that run the entry `F`.
+///
+/// `ProcessPool::<square>` takes `square`'s arguments as its tasks and gives its return values
+/// as results. It is `Send + Sync`: share it between threads (by reference or in an `Arc`)
+/// and call it from all of them at once.
+///
+/// ```
+/// use ppool::{pool_entry, ProcessPool};
+///
+/// #[pool_entry]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// ppool::main! {
+///     fn main() -> Result<(), ppool::Error> {
+///         let pool = ProcessPool::<square>::new(2)?;
+///         assert_eq!(pool.call(7)?, 49);
+///         assert_eq!(pool.batch(1..=3).wait()?, [1, 4, 9]);
+///         let total: u64 = pool.map(0..100).map(|r| r.unwrap_or(0)).sum();
+///         assert_eq!(total, 328_350);
+///         pool.join()
+///     }
+/// }
+/// ```
+///
+/// Dropping the pool stops it as [`shutdown`](Self::shutdown) does: call
+/// [`join`](Self::join) first to let submitted work finish.
+pub struct ProcessPool<F: Entry> {
+    core: Core,
+    chunking: Arc<Chunking>,
+    stream_window: usize,
+    _entry: PhantomData<fn() -> F>,
+}
+
+impl<F: Entry> std::fmt::Debug for ProcessPool<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessPool")
+            .field("entry", &F::NAME)
+            .field("name", &self.name())
+            .field("n_jobs", &self.n_jobs())
+            .field("running", &self.is_running())
+            .finish()
+    }
+}
+
+impl<F: Entry> ProcessPool<F> {
+    /// A started pool of `n_jobs` workers: `-1` for every CPU, a count `n >= 1` (clamped to
+    /// the CPUs), or a share `0.0 < f <= 1.0` of the CPUs.
+    pub fn new(n_jobs: impl Into<NJobs>) -> Result<Self> {
+        Self::builder().n_jobs(n_jobs).build()
+    }
+
+    /// A builder for a pool with more settings.
+    pub fn builder() -> Builder<F> {
+        Builder::new()
+    }
+
+    /// Starts the workers of a pool built with `start(false)`. Starting a running pool does
+    /// nothing.
+    pub fn start(&self) -> Result<()> {
+        self.core.start()
+    }
+
+    /// Runs one task and waits for its result. Call it from many threads at once to use every
+    /// worker; a call made when a worker is idle drives that worker from the calling thread.
+    pub fn call(&self, args: F::Args) -> Result<F::Output> {
+        let slot = OneShot::new();
+        let sink = Arc::clone(&slot);
+        let deliver = Box::new(move |d: Delivery<'_>| sink.set(jobs::first_result::<F>(d)));
+        match jobs::single::<F>(&args, deliver) {
+            Ok(job) => self.core.run_or_submit(job),
+            Err((e, _)) => return Err(e),
+        }
+        slot.take().unwrap_or(Err(Error::Closed))
+    }
+
+    /// Runs one task; `callback` gets its result on one of the pool's threads as soon as it
+    /// is back. A panicking callback is caught and reported; the pool goes on.
+    pub fn call_with<C>(&self, args: F::Args, callback: C)
+    where
+        C: FnOnce(Result<F::Output>) + Send + 'static,
+    {
+        let deliver = Box::new(move |d: Delivery<'_>| {
+            let result = jobs::first_result::<F>(d);
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(result))).is_err() {
+                tracing::error!(entry = F::NAME, "a call_with callback panicked");
+            }
+        });
+        match jobs::single::<F>(&args, deliver) {
+            Ok(job) => self.core.submit(job),
+            Err((e, deliver)) => deliver(Err(e)),
+        }
+    }
+
+    /// Submits one task and returns at once; the [`Task`] gives its result later, and is also
+    /// a `Future`.
+    pub fn submit(&self, args: F::Args) -> Task<F::Output> {
+        let slot = OneShot::new();
+        let sink = Arc::clone(&slot);
+        let deliver = Box::new(move |d: Delivery<'_>| sink.set(jobs::first_result::<F>(d)));
+        match jobs::single::<F>(&args, deliver) {
+            Ok(job) => self.core.submit(job),
+            Err((e, deliver)) => deliver(Err(e)),
+        }
+        Task::new(slot)
+    }
+
+    /// Submits every task of `tasks` now, in chunks; the [`Batch`] gives the results in input
+    /// order.
+    pub fn batch<I>(&self, tasks: I) -> Batch<F::Output>
+    where
+        I: IntoIterator<Item = F::Args>,
+    {
+        let tasks: Vec<F::Args> = tasks.into_iter().collect();
+        let gather = Gather::new(tasks.len());
+        let size = self.chunking.for_len(tasks.len(), self.n_jobs()).max(1);
+        let mut start = 0usize;
+        let mut chunk = ChunkEncoder::new();
+        for (i, args) in tasks.iter().enumerate() {
+            if let Err(e) = chunk.push::<F>(args) {
+                self.submit_chunk(std::mem::replace(&mut chunk, ChunkEncoder::new()), &gather, start);
+                gather.fill(i, |put| put(0, Err(e)));
+                start = i + 1;
+                continue;
+            }
+            if chunk.count() as usize >= size {
+                self.submit_chunk(std::mem::replace(&mut chunk, ChunkEncoder::new()), &gather, start);
+                start = i + 1;
+            }
+        }
+        self.submit_chunk(chunk, &gather, start);
+        Batch::new(gather)
+    }
+
+    fn submit_chunk(&self, chunk: ChunkEncoder, gather: &Arc<Gather<F::Output>>, start: usize) {
+        let count = chunk.count();
+        if count == 0 {
+            return;
+        }
+        let gather = Arc::clone(gather);
+        let chunking = Arc::clone(&self.chunking);
+        let deliver = Box::new(move |d: Delivery<'_>| {
+            if let Ok((r, _)) = &d {
+                chunking.observe(r.busy_nanos, r.count);
+            }
+            gather.fill(start, |put| jobs::for_each_result::<F>(d, count, put));
+        });
+        self.core.submit(chunk.into_job(deliver, None));
+    }
+
+    /// Runs the tasks of `tasks` as it is iterated, yielding results in input order. The input
+    /// is read lazily and a bounded number of tasks is in flight, so an endless input runs in
+    /// constant memory. Dropping the iterator cancels the tasks not yet started.
+    pub fn map<I>(&self, tasks: I) -> Map<'_, F, I::IntoIter>
+    where
+        I: IntoIterator<Item = F::Args>,
+    {
+        Map::new(self, tasks.into_iter(), true, self.stream_window)
+    }
+
+    /// Like [`map`](Self::map), but yields results as they complete.
+    pub fn map_unordered<I>(&self, tasks: I) -> Map<'_, F, I::IntoIter>
+    where
+        I: IntoIterator<Item = F::Args>,
+    {
+        Map::new(self, tasks.into_iter(), false, self.stream_window)
+    }
+
+    /// The number of workers.
+    pub fn n_jobs(&self) -> usize {
+        self.core.settings().n_jobs
+    }
+
+    /// The pool's name, used for its threads and log lines.
+    pub fn name(&self) -> &str {
+        &self.core.spec().pool
+    }
+
+    /// True while the workers are up.
+    pub fn is_running(&self) -> bool {
+        self.core.is_running()
+    }
+
+    /// The last worker failure seen (a death, timeout, memory limit, protocol error or failed
+    /// restart), if any.
+    pub fn detected_worker_error(&self) -> Option<Error> {
+        self.core.last_error()
+    }
+
+    /// Finishes everything submitted, then stops the workers. New tasks are refused with
+    /// [`Error::Closed`].
+    pub fn join(&self) -> Result<()> {
+        self.core.join()
+    }
+
+    /// Stops now: kills the workers; tasks not finished end with [`Error::Closed`].
+    pub fn shutdown(&self) {
+        self.core.shutdown();
+    }
+
+    pub(crate) fn core(&self) -> &Core {
+        &self.core
+    }
+
+    pub(crate) fn chunking(&self) -> &Chunking {
+        &self.chunking
+    }
+
+    pub(crate) fn chunking_arc(&self) -> &Arc<Chunking> {
+        &self.chunking
+    }
+}
+
+/// Settings for a [`ProcessPool`]; see [`ProcessPool::builder`].
+///
+/// ```
+/// # use ppool::{pool_entry, ProcessPool};
+/// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+/// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+/// let pool = ProcessPool::<square>::builder()
+///     .n_jobs(-1)
+///     .name("squares")
+///     .env("OMP_NUM_THREADS", "1")
+///     .max_tasks_per_worker(1000)
+///     .task_timeout(std::time::Duration::from_secs(30))
+///     .build()?;
+/// assert_eq!(pool.call(3)?, 9);
+/// # Ok(()) } }
+/// ```
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct Builder<F: Entry> {
+    n_jobs: NJobs,
+    name: Option<String>,
+    start: bool,
+    debug: bool,
+    env: Vec<(OsString, OsString)>,
+    disable_gpu: bool,
+    max_tasks_per_worker: Option<u64>,
+    task_timeout: Option<Duration>,
+    memory_limit: Option<u64>,
+    retries: u32,
+    chunk_size: Option<usize>,
+    max_frame: usize,
+    initializer: Option<(&'static str, Result<Vec<u8>, Error>)>,
+    _entry: PhantomData<fn() -> F>,
+}
+
+impl<F: Entry> std::fmt::Debug for Builder<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("entry", &F::NAME)
+            .field("n_jobs", &self.n_jobs)
+            .field("name", &self.name)
+            .field("start", &self.start)
+            .field("debug", &self.debug)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: Entry> Builder<F> {
+    fn new() -> Self {
+        Builder {
+            n_jobs: NJobs::from(-1),
+            name: None,
+            start: true,
+            debug: false,
+            env: Vec::new(),
+            disable_gpu: true,
+            max_tasks_per_worker: None,
+            task_timeout: None,
+            memory_limit: None,
+            retries: 0,
+            chunk_size: None,
+            max_frame: DEFAULT_MAX_FRAME,
+            initializer: None,
+            _entry: PhantomData,
+        }
+    }
+
+    /// The number of workers: `-1` for every CPU (the default), a count `n >= 1` (clamped to
+    /// the CPUs), or a share `0.0 < f <= 1.0` of the CPUs (at least one).
+    pub fn n_jobs(mut self, n_jobs: impl Into<NJobs>) -> Self {
+        self.n_jobs = n_jobs.into();
+        self
+    }
+
+    /// Names the pool's threads and log lines. Defaults to the entry's name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Whether `build` starts the workers (the default), or [`ProcessPool::start`] will.
+    pub fn start(mut self, start: bool) -> Self {
+        self.start = start;
+        self
+    }
+
+    /// Runs tasks in this process, on one thread, through the same API: for debuggers and
+    /// for readable panics.
+    pub fn debug(mut self, debug: bool) -> Self {
+        self.debug = debug;
+        self
+    }
+
+    /// Sets an environment variable for the workers.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Hides GPUs from the workers with `CUDA_VISIBLE_DEVICES=-1` (the default: true).
+    pub fn disable_gpu(mut self, disable: bool) -> Self {
+        self.disable_gpu = disable;
+        self
+    }
+
+    /// Replaces a worker after it has run `n` tasks (`maxtasksperchild`).
+    pub fn max_tasks_per_worker(mut self, n: u64) -> Self {
+        self.max_tasks_per_worker = Some(n);
+        self
+    }
+
+    /// Kills and replaces a worker whose task runs longer than `timeout`; the task fails
+    /// with [`Error::Timeout`]. Unless a `chunk_size` is set, tasks then travel one by one.
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.task_timeout = Some(timeout);
+        self
+    }
+
+    /// Kills and replaces a worker whose resident memory grows past `bytes`; its task fails
+    /// with [`Error::MemoryLimit`].
+    pub fn worker_memory_limit(mut self, bytes: u64) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// Runs a task again, up to `n` times on a fresh worker, when its worker died under it.
+    /// Panics and timeouts are not retried. Default 0.
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = n;
+        self
+    }
+
+    /// Sends tasks of `batch` and `map` in chunks of `n` instead of the adaptive size.
+    pub fn chunk_size(mut self, n: usize) -> Self {
+        self.chunk_size = Some(n);
+        self
+    }
+
+    /// The largest frame a worker may send or receive, in bytes (default 1 GiB).
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.max_frame = bytes;
+        self
+    }
+
+    /// Runs the entry `E` with `args` once in every worker, replacements too, before its
+    /// first task (`multiprocessing`'s `initializer` and `initargs`).
+    pub fn initializer<E: Entry>(mut self, args: E::Args) -> Self {
+        let mut bytes = Vec::new();
+        let encoded = codec::encode_into(&args, &mut bytes)
+            .map(|()| bytes)
+            .map_err(|message| Error::Codec { entry: E::NAME.to_string(), action: "encode the arguments", message });
+        self.initializer = Some((E::NAME, encoded));
+        self
+    }
+
+    /// Checks the settings and builds the pool (and starts it, unless `start(false)`).
+    pub fn build(self) -> Result<ProcessPool<F>> {
+        let n_jobs = if self.debug { 1 } else { self.n_jobs.resolve(config::cpus())? };
+        let name = self.name.unwrap_or_else(|| F::NAME.rsplit("::").next().unwrap_or(F::NAME).to_string());
+        if name.is_empty() || name.contains('\0') {
+            return Err(Error::config("name", "must be non-empty and contain no NUL byte"));
+        }
+        for (key, value) in &self.env {
+            let k = key.as_encoded_bytes();
+            if k.is_empty() || k.contains(&b'=') || k.contains(&0) || value.as_encoded_bytes().contains(&0) {
+                return Err(Error::config(
+                    "env",
+                    format!("{key:?} is not a valid variable name (empty, or with `=` or NUL)"),
+                ));
+            }
+        }
+        if self.max_tasks_per_worker == Some(0) {
+            return Err(Error::config("max_tasks_per_worker", "must be at least 1"));
+        }
+        if self.task_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::config("task_timeout", "must be longer than zero"));
+        }
+        if self.memory_limit == Some(0) {
+            return Err(Error::config("worker_memory_limit", "must be more than zero bytes"));
+        }
+        if self.chunk_size == Some(0) {
+            return Err(Error::config("chunk_size", "must be at least 1"));
+        }
+        if self.max_frame < 1024 || self.max_frame > u32::MAX as usize {
+            return Err(Error::config("max_frame_size", format!("must be between 1 KiB and {} bytes", u32::MAX)));
+        }
+        entry::find(F::NAME)?;
+        let initializer = match self.initializer {
+            None => None,
+            Some((name, encoded)) => {
+                entry::find(name)?;
+                Some((name, encoded?))
+            }
+        };
+        let chunk_size = match (self.chunk_size, self.task_timeout) {
+            (Some(n), _) => Some(n),
+            (None, Some(_)) => Some(1),
+            (None, None) => None,
+        };
+        let chunking = Arc::new(Chunking::new(chunk_size, self.max_tasks_per_worker));
+        let spec = Spec {
+            pool: name,
+            entry: F::NAME,
+            env: self.env,
+            disable_gpu: self.disable_gpu,
+            max_frame: self.max_frame,
+            initializer,
+            token: random_token(),
+        };
+        let settings = Settings {
+            n_jobs,
+            debug: self.debug,
+            max_tasks_per_worker: self.max_tasks_per_worker,
+            task_timeout: self.task_timeout,
+            memory_limit: self.memory_limit,
+            retries: self.retries,
+            pipeline: 2,
+        };
+        let pool = ProcessPool {
+            core: Core::new(spec, settings),
+            chunking,
+            stream_window: n_jobs * 4 * crate::chunking::MAX_CHUNK.min(1024),
+            _entry: PhantomData,
+        };
+        if self.start {
+            pool.start()?;
+        }
+        Ok(pool)
+    }
+}
+
+/// A number no other process can guess, to pair a worker with its pool.
+fn random_token() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(t.as_nanos());
+    }
+    h.finish()
+}

@@ -1,0 +1,231 @@
+//! One worker process seen from the supervisor: start it with its channel, greet it, send it
+//! frames, read its frames, kill and reap it. Bytes only; no user types.
+
+use crate::entry;
+use crate::error::{Error, ExitCause};
+use crate::launch::{self, CHANNEL_ENV};
+use crate::protocol::{self, FrameBuf, FrameError, FrameReader, Hello, Ready};
+use std::ffi::OsString;
+use std::io::{self, PipeReader, PipeWriter, Write};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a started worker may take to answer the greeting.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a retired worker may take to exit before it is killed.
+const RETIRE_GRACE: Duration = Duration::from_secs(2);
+
+/// Everything needed to start a worker of a pool.
+#[derive(Debug, Clone)]
+pub(crate) struct Spec {
+    pub(crate) pool: String,
+    pub(crate) entry: &'static str,
+    pub(crate) env: Vec<(OsString, OsString)>,
+    pub(crate) disable_gpu: bool,
+    pub(crate) max_frame: usize,
+    pub(crate) initializer: Option<(&'static str, Vec<u8>)>,
+    pub(crate) token: u64,
+}
+
+/// A running worker process and its channel.
+#[derive(Debug)]
+pub(crate) struct WorkerProc {
+    pub(crate) index: usize,
+    pub(crate) pid: u32,
+    child: Child,
+    reaped: Option<ExitCause>,
+    tx: PipeWriter,
+    rx: FrameReader<PipeReader>,
+    body: Vec<u8>,
+    /// Tasks this process has finished.
+    pub(crate) tasks_done: u64,
+}
+
+impl WorkerProc {
+    /// Starts worker `index` and sends its greeting; [`ready`](Self::ready) waits for the
+    /// answer, so that several workers start at once.
+    pub(crate) fn spawn(spec: &Spec, index: usize) -> Result<Self, Error> {
+        let pipe_error = |e: io::Error| Error::spawn(format!("cannot create a pipe: {e}"));
+        let (task_r, task_w) = io::pipe().map_err(pipe_error)?;
+        let (result_r, result_w) = io::pipe().map_err(pipe_error)?;
+        let mut command = launch::worker_command()?;
+        let child_fds = [task_r.as_raw_fd(), result_w.as_raw_fd()];
+        command
+            .env(CHANNEL_ENV, format!("{},{},{}", child_fds[0], child_fds[1], spec.max_frame))
+            .stdin(Stdio::null());
+        if spec.disable_gpu {
+            command.env("CUDA_VISIBLE_DEVICES", "-1");
+        }
+        command.envs(spec.env.iter().map(|(k, v)| (k, v)));
+        // SAFETY: the closure runs between fork and exec and only calls `fcntl`, which is
+        // async-signal-safe. It lets exactly the two channel descriptors survive `exec`.
+        unsafe {
+            command.pre_exec(move || {
+                for fd in child_fds {
+                    let fd = BorrowedFd::borrow_raw(fd);
+                    rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().map_err(|e| Error::spawn(format!("cannot start worker {index}: {e}")))?;
+        drop((task_r, result_w));
+        let pid = child.id();
+        let mut worker = WorkerProc {
+            index,
+            pid,
+            child,
+            reaped: None,
+            tx: task_w,
+            rx: FrameReader::new(result_r, spec.max_frame),
+            body: Vec::new(),
+            tasks_done: 0,
+        };
+        let mut frame = FrameBuf::default();
+        Hello {
+            build_id: entry::build_id(),
+            token: spec.token,
+            worker: index as u32,
+            pool: &spec.pool,
+            entry: spec.entry,
+        }
+        .write(&mut frame);
+        let mut greeting = frame.take();
+        if let Some((name, args)) = &spec.initializer {
+            protocol::write_init(&mut frame, name, args);
+            greeting.extend_from_slice(frame.finish());
+        }
+        // Greeting and INIT fit in the pipe's buffer for any sane initializer; a huge one
+        // blocks until the worker reads it, which it does first thing.
+        if let Err(e) = worker.tx.write_all(&greeting) {
+            return Err(worker.start_failure(&format!("cannot greet it: {e}")));
+        }
+        Ok(worker)
+    }
+
+    /// Waits for the worker's answer to the greeting, and for its initializer.
+    pub(crate) fn ready(&mut self, spec: &Spec) -> Result<(), Error> {
+        if !self.wait_readable(READY_TIMEOUT)? {
+            self.kill();
+            return Err(Error::spawn(format!(
+                "worker {} (pid {}) did not answer within {READY_TIMEOUT:?}",
+                self.index, self.pid
+            )));
+        }
+        let body = match self.rx.read(&mut self.body) {
+            Ok(()) => &self.body,
+            Err(e) => return Err(self.start_failure(&e.to_string())),
+        };
+        match Ready::parse(body) {
+            Ok(Ready::Ok { build_id, token, .. }) => {
+                if build_id != entry::build_id() || token != spec.token {
+                    return Err(self.start_failure("it is a worker of another build"));
+                }
+            }
+            Ok(Ready::Refused(why)) => {
+                let why = why.to_string();
+                return Err(self.start_failure(&format!("it refused: {why}")));
+            }
+            Err(e) => return Err(self.start_failure(&e.to_string())),
+        }
+        if let Some((name, _)) = &spec.initializer {
+            let done = match self.rx.read(&mut self.body) {
+                Ok(()) => protocol::parse_init_done(&self.body).map_err(|e| e.to_string()),
+                Err(e) => Err(format!("its initializer `{name}` did not finish: {e}")),
+            };
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) | Err(why) => return Err(self.start_failure(&why)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Kills and reaps a worker that failed to start, and says how it ended.
+    fn start_failure(&mut self, what: &str) -> Error {
+        self.kill();
+        let cause = self.reap();
+        Error::spawn(format!("worker {} (pid {}): {what} ({cause})", self.index, self.pid))
+    }
+
+    /// Waits until the worker's channel has something to read; false on timeout.
+    fn wait_readable(&self, timeout: Duration) -> Result<bool, Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut fds = [rustix::event::PollFd::new(self.rx.get_ref(), rustix::event::PollFlags::IN)];
+            let wait = rustix::event::Timespec::try_from(left).ok();
+            match rustix::event::poll(&mut fds, wait.as_ref()) {
+                Ok(0) if left.is_zero() => return Ok(false),
+                Ok(0) => {}
+                Ok(_) => return Ok(true),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(Error::spawn(format!("cannot wait for worker {}: {e}", self.index))),
+            }
+        }
+    }
+
+    /// Sends one finished frame.
+    pub(crate) fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        self.tx.write_all(frame)
+    }
+
+    /// Reads one frame into [`body`](Self::body).
+    pub(crate) fn recv(&mut self) -> Result<(), FrameError> {
+        self.rx.read(&mut self.body)
+    }
+
+    /// The body of the frame last received.
+    pub(crate) fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// Kills the process (SIGKILL) unless it was reaped already.
+    pub(crate) fn kill(&mut self) {
+        if self.reaped.is_none() {
+            let _ = self.child.kill();
+        }
+    }
+
+    /// Waits for the process to end and says how it did.
+    pub(crate) fn reap(&mut self) -> ExitCause {
+        if let Some(cause) = self.reaped {
+            return cause;
+        }
+        let cause = match self.child.wait() {
+            Ok(status) => ExitCause::from_status(status),
+            Err(_) => ExitCause::Unknown,
+        };
+        self.reaped = Some(cause);
+        cause
+    }
+
+    /// Asks the worker to exit after its current work and reaps it; kills it if it lingers.
+    pub(crate) fn retire(mut self) {
+        let mut frame = FrameBuf::default();
+        protocol::write_exit(&mut frame);
+        if self.send(frame.finish()).is_ok() {
+            let deadline = Instant::now() + RETIRE_GRACE;
+            while Instant::now() < deadline {
+                match self.child.try_wait() {
+                    Ok(Some(status)) => {
+                        self.reaped = Some(ExitCause::from_status(status));
+                        return;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(1)),
+                    Err(_) => break,
+                }
+            }
+        }
+        // Drop kills and reaps.
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        self.kill();
+        self.reap();
+    }
+}

@@ -1,0 +1,560 @@
+//! The worker channel: length-prefixed frames over any byte stream, and the messages they
+//! carry. Pure `Read`/`Write`; nothing here knows about processes or user types.
+//!
+//! A frame is a little-endian `u32` body length followed by the body. The body's first byte is
+//! the message kind. Integers are little-endian, strings and byte blocks are `u32`-length
+//! prefixed. Reading a frame never allocates more than the bytes that actually arrived, and a
+//! length above the limit is refused before anything is read.
+
+use std::io::{self, Read, Write};
+
+/// Bumped whenever the frame layout changes.
+pub(crate) const PROTOCOL_VERSION: u32 = 1;
+/// The first bytes of a handshake, to recognise a ppool peer.
+pub(crate) const MAGIC: [u8; 4] = *b"PPL\x01";
+/// The default largest frame, in bytes.
+pub(crate) const DEFAULT_MAX_FRAME: usize = 1 << 30;
+
+/// Message kinds, supervisor to worker.
+pub(crate) mod kind {
+    pub(crate) const HELLO: u8 = 1;
+    pub(crate) const INIT: u8 = 2;
+    pub(crate) const TASKS: u8 = 3;
+    pub(crate) const EXIT: u8 = 4;
+    // worker to supervisor
+    pub(crate) const READY: u8 = 11;
+    pub(crate) const REFUSE: u8 = 12;
+    pub(crate) const INIT_DONE: u8 = 13;
+    pub(crate) const RESULTS: u8 = 14;
+}
+
+/// Why a frame could not be read.
+#[derive(Debug)]
+pub(crate) enum FrameError {
+    /// The stream ended cleanly between frames.
+    Closed,
+    /// Reading failed, or the stream ended inside a frame.
+    Io(io::Error),
+    /// The frame claims more bytes than the limit allows.
+    TooLarge { len: usize, max: usize },
+    /// The frame's content does not parse.
+    Malformed(String),
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::Closed => f.write_str("the channel closed"),
+            FrameError::Io(e) => write!(f, "reading the channel failed: {e}"),
+            FrameError::TooLarge { len, max } => {
+                write!(f, "a frame claims {len} bytes, more than the {max}-byte limit")
+            }
+            FrameError::Malformed(m) => write!(f, "malformed frame: {m}"),
+        }
+    }
+}
+
+fn malformed(what: impl Into<String>) -> FrameError {
+    FrameError::Malformed(what.into())
+}
+
+/// Reads frames from a byte stream into a reused buffer.
+#[derive(Debug)]
+pub(crate) struct FrameReader<R> {
+    inner: io::BufReader<R>,
+    max: usize,
+}
+
+impl<R: Read> FrameReader<R> {
+    pub(crate) fn new(inner: R, max: usize) -> Self {
+        FrameReader { inner: io::BufReader::with_capacity(64 * 1024, inner), max }
+    }
+
+    /// Reads one frame's body into `body` (replacing its contents).
+    pub(crate) fn read(&mut self, body: &mut Vec<u8>) -> Result<(), FrameError> {
+        let mut header = [0u8; 4];
+        let mut got = 0;
+        while got < 4 {
+            match self.inner.read(&mut header[got..]) {
+                Ok(0) if got == 0 => return Err(FrameError::Closed),
+                Ok(0) => {
+                    return Err(FrameError::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the channel closed inside a frame header",
+                    )));
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(FrameError::Io(e)),
+            }
+        }
+        let len = u32::from_le_bytes(header) as usize;
+        if len > self.max {
+            return Err(FrameError::TooLarge { len, max: self.max });
+        }
+        if len == 0 {
+            return Err(malformed("empty frame"));
+        }
+        body.clear();
+        // Grow with what arrives, not with what the header claims: a lying header costs at
+        // most one bounded reservation.
+        body.reserve(len.min(16 << 20));
+        let read = (&mut self.inner).take(len as u64).read_to_end(body).map_err(FrameError::Io)?;
+        if read < len {
+            return Err(FrameError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the channel closed inside a frame ({read} of {len} bytes)"),
+            )));
+        }
+        Ok(())
+    }
+
+    /// The underlying stream.
+    pub(crate) fn get_ref(&self) -> &R {
+        self.inner.get_ref()
+    }
+}
+
+/// Builds one frame in a buffer, then writes it with a single `write_all`.
+#[derive(Debug, Default)]
+pub(crate) struct FrameBuf {
+    buf: Vec<u8>,
+}
+
+impl FrameBuf {
+    /// Starts a frame of `kind`, discarding what the buffer held.
+    pub(crate) fn start(&mut self, kind: u8) -> &mut Self {
+        self.buf.clear();
+        self.buf.extend_from_slice(&[0, 0, 0, 0, kind]);
+        self
+    }
+
+    pub(crate) fn u8(&mut self, v: u8) -> &mut Self {
+        self.buf.push(v);
+        self
+    }
+
+    pub(crate) fn u32(&mut self, v: u32) -> &mut Self {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+
+    pub(crate) fn u64(&mut self, v: u64) -> &mut Self {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+
+    pub(crate) fn bytes(&mut self, v: &[u8]) -> &mut Self {
+        self.u32(v.len() as u32);
+        self.buf.extend_from_slice(v);
+        self
+    }
+
+    pub(crate) fn str(&mut self, v: &str) -> &mut Self {
+        self.bytes(v.as_bytes())
+    }
+
+    /// Appends a length-prefixed block filled by `fill`, which appends to the buffer.
+    pub(crate) fn block<E>(&mut self, fill: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<&mut Self, E> {
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&[0; 4]);
+        let result = fill(&mut self.buf);
+        if result.is_err() {
+            self.buf.truncate(at);
+        }
+        result?;
+        let len = (self.buf.len() - at - 4) as u32;
+        self.buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        Ok(self)
+    }
+
+    /// The finished frame, its length header filled in.
+    pub(crate) fn finish(&mut self) -> &[u8] {
+        let len = (self.buf.len() - 4) as u32;
+        self.buf[..4].copy_from_slice(&len.to_le_bytes());
+        &self.buf
+    }
+
+    /// Takes the finished frame out of the buffer.
+    pub(crate) fn take(&mut self) -> Vec<u8> {
+        self.finish();
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Drops what was appended after `len` bytes.
+    pub(crate) fn truncate(&mut self, len: usize) {
+        self.buf.truncate(len);
+    }
+
+    /// The frame's length so far, header included.
+    pub(crate) fn len(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+/// Writes a finished frame.
+pub(crate) fn write_frame(w: &mut impl Write, frame: &[u8]) -> io::Result<()> {
+    w.write_all(frame)
+}
+
+/// Reads the fields of a frame body, checking every bound.
+#[derive(Debug, Clone)]
+pub(crate) struct Fields<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Fields<'a> {
+    pub(crate) fn new(body: &'a [u8]) -> Self {
+        Fields { rest: body }
+    }
+
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], FrameError> {
+        if self.rest.len() < n {
+            return Err(malformed(format!("{what}: needs {n} bytes, {} left", self.rest.len())));
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    pub(crate) fn u8(&mut self, what: &str) -> Result<u8, FrameError> {
+        Ok(self.take(1, what)?[0])
+    }
+
+    pub(crate) fn u32(&mut self, what: &str) -> Result<u32, FrameError> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    pub(crate) fn u64(&mut self, what: &str) -> Result<u64, FrameError> {
+        let b = self.take(8, what)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    pub(crate) fn bytes(&mut self, what: &str) -> Result<&'a [u8], FrameError> {
+        let n = self.u32(what)? as usize;
+        self.take(n, what)
+    }
+
+    pub(crate) fn str(&mut self, what: &str) -> Result<&'a str, FrameError> {
+        std::str::from_utf8(self.bytes(what)?).map_err(|_| malformed(format!("{what}: not UTF-8")))
+    }
+
+    pub(crate) fn array4(&mut self, what: &str) -> Result<[u8; 4], FrameError> {
+        let b = self.take(4, what)?;
+        Ok([b[0], b[1], b[2], b[3]])
+    }
+
+    /// Fails unless every byte was read.
+    pub(crate) fn end(&self) -> Result<(), FrameError> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(malformed(format!("{} unexpected bytes at the end", self.rest.len())))
+        }
+    }
+}
+
+/// The supervisor's greeting: who it is and what the worker will run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Hello<'a> {
+    pub(crate) build_id: u64,
+    pub(crate) token: u64,
+    pub(crate) worker: u32,
+    pub(crate) pool: &'a str,
+    pub(crate) entry: &'a str,
+}
+
+impl<'a> Hello<'a> {
+    pub(crate) fn write(&self, f: &mut FrameBuf) {
+        f.start(kind::HELLO);
+        f.buf.extend_from_slice(&MAGIC);
+        f.u32(PROTOCOL_VERSION).u64(self.build_id).u64(self.token).u32(self.worker);
+        f.str(self.pool).str(self.entry);
+    }
+
+    /// Parses a HELLO body (kind byte included). A version or magic mismatch is an error that
+    /// names both sides.
+    pub(crate) fn parse(body: &'a [u8]) -> Result<Self, FrameError> {
+        let mut r = Fields::new(body);
+        if r.u8("kind")? != kind::HELLO {
+            return Err(malformed("expected a HELLO frame"));
+        }
+        if r.array4("magic")? != MAGIC {
+            return Err(malformed("not a ppool supervisor (bad magic)"));
+        }
+        let version = r.u32("version")?;
+        if version != PROTOCOL_VERSION {
+            return Err(malformed(format!(
+                "protocol version {version}, this build speaks {PROTOCOL_VERSION}"
+            )));
+        }
+        let hello = Hello {
+            build_id: r.u64("build id")?,
+            token: r.u64("token")?,
+            worker: r.u32("worker index")?,
+            pool: r.str("pool name")?,
+            entry: r.str("entry name")?,
+        };
+        r.end()?;
+        Ok(hello)
+    }
+}
+
+/// The worker's answer to HELLO.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Ready<'a> {
+    /// It serves; `build_id` is its own.
+    Ok { build_id: u64, token: u64, pid: u32 },
+    /// It refuses, and says why.
+    Refused(&'a str),
+}
+
+impl<'a> Ready<'a> {
+    pub(crate) fn write(&self, f: &mut FrameBuf) {
+        match self {
+            Ready::Ok { build_id, token, pid } => {
+                f.start(kind::READY);
+                f.buf.extend_from_slice(&MAGIC);
+                f.u32(PROTOCOL_VERSION).u64(*build_id).u64(*token).u32(*pid);
+            }
+            Ready::Refused(why) => {
+                f.start(kind::REFUSE).str(why);
+            }
+        }
+    }
+
+    pub(crate) fn parse(body: &'a [u8]) -> Result<Self, FrameError> {
+        let mut r = Fields::new(body);
+        match r.u8("kind")? {
+            kind::READY => {
+                if r.array4("magic")? != MAGIC {
+                    return Err(malformed("the worker is not a ppool worker (bad magic)"));
+                }
+                let version = r.u32("version")?;
+                if version != PROTOCOL_VERSION {
+                    return Err(malformed(format!(
+                        "the worker speaks protocol version {version}, this supervisor {PROTOCOL_VERSION}"
+                    )));
+                }
+                let ready = Ready::Ok {
+                    build_id: r.u64("build id")?,
+                    token: r.u64("token")?,
+                    pid: r.u32("pid")?,
+                };
+                r.end()?;
+                Ok(ready)
+            }
+            kind::REFUSE => {
+                let why = r.str("reason")?;
+                r.end()?;
+                Ok(Ready::Refused(why))
+            }
+            k => Err(malformed(format!("expected READY, got message kind {k}"))),
+        }
+    }
+}
+
+/// What became of one task, as sent back in a RESULTS frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outcome<'a> {
+    /// The encoded return value.
+    Ok(&'a [u8]),
+    /// The entry panicked.
+    Panicked { message: &'a str, location: &'a str },
+    /// The arguments could not be decoded or the result not encoded.
+    Codec { action: &'a str, message: &'a str },
+}
+
+const OUTCOME_OK: u8 = 0;
+const OUTCOME_PANICKED: u8 = 1;
+const OUTCOME_CODEC: u8 = 2;
+
+impl Outcome<'_> {
+    pub(crate) fn write_panicked(f: &mut FrameBuf, message: &str, location: &str) {
+        f.u8(OUTCOME_PANICKED).str(message).str(location);
+    }
+
+    pub(crate) fn write_codec(f: &mut FrameBuf, action: &str, message: &str) {
+        f.u8(OUTCOME_CODEC).str(action).str(message);
+    }
+
+    /// Starts an `Ok` outcome whose value `fill` appends.
+    pub(crate) fn write_ok<E>(
+        f: &mut FrameBuf,
+        fill: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        f.u8(OUTCOME_OK);
+        match f.block(fill) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                f.buf.pop();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The header of a TASKS frame: the job id and the number of tasks. Each task follows as a
+/// length-prefixed block.
+pub(crate) fn start_tasks(f: &mut FrameBuf, job: u64, count: u32) {
+    f.start(kind::TASKS).u64(job).u32(count);
+}
+
+/// Offset of the job id inside a TASKS frame (header included), so a dispatcher can stamp it.
+pub(crate) const TASKS_JOB_OFFSET: usize = 5;
+/// Offset of the task count inside a TASKS frame (header included).
+pub(crate) const TASKS_COUNT_OFFSET: usize = 13;
+
+/// Stamps a job id into a finished TASKS frame.
+pub(crate) fn stamp_job(frame: &mut [u8], job: u64) {
+    frame[TASKS_JOB_OFFSET..TASKS_JOB_OFFSET + 8].copy_from_slice(&job.to_le_bytes());
+}
+
+/// Sets the task count of a TASKS frame being built.
+pub(crate) fn set_count(f: &mut FrameBuf, count: u32) {
+    f.buf[TASKS_COUNT_OFFSET..TASKS_COUNT_OFFSET + 4].copy_from_slice(&count.to_le_bytes());
+}
+
+/// A parsed TASKS body: iterate the encoded arguments.
+#[derive(Debug)]
+pub(crate) struct Tasks<'a> {
+    pub(crate) job: u64,
+    pub(crate) count: u32,
+    fields: Fields<'a>,
+}
+
+impl<'a> Tasks<'a> {
+    pub(crate) fn parse(body: &'a [u8]) -> Result<Self, FrameError> {
+        let mut fields = Fields::new(body);
+        if fields.u8("kind")? != kind::TASKS {
+            return Err(malformed("expected TASKS"));
+        }
+        let job = fields.u64("job id")?;
+        let count = fields.u32("task count")?;
+        Ok(Tasks { job, count, fields })
+    }
+
+    /// The next task's encoded arguments.
+    pub(crate) fn next_args(&mut self) -> Result<&'a [u8], FrameError> {
+        self.fields.bytes("task arguments")
+    }
+}
+
+/// The header of a RESULTS frame.
+pub(crate) fn start_results(f: &mut FrameBuf, job: u64, count: u32) {
+    f.start(kind::RESULTS).u64(job).u32(count).u64(0);
+}
+
+/// Stamps the time the worker was busy with the job, in nanoseconds.
+pub(crate) fn set_busy(f: &mut FrameBuf, nanos: u64) {
+    f.buf[17..25].copy_from_slice(&nanos.to_le_bytes());
+}
+
+/// A parsed RESULTS body: the job id, the busy time, then `count` outcomes.
+#[derive(Debug, Clone)]
+pub(crate) struct Results<'a> {
+    pub(crate) job: u64,
+    pub(crate) count: u32,
+    pub(crate) busy_nanos: u64,
+    body: &'a [u8],
+}
+
+impl<'a> Results<'a> {
+    /// Parses the header and checks that every outcome is well formed, so that consumers can
+    /// iterate without failing halfway.
+    pub(crate) fn parse(body: &'a [u8]) -> Result<Self, FrameError> {
+        let mut fields = Fields::new(body);
+        if fields.u8("kind")? != kind::RESULTS {
+            return Err(malformed(format!("expected RESULTS, got message kind {}", body[0])));
+        }
+        let job = fields.u64("job id")?;
+        let count = fields.u32("result count")?;
+        let busy_nanos = fields.u64("busy time")?;
+        let start = body.len() - fields.rest.len();
+        let results = Results { job, count, busy_nanos, body: &body[start..] };
+        let mut check = results.outcomes();
+        for _ in 0..count {
+            check.next_outcome()?;
+        }
+        check.fields.end()?;
+        Ok(results)
+    }
+
+    /// The outcomes, in task order.
+    pub(crate) fn outcomes(&self) -> Outcomes<'a> {
+        Outcomes { fields: Fields::new(self.body), left: self.count }
+    }
+}
+
+/// Iterates the outcomes of a RESULTS frame.
+#[derive(Debug, Clone)]
+pub(crate) struct Outcomes<'a> {
+    fields: Fields<'a>,
+    left: u32,
+}
+
+impl<'a> Outcomes<'a> {
+    fn next_outcome(&mut self) -> Result<Outcome<'a>, FrameError> {
+        let f = &mut self.fields;
+        Ok(match f.u8("outcome tag")? {
+            OUTCOME_OK => Outcome::Ok(f.bytes("result value")?),
+            OUTCOME_PANICKED => {
+                Outcome::Panicked { message: f.str("panic message")?, location: f.str("panic location")? }
+            }
+            OUTCOME_CODEC => Outcome::Codec { action: f.str("codec action")?, message: f.str("codec message")? },
+            t => return Err(malformed(format!("unknown outcome tag {t}"))),
+        })
+    }
+}
+
+impl<'a> Iterator for Outcomes<'a> {
+    type Item = Outcome<'a>;
+
+    fn next(&mut self) -> Option<Outcome<'a>> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        // `Results::parse` validated every outcome already.
+        self.next_outcome().ok()
+    }
+}
+
+/// An INIT frame: run the initializer entry with these encoded arguments.
+pub(crate) fn write_init(f: &mut FrameBuf, entry: &str, args: &[u8]) {
+    f.start(kind::INIT).str(entry).bytes(args);
+}
+
+/// An INIT_DONE frame: `None` for success, else the failure.
+pub(crate) fn write_init_done(f: &mut FrameBuf, failure: Option<&str>) {
+    f.start(kind::INIT_DONE);
+    match failure {
+        None => f.u8(0),
+        Some(why) => f.u8(1).str(why),
+    };
+}
+
+/// Parses INIT_DONE: `Ok(())` or the initializer's failure.
+pub(crate) fn parse_init_done(body: &[u8]) -> Result<Result<(), String>, FrameError> {
+    let mut r = Fields::new(body);
+    if r.u8("kind")? != kind::INIT_DONE {
+        return Err(malformed(format!("expected INIT_DONE, got message kind {}", body[0])));
+    }
+    let done = match r.u8("status")? {
+        0 => Ok(()),
+        _ => Err(r.str("failure")?.to_string()),
+    };
+    r.end()?;
+    Ok(done)
+}
+
+/// An EXIT frame: finish and exit.
+pub(crate) fn write_exit(f: &mut FrameBuf) {
+    f.start(kind::EXIT);
+}
+
+#[cfg(test)]
+mod tests;

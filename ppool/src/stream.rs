@@ -1,0 +1,190 @@
+//! Streams: `map` and `map_unordered` read their input lazily and keep a bounded number of
+//! tasks in flight, so an endless input runs in constant memory. Dropping the stream cancels
+//! what has not started.
+
+use crate::entry::Entry;
+use crate::error::{Error, Result};
+use crate::jobs::{self, ChunkEncoder};
+use crate::pool::ProcessPool;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+
+/// The results of [`map`](ProcessPool::map) (input order) or
+/// [`map_unordered`](ProcessPool::map_unordered) (completion order), as an iterator.
+#[must_use = "a stream does nothing unless iterated"]
+pub struct Map<'p, F: Entry, I> {
+    pool: &'p ProcessPool<F>,
+    input: Option<I>,
+    results: Arc<Results<F::Output>>,
+    cancelled: Arc<AtomicBool>,
+    ordered: bool,
+    /// Tasks taken from the input.
+    submitted: u64,
+    /// Results handed out.
+    yielded: u64,
+    /// The most tasks submitted but not yet handed out.
+    window: usize,
+}
+
+impl<F: Entry, I> std::fmt::Debug for Map<'_, F, I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Map")
+            .field("entry", &F::NAME)
+            .field("ordered", &self.ordered)
+            .field("submitted", &self.submitted)
+            .field("yielded", &self.yielded)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Results<T> {
+    state: Mutex<ResultsState<T>>,
+    ready: Condvar,
+}
+
+struct ResultsState<T> {
+    /// Ordered: results by position from `base`, `None` while missing.
+    pending: VecDeque<Option<Result<T>>>,
+    base: u64,
+    /// Unordered: results as they come.
+    arrived: VecDeque<Result<T>>,
+}
+
+impl<T> Results<T> {
+    fn lock(&self) -> MutexGuard<'_, ResultsState<T>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<'p, F: Entry, I: Iterator<Item = F::Args>> Map<'p, F, I> {
+    pub(crate) fn new(pool: &'p ProcessPool<F>, input: I, ordered: bool, window: usize) -> Self {
+        Map {
+            pool,
+            input: Some(input),
+            results: Arc::new(Results {
+                state: Mutex::new(ResultsState { pending: VecDeque::new(), base: 0, arrived: VecDeque::new() }),
+                ready: Condvar::new(),
+            }),
+            cancelled: Arc::new(AtomicBool::new(false)),
+            ordered,
+            submitted: 0,
+            yielded: 0,
+            window: window.max(1),
+        }
+    }
+
+    /// Submits chunks while the window has room and the input has items.
+    fn top_up(&mut self) {
+        while let Some(input) = self.input.as_mut() {
+            let outstanding = (self.submitted - self.yielded) as usize;
+            if outstanding >= self.window {
+                return;
+            }
+            let size = self.pool.chunking().next().min(self.window - outstanding).max(1);
+            let start = self.submitted;
+            let mut chunk = ChunkEncoder::new();
+            let mut failed: Vec<(u64, Error)> = Vec::new();
+            let mut taken = 0u64;
+            while (chunk.count() as usize) < size {
+                let Some(args) = input.next() else {
+                    self.input = None;
+                    break;
+                };
+                let position = start + taken;
+                taken += 1;
+                if let Err(e) = chunk.push::<F>(&args) {
+                    failed.push((position, e));
+                    break;
+                }
+            }
+            self.submitted += taken;
+            let count = chunk.count();
+            // A task that could not be encoded ends its chunk and fails on its own.
+            let chunk_start = start;
+            if count > 0 {
+                let results = Arc::clone(&self.results);
+                let ordered = self.ordered;
+                let chunking = Arc::clone(self.pool.chunking_arc());
+                let deliver = Box::new(move |delivery: crate::supervisor::Delivery<'_>| {
+                    if let Ok((r, _)) = &delivery {
+                        chunking.observe(r.busy_nanos, r.count);
+                    }
+                    let mut st = results.lock();
+                    jobs::for_each_result::<F>(delivery, count, |k, r| {
+                        put(&mut st, ordered, chunk_start + k as u64, r);
+                    });
+                    drop(st);
+                    results.ready.notify_all();
+                });
+                self.pool.core().submit(chunk.into_job(deliver, Some(Arc::clone(&self.cancelled))));
+            }
+            if !failed.is_empty() {
+                let mut st = self.results.lock();
+                for (position, e) in failed {
+                    put(&mut st, self.ordered, position, Err(e));
+                }
+            }
+        }
+    }
+}
+
+fn put<T>(st: &mut ResultsState<T>, ordered: bool, position: u64, result: Result<T>) {
+    if !ordered {
+        st.arrived.push_back(result);
+        return;
+    }
+    let Some(offset) = position.checked_sub(st.base) else { return };
+    let offset = offset as usize;
+    while st.pending.len() <= offset {
+        st.pending.push_back(None);
+    }
+    st.pending[offset] = Some(result);
+}
+
+impl<F: Entry, I: Iterator<Item = F::Args>> Iterator for Map<'_, F, I> {
+    type Item = Result<F::Output>;
+
+    fn next(&mut self) -> Option<Result<F::Output>> {
+        self.top_up();
+        if self.submitted == self.yielded {
+            return None;
+        }
+        let results = Arc::clone(&self.results);
+        let mut st = results.lock();
+        loop {
+            let got = if self.ordered {
+                if matches!(st.pending.front(), Some(Some(_))) {
+                    st.base += 1;
+                    st.pending.pop_front().flatten()
+                } else {
+                    None
+                }
+            } else {
+                st.arrived.pop_front()
+            };
+            if let Some(r) = got {
+                self.yielded += 1;
+                return Some(r);
+            }
+            st = results.ready.wait(st).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let outstanding = (self.submitted - self.yielded) as usize;
+        match &self.input {
+            None => (outstanding, Some(outstanding)),
+            Some(input) => {
+                let (lo, hi) = input.size_hint();
+                (outstanding + lo, hi.map(|h| h + outstanding))
+            }
+        }
+    }
+}
+
+impl<F: Entry, I> Drop for Map<'_, F, I> {
+    fn drop(&mut self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,697 @@
+//! The supervisor: a queue of jobs, one slot per worker, and the threads that move jobs to
+//! workers and results back. It handles bytes (finished frames), never user types; the typed
+//! layer hands it jobs with a `deliver` closure that decodes the results.
+//!
+//! A job is driven by whichever thread holds its worker: the worker's own driver thread for
+//! queued jobs, or the calling thread itself for a blocking `call` when a worker is idle, so
+//! that a round trip costs what the pipe costs.
+
+use crate::error::Error;
+use crate::process::{Spec, WorkerProc};
+use crate::protocol::{self, FrameError, Results};
+use crate::watchdog::{Verdict, Watch};
+use crate::local::Local;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// What a job's `deliver` receives: the results frame and the worker index, or the error that
+/// ended every task of the job.
+pub(crate) type Delivery<'a> = Result<(Results<'a>, usize), Error>;
+
+/// Called once with the job's outcome, on whichever thread drove it.
+pub(crate) type Deliver = Box<dyn FnOnce(Delivery<'_>) + Send>;
+
+/// A finished TASKS frame and where its results go.
+pub(crate) struct Job {
+    pub(crate) frame: Vec<u8>,
+    pub(crate) count: u32,
+    pub(crate) deliver: Deliver,
+    /// Set when nobody wants the results any more (a dropped stream).
+    pub(crate) cancelled: Option<Arc<AtomicBool>>,
+    pub(crate) attempts: u32,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("count", &self.count).field("attempts", &self.attempts).finish()
+    }
+}
+
+impl Job {
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
+    }
+}
+
+/// How a pool runs, fixed when it is built.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) n_jobs: usize,
+    pub(crate) debug: bool,
+    pub(crate) max_tasks_per_worker: Option<u64>,
+    pub(crate) task_timeout: Option<Duration>,
+    pub(crate) memory_limit: Option<u64>,
+    pub(crate) retries: u32,
+    /// Jobs sent ahead to one worker, so it never waits for the next.
+    pub(crate) pipeline: usize,
+}
+
+/// The most bytes of jobs sent ahead to one worker: less than a pipe holds, so that sending
+/// never blocks while the worker is blocked sending results.
+const PIPELINE_BYTES: usize = 48 * 1024;
+
+/// A worker's channel: a process, or (in debug mode) this process.
+#[derive(Debug)]
+pub(crate) enum Conn {
+    Proc(WorkerProc),
+    Local(Local),
+}
+
+impl Conn {
+    fn send(&mut self, frame: &[u8]) -> Result<(), FrameError> {
+        match self {
+            Conn::Proc(p) => p.send(frame).map_err(FrameError::Io),
+            Conn::Local(l) => l.send(frame),
+        }
+    }
+
+    fn recv(&mut self) -> Result<(), FrameError> {
+        match self {
+            Conn::Proc(p) => p.recv(),
+            Conn::Local(l) => l.recv(),
+        }
+    }
+
+    /// The body of the frame last received.
+    fn body(&self) -> &[u8] {
+        match self {
+            Conn::Proc(p) => p.body(),
+            Conn::Local(l) => l.body(),
+        }
+    }
+
+    fn tasks_done(&mut self) -> &mut u64 {
+        match self {
+            Conn::Proc(p) => &mut p.tasks_done,
+            Conn::Local(l) => &mut l.tasks_done,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        match self {
+            Conn::Proc(p) => p.pid,
+            Conn::Local(_) => std::process::id(),
+        }
+    }
+}
+
+enum Slot {
+    /// Waiting for work.
+    Idle(Box<Conn>),
+    /// Held by a thread that drives it.
+    Busy,
+    /// Could not be (re)started.
+    Dead,
+    /// Stopped by `join`.
+    Retired,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    NotStarted,
+    Running,
+    Joining,
+    Closed,
+}
+
+struct State {
+    phase: Phase,
+    queue: VecDeque<Job>,
+    slots: Vec<Slot>,
+}
+
+impl State {
+    fn any_alive(&self) -> bool {
+        self.slots.iter().any(|s| matches!(s, Slot::Idle(_) | Slot::Busy))
+    }
+
+    fn any_busy(&self) -> bool {
+        self.slots.iter().any(|s| matches!(s, Slot::Busy))
+    }
+}
+
+struct Shared {
+    spec: Spec,
+    settings: Settings,
+    state: Mutex<State>,
+    wake: Condvar,
+    watch: Watch,
+    last_error: Mutex<Option<Error>>,
+    next_job: AtomicU64,
+}
+
+/// The untyped pool.
+pub(crate) struct Core {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core").field("pool", &self.shared.spec.pool).finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Core {
+    pub(crate) fn new(spec: Spec, settings: Settings) -> Self {
+        let slots = settings.n_jobs;
+        let shared = Shared {
+            watch: Watch::new(slots, settings.memory_limit),
+            state: Mutex::new(State {
+                phase: Phase::NotStarted,
+                queue: VecDeque::new(),
+                slots: (0..slots).map(|_| Slot::Dead).collect(),
+            }),
+            wake: Condvar::new(),
+            last_error: Mutex::new(None),
+            next_job: AtomicU64::new(1),
+            spec,
+            settings,
+        };
+        Core { shared: Arc::new(shared), threads: Mutex::new(Vec::new()) }
+    }
+
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.shared.settings
+    }
+
+    pub(crate) fn spec(&self) -> &Spec {
+        &self.shared.spec
+    }
+
+    pub(crate) fn is_running(&self) -> bool {
+        let st = lock(&self.shared.state);
+        st.phase == Phase::Running && st.any_alive()
+    }
+
+    pub(crate) fn last_error(&self) -> Option<Error> {
+        lock(&self.shared.last_error).clone()
+    }
+
+    /// Starts the workers and the threads that drive them. Starting twice is a no-op.
+    pub(crate) fn start(&self) -> Result<(), Error> {
+        let shared = &self.shared;
+        let mut st = lock(&shared.state);
+        match st.phase {
+            Phase::NotStarted => {}
+            Phase::Running => return Ok(()),
+            Phase::Joining | Phase::Closed => return Err(Error::Closed),
+        }
+        let conns = start_all(shared)?;
+        for (i, conn) in conns.into_iter().enumerate() {
+            shared.watch.register(i, conn.pid());
+            st.slots[i] = Slot::Idle(Box::new(conn));
+        }
+        st.phase = Phase::Running;
+        drop(st);
+
+        let mut threads = lock(&self.threads);
+        let spawn_error = |e: std::io::Error| Error::spawn(format!("cannot start a pool thread: {e}"));
+        for i in 0..shared.settings.n_jobs {
+            let s = Arc::clone(shared);
+            let handle = std::thread::Builder::new()
+                .name(format!("{}-{i}", shared.spec.pool))
+                .spawn(move || drive(&s, i))
+                .map_err(spawn_error);
+            match handle {
+                Ok(h) => threads.push(h),
+                Err(e) => {
+                    drop(threads);
+                    self.shutdown();
+                    return Err(e);
+                }
+            }
+        }
+        if shared.settings.task_timeout.is_some() || shared.settings.memory_limit.is_some() {
+            let s = Arc::clone(shared);
+            let handle = std::thread::Builder::new()
+                .name(format!("{}-watchdog", shared.spec.pool))
+                .spawn(move || s.watch.run())
+                .map_err(spawn_error);
+            match handle {
+                Ok(h) => threads.push(h),
+                Err(e) => {
+                    drop(threads);
+                    self.shutdown();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a job; it fails at once if the pool cannot run it.
+    pub(crate) fn submit(&self, job: Job) {
+        let shared = &self.shared;
+        let mut st = lock(&shared.state);
+        if let Some(error) = refusal(shared, &st) {
+            drop(st);
+            (job.deliver)(Err(error));
+            return;
+        }
+        st.queue.push_back(job);
+        drop(st);
+        shared.wake.notify_all();
+    }
+
+    /// Runs a job on an idle worker from this thread when there is one and nothing is queued
+    /// before it; else queues it. The job has been delivered, or is queued, on return.
+    pub(crate) fn run_or_submit(&self, job: Job) {
+        let shared = &self.shared;
+        let mut st = lock(&shared.state);
+        if let Some(error) = refusal(shared, &st) {
+            drop(st);
+            (job.deliver)(Err(error));
+            return;
+        }
+        let idle = if shared.settings.debug || !st.queue.is_empty() {
+            None
+        } else {
+            st.slots.iter().position(|s| matches!(s, Slot::Idle(_)))
+        };
+        let Some(i) = idle else {
+            st.queue.push_back(job);
+            drop(st);
+            shared.wake.notify_all();
+            return;
+        };
+        let Slot::Idle(conn) = std::mem::replace(&mut st.slots[i], Slot::Busy) else {
+            unreachable!("slot {i} was idle")
+        };
+        drop(st);
+        let back = run(shared, i, conn, job, false);
+        put_back(shared, i, back);
+    }
+
+    /// Finishes every queued job, then stops the workers.
+    pub(crate) fn join(&self) -> Result<(), Error> {
+        let shared = &self.shared;
+        {
+            let mut st = lock(&shared.state);
+            match st.phase {
+                Phase::NotStarted => {
+                    st.phase = Phase::Closed;
+                    return Ok(());
+                }
+                Phase::Running => st.phase = Phase::Joining,
+                Phase::Joining | Phase::Closed => {}
+            }
+        }
+        shared.wake.notify_all();
+        self.join_threads();
+        let mut st = lock(&shared.state);
+        st.phase = Phase::Closed;
+        Ok(())
+    }
+
+    /// Stops now: kills the workers; queued and running jobs end with `Error::Closed`.
+    pub(crate) fn shutdown(&self) {
+        let shared = &self.shared;
+        let (queued, idle) = {
+            let mut st = lock(&shared.state);
+            if st.phase == Phase::Closed && st.queue.is_empty() {
+                drop(st);
+                shared.watch.kill_all();
+                shared.watch.stop();
+                self.join_threads();
+                return;
+            }
+            st.phase = Phase::Closed;
+            let queued: Vec<Job> = st.queue.drain(..).collect();
+            let mut idle = Vec::new();
+            for (i, slot) in st.slots.iter_mut().enumerate() {
+                if matches!(slot, Slot::Idle(_)) {
+                    if let Slot::Idle(conn) = std::mem::replace(slot, Slot::Retired) {
+                        idle.push((i, conn));
+                    }
+                }
+            }
+            (queued, idle)
+        };
+        // Busy workers are killed so their drivers stop reading; they deliver `Closed`.
+        shared.watch.kill_all();
+        for (i, conn) in idle {
+            shared.watch.unregister(i);
+            drop(conn);
+        }
+        for job in queued {
+            (job.deliver)(Err(Error::Closed));
+        }
+        shared.wake.notify_all();
+        shared.watch.stop();
+        self.join_threads();
+    }
+
+    /// Joins the pool's threads, except the calling one (a callback may shut the pool down).
+    fn join_threads(&self) {
+        let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *lock(&self.threads));
+        let me = std::thread::current().id();
+        for handle in handles {
+            if handle.thread().id() == me {
+                continue;
+            }
+            let _ = handle.join();
+        }
+        self.shared.watch.stop();
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Why the pool cannot take a job now, if it cannot.
+fn refusal(shared: &Shared, st: &State) -> Option<Error> {
+    match st.phase {
+        Phase::NotStarted => Some(Error::NotStarted),
+        Phase::Joining | Phase::Closed => Some(Error::Closed),
+        Phase::Running if !st.any_alive() => Some(
+            lock(&shared.last_error)
+                .clone()
+                .unwrap_or_else(|| Error::spawn("no worker of the pool is running")),
+        ),
+        Phase::Running => None,
+    }
+}
+
+/// Starts every worker at once, then waits for each to be ready.
+fn start_all(shared: &Shared) -> Result<Vec<Conn>, Error> {
+    let n = shared.settings.n_jobs;
+    if shared.settings.debug {
+        return (0..n).map(|i| Local::start(&shared.spec, i).map(Conn::Local)).collect();
+    }
+    let mut procs = Vec::with_capacity(n);
+    for i in 0..n {
+        procs.push(WorkerProc::spawn(&shared.spec, i)?);
+    }
+    for p in &mut procs {
+        p.ready(&shared.spec)?;
+    }
+    Ok(procs.into_iter().map(Conn::Proc).collect())
+}
+
+/// Starts a replacement for slot `i`.
+fn restart(shared: &Shared, i: usize) -> Result<Conn, Error> {
+    if shared.settings.debug {
+        return Local::start(&shared.spec, i).map(Conn::Local);
+    }
+    let mut p = WorkerProc::spawn(&shared.spec, i)?;
+    p.ready(&shared.spec)?;
+    tracing::debug!(pool = %shared.spec.pool, worker = i, pid = p.pid, "worker replaced");
+    Ok(Conn::Proc(p))
+}
+
+/// Puts a slot back after a thread drove it, and wakes whoever waits for work or for the end.
+fn put_back(shared: &Shared, i: usize, back: Slot) {
+    let mut st = lock(&shared.state);
+    let closed = st.phase == Phase::Closed;
+    let dropped = match back {
+        Slot::Idle(conn) if closed => {
+            st.slots[i] = Slot::Retired;
+            Some(conn)
+        }
+        other => {
+            st.slots[i] = other;
+            None
+        }
+    };
+    let orphaned: Vec<Job> =
+        if !st.any_alive() { st.queue.drain(..).collect() } else { Vec::new() };
+    drop(st);
+    shared.wake.notify_all();
+    if let Some(conn) = dropped {
+        shared.watch.unregister(i);
+        drop(conn);
+    }
+    if !orphaned.is_empty() {
+        let error = lock(&shared.last_error)
+            .clone()
+            .unwrap_or_else(|| Error::spawn("no worker of the pool is running"));
+        for job in orphaned {
+            (job.deliver)(Err(error.clone()));
+        }
+    }
+}
+
+/// The loop of slot `i`'s driver thread.
+fn drive(shared: &Shared, i: usize) {
+    let mut st = lock(&shared.state);
+    loop {
+        if st.phase == Phase::Closed {
+            break;
+        }
+        if matches!(st.slots[i], Slot::Dead | Slot::Retired) {
+            if st.phase == Phase::Joining && st.queue.is_empty() {
+                break;
+            }
+            if !st.any_alive() {
+                break;
+            }
+        }
+        if matches!(st.slots[i], Slot::Idle(_)) {
+            if let Some(job) = st.queue.pop_front() {
+                let Slot::Idle(conn) = std::mem::replace(&mut st.slots[i], Slot::Busy) else {
+                    unreachable!("slot {i} was idle")
+                };
+                drop(st);
+                let back = run(shared, i, conn, job, true);
+                put_back(shared, i, back);
+                st = lock(&shared.state);
+                continue;
+            }
+            if st.phase == Phase::Joining && !st.any_busy() {
+                let Slot::Idle(conn) = std::mem::replace(&mut st.slots[i], Slot::Retired) else {
+                    unreachable!("slot {i} was idle")
+                };
+                drop(st);
+                shared.watch.unregister(i);
+                if let Conn::Proc(p) = *conn {
+                    p.retire();
+                }
+                shared.wake.notify_all();
+                return;
+            }
+        }
+        st = shared.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
+    }
+}
+
+/// A job written to a worker, waiting for its results.
+struct Sent {
+    job: Job,
+    id: u64,
+}
+
+/// Drives worker `i`: sends `first` (and, with `top_up`, more queued jobs ahead of need),
+/// delivers results as they come, and handles the worker's failure. Returns what the slot
+/// holds afterwards.
+fn run(shared: &Shared, i: usize, mut conn: Box<Conn>, first: Job, top_up: bool) -> Slot {
+    let settings = &shared.settings;
+    let mut sent: VecDeque<Sent> = VecDeque::new();
+    let mut sent_bytes = 0usize;
+    let mut sent_tasks = 0u64;
+    let mut next = Some(first);
+    loop {
+        // Send what we hold, then top up from the queue while the worker has room.
+        while let Some(mut job) = next.take() {
+            if job.is_cancelled() {
+                (job.deliver)(Err(Error::Closed));
+            } else {
+                let id = shared.next_job.fetch_add(1, Ordering::Relaxed);
+                protocol::stamp_job(&mut job.frame, id);
+                if let Err(e) = conn.send(&job.frame) {
+                    sent.push_back(Sent { job, id });
+                    return fail(shared, i, conn, sent, e);
+                }
+                sent_bytes += job.frame.len();
+                sent_tasks += u64::from(job.count);
+                if sent.is_empty() {
+                    arm(shared, i, &job);
+                }
+                sent.push_back(Sent { job, id });
+            }
+            if top_up && sent.len() < settings.pipeline {
+                next = take_more(shared, &mut conn, sent_bytes, sent_tasks);
+            }
+        }
+        let Some(head) = sent.front() else { break };
+        let (id, count) = (head.id, head.job.count);
+        if let Err(e) = conn.recv() {
+            return fail(shared, i, conn, sent, e);
+        }
+        let results = match Results::parse(conn.body()) {
+            Ok(r) if r.job == id && r.count == count => r,
+            Ok(r) => {
+                let e = FrameError::Malformed(format!(
+                    "results for job {} ({} tasks) while job {id} ({count} tasks) was running",
+                    r.job, r.count
+                ));
+                return fail(shared, i, conn, sent, e);
+            }
+            Err(e) => return fail(shared, i, conn, sent, e),
+        };
+        let Some(done) = sent.pop_front() else { break };
+        shared.watch.disarm(i);
+        if let Some(head) = sent.front() {
+            arm(shared, i, &head.job);
+        }
+        sent_bytes -= done.job.frame.len();
+        sent_tasks -= u64::from(done.job.count);
+        (done.job.deliver)(Ok((results, i)));
+        *conn.tasks_done() += u64::from(count);
+        if top_up && sent.len() < settings.pipeline {
+            next = take_more(shared, &mut conn, sent_bytes, sent_tasks);
+        }
+    }
+    recycle_if_due(shared, i, conn)
+}
+
+/// The next queued job for a worker that already holds `sent_bytes` of jobs, if it has room.
+fn take_more(shared: &Shared, conn: &mut Conn, sent_bytes: usize, sent_tasks: u64) -> Option<Job> {
+    let mut st = lock(&shared.state);
+    if st.phase == Phase::Closed {
+        return None;
+    }
+    let job = st.queue.front()?;
+    if sent_bytes > 0 && sent_bytes + job.frame.len() > PIPELINE_BYTES {
+        return None;
+    }
+    if let Some(max) = shared.settings.max_tasks_per_worker {
+        if *conn.tasks_done() + sent_tasks + u64::from(job.count) > max && sent_tasks > 0 {
+            return None;
+        }
+        if *conn.tasks_done() + sent_tasks >= max {
+            return None;
+        }
+    }
+    st.queue.pop_front()
+}
+
+fn arm(shared: &Shared, i: usize, job: &Job) {
+    if let Some(timeout) = shared.settings.task_timeout {
+        let deadline = Instant::now() + timeout.saturating_mul(job.count.max(1));
+        shared.watch.arm(i, Some(deadline));
+    } else if shared.settings.memory_limit.is_some() {
+        shared.watch.arm(i, None);
+    }
+}
+
+/// Replaces a worker that reached `max_tasks_per_worker`.
+fn recycle_if_due(shared: &Shared, i: usize, mut conn: Box<Conn>) -> Slot {
+    let Some(max) = shared.settings.max_tasks_per_worker else { return Slot::Idle(conn) };
+    if *conn.tasks_done() < max {
+        return Slot::Idle(conn);
+    }
+    shared.watch.unregister(i);
+    if let Conn::Proc(p) = *conn {
+        p.retire();
+    }
+    replace(shared, i)
+}
+
+/// Starts a replacement in slot `i`, or marks it dead.
+fn replace(shared: &Shared, i: usize) -> Slot {
+    if lock(&shared.state).phase == Phase::Closed {
+        return Slot::Retired;
+    }
+    match restart(shared, i) {
+        Ok(conn) => {
+            shared.watch.register(i, conn.pid());
+            Slot::Idle(Box::new(conn))
+        }
+        Err(e) => {
+            tracing::error!(pool = %shared.spec.pool, worker = i, error = %e, "cannot replace worker");
+            *lock(&shared.last_error) = Some(e);
+            Slot::Dead
+        }
+    }
+}
+
+/// Worker `i` failed while it held `sent`: classify the failure, settle the jobs (the head
+/// one was running; the others never started and go back to the queue), and replace it.
+fn fail(shared: &Shared, i: usize, mut conn: Box<Conn>, mut sent: VecDeque<Sent>, cause: FrameError) -> Slot {
+    let verdict = shared.watch.unregister(i);
+    let pid = conn.pid();
+    let exit = match &mut *conn {
+        Conn::Proc(p) => {
+            p.kill();
+            p.reap()
+        }
+        Conn::Local(_) => crate::error::ExitCause::Unknown,
+    };
+    drop(conn);
+    let closed = lock(&shared.state).phase == Phase::Closed;
+    let entry = shared.spec.entry.to_string();
+    let error = if closed {
+        Error::Closed
+    } else {
+        match (verdict, &cause) {
+            (Some(Verdict::Timeout), _) => Error::Timeout {
+                entry,
+                worker: i,
+                pid,
+                timeout: shared.settings.task_timeout.unwrap_or_default(),
+            },
+            (Some(Verdict::Memory { rss }), _) => Error::MemoryLimit {
+                entry,
+                worker: i,
+                pid,
+                limit: shared.settings.memory_limit.unwrap_or_default(),
+                rss,
+            },
+            (None, FrameError::Closed | FrameError::Io(_)) => {
+                Error::WorkerDied { entry, worker: i, pid, cause: exit }
+            }
+            (None, e @ (FrameError::TooLarge { .. } | FrameError::Malformed(_))) => {
+                Error::Protocol { worker: i, message: e.to_string() }
+            }
+        }
+    };
+    if !closed {
+        tracing::warn!(pool = %shared.spec.pool, worker = i, pid, error = %error, "worker failed");
+        *lock(&shared.last_error) = Some(error.clone());
+    }
+    let mut settle: Vec<(Job, Error)> = Vec::new();
+    let mut requeue: Vec<Job> = Vec::new();
+    if let Some(head) = sent.pop_front() {
+        let mut job = head.job;
+        if matches!(error, Error::WorkerDied { .. }) && job.attempts < shared.settings.retries {
+            job.attempts += 1;
+            requeue.push(job);
+        } else {
+            settle.push((job, error.clone()));
+        }
+    }
+    requeue.extend(sent.into_iter().map(|s| s.job));
+    if closed {
+        settle.extend(requeue.drain(..).map(|j| (j, Error::Closed)));
+    } else if !requeue.is_empty() {
+        let mut st = lock(&shared.state);
+        for job in requeue.into_iter().rev() {
+            st.queue.push_front(job);
+        }
+    }
+    for (job, error) in settle {
+        (job.deliver)(Err(error));
+    }
+    if closed { Slot::Retired } else { replace(shared, i) }
+}

@@ -1,0 +1,150 @@
+//! One task's result, later: the handle [`pool.submit`](crate::ProcessPool::submit) returns.
+//! It can be waited on, polled, or awaited as a `Future` in any async runtime.
+
+use crate::error::{Error, Result};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// A value set once by one thread and taken by another, with a waker for async waiters.
+#[derive(Debug)]
+pub(crate) struct OneShot<T> {
+    state: Mutex<Cell<T>>,
+    ready: Condvar,
+}
+
+#[derive(Debug)]
+struct Cell<T> {
+    value: Option<T>,
+    done: bool,
+    waker: Option<Waker>,
+}
+
+impl<T> OneShot<T> {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(OneShot { state: Mutex::new(Cell { value: None, done: false, waker: None }), ready: Condvar::new() })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Cell<T>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sets the value; only the first call counts.
+    pub(crate) fn set(&self, value: T) {
+        let mut cell = self.lock();
+        if cell.done {
+            return;
+        }
+        cell.value = Some(value);
+        cell.done = true;
+        let waker = cell.waker.take();
+        drop(cell);
+        self.ready.notify_all();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        self.lock().done
+    }
+
+    /// Waits for the value and takes it; `None` once it has been taken.
+    pub(crate) fn take(&self) -> Option<T> {
+        let mut cell = self.lock();
+        while !cell.done {
+            cell = self.ready.wait(cell).unwrap_or_else(PoisonError::into_inner);
+        }
+        cell.value.take()
+    }
+
+    /// Waits up to `timeout`; `Err(())` if the value is not set by then.
+    pub(crate) fn take_timeout(&self, timeout: Duration) -> Result<Option<T>, ()> {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut cell = self.lock();
+        while !cell.done {
+            let left = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(3600),
+            };
+            if left.is_zero() {
+                return Err(());
+            }
+            cell = self.ready.wait_timeout(cell, left).unwrap_or_else(PoisonError::into_inner).0;
+        }
+        Ok(cell.value.take())
+    }
+
+    fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let mut cell = self.lock();
+        if cell.done {
+            return Poll::Ready(cell.value.take());
+        }
+        match &cell.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => cell.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+/// A submitted task: [`wait`](Task::wait) for its result, poll it, or `.await` it.
+///
+/// ```
+/// # use ppool::{pool_entry, ProcessPool};
+/// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+/// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+/// let pool = ProcessPool::<square>::new(2)?;
+/// let task = pool.submit(5);
+/// // ... other work ...
+/// assert_eq!(task.wait()?, 25);
+/// # Ok(()) } }
+/// ```
+///
+/// Dropping it does not cancel the task; its result is discarded.
+#[must_use = "a task does nothing unless its result is waited for; use `call_with` to fire and forget"]
+#[derive(Debug)]
+pub struct Task<T> {
+    slot: Arc<OneShot<Result<T>>>,
+}
+
+/// The error once a task's result has been handed out.
+fn taken() -> Error {
+    Error::Closed
+}
+
+impl<T> Task<T> {
+    pub(crate) fn new(slot: Arc<OneShot<Result<T>>>) -> Self {
+        Task { slot }
+    }
+
+    /// Waits for the result.
+    pub fn wait(self) -> Result<T> {
+        self.slot.take().unwrap_or_else(|| Err(taken()))
+    }
+
+    /// Waits at most `timeout`: `None` if the task has not finished by then (it goes on, and
+    /// can be waited for again), else its result. The result is handed out once; after that,
+    /// waiting again gives `Some(Err(Error::Closed))`.
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<Result<T>> {
+        match self.slot.take_timeout(timeout) {
+            Err(()) => None,
+            Ok(value) => Some(value.unwrap_or_else(|| Err(taken()))),
+        }
+    }
+
+    /// True once the result is in (or the task failed).
+    pub fn is_done(&self) -> bool {
+        self.slot.is_set()
+    }
+}
+
+impl<T> Future for Task<T> {
+    type Output = Result<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        self.slot.poll_take(cx).map(|v| v.unwrap_or_else(|| Err(taken())))
+    }
+}

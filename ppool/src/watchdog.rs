@@ -1,0 +1,142 @@
+//! The watchdog: one thread per pool that kills a worker whose task ran past its deadline or
+//! whose memory grew past the limit, and leaves a verdict for the thread that reads the
+//! worker's channel. It only exists when a timeout or a memory limit is set.
+
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Why the watchdog killed a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Timeout,
+    Memory { rss: u64 },
+}
+
+#[derive(Debug, Default)]
+struct SlotWatch {
+    pid: Option<u32>,
+    busy: bool,
+    deadline: Option<Instant>,
+    verdict: Option<Verdict>,
+}
+
+#[derive(Debug)]
+struct State {
+    slots: Vec<SlotWatch>,
+    stop: bool,
+}
+
+/// The processes of a pool, as the watchdog and `shutdown` see them.
+#[derive(Debug)]
+pub(crate) struct Watch {
+    state: Mutex<State>,
+    cv: Condvar,
+    memory_limit: Option<u64>,
+}
+
+/// How often memory is sampled when a limit is set.
+const MEMORY_POLL: Duration = Duration::from_millis(20);
+
+impl Watch {
+    pub(crate) fn new(slots: usize, memory_limit: Option<u64>) -> Self {
+        let slots = (0..slots).map(|_| SlotWatch::default()).collect();
+        Watch { state: Mutex::new(State { slots, stop: false }), cv: Condvar::new(), memory_limit }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Slot `i` now holds process `pid`.
+    pub(crate) fn register(&self, i: usize, pid: u32) {
+        let mut st = self.lock();
+        st.slots[i] = SlotWatch { pid: Some(pid), ..SlotWatch::default() };
+    }
+
+    /// Slot `i`'s process is about to be reaped: forget it, and say why it was killed, if the
+    /// watchdog killed it.
+    pub(crate) fn unregister(&self, i: usize) -> Option<Verdict> {
+        let mut st = self.lock();
+        std::mem::take(&mut st.slots[i]).verdict
+    }
+
+    /// Slot `i` is running a task that must end by `deadline` (if any).
+    pub(crate) fn arm(&self, i: usize, deadline: Option<Instant>) {
+        let mut st = self.lock();
+        let slot = &mut st.slots[i];
+        slot.busy = true;
+        slot.deadline = deadline;
+        drop(st);
+        self.cv.notify_one();
+    }
+
+    /// Slot `i` is idle.
+    pub(crate) fn disarm(&self, i: usize) {
+        let mut st = self.lock();
+        let slot = &mut st.slots[i];
+        slot.busy = false;
+        slot.deadline = None;
+    }
+
+    /// Kills every registered process (for `shutdown`).
+    pub(crate) fn kill_all(&self) {
+        let st = self.lock();
+        for slot in &st.slots {
+            if let Some(pid) = slot.pid {
+                kill(pid);
+            }
+        }
+    }
+
+    /// Stops the watchdog thread.
+    pub(crate) fn stop(&self) {
+        self.lock().stop = true;
+        self.cv.notify_all();
+    }
+
+    /// The watchdog thread's loop.
+    pub(crate) fn run(&self) {
+        let mut st = self.lock();
+        while !st.stop {
+            let now = Instant::now();
+            let mut next: Option<Instant> = None;
+            for slot in st.slots.iter_mut() {
+                let (Some(pid), true, None) = (slot.pid, slot.busy, slot.verdict) else { continue };
+                if let Some(deadline) = slot.deadline {
+                    if deadline <= now {
+                        slot.verdict = Some(Verdict::Timeout);
+                        kill(pid);
+                        continue;
+                    }
+                    next = Some(next.map_or(deadline, |n| n.min(deadline)));
+                }
+                if let Some(limit) = self.memory_limit {
+                    if let Some(rss) = resident_bytes(pid) {
+                        if rss > limit {
+                            slot.verdict = Some(Verdict::Memory { rss });
+                            kill(pid);
+                        }
+                    }
+                }
+            }
+            let mut wait = next.map_or(Duration::from_secs(3600), |n| n.saturating_duration_since(now));
+            if self.memory_limit.is_some() {
+                wait = wait.min(MEMORY_POLL);
+            }
+            st = self.cv.wait_timeout(st, wait).unwrap_or_else(PoisonError::into_inner).0;
+        }
+    }
+}
+
+fn kill(pid: u32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// The resident memory of a process, from `/proc/<pid>/statm`.
+fn resident_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * rustix::param::page_size() as u64)
+}

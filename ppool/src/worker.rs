@@ -1,0 +1,292 @@
+//! The worker side: check the channel the pool set up, answer the handshake, then run tasks
+//! until told to stop or until the supervisor goes away.
+
+use crate::entry::{self, CodecFailure, EntryRecord};
+use crate::launch::CHANNEL_ENV;
+use crate::protocol::{self, FrameBuf, FrameError, FrameReader, Hello, Outcome, Ready, Tasks, kind};
+use std::cell::{Cell, RefCell};
+use std::io::{PipeReader, PipeWriter, Write};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::{Once, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a worker waits for its supervisor's greeting before it gives up.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a worker checks that its supervisor is still alive.
+const PARENT_POLL: Duration = Duration::from_millis(100);
+/// Exit code of a worker started by hand or that could not talk to its supervisor.
+const EXIT_NO_CHANNEL: i32 = 2;
+
+/// Who this worker is, for [`worker_index`](crate::worker_index).
+#[derive(Debug)]
+pub(crate) struct WorkerInfo {
+    pub(crate) index: usize,
+    pub(crate) pool: String,
+}
+
+pub(crate) static WORKER: OnceLock<WorkerInfo> = OnceLock::new();
+
+/// Serves as a worker; never returns.
+pub(crate) fn enter() -> ! {
+    let (input, output, max_frame) = match channel_from_env() {
+        Ok(channel) => channel,
+        Err(why) => hand_started(&why),
+    };
+    serve(input, output, max_frame)
+}
+
+fn hand_started(why: &str) -> ! {
+    eprintln!(
+        "error: this is the command line of a ppool worker, which only a ProcessPool can start \
+         ({why}). Run the program without `{}` to use it normally.",
+        crate::launch::WORKER_ARG
+    );
+    std::process::exit(EXIT_NO_CHANNEL)
+}
+
+/// Reads `PPOOL_WORKER_CHANNEL=<read fd>,<write fd>,<max frame>` and checks that both
+/// descriptors are open pipes: argv alone does not make a worker.
+fn channel_from_env() -> Result<(PipeReader, PipeWriter, usize), String> {
+    let value = std::env::var(CHANNEL_ENV).map_err(|_| format!("{CHANNEL_ENV} is not set"))?;
+    let mut parts = value.split(',');
+    let mut next = |what: &str| -> Result<u64, String> {
+        parts
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| format!("{CHANNEL_ENV} has no valid {what}"))
+    };
+    let read_fd = next("read descriptor")? as RawFd;
+    let write_fd = next("write descriptor")? as RawFd;
+    let max_frame = next("frame limit")? as usize;
+    let input = owned_pipe(read_fd)?;
+    let output = owned_pipe(write_fd)?;
+    Ok((PipeReader::from(input), PipeWriter::from(output), max_frame))
+}
+
+fn owned_pipe(fd: RawFd) -> Result<OwnedFd, String> {
+    if fd < 3 {
+        return Err(format!("descriptor {fd} is a standard stream, not a channel"));
+    }
+    // SAFETY: `fd` is only borrowed for the `fstat` call; an invalid number makes it fail.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let stat = rustix::fs::fstat(borrowed).map_err(|e| format!("descriptor {fd} is not open: {e}"))?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Fifo {
+        return Err(format!("descriptor {fd} is not a pipe"));
+    }
+    // SAFETY: the descriptor is open (fstat succeeded), was inherited for this purpose, and
+    // nothing else in this process owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+thread_local! {
+    static IN_TASK: Cell<bool> = const { Cell::new(false) };
+    static LAST_PANIC: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
+}
+
+/// Records the panics of tasks as data (the supervisor reports them) instead of printing them,
+/// unless `RUST_BACKTRACE` is set. Other panics go to the previous hook.
+pub(crate) fn install_panic_hook() {
+    static INSTALLED: Once = Once::new();
+    INSTALLED.call_once(|| {
+        let print = std::env::var_os("RUST_BACKTRACE").is_some();
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if !IN_TASK.with(Cell::get) {
+                return previous(info);
+            }
+            let message = payload_message(info.payload());
+            let location = info.location().map(|l| l.to_string()).unwrap_or_default();
+            LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location)));
+            if print {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// Runs `f` as a task: its panic is caught and recorded.
+fn catch_task<R>(f: impl FnOnce() -> R) -> Result<R, (String, String)> {
+    IN_TASK.with(|t| t.set(true));
+    let result = panic::catch_unwind(AssertUnwindSafe(f));
+    IN_TASK.with(|t| t.set(false));
+    result.map_err(|payload| {
+        LAST_PANIC
+            .with(|p| p.borrow_mut().take())
+            .unwrap_or_else(|| (payload_message(payload.as_ref()), String::new()))
+    })
+}
+
+fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_string()
+    }
+}
+
+/// Watches, on its own thread, that the handshake comes in time and that the supervisor lives.
+fn spawn_guard(greeted: &'static AtomicBool) {
+    let parent = rustix::process::getppid();
+    let started = Instant::now();
+    let spawned = std::thread::Builder::new().name("ppool-guard".into()).spawn(move || {
+        loop {
+            std::thread::sleep(PARENT_POLL);
+            if rustix::process::getppid() != parent {
+                // The supervisor is gone: nobody wants our results.
+                std::process::exit(0);
+            }
+            if !greeted.load(Ordering::Acquire) && started.elapsed() > HANDSHAKE_TIMEOUT {
+                hand_started("no pool greeted it on its channel");
+            }
+        }
+    });
+    if spawned.is_err() {
+        eprintln!("ppool worker: cannot start its guard thread");
+        std::process::exit(EXIT_NO_CHANNEL);
+    }
+}
+
+fn serve(input: PipeReader, mut output: PipeWriter, max_frame: usize) -> ! {
+    static GREETED: AtomicBool = AtomicBool::new(false);
+    spawn_guard(&GREETED);
+    let mut reader = FrameReader::new(input, max_frame);
+    let mut body = Vec::new();
+    let mut out = FrameBuf::default();
+
+    let record = match handshake(&mut reader, &mut body, &mut out) {
+        Ok(record) => record,
+        Err(why) => {
+            let _ = protocol::write_frame(&mut output, {
+                Ready::Refused(&why).write(&mut out);
+                out.finish()
+            });
+            hand_started(&why)
+        }
+    };
+    GREETED.store(true, Ordering::Release);
+    if protocol::write_frame(&mut output, out.finish()).is_err() {
+        std::process::exit(0);
+    }
+    install_panic_hook();
+
+    loop {
+        match reader.read(&mut body) {
+            Ok(()) => {}
+            Err(FrameError::Closed) => std::process::exit(0),
+            Err(e) => {
+                eprintln!("ppool worker: {e}");
+                std::process::exit(3);
+            }
+        }
+        match body[0] {
+            kind::TASKS => {
+                if let Err(e) = run_tasks(record, &body, &mut out) {
+                    eprintln!("ppool worker: {e}");
+                    std::process::exit(3);
+                }
+            }
+            kind::INIT => run_init(&body, &mut out),
+            kind::EXIT => std::process::exit(0),
+            k => {
+                eprintln!("ppool worker: unexpected message kind {k}");
+                std::process::exit(3);
+            }
+        }
+        if let Err(e) = output.write_all(out.finish()) {
+            // The supervisor closed its end: it is gone or wants us gone.
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                eprintln!("ppool worker: cannot send results: {e}");
+            }
+            std::process::exit(0);
+        }
+    }
+}
+
+/// Reads HELLO, checks it, and prepares READY in `out`.
+fn handshake(
+    reader: &mut FrameReader<PipeReader>,
+    body: &mut Vec<u8>,
+    out: &mut FrameBuf,
+) -> Result<&'static EntryRecord, String> {
+    reader.read(body).map_err(|e| format!("no greeting on its channel: {e}"))?;
+    let hello = Hello::parse(body).map_err(|e| e.to_string())?;
+    let ours = entry::build_id();
+    if hello.build_id != ours {
+        return Err(format!(
+            "the worker binary is of another build (its entry table is {ours:016x}, the pool's \
+             {:016x}); was the program rebuilt while it ran?",
+            hello.build_id
+        ));
+    }
+    let record = entry::find(hello.entry).map_err(|e| e.to_string())?;
+    let _ = WORKER.set(WorkerInfo { index: hello.worker as usize, pool: hello.pool.to_string() });
+    Ready::Ok { build_id: ours, token: hello.token, pid: std::process::id() }.write(out);
+    Ok(record)
+}
+
+/// Runs the tasks of a TASKS body and builds the RESULTS frame in `out`.
+pub(crate) fn run_tasks(record: &EntryRecord, body: &[u8], out: &mut FrameBuf) -> Result<(), FrameError> {
+    let started = Instant::now();
+    let mut tasks = Tasks::parse(body)?;
+    protocol::start_results(out, tasks.job, tasks.count);
+    for _ in 0..tasks.count {
+        let args = tasks.next_args()?;
+        run_one(record, args, out);
+    }
+    protocol::set_busy(out, started.elapsed().as_nanos() as u64);
+    Ok(())
+}
+
+/// Runs one task and appends its outcome.
+fn run_one(record: &EntryRecord, args: &[u8], out: &mut FrameBuf) {
+    let at = out.len();
+    match catch_task(|| Outcome::write_ok(out, |value| (record.run)(args, value))) {
+        Ok(Ok(())) => {}
+        Ok(Err(CodecFailure { action, message })) => Outcome::write_codec(out, action, &message),
+        Err((message, location)) => {
+            out.truncate(at);
+            Outcome::write_panicked(out, &message, &location);
+        }
+    }
+}
+
+/// Runs the initializer named in an INIT frame and prepares INIT_DONE.
+fn run_init(body: &[u8], out: &mut FrameBuf) {
+    let failure = init_failure(body);
+    protocol::write_init_done(out, failure.as_deref());
+}
+
+/// Runs the initializer of an INIT body; `Some(why)` if it failed.
+pub(crate) fn init_failure(body: &[u8]) -> Option<String> {
+    let mut fields = protocol::Fields::new(body);
+    let parsed = (|| {
+        fields.u8("kind")?;
+        let name = fields.str("initializer name")?;
+        let args = fields.bytes("initializer arguments")?;
+        fields.end()?;
+        Ok::<_, FrameError>((name, args))
+    })();
+    let (name, args) = match parsed {
+        Ok(p) => p,
+        Err(e) => return Some(e.to_string()),
+    };
+    let record = match entry::find(name) {
+        Ok(r) => r,
+        Err(e) => return Some(e.to_string()),
+    };
+    let mut sink = Vec::new();
+    match catch_task(|| (record.run)(args, &mut sink)) {
+        Ok(Ok(())) => None,
+        Ok(Err(CodecFailure { action, message })) => {
+            Some(format!("initializer `{name}` could not {action}: {message}"))
+        }
+        Err((message, location)) => {
+            let at = if location.is_empty() { String::new() } else { format!(" at {location}") };
+            Some(format!("initializer `{name}` panicked{at}: {message}"))
+        }
+    }
+}

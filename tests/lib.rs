@@ -1,0 +1,1 @@
+//! Integration tests of ppool live in this package's test targets.

@@ -1,0 +1,1 @@
+//! Compile-fail tests of ppool live in `fail/`; see `compile_fail.rs`.
