@@ -65,7 +65,12 @@ fn tuples_results_and_panics() {
     let p = ProcessPool::<explode>::new(1).unwrap();
     let e = p.call("boom".into()).unwrap_err();
     match &e {
-        Error::Panicked { message, location, entry, .. } => {
+        Error::Panicked {
+            message,
+            location,
+            entry,
+            ..
+        } => {
             assert_eq!(message, "boom");
             assert!(location.as_deref().unwrap_or("").contains("api.rs"), "{e}");
             assert!(entry.ends_with("explode"));
@@ -73,7 +78,10 @@ fn tuples_results_and_panics() {
         other => panic!("unexpected {other:?}"),
     }
     // the worker goes on
-    assert!(matches!(p.call("again".into()), Err(Error::Panicked { .. })));
+    assert!(matches!(
+        p.call("again".into()),
+        Err(Error::Panicked { .. })
+    ));
 }
 
 #[test]

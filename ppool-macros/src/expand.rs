@@ -19,7 +19,12 @@ pub(crate) fn pool_entry(args: TokenStream, input: TokenStream) -> TokenStream {
 }
 
 fn expand(entry: &Entry) -> TokenStream {
-    let Entry { func, args, output, krate } = entry;
+    let Entry {
+        func,
+        args,
+        output,
+        krate,
+    } = entry;
     let vis = &func.vis;
     let ident = &func.sig.ident;
     let private = quote!(#krate::__private);
@@ -32,13 +37,20 @@ fn expand(entry: &Entry) -> TokenStream {
             let ty = types[0];
             (quote!(#ty), quote!(#ident(args)))
         }
-        _ => (quote!((#(#types,)*)), quote!({ let (#(#names,)*) = args; #ident(#(#names),*) })),
+        _ => (
+            quote!((#(#types,)*)),
+            quote!({ let (#(#names,)*) = args; #ident(#(#names),*) }),
+        ),
     };
     let output_ty = match output {
         Some(ty) => quote!(#ty),
         None => quote!(()),
     };
-    let bind = if args.is_empty() { quote!(_args) } else { quote!(args) };
+    let bind = if args.is_empty() {
+        quote!(_args)
+    } else {
+        quote!(args)
+    };
 
     // One check per user type, spanned at that type, so "`Serialize` is not implemented"
     // lands on the offending argument or return type.
@@ -48,9 +60,8 @@ fn expand(entry: &Entry) -> TokenStream {
         }
     });
 
-    let doc = format!(
-        "The pool entry [`{ident}()`](fn@{ident}): name it as `ProcessPool::<{ident}>`."
-    );
+    let doc =
+        format!("The pool entry [`{ident}()`](fn@{ident}): name it as `ProcessPool::<{ident}>`.");
 
     quote! {
         #func

@@ -40,7 +40,10 @@ fn push(acc: &mut Option<syn::Error>, error: syn::Error) {
 }
 
 /// Parses the item and checks every rule, so that all mistakes are reported at once.
-pub(crate) fn entry(args: TokenStream, input: TokenStream) -> Result<Entry, (syn::Error, TokenStream)> {
+pub(crate) fn entry(
+    args: TokenStream,
+    input: TokenStream,
+) -> Result<Entry, (syn::Error, TokenStream)> {
     let krate = match parse_args(args) {
         Ok(k) => k,
         Err(e) => return Err((e, input)),
@@ -58,40 +61,94 @@ pub(crate) fn entry(args: TokenStream, input: TokenStream) -> Result<Entry, (syn
     let mut err = None;
     let sig = &func.sig;
     if let Some(t) = &sig.asyncness {
-        push(&mut err, syn::Error::new_spanned(t, "a pool entry cannot be `async`: workers run it to completion on their own thread"));
+        push(
+            &mut err,
+            syn::Error::new_spanned(
+                t,
+                "a pool entry cannot be `async`: workers run it to completion on their own thread",
+            ),
+        );
     }
     if let syn::Safety::Unsafe(t) = &sig.safety {
-        push(&mut err, syn::Error::new_spanned(t, "a pool entry cannot be `unsafe fn`: nothing could uphold its safety contract across a process boundary"));
+        push(
+            &mut err,
+            syn::Error::new_spanned(
+                t,
+                "a pool entry cannot be `unsafe fn`: nothing could uphold its safety contract across a process boundary",
+            ),
+        );
     }
     if let Some(t) = &sig.constness {
-        push(&mut err, syn::Error::new_spanned(t, "a pool entry cannot be `const fn`"));
+        push(
+            &mut err,
+            syn::Error::new_spanned(t, "a pool entry cannot be `const fn`"),
+        );
     }
     if let Some(abi) = &sig.abi {
-        push(&mut err, syn::Error::new_spanned(abi, "a pool entry cannot have an `extern` ABI"));
+        push(
+            &mut err,
+            syn::Error::new_spanned(abi, "a pool entry cannot have an `extern` ABI"),
+        );
     }
     if !sig.generics.params.is_empty() {
-        push(&mut err, syn::Error::new_spanned(&sig.generics.params, "a pool entry cannot be generic: a worker must know the concrete argument and return types"));
+        push(
+            &mut err,
+            syn::Error::new_spanned(
+                &sig.generics.params,
+                "a pool entry cannot be generic: a worker must know the concrete argument and return types",
+            ),
+        );
     } else if let Some(w) = &sig.generics.where_clause {
-        push(&mut err, syn::Error::new_spanned(w, "a pool entry cannot have a `where` clause"));
+        push(
+            &mut err,
+            syn::Error::new_spanned(w, "a pool entry cannot have a `where` clause"),
+        );
     }
     if let Some(v) = &sig.variadic {
-        push(&mut err, syn::Error::new_spanned(v, "a pool entry cannot be variadic"));
+        push(
+            &mut err,
+            syn::Error::new_spanned(v, "a pool entry cannot be variadic"),
+        );
     }
     let mut args = Vec::new();
     for input in &sig.inputs {
         match input {
-            FnArg::Receiver(r) => push(&mut err, syn::Error::new_spanned(r, "a pool entry cannot be a method: `self` cannot be sent to a worker; use a free function")),
+            FnArg::Receiver(r) => push(
+                &mut err,
+                syn::Error::new_spanned(
+                    r,
+                    "a pool entry cannot be a method: `self` cannot be sent to a worker; use a free function",
+                ),
+            ),
             FnArg::Typed(pt) => {
                 match pt.ty.as_ref() {
-                    Type::Reference(r) => push(&mut err, syn::Error::new_spanned(r, "a pool entry cannot take a reference: arguments are sent to another process; take an owned type such as `String` or `Vec<T>`")),
-                    Type::ImplTrait(t) => push(&mut err, syn::Error::new_spanned(t, "a pool entry cannot take `impl Trait`: a worker must know the concrete type")),
+                    Type::Reference(r) => push(
+                        &mut err,
+                        syn::Error::new_spanned(
+                            r,
+                            "a pool entry cannot take a reference: arguments are sent to another process; take an owned type such as `String` or `Vec<T>`",
+                        ),
+                    ),
+                    Type::ImplTrait(t) => push(
+                        &mut err,
+                        syn::Error::new_spanned(
+                            t,
+                            "a pool entry cannot take `impl Trait`: a worker must know the concrete type",
+                        ),
+                    ),
                     _ => {}
                 }
                 match pt.pat.as_ref() {
                     Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none() => {
                         args.push((pi.ident.clone(), (*pt.ty).clone()));
                     }
-                    other => push(&mut err, syn::Error::new_spanned(other, "a pool entry's arguments must be plain names such as `x: u64`; destructure inside the body instead")),
+                    other => push(
+                        &mut err,
+                        syn::Error::new_spanned(
+                            other,
+                            "a pool entry's arguments must be plain names such as `x: u64`; destructure inside the body instead",
+                        ),
+                    ),
                 }
             }
         }
@@ -100,8 +157,20 @@ pub(crate) fn entry(args: TokenStream, input: TokenStream) -> Result<Entry, (syn
         ReturnType::Default => None,
         ReturnType::Type(_, ty) => {
             match ty.as_ref() {
-                Type::Reference(r) => push(&mut err, syn::Error::new_spanned(r, "a pool entry cannot return a reference: the result is sent to another process")),
-                Type::ImplTrait(t) => push(&mut err, syn::Error::new_spanned(t, "a pool entry cannot return `impl Trait`: the supervisor must know the concrete type")),
+                Type::Reference(r) => push(
+                    &mut err,
+                    syn::Error::new_spanned(
+                        r,
+                        "a pool entry cannot return a reference: the result is sent to another process",
+                    ),
+                ),
+                Type::ImplTrait(t) => push(
+                    &mut err,
+                    syn::Error::new_spanned(
+                        t,
+                        "a pool entry cannot return `impl Trait`: the supervisor must know the concrete type",
+                    ),
+                ),
                 _ => {}
             }
             Some((**ty).clone())
@@ -109,6 +178,11 @@ pub(crate) fn entry(args: TokenStream, input: TokenStream) -> Result<Entry, (syn
     };
     match err {
         Some(e) => Err((e, quote::ToTokens::into_token_stream(func))),
-        None => Ok(Entry { func, args, output, krate }),
+        None => Ok(Entry {
+            func,
+            args,
+            output,
+            krate,
+        }),
     }
 }

@@ -28,7 +28,13 @@ struct GatherState<T> {
 impl<T> Gather<T> {
     pub(crate) fn new(len: usize) -> Arc<Self> {
         let slots = (0..len).map(|_| None).collect();
-        Arc::new(Gather { state: Mutex::new(GatherState { slots, missing: len }), done: Condvar::new() })
+        Arc::new(Gather {
+            state: Mutex::new(GatherState {
+                slots,
+                missing: len,
+            }),
+            done: Condvar::new(),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, GatherState<T>> {
@@ -60,7 +66,10 @@ impl<T> Gather<T> {
         while st.missing > 0 {
             st = self.done.wait(st).unwrap_or_else(PoisonError::into_inner);
         }
-        std::mem::take(&mut st.slots).into_iter().map(|r| r.unwrap_or(Err(Error::Closed))).collect()
+        std::mem::take(&mut st.slots)
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(Error::Closed)))
+            .collect()
     }
 
     fn is_done(&self) -> bool {

@@ -23,7 +23,11 @@ impl Chunking {
     /// recycled after n tasks gets chunks of at most n).
     pub(crate) fn new(fixed: Option<usize>, cap: Option<u64>) -> Self {
         let cap = cap.map_or(MAX_CHUNK, |c| (c.min(MAX_CHUNK as u64) as usize).max(1));
-        Chunking { fixed, cap, nanos_per_task: AtomicU64::new(0) }
+        Chunking {
+            fixed,
+            cap,
+            nanos_per_task: AtomicU64::new(0),
+        }
     }
 
     /// The chunk size for a stream of unknown length.
@@ -46,7 +50,11 @@ impl Chunking {
         }
         let balanced = len.div_ceil(4 * workers.max(1)).max(1);
         let per_task = self.nanos_per_task.load(Ordering::Relaxed);
-        let by_time = if per_task == 0 { self.cap } else { ((TARGET_NANOS / per_task) as usize).max(1) };
+        let by_time = if per_task == 0 {
+            self.cap
+        } else {
+            ((TARGET_NANOS / per_task) as usize).max(1)
+        };
         balanced.min(by_time).min(self.cap)
     }
 
@@ -57,7 +65,11 @@ impl Chunking {
         }
         let sample = (busy_nanos / u64::from(count)).max(1);
         let old = self.nanos_per_task.load(Ordering::Relaxed);
-        let new = if old == 0 { sample } else { (old * 3 + sample) / 4 };
+        let new = if old == 0 {
+            sample
+        } else {
+            (old * 3 + sample) / 4
+        };
         self.nanos_per_task.store(new.max(1), Ordering::Relaxed);
     }
 }

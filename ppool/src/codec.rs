@@ -9,7 +9,10 @@ use serde::de::DeserializeOwned;
 use std::any::Any;
 
 /// Appends the encoding of `value` to `out`.
-pub(crate) fn encode_into<T: Serialize + 'static>(value: &T, out: &mut Vec<u8>) -> Result<(), String> {
+pub(crate) fn encode_into<T: Serialize + 'static>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
     if let Some(bytes) = (value as &dyn Any).downcast_ref::<Vec<u8>>() {
         write_varint(out, bytes.len() as u64);
         out.extend_from_slice(bytes);
@@ -24,7 +27,10 @@ pub(crate) fn decode<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T, S
     if let Some(vec_slot) = (&mut slot as &mut dyn Any).downcast_mut::<Option<Vec<u8>>>() {
         let (len, rest) = read_varint(bytes).ok_or("malformed length of a byte buffer")?;
         if rest.len() as u64 != len {
-            return Err(format!("byte buffer claims {len} bytes, {} are present", rest.len()));
+            return Err(format!(
+                "byte buffer claims {len} bytes, {} are present",
+                rest.len()
+            ));
         }
         *vec_slot = Some(rest.to_vec());
         return slot.ok_or_else(|| "internal: byte buffer fast path".to_string());

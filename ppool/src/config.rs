@@ -53,9 +53,17 @@ impl NJobs {
         match self.0 {
             Spec::Count(-1) => Ok(cpus),
             Spec::Count(n) if n >= 1 => Ok((n.min(cpus as i128)) as usize),
-            Spec::Count(n) => Err(Error::config("n_jobs", format!("{n} is not allowed; {ALLOWED}"))),
-            Spec::Share(f) if f > 0.0 && f <= 1.0 => Ok(((f * cpus as f64).floor() as usize).max(1)),
-            Spec::Share(f) => Err(Error::config("n_jobs", format!("{f} is not allowed; {ALLOWED}"))),
+            Spec::Count(n) => Err(Error::config(
+                "n_jobs",
+                format!("{n} is not allowed; {ALLOWED}"),
+            )),
+            Spec::Share(f) if f > 0.0 && f <= 1.0 => {
+                Ok(((f * cpus as f64).floor() as usize).max(1))
+            }
+            Spec::Share(f) => Err(Error::config(
+                "n_jobs",
+                format!("{f} is not allowed; {ALLOWED}"),
+            )),
         }
     }
 }
@@ -76,9 +84,25 @@ mod tests {
 
     #[test]
     fn rejects_everything_else_with_a_message() {
-        for bad in [NJobs::from(0), NJobs::from(-2), NJobs::from(1.5), NJobs::from(f64::NAN), NJobs::from(0.0), NJobs::from(-0.5)] {
+        for bad in [
+            NJobs::from(0),
+            NJobs::from(-2),
+            NJobs::from(1.5),
+            NJobs::from(f64::NAN),
+            NJobs::from(0.0),
+            NJobs::from(-0.5),
+        ] {
             let e = bad.resolve(8).unwrap_err();
-            assert!(matches!(e, Error::InvalidConfig { setting: "n_jobs", .. }), "{e}");
+            assert!(
+                matches!(
+                    e,
+                    Error::InvalidConfig {
+                        setting: "n_jobs",
+                        ..
+                    }
+                ),
+                "{e}"
+            );
             assert!(e.to_string().contains("-1 for every CPU"), "{e}");
         }
     }

@@ -55,7 +55,13 @@ pub struct EntryRecord {
 impl EntryRecord {
     /// The record of entry `E`, defined at `file:line`.
     pub const fn of<E: Entry>(file: &'static str, line: u32) -> Self {
-        EntryRecord { name: E::NAME, file, line, run: run::<E>, signature: signature::<E> }
+        EntryRecord {
+            name: E::NAME,
+            file,
+            line,
+            run: run::<E>,
+            signature: signature::<E>,
+        }
     }
 
     pub(crate) fn location(&self) -> String {
@@ -64,14 +70,22 @@ impl EntryRecord {
 }
 
 fn run<E: Entry>(input: &[u8], out: &mut Vec<u8>) -> Result<(), CodecFailure> {
-    let args: E::Args = codec::decode(input)
-        .map_err(|message| CodecFailure { action: "decode the arguments", message })?;
+    let args: E::Args = codec::decode(input).map_err(|message| CodecFailure {
+        action: "decode the arguments",
+        message,
+    })?;
     let output = E::call(args);
-    codec::encode_into(&output, out).map_err(|message| CodecFailure { action: "encode the result", message })
+    codec::encode_into(&output, out).map_err(|message| CodecFailure {
+        action: "encode the result",
+        message,
+    })
 }
 
 fn signature<E: Entry>() -> [&'static str; 2] {
-    [std::any::type_name::<E::Args>(), std::any::type_name::<E::Output>()]
+    [
+        std::any::type_name::<E::Args>(),
+        std::any::type_name::<E::Output>(),
+    ]
 }
 
 /// Every entry of the binary, gathered by the linker.

@@ -26,7 +26,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// The entry panicked. The worker caught the panic and goes on serving.
-    #[error("entry `{entry}` panicked on worker {worker}: {message}{}", at(location))]
+    #[error(
+        "entry `{entry}` panicked on worker {worker}: {message}{}",
+        at(location)
+    )]
     Panicked {
         /// The entry's name.
         entry: String,
@@ -53,7 +56,9 @@ pub enum Error {
     },
 
     /// The task ran longer than the pool's `task_timeout`; its worker was killed and replaced.
-    #[error("entry `{entry}` ran past its {timeout:?} timeout on worker {worker} (pid {pid}); the worker was killed and replaced")]
+    #[error(
+        "entry `{entry}` ran past its {timeout:?} timeout on worker {worker} (pid {pid}); the worker was killed and replaced"
+    )]
     Timeout {
         /// The entry's name.
         entry: String,
@@ -67,7 +72,9 @@ pub enum Error {
 
     /// The worker's memory grew past the pool's `worker_memory_limit`; it was killed and
     /// replaced.
-    #[error("entry `{entry}` hit the memory limit of {limit} bytes on worker {worker} (pid {pid}, {rss} bytes resident); the worker was killed and replaced")]
+    #[error(
+        "entry `{entry}` hit the memory limit of {limit} bytes on worker {worker} (pid {pid}, {rss} bytes resident); the worker was killed and replaced"
+    )]
     MemoryLimit {
         /// The entry's name.
         entry: String,
@@ -87,7 +94,9 @@ pub enum Error {
 
     /// The pool was built with `start(false)` and [`start`](crate::ProcessPool::start) has not
     /// been called yet.
-    #[error("the pool has not been started: it was built with `start(false)`; call `start()` first")]
+    #[error(
+        "the pool has not been started: it was built with `start(false)`; call `start()` first"
+    )]
     NotStarted,
 
     /// A builder setting is not allowed.
@@ -140,7 +149,10 @@ pub enum Error {
 }
 
 fn at(location: &Option<String>) -> String {
-    location.as_ref().map(|l| format!(" (at {l})")).unwrap_or_default()
+    location
+        .as_ref()
+        .map(|l| format!(" (at {l})"))
+        .unwrap_or_default()
 }
 
 /// How a worker process ended.
@@ -202,11 +214,16 @@ fn signal_name(signal: i32) -> Option<&'static str> {
 
 impl Error {
     pub(crate) fn spawn(message: impl Into<String>) -> Self {
-        Error::Spawn { message: message.into() }
+        Error::Spawn {
+            message: message.into(),
+        }
     }
 
     pub(crate) fn config(setting: &'static str, message: impl Into<String>) -> Self {
-        Error::InvalidConfig { setting, message: message.into() }
+        Error::InvalidConfig {
+            setting,
+            message: message.into(),
+        }
     }
 
     /// True for the failures that say a worker process was lost (died, timed out, hit its

@@ -26,7 +26,11 @@ impl ChunkEncoder {
     pub(crate) fn push<F: Entry>(&mut self, args: &F::Args) -> Result<()> {
         self.frame
             .block(|out| codec::encode_into(args, out))
-            .map_err(|message| Error::Codec { entry: F::NAME.to_string(), action: "encode the arguments", message })?;
+            .map_err(|message| Error::Codec {
+                entry: F::NAME.to_string(),
+                action: "encode the arguments",
+                message,
+            })?;
         self.count += 1;
         Ok(())
     }
@@ -38,7 +42,13 @@ impl ChunkEncoder {
     /// The job, with `deliver` for its results.
     pub(crate) fn into_job(mut self, deliver: Deliver, cancelled: Option<Arc<AtomicBool>>) -> Job {
         protocol::set_count(&mut self.frame, self.count);
-        Job { count: self.count, frame: self.frame.take(), deliver, cancelled, attempts: 0 }
+        Job {
+            count: self.count,
+            frame: self.frame.take(),
+            deliver,
+            cancelled,
+            attempts: 0,
+        }
     }
 }
 
@@ -52,7 +62,11 @@ pub(crate) fn single<F: Entry>(args: &F::Args, deliver: Deliver) -> Result<Job, 
 }
 
 /// Calls `each(k, result)` for the `k`-th task of a job of `count` tasks.
-pub(crate) fn for_each_result<F: Entry>(delivery: Delivery<'_>, count: u32, mut each: impl FnMut(usize, Result<F::Output>)) {
+pub(crate) fn for_each_result<F: Entry>(
+    delivery: Delivery<'_>,
+    count: u32,
+    mut each: impl FnMut(usize, Result<F::Output>),
+) {
     match delivery {
         Ok((results, worker)) => {
             for (k, outcome) in results.outcomes().enumerate() {
@@ -75,7 +89,10 @@ pub(crate) fn first_result<F: Entry>(delivery: Delivery<'_>) -> Result<F::Output
             out = Some(r);
         }
     });
-    out.unwrap_or(Err(Error::Protocol { worker: 0, message: "a job came back without results".into() }))
+    out.unwrap_or(Err(Error::Protocol {
+        worker: 0,
+        message: "a job came back without results".into(),
+    }))
 }
 
 fn convert<F: Entry>(outcome: Outcome<'_>, worker: usize) -> Result<F::Output> {
@@ -93,7 +110,11 @@ fn convert<F: Entry>(outcome: Outcome<'_>, worker: usize) -> Result<F::Output> {
         }),
         Outcome::Codec { action, message } => Err(Error::Codec {
             entry: F::NAME.to_string(),
-            action: if action.starts_with("decode") { "decode the arguments" } else { "encode the result" },
+            action: if action.starts_with("decode") {
+                "decode the arguments"
+            } else {
+                "encode the result"
+            },
             message: message.to_string(),
         }),
     }

@@ -72,8 +72,13 @@ pub(crate) fn worker_command() -> Result<Command, Error> {
                 Some((_crate, rest)) => format!("{rest}::{TEST_FN}"),
                 None => TEST_FN.to_string(),
             };
-            let args: [OsString; 5] =
-                [path.into(), "--exact".into(), "--nocapture".into(), "--test-threads=1".into(), "-q".into()];
+            let args: [OsString; 5] = [
+                path.into(),
+                "--exact".into(),
+                "--nocapture".into(),
+                "--test-threads=1".into(),
+                "-q".into(),
+            ];
             command.args(args);
         }
     }
@@ -148,8 +153,9 @@ macro_rules! test_support {
         const _: () = {
             #[$crate::__private::linkme::distributed_slice($crate::__private::LAUNCHERS)]
             #[linkme(crate = $crate::__private::linkme)]
-            static LAUNCHER: $crate::__private::Launcher =
-                $crate::__private::Launcher::Test { module: ::core::module_path!() };
+            static LAUNCHER: $crate::__private::Launcher = $crate::__private::Launcher::Test {
+                module: ::core::module_path!(),
+            };
         };
     };
 }

@@ -30,12 +30,20 @@ impl Local {
                 return Err(Error::spawn(format!("worker {index} (in-process): {why}")));
             }
         }
-        Ok(Local { record, pending: VecDeque::new(), body: Vec::new(), out: FrameBuf::default(), tasks_done: 0 })
+        Ok(Local {
+            record,
+            pending: VecDeque::new(),
+            body: Vec::new(),
+            out: FrameBuf::default(),
+            tasks_done: 0,
+        })
     }
 
     /// Runs the tasks of a frame now and keeps the results for [`recv`](Self::recv).
     pub(crate) fn send(&mut self, frame: &[u8]) -> Result<(), FrameError> {
-        let body = frame.get(4..).ok_or_else(|| FrameError::Malformed("short frame".into()))?;
+        let body = frame
+            .get(4..)
+            .ok_or_else(|| FrameError::Malformed("short frame".into()))?;
         if body.first() != Some(&kind::TASKS) {
             return Err(FrameError::Malformed("debug mode runs only tasks".into()));
         }

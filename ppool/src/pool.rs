@@ -103,7 +103,8 @@ impl<F: Entry> ProcessPool<F> {
     {
         let deliver = Box::new(move |d: Delivery<'_>| {
             let result = jobs::first_result::<F>(d);
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(result))).is_err() {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(result))).is_err()
+            {
                 tracing::error!(entry = F::NAME, "a call_with callback panicked");
             }
         });
@@ -139,13 +140,21 @@ impl<F: Entry> ProcessPool<F> {
         let mut chunk = ChunkEncoder::new();
         for (i, args) in tasks.iter().enumerate() {
             if let Err(e) = chunk.push::<F>(args) {
-                self.submit_chunk(std::mem::replace(&mut chunk, ChunkEncoder::new()), &gather, start);
+                self.submit_chunk(
+                    std::mem::replace(&mut chunk, ChunkEncoder::new()),
+                    &gather,
+                    start,
+                );
                 gather.fill(i, |put| put(0, Err(e)));
                 start = i + 1;
                 continue;
             }
             if chunk.count() as usize >= size {
-                self.submit_chunk(std::mem::replace(&mut chunk, ChunkEncoder::new()), &gather, start);
+                self.submit_chunk(
+                    std::mem::replace(&mut chunk, ChunkEncoder::new()),
+                    &gather,
+                    start,
+                );
                 start = i + 1;
             }
         }
@@ -381,21 +390,38 @@ impl<F: Entry> Builder<F> {
         let mut bytes = Vec::new();
         let encoded = codec::encode_into(&args, &mut bytes)
             .map(|()| bytes)
-            .map_err(|message| Error::Codec { entry: E::NAME.to_string(), action: "encode the arguments", message });
+            .map_err(|message| Error::Codec {
+                entry: E::NAME.to_string(),
+                action: "encode the arguments",
+                message,
+            });
         self.initializer = Some((E::NAME, encoded));
         self
     }
 
     /// Checks the settings and builds the pool (and starts it, unless `start(false)`).
     pub fn build(self) -> Result<ProcessPool<F>> {
-        let n_jobs = if self.debug { 1 } else { self.n_jobs.resolve(config::cpus())? };
-        let name = self.name.unwrap_or_else(|| F::NAME.rsplit("::").next().unwrap_or(F::NAME).to_string());
+        let n_jobs = if self.debug {
+            1
+        } else {
+            self.n_jobs.resolve(config::cpus())?
+        };
+        let name = self
+            .name
+            .unwrap_or_else(|| F::NAME.rsplit("::").next().unwrap_or(F::NAME).to_string());
         if name.is_empty() || name.contains('\0') {
-            return Err(Error::config("name", "must be non-empty and contain no NUL byte"));
+            return Err(Error::config(
+                "name",
+                "must be non-empty and contain no NUL byte",
+            ));
         }
         for (key, value) in &self.env {
             let k = key.as_encoded_bytes();
-            if k.is_empty() || k.contains(&b'=') || k.contains(&0) || value.as_encoded_bytes().contains(&0) {
+            if k.is_empty()
+                || k.contains(&b'=')
+                || k.contains(&0)
+                || value.as_encoded_bytes().contains(&0)
+            {
                 return Err(Error::config(
                     "env",
                     format!("{key:?} is not a valid variable name (empty, or with `=` or NUL)"),
@@ -409,13 +435,19 @@ impl<F: Entry> Builder<F> {
             return Err(Error::config("task_timeout", "must be longer than zero"));
         }
         if self.memory_limit == Some(0) {
-            return Err(Error::config("worker_memory_limit", "must be more than zero bytes"));
+            return Err(Error::config(
+                "worker_memory_limit",
+                "must be more than zero bytes",
+            ));
         }
         if self.chunk_size == Some(0) {
             return Err(Error::config("chunk_size", "must be at least 1"));
         }
         if self.max_frame < 1024 || self.max_frame > u32::MAX as usize {
-            return Err(Error::config("max_frame_size", format!("must be between 1 KiB and {} bytes", u32::MAX)));
+            return Err(Error::config(
+                "max_frame_size",
+                format!("must be between 1 KiB and {} bytes", u32::MAX),
+            ));
         }
         entry::find(F::NAME)?;
         let initializer = match self.initializer {

@@ -53,7 +53,10 @@ impl WorkerProc {
         let mut command = launch::worker_command()?;
         let child_fds = [task_r.as_raw_fd(), result_w.as_raw_fd()];
         command
-            .env(CHANNEL_ENV, format!("{},{},{}", child_fds[0], child_fds[1], spec.max_frame))
+            .env(
+                CHANNEL_ENV,
+                format!("{},{},{}", child_fds[0], child_fds[1], spec.max_frame),
+            )
             .stdin(Stdio::null());
         if spec.disable_gpu {
             command.env("CUDA_VISIBLE_DEVICES", "-1");
@@ -70,7 +73,9 @@ impl WorkerProc {
                 Ok(())
             });
         }
-        let child = command.spawn().map_err(|e| Error::spawn(format!("cannot start worker {index}: {e}")))?;
+        let child = command
+            .spawn()
+            .map_err(|e| Error::spawn(format!("cannot start worker {index}: {e}")))?;
         drop((task_r, result_w));
         let pid = child.id();
         let mut worker = WorkerProc {
@@ -119,7 +124,9 @@ impl WorkerProc {
             Err(e) => return Err(self.start_failure(&e.to_string())),
         };
         match Ready::parse(body) {
-            Ok(Ready::Ok { build_id, token, .. }) => {
+            Ok(Ready::Ok {
+                build_id, token, ..
+            }) => {
                 if build_id != entry::build_id() || token != spec.token {
                     return Err(self.start_failure("it is a worker of another build"));
                 }
@@ -147,7 +154,10 @@ impl WorkerProc {
     fn start_failure(&mut self, what: &str) -> Error {
         self.kill();
         let cause = self.reap();
-        Error::spawn(format!("worker {} (pid {}): {what} ({cause})", self.index, self.pid))
+        Error::spawn(format!(
+            "worker {} (pid {}): {what} ({cause})",
+            self.index, self.pid
+        ))
     }
 
     /// Waits until the worker's channel has something to read; false on timeout.
@@ -155,14 +165,22 @@ impl WorkerProc {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let mut fds = [rustix::event::PollFd::new(self.rx.get_ref(), rustix::event::PollFlags::IN)];
+            let mut fds = [rustix::event::PollFd::new(
+                self.rx.get_ref(),
+                rustix::event::PollFlags::IN,
+            )];
             let wait = rustix::event::Timespec::try_from(left).ok();
             match rustix::event::poll(&mut fds, wait.as_ref()) {
                 Ok(0) if left.is_zero() => return Ok(false),
                 Ok(0) => {}
                 Ok(_) => return Ok(true),
                 Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(Error::spawn(format!("cannot wait for worker {}: {e}", self.index))),
+                Err(e) => {
+                    return Err(Error::spawn(format!(
+                        "cannot wait for worker {}: {e}",
+                        self.index
+                    )));
+                }
             }
         }
     }

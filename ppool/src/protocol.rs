@@ -47,7 +47,10 @@ impl std::fmt::Display for FrameError {
             FrameError::Closed => f.write_str("the channel closed"),
             FrameError::Io(e) => write!(f, "reading the channel failed: {e}"),
             FrameError::TooLarge { len, max } => {
-                write!(f, "a frame claims {len} bytes, more than the {max}-byte limit")
+                write!(
+                    f,
+                    "a frame claims {len} bytes, more than the {max}-byte limit"
+                )
             }
             FrameError::Malformed(m) => write!(f, "malformed frame: {m}"),
         }
@@ -67,7 +70,10 @@ pub(crate) struct FrameReader<R> {
 
 impl<R: Read> FrameReader<R> {
     pub(crate) fn new(inner: R, max: usize) -> Self {
-        FrameReader { inner: io::BufReader::with_capacity(64 * 1024, inner), max }
+        FrameReader {
+            inner: io::BufReader::with_capacity(64 * 1024, inner),
+            max,
+        }
     }
 
     /// Reads one frame's body into `body` (replacing its contents).
@@ -99,7 +105,10 @@ impl<R: Read> FrameReader<R> {
         // Grow with what arrives, not with what the header claims: a lying header costs at
         // most one bounded reservation.
         body.reserve(len.min(16 << 20));
-        let read = (&mut self.inner).take(len as u64).read_to_end(body).map_err(FrameError::Io)?;
+        let read = (&mut self.inner)
+            .take(len as u64)
+            .read_to_end(body)
+            .map_err(FrameError::Io)?;
         if read < len {
             return Err(FrameError::Io(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -155,7 +164,10 @@ impl FrameBuf {
     }
 
     /// Appends a length-prefixed block filled by `fill`, which appends to the buffer.
-    pub(crate) fn block<E>(&mut self, fill: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<&mut Self, E> {
+    pub(crate) fn block<E>(
+        &mut self,
+        fill: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<&mut Self, E> {
         let at = self.buf.len();
         self.buf.extend_from_slice(&[0; 4]);
         let result = fill(&mut self.buf);
@@ -210,7 +222,10 @@ impl<'a> Fields<'a> {
 
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], FrameError> {
         if self.rest.len() < n {
-            return Err(malformed(format!("{what}: needs {n} bytes, {} left", self.rest.len())));
+            return Err(malformed(format!(
+                "{what}: needs {n} bytes, {} left",
+                self.rest.len()
+            )));
         }
         let (head, tail) = self.rest.split_at(n);
         self.rest = tail;
@@ -252,7 +267,10 @@ impl<'a> Fields<'a> {
         if self.rest.is_empty() {
             Ok(())
         } else {
-            Err(malformed(format!("{} unexpected bytes at the end", self.rest.len())))
+            Err(malformed(format!(
+                "{} unexpected bytes at the end",
+                self.rest.len()
+            )))
         }
     }
 }
@@ -271,7 +289,10 @@ impl<'a> Hello<'a> {
     pub(crate) fn write(&self, f: &mut FrameBuf) {
         f.start(kind::HELLO);
         f.buf.extend_from_slice(&MAGIC);
-        f.u32(PROTOCOL_VERSION).u64(self.build_id).u64(self.token).u32(self.worker);
+        f.u32(PROTOCOL_VERSION)
+            .u64(self.build_id)
+            .u64(self.token)
+            .u32(self.worker);
         f.str(self.pool).str(self.entry);
     }
 
@@ -315,7 +336,11 @@ pub(crate) enum Ready<'a> {
 impl<'a> Ready<'a> {
     pub(crate) fn write(&self, f: &mut FrameBuf) {
         match self {
-            Ready::Ok { build_id, token, pid } => {
+            Ready::Ok {
+                build_id,
+                token,
+                pid,
+            } => {
                 f.start(kind::READY);
                 f.buf.extend_from_slice(&MAGIC);
                 f.u32(PROTOCOL_VERSION).u64(*build_id).u64(*token).u32(*pid);
@@ -468,13 +493,21 @@ impl<'a> Results<'a> {
     pub(crate) fn parse(body: &'a [u8]) -> Result<Self, FrameError> {
         let mut fields = Fields::new(body);
         if fields.u8("kind")? != kind::RESULTS {
-            return Err(malformed(format!("expected RESULTS, got message kind {}", body[0])));
+            return Err(malformed(format!(
+                "expected RESULTS, got message kind {}",
+                body[0]
+            )));
         }
         let job = fields.u64("job id")?;
         let count = fields.u32("result count")?;
         let busy_nanos = fields.u64("busy time")?;
         let start = body.len() - fields.rest.len();
-        let results = Results { job, count, busy_nanos, body: &body[start..] };
+        let results = Results {
+            job,
+            count,
+            busy_nanos,
+            body: &body[start..],
+        };
         let mut check = results.outcomes();
         for _ in 0..count {
             check.next_outcome()?;
@@ -485,7 +518,10 @@ impl<'a> Results<'a> {
 
     /// The outcomes, in task order.
     pub(crate) fn outcomes(&self) -> Outcomes<'a> {
-        Outcomes { fields: Fields::new(self.body), left: self.count }
+        Outcomes {
+            fields: Fields::new(self.body),
+            left: self.count,
+        }
     }
 }
 
@@ -501,10 +537,14 @@ impl<'a> Outcomes<'a> {
         let f = &mut self.fields;
         Ok(match f.u8("outcome tag")? {
             OUTCOME_OK => Outcome::Ok(f.bytes("result value")?),
-            OUTCOME_PANICKED => {
-                Outcome::Panicked { message: f.str("panic message")?, location: f.str("panic location")? }
-            }
-            OUTCOME_CODEC => Outcome::Codec { action: f.str("codec action")?, message: f.str("codec message")? },
+            OUTCOME_PANICKED => Outcome::Panicked {
+                message: f.str("panic message")?,
+                location: f.str("panic location")?,
+            },
+            OUTCOME_CODEC => Outcome::Codec {
+                action: f.str("codec action")?,
+                message: f.str("codec message")?,
+            },
             t => return Err(malformed(format!("unknown outcome tag {t}"))),
         })
     }
@@ -541,7 +581,10 @@ pub(crate) fn write_init_done(f: &mut FrameBuf, failure: Option<&str>) {
 pub(crate) fn parse_init_done(body: &[u8]) -> Result<Result<(), String>, FrameError> {
     let mut r = Fields::new(body);
     if r.u8("kind")? != kind::INIT_DONE {
-        return Err(malformed(format!("expected INIT_DONE, got message kind {}", body[0])));
+        return Err(malformed(format!(
+            "expected INIT_DONE, got message kind {}",
+            body[0]
+        )));
     }
     let done = match r.u8("status")? {
         0 => Ok(()),

@@ -63,7 +63,11 @@ impl<'p, F: Entry, I: Iterator<Item = F::Args>> Map<'p, F, I> {
             pool,
             input: Some(input),
             results: Arc::new(Results {
-                state: Mutex::new(ResultsState { pending: VecDeque::new(), base: 0, arrived: VecDeque::new() }),
+                state: Mutex::new(ResultsState {
+                    pending: VecDeque::new(),
+                    base: 0,
+                    arrived: VecDeque::new(),
+                }),
                 ready: Condvar::new(),
             }),
             cancelled: Arc::new(AtomicBool::new(false)),
@@ -81,7 +85,12 @@ impl<'p, F: Entry, I: Iterator<Item = F::Args>> Map<'p, F, I> {
             if outstanding >= self.window {
                 return;
             }
-            let size = self.pool.chunking().next().min(self.window - outstanding).max(1);
+            let size = self
+                .pool
+                .chunking()
+                .next()
+                .min(self.window - outstanding)
+                .max(1);
             let start = self.submitted;
             let mut chunk = ChunkEncoder::new();
             let mut failed: Vec<(u64, Error)> = Vec::new();
@@ -117,7 +126,9 @@ impl<'p, F: Entry, I: Iterator<Item = F::Args>> Map<'p, F, I> {
                     drop(st);
                     results.ready.notify_all();
                 });
-                self.pool.core().submit(chunk.into_job(deliver, Some(Arc::clone(&self.cancelled))));
+                self.pool
+                    .core()
+                    .submit(chunk.into_job(deliver, Some(Arc::clone(&self.cancelled))));
             }
             if !failed.is_empty() {
                 let mut st = self.results.lock();
@@ -134,7 +145,9 @@ fn put<T>(st: &mut ResultsState<T>, ordered: bool, position: u64, result: Result
         st.arrived.push_back(result);
         return;
     }
-    let Some(offset) = position.checked_sub(st.base) else { return };
+    let Some(offset) = position.checked_sub(st.base) else {
+        return;
+    };
     let offset = offset as usize;
     while st.pending.len() <= offset {
         st.pending.push_back(None);
@@ -167,7 +180,10 @@ impl<F: Entry, I: Iterator<Item = F::Args>> Iterator for Map<'_, F, I> {
                 self.yielded += 1;
                 return Some(r);
             }
-            st = results.ready.wait(st).unwrap_or_else(PoisonError::into_inner);
+            st = results
+                .ready
+                .wait(st)
+                .unwrap_or_else(PoisonError::into_inner);
         }
     }
 

@@ -7,10 +7,10 @@
 //! that a round trip costs what the pipe costs.
 
 use crate::error::Error;
+use crate::local::Local;
 use crate::process::{Spec, WorkerProc};
 use crate::protocol::{self, FrameError, Results};
 use crate::watchdog::{Verdict, Watch};
-use crate::local::Local;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -36,13 +36,18 @@ pub(crate) struct Job {
 
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job").field("count", &self.count).field("attempts", &self.attempts).finish()
+        f.debug_struct("Job")
+            .field("count", &self.count)
+            .field("attempts", &self.attempts)
+            .finish()
     }
 }
 
 impl Job {
     fn is_cancelled(&self) -> bool {
-        self.cancelled.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
+        self.cancelled
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
     }
 }
 
@@ -135,7 +140,9 @@ struct State {
 
 impl State {
     fn any_alive(&self) -> bool {
-        self.slots.iter().any(|s| matches!(s, Slot::Idle(_) | Slot::Busy))
+        self.slots
+            .iter()
+            .any(|s| matches!(s, Slot::Idle(_) | Slot::Busy))
     }
 
     fn any_busy(&self) -> bool {
@@ -161,7 +168,9 @@ pub(crate) struct Core {
 
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Core").field("pool", &self.shared.spec.pool).finish_non_exhaustive()
+        f.debug_struct("Core")
+            .field("pool", &self.shared.spec.pool)
+            .finish_non_exhaustive()
     }
 }
 
@@ -185,7 +194,10 @@ impl Core {
             spec,
             settings,
         };
-        Core { shared: Arc::new(shared), threads: Mutex::new(Vec::new()) }
+        Core {
+            shared: Arc::new(shared),
+            threads: Mutex::new(Vec::new()),
+        }
     }
 
     pub(crate) fn settings(&self) -> &Settings {
@@ -223,7 +235,8 @@ impl Core {
         drop(st);
 
         let mut threads = lock(&self.threads);
-        let spawn_error = |e: std::io::Error| Error::spawn(format!("cannot start a pool thread: {e}"));
+        let spawn_error =
+            |e: std::io::Error| Error::spawn(format!("cannot start a pool thread: {e}"));
         for i in 0..shared.settings.n_jobs {
             let s = Arc::clone(shared);
             let handle = std::thread::Builder::new()
@@ -397,7 +410,9 @@ fn refusal(shared: &Shared, st: &State) -> Option<Error> {
 fn start_all(shared: &Shared) -> Result<Vec<Conn>, Error> {
     let n = shared.settings.n_jobs;
     if shared.settings.debug {
-        return (0..n).map(|i| Local::start(&shared.spec, i).map(Conn::Local)).collect();
+        return (0..n)
+            .map(|i| Local::start(&shared.spec, i).map(Conn::Local))
+            .collect();
     }
     let mut procs = Vec::with_capacity(n);
     for i in 0..n {
@@ -434,8 +449,11 @@ fn put_back(shared: &Shared, i: usize, back: Slot) {
             None
         }
     };
-    let orphaned: Vec<Job> =
-        if !st.any_alive() { st.queue.drain(..).collect() } else { Vec::new() };
+    let orphaned: Vec<Job> = if !st.any_alive() {
+        st.queue.drain(..).collect()
+    } else {
+        Vec::new()
+    };
     drop(st);
     shared.wake.notify_all();
     if let Some(conn) = dropped {
@@ -597,7 +615,9 @@ fn arm(shared: &Shared, i: usize, job: &Job) {
 
 /// Replaces a worker that reached `max_tasks_per_worker`.
 fn recycle_if_due(shared: &Shared, i: usize, mut conn: Box<Conn>) -> Slot {
-    let Some(max) = shared.settings.max_tasks_per_worker else { return Slot::Idle(conn) };
+    let Some(max) = shared.settings.max_tasks_per_worker else {
+        return Slot::Idle(conn);
+    };
     if *conn.tasks_done() < max {
         return Slot::Idle(conn);
     }
@@ -628,7 +648,13 @@ fn replace(shared: &Shared, i: usize) -> Slot {
 
 /// Worker `i` failed while it held `sent`: classify the failure, settle the jobs (the head
 /// one was running; the others never started and go back to the queue), and replace it.
-fn fail(shared: &Shared, i: usize, mut conn: Box<Conn>, mut sent: VecDeque<Sent>, cause: FrameError) -> Slot {
+fn fail(
+    shared: &Shared,
+    i: usize,
+    mut conn: Box<Conn>,
+    mut sent: VecDeque<Sent>,
+    cause: FrameError,
+) -> Slot {
     let verdict = shared.watch.unregister(i);
     let pid = conn.pid();
     let exit = match &mut *conn {
@@ -658,11 +684,17 @@ fn fail(shared: &Shared, i: usize, mut conn: Box<Conn>, mut sent: VecDeque<Sent>
                 limit: shared.settings.memory_limit.unwrap_or_default(),
                 rss,
             },
-            (None, FrameError::Closed | FrameError::Io(_)) => {
-                Error::WorkerDied { entry, worker: i, pid, cause: exit }
-            }
+            (None, FrameError::Closed | FrameError::Io(_)) => Error::WorkerDied {
+                entry,
+                worker: i,
+                pid,
+                cause: exit,
+            },
             (None, e @ (FrameError::TooLarge { .. } | FrameError::Malformed(_))) => {
-                Error::Protocol { worker: i, message: e.to_string() }
+                Error::Protocol {
+                    worker: i,
+                    message: e.to_string(),
+                }
             }
         }
     };
@@ -693,5 +725,9 @@ fn fail(shared: &Shared, i: usize, mut conn: Box<Conn>, mut sent: VecDeque<Sent>
     for (job, error) in settle {
         (job.deliver)(Err(error));
     }
-    if closed { Slot::Retired } else { replace(shared, i) }
+    if closed {
+        Slot::Retired
+    } else {
+        replace(shared, i)
+    }
 }

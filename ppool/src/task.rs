@@ -24,7 +24,14 @@ struct Cell<T> {
 
 impl<T> OneShot<T> {
     pub(crate) fn new() -> Arc<Self> {
-        Arc::new(OneShot { state: Mutex::new(Cell { value: None, done: false, waker: None }), ready: Condvar::new() })
+        Arc::new(OneShot {
+            state: Mutex::new(Cell {
+                value: None,
+                done: false,
+                waker: None,
+            }),
+            ready: Condvar::new(),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Cell<T>> {
@@ -55,7 +62,10 @@ impl<T> OneShot<T> {
     pub(crate) fn take(&self) -> Option<T> {
         let mut cell = self.lock();
         while !cell.done {
-            cell = self.ready.wait(cell).unwrap_or_else(PoisonError::into_inner);
+            cell = self
+                .ready
+                .wait(cell)
+                .unwrap_or_else(PoisonError::into_inner);
         }
         cell.value.take()
     }
@@ -72,7 +82,11 @@ impl<T> OneShot<T> {
             if left.is_zero() {
                 return Err(());
             }
-            cell = self.ready.wait_timeout(cell, left).unwrap_or_else(PoisonError::into_inner).0;
+            cell = self
+                .ready
+                .wait_timeout(cell, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
         Ok(cell.value.take())
     }
@@ -145,6 +159,8 @@ impl<T> Future for Task<T> {
     type Output = Result<T>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
-        self.slot.poll_take(cx).map(|v| v.unwrap_or_else(|| Err(taken())))
+        self.slot
+            .poll_take(cx)
+            .map(|v| v.unwrap_or_else(|| Err(taken())))
     }
 }

@@ -40,7 +40,11 @@ const MEMORY_POLL: Duration = Duration::from_millis(20);
 impl Watch {
     pub(crate) fn new(slots: usize, memory_limit: Option<u64>) -> Self {
         let slots = (0..slots).map(|_| SlotWatch::default()).collect();
-        Watch { state: Mutex::new(State { slots, stop: false }), cv: Condvar::new(), memory_limit }
+        Watch {
+            state: Mutex::new(State { slots, stop: false }),
+            cv: Condvar::new(),
+            memory_limit,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -50,7 +54,10 @@ impl Watch {
     /// Slot `i` now holds process `pid`.
     pub(crate) fn register(&self, i: usize, pid: u32) {
         let mut st = self.lock();
-        st.slots[i] = SlotWatch { pid: Some(pid), ..SlotWatch::default() };
+        st.slots[i] = SlotWatch {
+            pid: Some(pid),
+            ..SlotWatch::default()
+        };
     }
 
     /// Slot `i`'s process is about to be reaped: forget it, and say why it was killed, if the
@@ -101,7 +108,9 @@ impl Watch {
             let now = Instant::now();
             let mut next: Option<Instant> = None;
             for slot in st.slots.iter_mut() {
-                let (Some(pid), true, None) = (slot.pid, slot.busy, slot.verdict) else { continue };
+                let (Some(pid), true, None) = (slot.pid, slot.busy, slot.verdict) else {
+                    continue;
+                };
                 if let Some(deadline) = slot.deadline {
                     if deadline <= now {
                         slot.verdict = Some(Verdict::Timeout);
@@ -119,11 +128,17 @@ impl Watch {
                     }
                 }
             }
-            let mut wait = next.map_or(Duration::from_secs(3600), |n| n.saturating_duration_since(now));
+            let mut wait = next.map_or(Duration::from_secs(3600), |n| {
+                n.saturating_duration_since(now)
+            });
             if self.memory_limit.is_some() {
                 wait = wait.min(MEMORY_POLL);
             }
-            st = self.cv.wait_timeout(st, wait).unwrap_or_else(PoisonError::into_inner).0;
+            st = self
+                .cv
+                .wait_timeout(st, wait)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 }

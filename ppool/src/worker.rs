@@ -3,13 +3,15 @@
 
 use crate::entry::{self, CodecFailure, EntryRecord};
 use crate::launch::CHANNEL_ENV;
-use crate::protocol::{self, FrameBuf, FrameError, FrameReader, Hello, Outcome, Ready, Tasks, kind};
+use crate::protocol::{
+    self, FrameBuf, FrameError, FrameReader, Hello, Outcome, Ready, Tasks, kind,
+};
 use std::cell::{Cell, RefCell};
 use std::io::{PipeReader, PipeWriter, Write};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Once, OnceLock};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Once, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How long a worker waits for its supervisor's greeting before it gives up.
@@ -67,11 +69,14 @@ fn channel_from_env() -> Result<(PipeReader, PipeWriter, usize), String> {
 
 fn owned_pipe(fd: RawFd) -> Result<OwnedFd, String> {
     if fd < 3 {
-        return Err(format!("descriptor {fd} is a standard stream, not a channel"));
+        return Err(format!(
+            "descriptor {fd} is a standard stream, not a channel"
+        ));
     }
     // SAFETY: `fd` is only borrowed for the `fstat` call; an invalid number makes it fail.
     let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    let stat = rustix::fs::fstat(borrowed).map_err(|e| format!("descriptor {fd} is not open: {e}"))?;
+    let stat =
+        rustix::fs::fstat(borrowed).map_err(|e| format!("descriptor {fd} is not open: {e}"))?;
     if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Fifo {
         return Err(format!("descriptor {fd} is not a pipe"));
     }
@@ -132,18 +137,20 @@ fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
 fn spawn_guard(greeted: &'static AtomicBool) {
     let parent = rustix::process::getppid();
     let started = Instant::now();
-    let spawned = std::thread::Builder::new().name("ppool-guard".into()).spawn(move || {
-        loop {
-            std::thread::sleep(PARENT_POLL);
-            if rustix::process::getppid() != parent {
-                // The supervisor is gone: nobody wants our results.
-                std::process::exit(0);
+    let spawned = std::thread::Builder::new()
+        .name("ppool-guard".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(PARENT_POLL);
+                if rustix::process::getppid() != parent {
+                    // The supervisor is gone: nobody wants our results.
+                    std::process::exit(0);
+                }
+                if !greeted.load(Ordering::Acquire) && started.elapsed() > HANDSHAKE_TIMEOUT {
+                    hand_started("no pool greeted it on its channel");
+                }
             }
-            if !greeted.load(Ordering::Acquire) && started.elapsed() > HANDSHAKE_TIMEOUT {
-                hand_started("no pool greeted it on its channel");
-            }
-        }
-    });
+        });
     if spawned.is_err() {
         eprintln!("ppool worker: cannot start its guard thread");
         std::process::exit(EXIT_NO_CHANNEL);
@@ -212,7 +219,9 @@ fn handshake(
     body: &mut Vec<u8>,
     out: &mut FrameBuf,
 ) -> Result<&'static EntryRecord, String> {
-    reader.read(body).map_err(|e| format!("no greeting on its channel: {e}"))?;
+    reader
+        .read(body)
+        .map_err(|e| format!("no greeting on its channel: {e}"))?;
     let hello = Hello::parse(body).map_err(|e| e.to_string())?;
     let ours = entry::build_id();
     if hello.build_id != ours {
@@ -223,13 +232,25 @@ fn handshake(
         ));
     }
     let record = entry::find(hello.entry).map_err(|e| e.to_string())?;
-    let _ = WORKER.set(WorkerInfo { index: hello.worker as usize, pool: hello.pool.to_string() });
-    Ready::Ok { build_id: ours, token: hello.token, pid: std::process::id() }.write(out);
+    let _ = WORKER.set(WorkerInfo {
+        index: hello.worker as usize,
+        pool: hello.pool.to_string(),
+    });
+    Ready::Ok {
+        build_id: ours,
+        token: hello.token,
+        pid: std::process::id(),
+    }
+    .write(out);
     Ok(record)
 }
 
 /// Runs the tasks of a TASKS body and builds the RESULTS frame in `out`.
-pub(crate) fn run_tasks(record: &EntryRecord, body: &[u8], out: &mut FrameBuf) -> Result<(), FrameError> {
+pub(crate) fn run_tasks(
+    record: &EntryRecord,
+    body: &[u8],
+    out: &mut FrameBuf,
+) -> Result<(), FrameError> {
     let started = Instant::now();
     let mut tasks = Tasks::parse(body)?;
     protocol::start_results(out, tasks.job, tasks.count);
@@ -281,11 +302,15 @@ pub(crate) fn init_failure(body: &[u8]) -> Option<String> {
     let mut sink = Vec::new();
     match catch_task(|| (record.run)(args, &mut sink)) {
         Ok(Ok(())) => None,
-        Ok(Err(CodecFailure { action, message })) => {
-            Some(format!("initializer `{name}` could not {action}: {message}"))
-        }
+        Ok(Err(CodecFailure { action, message })) => Some(format!(
+            "initializer `{name}` could not {action}: {message}"
+        )),
         Err((message, location)) => {
-            let at = if location.is_empty() { String::new() } else { format!(" at {location}") };
+            let at = if location.is_empty() {
+                String::new()
+            } else {
+                format!(" at {location}")
+            };
             Some(format!("initializer `{name}` panicked{at}: {message}"))
         }
     }
