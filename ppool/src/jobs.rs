@@ -102,12 +102,10 @@ fn convert<F: Entry>(outcome: Outcome<'_>, worker: usize) -> Result<F::Output> {
             action: "decode the result",
             message,
         }),
-        Outcome::Panicked { message, location } => Err(Error::Panicked {
-            entry: F::NAME.to_string(),
-            worker,
-            message: message.to_string(),
-            location: (!location.is_empty()).then(|| location.to_string()),
-        }),
+        Outcome::Panicked { message, location } => {
+            tracing::debug!(entry = F::NAME, worker, message, location, "task panicked");
+            Err(panicked::<F>(worker, message, location))
+        }
         Outcome::Codec { action, message } => Err(Error::Codec {
             entry: F::NAME.to_string(),
             action: if action.starts_with("decode") {
@@ -117,5 +115,25 @@ fn convert<F: Entry>(outcome: Outcome<'_>, worker: usize) -> Result<F::Output> {
             },
             message: message.to_string(),
         }),
+    }
+}
+
+/// The result of a worker-exit hook, from an EXITED body.
+pub(crate) fn exit_result<E: Entry>(body: &[u8]) -> Result<E::Output> {
+    match protocol::parse_exited(body) {
+        Ok(outcome) => convert::<E>(outcome, 0),
+        Err(e) => Err(Error::Protocol {
+            worker: 0,
+            message: e.to_string(),
+        }),
+    }
+}
+
+fn panicked<F: Entry>(worker: usize, message: &str, location: &str) -> Error {
+    Error::Panicked {
+        entry: F::NAME.to_string(),
+        worker,
+        message: message.to_string(),
+        location: (!location.is_empty()).then(|| location.to_string()),
     }
 }

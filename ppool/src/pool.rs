@@ -7,8 +7,10 @@ use crate::codec;
 use crate::config::{self, NJobs};
 use crate::entry::{self, Entry};
 use crate::error::{Error, Result};
+use crate::insights::Insights;
 use crate::jobs::{self, ChunkEncoder};
 use crate::process::Spec;
+use crate::progress::{self, Progress};
 use crate::protocol::DEFAULT_MAX_FRAME;
 use crate::stream::Map;
 use crate::supervisor::{Core, Delivery, Settings};
@@ -49,7 +51,8 @@ use std::time::Duration;
 pub struct ProcessPool<F: Entry> {
     core: Core,
     chunking: Arc<Chunking>,
-    stream_window: usize,
+    stream_window: Option<usize>,
+    progress: progress::Mode,
     _entry: PhantomData<fn() -> F>,
 }
 
@@ -135,45 +138,49 @@ impl<F: Entry> ProcessPool<F> {
     {
         let tasks: Vec<F::Args> = tasks.into_iter().collect();
         let gather = Gather::new(tasks.len());
+        let progress = Progress::start(self.progress, Some(tasks.len() as u64), self.name());
         let size = self.chunking.for_len(tasks.len(), self.n_jobs()).max(1);
         let mut start = 0usize;
         let mut chunk = ChunkEncoder::new();
         for (i, args) in tasks.iter().enumerate() {
             if let Err(e) = chunk.push::<F>(args) {
-                self.submit_chunk(
-                    std::mem::replace(&mut chunk, ChunkEncoder::new()),
-                    &gather,
-                    start,
-                );
+                let full = std::mem::replace(&mut chunk, ChunkEncoder::new());
+                self.submit_chunk(full, &gather, start, &progress);
                 gather.fill(i, |put| put(0, Err(e)));
+                progress.inc(1);
                 start = i + 1;
                 continue;
             }
             if chunk.count() as usize >= size {
-                self.submit_chunk(
-                    std::mem::replace(&mut chunk, ChunkEncoder::new()),
-                    &gather,
-                    start,
-                );
+                let full = std::mem::replace(&mut chunk, ChunkEncoder::new());
+                self.submit_chunk(full, &gather, start, &progress);
                 start = i + 1;
             }
         }
-        self.submit_chunk(chunk, &gather, start);
+        self.submit_chunk(chunk, &gather, start, &progress);
         Batch::new(gather)
     }
 
-    fn submit_chunk(&self, chunk: ChunkEncoder, gather: &Arc<Gather<F::Output>>, start: usize) {
+    fn submit_chunk(
+        &self,
+        chunk: ChunkEncoder,
+        gather: &Arc<Gather<F::Output>>,
+        start: usize,
+        progress: &Progress,
+    ) {
         let count = chunk.count();
         if count == 0 {
             return;
         }
         let gather = Arc::clone(gather);
         let chunking = Arc::clone(&self.chunking);
+        let progress = progress.clone();
         let deliver = Box::new(move |d: Delivery<'_>| {
             if let Ok((r, _)) = &d {
                 chunking.observe(r.busy_nanos, r.count);
             }
             gather.fill(start, |put| jobs::for_each_result::<F>(d, count, put));
+            progress.inc(u64::from(count));
         });
         self.core.submit(chunk.into_job(deliver, None));
     }
@@ -185,7 +192,7 @@ impl<F: Entry> ProcessPool<F> {
     where
         I: IntoIterator<Item = F::Args>,
     {
-        Map::new(self, tasks.into_iter(), true, self.stream_window)
+        Map::new(self, tasks.into_iter(), true)
     }
 
     /// Like [`map`](Self::map), but yields results as they complete.
@@ -193,7 +200,7 @@ impl<F: Entry> ProcessPool<F> {
     where
         I: IntoIterator<Item = F::Args>,
     {
-        Map::new(self, tasks.into_iter(), false, self.stream_window)
+        Map::new(self, tasks.into_iter(), false)
     }
 
     /// The number of workers.
@@ -217,6 +224,33 @@ impl<F: Entry> ProcessPool<F> {
         self.core.last_error()
     }
 
+    /// What each worker has done so far: tasks, busy and idle time, mean and longest task,
+    /// restarts. Its `Display` is a table.
+    pub fn insights(&self) -> Insights {
+        self.core.insights()
+    }
+
+    /// What the worker-exit hook `E` (see [`Builder::worker_exit`]) returned in each worker
+    /// that exited gracefully so far (at [`join`](Self::join) or when recycled). Workers that
+    /// were killed or died do not run it.
+    pub fn worker_exit_results<E: Entry>(&self) -> Result<Vec<Result<E::Output>>> {
+        match &self.core.spec().on_exit {
+            Some((name, _)) if *name == E::NAME => {}
+            _ => {
+                return Err(Error::config(
+                    "worker_exit",
+                    format!("`{}` is not this pool's worker-exit hook", E::NAME),
+                ));
+            }
+        }
+        Ok(self
+            .core
+            .exit_results()
+            .iter()
+            .map(|body| jobs::exit_result::<E>(body))
+            .collect())
+    }
+
     /// Finishes everything submitted, then stops the workers. New tasks are refused with
     /// [`Error::Closed`].
     pub fn join(&self) -> Result<()> {
@@ -238,6 +272,14 @@ impl<F: Entry> ProcessPool<F> {
 
     pub(crate) fn chunking_arc(&self) -> &Arc<Chunking> {
         &self.chunking
+    }
+
+    pub(crate) fn stream_window(&self) -> Option<usize> {
+        self.stream_window
+    }
+
+    pub(crate) fn progress_mode(&self) -> progress::Mode {
+        self.progress
     }
 }
 
@@ -272,6 +314,11 @@ pub struct Builder<F: Entry> {
     chunk_size: Option<usize>,
     max_frame: usize,
     initializer: Option<(&'static str, Result<Vec<u8>, Error>)>,
+    on_exit: Option<(&'static str, Result<Vec<u8>, Error>)>,
+    cpu_affinity: Vec<usize>,
+    forward_stderr: bool,
+    progress: progress::Mode,
+    stream_window: Option<usize>,
     _entry: PhantomData<fn() -> F>,
 }
 
@@ -303,6 +350,11 @@ impl<F: Entry> Builder<F> {
             chunk_size: None,
             max_frame: DEFAULT_MAX_FRAME,
             initializer: None,
+            on_exit: None,
+            cpu_affinity: Vec::new(),
+            forward_stderr: true,
+            progress: progress::Mode::Off,
+            stream_window: None,
             _entry: PhantomData,
         }
     }
@@ -387,15 +439,60 @@ impl<F: Entry> Builder<F> {
     /// Runs the entry `E` with `args` once in every worker, replacements too, before its
     /// first task (`multiprocessing`'s `initializer` and `initargs`).
     pub fn initializer<E: Entry>(mut self, args: E::Args) -> Self {
-        let mut bytes = Vec::new();
-        let encoded = codec::encode_into(&args, &mut bytes)
-            .map(|()| bytes)
-            .map_err(|message| Error::Codec {
-                entry: E::NAME.to_string(),
-                action: "encode the arguments",
-                message,
-            });
-        self.initializer = Some((E::NAME, encoded));
+        self.initializer = Some((E::NAME, encode_args::<E>(&args)));
+        self
+    }
+
+    /// Runs the entry `E` with `args` in every worker that exits gracefully (at
+    /// [`join`](ProcessPool::join), or when recycled by `max_tasks_per_worker`), like mpire's
+    /// `worker_exit`; collect what it returned with
+    /// [`ProcessPool::worker_exit_results`].
+    pub fn worker_exit<E: Entry>(mut self, args: E::Args) -> Self {
+        self.on_exit = Some((E::NAME, encode_args::<E>(&args)));
+        self
+    }
+
+    /// Pins worker `i` to CPU `cpus[i % cpus.len()]` (mpire's `cpu_ids`).
+    pub fn cpu_affinity(mut self, cpus: impl IntoIterator<Item = usize>) -> Self {
+        self.cpu_affinity = cpus.into_iter().collect();
+        self
+    }
+
+    /// Tags every line a worker writes to stderr with `[pool:index]` (the default: true).
+    /// With `false`, workers write to this process's stderr directly.
+    pub fn forward_stderr(mut self, forward: bool) -> Self {
+        self.forward_stderr = forward;
+        self
+    }
+
+    /// Draws a progress bar on stderr for every `batch` and `map` of the pool: done and total,
+    /// rate and ETA. It stays off when stderr is not a terminal; see
+    /// [`force_progress_bar`](Self::force_progress_bar).
+    #[cfg(feature = "progress")]
+    pub fn progress_bar(mut self, on: bool) -> Self {
+        self.progress = if on {
+            progress::Mode::Auto
+        } else {
+            progress::Mode::Off
+        };
+        self
+    }
+
+    /// Draws the progress bar even when stderr is not a terminal (as one line a second).
+    #[cfg(feature = "progress")]
+    pub fn force_progress_bar(mut self, on: bool) -> Self {
+        self.progress = if on {
+            progress::Mode::Forced
+        } else {
+            progress::Mode::Off
+        };
+        self
+    }
+
+    /// The most tasks a `map` stream keeps submitted but not yet yielded. By default four
+    /// chunks a worker.
+    pub fn stream_window(mut self, tasks: usize) -> Self {
+        self.stream_window = Some(tasks);
         self
     }
 
@@ -443,6 +540,22 @@ impl<F: Entry> Builder<F> {
         if self.chunk_size == Some(0) {
             return Err(Error::config("chunk_size", "must be at least 1"));
         }
+        if self.stream_window == Some(0) {
+            return Err(Error::config("stream_window", "must be at least 1"));
+        }
+        if let Some(&cpu) = self
+            .cpu_affinity
+            .iter()
+            .find(|&&c| c >= rustix::thread::CpuSet::MAX_CPU)
+        {
+            return Err(Error::config(
+                "cpu_affinity",
+                format!(
+                    "CPU {cpu} is out of range (at most {})",
+                    rustix::thread::CpuSet::MAX_CPU - 1
+                ),
+            ));
+        }
         if self.max_frame < 1024 || self.max_frame > u32::MAX as usize {
             return Err(Error::config(
                 "max_frame_size",
@@ -451,6 +564,13 @@ impl<F: Entry> Builder<F> {
         }
         entry::find(F::NAME)?;
         let initializer = match self.initializer {
+            None => None,
+            Some((name, encoded)) => {
+                entry::find(name)?;
+                Some((name, encoded?))
+            }
+        };
+        let on_exit = match self.on_exit {
             None => None,
             Some((name, encoded)) => {
                 entry::find(name)?;
@@ -470,7 +590,10 @@ impl<F: Entry> Builder<F> {
             disable_gpu: self.disable_gpu,
             max_frame: self.max_frame,
             initializer,
+            on_exit,
             token: random_token(),
+            cpu_affinity: self.cpu_affinity,
+            forward_stderr: self.forward_stderr,
         };
         let settings = Settings {
             n_jobs,
@@ -484,7 +607,8 @@ impl<F: Entry> Builder<F> {
         let pool = ProcessPool {
             core: Core::new(spec, settings),
             chunking,
-            stream_window: n_jobs * 4 * crate::chunking::MAX_CHUNK.min(1024),
+            stream_window: self.stream_window,
+            progress: self.progress,
             _entry: PhantomData,
         };
         if self.start {
@@ -492,6 +616,17 @@ impl<F: Entry> Builder<F> {
         }
         Ok(pool)
     }
+}
+
+fn encode_args<E: Entry>(args: &E::Args) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    codec::encode_into(args, &mut bytes)
+        .map(|()| bytes)
+        .map_err(|message| Error::Codec {
+            entry: E::NAME.to_string(),
+            action: "encode the arguments",
+            message,
+        })
 }
 
 /// A number no other process can guess, to pair a worker with its pool.

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 /// How long a started worker may take to answer the greeting.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a worker-exit hook may run.
+const EXIT_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a retired worker may take to exit before it is killed.
 const RETIRE_GRACE: Duration = Duration::from_secs(2);
 
@@ -26,7 +28,12 @@ pub(crate) struct Spec {
     pub(crate) disable_gpu: bool,
     pub(crate) max_frame: usize,
     pub(crate) initializer: Option<(&'static str, Vec<u8>)>,
+    pub(crate) on_exit: Option<(&'static str, Vec<u8>)>,
     pub(crate) token: u64,
+    /// CPUs to pin workers to: worker `i` gets `cpus[i % len]`.
+    pub(crate) cpu_affinity: Vec<usize>,
+    /// Tag each line of a worker's stderr with the pool name and worker index.
+    pub(crate) forward_stderr: bool,
 }
 
 /// A running worker process and its channel.
@@ -62,22 +69,37 @@ impl WorkerProc {
             command.env("CUDA_VISIBLE_DEVICES", "-1");
         }
         command.envs(spec.env.iter().map(|(k, v)| (k, v)));
-        // SAFETY: the closure runs between fork and exec and only calls `fcntl`, which is
-        // async-signal-safe. It lets exactly the two channel descriptors survive `exec`.
+        if spec.forward_stderr {
+            command.stderr(Stdio::piped());
+        }
+        let cpu = (!spec.cpu_affinity.is_empty()).then(|| {
+            let mut set = rustix::thread::CpuSet::new();
+            set.set(spec.cpu_affinity[index % spec.cpu_affinity.len()]);
+            set
+        });
+        // SAFETY: the closure runs between fork and exec and only makes the `fcntl` and
+        // `sched_setaffinity` system calls, which are async-signal-safe. It lets exactly the
+        // two channel descriptors survive `exec`, and pins the worker if asked to.
         unsafe {
             command.pre_exec(move || {
                 for fd in child_fds {
                     let fd = BorrowedFd::borrow_raw(fd);
                     rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
                 }
+                if let Some(set) = &cpu {
+                    rustix::thread::sched_setaffinity(None, set)?;
+                }
                 Ok(())
             });
         }
-        let child = command
+        let mut child = command
             .spawn()
             .map_err(|e| Error::spawn(format!("cannot start worker {index}: {e}")))?;
         drop((task_r, result_w));
         let pid = child.id();
+        if let Some(stderr) = child.stderr.take() {
+            forward_stderr(stderr, format!("[{}:{index}] ", spec.pool));
+        }
         let mut worker = WorkerProc {
             index,
             pid,
@@ -100,6 +122,10 @@ impl WorkerProc {
         let mut greeting = frame.take();
         if let Some((name, args)) = &spec.initializer {
             protocol::write_init(&mut frame, name, args);
+            greeting.extend_from_slice(frame.finish());
+        }
+        if let Some((name, args)) = &spec.on_exit {
+            protocol::write_on_exit(&mut frame, name, args);
             greeting.extend_from_slice(frame.finish());
         }
         // Greeting and INIT fit in the pipe's buffer for any sane initializer; a huge one
@@ -221,16 +247,24 @@ impl WorkerProc {
     }
 
     /// Asks the worker to exit after its current work and reaps it; kills it if it lingers.
-    pub(crate) fn retire(mut self) {
+    /// With a worker-exit hook, returns the EXITED frame's body.
+    pub(crate) fn retire(mut self, has_exit_hook: bool) -> Option<Vec<u8>> {
         let mut frame = FrameBuf::default();
         protocol::write_exit(&mut frame);
+        let mut exited = None;
         if self.send(frame.finish()).is_ok() {
+            if has_exit_hook
+                && self.wait_readable(EXIT_HOOK_TIMEOUT).unwrap_or(false)
+                && self.recv().is_ok()
+            {
+                exited = Some(std::mem::take(&mut self.body));
+            }
             let deadline = Instant::now() + RETIRE_GRACE;
             while Instant::now() < deadline {
                 match self.child.try_wait() {
                     Ok(Some(status)) => {
                         self.reaped = Some(ExitCause::from_status(status));
-                        return;
+                        return exited;
                     }
                     Ok(None) => std::thread::sleep(Duration::from_millis(1)),
                     Err(_) => break,
@@ -238,6 +272,7 @@ impl WorkerProc {
             }
         }
         // Drop kills and reaps.
+        exited
     }
 }
 
@@ -245,5 +280,33 @@ impl Drop for WorkerProc {
     fn drop(&mut self) {
         self.kill();
         self.reap();
+    }
+}
+
+/// Copies a worker's stderr to ours line by line, each line tagged with `tag`.
+fn forward_stderr(stderr: std::process::ChildStderr, tag: String) {
+    let spawned = std::thread::Builder::new()
+        .name("ppool-stderr".into())
+        .spawn(move || {
+            use std::io::BufRead;
+            let mut reader = io::BufReader::new(stderr);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match reader.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {
+                        let mut err = io::stderr().lock();
+                        let _ = err.write_all(tag.as_bytes());
+                        let _ = err.write_all(&line);
+                        if line.last() != Some(&b'\n') {
+                            let _ = err.write_all(b"\n");
+                        }
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot forward a worker's stderr");
     }
 }

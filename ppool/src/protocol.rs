@@ -21,11 +21,13 @@ pub(crate) mod kind {
     pub(crate) const INIT: u8 = 2;
     pub(crate) const TASKS: u8 = 3;
     pub(crate) const EXIT: u8 = 4;
+    pub(crate) const ON_EXIT: u8 = 5;
     // worker to supervisor
     pub(crate) const READY: u8 = 11;
     pub(crate) const REFUSE: u8 = 12;
     pub(crate) const INIT_DONE: u8 = 13;
     pub(crate) const RESULTS: u8 = 14;
+    pub(crate) const EXITED: u8 = 15;
 }
 
 /// Why a frame could not be read.
@@ -470,12 +472,17 @@ impl<'a> Tasks<'a> {
 
 /// The header of a RESULTS frame.
 pub(crate) fn start_results(f: &mut FrameBuf, job: u64, count: u32) {
-    f.start(kind::RESULTS).u64(job).u32(count).u64(0);
+    f.start(kind::RESULTS).u64(job).u32(count).u64(0).u64(0);
 }
 
 /// Stamps the time the worker was busy with the job, in nanoseconds.
 pub(crate) fn set_busy(f: &mut FrameBuf, nanos: u64) {
     f.buf[17..25].copy_from_slice(&nanos.to_le_bytes());
+}
+
+/// Stamps the longest single task of the job, in nanoseconds.
+pub(crate) fn set_max_task(f: &mut FrameBuf, nanos: u64) {
+    f.buf[25..33].copy_from_slice(&nanos.to_le_bytes());
 }
 
 /// A parsed RESULTS body: the job id, the busy time, then `count` outcomes.
@@ -484,6 +491,7 @@ pub(crate) struct Results<'a> {
     pub(crate) job: u64,
     pub(crate) count: u32,
     pub(crate) busy_nanos: u64,
+    pub(crate) max_task_nanos: u64,
     body: &'a [u8],
 }
 
@@ -501,11 +509,13 @@ impl<'a> Results<'a> {
         let job = fields.u64("job id")?;
         let count = fields.u32("result count")?;
         let busy_nanos = fields.u64("busy time")?;
+        let max_task_nanos = fields.u64("longest task")?;
         let start = body.len() - fields.rest.len();
         let results = Results {
             job,
             count,
             busy_nanos,
+            max_task_nanos,
             body: &body[start..],
         };
         let mut check = results.outcomes();
@@ -597,6 +607,39 @@ pub(crate) fn parse_init_done(body: &[u8]) -> Result<Result<(), String>, FrameEr
 /// An EXIT frame: finish and exit.
 pub(crate) fn write_exit(f: &mut FrameBuf) {
     f.start(kind::EXIT);
+}
+
+/// An ON_EXIT frame: run this entry with these arguments when told to exit.
+pub(crate) fn write_on_exit(f: &mut FrameBuf, entry: &str, args: &[u8]) {
+    f.start(kind::ON_EXIT).str(entry).bytes(args);
+}
+
+/// Parses ON_EXIT: the entry's name and its encoded arguments.
+pub(crate) fn parse_on_exit(body: &[u8]) -> Result<(&str, &[u8]), FrameError> {
+    let mut r = Fields::new(body);
+    if r.u8("kind")? != kind::ON_EXIT {
+        return Err(malformed("expected ON_EXIT"));
+    }
+    let parsed = (r.str("exit entry")?, r.bytes("exit arguments")?);
+    r.end()?;
+    Ok(parsed)
+}
+
+/// An EXITED frame: the worker-exit entry's outcome.
+pub(crate) fn start_exited(f: &mut FrameBuf) {
+    f.start(kind::EXITED);
+}
+
+/// Parses EXITED: the exit entry's one outcome.
+pub(crate) fn parse_exited(body: &[u8]) -> Result<Outcome<'_>, FrameError> {
+    let mut r = Fields::new(body);
+    if r.u8("kind")? != kind::EXITED {
+        return Err(malformed("expected EXITED"));
+    }
+    let mut outcomes = Outcomes { fields: r, left: 1 };
+    let outcome = outcomes.next_outcome()?;
+    outcomes.fields.end()?;
+    Ok(outcome)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use crate::entry::Entry;
 use crate::error::{Error, Result};
 use crate::jobs::{self, ChunkEncoder};
 use crate::pool::ProcessPool;
+use crate::progress::Progress;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -23,8 +24,7 @@ pub struct Map<'p, F: Entry, I> {
     submitted: u64,
     /// Results handed out.
     yielded: u64,
-    /// The most tasks submitted but not yet handed out.
-    window: usize,
+    progress: Progress,
 }
 
 impl<F: Entry, I> std::fmt::Debug for Map<'_, F, I> {
@@ -58,8 +58,14 @@ impl<T> Results<T> {
 }
 
 impl<'p, F: Entry, I: Iterator<Item = F::Args>> Map<'p, F, I> {
-    pub(crate) fn new(pool: &'p ProcessPool<F>, input: I, ordered: bool, window: usize) -> Self {
+    pub(crate) fn new(pool: &'p ProcessPool<F>, input: I, ordered: bool) -> Self {
+        let total = match input.size_hint() {
+            (lo, Some(hi)) if lo == hi => Some(lo as u64),
+            _ => None,
+        };
+        let progress = Progress::start(pool.progress_mode(), total, pool.name());
         Map {
+            progress,
             pool,
             input: Some(input),
             results: Arc::new(Results {
@@ -74,7 +80,6 @@ impl<'p, F: Entry, I: Iterator<Item = F::Args>> Map<'p, F, I> {
             ordered,
             submitted: 0,
             yielded: 0,
-            window: window.max(1),
         }
     }
 
@@ -82,15 +87,16 @@ impl<'p, F: Entry, I: Iterator<Item = F::Args>> Map<'p, F, I> {
     fn top_up(&mut self) {
         while let Some(input) = self.input.as_mut() {
             let outstanding = (self.submitted - self.yielded) as usize;
-            if outstanding >= self.window {
+            let size = self.pool.chunking().next();
+            let window = self
+                .pool
+                .stream_window()
+                .unwrap_or(self.pool.n_jobs() * 4 * size)
+                .max(1);
+            if outstanding >= window {
                 return;
             }
-            let size = self
-                .pool
-                .chunking()
-                .next()
-                .min(self.window - outstanding)
-                .max(1);
+            let size = size.min(window - outstanding).max(1);
             let start = self.submitted;
             let mut chunk = ChunkEncoder::new();
             let mut failed: Vec<(u64, Error)> = Vec::new();
@@ -161,6 +167,7 @@ impl<F: Entry, I: Iterator<Item = F::Args>> Iterator for Map<'_, F, I> {
     fn next(&mut self) -> Option<Result<F::Output>> {
         self.top_up();
         if self.submitted == self.yielded {
+            self.progress.finish();
             return None;
         }
         let results = Arc::clone(&self.results);
@@ -178,6 +185,7 @@ impl<F: Entry, I: Iterator<Item = F::Args>> Iterator for Map<'_, F, I> {
             };
             if let Some(r) = got {
                 self.yielded += 1;
+                self.progress.inc(1);
                 return Some(r);
             }
             st = results

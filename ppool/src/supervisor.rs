@@ -7,6 +7,7 @@
 //! that a round trip costs what the pipe costs.
 
 use crate::error::Error;
+use crate::insights::{Insights, Stats};
 use crate::local::Local;
 use crate::process::{Spec, WorkerProc};
 use crate::protocol::{self, FrameError, Results};
@@ -67,6 +68,9 @@ pub(crate) struct Settings {
 /// The most bytes of jobs sent ahead to one worker: less than a pipe holds, so that sending
 /// never blocks while the worker is blocked sending results.
 const PIPELINE_BYTES: usize = 48 * 1024;
+
+/// Jobs are sent ahead only while they take less than this.
+const PIPELINE_BELOW_NANOS: u64 = 1_000_000;
 
 /// A worker's channel: a process, or (in debug mode) this process.
 #[derive(Debug)]
@@ -158,6 +162,11 @@ struct Shared {
     watch: Watch,
     last_error: Mutex<Option<Error>>,
     next_job: AtomicU64,
+    /// Mean time a worker is busy with one job, in nanoseconds (0: nothing seen yet).
+    job_nanos: AtomicU64,
+    stats: Stats,
+    /// Bodies of the EXITED frames of retired workers.
+    exit_results: Mutex<Vec<Vec<u8>>>,
 }
 
 /// The untyped pool.
@@ -191,6 +200,9 @@ impl Core {
             wake: Condvar::new(),
             last_error: Mutex::new(None),
             next_job: AtomicU64::new(1),
+            job_nanos: AtomicU64::new(0),
+            stats: Stats::new(slots),
+            exit_results: Mutex::new(Vec::new()),
             spec,
             settings,
         };
@@ -217,6 +229,15 @@ impl Core {
         lock(&self.shared.last_error).clone()
     }
 
+    pub(crate) fn insights(&self) -> Insights {
+        self.shared.stats.snapshot()
+    }
+
+    /// The EXITED bodies collected so far.
+    pub(crate) fn exit_results(&self) -> Vec<Vec<u8>> {
+        lock(&self.shared.exit_results).clone()
+    }
+
     /// Starts the workers and the threads that drive them. Starting twice is a no-op.
     pub(crate) fn start(&self) -> Result<(), Error> {
         let shared = &self.shared;
@@ -228,7 +249,7 @@ impl Core {
         }
         let conns = start_all(shared)?;
         for (i, conn) in conns.into_iter().enumerate() {
-            shared.watch.register(i, conn.pid());
+            register(shared, i, &conn);
             st.slots[i] = Slot::Idle(Box::new(conn));
         }
         st.phase = Phase::Running;
@@ -406,6 +427,13 @@ fn refusal(shared: &Shared, st: &State) -> Option<Error> {
     }
 }
 
+/// Lets the watchdog and `shutdown` see slot `i`'s process (never this process itself).
+fn register(shared: &Shared, i: usize, conn: &Conn) {
+    if let Conn::Proc(p) = conn {
+        shared.watch.register(i, p.pid);
+    }
+}
+
 /// Starts every worker at once, then waits for each to be ready.
 fn start_all(shared: &Shared) -> Result<Vec<Conn>, Error> {
     let n = shared.settings.n_jobs;
@@ -420,6 +448,7 @@ fn start_all(shared: &Shared) -> Result<Vec<Conn>, Error> {
     }
     for p in &mut procs {
         p.ready(&shared.spec)?;
+        tracing::debug!(pool = %shared.spec.pool, worker = p.index, pid = p.pid, "worker started");
     }
     Ok(procs.into_iter().map(Conn::Proc).collect())
 }
@@ -502,9 +531,7 @@ fn drive(shared: &Shared, i: usize) {
                 };
                 drop(st);
                 shared.watch.unregister(i);
-                if let Conn::Proc(p) = *conn {
-                    p.retire();
-                }
+                retire(shared, i, *conn);
                 shared.wake.notify_all();
                 return;
             }
@@ -533,6 +560,13 @@ fn run(shared: &Shared, i: usize, mut conn: Box<Conn>, first: Job, top_up: bool)
         while let Some(mut job) = next.take() {
             if job.is_cancelled() {
                 (job.deliver)(Err(Error::Closed));
+            } else if job.frame.len() - 4 > shared.spec.max_frame {
+                let message = format!(
+                    "a job of {} bytes is larger than the pool's max_frame_size of {} bytes",
+                    job.frame.len() - 4,
+                    shared.spec.max_frame
+                );
+                (job.deliver)(Err(Error::Protocol { worker: i, message }));
             } else {
                 let id = shared.next_job.fetch_add(1, Ordering::Relaxed);
                 protocol::stamp_job(&mut job.frame, id);
@@ -574,6 +608,9 @@ fn run(shared: &Shared, i: usize, mut conn: Box<Conn>, first: Job, top_up: bool)
         }
         sent_bytes -= done.job.frame.len();
         sent_tasks -= u64::from(done.job.count);
+        shared
+            .stats
+            .record(i, count, results.busy_nanos, results.max_task_nanos);
         (done.job.deliver)(Ok((results, i)));
         *conn.tasks_done() += u64::from(count);
         if top_up && sent.len() < settings.pipeline {
@@ -585,6 +622,12 @@ fn run(shared: &Shared, i: usize, mut conn: Box<Conn>, first: Job, top_up: bool)
 
 /// The next queued job for a worker that already holds `sent_bytes` of jobs, if it has room.
 fn take_more(shared: &Shared, conn: &mut Conn, sent_bytes: usize, sent_tasks: u64) -> Option<Job> {
+    // Sending ahead only pays for short jobs; behind a long one, a job would wait for nothing
+    // while another worker is free.
+    let job_nanos = shared.job_nanos.load(Ordering::Relaxed);
+    if job_nanos == 0 || job_nanos > PIPELINE_BELOW_NANOS {
+        return None;
+    }
     let mut st = lock(&shared.state);
     if st.phase == Phase::Closed {
         return None;
@@ -622,10 +665,18 @@ fn recycle_if_due(shared: &Shared, i: usize, mut conn: Box<Conn>) -> Slot {
         return Slot::Idle(conn);
     }
     shared.watch.unregister(i);
-    if let Conn::Proc(p) = *conn {
-        p.retire();
-    }
+    retire(shared, i, *conn);
     replace(shared, i)
+}
+
+/// Stops a worker gracefully, keeping what its exit hook returned.
+fn retire(shared: &Shared, i: usize, conn: Conn) {
+    let Conn::Proc(p) = conn else { return };
+    let pid = p.pid;
+    if let Some(body) = p.retire(shared.spec.on_exit.is_some()) {
+        lock(&shared.exit_results).push(body);
+    }
+    tracing::debug!(pool = %shared.spec.pool, worker = i, pid, "worker retired");
 }
 
 /// Starts a replacement in slot `i`, or marks it dead.
@@ -633,9 +684,10 @@ fn replace(shared: &Shared, i: usize) -> Slot {
     if lock(&shared.state).phase == Phase::Closed {
         return Slot::Retired;
     }
+    shared.stats.restarted(i);
     match restart(shared, i) {
         Ok(conn) => {
-            shared.watch.register(i, conn.pid());
+            register(shared, i, &conn);
             Slot::Idle(Box::new(conn))
         }
         Err(e) => {
@@ -699,6 +751,7 @@ fn fail(
         }
     };
     if !closed {
+        shared.stats.failed(i);
         tracing::warn!(pool = %shared.spec.pool, worker = i, pid, error = %error, "worker failed");
         *lock(&shared.last_error) = Some(error.clone());
     }

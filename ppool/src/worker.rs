@@ -179,6 +179,7 @@ fn serve(input: PipeReader, mut output: PipeWriter, max_frame: usize) -> ! {
         std::process::exit(0);
     }
     install_panic_hook();
+    let mut on_exit: Option<(&'static EntryRecord, Vec<u8>)> = None;
 
     loop {
         match reader.read(&mut body) {
@@ -197,7 +198,27 @@ fn serve(input: PipeReader, mut output: PipeWriter, max_frame: usize) -> ! {
                 }
             }
             kind::INIT => run_init(&body, &mut out),
-            kind::EXIT => std::process::exit(0),
+            kind::ON_EXIT => {
+                match protocol::parse_on_exit(&body)
+                    .map_err(|e| e.to_string())
+                    .and_then(|(name, args)| {
+                        entry::find(name)
+                            .map(|r| (r, args.to_vec()))
+                            .map_err(|e| e.to_string())
+                    }) {
+                    Ok(hook) => on_exit = Some(hook),
+                    Err(e) => eprintln!("ppool worker: ignoring the worker-exit hook: {e}"),
+                }
+                continue;
+            }
+            kind::EXIT => {
+                if let Some((record, args)) = &on_exit {
+                    protocol::start_exited(&mut out);
+                    run_one(record, args, &mut out);
+                    let _ = output.write_all(out.finish());
+                }
+                std::process::exit(0)
+            }
             k => {
                 eprintln!("ppool worker: unexpected message kind {k}");
                 std::process::exit(3);
@@ -254,11 +275,16 @@ pub(crate) fn run_tasks(
     let started = Instant::now();
     let mut tasks = Tasks::parse(body)?;
     protocol::start_results(out, tasks.job, tasks.count);
+    let (mut last, mut longest) = (started, Duration::ZERO);
     for _ in 0..tasks.count {
         let args = tasks.next_args()?;
         run_one(record, args, out);
+        let now = Instant::now();
+        longest = longest.max(now - last);
+        last = now;
     }
-    protocol::set_busy(out, started.elapsed().as_nanos() as u64);
+    protocol::set_busy(out, (last - started).as_nanos() as u64);
+    protocol::set_max_task(out, longest.as_nanos() as u64);
     Ok(())
 }
 

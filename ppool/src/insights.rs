@@ -1,0 +1,160 @@
+//! Insights: what each worker did, as data and as a table (like mpire's `print_insights`).
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Counters of one worker slot, updated by whichever thread drives it.
+#[derive(Debug, Default)]
+struct SlotStats {
+    tasks: AtomicU64,
+    busy_nanos: AtomicU64,
+    max_task_nanos: AtomicU64,
+    restarts: AtomicU64,
+    failures: AtomicU64,
+}
+
+/// The live counters of a pool.
+#[derive(Debug)]
+pub(crate) struct Stats {
+    slots: Vec<SlotStats>,
+    started: Instant,
+}
+
+impl Stats {
+    pub(crate) fn new(slots: usize) -> Self {
+        Stats {
+            slots: (0..slots).map(|_| SlotStats::default()).collect(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Worker `i` finished `count` tasks in `busy_nanos`, the longest taking `max_nanos`.
+    pub(crate) fn record(&self, i: usize, count: u32, busy_nanos: u64, max_nanos: u64) {
+        let s = &self.slots[i];
+        s.tasks.fetch_add(u64::from(count), Ordering::Relaxed);
+        s.busy_nanos.fetch_add(busy_nanos, Ordering::Relaxed);
+        s.max_task_nanos.fetch_max(max_nanos, Ordering::Relaxed);
+    }
+
+    pub(crate) fn restarted(&self, i: usize) {
+        self.slots[i].restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn failed(&self, i: usize) {
+        self.slots[i].failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Insights {
+        let uptime = self.started.elapsed();
+        let workers = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(index, s)| {
+                let tasks_done = s.tasks.load(Ordering::Relaxed);
+                let busy = Duration::from_nanos(s.busy_nanos.load(Ordering::Relaxed));
+                WorkerInsights {
+                    index,
+                    tasks_done,
+                    busy,
+                    idle: uptime.saturating_sub(busy),
+                    mean_task: (tasks_done > 0)
+                        .then(|| busy / tasks_done.min(u64::from(u32::MAX)) as u32),
+                    max_task: Duration::from_nanos(s.max_task_nanos.load(Ordering::Relaxed)),
+                    restarts: s.restarts.load(Ordering::Relaxed),
+                    failures: s.failures.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        Insights { uptime, workers }
+    }
+}
+
+/// What the workers of a pool have done, from [`ProcessPool::insights`](crate::ProcessPool::insights).
+///
+/// Its `Display` is a table, one row per worker slot plus a total.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Insights {
+    /// Time since the pool was built.
+    pub uptime: Duration,
+    /// One entry per worker slot (a replaced worker keeps its slot).
+    pub workers: Vec<WorkerInsights>,
+}
+
+/// What one worker slot has done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerInsights {
+    /// The worker's index, `0..n_jobs`.
+    pub index: usize,
+    /// Tasks finished (successfully or with a panic).
+    pub tasks_done: u64,
+    /// Time spent running tasks.
+    pub busy: Duration,
+    /// Time not spent running tasks, since the pool was built.
+    pub idle: Duration,
+    /// Mean time of a task, once one has finished.
+    pub mean_task: Option<Duration>,
+    /// Longest single task.
+    pub max_task: Duration,
+    /// Times the worker process was replaced (after a failure or `max_tasks_per_worker`).
+    pub restarts: u64,
+    /// Times the worker process failed (died, timed out, hit its memory limit, broke the
+    /// protocol).
+    pub failures: u64,
+}
+
+impl Insights {
+    /// Tasks finished by all workers.
+    pub fn tasks_done(&self) -> u64 {
+        self.workers.iter().map(|w| w.tasks_done).sum()
+    }
+
+    /// Share of the workers' time spent running tasks, from 0 to 1.
+    pub fn utilization(&self) -> f64 {
+        let total = self.uptime.as_secs_f64() * self.workers.len() as f64;
+        if total == 0.0 {
+            return 0.0;
+        }
+        self.workers
+            .iter()
+            .map(|w| w.busy.as_secs_f64())
+            .sum::<f64>()
+            / total
+    }
+}
+
+impl fmt::Display for Insights {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:>6} {:>10} {:>12} {:>12} {:>12} {:>12} {:>8} {:>8}",
+            "worker", "tasks", "busy", "idle", "mean task", "max task", "restarts", "failures"
+        )?;
+        for w in &self.workers {
+            writeln!(
+                f,
+                "{:>6} {:>10} {:>12} {:>12} {:>12} {:>12} {:>8} {:>8}",
+                w.index,
+                w.tasks_done,
+                format!("{:.3?}", w.busy),
+                format!("{:.3?}", w.idle),
+                w.mean_task
+                    .map_or_else(|| "-".to_string(), |d| format!("{d:.3?}")),
+                format!("{:.3?}", w.max_task),
+                w.restarts,
+                w.failures,
+            )?;
+        }
+        write!(
+            f,
+            "{:>6} {:>10} uptime {:.3?}, utilization {:.1}%",
+            "total",
+            self.tasks_done(),
+            self.uptime,
+            self.utilization() * 100.0
+        )
+    }
+}
