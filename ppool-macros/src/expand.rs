@@ -3,7 +3,7 @@
 //! user's types.
 
 use crate::parse::{self, Entry};
-use proc_macro2::TokenStream;
+use proc_macro2::{Delimiter, Group, TokenStream};
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 
@@ -37,10 +37,17 @@ fn expand(entry: &Entry) -> TokenStream {
             let ty = types[0];
             (quote!(#ty), quote!(#ident(args)))
         }
-        _ => (
-            quote!((#(#types,)*)),
-            quote!({ let (#(#names,)*) = args; #ident(#(#names),*) }),
-        ),
+        _ => {
+            // The tuple's parentheses take the span of the function's own, so that an error
+            // about the tuple as a whole (the `Entry::Args` bound) points at the argument list
+            // rather than at the attribute.
+            let mut tuple = Group::new(Delimiter::Parenthesis, quote!(#(#types,)*));
+            tuple.set_span(func.sig.paren_token.span.join());
+            (
+                quote!(#tuple),
+                quote!({ let (#(#names,)*) = args; #ident(#(#names),*) }),
+            )
+        }
     };
     let output_ty = match output {
         Some(ty) => quote!(#ty),

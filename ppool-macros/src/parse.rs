@@ -31,6 +31,30 @@ fn parse_args(args: TokenStream) -> syn::Result<syn::Path> {
     Ok(krate)
 }
 
+/// The head of an item that is not a function, such as `struct Point` or `impl`, to point at.
+fn item_head(input: &TokenStream) -> Option<TokenStream> {
+    use quote::ToTokens;
+    use syn::Item;
+    fn head(keyword: &dyn ToTokens, ident: &Ident) -> TokenStream {
+        let mut tokens = keyword.to_token_stream();
+        ident.to_tokens(&mut tokens);
+        tokens
+    }
+    Some(match syn::parse2::<Item>(input.clone()).ok()? {
+        Item::Struct(i) => head(&i.struct_token, &i.ident),
+        Item::Enum(i) => head(&i.enum_token, &i.ident),
+        Item::Union(i) => head(&i.union_token, &i.ident),
+        Item::Trait(i) => head(&i.trait_token, &i.ident),
+        Item::Type(i) => head(&i.type_token, &i.ident),
+        Item::Const(i) => head(&i.const_token, &i.ident),
+        Item::Static(i) => head(&i.static_token, &i.ident),
+        Item::Mod(i) => head(&i.mod_token, &i.ident),
+        Item::Impl(i) => i.impl_token.to_token_stream(),
+        Item::Use(i) => i.use_token.to_token_stream(),
+        _ => return None,
+    })
+}
+
 /// Adds `error` to `acc`.
 fn push(acc: &mut Option<syn::Error>, error: syn::Error) {
     match acc {
@@ -51,10 +75,12 @@ pub(crate) fn entry(
     let func: ItemFn = match syn::parse2(input.clone()) {
         Ok(f) => f,
         Err(_) => {
-            let e = syn::Error::new(
-                proc_macro2::Span::call_site(),
-                "#[pool_entry] goes on a free function, such as `fn square(x: u64) -> u64`",
-            );
+            let message =
+                "#[pool_entry] goes on a free function, such as `fn square(x: u64) -> u64`";
+            let e = match item_head(&input) {
+                Some(head) => syn::Error::new_spanned(head, message),
+                None => syn::Error::new(proc_macro2::Span::call_site(), message),
+            };
             return Err((e, input));
         }
     };

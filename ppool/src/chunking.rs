@@ -36,10 +36,9 @@ impl Chunking {
             return n;
         }
         let per_task = self.nanos_per_task.load(Ordering::Relaxed);
-        if per_task == 0 {
-            return 1;
-        }
-        ((TARGET_NANOS / per_task) as usize).clamp(1, self.cap)
+        TARGET_NANOS
+            .checked_div(per_task)
+            .map_or(1, |n| (n as usize).clamp(1, self.cap))
     }
 
     /// The chunk size for `len` tasks on `workers` workers: at least four chunks a worker, so
@@ -50,11 +49,9 @@ impl Chunking {
         }
         let balanced = len.div_ceil(4 * workers.max(1)).max(1);
         let per_task = self.nanos_per_task.load(Ordering::Relaxed);
-        let by_time = if per_task == 0 {
-            self.cap
-        } else {
-            ((TARGET_NANOS / per_task) as usize).max(1)
-        };
+        let by_time = TARGET_NANOS
+            .checked_div(per_task)
+            .map_or(self.cap, |n| (n as usize).max(1));
         balanced.min(by_time).min(self.cap)
     }
 

@@ -23,6 +23,11 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Portable for T {}
 /// `#[pool_entry] fn square(x: u64) -> u64` defines a type `square` next to the function, and
 /// `ProcessPool::<square>` is typed by it: its tasks are [`Args`](Entry::Args) and its results
 /// [`Output`](Entry::Output). Implement it only through the attribute.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a pool entry",
+    label = "not a `#[pool_entry]` function",
+    note = "mark a free function with `#[pool_entry]` and name it as `ProcessPool::<that_function>`"
+)]
 pub trait Entry: 'static {
     /// The task: the single argument, a tuple of the arguments, or `()`.
     type Args: Portable;

@@ -36,6 +36,7 @@
 
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod batch;
 mod chunking;

@@ -1,0 +1,8 @@
+use ppool::pool_entry;
+
+#[pool_entry]
+async fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn main() {}

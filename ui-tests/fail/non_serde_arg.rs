@@ -1,0 +1,13 @@
+use ppool::pool_entry;
+
+struct Point {
+    x: f64,
+    y: f64,
+}
+
+#[pool_entry]
+fn norm(p: Point) -> f64 {
+    (p.x * p.x + p.y * p.y).sqrt()
+}
+
+fn main() {}

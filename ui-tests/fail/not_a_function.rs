@@ -1,0 +1,6 @@
+use ppool::pool_entry;
+
+#[pool_entry]
+struct Square(u64);
+
+fn main() {}

@@ -1,0 +1,8 @@
+use ppool::pool_entry;
+
+#[pool_entry]
+fn greeting() -> &'static str {
+    "hello"
+}
+
+fn main() {}
