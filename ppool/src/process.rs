@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 /// How long a started worker may take to answer the greeting.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The pipe size asked for (Linux's default limit for unprivileged processes).
+const PIPE_SIZE: usize = 1 << 20;
 /// How long a worker-exit hook may run.
 const EXIT_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a retired worker may take to exit before it is killed.
@@ -48,6 +50,8 @@ pub(crate) struct WorkerProc {
     body: Vec<u8>,
     /// Tasks this process has finished.
     pub(crate) tasks_done: u64,
+    /// Bytes the task pipe holds.
+    pub(crate) capacity: usize,
 }
 
 impl WorkerProc {
@@ -57,6 +61,11 @@ impl WorkerProc {
         let pipe_error = |e: io::Error| Error::spawn(format!("cannot create a pipe: {e}"));
         let (task_r, task_w) = io::pipe().map_err(pipe_error)?;
         let (result_r, result_w) = io::pipe().map_err(pipe_error)?;
+        // Bigger pipes mean fewer wake-ups for large payloads and more jobs sent ahead; the
+        // system may refuse (pipe-max-size), and the capacity we got is what we plan with.
+        let _ = rustix::pipe::fcntl_setpipe_size(&task_w, PIPE_SIZE);
+        let _ = rustix::pipe::fcntl_setpipe_size(&result_r, PIPE_SIZE);
+        let capacity = rustix::pipe::fcntl_getpipe_size(&task_w).unwrap_or(4096);
         let mut command = launch::worker_command()?;
         let child_fds = [task_r.as_raw_fd(), result_w.as_raw_fd()];
         command
@@ -109,6 +118,7 @@ impl WorkerProc {
             rx: FrameReader::new(result_r, spec.max_frame),
             body: Vec::new(),
             tasks_done: 0,
+            capacity,
         };
         let mut frame = FrameBuf::default();
         Hello {

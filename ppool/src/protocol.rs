@@ -120,6 +120,14 @@ impl<R: Read> FrameReader<R> {
         Ok(())
     }
 
+    /// True when a whole frame is already buffered, so `read` will not block.
+    pub(crate) fn has_frame(&self) -> bool {
+        let buffered = self.inner.buffer();
+        buffered.len() >= 4
+            && buffered.len() - 4
+                >= u32::from_le_bytes([buffered[0], buffered[1], buffered[2], buffered[3]]) as usize
+    }
+
     /// The underlying stream.
     pub(crate) fn get_ref(&self) -> &R {
         self.inner.get_ref()

@@ -65,12 +65,12 @@ pub(crate) struct Settings {
     pub(crate) pipeline: usize,
 }
 
-/// The most bytes of jobs sent ahead to one worker: less than a pipe holds, so that sending
-/// never blocks while the worker is blocked sending results.
-const PIPELINE_BYTES: usize = 48 * 1024;
-
 /// Jobs are sent ahead only while they take less than this.
 const PIPELINE_BELOW_NANOS: u64 = 1_000_000;
+/// Jobs this short are sent ahead many at a time, in one write.
+const TINY_JOB_NANOS: u64 = 50_000;
+/// How many tiny jobs one worker may hold.
+const TINY_PIPELINE: usize = 64;
 
 /// A worker's channel: a process, or (in debug mode) this process.
 #[derive(Debug)]
@@ -99,6 +99,15 @@ impl Conn {
         match self {
             Conn::Proc(p) => p.body(),
             Conn::Local(l) => l.body(),
+        }
+    }
+
+    /// The most bytes of jobs that may wait unanswered in the channel: less than the pipe
+    /// holds, so that sending never blocks while the worker is blocked sending results.
+    fn budget(&self) -> usize {
+        match self {
+            Conn::Proc(p) => p.capacity * 3 / 4,
+            Conn::Local(_) => usize::MAX,
         }
     }
 
@@ -483,8 +492,12 @@ fn put_back(shared: &Shared, i: usize, back: Slot) {
     } else {
         Vec::new()
     };
+    // Drivers only care when there is work, or when the pool is stopping.
+    let wake = !st.queue.is_empty() || st.phase != Phase::Running || !orphaned.is_empty();
     drop(st);
-    shared.wake.notify_all();
+    if wake {
+        shared.wake.notify_all();
+    }
     if let Some(conn) = dropped {
         shared.watch.unregister(i);
         drop(conn);
@@ -550,13 +563,16 @@ struct Sent {
 /// delivers results as they come, and handles the worker's failure. Returns what the slot
 /// holds afterwards.
 fn run(shared: &Shared, i: usize, mut conn: Box<Conn>, first: Job, top_up: bool) -> Slot {
-    let settings = &shared.settings;
     let mut sent: VecDeque<Sent> = VecDeque::new();
     let mut sent_bytes = 0usize;
     let mut sent_tasks = 0u64;
     let mut next = Some(first);
+    let mut scratch: Vec<u8> = Vec::new();
     loop {
-        // Send what we hold, then top up from the queue while the worker has room.
+        // Take what we hold and top up from the queue while the worker has room, then send
+        // it all in one write.
+        let depth = pipeline_depth(shared);
+        let unsent = sent.len();
         while let Some(mut job) = next.take() {
             if job.is_cancelled() {
                 (job.deliver)(Err(Error::Closed));
@@ -570,10 +586,6 @@ fn run(shared: &Shared, i: usize, mut conn: Box<Conn>, first: Job, top_up: bool)
             } else {
                 let id = shared.next_job.fetch_add(1, Ordering::Relaxed);
                 protocol::stamp_job(&mut job.frame, id);
-                if let Err(e) = conn.send(&job.frame) {
-                    sent.push_back(Sent { job, id });
-                    return fail(shared, i, conn, sent, e);
-                }
                 sent_bytes += job.frame.len();
                 sent_tasks += u64::from(job.count);
                 if sent.is_empty() {
@@ -581,9 +593,24 @@ fn run(shared: &Shared, i: usize, mut conn: Box<Conn>, first: Job, top_up: bool)
                 }
                 sent.push_back(Sent { job, id });
             }
-            if top_up && sent.len() < settings.pipeline {
+            if top_up && sent.len() < depth {
                 next = take_more(shared, &mut conn, sent_bytes, sent_tasks);
             }
+        }
+        let sending = sent.range(unsent..);
+        let written = if sending.len() == 1 {
+            sent.back().map_or(Ok(()), |s| conn.send(&s.job.frame))
+        } else if sending.len() > 1 {
+            scratch.clear();
+            for s in sending {
+                scratch.extend_from_slice(&s.job.frame);
+            }
+            conn.send(&scratch)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = written {
+            return fail(shared, i, conn, sent, e);
         }
         let Some(head) = sent.front() else { break };
         let (id, count) = (head.id, head.job.count);
@@ -613,7 +640,7 @@ fn run(shared: &Shared, i: usize, mut conn: Box<Conn>, first: Job, top_up: bool)
             .record(i, count, results.busy_nanos, results.max_task_nanos);
         (done.job.deliver)(Ok((results, i)));
         *conn.tasks_done() += u64::from(count);
-        if top_up && sent.len() < settings.pipeline {
+        if top_up && sent.len() < pipeline_depth(shared) {
             next = take_more(shared, &mut conn, sent_bytes, sent_tasks);
         }
     }
@@ -633,7 +660,7 @@ fn take_more(shared: &Shared, conn: &mut Conn, sent_bytes: usize, sent_tasks: u6
         return None;
     }
     let job = st.queue.front()?;
-    if sent_bytes > 0 && sent_bytes + job.frame.len() > PIPELINE_BYTES {
+    if sent_bytes > 0 && sent_bytes + job.frame.len() > conn.budget() {
         return None;
     }
     if let Some(max) = shared.settings.max_tasks_per_worker {
@@ -645,6 +672,18 @@ fn take_more(shared: &Shared, conn: &mut Conn, sent_bytes: usize, sent_tasks: u6
         }
     }
     st.queue.pop_front()
+}
+
+/// How many jobs one worker may hold: many tiny ones, or a couple of short ones.
+fn pipeline_depth(shared: &Shared) -> usize {
+    if shared.settings.task_timeout.is_some() {
+        // A job sent ahead would wait behind the running one and eat into its own deadline.
+        return 1;
+    }
+    match shared.job_nanos.load(Ordering::Relaxed) {
+        n if n > 0 && n < TINY_JOB_NANOS => TINY_PIPELINE.max(shared.settings.pipeline),
+        _ => shared.settings.pipeline,
+    }
 }
 
 fn arm(shared: &Shared, i: usize, job: &Job) {

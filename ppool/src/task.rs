@@ -19,6 +19,8 @@ pub(crate) struct OneShot<T> {
 struct Cell<T> {
     value: Option<T>,
     done: bool,
+    /// Threads blocked on the condvar: only then is it worth a wake-up.
+    waiting: usize,
     waker: Option<Waker>,
 }
 
@@ -28,6 +30,7 @@ impl<T> OneShot<T> {
             state: Mutex::new(Cell {
                 value: None,
                 done: false,
+                waiting: 0,
                 waker: None,
             }),
             ready: Condvar::new(),
@@ -47,8 +50,11 @@ impl<T> OneShot<T> {
         cell.value = Some(value);
         cell.done = true;
         let waker = cell.waker.take();
+        let waiting = cell.waiting > 0;
         drop(cell);
-        self.ready.notify_all();
+        if waiting {
+            self.ready.notify_all();
+        }
         if let Some(w) = waker {
             w.wake();
         }
@@ -62,10 +68,12 @@ impl<T> OneShot<T> {
     pub(crate) fn take(&self) -> Option<T> {
         let mut cell = self.lock();
         while !cell.done {
+            cell.waiting += 1;
             cell = self
                 .ready
                 .wait(cell)
                 .unwrap_or_else(PoisonError::into_inner);
+            cell.waiting -= 1;
         }
         cell.value.take()
     }
@@ -82,11 +90,13 @@ impl<T> OneShot<T> {
             if left.is_zero() {
                 return Err(());
             }
+            cell.waiting += 1;
             cell = self
                 .ready
                 .wait_timeout(cell, left)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
+            cell.waiting -= 1;
         }
         Ok(cell.value.take())
     }

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a worker checks that its supervisor is still alive.
 const PARENT_POLL: Duration = Duration::from_millis(100);
+/// Buffered answers are written once they reach this many bytes.
+const FLUSH_AT: usize = 256 * 1024;
 /// Exit code of a worker started by hand or that could not talk to its supervisor.
 const EXIT_NO_CHANNEL: i32 = 2;
 
@@ -180,6 +182,7 @@ fn serve(input: PipeReader, mut output: PipeWriter, max_frame: usize) -> ! {
     }
     install_panic_hook();
     let mut on_exit: Option<(&'static EntryRecord, Vec<u8>)> = None;
+    let mut pending: Vec<u8> = Vec::new();
 
     loop {
         match reader.read(&mut body) {
@@ -215,8 +218,9 @@ fn serve(input: PipeReader, mut output: PipeWriter, max_frame: usize) -> ! {
                 if let Some((record, args)) = &on_exit {
                     protocol::start_exited(&mut out);
                     run_one(record, args, &mut out);
-                    let _ = output.write_all(out.finish());
+                    pending.extend_from_slice(out.finish());
                 }
+                let _ = output.write_all(&pending);
                 std::process::exit(0)
             }
             k => {
@@ -224,13 +228,19 @@ fn serve(input: PipeReader, mut output: PipeWriter, max_frame: usize) -> ! {
                 std::process::exit(3);
             }
         }
-        if let Err(e) = output.write_all(out.finish()) {
+        // Answers wait while more tasks are already here, and leave together in one write.
+        pending.extend_from_slice(out.finish());
+        if reader.has_frame() && pending.len() < FLUSH_AT {
+            continue;
+        }
+        if let Err(e) = output.write_all(&pending) {
             // The supervisor closed its end: it is gone or wants us gone.
             if e.kind() != std::io::ErrorKind::BrokenPipe {
                 eprintln!("ppool worker: cannot send results: {e}");
             }
             std::process::exit(0);
         }
+        pending.clear();
     }
 }
 
