@@ -5,7 +5,7 @@ use crate::codec;
 use crate::entry::Entry;
 use crate::error::{Error, Result};
 use crate::protocol::{self, FrameBuf, Outcome};
-use crate::supervisor::{Deliver, Delivery, Job};
+use crate::supervisor::{Deliver, Delivery, Job, Split};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -48,8 +48,57 @@ impl ChunkEncoder {
             deliver,
             cancelled,
             attempts: 0,
+            bounces: 0,
+            split: None,
         }
     }
+
+    /// The job, with `deliver` for its results and `piece(k)` for the results of its `k`-th
+    /// task should it be split (when its worker failed under it).
+    pub(crate) fn into_splittable_job<P>(
+        self,
+        deliver: Deliver,
+        cancelled: Option<Arc<AtomicBool>>,
+        piece: P,
+    ) -> Job
+    where
+        P: Fn(u32) -> Deliver + Send + 'static,
+    {
+        let mut job = self.into_job(deliver, cancelled);
+        let split: Split = Box::new(move |frame: &[u8]| {
+            split_frame(frame)
+                .into_iter()
+                .zip(0..)
+                .map(|(frame, k)| (frame, piece(k)))
+                .collect()
+        });
+        job.split = Some(split);
+        job
+    }
+}
+
+/// The tasks of a TASKS frame, each in a frame of its own; empty if the frame does not parse.
+fn split_frame(frame: &[u8]) -> Vec<Vec<u8>> {
+    let Some(body) = frame.get(4..) else {
+        return Vec::new();
+    };
+    let Ok(mut tasks) = protocol::Tasks::parse(body) else {
+        return Vec::new();
+    };
+    let mut frames = Vec::with_capacity(tasks.count as usize);
+    for _ in 0..tasks.count {
+        let Ok(args) = tasks.next_args() else {
+            return Vec::new();
+        };
+        let mut one = FrameBuf::default();
+        protocol::start_tasks(&mut one, 0, 1);
+        let _ = one.block(|out| {
+            out.extend_from_slice(args);
+            Ok::<(), ()>(())
+        });
+        frames.push(one.take());
+    }
+    frames
 }
 
 /// A job of a single task.

@@ -172,6 +172,20 @@ impl<F: Entry> ProcessPool<F> {
         if count == 0 {
             return;
         }
+        let piece = {
+            let gather = Arc::clone(gather);
+            let progress = progress.clone();
+            move |k: u32| -> crate::supervisor::Deliver {
+                let gather = Arc::clone(&gather);
+                let progress = progress.clone();
+                Box::new(move |d: Delivery<'_>| {
+                    gather.fill(start + k as usize, |put| {
+                        jobs::for_each_result::<F>(d, 1, put)
+                    });
+                    progress.inc(1);
+                })
+            }
+        };
         let gather = Arc::clone(gather);
         let chunking = Arc::clone(&self.chunking);
         let progress = progress.clone();
@@ -182,7 +196,8 @@ impl<F: Entry> ProcessPool<F> {
             gather.fill(start, |put| jobs::for_each_result::<F>(d, count, put));
             progress.inc(u64::from(count));
         });
-        self.core.submit(chunk.into_job(deliver, None));
+        self.core
+            .submit(chunk.into_splittable_job(deliver, None, piece));
     }
 
     /// Runs the tasks of `tasks` as it is iterated, yielding results in input order. The input

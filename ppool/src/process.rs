@@ -10,6 +10,8 @@ use std::io::{self, PipeReader, PipeWriter, Write};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long a started worker may take to answer the greeting.
@@ -45,6 +47,8 @@ pub(crate) struct WorkerProc {
     pub(crate) pid: u32,
     child: Child,
     reaped: Option<ExitCause>,
+    /// The thread that copies the worker's stderr, joined once the worker is reaped.
+    stderr: Option<Forwarder>,
     tx: PipeWriter,
     rx: FrameReader<PipeReader>,
     body: Vec<u8>,
@@ -106,14 +110,16 @@ impl WorkerProc {
             .map_err(|e| Error::spawn(format!("cannot start worker {index}: {e}")))?;
         drop((task_r, result_w));
         let pid = child.id();
-        if let Some(stderr) = child.stderr.take() {
-            forward_stderr(stderr, format!("[{}:{index}] ", spec.pool));
-        }
+        let stderr = child
+            .stderr
+            .take()
+            .and_then(|stderr| forward_stderr(stderr, format!("[{}:{index}] ", spec.pool)));
         let mut worker = WorkerProc {
             index,
             pid,
             child,
             reaped: None,
+            stderr,
             tx: task_w,
             rx: FrameReader::new(result_r, spec.max_frame),
             body: Vec::new(),
@@ -221,9 +227,22 @@ impl WorkerProc {
         }
     }
 
-    /// Sends one finished frame.
+    /// Sends one finished frame. A worker that was gone before the first byte is an
+    /// `ErrorKind::NotConnected` error: the frame never reached it.
     pub(crate) fn send(&mut self, frame: &[u8]) -> io::Result<()> {
-        self.tx.write_all(frame)
+        let first = loop {
+            match self.tx.write(frame) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotConnected,
+                        format!("the worker was gone before the job was sent ({e})"),
+                    ));
+                }
+                other => break other?,
+            }
+        };
+        self.tx.write_all(&frame[first..])
     }
 
     /// Reads one frame into [`body`](Self::body).
@@ -290,33 +309,93 @@ impl Drop for WorkerProc {
     fn drop(&mut self) {
         self.kill();
         self.reap();
+        if let Some(forwarder) = self.stderr.take() {
+            forwarder.stop.store(true, Ordering::Release);
+            let _ = forwarder.thread.join();
+        }
     }
 }
 
-/// Copies a worker's stderr to ours line by line, each line tagged with `tag`.
-fn forward_stderr(stderr: std::process::ChildStderr, tag: String) {
+/// A thread that copies a worker's stderr, and the flag that tells it the worker is gone.
+#[derive(Debug)]
+struct Forwarder {
+    thread: std::thread::JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+}
+
+/// How long the forwarder waits for output before it looks at its stop flag.
+const FORWARD_POLL: Duration = Duration::from_millis(100);
+
+/// Copies a worker's stderr to ours line by line, each line tagged with `tag`, until the
+/// pipe closes or, once the worker is reaped, until nothing more is waiting (a process the
+/// worker started may hold the pipe open).
+fn forward_stderr(stderr: std::process::ChildStderr, tag: String) -> Option<Forwarder> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = Arc::clone(&stop);
     let spawned = std::thread::Builder::new()
         .name("ppool-stderr".into())
         .spawn(move || {
-            use std::io::BufRead;
-            let mut reader = io::BufReader::new(stderr);
-            let mut line = Vec::new();
+            use std::io::Read;
+            let mut stderr = stderr;
+            let mut pending: Vec<u8> = Vec::new();
+            let mut buf = [0u8; 8192];
+            let mut reads_after_stop = 0;
             loop {
-                line.clear();
-                match reader.read_until(b'\n', &mut line) {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {
-                        let mut err = io::stderr().lock();
-                        let _ = err.write_all(tag.as_bytes());
-                        let _ = err.write_all(&line);
-                        if line.last() != Some(&b'\n') {
-                            let _ = err.write_all(b"\n");
-                        }
+                let stopping = stopped.load(Ordering::Acquire);
+                if stopping {
+                    reads_after_stop += 1;
+                    if reads_after_stop > 64 {
+                        break;
                     }
                 }
+                let wait = if stopping {
+                    Duration::ZERO
+                } else {
+                    FORWARD_POLL
+                };
+                let wait = rustix::event::Timespec::try_from(wait).ok();
+                let mut fds = [rustix::event::PollFd::new(
+                    &stderr,
+                    rustix::event::PollFlags::IN,
+                )];
+                match rustix::event::poll(&mut fds, wait.as_ref()) {
+                    Ok(0) if stopping => break,
+                    Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+                let n = match stderr.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                };
+                pending.extend_from_slice(&buf[..n]);
+                if let Some(last) = pending.iter().rposition(|&b| b == b'\n') {
+                    let rest = pending.split_off(last + 1);
+                    write_tagged(&tag, &pending);
+                    pending = rest;
+                }
+            }
+            if !pending.is_empty() {
+                pending.push(b'\n');
+                write_tagged(&tag, &pending);
             }
         });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "cannot forward a worker's stderr");
+    match spawned {
+        Ok(thread) => Some(Forwarder { thread, stop }),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot forward a worker's stderr");
+            None
+        }
+    }
+}
+
+/// Writes whole lines to our stderr, each prefixed with `tag`.
+fn write_tagged(tag: &str, lines: &[u8]) {
+    let mut err = io::stderr().lock();
+    for line in lines.split_inclusive(|&b| b == b'\n') {
+        let _ = err.write_all(tag.as_bytes());
+        let _ = err.write_all(line);
     }
 }

@@ -121,6 +121,20 @@ impl<'p, F: Entry, I: Iterator<Item = F::Args>> Map<'p, F, I> {
                 let results = Arc::clone(&self.results);
                 let ordered = self.ordered;
                 let chunking = Arc::clone(self.pool.chunking_arc());
+                let piece = {
+                    let results = Arc::clone(&self.results);
+                    move |k: u32| -> crate::supervisor::Deliver {
+                        let results = Arc::clone(&results);
+                        Box::new(move |delivery: crate::supervisor::Delivery<'_>| {
+                            let mut st = results.lock();
+                            jobs::for_each_result::<F>(delivery, 1, |_, r| {
+                                put(&mut st, ordered, chunk_start + u64::from(k), r);
+                            });
+                            drop(st);
+                            results.ready.notify_all();
+                        })
+                    }
+                };
                 let deliver = Box::new(move |delivery: crate::supervisor::Delivery<'_>| {
                     if let Ok((r, _)) = &delivery {
                         chunking.observe(r.busy_nanos, r.count);
@@ -132,9 +146,11 @@ impl<'p, F: Entry, I: Iterator<Item = F::Args>> Map<'p, F, I> {
                     drop(st);
                     results.ready.notify_all();
                 });
-                self.pool
-                    .core()
-                    .submit(chunk.into_job(deliver, Some(Arc::clone(&self.cancelled))));
+                self.pool.core().submit(chunk.into_splittable_job(
+                    deliver,
+                    Some(Arc::clone(&self.cancelled)),
+                    piece,
+                ));
             }
             if !failed.is_empty() {
                 let mut st = self.results.lock();

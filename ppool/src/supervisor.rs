@@ -25,6 +25,14 @@ pub(crate) type Delivery<'a> = Result<(Results<'a>, usize), Error>;
 /// Called once with the job's outcome, on whichever thread drove it.
 pub(crate) type Deliver = Box<dyn FnOnce(Delivery<'_>) + Send>;
 
+/// Splits a job of several tasks, given its TASKS frame, into one `(frame, deliver)` per task,
+/// in order; used when its worker failed under it and the culprit must be found.
+pub(crate) type Split = Box<dyn FnOnce(&[u8]) -> Vec<(Vec<u8>, Deliver)> + Send>;
+
+/// How many times a job may find its worker dead before it was sent, without that counting
+/// against it.
+const MAX_BOUNCES: u32 = 3;
+
 /// A finished TASKS frame and where its results go.
 pub(crate) struct Job {
     pub(crate) frame: Vec<u8>,
@@ -33,6 +41,10 @@ pub(crate) struct Job {
     /// Set when nobody wants the results any more (a dropped stream).
     pub(crate) cancelled: Option<Arc<AtomicBool>>,
     pub(crate) attempts: u32,
+    /// Times the job found its worker already dead when it was sent.
+    pub(crate) bounces: u32,
+    /// For a job of several tasks: how to run them one by one instead.
+    pub(crate) split: Option<Split>,
 }
 
 impl std::fmt::Debug for Job {
@@ -794,11 +806,40 @@ fn fail(
         tracing::warn!(pool = %shared.spec.pool, worker = i, pid, error = %error, "worker failed");
         *lock(&shared.last_error) = Some(error.clone());
     }
+    // The worker was dead before the job's first byte reached it (it died while idle): the
+    // job never ran, so it is not to blame.
+    let untouched = sent.len() == 1
+        && matches!(&cause, FrameError::Io(e) if e.kind() == std::io::ErrorKind::NotConnected);
     let mut settle: Vec<(Job, Error)> = Vec::new();
     let mut requeue: Vec<Job> = Vec::new();
     if let Some(head) = sent.pop_front() {
         let mut job = head.job;
-        if matches!(error, Error::WorkerDied { .. }) && job.attempts < shared.settings.retries {
+        if closed {
+            settle.push((job, error.clone()));
+        } else if untouched && job.bounces < MAX_BOUNCES {
+            job.bounces += 1;
+            requeue.push(job);
+        } else if job.count > 1 && job.split.is_some() {
+            // Which of its tasks brought the worker down is unknown: run them one by one, so
+            // that the culprit fails alone. Running them again is not a retry.
+            let split = job.split.take().map(|split| split(&job.frame));
+            match split {
+                Some(pieces) if pieces.len() == job.count as usize => {
+                    requeue.extend(pieces.into_iter().map(|(frame, deliver)| Job {
+                        frame,
+                        count: 1,
+                        deliver,
+                        cancelled: job.cancelled.clone(),
+                        attempts: job.attempts,
+                        bounces: 0,
+                        split: None,
+                    }));
+                }
+                _ => settle.push((job, error.clone())),
+            }
+        } else if matches!(error, Error::WorkerDied { .. })
+            && job.attempts < shared.settings.retries
+        {
             job.attempts += 1;
             requeue.push(job);
         } else {
