@@ -1,0 +1,279 @@
+"""Python anchors for ppool-bench: multiprocessing.Pool (fork context) and mpire.
+
+Run by the Rust bench once per metric and repetition, as
+
+    python anchors.py METRIC [--n N] [--workers W] [...]
+
+and prints one JSON object on stdout:
+
+    {"values": {"contender name": value, ...}, "notes": ["...", ...]}
+
+Units match the Rust side of the same metric (see ppool-bench/src/metrics/).
+A contender that fails is left out of "values" and explained in "notes".
+"""
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import threading
+import time
+
+MASK64 = (1 << 64) - 1
+MIB = 1024 * 1024
+
+try:
+    from mpire import WorkerPool
+except ImportError:  # the bench still runs the multiprocessing anchors
+    WorkerPool = None
+
+
+# ---- task functions (module level so that they pickle by reference) ----
+
+def echo(x):
+    return x
+
+
+def square(x):
+    return x * x
+
+
+def spin(iters):
+    """xorshift64 loop, the same kernel as the Rust side (pure CPU work)."""
+    x = 0x9E3779B97F4A7C15 ^ iters
+    for _ in range(iters):
+        x ^= (x << 13) & MASK64
+        x ^= x >> 7
+        x ^= (x << 17) & MASK64
+    return x
+
+
+# ---- pools ----
+
+def mp_pool(workers):
+    return multiprocessing.get_context("fork").Pool(workers)
+
+
+def mpire_pool(workers):
+    return WorkerPool(n_jobs=workers, keep_alive=True)
+
+
+def contenders(mp_name, mpire_name):
+    """(name, pool factory) pairs; mpire only when it is installed."""
+    out = [(mp_name, mp_pool)]
+    if WorkerPool is not None:
+        out.append((mpire_name, mpire_pool))
+    return out
+
+
+def warm_up(pool, workers, is_mpire):
+    """Make sure every worker has started before anything is timed."""
+    if is_mpire:
+        pool.map(square, range(workers * 4))
+    else:
+        pool.map(square, range(workers * 4), chunksize=1)
+
+
+# ---- metrics ----
+
+def sync_rtt(args, out, _notes):
+    """Microseconds per blocking apply() round trip of one int."""
+    for name, make in contenders("mp.Pool.apply", "mpire.apply"):
+        with make(args.workers) as pool:
+            warm_up(pool, args.workers, name.startswith("mpire"))
+            for i in range(100):
+                pool.apply(echo, (i,))
+            start = time.perf_counter()
+            for i in range(args.n):
+                if pool.apply(echo, (i,)) != i:
+                    raise RuntimeError("echo returned a wrong value")
+            out[name] = (time.perf_counter() - start) / args.n * 1e6
+
+
+def bulk_tiny(args, out, _notes):
+    """Tasks per second of map(square, range(n)) with default chunking."""
+    for name, make in contenders("mp.Pool.map", "mpire.map"):
+        with make(args.workers) as pool:
+            warm_up(pool, args.workers, name.startswith("mpire"))
+            start = time.perf_counter()
+            result = pool.map(square, range(args.n))
+            elapsed = time.perf_counter() - start
+            if len(result) != args.n or result[-1] != (args.n - 1) ** 2:
+                raise RuntimeError("map returned wrong results")
+            out[name] = args.n / elapsed
+
+
+def call_with(args, out, _notes):
+    """Tasks per second of apply_async(..., callback=...) one task at a time."""
+    for name, make in contenders("mp.Pool.apply_async", "mpire.apply_async"):
+        with make(args.workers) as pool:
+            warm_up(pool, args.workers, name.startswith("mpire"))
+            done = threading.Event()
+            lock = threading.Lock()
+            count = [0]
+
+            def on_result(_result):
+                with lock:
+                    count[0] += 1
+                    if count[0] == args.n:
+                        done.set()
+
+            def on_error(err):
+                print(f"{name}: task failed: {err!r}", file=sys.stderr)
+                on_result(None)
+
+            start = time.perf_counter()
+            for i in range(args.n):
+                pool.apply_async(square, (i,), callback=on_result, error_callback=on_error)
+            if not done.wait(timeout=600):
+                raise RuntimeError("callbacks did not all arrive")
+            out[name] = args.n / (time.perf_counter() - start)
+
+
+def echo_10mb(args, out, _notes):
+    """MiB/s of an echo round trip of a bytes payload, counting the payload both ways."""
+    payload = os.urandom(args.mib * MIB)
+    for name, make in contenders("mp.Pool.apply", "mpire.apply"):
+        with make(args.workers) as pool:
+            warm_up(pool, args.workers, name.startswith("mpire"))
+            pool.apply(echo, (payload,))
+            start = time.perf_counter()
+            for _ in range(args.rounds):
+                if len(pool.apply(echo, (payload,))) != len(payload):
+                    raise RuntimeError("echo returned a wrong length")
+            elapsed = time.perf_counter() - start
+            out[name] = 2 * args.mib * args.rounds / elapsed
+
+
+def calibrate(target_s):
+    iters = 1000
+    while True:
+        start = time.perf_counter()
+        spin(iters)
+        took = time.perf_counter() - start
+        if took >= 0.002:
+            break
+        iters *= 2
+    for _ in range(2):
+        runs = []
+        for _ in range(5):
+            start = time.perf_counter()
+            spin(iters)
+            runs.append(time.perf_counter() - start)
+        runs.sort()
+        iters = max(1, round(iters * target_s / runs[len(runs) // 2]))
+    return iters
+
+
+def cpu_scaling(args, out, _notes):
+    """Parallel efficiency: tasks x serial task time / (workers x wall time), in %."""
+    iters = calibrate(args.target_ms / 1000)
+    serial_runs = 20
+    start = time.perf_counter()
+    for _ in range(serial_runs):
+        spin(iters)
+    per_task = (time.perf_counter() - start) / serial_runs
+    for name, make in contenders("mp.Pool.map", "mpire.map"):
+        with make(args.workers) as pool:
+            warm_up(pool, args.workers, name.startswith("mpire"))
+            start = time.perf_counter()
+            pool.map(spin, [iters] * args.tasks)
+            wall = time.perf_counter() - start
+            out[name] = 100.0 * args.tasks * per_task / (args.workers * wall)
+
+
+STARTUP_CODE = {
+    "python -c pass": "pass",
+    "mp.Pool(2) fork": (
+        "import multiprocessing as mp\n"
+        "p = mp.get_context('fork').Pool(2)\n"
+        "p.map(abs, [1, -2], chunksize=1)\n"
+        "p.close()\n"
+        "p.join()\n"
+    ),
+    "mp.Pool(2) spawn": (
+        "import multiprocessing as mp\n"
+        "p = mp.get_context('spawn').Pool(2)\n"
+        "p.map(abs, [1, -2], chunksize=1)\n"
+        "p.close()\n"
+        "p.join()\n"
+    ),
+    "mpire WorkerPool(2)": (
+        "from mpire import WorkerPool\n"
+        "with WorkerPool(n_jobs=2) as p:\n"
+        "    p.map(abs, [1, -2], chunk_size=1)\n"
+    ),
+}
+
+
+def startup_code(_args, out, notes):
+    """The `python -c` programs the Rust side times as whole processes."""
+    for name, code in STARTUP_CODE.items():
+        if name.startswith("mpire") and WorkerPool is None:
+            continue
+        out[name] = code
+
+
+def status_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def map_rss(args, out, notes):
+    """Peak RSS growth (MiB) of the parent while consuming imap(square, range(n))."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError as err:
+        notes.append(f"could not reset VmHWM ({err}); growth is against the earlier peak")
+    rss_before = status_kib("VmRSS")
+    with mp_pool(args.workers) as pool:
+        total = 0
+        for r in pool.imap(square, range(args.n), chunksize=args.chunk):
+            total += r
+    growth = (status_kib("VmHWM") - rss_before) / 1024
+    if total != sum(i * i for i in range(args.n)):
+        raise RuntimeError("imap returned wrong results")
+    out[f"mp.Pool.imap chunksize={args.chunk}"] = growth
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("metric")
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--mib", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--tasks", type=int, default=200)
+    parser.add_argument("--target-ms", type=float, default=10.0)
+    parser.add_argument("--chunk", type=int, default=1000)
+    args = parser.parse_args()
+
+    metrics = {
+        "sync_rtt": sync_rtt,
+        "bulk_tiny": bulk_tiny,
+        "call_with": call_with,
+        "echo_10mb": echo_10mb,
+        "cpu_scaling": cpu_scaling,
+        "startup_code": startup_code,
+        "map_rss": map_rss,
+    }
+    if args.metric not in metrics:
+        parser.error(f"unknown metric {args.metric}")
+    values, notes = {}, []
+    if WorkerPool is None:
+        notes.append("mpire is not installed: mpire anchors skipped")
+    try:
+        metrics[args.metric](args, values, notes)
+    except Exception as err:  # report what was measured so far
+        notes.append(f"python anchor {args.metric} failed: {err!r}")
+    json.dump({"values": values, "notes": notes}, sys.stdout)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()
