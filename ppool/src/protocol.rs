@@ -3,8 +3,9 @@
 //!
 //! A frame is a little-endian `u32` body length followed by the body. The body's first byte is
 //! the message kind. Integers are little-endian, strings and byte blocks are `u32`-length
-//! prefixed. Reading a frame never allocates more than the bytes that actually arrived, and a
-//! length above the limit is refused before anything is read.
+//! prefixed. Reading a frame allocates for the bytes that actually arrive, beyond one bounded
+//! reservation (16 MiB at most), and a length above the limit is refused before anything is
+//! read.
 
 use std::io::{self, Read, Write};
 

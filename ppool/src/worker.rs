@@ -10,7 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::io::{PipeReader, PipeWriter, Write};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Once, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -159,7 +159,11 @@ fn spawn_guard(greeted: &'static AtomicBool) {
     }
 }
 
+/// The largest frame the supervisor accepts.
+static MAX_FRAME: AtomicUsize = AtomicUsize::new(protocol::DEFAULT_MAX_FRAME);
+
 fn serve(input: PipeReader, mut output: PipeWriter, max_frame: usize) -> ! {
+    MAX_FRAME.store(max_frame, Ordering::Relaxed);
     static GREETED: AtomicBool = AtomicBool::new(false);
     spawn_guard(&GREETED);
     let mut reader = FrameReader::new(input, max_frame);
@@ -302,7 +306,18 @@ pub(crate) fn run_tasks(
 fn run_one(record: &EntryRecord, args: &[u8], out: &mut FrameBuf) {
     let at = out.len();
     match catch_task(|| Outcome::write_ok(out, |value| (record.run)(args, value))) {
-        Ok(Ok(())) => {}
+        Ok(Ok(())) => {
+            // A result the channel cannot carry fails alone, before it breaks the frame.
+            let max = MAX_FRAME.load(Ordering::Relaxed);
+            if out.len() - 4 > max {
+                let size = out.len() - at;
+                out.truncate(at);
+                let message = format!(
+                    "the result is {size} bytes, more than the pool's max_frame_size of {max}"
+                );
+                Outcome::write_codec(out, "encode the result", &message);
+            }
+        }
         Ok(Err(CodecFailure { action, message })) => Outcome::write_codec(out, action, &message),
         Err((message, location)) => {
             out.truncate(at);
