@@ -43,6 +43,8 @@ enum Act {
     KillSelf,
     /// Sleeps this many milliseconds, then returns the pid.
     Sleep(u64),
+    /// Creates the file `path` (so the test knows the task is running), then sleeps `ms`.
+    AnnounceThenSleep { path: String, ms: u64 },
     /// Allocates and touches `mb` MiB, holds them `hold_ms`, then returns the pid.
     Hog { mb: usize, hold_ms: u64 },
 }
@@ -91,6 +93,10 @@ fn act(what: Act) -> u32 {
             std::thread::sleep(Duration::from_secs(60));
         }
         Act::Sleep(ms) => std::thread::sleep(Duration::from_millis(ms)),
+        Act::AnnounceThenSleep { path, ms } => {
+            let _ = std::fs::write(path, b"running");
+            std::thread::sleep(Duration::from_millis(ms));
+        }
         Act::Hog { mb, hold_ms } => {
             let block = vec![1u8; mb << 20];
             let deadline = Instant::now() + Duration::from_millis(hold_ms);
@@ -409,7 +415,17 @@ fn self_sigkill_is_worker_died_by_sigkill() {
 fn worker_killed_from_outside_is_worker_died_and_replaced() {
     let pool = one_worker();
     let before = pool.call(Act::Pid).unwrap();
-    let task = pool.submit(Act::Sleep(30_000));
+    let dir = TempDir::new("outside-kill");
+    let marker = dir.0.join("running");
+    let task = pool.submit(Act::AnnounceThenSleep {
+        path: marker.to_string_lossy().into_owned(),
+        ms: 30_000,
+    });
+    // Kill only once the task runs: a worker killed while idle is not blamed on the next task.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !marker.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let pid = rustix::process::Pid::from_raw(before as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
     let started = Instant::now();
