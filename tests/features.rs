@@ -549,12 +549,20 @@ fn grow(n: u64) -> Vec<u8> {
 
 #[test]
 fn results_larger_than_the_frame_limit_fail_alone() {
-    let pool = ProcessPool::<grow>::builder().n_jobs(1).max_frame_size(4096).build().unwrap();
+    let pool = ProcessPool::<grow>::builder()
+        .n_jobs(1)
+        .max_frame_size(4096)
+        .build()
+        .unwrap();
     let before = pool.call(1).unwrap();
     let e = pool.call(10_000).unwrap_err();
     assert!(matches!(e, Error::Codec { .. }), "{e}");
     assert!(e.to_string().contains("max_frame_size"), "{e}");
     assert_eq!(pool.call(3).unwrap(), [7, 7, 7]);
     assert_eq!(before, [7]);
-    assert_eq!(pool.insights().workers[0].restarts, 0, "the worker was not replaced");
+    assert_eq!(
+        pool.insights().workers[0].restarts,
+        0,
+        "the worker was not replaced"
+    );
 }
