@@ -39,16 +39,25 @@ impl Local {
         })
     }
 
-    /// Runs the tasks of a frame now and keeps the results for [`recv`](Self::recv).
-    pub(crate) fn send(&mut self, frame: &[u8]) -> Result<(), FrameError> {
-        let body = frame
-            .get(4..)
-            .ok_or_else(|| FrameError::Malformed("short frame".into()))?;
-        if body.first() != Some(&kind::TASKS) {
-            return Err(FrameError::Malformed("debug mode runs only tasks".into()));
+    /// Runs the tasks of the frames in `frames` now (several may come in one write) and keeps
+    /// their results for [`recv`](Self::recv).
+    pub(crate) fn send(&mut self, mut frames: &[u8]) -> Result<(), FrameError> {
+        while !frames.is_empty() {
+            let header: [u8; 4] = frames
+                .get(..4)
+                .and_then(|h| h.try_into().ok())
+                .ok_or_else(|| FrameError::Malformed("short frame".into()))?;
+            let len = u32::from_le_bytes(header) as usize;
+            let body = frames
+                .get(4..4 + len)
+                .ok_or_else(|| FrameError::Malformed("truncated frame".into()))?;
+            if body.first() != Some(&kind::TASKS) {
+                return Err(FrameError::Malformed("debug mode runs only tasks".into()));
+            }
+            worker::run_tasks(self.record, body, &mut self.out)?;
+            self.pending.push_back(self.out.finish()[4..].to_vec());
+            frames = &frames[4 + len..];
         }
-        worker::run_tasks(self.record, body, &mut self.out)?;
-        self.pending.push_back(self.out.finish()[4..].to_vec());
         Ok(())
     }
 

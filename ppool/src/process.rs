@@ -250,6 +250,11 @@ impl WorkerProc {
         self.rx.read(&mut self.body)
     }
 
+    /// Spins up to `limit` until the worker's answer can be read without sleeping.
+    pub(crate) fn spin_until_readable(&self, limit: Duration) {
+        self.rx.spin_until_readable(limit);
+    }
+
     /// The body of the frame last received.
     pub(crate) fn body(&self) -> &[u8] {
         &self.body

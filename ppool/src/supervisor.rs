@@ -106,6 +106,13 @@ impl Conn {
         }
     }
 
+    /// Spins up to `limit` for the worker's answer before a read that would sleep.
+    fn spin(&self, limit: Duration) {
+        if let Conn::Proc(p) = self {
+            p.spin_until_readable(limit);
+        }
+    }
+
     /// The body of the frame last received.
     fn body(&self) -> &[u8] {
         match self {
@@ -322,8 +329,12 @@ impl Core {
             return;
         }
         st.queue.push_back(job);
+        // Busy drivers come back to the queue by themselves; only idle ones need waking.
+        let idle = st.slots.iter().any(|s| matches!(s, Slot::Idle(_)));
         drop(st);
-        shared.wake.notify_all();
+        if idle {
+            shared.wake.notify_all();
+        }
     }
 
     /// Runs a job on an idle worker from this thread when there is one and nothing is queued
@@ -598,6 +609,12 @@ fn run(shared: &Shared, i: usize, mut conn: Box<Conn>, first: Job, top_up: bool)
             } else {
                 let id = shared.next_job.fetch_add(1, Ordering::Relaxed);
                 protocol::stamp_job(&mut job.frame, id);
+                let flags = if !top_up && !spin_limit(shared).is_zero() {
+                    protocol::FLAG_SPIN
+                } else {
+                    0
+                };
+                protocol::set_flags(&mut job.frame, flags);
                 sent_bytes += job.frame.len();
                 sent_tasks += u64::from(job.count);
                 if sent.is_empty() {
@@ -626,6 +643,10 @@ fn run(shared: &Shared, i: usize, mut conn: Box<Conn>, first: Job, top_up: bool)
         }
         let Some(head) = sent.front() else { break };
         let (id, count) = (head.id, head.job.count);
+        if !top_up {
+            // A caller drives this worker and waits: spin for the answer if it is due soon.
+            conn.spin(spin_limit(shared));
+        }
         if let Err(e) = conn.recv() {
             return fail(shared, i, conn, sent, e);
         }
@@ -650,6 +671,13 @@ fn run(shared: &Shared, i: usize, mut conn: Box<Conn>, first: Job, top_up: bool)
         shared
             .stats
             .record(i, count, results.busy_nanos, results.max_task_nanos);
+        let old = shared.job_nanos.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            results.busy_nanos
+        } else {
+            (old * 7 + results.busy_nanos) / 8
+        };
+        shared.job_nanos.store(new.max(1), Ordering::Relaxed);
         (done.job.deliver)(Ok((results, i)));
         *conn.tasks_done() += u64::from(count);
         if top_up && sent.len() < pipeline_depth(shared) {
@@ -684,6 +712,19 @@ fn take_more(shared: &Shared, conn: &mut Conn, sent_bytes: usize, sent_tasks: u6
         }
     }
     st.queue.pop_front()
+}
+
+/// How long to spin for a worker's answer: only when jobs are short, so the answer is due
+/// within the spin, and never on a single CPU, where the spin would keep the worker from
+/// answering.
+fn spin_limit(shared: &Shared) -> Duration {
+    const LIMIT: Duration = Duration::from_micros(50);
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cpus = *CPUS.get_or_init(crate::config::cpus);
+    match shared.job_nanos.load(Ordering::Relaxed) {
+        n if cpus > 1 && n > 0 && n < 30_000 => LIMIT,
+        _ => Duration::ZERO,
+    }
 }
 
 /// How many jobs one worker may hold: many tiny ones, or a couple of short ones.

@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a worker checks that its supervisor is still alive.
 const PARENT_POLL: Duration = Duration::from_millis(100);
-/// Buffered answers are written once they reach this many bytes.
-const FLUSH_AT: usize = 256 * 1024;
+/// How long a worker spins for the next task after a job whose caller asked for it.
+const SPIN: Duration = Duration::from_micros(50);
+
 /// Exit code of a worker started by hand or that could not talk to its supervisor.
 const EXIT_NO_CHANNEL: i32 = 2;
 
@@ -186,9 +187,14 @@ fn serve(input: PipeReader, mut output: PipeWriter, max_frame: usize) -> ! {
     }
     install_panic_hook();
     let mut on_exit: Option<(&'static EntryRecord, Vec<u8>)> = None;
-    let mut pending: Vec<u8> = Vec::new();
+    // Spinning only pays when a CPU is free for it.
+    let may_spin = crate::config::cpus() > 1;
+    let mut spin = false;
 
     loop {
+        if spin {
+            reader.spin_until_readable(SPIN);
+        }
         match reader.read(&mut body) {
             Ok(()) => {}
             Err(FrameError::Closed) => std::process::exit(0),
@@ -199,6 +205,8 @@ fn serve(input: PipeReader, mut output: PipeWriter, max_frame: usize) -> ! {
         }
         match body[0] {
             kind::TASKS => {
+                spin = may_spin
+                    && Tasks::parse(&body).is_ok_and(|t| t.flags & protocol::FLAG_SPIN != 0);
                 if let Err(e) = run_tasks(record, &body, &mut out) {
                     eprintln!("ppool worker: {e}");
                     std::process::exit(3);
@@ -222,9 +230,8 @@ fn serve(input: PipeReader, mut output: PipeWriter, max_frame: usize) -> ! {
                 if let Some((record, args)) = &on_exit {
                     protocol::start_exited(&mut out);
                     run_one(record, args, &mut out);
-                    pending.extend_from_slice(out.finish());
+                    let _ = output.write_all(out.finish());
                 }
-                let _ = output.write_all(&pending);
                 std::process::exit(0)
             }
             k => {
@@ -232,19 +239,16 @@ fn serve(input: PipeReader, mut output: PipeWriter, max_frame: usize) -> ! {
                 std::process::exit(3);
             }
         }
-        // Answers wait while more tasks are already here, and leave together in one write.
-        pending.extend_from_slice(out.finish());
-        if reader.has_frame() && pending.len() < FLUSH_AT {
-            continue;
-        }
-        if let Err(e) = output.write_all(&pending) {
+        // Each answer leaves at once: an answer held back would be lost, and its task
+        // blamed, if a later task of the same worker crashed it.
+        let written = output.write_all(out.finish());
+        if let Err(e) = written {
             // The supervisor closed its end: it is gone or wants us gone.
             if e.kind() != std::io::ErrorKind::BrokenPipe {
                 eprintln!("ppool worker: cannot send results: {e}");
             }
             std::process::exit(0);
         }
-        pending.clear();
     }
 }
 
