@@ -21,16 +21,24 @@ pub(crate) struct Gather<T> {
 
 #[derive(Debug)]
 struct GatherState<T> {
-    slots: Vec<Option<Result<T>>>,
+    /// The values, by position; `None` while missing or failed. Errors are kept apart, as
+    /// they are rare and much larger than most values.
+    values: Vec<Option<T>>,
+    errors: Vec<(usize, Error)>,
+    /// Which positions have their result, so that none is counted twice.
+    filled: Vec<bool>,
     missing: usize,
 }
 
 impl<T> Gather<T> {
     pub(crate) fn new(len: usize) -> Arc<Self> {
-        let slots = (0..len).map(|_| None).collect();
+        let mut values = Vec::with_capacity(len);
+        values.resize_with(len, || None);
         Arc::new(Gather {
             state: Mutex::new(GatherState {
-                slots,
+                values,
+                errors: Vec::new(),
+                filled: vec![false; len],
                 missing: len,
             }),
             done: Condvar::new(),
@@ -46,11 +54,15 @@ impl<T> Gather<T> {
         let mut guard = self.lock();
         let st = &mut *guard;
         let mut put = |k: usize, r: Result<T>| {
-            if let Some(slot) = st.slots.get_mut(start + k) {
-                if slot.is_none() {
-                    st.missing -= 1;
-                }
-                *slot = Some(r);
+            let at = start + k;
+            match st.filled.get_mut(at) {
+                Some(filled) if !*filled => *filled = true,
+                _ => return,
+            }
+            st.missing -= 1;
+            match r {
+                Ok(v) => st.values[at] = Some(v),
+                Err(e) => st.errors.push((at, e)),
             }
         };
         each(&mut put);
@@ -61,14 +73,38 @@ impl<T> Gather<T> {
         }
     }
 
-    fn wait(&self) -> Vec<Result<T>> {
+    /// Waits for every result and takes them out.
+    fn take(&self) -> (Vec<Option<T>>, Vec<(usize, Error)>) {
         let mut st = self.lock();
         while st.missing > 0 {
             st = self.done.wait(st).unwrap_or_else(PoisonError::into_inner);
         }
-        std::mem::take(&mut st.slots)
+        let mut errors = std::mem::take(&mut st.errors);
+        errors.sort_by_key(|(i, _)| *i);
+        (std::mem::take(&mut st.values), errors)
+    }
+
+    fn wait(&self) -> Result<Vec<T>> {
+        let (values, mut errors) = self.take();
+        if !errors.is_empty() {
+            return Err(errors.swap_remove(0).1);
+        }
+        values.into_iter().map(|v| v.ok_or(Error::Closed)).collect()
+    }
+
+    fn wait_all(&self) -> Vec<Result<T>> {
+        let (values, errors) = self.take();
+        let mut errors = errors.into_iter().peekable();
+        values
             .into_iter()
-            .map(|r| r.unwrap_or(Err(Error::Closed)))
+            .enumerate()
+            .map(|(i, v)| match v {
+                Some(v) => Ok(v),
+                None => match errors.next_if(|(at, _)| *at == i) {
+                    Some((_, e)) => Err(e),
+                    None => Err(Error::Closed),
+                },
+            })
             .collect()
     }
 
@@ -84,12 +120,12 @@ impl<T> Batch<T> {
 
     /// Waits for every task; all results in input order, or the first error in input order.
     pub fn wait(self) -> Result<Vec<T>> {
-        self.results.wait().into_iter().collect()
+        self.results.wait()
     }
 
     /// Waits for every task; each task's own result, in input order.
     pub fn wait_all(self) -> Vec<Result<T>> {
-        self.results.wait()
+        self.results.wait_all()
     }
 
     /// True once every task has finished.

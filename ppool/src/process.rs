@@ -227,22 +227,31 @@ impl WorkerProc {
         }
     }
 
-    /// Sends one finished frame. A worker that was gone before the first byte is an
-    /// `ErrorKind::NotConnected` error: the frame never reached it.
-    pub(crate) fn send(&mut self, frame: &[u8]) -> io::Result<()> {
-        let first = loop {
-            match self.tx.write(frame) {
+    /// Sends finished frames in one system call where the pipe takes them all. A worker that
+    /// was gone before the first byte is an `ErrorKind::NotConnected` error: nothing reached
+    /// it.
+    pub(crate) fn send(&mut self, frames: &[&[u8]]) -> io::Result<()> {
+        let mut slices: Vec<io::IoSlice<'_>> = frames.iter().map(|f| io::IoSlice::new(f)).collect();
+        let mut left = &mut slices[..];
+        let mut sent_any = false;
+        while !left.is_empty() {
+            match self.tx.write_vectored(left) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    sent_any = true;
+                    io::IoSlice::advance_slices(&mut left, n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe && !sent_any => {
                     return Err(io::Error::new(
                         io::ErrorKind::NotConnected,
                         format!("the worker was gone before the job was sent ({e})"),
                     ));
                 }
-                other => break other?,
+                Err(e) => return Err(e),
             }
-        };
-        self.tx.write_all(&frame[first..])
+        }
+        Ok(())
     }
 
     /// Reads one frame into [`body`](Self::body).
@@ -286,7 +295,7 @@ impl WorkerProc {
         let mut frame = FrameBuf::default();
         protocol::write_exit(&mut frame);
         let mut exited = None;
-        if self.send(frame.finish()).is_ok() {
+        if self.send(&[frame.finish()]).is_ok() {
             if has_exit_hook
                 && self.wait_readable(EXIT_HOOK_TIMEOUT).unwrap_or(false)
                 && self.recv().is_ok()

@@ -252,6 +252,7 @@ impl<'a> Fields<'a> {
         Fields { rest: body }
     }
 
+    #[inline]
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], FrameError> {
         if self.rest.len() < n {
             return Err(malformed(format!(
@@ -264,15 +265,18 @@ impl<'a> Fields<'a> {
         Ok(head)
     }
 
+    #[inline]
     pub(crate) fn u8(&mut self, what: &str) -> Result<u8, FrameError> {
         Ok(self.take(1, what)?[0])
     }
 
+    #[inline]
     pub(crate) fn u32(&mut self, what: &str) -> Result<u32, FrameError> {
         let b = self.take(4, what)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
+    #[inline]
     pub(crate) fn u64(&mut self, what: &str) -> Result<u64, FrameError> {
         let b = self.take(8, what)?;
         let mut a = [0u8; 8];
@@ -280,6 +284,7 @@ impl<'a> Fields<'a> {
         Ok(u64::from_le_bytes(a))
     }
 
+    #[inline]
     pub(crate) fn bytes(&mut self, what: &str) -> Result<&'a [u8], FrameError> {
         let n = self.u32(what)? as usize;
         self.take(n, what)
@@ -591,6 +596,7 @@ pub(crate) struct Outcomes<'a> {
 }
 
 impl<'a> Outcomes<'a> {
+    #[inline]
     fn next_outcome(&mut self) -> Result<Outcome<'a>, FrameError> {
         let f = &mut self.fields;
         Ok(match f.u8("outcome tag")? {

@@ -92,10 +92,10 @@ pub(crate) enum Conn {
 }
 
 impl Conn {
-    fn send(&mut self, frame: &[u8]) -> Result<(), FrameError> {
+    fn send(&mut self, frames: &[&[u8]]) -> Result<(), FrameError> {
         match self {
-            Conn::Proc(p) => p.send(frame).map_err(FrameError::Io),
-            Conn::Local(l) => l.send(frame),
+            Conn::Proc(p) => p.send(frames).map_err(FrameError::Io),
+            Conn::Local(l) => frames.iter().try_for_each(|f| l.send(f)),
         }
     }
 
@@ -590,7 +590,6 @@ fn run(shared: &Shared, i: usize, mut conn: Box<Conn>, first: Job, top_up: bool)
     let mut sent_bytes = 0usize;
     let mut sent_tasks = 0u64;
     let mut next = Some(first);
-    let mut scratch: Vec<u8> = Vec::new();
     loop {
         // Take what we hold and top up from the queue while the worker has room, then send
         // it all in one write.
@@ -626,18 +625,16 @@ fn run(shared: &Shared, i: usize, mut conn: Box<Conn>, first: Job, top_up: bool)
                 next = take_more(shared, &mut conn, sent_bytes, sent_tasks);
             }
         }
-        let sending = sent.range(unsent..);
-        let written = if sending.len() == 1 {
-            sent.back().map_or(Ok(()), |s| conn.send(&s.job.frame))
-        } else if sending.len() > 1 {
-            scratch.clear();
-            for s in sending {
-                scratch.extend_from_slice(&s.job.frame);
-            }
-            conn.send(&scratch)
-        } else {
+        let frames: Vec<&[u8]> = sent
+            .range(unsent..)
+            .map(|s| s.job.frame.as_slice())
+            .collect();
+        let written = if frames.is_empty() {
             Ok(())
+        } else {
+            conn.send(&frames)
         };
+        drop(frames);
         if let Err(e) = written {
             return fail(shared, i, conn, sent, e);
         }
