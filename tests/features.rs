@@ -566,3 +566,42 @@ fn results_larger_than_the_frame_limit_fail_alone() {
         "the worker was not replaced"
     );
 }
+
+/// Starts a long-lived grandchild (which inherits whatever the worker did not protect), then
+/// aborts the worker.
+#[pool_entry]
+fn orphan_then_abort(seconds: u32) -> u32 {
+    let child = std::process::Command::new("sleep")
+        .arg(seconds.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    if let Ok(child) = child {
+        let _ = std::fs::write(
+            std::env::temp_dir().join(format!("ppool-orphan-{}", std::process::id())),
+            child.id().to_string(),
+        );
+    }
+    std::process::abort()
+}
+
+#[test]
+fn a_grandchild_does_not_hide_its_worker_death() {
+    let pool = ProcessPool::<orphan_then_abort>::new(1).unwrap();
+    let started = std::time::Instant::now();
+    let e = pool.call(30).unwrap_err();
+    assert!(matches!(e, Error::WorkerDied { .. }), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the death was seen only when the grandchild ended"
+    );
+    if let Error::WorkerDied { pid, .. } = e {
+        let marker = std::env::temp_dir().join(format!("ppool-orphan-{pid}"));
+        if let Ok(orphan) = std::fs::read_to_string(&marker) {
+            let _ = std::process::Command::new("kill")
+                .arg(orphan.trim())
+                .status();
+        }
+        let _ = std::fs::remove_file(marker);
+    }
+}

@@ -302,14 +302,20 @@ impl WorkerProc {
             {
                 exited = Some(std::mem::take(&mut self.body));
             }
+            // The worker's channel closes as it exits: wait for that, then reap it.
             let deadline = Instant::now() + RETIRE_GRACE;
+            let _ = self.wait_readable(RETIRE_GRACE);
+            let mut pause = Duration::from_micros(20);
             while Instant::now() < deadline {
                 match self.child.try_wait() {
                     Ok(Some(status)) => {
                         self.reaped = Some(ExitCause::from_status(status));
                         return exited;
                     }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(1)),
+                    Ok(None) => {
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(Duration::from_millis(5));
+                    }
                     Err(_) => break,
                 }
             }

@@ -86,6 +86,10 @@ fn owned_pipe(fd: RawFd) -> Result<OwnedFd, String> {
     if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Fifo {
         return Err(format!("descriptor {fd} is not a pipe"));
     }
+    // Processes this worker starts must not inherit its channel: a copy would keep it open
+    // after the worker died, and hide the death from the pool.
+    rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::CLOEXEC)
+        .map_err(|e| format!("descriptor {fd}: {e}"))?;
     // SAFETY: the descriptor is open (fstat succeeded), was inherited for this purpose, and
     // nothing else in this process owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
