@@ -194,8 +194,7 @@ fn serve(input: PipeReader, mut output: PipeWriter, max_frame: usize) -> ! {
     }
     install_panic_hook();
     let mut on_exit: Option<(&'static EntryRecord, Vec<u8>)> = None;
-    // Spinning only pays when a CPU is free for it.
-    let may_spin = crate::config::cpus() > 1;
+    // The pool asks for a spin only when a CPU is free for it.
     let mut spin = false;
 
     loop {
@@ -212,8 +211,7 @@ fn serve(input: PipeReader, mut output: PipeWriter, max_frame: usize) -> ! {
         }
         match body[0] {
             kind::TASKS => {
-                spin = may_spin
-                    && Tasks::parse(&body).is_ok_and(|t| t.flags & protocol::FLAG_SPIN != 0);
+                spin = Tasks::parse(&body).is_ok_and(|t| t.flags & protocol::FLAG_SPIN != 0);
                 if let Err(e) = run_tasks(record, &body, &mut out) {
                     eprintln!("ppool worker: {e}");
                     std::process::exit(3);
