@@ -254,6 +254,11 @@ impl WorkerProc {
         Ok(())
     }
 
+    /// Bytes sent to the worker that it has not read yet, if the system says.
+    pub(crate) fn unread_task_bytes(&self) -> Option<u64> {
+        rustix::io::ioctl_fionread(&self.tx).ok()
+    }
+
     /// Reads one frame into [`body`](Self::body).
     pub(crate) fn recv(&mut self) -> Result<(), FrameError> {
         self.rx.read(&mut self.body)

@@ -798,6 +798,11 @@ fn fail(
 ) -> Slot {
     let verdict = shared.watch.unregister(i);
     let pid = conn.pid();
+    // Bytes of the jobs still in the pipe, unread by the worker: read before the pipe goes.
+    let unread = match &*conn {
+        Conn::Proc(p) => p.unread_task_bytes(),
+        Conn::Local(_) => None,
+    };
     let exit = match &mut *conn {
         Conn::Proc(p) => {
             p.kill();
@@ -844,10 +849,12 @@ fn fail(
         tracing::warn!(pool = %shared.spec.pool, worker = i, pid, error = %error, "worker failed");
         *lock(&shared.last_error) = Some(error.clone());
     }
-    // The worker was dead before the job's first byte reached it (it died while idle): the
-    // job never ran, so it is not to blame.
-    let untouched = sent.len() == 1
-        && matches!(&cause, FrameError::Io(e) if e.kind() == std::io::ErrorKind::NotConnected);
+    // The worker died before it read any of the jobs (it died while idle, and the write either
+    // failed or still sits whole in the pipe): they never ran, so none is to blame.
+    let sent_total: usize = sent.iter().map(|s| s.job.frame.len()).sum();
+    let untouched = matches!(&cause, FrameError::Io(e) if e.kind() == std::io::ErrorKind::NotConnected)
+        || (matches!(cause, FrameError::Closed | FrameError::Io(_))
+            && unread.is_some_and(|n| n >= sent_total as u64));
     let mut settle: Vec<(Job, Error)> = Vec::new();
     let mut requeue: Vec<Job> = Vec::new();
     if let Some(head) = sent.pop_front() {
