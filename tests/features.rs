@@ -605,3 +605,19 @@ fn a_grandchild_does_not_hide_its_worker_death() {
         let _ = std::fs::remove_file(marker);
     }
 }
+
+#[test]
+fn workers_start_after_the_executable_was_replaced_on_disk() {
+    let dir = std::env::temp_dir().join(format!("ppool-rebuilt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join("rebuilt");
+    std::fs::copy(env!("CARGO_BIN_EXE_ppool-test-rebuilt"), &copy).unwrap();
+    let out = std::process::Command::new(&copy).output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.starts_with("ok "),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

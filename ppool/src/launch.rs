@@ -48,10 +48,20 @@ pub fn run_test_worker() {
     }
 }
 
+/// This very program. On Linux `/proc/self/exe` names the file that is running even after a
+/// rebuild replaced it on disk, so workers are always of the same build as their pool.
+fn executable() -> Result<PathBuf, Error> {
+    let proc_exe = PathBuf::from("/proc/self/exe");
+    if proc_exe.exists() {
+        return Ok(proc_exe);
+    }
+    std::env::current_exe()
+        .map_err(|e| Error::spawn(format!("cannot find this program's executable: {e}")))
+}
+
 /// The command that starts a worker of this binary, without the channel.
 pub(crate) fn worker_command() -> Result<Command, Error> {
-    let exe: PathBuf = std::env::current_exe()
-        .map_err(|e| Error::spawn(format!("cannot find this program's executable: {e}")))?;
+    let exe = executable()?;
     let launcher = LAUNCHERS
         .iter()
         .find(|l| matches!(l, Launcher::Main))
