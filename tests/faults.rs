@@ -6,13 +6,13 @@
 //! deadline: the machine may be busy.
 
 use ppool::{Error, ExitCause, ProcessPool, pool_entry};
+use ppool_tests::TempDir;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 ppool::test_support!();
@@ -227,39 +227,12 @@ fn scribble(what: Scribble) -> u32 {
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// A fresh directory under the system's temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("ppool-faults-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("cannot create a temp dir");
-        TempDir(path)
-    }
-
-    fn arg(&self) -> String {
-        self.0.to_str().expect("temp dir is not UTF-8").to_string()
-    }
-
-    fn attempts(&self) -> usize {
-        std::fs::read_dir(&self.0)
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| e.file_name().to_string_lossy().starts_with("attempt-"))
-                    .count()
-            })
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// How many attempts the tasks recorded in `dir` (files named `attempt-*`).
+fn attempts(dir: &TempDir) -> usize {
+    dir.files()
+        .iter()
+        .filter(|f| f.starts_with("attempt-"))
+        .count()
 }
 
 /// `(state, ppid)` of a process, from `/proc/<pid>/stat`; `None` if there is no such process.
@@ -416,7 +389,7 @@ fn worker_killed_from_outside_is_worker_died_and_replaced() {
     let pool = one_worker();
     let before = pool.call(Act::Pid).unwrap();
     let dir = TempDir::new("outside-kill");
-    let marker = dir.0.join("running");
+    let marker = dir.path().join("running");
     let task = pool.submit(Act::AnnounceThenSleep {
         path: marker.to_string_lossy().into_owned(),
         ms: 30_000,
@@ -646,7 +619,7 @@ fn retries_rerun_a_task_whose_worker_died() {
     let dir = TempDir::new("retry-ok");
     let pool = flaky_pool(1);
     assert_eq!(pool.call((dir.arg(), 1, false)).unwrap(), 1);
-    assert_eq!(dir.attempts(), 2);
+    assert_eq!(attempts(&dir), 2);
 }
 
 #[test]
@@ -664,7 +637,7 @@ fn without_retries_a_death_is_reported() {
         ),
         "{e:?}"
     );
-    assert_eq!(dir.attempts(), 1);
+    assert_eq!(attempts(&dir), 1);
 }
 
 #[test]
@@ -673,7 +646,7 @@ fn retries_are_bounded() {
     let pool = flaky_pool(2);
     let e = pool.call((dir.arg(), 100, false)).unwrap_err();
     assert!(matches!(e, Error::WorkerDied { .. }), "{e:?}");
-    assert_eq!(dir.attempts(), 3, "one attempt and two retries");
+    assert_eq!(attempts(&dir), 3, "one attempt and two retries");
     assert!(pool.is_running());
 }
 
@@ -686,7 +659,7 @@ fn panics_are_not_retried() {
         Error::Panicked { message, .. } => assert_eq!(message, "attempt 0 fails"),
         other => panic!("expected Panicked, got {other:?}"),
     }
-    assert_eq!(dir.attempts(), 1);
+    assert_eq!(attempts(&dir), 1);
 }
 
 #[test]
@@ -708,7 +681,7 @@ fn timeouts_are_not_retried() {
 #[test]
 fn initializer_panicking_at_build_is_a_spawn_error() {
     let dir = TempDir::new("init-build");
-    std::fs::write(dir.0.join("fail"), b"").unwrap();
+    std::fs::write(dir.path().join("fail"), b"").unwrap();
     let started = Instant::now();
     let e = ProcessPool::<act>::builder()
         .n_jobs(2)
@@ -735,7 +708,7 @@ fn replacement_that_cannot_start_fails_pending_tasks() {
         .unwrap();
     let first = pool.call(Act::Pid).unwrap();
     // From now on, no new worker passes its initializer.
-    std::fs::write(dir.0.join("fail"), b"").unwrap();
+    std::fs::write(dir.path().join("fail"), b"").unwrap();
     let started = Instant::now();
     let crash = pool.submit(Act::AbortAfter(300));
     let pending: Vec<_> = (0..3).map(|_| pool.submit(Act::Pid)).collect();

@@ -6,7 +6,8 @@
 //! disturbed by another test of this binary.
 
 use ppool::{Error, ProcessPool, pool_entry};
-use std::path::{Path, PathBuf};
+use ppool_tests::{TempDir, open_fds};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,57 +31,21 @@ fn hold(dir: String, ms: u64) -> u32 {
     std::process::id()
 }
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("ppool-lifecycle-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("cannot create a temp dir");
-        TempDir(path)
-    }
-
-    fn arg(&self) -> String {
-        self.0.to_str().expect("temp dir is not UTF-8").to_string()
-    }
-
-    /// The pids the running tasks wrote; waits until there are `n`.
-    fn wait_pids(&self, n: usize) -> Vec<u32> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let pids: Vec<u32> = std::fs::read_dir(&self.0)
-                .map(|d| {
-                    d.flatten()
-                        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                        .collect()
-                })
-                .unwrap_or_default();
-            if pids.len() >= n {
-                return pids;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {n} tasks started",
-                pids.len()
-            );
-            std::thread::sleep(Duration::from_millis(5));
+/// The pids the running tasks wrote into `dir`; waits until there are `n`.
+fn wait_pids(dir: &TempDir, n: usize) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pids: Vec<u32> = dir.files().iter().filter_map(|f| f.parse().ok()).collect();
+        if pids.len() >= n {
+            return pids;
         }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} tasks started",
+            pids.len()
+        );
+        std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count())
-        .expect("/proc/self/fd")
 }
 
 /// What this process's descriptors are, for a failure message.
@@ -171,7 +136,7 @@ fn stop_while_busy(name: &str, stop: impl FnOnce(ProcessPool<hold>)) {
             let _ = tx.send(r);
         });
     }
-    let workers = dir.wait_pids(n);
+    let workers = wait_pids(&dir, n);
     // ...and more waiting behind them: callbacks, tasks and a batch.
     for _ in 0..3 {
         let tx = tx.clone();

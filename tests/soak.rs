@@ -8,6 +8,7 @@
 //! `--nocapture` to see the figures.
 
 use ppool::{Error, ProcessPool, pool_entry};
+use ppool_tests::{children, open_fds};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,42 +47,6 @@ fn tasks() -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000)
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count())
-        .expect("/proc/self/fd")
-}
-
-/// `(pid, state)` of every process whose parent is this one.
-fn children() -> Vec<(u32, char)> {
-    let me = std::process::id();
-    let mut found = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let mut fields = rest.split_whitespace();
-        let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
-        if fields.next().and_then(|p| p.parse::<u32>().ok()) == Some(me) {
-            found.push((pid, state));
-        }
-    }
-    found
 }
 
 /// A tiny xorshift: the killer's choice need not be good, only not always the same.

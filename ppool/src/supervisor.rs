@@ -283,38 +283,35 @@ impl Core {
         st.phase = Phase::Running;
         drop(st);
 
-        let mut threads = lock(&self.threads);
-        let spawn_error =
-            |e: std::io::Error| Error::spawn(format!("cannot start a pool thread: {e}"));
+        let watchdog =
+            shared.settings.task_timeout.is_some() || shared.settings.memory_limit.is_some();
+        let mut started = Vec::new();
         for i in 0..shared.settings.n_jobs {
             let s = Arc::clone(shared);
-            let handle = std::thread::Builder::new()
-                .name(format!("{}-{i}", shared.spec.pool))
-                .spawn(move || drive(&s, i))
-                .map_err(spawn_error);
+            started.push(spawn_thread(
+                format!("{}-{i}", shared.spec.pool),
+                move || drive(&s, i),
+            ));
+        }
+        if watchdog {
+            let s = Arc::clone(shared);
+            started.push(spawn_thread(
+                format!("{}-watchdog", shared.spec.pool),
+                move || s.watch.run(),
+            ));
+        }
+        let mut threads = lock(&self.threads);
+        let mut failed = None;
+        for handle in started {
             match handle {
                 Ok(h) => threads.push(h),
-                Err(e) => {
-                    drop(threads);
-                    self.shutdown();
-                    return Err(e);
-                }
+                Err(e) => failed = Some(e),
             }
         }
-        if shared.settings.task_timeout.is_some() || shared.settings.memory_limit.is_some() {
-            let s = Arc::clone(shared);
-            let handle = std::thread::Builder::new()
-                .name(format!("{}-watchdog", shared.spec.pool))
-                .spawn(move || s.watch.run())
-                .map_err(spawn_error);
-            match handle {
-                Ok(h) => threads.push(h),
-                Err(e) => {
-                    drop(threads);
-                    self.shutdown();
-                    return Err(e);
-                }
-            }
+        drop(threads);
+        if let Some(e) = failed {
+            self.shutdown();
+            return Err(e);
         }
         Ok(())
     }
@@ -443,6 +440,17 @@ impl Drop for Core {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Starts one of the pool's threads.
+fn spawn_thread(
+    name: String,
+    body: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, Error> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(body)
+        .map_err(|e| Error::spawn(format!("cannot start a pool thread: {e}")))
 }
 
 /// Why the pool cannot take a job now, if it cannot.

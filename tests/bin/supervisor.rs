@@ -13,40 +13,6 @@ fn pid() -> u32 {
     std::process::id()
 }
 
-/// The processes whose parent is this one: the pool's workers, as it starts nothing else.
-fn children() -> Vec<u32> {
-    let me = std::process::id();
-    let mut pids = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return pids;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let ppid = rest
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(me) {
-            pids.push(pid);
-        }
-    }
-    pids.sort_unstable();
-    pids
-}
-
 ppool::main! {
     fn main() -> Result<(), ppool::Error> {
         let n_jobs: usize = std::env::args()
@@ -57,7 +23,7 @@ ppool::main! {
         // Every worker answers, so all of them are up.
         let answered = pool.batch(vec![(); 4 * pool.n_jobs()]).wait()?;
         assert!(answered.iter().all(|&p| p != std::process::id()));
-        let workers = children();
+        let workers: Vec<u32> = ppool_tests::children().into_iter().map(|(pid, _)| pid).collect();
         let line: Vec<String> = workers.iter().map(u32::to_string).collect();
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "workers {}", line.join(" "));
