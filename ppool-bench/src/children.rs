@@ -4,7 +4,7 @@
 //! ppool's workers before `main` ever runs).
 
 use std::io::{self, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -53,9 +53,22 @@ fn count_arg(args: &[String]) -> BenchResult<u64> {
 
 /// A command that re-executes this binary in child mode `mode`.
 pub(crate) fn self_command(mode: &str) -> BenchResult<Command> {
-    let mut cmd = Command::new(std::env::current_exe()?);
+    let mut cmd = Command::new(self_exe()?);
     cmd.arg(mode);
     Ok(cmd)
+}
+
+/// This binary, as a path that children can exec. On Linux, `/proc/<our pid>/exe` still
+/// runs the same file after `cargo build` replaced it on disk during a long run (where
+/// `current_exe` would name a deleted file); unlike `/proc/self/exe` it also means us when
+/// another program such as `taskset` opens it.
+pub(crate) fn self_exe() -> io::Result<PathBuf> {
+    let proc_exe = PathBuf::from(format!("/proc/{}/exe", std::process::id()));
+    if proc_exe.exists() {
+        Ok(proc_exe)
+    } else {
+        std::env::current_exe()
+    }
 }
 
 /// Longest a timed whole-process run may take (startup metric).

@@ -93,7 +93,7 @@ pub(crate) fn sync_rtt_pinned(ctx: &Ctx) -> MetricResult {
     ));
     let mut runners = Runners::default();
     runners.add("pinned child", move || {
-        let exe = std::env::current_exe()?;
+        let exe = children::self_exe()?;
         let mut cmd = Command::new("taskset");
         cmd.args(["-c", "0"])
             .arg(exe)
