@@ -93,10 +93,11 @@ impl<'p, F: Entry, I: Iterator<Item = F::Args>> Map<'p, F, I> {
                 .stream_window()
                 .unwrap_or(self.pool.n_jobs() * 4 * size)
                 .max(1);
-            if outstanding >= window {
+            // Whole chunks only: topping up the window task by task would send one-task chunks.
+            let size = size.min((window / 2).max(1));
+            if outstanding + size > window {
                 return;
             }
-            let size = size.min(window - outstanding).max(1);
             let start = self.submitted;
             let mut chunk = ChunkEncoder::new();
             let mut failed: Vec<(u64, Error)> = Vec::new();
