@@ -204,11 +204,10 @@ pub(crate) fn startup_child() -> BenchResult<()> {
 pub(crate) fn map_rss_child(n: u64) -> BenchResult<()> {
     let hwm_reset = fs::write("/proc/self/clear_refs", "5").is_ok();
     let rss_before = status_kib("VmRSS")?;
-    // TODO(lead): drop `.chunk_size(..)` here if the builder does not grow one.
+    // Default settings: adaptive chunks and the default stream window.
     let pool = ProcessPool::<square>::builder()
         .n_jobs(2)
         .name("bench-map-rss")
-        .chunk_size(1000)
         .build()?;
     let start = Instant::now();
     let (mut sum, mut expected, mut count) = (0u64, 0u64, 0u64);

@@ -122,7 +122,7 @@ pub(crate) fn map_rss(ctx: &Ctx) -> MetricResult {
     let n: u64 = ctx.opts.size(10_000_000, 1_000_000);
     m.note(format!(
         "N = {n}; growth = VmHWM after the map - VmRSS before the pool, in a fresh child \
-         process (VmHWM reset through /proc/self/clear_refs); ppool uses chunk_size(1000), \
+         process (VmHWM reset through /proc/self/clear_refs); ppool uses its defaults (adaptive chunks), \
          Python mp.Pool.imap(chunksize=1000) for comparison"
     ));
     let mut runners = Runners::default();
