@@ -621,3 +621,78 @@ fn workers_start_after_the_executable_was_replaced_on_disk() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn events_stderr_lines_and_progress_are_visible() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ppool-test-observe"))
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("done: 40 results, 1 failed"), "{stdout}");
+    // tracing events for start, failure, replacement and exit
+    for expected in [
+        "worker started",
+        "worker failed",
+        "worker replaced",
+        "worker retired",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "no `{expected}` event in:\n{stdout}"
+        );
+    }
+    // each worker line tagged with the pool's name and the worker's index
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("[chatty:0] hello from task"))
+            && stderr
+                .lines()
+                .any(|l| l.starts_with("[chatty:1] hello from task")),
+        "{stderr}"
+    );
+    // the forced progress bar drew the total
+    assert!(stderr.contains("40/40"), "{stderr}");
+}
+
+/// Two entries that end up with one name: functions named alike in two function bodies of
+/// one module.
+fn first_twin() -> Result<ProcessPool<impl ppool::Entry>, Error> {
+    #[pool_entry]
+    fn twin() -> u32 {
+        1
+    }
+    ProcessPool::<twin>::new(1)
+}
+
+fn second_twin() -> Result<ProcessPool<impl ppool::Entry>, Error> {
+    #[pool_entry]
+    fn twin() -> u32 {
+        2
+    }
+    ProcessPool::<twin>::new(1)
+}
+
+#[test]
+fn entries_with_one_name_are_reported_with_both_places() {
+    for result in [first_twin().map(drop), second_twin().map(drop)] {
+        match result {
+            Err(Error::DuplicateEntry {
+                name,
+                first,
+                second,
+            }) => {
+                assert_eq!(name, "features::twin");
+                assert!(
+                    first.contains("features.rs") && second.contains("features.rs"),
+                    "{first} {second}"
+                );
+                assert_ne!(first, second);
+            }
+            other => panic!("expected DuplicateEntry, got {other:?}"),
+        }
+    }
+}

@@ -500,7 +500,7 @@ fn restart(shared: &Shared, i: usize) -> Result<Conn, Error> {
     }
     let mut p = WorkerProc::spawn(&shared.spec, i)?;
     p.ready(&shared.spec)?;
-    tracing::debug!(pool = %shared.spec.pool, worker = i, pid = p.pid, "worker replaced");
+    tracing::info!(pool = %shared.spec.pool, worker = i, pid = p.pid, "worker replaced");
     Ok(Conn::Proc(p))
 }
 
@@ -545,6 +545,8 @@ fn put_back(shared: &Shared, i: usize, back: Slot) {
 
 /// The loop of slot `i`'s driver thread.
 fn drive(shared: &Shared, i: usize) {
+    let _span =
+        tracing::debug_span!("ppool_worker", pool = %shared.spec.pool, worker = i).entered();
     let mut st = lock(&shared.state);
     loop {
         if st.phase == Phase::Closed {
