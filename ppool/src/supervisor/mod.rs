@@ -1,0 +1,484 @@
+//! The supervisor: a queue of jobs, one slot per worker, and the threads that move jobs to
+//! workers and results back. It handles bytes (finished frames), never user types; the typed
+//! layer hands it jobs with a `deliver` closure that decodes the results.
+//!
+//! A job is driven by whichever thread holds its worker: the worker's own driver thread for
+//! queued jobs, or the calling thread itself for a blocking `call` when a worker is idle, so
+//! that a round trip costs what the pipe costs.
+
+mod conn;
+mod recovery;
+mod run;
+
+use crate::error::Error;
+use crate::insights::{Insights, Stats};
+use crate::process::Spec;
+use crate::protocol::Results;
+use crate::watchdog::Watch;
+use conn::Conn;
+use recovery::{register, retire, start_all};
+use run::run;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// What a job's `deliver` receives: the results frame and the worker index, or the error that
+/// ended every task of the job.
+pub(crate) type Delivery<'a> = Result<(Results<'a>, usize), Error>;
+
+/// Called once with the job's outcome, on whichever thread drove it.
+pub(crate) type Deliver = Box<dyn FnOnce(Delivery<'_>) + Send>;
+
+/// Splits a job of several tasks, given its TASKS frame, into one `(frame, deliver)` per task,
+/// in order; used when its worker failed under it and the culprit must be found.
+pub(crate) type Split = Box<dyn FnOnce(&[u8]) -> Vec<(Vec<u8>, Deliver)> + Send>;
+
+/// A finished TASKS frame and where its results go.
+pub(crate) struct Job {
+    pub(crate) frame: Vec<u8>,
+    pub(crate) count: u32,
+    pub(crate) deliver: Deliver,
+    /// Set when nobody wants the results any more (a dropped stream).
+    pub(crate) cancelled: Option<Arc<AtomicBool>>,
+    pub(crate) attempts: u32,
+    /// Times the job found its worker already dead when it was sent.
+    pub(crate) bounces: u32,
+    /// For a job of several tasks: how to run them one by one instead.
+    pub(crate) split: Option<Split>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("count", &self.count)
+            .field("attempts", &self.attempts)
+            .finish()
+    }
+}
+
+impl Job {
+    fn is_cancelled(&self) -> bool {
+        self.cancelled
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+    }
+}
+
+/// How a pool runs, fixed when it is built.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) n_jobs: usize,
+    pub(crate) debug: bool,
+    pub(crate) max_tasks_per_worker: Option<u64>,
+    pub(crate) task_timeout: Option<Duration>,
+    pub(crate) memory_limit: Option<u64>,
+    pub(crate) retries: u32,
+    /// Jobs sent ahead to one worker, so it never waits for the next.
+    pub(crate) pipeline: usize,
+}
+
+enum Slot {
+    /// Waiting for work.
+    Idle(Box<Conn>),
+    /// Held by a thread that drives it.
+    Busy,
+    /// Could not be (re)started.
+    Dead,
+    /// Stopped by `join`.
+    Retired,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    NotStarted,
+    Running,
+    Joining,
+    Closed,
+}
+
+struct State {
+    phase: Phase,
+    queue: VecDeque<Job>,
+    slots: Vec<Slot>,
+}
+
+impl State {
+    fn any_alive(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|s| matches!(s, Slot::Idle(_) | Slot::Busy))
+    }
+
+    fn any_busy(&self) -> bool {
+        self.slots.iter().any(|s| matches!(s, Slot::Busy))
+    }
+}
+
+struct Shared {
+    spec: Spec,
+    settings: Settings,
+    state: Mutex<State>,
+    wake: Condvar,
+    watch: Watch,
+    last_error: Mutex<Option<Error>>,
+    next_job: AtomicU64,
+    /// Mean time a worker is busy with one job, in nanoseconds (0: nothing seen yet).
+    job_nanos: AtomicU64,
+    stats: Stats,
+    /// Bodies of the EXITED frames of retired workers.
+    exit_results: Mutex<Vec<Vec<u8>>>,
+}
+
+/// The untyped pool.
+pub(crate) struct Core {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("pool", &self.shared.spec.pool)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Core {
+    pub(crate) fn new(spec: Spec, settings: Settings) -> Self {
+        let slots = settings.n_jobs;
+        let shared = Shared {
+            watch: Watch::new(slots, settings.memory_limit),
+            state: Mutex::new(State {
+                phase: Phase::NotStarted,
+                queue: VecDeque::new(),
+                slots: (0..slots).map(|_| Slot::Dead).collect(),
+            }),
+            wake: Condvar::new(),
+            last_error: Mutex::new(None),
+            next_job: AtomicU64::new(1),
+            job_nanos: AtomicU64::new(0),
+            stats: Stats::new(slots),
+            exit_results: Mutex::new(Vec::new()),
+            spec,
+            settings,
+        };
+        Core {
+            shared: Arc::new(shared),
+            threads: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.shared.settings
+    }
+
+    pub(crate) fn spec(&self) -> &Spec {
+        &self.shared.spec
+    }
+
+    pub(crate) fn is_running(&self) -> bool {
+        let st = lock(&self.shared.state);
+        st.phase == Phase::Running && st.any_alive()
+    }
+
+    pub(crate) fn last_error(&self) -> Option<Error> {
+        lock(&self.shared.last_error).clone()
+    }
+
+    pub(crate) fn insights(&self) -> Insights {
+        self.shared.stats.snapshot()
+    }
+
+    /// The EXITED bodies collected so far.
+    pub(crate) fn exit_results(&self) -> Vec<Vec<u8>> {
+        lock(&self.shared.exit_results).clone()
+    }
+
+    /// Starts the workers and the threads that drive them. Starting twice is a no-op.
+    pub(crate) fn start(&self) -> Result<(), Error> {
+        let shared = &self.shared;
+        let mut st = lock(&shared.state);
+        match st.phase {
+            Phase::NotStarted => {}
+            Phase::Running => return Ok(()),
+            Phase::Joining | Phase::Closed => return Err(Error::Closed),
+        }
+        let conns = start_all(shared)?;
+        for (i, conn) in conns.into_iter().enumerate() {
+            register(shared, i, &conn);
+            st.slots[i] = Slot::Idle(Box::new(conn));
+        }
+        st.phase = Phase::Running;
+        drop(st);
+
+        let watchdog =
+            shared.settings.task_timeout.is_some() || shared.settings.memory_limit.is_some();
+        let mut started = Vec::new();
+        for i in 0..shared.settings.n_jobs {
+            let s = Arc::clone(shared);
+            started.push(spawn_thread(
+                format!("{}-{i}", shared.spec.pool),
+                move || drive(&s, i),
+            ));
+        }
+        if watchdog {
+            let s = Arc::clone(shared);
+            started.push(spawn_thread(
+                format!("{}-watchdog", shared.spec.pool),
+                move || s.watch.run(),
+            ));
+        }
+        let mut threads = lock(&self.threads);
+        let mut failed = None;
+        for handle in started {
+            match handle {
+                Ok(h) => threads.push(h),
+                Err(e) => failed = Some(e),
+            }
+        }
+        drop(threads);
+        if let Some(e) = failed {
+            self.shutdown();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Queues a job; it fails at once if the pool cannot run it.
+    pub(crate) fn submit(&self, job: Job) {
+        let shared = &self.shared;
+        let mut st = lock(&shared.state);
+        if let Some(error) = refusal(shared, &st) {
+            drop(st);
+            (job.deliver)(Err(error));
+            return;
+        }
+        st.queue.push_back(job);
+        // Busy drivers come back to the queue by themselves; only idle ones need waking.
+        let idle = st.slots.iter().any(|s| matches!(s, Slot::Idle(_)));
+        drop(st);
+        if idle {
+            shared.wake.notify_all();
+        }
+    }
+
+    /// Runs a job on an idle worker from this thread when there is one and nothing is queued
+    /// before it; else queues it. The job has been delivered, or is queued, on return.
+    pub(crate) fn run_or_submit(&self, job: Job) {
+        let shared = &self.shared;
+        let mut st = lock(&shared.state);
+        if let Some(error) = refusal(shared, &st) {
+            drop(st);
+            (job.deliver)(Err(error));
+            return;
+        }
+        let idle = if shared.settings.debug || !st.queue.is_empty() {
+            None
+        } else {
+            st.slots.iter().position(|s| matches!(s, Slot::Idle(_)))
+        };
+        let Some(i) = idle else {
+            st.queue.push_back(job);
+            drop(st);
+            shared.wake.notify_all();
+            return;
+        };
+        let Slot::Idle(conn) = std::mem::replace(&mut st.slots[i], Slot::Busy) else {
+            unreachable!("slot {i} was idle")
+        };
+        drop(st);
+        let back = run(shared, i, conn, job, false);
+        put_back(shared, i, back);
+    }
+
+    /// Finishes every queued job, then stops the workers.
+    pub(crate) fn join(&self) -> Result<(), Error> {
+        let shared = &self.shared;
+        {
+            let mut st = lock(&shared.state);
+            match st.phase {
+                Phase::NotStarted => {
+                    st.phase = Phase::Closed;
+                    return Ok(());
+                }
+                Phase::Running => st.phase = Phase::Joining,
+                Phase::Joining | Phase::Closed => {}
+            }
+        }
+        shared.wake.notify_all();
+        self.join_threads();
+        let mut st = lock(&shared.state);
+        st.phase = Phase::Closed;
+        Ok(())
+    }
+
+    /// Stops now: kills the workers; queued and running jobs end with `Error::Closed`.
+    pub(crate) fn shutdown(&self) {
+        let shared = &self.shared;
+        let (queued, idle) = {
+            let mut st = lock(&shared.state);
+            if st.phase == Phase::Closed && st.queue.is_empty() {
+                drop(st);
+                shared.watch.kill_all();
+                shared.watch.stop();
+                self.join_threads();
+                return;
+            }
+            st.phase = Phase::Closed;
+            let queued: Vec<Job> = st.queue.drain(..).collect();
+            let mut idle = Vec::new();
+            for (i, slot) in st.slots.iter_mut().enumerate() {
+                if matches!(slot, Slot::Idle(_)) {
+                    if let Slot::Idle(conn) = std::mem::replace(slot, Slot::Retired) {
+                        idle.push((i, conn));
+                    }
+                }
+            }
+            (queued, idle)
+        };
+        // Busy workers are killed so their drivers stop reading; they deliver `Closed`.
+        shared.watch.kill_all();
+        for (i, conn) in idle {
+            shared.watch.unregister(i);
+            drop(conn);
+        }
+        for job in queued {
+            (job.deliver)(Err(Error::Closed));
+        }
+        shared.wake.notify_all();
+        shared.watch.stop();
+        self.join_threads();
+    }
+
+    /// Joins the pool's threads, except the calling one (a callback may shut the pool down).
+    fn join_threads(&self) {
+        let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *lock(&self.threads));
+        let me = std::thread::current().id();
+        for handle in handles {
+            if handle.thread().id() == me {
+                continue;
+            }
+            let _ = handle.join();
+        }
+        self.shared.watch.stop();
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Starts one of the pool's threads.
+fn spawn_thread(
+    name: String,
+    body: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, Error> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(body)
+        .map_err(|e| Error::spawn(format!("cannot start a pool thread: {e}")))
+}
+
+/// Why the pool cannot take a job now, if it cannot.
+fn refusal(shared: &Shared, st: &State) -> Option<Error> {
+    match st.phase {
+        Phase::NotStarted => Some(Error::NotStarted),
+        Phase::Joining | Phase::Closed => Some(Error::Closed),
+        Phase::Running if !st.any_alive() => Some(
+            lock(&shared.last_error)
+                .clone()
+                .unwrap_or_else(|| Error::spawn("no worker of the pool is running")),
+        ),
+        Phase::Running => None,
+    }
+}
+
+/// Puts a slot back after a thread drove it, and wakes whoever waits for work or for the end.
+fn put_back(shared: &Shared, i: usize, back: Slot) {
+    let mut st = lock(&shared.state);
+    let closed = st.phase == Phase::Closed;
+    let dropped = match back {
+        Slot::Idle(conn) if closed => {
+            st.slots[i] = Slot::Retired;
+            Some(conn)
+        }
+        other => {
+            st.slots[i] = other;
+            None
+        }
+    };
+    let orphaned: Vec<Job> = if !st.any_alive() {
+        st.queue.drain(..).collect()
+    } else {
+        Vec::new()
+    };
+    // Drivers only care when there is work, or when the pool is stopping.
+    let wake = !st.queue.is_empty() || st.phase != Phase::Running || !orphaned.is_empty();
+    drop(st);
+    if wake {
+        shared.wake.notify_all();
+    }
+    if let Some(conn) = dropped {
+        shared.watch.unregister(i);
+        drop(conn);
+    }
+    if !orphaned.is_empty() {
+        let error = lock(&shared.last_error)
+            .clone()
+            .unwrap_or_else(|| Error::spawn("no worker of the pool is running"));
+        for job in orphaned {
+            (job.deliver)(Err(error.clone()));
+        }
+    }
+}
+
+/// The loop of slot `i`'s driver thread.
+fn drive(shared: &Shared, i: usize) {
+    let _span =
+        tracing::debug_span!("ppool_worker", pool = %shared.spec.pool, worker = i).entered();
+    let mut st = lock(&shared.state);
+    loop {
+        if st.phase == Phase::Closed {
+            break;
+        }
+        if matches!(st.slots[i], Slot::Dead | Slot::Retired) {
+            if st.phase == Phase::Joining && st.queue.is_empty() {
+                break;
+            }
+            if !st.any_alive() {
+                break;
+            }
+        }
+        if matches!(st.slots[i], Slot::Idle(_)) {
+            if let Some(job) = st.queue.pop_front() {
+                let Slot::Idle(conn) = std::mem::replace(&mut st.slots[i], Slot::Busy) else {
+                    unreachable!("slot {i} was idle")
+                };
+                drop(st);
+                let back = run(shared, i, conn, job, true);
+                put_back(shared, i, back);
+                st = lock(&shared.state);
+                continue;
+            }
+            if st.phase == Phase::Joining && !st.any_busy() {
+                let Slot::Idle(conn) = std::mem::replace(&mut st.slots[i], Slot::Retired) else {
+                    unreachable!("slot {i} was idle")
+                };
+                drop(st);
+                shared.watch.unregister(i);
+                retire(shared, i, *conn);
+                shared.wake.notify_all();
+                return;
+            }
+        }
+        st = shared.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
+    }
+}
