@@ -231,8 +231,18 @@ impl WorkerProc {
     /// was gone before the first byte is an `ErrorKind::NotConnected` error: nothing reached
     /// it.
     pub(crate) fn send(&mut self, frames: &[&[u8]]) -> io::Result<()> {
-        let mut slices: Vec<io::IoSlice<'_>> = frames.iter().map(|f| io::IoSlice::new(f)).collect();
-        let mut left = &mut slices[..];
+        let mut one;
+        let mut many;
+        let mut left: &mut [io::IoSlice<'_>] = if let [frame] = frames {
+            one = [io::IoSlice::new(frame)];
+            &mut one
+        } else {
+            many = frames
+                .iter()
+                .map(|f| io::IoSlice::new(f))
+                .collect::<Vec<_>>();
+            &mut many
+        };
         let mut sent_any = false;
         while !left.is_empty() {
             match self.tx.write_vectored(left) {

@@ -119,6 +119,8 @@ impl State {
 struct Shared {
     spec: Spec,
     settings: Settings,
+    /// A timeout or memory limit is set, so the watchdog runs and jobs are armed.
+    watchdog: bool,
     state: Mutex<State>,
     wake: Condvar,
     watch: Watch,
@@ -164,6 +166,7 @@ impl Core {
             next_job: AtomicU64::new(1),
             job_nanos: AtomicU64::new(0),
             stats: Stats::new(slots),
+            watchdog: settings.task_timeout.is_some() || settings.memory_limit.is_some(),
             exit_results: Mutex::new(Vec::new()),
             spec,
             settings,

@@ -74,16 +74,20 @@ pub(super) fn run(
                 next = take_more(shared, &mut conn, sent_bytes, sent_tasks);
             }
         }
-        let frames: Vec<&[u8]> = sent
-            .range(unsent..)
-            .map(|s| s.job.frame.as_slice())
-            .collect();
-        let written = if frames.is_empty() {
-            Ok(())
-        } else {
-            conn.send(&frames)
+        let written = match sent.len() - unsent {
+            0 => Ok(()),
+            // The common case of a blocking call: no list to build.
+            1 => sent
+                .back()
+                .map_or(Ok(()), |s| conn.send(&[s.job.frame.as_slice()])),
+            _ => {
+                let frames: Vec<&[u8]> = sent
+                    .range(unsent..)
+                    .map(|s| s.job.frame.as_slice())
+                    .collect();
+                conn.send(&frames)
+            }
         };
-        drop(frames);
         if let Err(e) = written {
             return fail(shared, i, conn, sent, e);
         }
@@ -108,7 +112,9 @@ pub(super) fn run(
             Err(e) => return fail(shared, i, conn, sent, e),
         };
         let Some(done) = sent.pop_front() else { break };
-        shared.watch.disarm(i);
+        if shared.watchdog {
+            shared.watch.disarm(i);
+        }
         if let Some(head) = sent.front() {
             arm(shared, i, &head.job);
         }
