@@ -696,3 +696,35 @@ fn entries_with_one_name_are_reported_with_both_places() {
         }
     }
 }
+
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
+struct Image {
+    width: u32,
+    #[serde(with = "ppool::serde_bytes")]
+    pixels: Vec<u8>,
+}
+
+#[pool_entry]
+fn invert(image: Image) -> Image {
+    Image {
+        width: image.width,
+        pixels: image.pixels.iter().map(|p| !p).collect(),
+    }
+}
+
+#[test]
+fn byte_fields_in_user_types_round_trip() {
+    let pool = ProcessPool::<invert>::new(1).unwrap();
+    let image = Image {
+        width: 3,
+        pixels: (0..3_000_000u32).map(|i| i as u8).collect(),
+    };
+    let back = pool.call(image.clone()).unwrap();
+    assert_eq!(back.width, 3);
+    assert!(
+        back.pixels
+            .iter()
+            .zip(&image.pixels)
+            .all(|(a, b)| *a == !*b)
+    );
+}

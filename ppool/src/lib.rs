@@ -95,6 +95,21 @@ pub use task::Task;
 /// the offending token.
 pub use ppool_macros::pool_entry;
 
+/// Byte buffers as one block on the wire: a top-level `Vec<u8>` argument or result already
+/// travels that way; for a byte field inside your own types, mark it
+/// `#[serde(with = "ppool::serde_bytes")]` (or use [`serde_bytes::ByteBuf`]), or it is encoded
+/// byte by byte.
+///
+/// ```
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Image {
+///     width: u32,
+///     #[serde(with = "ppool::serde_bytes")]
+///     pixels: Vec<u8>,
+/// }
+/// ```
+pub use serde_bytes;
+
 /// The current worker's index in its pool (`0..n_jobs`), or `None` outside a worker.
 pub fn worker_index() -> Option<usize> {
     worker::WORKER.get().map(|w| w.index)

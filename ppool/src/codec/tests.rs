@@ -35,3 +35,24 @@ fn bad_input_is_an_error() {
     assert!(decode::<u8>(&[1, 2]).is_err(), "trailing bytes");
     assert!(decode::<String>(&[2, 0xff, 0xfe]).is_err(), "invalid utf-8");
 }
+
+#[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+struct Image {
+    width: u32,
+    #[serde(with = "serde_bytes")]
+    pixels: Vec<u8>,
+}
+
+#[test]
+fn byte_fields_marked_serde_bytes_travel_as_one_block() {
+    let image = Image {
+        width: 7,
+        pixels: vec![9; 1 << 20],
+    };
+    let mut out = Vec::new();
+    encode_into(&image, &mut out).unwrap();
+    // a varint width, a varint length, then the bytes themselves
+    assert!(out.len() <= (1 << 20) + 8, "{}", out.len());
+    assert_eq!(&out[out.len() - (1 << 20)..], &image.pixels[..]);
+    assert_eq!(decode::<Image>(&out).unwrap(), image);
+}
