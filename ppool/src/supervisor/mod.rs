@@ -255,19 +255,8 @@ impl Core {
 
     /// Queues a job; it fails at once if the pool cannot run it.
     pub(crate) fn submit(&self, job: Job) {
-        let shared = &self.shared;
-        let mut st = lock(&shared.state);
-        if let Some(error) = refusal(shared, &st) {
-            drop(st);
-            (job.deliver)(Err(error));
-            return;
-        }
-        st.queue.push_back(job);
-        // Busy drivers come back to the queue by themselves; only idle ones need waking.
-        let idle = st.slots.iter().any(|s| matches!(s, Slot::Idle(_)));
-        drop(st);
-        if idle {
-            shared.wake.notify_all();
+        if let Some((st, job)) = self.admit(job) {
+            enqueue(&self.shared, st, job);
         }
     }
 
@@ -275,22 +264,16 @@ impl Core {
     /// before it; else queues it. The job has been delivered, or is queued, on return.
     pub(crate) fn run_or_submit(&self, job: Job) {
         let shared = &self.shared;
-        let mut st = lock(&shared.state);
-        if let Some(error) = refusal(shared, &st) {
-            drop(st);
-            (job.deliver)(Err(error));
+        let Some((mut st, job)) = self.admit(job) else {
             return;
-        }
+        };
         let idle = if shared.settings.debug || !st.queue.is_empty() {
             None
         } else {
             st.slots.iter().position(|s| matches!(s, Slot::Idle(_)))
         };
         let Some(i) = idle else {
-            st.queue.push_back(job);
-            drop(st);
-            shared.wake.notify_all();
-            return;
+            return enqueue(shared, st, job);
         };
         let Slot::Idle(conn) = std::mem::replace(&mut st.slots[i], Slot::Busy) else {
             unreachable!("slot {i} was idle")
@@ -298,6 +281,19 @@ impl Core {
         drop(st);
         let back = run(shared, i, conn, job, false);
         put_back(shared, i, back);
+    }
+
+    /// Locks the state for a new job, or fails the job at once if the pool cannot run it.
+    fn admit(&self, job: Job) -> Option<(MutexGuard<'_, State>, Job)> {
+        let st = lock(&self.shared.state);
+        match refusal(&self.shared, &st) {
+            None => Some((st, job)),
+            Some(error) => {
+                drop(st);
+                (job.deliver)(Err(error));
+                None
+            }
+        }
     }
 
     /// Finishes every queued job, then stops the workers.
@@ -388,6 +384,17 @@ fn spawn_thread(
         .name(name)
         .spawn(body)
         .map_err(|e| Error::spawn(format!("cannot start a pool thread: {e}")))
+}
+
+/// Queues a job and wakes the drivers if one of them is idle: busy drivers come back to the
+/// queue by themselves.
+fn enqueue(shared: &Shared, mut st: MutexGuard<'_, State>, job: Job) {
+    st.queue.push_back(job);
+    let idle = st.slots.iter().any(|s| matches!(s, Slot::Idle(_)));
+    drop(st);
+    if idle {
+        shared.wake.notify_all();
+    }
 }
 
 /// Why the pool cannot take a job now, if it cannot.
