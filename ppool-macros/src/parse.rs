@@ -55,6 +55,15 @@ fn item_head(input: &TokenStream) -> Option<TokenStream> {
     })
 }
 
+/// An error at a reference or `impl Trait` type, which cannot cross a process boundary.
+fn not_portable(ty: &Type, reference: &str, impl_trait: &str) -> Option<syn::Error> {
+    match ty {
+        Type::Reference(r) => Some(syn::Error::new_spanned(r, reference)),
+        Type::ImplTrait(t) => Some(syn::Error::new_spanned(t, impl_trait)),
+        _ => None,
+    }
+}
+
 /// Adds `error` to `acc`.
 fn push(acc: &mut Option<syn::Error>, error: syn::Error) {
     match acc {
@@ -147,22 +156,12 @@ pub(crate) fn entry(
                 ),
             ),
             FnArg::Typed(pt) => {
-                match pt.ty.as_ref() {
-                    Type::Reference(r) => push(
-                        &mut err,
-                        syn::Error::new_spanned(
-                            r,
-                            "a pool entry cannot take a reference: arguments are sent to another process; take an owned type such as `String` or `Vec<T>`",
-                        ),
-                    ),
-                    Type::ImplTrait(t) => push(
-                        &mut err,
-                        syn::Error::new_spanned(
-                            t,
-                            "a pool entry cannot take `impl Trait`: a worker must know the concrete type",
-                        ),
-                    ),
-                    _ => {}
+                if let Some(e) = not_portable(
+                    &pt.ty,
+                    "a pool entry cannot take a reference: arguments are sent to another process; take an owned type such as `String` or `Vec<T>`",
+                    "a pool entry cannot take `impl Trait`: a worker must know the concrete type",
+                ) {
+                    push(&mut err, e);
                 }
                 match pt.pat.as_ref() {
                     Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none() => {
@@ -182,22 +181,12 @@ pub(crate) fn entry(
     let output = match &sig.output {
         ReturnType::Default => None,
         ReturnType::Type(_, ty) => {
-            match ty.as_ref() {
-                Type::Reference(r) => push(
-                    &mut err,
-                    syn::Error::new_spanned(
-                        r,
-                        "a pool entry cannot return a reference: the result is sent to another process",
-                    ),
-                ),
-                Type::ImplTrait(t) => push(
-                    &mut err,
-                    syn::Error::new_spanned(
-                        t,
-                        "a pool entry cannot return `impl Trait`: the supervisor must know the concrete type",
-                    ),
-                ),
-                _ => {}
+            if let Some(e) = not_portable(
+                ty,
+                "a pool entry cannot return a reference: the result is sent to another process",
+                "a pool entry cannot return `impl Trait`: the supervisor must know the concrete type",
+            ) {
+                push(&mut err, e);
             }
             Some((**ty).clone())
         }
