@@ -245,9 +245,21 @@ fn proc_state(pid: u32) -> Option<(char, u32)> {
     Some((state, ppid))
 }
 
-/// Gone, or a zombie nobody will ask anything of any more.
+/// Gone, or a zombie nobody will ask anything of any more: every thread of it, since a
+/// worker in a test binary serves on a libtest thread, which may outlive the main thread by a
+/// moment when the process is killed.
 fn is_gone(pid: u32) -> bool {
-    matches!(proc_state(pid), None | Some(('Z' | 'X', _)))
+    if !matches!(proc_state(pid), None | Some(('Z' | 'X', _))) {
+        return false;
+    }
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    threads.flatten().all(|t| {
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+        matches!(state, None | Some("Z" | "X"))
+    })
 }
 
 /// Polls until every pid is gone; returns those still there at the deadline.
