@@ -257,7 +257,9 @@ fn is_gone(pid: u32) -> bool {
     };
     threads.flatten().all(|t| {
         let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
         matches!(state, None | Some("Z" | "X"))
     })
 }

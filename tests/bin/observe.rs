@@ -11,6 +11,8 @@ use tracing::{Event, Metadata, Subscriber};
 #[pool_entry]
 fn shout(x: u32) -> u32 {
     eprintln!("hello from task {x}");
+    // Long enough that jobs are not sent ahead, so both workers get some.
+    std::thread::sleep(std::time::Duration::from_millis(3));
     if x == 13 {
         std::process::abort();
     }
