@@ -281,11 +281,7 @@ impl<F: Entry> ProcessPool<F> {
         &self.core
     }
 
-    pub(crate) fn chunking(&self) -> &Chunking {
-        &self.chunking
-    }
-
-    pub(crate) fn chunking_arc(&self) -> &Arc<Chunking> {
+    pub(crate) fn chunking(&self) -> &Arc<Chunking> {
         &self.chunking
     }
 

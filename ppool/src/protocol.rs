@@ -7,7 +7,7 @@
 //! reservation (16 MiB at most), and a length above the limit is refused before anything is
 //! read.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 
 /// Bumped whenever the frame layout changes.
 pub(crate) const PROTOCOL_VERSION: u32 = 1;
@@ -234,11 +234,6 @@ impl FrameBuf {
     pub(crate) fn len(&self) -> usize {
         self.buf.len()
     }
-}
-
-/// Writes a finished frame.
-pub(crate) fn write_frame(w: &mut impl Write, frame: &[u8]) -> io::Result<()> {
-    w.write_all(frame)
 }
 
 /// Reads the fields of a frame body, checking every bound.

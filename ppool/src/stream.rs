@@ -121,7 +121,7 @@ impl<'p, F: Entry, I: Iterator<Item = F::Args>> Map<'p, F, I> {
             if count > 0 {
                 let results = Arc::clone(&self.results);
                 let ordered = self.ordered;
-                let chunking = Arc::clone(self.pool.chunking_arc());
+                let chunking = Arc::clone(self.pool.chunking());
                 let piece = {
                     let results = Arc::clone(&self.results);
                     move |k: u32| -> crate::supervisor::Deliver {

@@ -181,15 +181,13 @@ fn serve(input: PipeReader, mut output: PipeWriter, max_frame: usize) -> ! {
     let record = match handshake(&mut reader, &mut body, &mut out) {
         Ok(record) => record,
         Err(why) => {
-            let _ = protocol::write_frame(&mut output, {
-                Ready::Refused(&why).write(&mut out);
-                out.finish()
-            });
+            Ready::Refused(&why).write(&mut out);
+            let _ = output.write_all(out.finish());
             hand_started(&why)
         }
     };
     GREETED.store(true, Ordering::Release);
-    if protocol::write_frame(&mut output, out.finish()).is_err() {
+    if output.write_all(out.finish()).is_err() {
         std::process::exit(0);
     }
     install_panic_hook();

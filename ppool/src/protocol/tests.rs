@@ -10,6 +10,7 @@
 use super::*;
 use std::convert::Infallible;
 use std::io::Cursor;
+use std::io::Write;
 use std::time::Instant;
 
 /// What `FrameReader::read` reserves at most before the body arrives.
@@ -475,7 +476,7 @@ fn frames_cross_a_real_pipe() {
     let sent = frames.clone();
     let writer = std::thread::spawn(move || {
         for f in &sent {
-            write_frame(&mut tx, f).unwrap();
+            tx.write_all(f).unwrap();
         }
         // Dropping `tx` closes the pipe.
     });
