@@ -3,10 +3,32 @@
 //!
 //! The fast path writes exactly what postcard writes for a `Vec<u8>` (a varint length, then the
 //! bytes), so both paths read each other's output.
+//!
+//! User types are hostile input here: their `Serialize` and `Deserialize` may panic, which is
+//! caught and becomes an error, and they may nest deeper than any thread's stack, so both
+//! directions run through `serde_stacker`, which moves to a fresh stack segment when the
+//! current one runs low instead of overflowing it.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::any::Any;
+use std::panic::{self, AssertUnwindSafe};
+
+/// How close to the end of its stack a nested value may come before serde_stacker switches
+/// to a new segment, and how big a segment is.
+const RED_ZONE: usize = 128 * 1024;
+const SEGMENT: usize = 4 * 1024 * 1024;
+
+/// Runs user serde code, turning a panic into an error.
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    match panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(payload) => Err(format!(
+            "{what} panicked: {}",
+            crate::panics::message(payload.as_ref())
+        )),
+    }
+}
 
 /// Appends the encoding of `value` to `out`.
 pub(crate) fn encode_into<T: Serialize + 'static>(
@@ -18,7 +40,20 @@ pub(crate) fn encode_into<T: Serialize + 'static>(
         out.extend_from_slice(bytes);
         return Ok(());
     }
-    postcard::serialize_with_flavor(value, VecFlavor(out)).map_err(|e| e.to_string())
+    let at = out.len();
+    let result = guarded("its Serialize implementation", || {
+        let mut inner = postcard::Serializer {
+            output: VecFlavor(&mut *out),
+        };
+        let mut stacked = serde_stacker::Serializer::new(&mut inner);
+        stacked.red_zone = RED_ZONE;
+        stacked.stack_size = SEGMENT;
+        value.serialize(stacked).map_err(|e| e.to_string())
+    });
+    if result.is_err() {
+        out.truncate(at);
+    }
+    result
 }
 
 /// Decodes a whole value from `bytes`; trailing bytes are an error.
@@ -35,11 +70,18 @@ pub(crate) fn decode<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T, S
         *vec_slot = Some(rest.to_vec());
         return slot.ok_or_else(|| "internal: byte buffer fast path".to_string());
     }
-    let (value, rest) = postcard::take_from_bytes::<T>(bytes).map_err(|e| e.to_string())?;
-    if !rest.is_empty() {
-        return Err(format!("{} unexpected bytes after the value", rest.len()));
-    }
-    Ok(value)
+    guarded("its Deserialize implementation", || {
+        let mut inner = postcard::Deserializer::from_bytes(bytes);
+        let mut stacked = serde_stacker::Deserializer::new(&mut inner);
+        stacked.red_zone = RED_ZONE;
+        stacked.stack_size = SEGMENT;
+        let value = T::deserialize(stacked).map_err(|e| e.to_string())?;
+        let rest = inner.finalize().map_err(|e| e.to_string())?;
+        if !rest.is_empty() {
+            return Err(format!("{} unexpected bytes after the value", rest.len()));
+        }
+        Ok(value)
+    })
 }
 
 fn write_varint(out: &mut Vec<u8>, mut v: u64) {

@@ -136,6 +136,20 @@ pub enum Error {
         message: String,
     },
 
+    /// A task's arguments encode to more bytes than the pool's `max_frame_size`, so no worker
+    /// can be sent them. No worker was involved; the pool goes on.
+    #[error(
+        "the arguments of a task for entry `{entry}` encode to {size} bytes, more than the pool's max_frame_size of {limit} bytes"
+    )]
+    ArgumentsTooLarge {
+        /// The entry's name.
+        entry: String,
+        /// The encoded size, in bytes.
+        size: usize,
+        /// The pool's `max_frame_size`.
+        limit: usize,
+    },
+
     /// Two entries of this binary have the same name, so neither can be used safely.
     #[error("two pool entries are named `{name}`: one at {first}, one at {second}; rename one")]
     DuplicateEntry {

@@ -9,21 +9,31 @@ use crate::supervisor::{Deliver, Delivery, Job, Split};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-/// Builds the frame of one job from up to `max` tasks.
+/// Builds the frame of one job, never larger than the pool's frame limit.
 pub(crate) struct ChunkEncoder {
     frame: FrameBuf,
     count: u32,
+    /// The largest frame body allowed.
+    max: usize,
 }
 
 impl ChunkEncoder {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         let mut frame = FrameBuf::default();
         protocol::start_tasks(&mut frame, 0, 0);
-        ChunkEncoder { frame, count: 0 }
+        ChunkEncoder {
+            frame,
+            count: 0,
+            max,
+        }
     }
 
-    /// Appends one task; on failure the chunk is unchanged and the error says why.
-    pub(crate) fn push<F: Entry>(&mut self, args: &F::Args) -> Result<()> {
+    /// Appends one task. When it does not fit in this chunk's frame but would fit in a frame
+    /// of its own, this chunk becomes a new one holding only that task, and the full one is
+    /// returned to be sent. A task that fits in no frame, or cannot be encoded, is an error,
+    /// and the chunk is unchanged.
+    pub(crate) fn push<F: Entry>(&mut self, args: &F::Args) -> Result<Option<ChunkEncoder>> {
+        let at = self.frame.len();
         self.frame
             .block(|out| codec::encode_into(args, out))
             .map_err(|message| Error::Codec {
@@ -31,8 +41,26 @@ impl ChunkEncoder {
                 action: "encode the arguments",
                 message,
             })?;
-        self.count += 1;
-        Ok(())
+        let body = self.frame.len() - 4;
+        if body <= self.max {
+            self.count += 1;
+            return Ok(None);
+        }
+        let task = at..self.frame.len();
+        let alone = protocol::TASKS_HEADER + task.len();
+        if alone - 4 > self.max {
+            self.frame.truncate(at);
+            return Err(Error::ArgumentsTooLarge {
+                entry: F::NAME.to_string(),
+                size: task.len() - 4,
+                limit: self.max,
+            });
+        }
+        let mut next = ChunkEncoder::new(self.max);
+        next.frame.append_raw(&self.frame.as_bytes()[task]);
+        next.count = 1;
+        self.frame.truncate(at);
+        Ok(Some(std::mem::replace(self, next)))
     }
 
     pub(crate) fn count(&self) -> u32 {
@@ -92,20 +120,25 @@ fn split_frame(frame: &[u8]) -> Vec<Vec<u8>> {
         };
         let mut one = FrameBuf::default();
         protocol::start_tasks(&mut one, 0, 1);
-        let _ = one.block(|out| {
-            out.extend_from_slice(args);
-            Ok::<(), ()>(())
-        });
+        one.bytes(args);
         frames.push(one.take());
     }
     frames
 }
 
-/// A job of a single task.
-pub(crate) fn single<F: Entry>(args: &F::Args, deliver: Deliver) -> Result<Job, (Error, Deliver)> {
-    let mut chunk = ChunkEncoder::new();
+/// A job of a single task, for a pool whose frames are at most `max` bytes.
+pub(crate) fn single<F: Entry>(
+    args: &F::Args,
+    max: usize,
+    deliver: Deliver,
+) -> Result<Job, (Error, Deliver)> {
+    let mut chunk = ChunkEncoder::new(max);
     match chunk.push::<F>(args) {
-        Ok(()) => Ok(chunk.into_job(deliver, None)),
+        Ok(None) => Ok(chunk.into_job(deliver, None)),
+        Ok(Some(_)) => Err((
+            Error::spawn("internal: a task overflowed an empty chunk"),
+            deliver,
+        )),
         Err(e) => Err((e, deliver)),
     }
 }

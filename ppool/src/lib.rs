@@ -39,6 +39,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod batch;
+mod callbacks;
 mod chunking;
 mod codec;
 mod config;
@@ -48,6 +49,7 @@ mod insights;
 mod jobs;
 mod launch;
 mod local;
+mod panics;
 mod pool;
 mod process;
 mod progress;
@@ -56,6 +58,7 @@ mod stream;
 mod supervisor;
 mod task;
 mod watchdog;
+mod watched;
 mod worker;
 
 pub use batch::Batch;
@@ -112,12 +115,12 @@ pub use serde_bytes;
 
 /// The current worker's index in its pool (`0..n_jobs`), or `None` outside a worker.
 pub fn worker_index() -> Option<usize> {
-    worker::WORKER.get().map(|w| w.index)
+    worker::current().map(|(index, _)| index)
 }
 
 /// The name of the pool this worker serves, or `None` outside a worker.
 pub fn worker_pool_name() -> Option<&'static str> {
-    worker::WORKER.get().map(|w| w.pool.as_str())
+    worker::current().map(|(_, pool)| pool)
 }
 
 /// What the macros' expansions need; not a public API.
@@ -125,5 +128,7 @@ pub fn worker_pool_name() -> Option<&'static str> {
 pub mod __private {
     pub use crate::entry::{ENTRIES, Entry, EntryRecord, assert_portable};
     pub use crate::launch::{LAUNCHERS, Launcher, run_test_worker, run_worker_if_requested};
+    pub use crate::protocol::PROTOCOL_VERSION;
+    pub use crate::worker::channel_fds;
     pub use linkme;
 }

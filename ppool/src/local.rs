@@ -12,6 +12,11 @@ use std::collections::VecDeque;
 #[derive(Debug)]
 pub(crate) struct Local {
     record: &'static EntryRecord,
+    index: usize,
+    /// The pool's name, kept for as long as the program runs, as a worker's is.
+    pool: &'static str,
+    max_frame: usize,
+    on_exit: Option<(&'static EntryRecord, Vec<u8>)>,
     pending: VecDeque<Vec<u8>>,
     body: Vec<u8>,
     out: FrameBuf,
@@ -23,15 +28,26 @@ impl Local {
     pub(crate) fn start(spec: &Spec, index: usize) -> Result<Self, Error> {
         worker::install_panic_hook();
         let record = entry::find(spec.entry)?;
+        let pool: &'static str = Box::leak(spec.pool.clone().into_boxed_str());
         if let Some((name, args)) = &spec.initializer {
             let mut frame = FrameBuf::default();
             crate::protocol::write_init(&mut frame, name, args);
-            if let Some(why) = worker::init_failure(&frame.finish()[4..]) {
+            let failure =
+                worker::as_in_process(index, pool, || worker::init_failure(&frame.finish()[4..]));
+            if let Some(why) = failure {
                 return Err(Error::spawn(format!("worker {index} (in-process): {why}")));
             }
         }
+        let on_exit = match &spec.on_exit {
+            Some((name, args)) => Some((entry::find(name)?, args.clone())),
+            None => None,
+        };
         Ok(Local {
             record,
+            index,
+            pool,
+            max_frame: spec.max_frame,
+            on_exit,
             pending: VecDeque::new(),
             body: Vec::new(),
             out: FrameBuf::default(),
@@ -54,7 +70,10 @@ impl Local {
             if body.first() != Some(&kind::TASKS) {
                 return Err(FrameError::Malformed("debug mode runs only tasks".into()));
             }
-            worker::run_tasks(self.record, body, &mut self.out)?;
+            let (record, out, max) = (self.record, &mut self.out, self.max_frame);
+            worker::as_in_process(self.index, self.pool, || {
+                worker::run_tasks(record, body, out, max)
+            })?;
             self.pending.push_back(self.out.finish()[4..].to_vec());
             frames = &frames[4 + len..];
         }
@@ -68,5 +87,17 @@ impl Local {
 
     pub(crate) fn body(&self) -> &[u8] {
         &self.body
+    }
+
+    /// Runs the worker-exit hook, if there is one, as a worker does when it retires; the
+    /// EXITED body.
+    pub(crate) fn retire(self) -> Option<Vec<u8>> {
+        let (record, args) = self.on_exit.as_ref()?;
+        let mut out = FrameBuf::default();
+        crate::protocol::start_exited(&mut out);
+        worker::as_in_process(self.index, self.pool, || {
+            worker::run_one(record, args, &mut out, self.max_frame)
+        });
+        Some(out.finish()[4..].to_vec())
     }
 }

@@ -13,7 +13,7 @@ use crate::process::Spec;
 use crate::progress::{self, Progress};
 use crate::protocol::DEFAULT_MAX_FRAME;
 use crate::stream::Map;
-use crate::supervisor::{Core, Delivery, Settings};
+use crate::supervisor::{Core, Deliver, Delivery, Settings};
 use crate::task::{OneShot, Task};
 use std::ffi::OsString;
 use std::marker::PhantomData;
@@ -90,30 +90,31 @@ impl<F: Entry> ProcessPool<F> {
     pub fn call(&self, args: F::Args) -> Result<F::Output> {
         let slot = OneShot::new();
         let sink = Arc::clone(&slot);
-        let deliver = Box::new(move |d: Delivery<'_>| sink.set(jobs::first_result::<F>(d)));
-        match jobs::single::<F>(&args, deliver) {
+        let deliver = Deliver::new(move |d: Delivery<'_>| sink.set(jobs::first_result::<F>(d)));
+        match jobs::single::<F>(&args, self.max_frame(), deliver) {
             Ok(job) => self.core.run_or_submit(job),
             Err((e, _)) => return Err(e),
         }
         slot.take().unwrap_or(Err(Error::Closed))
     }
 
-    /// Runs one task; `callback` gets its result on one of the pool's threads as soon as it
-    /// is back. A panicking callback is caught and reported; the pool goes on.
+    /// Runs one task; `callback` gets its result on the pool's callback thread as soon as it
+    /// is back. Callbacks run one at a time, in the order their results arrive, apart from the
+    /// threads that drive workers: a callback may block on this pool (`call`, `wait`, even
+    /// `join`) without stalling it. A panicking callback is caught and reported; the pool goes
+    /// on.
     pub fn call_with<C>(&self, args: F::Args, callback: C)
     where
         C: FnOnce(Result<F::Output>) + Send + 'static,
     {
-        let deliver = Box::new(move |d: Delivery<'_>| {
+        let callbacks = Arc::clone(self.core.callbacks());
+        let deliver = Deliver::new(move |d: Delivery<'_>| {
             let result = jobs::first_result::<F>(d);
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(result))).is_err()
-            {
-                tracing::error!(entry = F::NAME, "a call_with callback panicked");
-            }
+            callbacks.push(move || callback(result));
         });
-        match jobs::single::<F>(&args, deliver) {
+        match jobs::single::<F>(&args, self.max_frame(), deliver) {
             Ok(job) => self.core.submit(job),
-            Err((e, deliver)) => deliver(Err(e)),
+            Err((e, deliver)) => deliver.send(Err(e)),
         }
     }
 
@@ -122,10 +123,10 @@ impl<F: Entry> ProcessPool<F> {
     pub fn submit(&self, args: F::Args) -> Task<F::Output> {
         let slot = OneShot::new();
         let sink = Arc::clone(&slot);
-        let deliver = Box::new(move |d: Delivery<'_>| sink.set(jobs::first_result::<F>(d)));
-        match jobs::single::<F>(&args, deliver) {
+        let deliver = Deliver::new(move |d: Delivery<'_>| sink.set(jobs::first_result::<F>(d)));
+        match jobs::single::<F>(&args, self.max_frame(), deliver) {
             Ok(job) => self.core.submit(job),
-            Err((e, deliver)) => deliver(Err(e)),
+            Err((e, deliver)) => deliver.send(Err(e)),
         }
         Task::new(slot)
     }
@@ -141,18 +142,27 @@ impl<F: Entry> ProcessPool<F> {
         let progress = Progress::start(self.progress, Some(tasks.len() as u64), self.name());
         let size = self.chunking.for_len(tasks.len(), self.n_jobs()).max(1);
         let mut start = 0usize;
-        let mut chunk = ChunkEncoder::new();
+        let mut chunk = ChunkEncoder::new(self.max_frame());
         for (i, args) in tasks.iter().enumerate() {
-            if let Err(e) = chunk.push::<F>(args) {
-                let full = std::mem::replace(&mut chunk, ChunkEncoder::new());
-                self.submit_chunk(full, &gather, start, &progress);
-                gather.fill(i, |put| put(0, Err(e)));
-                progress.inc(1);
-                start = i + 1;
-                continue;
+            match chunk.push::<F>(args) {
+                Err(e) => {
+                    // A task that cannot be sent fails alone; its chunk goes on without it.
+                    let full = std::mem::replace(&mut chunk, ChunkEncoder::new(self.max_frame()));
+                    self.submit_chunk(full, &gather, start, &progress);
+                    gather.fill(i, |put| put(0, Err(e)));
+                    progress.inc(1);
+                    start = i + 1;
+                    continue;
+                }
+                Ok(Some(full)) => {
+                    // The frame limit closed the chunk before this task, which starts the next.
+                    self.submit_chunk(full, &gather, start, &progress);
+                    start = i;
+                }
+                Ok(None) => {}
             }
             if chunk.count() as usize >= size {
-                let full = std::mem::replace(&mut chunk, ChunkEncoder::new());
+                let full = std::mem::replace(&mut chunk, ChunkEncoder::new(self.max_frame()));
                 self.submit_chunk(full, &gather, start, &progress);
                 start = i + 1;
             }
@@ -175,10 +185,10 @@ impl<F: Entry> ProcessPool<F> {
         let piece = {
             let gather = Arc::clone(gather);
             let progress = progress.clone();
-            move |k: u32| -> crate::supervisor::Deliver {
+            move |k: u32| -> Deliver {
                 let gather = Arc::clone(&gather);
                 let progress = progress.clone();
-                Box::new(move |d: Delivery<'_>| {
+                Deliver::new(move |d: Delivery<'_>| {
                     gather.fill(start + k as usize, |put| {
                         jobs::for_each_result::<F>(d, 1, put)
                     });
@@ -189,7 +199,7 @@ impl<F: Entry> ProcessPool<F> {
         let gather = Arc::clone(gather);
         let chunking = Arc::clone(&self.chunking);
         let progress = progress.clone();
-        let deliver = Box::new(move |d: Delivery<'_>| {
+        let deliver = Deliver::new(move |d: Delivery<'_>| {
             if let Ok((r, _)) = &d {
                 chunking.observe(r.busy_nanos, r.count);
             }
@@ -279,6 +289,11 @@ impl<F: Entry> ProcessPool<F> {
 
     pub(crate) fn core(&self) -> &Core {
         &self.core
+    }
+
+    /// The largest frame a job may be.
+    pub(crate) fn max_frame(&self) -> usize {
+        self.core.spec().max_frame
     }
 
     pub(crate) fn chunking(&self) -> &Arc<Chunking> {
@@ -510,6 +525,19 @@ impl<F: Entry> Builder<F> {
     /// Checks the settings and builds the pool (and starts it, unless `start(false)`).
     pub fn build(self) -> Result<ProcessPool<F>> {
         let n_jobs = if self.debug {
+            for (set, setting) in [
+                (self.task_timeout.is_some(), "task_timeout"),
+                (self.memory_limit.is_some(), "worker_memory_limit"),
+                (!self.cpu_affinity.is_empty(), "cpu_affinity"),
+            ] {
+                if set {
+                    return Err(Error::config(
+                        setting,
+                        "cannot be honoured in debug mode, where tasks run in this process; \
+                         leave it unset with debug(true)",
+                    ));
+                }
+            }
             1
         } else {
             self.n_jobs.resolve(config::cpus())?
@@ -566,6 +594,23 @@ impl<F: Entry> Builder<F> {
                     rustix::thread::CpuSet::MAX_CPU - 1
                 ),
             ));
+        }
+        if !self.cpu_affinity.is_empty() {
+            if let Ok(allowed) = rustix::thread::sched_getaffinity(None) {
+                if let Some(&cpu) = self.cpu_affinity.iter().find(|&&c| !allowed.is_set(c)) {
+                    let usable: Vec<String> = (0..rustix::thread::CpuSet::MAX_CPU)
+                        .filter(|&c| allowed.is_set(c))
+                        .map(|c| c.to_string())
+                        .collect();
+                    return Err(Error::config(
+                        "cpu_affinity",
+                        format!(
+                            "CPU {cpu} is not one this process may run on (it may use CPUs {})",
+                            usable.join(", ")
+                        ),
+                    ));
+                }
+            }
         }
         if self.max_frame < 1024 || self.max_frame > u32::MAX as usize {
             return Err(Error::config(

@@ -5,9 +5,10 @@ use crate::entry;
 use crate::error::{Error, ExitCause};
 use crate::launch::{self, CHANNEL_ENV};
 use crate::protocol::{self, FrameBuf, FrameError, FrameReader, Hello, Ready};
+use crate::watched::{self, Pidfd, WatchedReader};
 use std::ffi::OsString;
-use std::io::{self, PipeReader, PipeWriter, Write};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::io::{self, PipeWriter, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Stdio};
 use std::sync::Arc;
@@ -16,6 +17,8 @@ use std::time::{Duration, Instant};
 
 /// How long a started worker may take to answer the greeting.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a worker's initializer may run.
+const INIT_TIMEOUT: Duration = Duration::from_secs(300);
 /// The pipe size asked for (Linux's default limit for unprivileged processes).
 const PIPE_SIZE: usize = 1 << 20;
 /// How long a worker-exit hook may run.
@@ -49,8 +52,10 @@ pub(crate) struct WorkerProc {
     reaped: Option<ExitCause>,
     /// The thread that copies the worker's stderr, joined once the worker is reaped.
     stderr: Option<Forwarder>,
+    /// The process, for kills that can never hit a recycled pid.
+    pidfd: Arc<Pidfd>,
     tx: PipeWriter,
-    rx: FrameReader<PipeReader>,
+    rx: FrameReader<WatchedReader>,
     body: Vec<u8>,
     /// Tasks this process has finished.
     pub(crate) tasks_done: u64,
@@ -110,6 +115,11 @@ impl WorkerProc {
             .map_err(|e| Error::spawn(format!("cannot start worker {index}: {e}")))?;
         drop((task_r, result_w));
         let pid = child.id();
+        let pidfd = Arc::new(Pidfd::open(pid));
+        let io_error =
+            |e: io::Error| Error::spawn(format!("cannot set up worker {index}'s pipes: {e}"));
+        let rx = WatchedReader::new(result_r, Arc::clone(&pidfd)).map_err(io_error)?;
+        watched::nonblocking(&task_w).map_err(io_error)?;
         let stderr = child
             .stderr
             .take()
@@ -120,8 +130,9 @@ impl WorkerProc {
             child,
             reaped: None,
             stderr,
+            pidfd,
             tx: task_w,
-            rx: FrameReader::new(result_r, spec.max_frame),
+            rx: FrameReader::new(rx, spec.max_frame),
             body: Vec::new(),
             tasks_done: 0,
             capacity,
@@ -146,7 +157,7 @@ impl WorkerProc {
         }
         // Greeting and INIT fit in the pipe's buffer for any sane initializer; a huge one
         // blocks until the worker reads it, which it does first thing.
-        if let Err(e) = worker.tx.write_all(&greeting) {
+        if let Err(e) = worker.send(&[&greeting]) {
             return Err(worker.start_failure(&format!("cannot greet it: {e}")));
         }
         Ok(worker)
@@ -180,6 +191,11 @@ impl WorkerProc {
             Err(e) => return Err(self.start_failure(&e.to_string())),
         }
         if let Some((name, _)) = &spec.initializer {
+            if !self.wait_readable(INIT_TIMEOUT)? {
+                return Err(self.start_failure(&format!(
+                    "its initializer `{name}` did not finish within {INIT_TIMEOUT:?}"
+                )));
+            }
             let done = match self.rx.read(&mut self.body) {
                 Ok(()) => protocol::parse_init_done(&self.body).map_err(|e| e.to_string()),
                 Err(e) => Err(format!("its initializer `{name}` did not finish: {e}")),
@@ -202,28 +218,19 @@ impl WorkerProc {
         ))
     }
 
-    /// Waits until the worker's channel has something to read; false on timeout.
+    /// Waits until the worker's channel has something to read, or the worker has ended; false
+    /// on timeout.
     fn wait_readable(&self, timeout: Duration) -> Result<bool, Error> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let mut fds = [rustix::event::PollFd::new(
-                self.rx.get_ref(),
-                rustix::event::PollFlags::IN,
-            )];
-            let wait = rustix::event::Timespec::try_from(left).ok();
-            match rustix::event::poll(&mut fds, wait.as_ref()) {
-                Ok(0) if left.is_zero() => return Ok(false),
-                Ok(0) => {}
-                Ok(_) => return Ok(true),
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => {
-                    return Err(Error::spawn(format!(
-                        "cannot wait for worker {}: {e}",
-                        self.index
-                    )));
-                }
-            }
+        if self.rx.has_buffered() {
+            return Ok(true);
+        }
+        let flags = rustix::event::PollFlags::IN;
+        match watched::wait(self.rx.get_ref().as_fd(), flags, &self.pidfd, Some(timeout)) {
+            Ok(ready) => Ok(ready != watched::Ready::TimedOut),
+            Err(e) => Err(Error::spawn(format!(
+                "cannot wait for worker {}: {e}",
+                self.index
+            ))),
         }
     }
 
@@ -231,37 +238,19 @@ impl WorkerProc {
     /// was gone before the first byte is an `ErrorKind::NotConnected` error: nothing reached
     /// it.
     pub(crate) fn send(&mut self, frames: &[&[u8]]) -> io::Result<()> {
-        let mut one;
-        let mut many;
-        let mut left: &mut [io::IoSlice<'_>] = if let [frame] = frames {
-            one = [io::IoSlice::new(frame)];
-            &mut one
-        } else {
-            many = frames
-                .iter()
-                .map(|f| io::IoSlice::new(f))
-                .collect::<Vec<_>>();
-            &mut many
-        };
         let mut sent_any = false;
-        while !left.is_empty() {
-            match self.tx.write_vectored(left) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    sent_any = true;
-                    io::IoSlice::advance_slices(&mut left, n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::BrokenPipe && !sent_any => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::NotConnected,
-                        format!("the worker was gone before the job was sent ({e})"),
-                    ));
-                }
-                Err(e) => return Err(e),
-            }
+        match watched::write_all_vectored(&self.tx, &self.pidfd, frames, &mut sent_any) {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe && !sent_any => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                format!("the worker was gone before the job was sent ({e})"),
+            )),
+            other => other,
         }
-        Ok(())
+    }
+
+    /// The handle through which the watchdog and `shutdown` kill this worker.
+    pub(crate) fn pidfd(&self) -> &Arc<Pidfd> {
+        &self.pidfd
     }
 
     /// Bytes sent to the worker that it has not read yet, if the system says.
@@ -284,10 +273,15 @@ impl WorkerProc {
         &self.body
     }
 
+    /// Gives back the memory of a receive buffer that one big frame grew.
+    pub(crate) fn shrink_buffers(&mut self) {
+        protocol::shrink(&mut self.body);
+    }
+
     /// Kills the process (SIGKILL) unless it was reaped already.
     pub(crate) fn kill(&mut self) {
         if self.reaped.is_none() {
-            let _ = self.child.kill();
+            self.pidfd.kill();
         }
     }
 
@@ -358,6 +352,9 @@ struct Forwarder {
     stop: Arc<AtomicBool>,
 }
 
+/// The longest piece of a line without an end that the forwarder holds before it writes it.
+const FORWARD_LINE_CAP: usize = 64 * 1024;
+
 /// How long the forwarder waits for output before it looks at its stop flag.
 const FORWARD_POLL: Duration = Duration::from_millis(100);
 
@@ -373,7 +370,7 @@ fn forward_stderr(stderr: std::process::ChildStderr, tag: String) -> Option<Forw
             use std::io::Read;
             let mut stderr = stderr;
             let mut pending: Vec<u8> = Vec::new();
-            let mut buf = [0u8; 8192];
+            let mut buf = vec![0u8; 64 * 1024];
             let mut reads_after_stop = 0;
             loop {
                 let stopping = stopped.load(Ordering::Acquire);
@@ -405,11 +402,22 @@ fn forward_stderr(stderr: std::process::ChildStderr, tag: String) -> Option<Forw
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(_) => break,
                 };
+                let scanned = pending.len();
                 pending.extend_from_slice(&buf[..n]);
-                if let Some(last) = pending.iter().rposition(|&b| b == b'\n') {
-                    let rest = pending.split_off(last + 1);
+                // Only the new bytes are scanned, so a long line costs linear time.
+                let end = pending[scanned..]
+                    .iter()
+                    .rposition(|&b| b == b'\n' || b == b'\r')
+                    .map(|at| scanned + at + 1);
+                if let Some(end) = end {
+                    write_tagged(&tag, &pending[..end]);
+                    pending.drain(..end);
+                }
+                if pending.len() >= FORWARD_LINE_CAP {
+                    // A line this long without an end is forwarded in pieces.
+                    pending.push(b'\n');
                     write_tagged(&tag, &pending);
-                    pending = rest;
+                    pending.clear();
                 }
             }
             if !pending.is_empty() {
@@ -426,10 +434,11 @@ fn forward_stderr(stderr: std::process::ChildStderr, tag: String) -> Option<Forw
     }
 }
 
-/// Writes whole lines to our stderr, each prefixed with `tag`.
+/// Writes whole lines to our stderr, each prefixed with `tag`. A line ends at `\n`, or at
+/// `\r` (a progress line that redraws itself).
 fn write_tagged(tag: &str, lines: &[u8]) {
     let mut err = io::stderr().lock();
-    for line in lines.split_inclusive(|&b| b == b'\n') {
+    for line in lines.split_inclusive(|&b| b == b'\n' || b == b'\r') {
         let _ = err.write_all(tag.as_bytes());
         let _ = err.write_all(line);
     }

@@ -10,7 +10,7 @@
 use std::io::{self, Read};
 
 /// Bumped whenever the frame layout changes.
-pub(crate) const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The first bytes of a handshake, to recognise a ppool peer.
 pub(crate) const MAGIC: [u8; 4] = *b"PPL\x01";
 /// The default largest frame, in bytes.
@@ -119,6 +119,17 @@ impl<R: Read> FrameReader<R> {
             )));
         }
         Ok(())
+    }
+
+    /// Whether bytes already read from the stream wait in the buffer: a wait on the stream
+    /// itself would not see them.
+    pub(crate) fn has_buffered(&self) -> bool {
+        !self.inner.buffer().is_empty()
+    }
+
+    /// Changes the largest frame accepted.
+    pub(crate) fn set_max(&mut self, max: usize) {
+        self.max = max;
     }
 
     /// The underlying stream.
@@ -233,6 +244,33 @@ impl FrameBuf {
     /// The frame's length so far, header included.
     pub(crate) fn len(&self) -> usize {
         self.buf.len()
+    }
+
+    /// The bytes so far, header included (its length is filled in by `finish`).
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Appends bytes that are already encoded fields.
+    pub(crate) fn append_raw(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Gives back the memory of a buffer that held a frame much larger than usual.
+    pub(crate) fn shrink(&mut self) {
+        shrink(&mut self.buf);
+    }
+}
+
+/// A buffer that held more than this keeps no more than this after use.
+pub(crate) const KEEP_BUFFER: usize = 4 << 20;
+
+/// Gives back the memory of a buffer that grew past [`KEEP_BUFFER`] for one big frame, so
+/// that one large payload does not stay resident for the rest of the process's life.
+pub(crate) fn shrink(buf: &mut Vec<u8>) {
+    if buf.capacity() > KEEP_BUFFER {
+        buf.clear();
+        buf.shrink_to(KEEP_BUFFER / 4);
     }
 }
 
@@ -460,6 +498,9 @@ pub(crate) fn start_tasks(f: &mut FrameBuf, job: u64, count: u32) {
     f.start(kind::TASKS).u64(job).u32(count).u8(0);
 }
 
+/// The bytes of a TASKS frame before its first task, length header included.
+pub(crate) const TASKS_HEADER: usize = 18;
+
 /// Offset of the flags byte inside a TASKS frame (header included).
 pub(crate) const TASKS_FLAGS_OFFSET: usize = 17;
 /// TASKS flag: a caller waits for this job and will likely send the next one at once, so the
@@ -518,19 +559,120 @@ impl<'a> Tasks<'a> {
     }
 }
 
+/// Offsets inside a RESULTS frame (length header included), after the job id: the number of
+/// outcomes in this frame, the job's busy time and longest task (in the last frame of the
+/// job), and whether more frames of the same job follow.
+const RESULTS_COUNT_OFFSET: usize = 13;
+const RESULTS_BUSY_OFFSET: usize = 17;
+const RESULTS_MAX_TASK_OFFSET: usize = 25;
+const RESULTS_MORE_OFFSET: usize = 33;
+/// The bytes of a RESULTS body before its first outcome.
+pub(crate) const RESULTS_HEADER_BODY: usize = RESULTS_MORE_OFFSET + 1 - 4;
+
 /// The header of a RESULTS frame.
 pub(crate) fn start_results(f: &mut FrameBuf, job: u64, count: u32) {
-    f.start(kind::RESULTS).u64(job).u32(count).u64(0).u64(0);
+    f.start(kind::RESULTS)
+        .u64(job)
+        .u32(count)
+        .u64(0)
+        .u64(0)
+        .u8(0);
 }
 
 /// Stamps the time the worker was busy with the job, in nanoseconds.
 pub(crate) fn set_busy(f: &mut FrameBuf, nanos: u64) {
-    f.buf[17..25].copy_from_slice(&nanos.to_le_bytes());
+    f.buf[RESULTS_BUSY_OFFSET..RESULTS_BUSY_OFFSET + 8].copy_from_slice(&nanos.to_le_bytes());
 }
 
 /// Stamps the longest single task of the job, in nanoseconds.
 pub(crate) fn set_max_task(f: &mut FrameBuf, nanos: u64) {
-    f.buf[25..33].copy_from_slice(&nanos.to_le_bytes());
+    f.buf[RESULTS_MAX_TASK_OFFSET..RESULTS_MAX_TASK_OFFSET + 8]
+        .copy_from_slice(&nanos.to_le_bytes());
+}
+
+/// Cuts a finished RESULTS frame whose body is larger than `max` into frames that are each
+/// within it, in order, every one but the last marked as followed by more. Each outcome must
+/// fit a frame of its own (the worker makes sure). `None` when the frame fits already.
+pub(crate) fn split_results(frame: &[u8], max: usize) -> Option<Vec<Vec<u8>>> {
+    let body = frame.get(4..)?;
+    if body.len() <= max {
+        return None;
+    }
+    let results = Results::parse(body).ok()?;
+    let mut outcomes = results.outcomes();
+    let mut frames = Vec::new();
+    let mut part = FrameBuf::default();
+    let mut in_part = 0u32;
+    start_results(&mut part, results.job, 0);
+    for _ in 0..results.count {
+        let raw = outcomes.next_raw().ok()?;
+        if in_part > 0 && part.len() - 4 + raw.len() > max {
+            set_more(&mut part, in_part);
+            frames.push(part.take());
+            start_results(&mut part, results.job, 0);
+            in_part = 0;
+        }
+        part.append_raw(raw);
+        in_part += 1;
+    }
+    part.buf[RESULTS_COUNT_OFFSET..RESULTS_COUNT_OFFSET + 4]
+        .copy_from_slice(&in_part.to_le_bytes());
+    set_busy(&mut part, results.busy_nanos);
+    set_max_task(&mut part, results.max_task_nanos);
+    frames.push(part.take());
+    Some(frames)
+}
+
+/// Marks a partial RESULTS frame of `count` outcomes as followed by more.
+fn set_more(f: &mut FrameBuf, count: u32) {
+    f.buf[RESULTS_COUNT_OFFSET..RESULTS_COUNT_OFFSET + 4].copy_from_slice(&count.to_le_bytes());
+    f.buf[RESULTS_MORE_OFFSET] = 1;
+}
+
+/// Joins the RESULTS bodies of one job that came in several frames back into one body.
+#[derive(Debug, Default)]
+pub(crate) struct ResultsMerge {
+    body: Vec<u8>,
+    count: u32,
+}
+
+impl ResultsMerge {
+    /// Adds a partial frame's outcomes.
+    pub(crate) fn add(&mut self, part: &Results<'_>) {
+        if self.body.is_empty() {
+            let mut header = FrameBuf::default();
+            start_results(&mut header, part.job, 0);
+            self.body.extend_from_slice(&header.buf[4..]);
+        }
+        self.body.extend_from_slice(part.body);
+        self.count += part.count;
+    }
+
+    /// Outcomes gathered so far.
+    pub(crate) fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// Whether a partial frame was added.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.body.is_empty()
+    }
+
+    /// The whole job's body, given its last frame; the merge is empty again after.
+    pub(crate) fn finish(&mut self, last: &Results<'_>) -> Vec<u8> {
+        self.add(last);
+        let mut body = std::mem::take(&mut self.body);
+        let at = |offset: usize| offset - 4;
+        body[at(RESULTS_COUNT_OFFSET)..at(RESULTS_COUNT_OFFSET) + 4]
+            .copy_from_slice(&self.count.to_le_bytes());
+        body[at(RESULTS_BUSY_OFFSET)..at(RESULTS_BUSY_OFFSET) + 8]
+            .copy_from_slice(&last.busy_nanos.to_le_bytes());
+        body[at(RESULTS_MAX_TASK_OFFSET)..at(RESULTS_MAX_TASK_OFFSET) + 8]
+            .copy_from_slice(&last.max_task_nanos.to_le_bytes());
+        body[at(RESULTS_MORE_OFFSET)] = 0;
+        self.count = 0;
+        body
+    }
 }
 
 /// A parsed RESULTS body: the job id, the busy time, then `count` outcomes.
@@ -540,6 +682,8 @@ pub(crate) struct Results<'a> {
     pub(crate) count: u32,
     pub(crate) busy_nanos: u64,
     pub(crate) max_task_nanos: u64,
+    /// More frames of this job follow (its results were larger than one frame).
+    pub(crate) more: bool,
     body: &'a [u8],
 }
 
@@ -558,12 +702,18 @@ impl<'a> Results<'a> {
         let count = fields.u32("result count")?;
         let busy_nanos = fields.u64("busy time")?;
         let max_task_nanos = fields.u64("longest task")?;
+        let more = match fields.u8("more flag")? {
+            0 => false,
+            1 => true,
+            m => return Err(malformed(format!("bad more flag {m}"))),
+        };
         let start = body.len() - fields.rest.len();
         let results = Results {
             job,
             count,
             busy_nanos,
             max_task_nanos,
+            more,
             body: &body[start..],
         };
         let mut check = results.outcomes();
@@ -591,6 +741,13 @@ pub(crate) struct Outcomes<'a> {
 }
 
 impl<'a> Outcomes<'a> {
+    /// The next outcome's bytes, as they stand in the frame.
+    fn next_raw(&mut self) -> Result<&'a [u8], FrameError> {
+        let before = self.fields.rest;
+        self.next_outcome()?;
+        Ok(&before[..before.len() - self.fields.rest.len()])
+    }
+
     #[inline]
     fn next_outcome(&mut self) -> Result<Outcome<'a>, FrameError> {
         let f = &mut self.fields;

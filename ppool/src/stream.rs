@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::jobs::{self, ChunkEncoder};
 use crate::pool::ProcessPool;
 use crate::progress::Progress;
+use crate::supervisor::Deliver;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -24,6 +25,9 @@ pub struct Map<'p, F: Entry, I> {
     submitted: u64,
     /// Results handed out.
     yielded: u64,
+    /// A task taken from the input that did not fit the last chunk's frame: the next chunk's
+    /// first.
+    carry: Option<ChunkEncoder>,
     progress: Progress,
 }
 
@@ -80,12 +84,13 @@ impl<'p, F: Entry, I: Iterator<Item = F::Args>> Map<'p, F, I> {
             ordered,
             submitted: 0,
             yielded: 0,
+            carry: None,
         }
     }
 
     /// Submits chunks while the window has room and the input has items.
     fn top_up(&mut self) {
-        while let Some(input) = self.input.as_mut() {
+        while self.input.is_some() || self.carry.is_some() {
             let outstanding = (self.submitted - self.yielded) as usize;
             let size = self.pool.chunking().next();
             let window = self
@@ -99,19 +104,35 @@ impl<'p, F: Entry, I: Iterator<Item = F::Args>> Map<'p, F, I> {
                 return;
             }
             let start = self.submitted;
-            let mut chunk = ChunkEncoder::new();
+            let mut chunk = self
+                .carry
+                .take()
+                .unwrap_or_else(|| ChunkEncoder::new(self.pool.max_frame()));
             let mut failed: Vec<(u64, Error)> = Vec::new();
-            let mut taken = 0u64;
+            let mut taken = u64::from(chunk.count());
             while (chunk.count() as usize) < size {
+                let Some(input) = self.input.as_mut() else {
+                    break;
+                };
                 let Some(args) = input.next() else {
                     self.input = None;
                     break;
                 };
                 let position = start + taken;
                 taken += 1;
-                if let Err(e) = chunk.push::<F>(&args) {
-                    failed.push((position, e));
-                    break;
+                match chunk.push::<F>(&args) {
+                    Err(e) => {
+                        failed.push((position, e));
+                        break;
+                    }
+                    Ok(Some(full)) => {
+                        // The frame limit closed the chunk before this task: it starts the
+                        // next chunk, carried over.
+                        self.carry = Some(std::mem::replace(&mut chunk, full));
+                        taken -= 1;
+                        break;
+                    }
+                    Ok(None) => {}
                 }
             }
             self.submitted += taken;
@@ -124,9 +145,9 @@ impl<'p, F: Entry, I: Iterator<Item = F::Args>> Map<'p, F, I> {
                 let chunking = Arc::clone(self.pool.chunking());
                 let piece = {
                     let results = Arc::clone(&self.results);
-                    move |k: u32| -> crate::supervisor::Deliver {
+                    move |k: u32| -> Deliver {
                         let results = Arc::clone(&results);
-                        Box::new(move |delivery: crate::supervisor::Delivery<'_>| {
+                        Deliver::new(move |delivery: crate::supervisor::Delivery<'_>| {
                             let mut st = results.lock();
                             jobs::for_each_result::<F>(delivery, 1, |_, r| {
                                 put(&mut st, ordered, chunk_start + u64::from(k), r);
@@ -136,7 +157,7 @@ impl<'p, F: Entry, I: Iterator<Item = F::Args>> Map<'p, F, I> {
                         })
                     }
                 };
-                let deliver = Box::new(move |delivery: crate::supervisor::Delivery<'_>| {
+                let deliver = Deliver::new(move |delivery: crate::supervisor::Delivery<'_>| {
                     if let Ok((r, _)) = &delivery {
                         chunking.observe(r.busy_nanos, r.count);
                     }
@@ -213,7 +234,8 @@ impl<F: Entry, I: Iterator<Item = F::Args>> Iterator for Map<'_, F, I> {
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let outstanding = (self.submitted - self.yielded) as usize;
+        let carried = self.carry.as_ref().map_or(0, |c| c.count() as usize);
+        let outstanding = (self.submitted - self.yielded) as usize + carried;
         match &self.input {
             None => (outstanding, Some(outstanding)),
             Some(input) => {

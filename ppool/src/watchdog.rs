@@ -2,7 +2,8 @@
 //! whose memory grew past the limit, and leaves a verdict for the thread that reads the
 //! worker's channel. It only exists when a timeout or a memory limit is set.
 
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use crate::watched::Pidfd;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Why the watchdog killed a worker.
@@ -15,6 +16,7 @@ pub(crate) enum Verdict {
 #[derive(Debug, Default)]
 struct SlotWatch {
     pid: Option<u32>,
+    pidfd: Option<Arc<Pidfd>>,
     busy: bool,
     deadline: Option<Instant>,
     verdict: Option<Verdict>,
@@ -51,11 +53,12 @@ impl Watch {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Slot `i` now holds process `pid`.
-    pub(crate) fn register(&self, i: usize, pid: u32) {
+    /// Slot `i` now holds process `pid`, reached through `pidfd`.
+    pub(crate) fn register(&self, i: usize, pid: u32, pidfd: Arc<Pidfd>) {
         let mut st = self.lock();
         st.slots[i] = SlotWatch {
             pid: Some(pid),
+            pidfd: Some(pidfd),
             ..SlotWatch::default()
         };
     }
@@ -89,8 +92,8 @@ impl Watch {
     pub(crate) fn kill_all(&self) {
         let st = self.lock();
         for slot in &st.slots {
-            if let Some(pid) = slot.pid {
-                kill(pid);
+            if let Some(pidfd) = &slot.pidfd {
+                pidfd.kill();
             }
         }
     }
@@ -108,13 +111,15 @@ impl Watch {
             let now = Instant::now();
             let mut next: Option<Instant> = None;
             for slot in st.slots.iter_mut() {
-                let (Some(pid), true, None) = (slot.pid, slot.busy, slot.verdict) else {
+                let (Some(pid), Some(pidfd), true, None) =
+                    (slot.pid, slot.pidfd.as_ref(), slot.busy, slot.verdict)
+                else {
                     continue;
                 };
                 if let Some(deadline) = slot.deadline {
                     if deadline <= now {
                         slot.verdict = Some(Verdict::Timeout);
-                        kill(pid);
+                        pidfd.kill();
                         continue;
                     }
                     next = Some(next.map_or(deadline, |n| n.min(deadline)));
@@ -123,7 +128,7 @@ impl Watch {
                     if let Some(rss) = resident_bytes(pid) {
                         if rss > limit {
                             slot.verdict = Some(Verdict::Memory { rss });
-                            kill(pid);
+                            pidfd.kill();
                         }
                     }
                 }
@@ -140,12 +145,6 @@ impl Watch {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-    }
-}
-
-fn kill(pid: u32) {
-    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
     }
 }
 

@@ -10,10 +10,12 @@ use std::cell::{Cell, RefCell};
 use std::io::{PipeReader, PipeWriter, Write};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Once, OnceLock};
 use std::time::{Duration, Instant};
 
+/// The largest frame accepted before a pool's greeting: enough for any HELLO.
+const GREETING_MAX: usize = 64 * 1024;
 /// How long a worker waits for its supervisor's greeting before it gives up.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a worker checks that its supervisor is still alive.
@@ -36,8 +38,41 @@ pub(crate) struct WorkerInfo {
 
 pub(crate) static WORKER: OnceLock<WorkerInfo> = OnceLock::new();
 
+/// The descriptors of this worker's channel, for tests that corrupt it on purpose.
+static CHANNEL_FDS: OnceLock<(RawFd, RawFd)> = OnceLock::new();
+
+/// The read and write descriptors of this worker's channel, when this process is a worker.
+#[doc(hidden)]
+pub fn channel_fds() -> Option<(RawFd, RawFd)> {
+    CHANNEL_FDS.get().copied()
+}
+
+thread_local! {
+    /// The worker a debug-mode task runs as, on the thread that runs it.
+    static IN_PROCESS: Cell<Option<(usize, &'static str)>> = const { Cell::new(None) };
+}
+
+/// The index and pool name of the worker this code runs in: this process, or the debug-mode
+/// worker whose task this thread is running.
+pub(crate) fn current() -> Option<(usize, &'static str)> {
+    IN_PROCESS
+        .with(Cell::get)
+        .or_else(|| WORKER.get().map(|w| (w.index, w.pool.as_str())))
+}
+
+/// Runs `f` as a task of the in-process worker `index` of pool `pool`.
+pub(crate) fn as_in_process<R>(index: usize, pool: &'static str, f: impl FnOnce() -> R) -> R {
+    let outer = IN_PROCESS.with(|c| c.replace(Some((index, pool))));
+    let result = f();
+    IN_PROCESS.with(|c| c.set(outer));
+    result
+}
+
 /// Serves as a worker; never returns.
 pub(crate) fn enter() -> ! {
+    // A supervisor that went away is an `EPIPE` on the next write, never a signal.
+    // SAFETY: sets the disposition of SIGPIPE to "ignore"; no handler code is involved.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let (input, output, max_frame) = match channel_from_env() {
         Ok(channel) => channel,
         Err(why) => hand_started(&why),
@@ -58,6 +93,11 @@ fn hand_started(why: &str) -> ! {
 /// descriptors are open pipes: argv alone does not make a worker.
 fn channel_from_env() -> Result<(PipeReader, PipeWriter, usize), String> {
     let value = std::env::var(CHANNEL_ENV).map_err(|_| format!("{CHANNEL_ENV} is not set"))?;
+    // The channel is this process's alone: programs that an entry starts must not take
+    // themselves for workers.
+    // SAFETY: this runs first thing in `main` (or in the worker test of a test binary),
+    // before this process starts any thread that could read the environment at the same time.
+    unsafe { std::env::remove_var(CHANNEL_ENV) };
     let mut parts = value.split(',');
     let mut next = |what: &str| -> Result<u64, String> {
         parts
@@ -70,6 +110,7 @@ fn channel_from_env() -> Result<(PipeReader, PipeWriter, usize), String> {
     let max_frame = next("frame limit")? as usize;
     let input = owned_pipe(read_fd)?;
     let output = owned_pipe(write_fd)?;
+    let _ = CHANNEL_FDS.set((read_fd, write_fd));
     Ok((PipeReader::from(input), PipeWriter::from(output), max_frame))
 }
 
@@ -111,7 +152,7 @@ pub(crate) fn install_panic_hook() {
             if !IN_TASK.with(Cell::get) {
                 return previous(info);
             }
-            let message = payload_message(info.payload());
+            let message = crate::panics::message(info.payload());
             let location = info.location().map(|l| l.to_string()).unwrap_or_default();
             LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location)));
             if print {
@@ -129,18 +170,8 @@ fn catch_task<R>(f: impl FnOnce() -> R) -> Result<R, (String, String)> {
     result.map_err(|payload| {
         LAST_PANIC
             .with(|p| p.borrow_mut().take())
-            .unwrap_or_else(|| (payload_message(payload.as_ref()), String::new()))
+            .unwrap_or_else(|| (crate::panics::message(payload.as_ref()), String::new()))
     })
-}
-
-fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic with a non-string payload".to_string()
-    }
 }
 
 /// Watches, on its own thread, that the handshake comes in time and that the supervisor lives.
@@ -167,14 +198,12 @@ fn spawn_guard(greeted: &'static AtomicBool) {
     }
 }
 
-/// The largest frame the supervisor accepts.
-static MAX_FRAME: AtomicUsize = AtomicUsize::new(protocol::DEFAULT_MAX_FRAME);
-
 fn serve(input: PipeReader, mut output: PipeWriter, max_frame: usize) -> ! {
-    MAX_FRAME.store(max_frame, Ordering::Relaxed);
     static GREETED: AtomicBool = AtomicBool::new(false);
     spawn_guard(&GREETED);
-    let mut reader = FrameReader::new(input, max_frame);
+    // Until a pool has greeted it, the channel may be anything: a frame may not claim more
+    // than a greeting needs.
+    let mut reader = FrameReader::new(input, GREETING_MAX.min(max_frame));
     let mut body = Vec::new();
     let mut out = FrameBuf::default();
 
@@ -187,6 +216,7 @@ fn serve(input: PipeReader, mut output: PipeWriter, max_frame: usize) -> ! {
         }
     };
     GREETED.store(true, Ordering::Release);
+    reader.set_max(max_frame);
     if output.write_all(out.finish()).is_err() {
         std::process::exit(0);
     }
@@ -210,7 +240,7 @@ fn serve(input: PipeReader, mut output: PipeWriter, max_frame: usize) -> ! {
         match body[0] {
             kind::TASKS => {
                 spin = Tasks::parse(&body).is_ok_and(|t| t.flags & protocol::FLAG_SPIN != 0);
-                if let Err(e) = run_tasks(record, &body, &mut out) {
+                if let Err(e) = run_tasks(record, &body, &mut out, max_frame) {
                     eprintln!("ppool worker: {e}");
                     std::process::exit(3);
                 }
@@ -232,7 +262,7 @@ fn serve(input: PipeReader, mut output: PipeWriter, max_frame: usize) -> ! {
             kind::EXIT => {
                 if let Some((record, args)) = &on_exit {
                     protocol::start_exited(&mut out);
-                    run_one(record, args, &mut out);
+                    run_one(record, args, &mut out, max_frame);
                     let _ = output.write_all(out.finish());
                 }
                 std::process::exit(0)
@@ -244,7 +274,9 @@ fn serve(input: PipeReader, mut output: PipeWriter, max_frame: usize) -> ! {
         }
         // Each answer leaves at once: an answer held back would be lost, and its task
         // blamed, if a later task of the same worker crashed it.
-        let written = output.write_all(out.finish());
+        let written = send_answer(&mut output, &mut out, max_frame);
+        protocol::shrink(&mut body);
+        out.shrink();
         if let Err(e) = written {
             // The supervisor closed its end: it is gone or wants us gone.
             if e.kind() != std::io::ErrorKind::BrokenPipe {
@@ -252,6 +284,19 @@ fn serve(input: PipeReader, mut output: PipeWriter, max_frame: usize) -> ! {
             }
             std::process::exit(0);
         }
+    }
+}
+
+/// Writes the answer built in `out`: one frame, or, for results larger than a frame, several.
+fn send_answer(
+    output: &mut PipeWriter,
+    out: &mut FrameBuf,
+    max_frame: usize,
+) -> std::io::Result<()> {
+    let frame = out.finish();
+    match protocol::split_results(frame, max_frame) {
+        None => output.write_all(frame),
+        Some(frames) => frames.iter().try_for_each(|f| output.write_all(f)),
     }
 }
 
@@ -292,6 +337,7 @@ pub(crate) fn run_tasks(
     record: &EntryRecord,
     body: &[u8],
     out: &mut FrameBuf,
+    max_frame: usize,
 ) -> Result<(), FrameError> {
     let started = Instant::now();
     let mut tasks = Tasks::parse(body)?;
@@ -302,7 +348,7 @@ pub(crate) fn run_tasks(
     let mut timed = 0;
     for _ in 0..tasks.count {
         let args = tasks.next_args()?;
-        run_one(record, args, out);
+        run_one(record, args, out, max_frame);
         if timed < 2 || longest >= TIME_EACH_ABOVE {
             let now = Instant::now();
             longest = longest.max(now - last);
@@ -326,13 +372,12 @@ pub(crate) fn run_tasks(
 }
 
 /// Runs one task and appends its outcome.
-fn run_one(record: &EntryRecord, args: &[u8], out: &mut FrameBuf) {
+pub(crate) fn run_one(record: &EntryRecord, args: &[u8], out: &mut FrameBuf, max: usize) {
     let at = out.len();
     match catch_task(|| Outcome::write_ok(out, |value| (record.run)(args, value))) {
         Ok(Ok(())) => {
-            // A result the channel cannot carry fails alone, before it breaks the frame.
-            let max = MAX_FRAME.load(Ordering::Relaxed);
-            if out.len() - 4 > max {
+            // A result the channel cannot carry, even in a frame of its own, fails alone.
+            if protocol::RESULTS_HEADER_BODY + (out.len() - at) > max {
                 let size = out.len() - at;
                 out.truncate(at);
                 let message = format!(

@@ -660,7 +660,7 @@ fn wrong_magic_and_version() {
             bad[at] ^= 0x20;
             assert_malformed(parse(&bad), "bad magic");
         }
-        for version in [0, 2, u32::MAX] {
+        for version in [0, PROTOCOL_VERSION + 1, u32::MAX] {
             let mut bad = good.to_vec();
             bad[5..9].copy_from_slice(&version.to_le_bytes());
             assert_malformed(parse(&bad), &format!("version {version}"));
@@ -1247,6 +1247,9 @@ fn exercise(body: &[u8], f: &mut FrameBuf, stats: &mut Stats) {
         }
         set_busy(f, r.busy_nanos);
         set_max_task(f, r.max_task_nanos);
+        if r.more {
+            f.buf[RESULTS_MORE_OFFSET] = 1;
+        }
         assert_eq!(&f.finish()[4..], body, "RESULTS re-encodes differently");
         stats.parsed[3] += 1;
     }
@@ -1513,4 +1516,69 @@ fn random_and_mutated_frames() {
         assert!(stats.parsed.iter().all(|&n| n > 0), "{stats:?}");
         assert!(stats.refused > 0, "{stats:?}");
     }
+}
+
+#[test]
+fn results_larger_than_a_frame_split_into_frames_within_it_and_merge_back() {
+    let mut f = FrameBuf::default();
+    start_results(&mut f, 7, 10);
+    for k in 0..10u8 {
+        Outcome::write_ok(&mut f, |out| {
+            out.extend(std::iter::repeat_n(k, 1000));
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+    }
+    set_busy(&mut f, 123);
+    set_max_task(&mut f, 45);
+    let whole = f.finish().to_vec();
+    assert!(
+        split_results(&whole, whole.len()).is_none(),
+        "a frame that fits stays whole"
+    );
+    let max = 2500;
+    let parts = split_results(&whole, max).expect("split");
+    assert_eq!(
+        parts.len(),
+        5,
+        "two outcomes of 1006 bytes per 2500-byte frame"
+    );
+    let mut merge = ResultsMerge::default();
+    let mut merged = None;
+    for (n, part) in parts.iter().enumerate() {
+        assert!(part.len() - 4 <= max, "part {n} is within the limit");
+        let r = Results::parse(&part[4..]).unwrap();
+        assert_eq!(r.job, 7);
+        assert_eq!(r.more, n + 1 < parts.len());
+        if r.more {
+            merge.add(&r);
+        } else {
+            merged = Some(merge.finish(&r));
+        }
+    }
+    let merged = merged.expect("a last part");
+    assert_eq!(
+        merged,
+        whole[4..],
+        "the parts join back into the very frame"
+    );
+    assert!(merge.is_empty());
+}
+
+#[test]
+fn an_outcome_too_large_for_any_frame_is_not_split() {
+    let mut f = FrameBuf::default();
+    start_results(&mut f, 1, 1);
+    Outcome::write_ok(&mut f, |out| {
+        out.extend([0u8; 3000]);
+        Ok::<(), ()>(())
+    })
+    .unwrap();
+    let whole = f.finish().to_vec();
+    let parts = split_results(&whole, 2000).expect("split");
+    assert_eq!(
+        parts,
+        vec![whole],
+        "one outcome stays one frame; the worker bounds it"
+    );
 }

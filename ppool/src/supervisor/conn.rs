@@ -51,6 +51,13 @@ impl Conn {
         }
     }
 
+    /// Gives back the memory of buffers that one big frame grew.
+    pub(super) fn shrink_buffers(&mut self) {
+        if let Conn::Proc(p) = self {
+            p.shrink_buffers();
+        }
+    }
+
     pub(super) fn tasks_done(&mut self) -> &mut u64 {
         match self {
             Conn::Proc(p) => &mut p.tasks_done,

@@ -10,13 +10,14 @@ mod conn;
 mod recovery;
 mod run;
 
+use crate::callbacks::Callbacks;
 use crate::error::Error;
 use crate::insights::{Insights, Stats};
 use crate::process::Spec;
 use crate::protocol::Results;
 use crate::watchdog::Watch;
 use conn::Conn;
-use recovery::{register, retire, start_all};
+use recovery::{register, replace, retire, start_all};
 use run::run;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,8 +29,59 @@ use std::time::Duration;
 /// ended every task of the job.
 pub(crate) type Delivery<'a> = Result<(Results<'a>, usize), Error>;
 
-/// Called once with the job's outcome, on whichever thread drove it.
-pub(crate) type Deliver = Box<dyn FnOnce(Delivery<'_>) + Send>;
+/// Where a job's outcome goes: called once, on whichever thread drove the job.
+///
+/// A `Deliver` dropped without being called (a job forgotten on some path) delivers
+/// [`Error::Closed`] as it goes, so that nobody waits forever for a result that will not come.
+/// A handler that panics is caught: it loses its own result, never the thread that called it.
+pub(crate) struct Deliver(Option<Handler>);
+
+/// What a [`Deliver`] calls.
+type Handler = Box<dyn FnOnce(Delivery<'_>) + Send>;
+
+impl Deliver {
+    pub(crate) fn new(handler: impl FnOnce(Delivery<'_>) + Send + 'static) -> Self {
+        Deliver(Some(Box::new(handler)))
+    }
+
+    /// Drops the handler without calling it: its job was replaced by others that deliver
+    /// in its place.
+    pub(crate) fn disarm(mut self) {
+        self.0 = None;
+    }
+
+    /// Hands the outcome to the handler.
+    pub(crate) fn send(mut self, delivery: Delivery<'_>) {
+        if let Some(handler) = self.0.take() {
+            call_handler(handler, delivery);
+        }
+    }
+}
+
+fn call_handler(handler: Handler, delivery: Delivery<'_>) {
+    let run = std::panic::AssertUnwindSafe(move || handler(delivery));
+    if std::panic::catch_unwind(run).is_err() {
+        tracing::error!("a task's result handler panicked; its result is lost");
+    }
+}
+
+impl Drop for Deliver {
+    fn drop(&mut self) {
+        if let Some(handler) = self.0.take() {
+            call_handler(handler, Err(Error::Closed));
+        }
+    }
+}
+
+impl std::fmt::Debug for Deliver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Deliver(pending)"
+        } else {
+            "Deliver(done)"
+        })
+    }
+}
 
 /// Splits a job of several tasks, given its TASKS frame, into one `(frame, deliver)` per task,
 /// in order; used when its worker failed under it and the culprit must be found.
@@ -84,6 +136,12 @@ enum Slot {
     Idle(Box<Conn>),
     /// Held by a thread that drives it.
     Busy,
+    /// Its worker failed and was reaped; the slot's own driver thread starts a replacement,
+    /// so that whoever drove the failed job has its answer without waiting for that.
+    Vacant,
+    /// Its worker reached `max_tasks_per_worker`; the slot's driver thread retires it and
+    /// starts a replacement.
+    Recycle(Box<Conn>),
     /// Could not be (re)started.
     Dead,
     /// Stopped by `join`.
@@ -105,10 +163,14 @@ struct State {
 }
 
 impl State {
+    /// Whether any slot has, or will soon have, a worker.
     fn any_alive(&self) -> bool {
-        self.slots
-            .iter()
-            .any(|s| matches!(s, Slot::Idle(_) | Slot::Busy))
+        self.slots.iter().any(|s| {
+            matches!(
+                s,
+                Slot::Idle(_) | Slot::Busy | Slot::Vacant | Slot::Recycle(_)
+            )
+        })
     }
 
     fn any_busy(&self) -> bool {
@@ -136,7 +198,11 @@ struct Shared {
 /// The untyped pool.
 pub(crate) struct Core {
     shared: Arc<Shared>,
+    /// The driver threads.
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The watchdog thread, stopped only once the drivers are done.
+    watchdog: Mutex<Option<JoinHandle<()>>>,
+    callbacks: Arc<Callbacks>,
 }
 
 impl std::fmt::Debug for Core {
@@ -171,10 +237,18 @@ impl Core {
             spec,
             settings,
         };
+        let callbacks = Callbacks::new(&shared.spec.pool);
         Core {
             shared: Arc::new(shared),
             threads: Mutex::new(Vec::new()),
+            watchdog: Mutex::new(None),
+            callbacks,
         }
+    }
+
+    /// Where `call_with` callbacks run.
+    pub(crate) fn callbacks(&self) -> &Arc<Callbacks> {
+        &self.callbacks
     }
 
     pub(crate) fn settings(&self) -> &Settings {
@@ -220,8 +294,6 @@ impl Core {
         st.phase = Phase::Running;
         drop(st);
 
-        let watchdog =
-            shared.settings.task_timeout.is_some() || shared.settings.memory_limit.is_some();
         let mut started = Vec::new();
         for i in 0..shared.settings.n_jobs {
             let s = Arc::clone(shared);
@@ -230,15 +302,17 @@ impl Core {
                 move || drive(&s, i),
             ));
         }
-        if watchdog {
+        let mut failed = None;
+        if shared.watchdog {
             let s = Arc::clone(shared);
-            started.push(spawn_thread(
-                format!("{}-watchdog", shared.spec.pool),
-                move || s.watch.run(),
-            ));
+            match spawn_thread(format!("{}-watchdog", shared.spec.pool), move || {
+                s.watch.run()
+            }) {
+                Ok(h) => *lock(&self.watchdog) = Some(h),
+                Err(e) => failed = Some(e),
+            }
         }
         let mut threads = lock(&self.threads);
-        let mut failed = None;
         for handle in started {
             match handle {
                 Ok(h) => threads.push(h),
@@ -290,7 +364,7 @@ impl Core {
             None => Some((st, job)),
             Some(error) => {
                 drop(st);
-                (job.deliver)(Err(error));
+                job.deliver.send(Err(error));
                 None
             }
         }
@@ -314,6 +388,8 @@ impl Core {
         self.join_threads();
         let mut st = lock(&shared.state);
         st.phase = Phase::Closed;
+        drop(st);
+        self.callbacks.close();
         Ok(())
     }
 
@@ -325,18 +401,18 @@ impl Core {
             if st.phase == Phase::Closed && st.queue.is_empty() {
                 drop(st);
                 shared.watch.kill_all();
-                shared.watch.stop();
                 self.join_threads();
+                self.callbacks.close();
                 return;
             }
             st.phase = Phase::Closed;
             let queued: Vec<Job> = st.queue.drain(..).collect();
             let mut idle = Vec::new();
             for (i, slot) in st.slots.iter_mut().enumerate() {
-                if matches!(slot, Slot::Idle(_)) {
-                    if let Slot::Idle(conn) = std::mem::replace(slot, Slot::Retired) {
-                        idle.push((i, conn));
-                    }
+                match std::mem::replace(slot, Slot::Retired) {
+                    Slot::Idle(conn) | Slot::Recycle(conn) => idle.push((i, conn)),
+                    Slot::Busy => *slot = Slot::Busy,
+                    Slot::Vacant | Slot::Dead | Slot::Retired => {}
                 }
             }
             (queued, idle)
@@ -348,14 +424,15 @@ impl Core {
             drop(conn);
         }
         for job in queued {
-            (job.deliver)(Err(Error::Closed));
+            job.deliver.send(Err(Error::Closed));
         }
         shared.wake.notify_all();
-        shared.watch.stop();
         self.join_threads();
+        self.callbacks.close();
     }
 
-    /// Joins the pool's threads, except the calling one (a callback may shut the pool down).
+    /// Joins the driver threads, except the calling one, then stops and joins the watchdog:
+    /// it guards the jobs the drivers finish until the last one is done.
     fn join_threads(&self) {
         let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *lock(&self.threads));
         let me = std::thread::current().id();
@@ -366,6 +443,10 @@ impl Core {
             let _ = handle.join();
         }
         self.shared.watch.stop();
+        let watchdog = lock(&self.watchdog).take();
+        if let Some(handle) = watchdog {
+            let _ = handle.join();
+        }
     }
 }
 
@@ -375,14 +456,17 @@ impl Drop for Core {
     }
 }
 
-/// Starts one of the pool's threads.
+/// Starts one of the pool's threads. Its writes to worker pipes never raise `SIGPIPE`.
 fn spawn_thread(
     name: String,
     body: impl FnOnce() + Send + 'static,
 ) -> Result<JoinHandle<()>, Error> {
     std::thread::Builder::new()
         .name(name)
-        .spawn(body)
+        .spawn(move || {
+            crate::watched::block_sigpipe_on_this_thread();
+            body()
+        })
         .map_err(|e| Error::spawn(format!("cannot start a pool thread: {e}")))
 }
 
@@ -415,10 +499,15 @@ fn refusal(shared: &Shared, st: &State) -> Option<Error> {
 fn put_back(shared: &Shared, i: usize, back: Slot) {
     let mut st = lock(&shared.state);
     let closed = st.phase == Phase::Closed;
+    let vacated = matches!(back, Slot::Vacant | Slot::Recycle(_));
     let dropped = match back {
-        Slot::Idle(conn) if closed => {
+        Slot::Idle(conn) | Slot::Recycle(conn) if closed => {
             st.slots[i] = Slot::Retired;
             Some(conn)
+        }
+        Slot::Vacant if closed => {
+            st.slots[i] = Slot::Retired;
+            None
         }
         other => {
             st.slots[i] = other;
@@ -431,7 +520,8 @@ fn put_back(shared: &Shared, i: usize, back: Slot) {
         Vec::new()
     };
     // Drivers only care when there is work, or when the pool is stopping.
-    let wake = !st.queue.is_empty() || st.phase != Phase::Running || !orphaned.is_empty();
+    let wake =
+        !st.queue.is_empty() || st.phase != Phase::Running || !orphaned.is_empty() || vacated;
     drop(st);
     if wake {
         shared.wake.notify_all();
@@ -445,7 +535,7 @@ fn put_back(shared: &Shared, i: usize, back: Slot) {
             .clone()
             .unwrap_or_else(|| Error::spawn("no worker of the pool is running"));
         for job in orphaned {
-            (job.deliver)(Err(error.clone()));
+            job.deliver.send(Err(error.clone()));
         }
     }
 }
@@ -458,6 +548,25 @@ fn drive(shared: &Shared, i: usize) {
     loop {
         if st.phase == Phase::Closed {
             break;
+        }
+        if matches!(st.slots[i], Slot::Vacant | Slot::Recycle(_)) {
+            let slot = std::mem::replace(&mut st.slots[i], Slot::Busy);
+            // While joining with nothing left to do, a replacement would only be stopped.
+            let wanted = st.phase == Phase::Running || !st.queue.is_empty();
+            drop(st);
+            if let Slot::Recycle(conn) = slot {
+                shared.watch.unregister(i);
+                retire(shared, i, *conn);
+            }
+            let back = if wanted {
+                replace(shared, i)
+            } else {
+                Slot::Retired
+            };
+            put_back(shared, i, back);
+            shared.wake.notify_all();
+            st = lock(&shared.state);
+            continue;
         }
         if matches!(st.slots[i], Slot::Dead | Slot::Retired) {
             if st.phase == Phase::Joining && st.queue.is_empty() {

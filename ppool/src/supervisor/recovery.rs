@@ -18,7 +18,9 @@ const MAX_BOUNCES: u32 = 3;
 /// Lets the watchdog and `shutdown` see slot `i`'s process (never this process itself).
 pub(super) fn register(shared: &Shared, i: usize, conn: &Conn) {
     if let Conn::Proc(p) = conn {
-        shared.watch.register(i, p.pid);
+        shared
+            .watch
+            .register(i, p.pid, std::sync::Arc::clone(p.pidfd()));
     }
 }
 
@@ -52,22 +54,26 @@ pub(super) fn restart(shared: &Shared, i: usize) -> Result<Conn, Error> {
     Ok(Conn::Proc(p))
 }
 
-/// Replaces a worker that reached `max_tasks_per_worker`.
-pub(super) fn recycle_if_due(shared: &Shared, i: usize, mut conn: Box<Conn>) -> Slot {
-    let Some(max) = shared.settings.max_tasks_per_worker else {
-        return Slot::Idle(conn);
-    };
-    if *conn.tasks_done() < max {
-        return Slot::Idle(conn);
+/// Marks a worker that reached `max_tasks_per_worker` for its driver thread to retire and
+/// replace, so that whoever drove its last job is not kept waiting for that.
+pub(super) fn recycle_if_due(shared: &Shared, mut conn: Box<Conn>) -> Slot {
+    match shared.settings.max_tasks_per_worker {
+        Some(max) if *conn.tasks_done() >= max => Slot::Recycle(conn),
+        _ => Slot::Idle(conn),
     }
-    shared.watch.unregister(i);
-    retire(shared, i, *conn);
-    replace(shared, i)
 }
 
 /// Stops a worker gracefully, keeping what its exit hook returned.
 pub(super) fn retire(shared: &Shared, i: usize, conn: Conn) {
-    let Conn::Proc(p) = conn else { return };
+    let p = match conn {
+        Conn::Proc(p) => p,
+        Conn::Local(local) => {
+            if let Some(body) = local.retire() {
+                lock(&shared.exit_results).push(body);
+            }
+            return;
+        }
+    };
     let pid = p.pid;
     if let Some(body) = p.retire(shared.spec.on_exit.is_some()) {
         lock(&shared.exit_results).push(body);
@@ -95,7 +101,8 @@ pub(super) fn replace(shared: &Shared, i: usize) -> Slot {
 }
 
 /// Worker `i` failed while it held `sent`: classify the failure, settle the jobs (the head
-/// one was running; the others never started and go back to the queue), and replace it.
+/// one was running; the others never started and go back to the queue), and leave the slot
+/// to be refilled.
 pub(super) fn fail(
     shared: &Shared,
     i: usize,
@@ -177,6 +184,7 @@ pub(super) fn fail(
             let split = job.split.take().map(|split| split(&job.frame));
             match split {
                 Some(pieces) if pieces.len() == job.count as usize => {
+                    job.deliver.disarm();
                     requeue.extend(pieces.into_iter().map(|(frame, deliver)| Job {
                         frame,
                         count: 1,
@@ -208,11 +216,12 @@ pub(super) fn fail(
         }
     }
     for (job, error) in settle {
-        (job.deliver)(Err(error));
+        job.deliver.send(Err(error));
     }
     if closed {
         Slot::Retired
     } else {
-        replace(shared, i)
+        // The slot's driver thread starts the replacement, after everyone has their answer.
+        Slot::Vacant
     }
 }

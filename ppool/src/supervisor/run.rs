@@ -5,7 +5,7 @@ use super::conn::Conn;
 use super::recovery::{fail, recycle_if_due};
 use super::{Job, Phase, Shared, Slot, lock};
 use crate::error::Error;
-use crate::protocol::{self, FrameError, Results};
+use crate::protocol::{self, FrameError, Results, ResultsMerge};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -39,6 +39,9 @@ pub(super) fn run(
     let mut sent_bytes = 0usize;
     let mut sent_tasks = 0u64;
     let mut next = Some(first);
+    // The parts of a job whose results came in several frames, and the whole once joined.
+    let mut merge = ResultsMerge::default();
+    let mut merged_body: Vec<u8>;
     loop {
         // Take what we hold and top up from the queue while the worker has room, then send
         // it all in one write.
@@ -46,14 +49,14 @@ pub(super) fn run(
         let unsent = sent.len();
         while let Some(mut job) = next.take() {
             if job.is_cancelled() {
-                (job.deliver)(Err(Error::Closed));
+                job.deliver.send(Err(Error::Closed));
             } else if job.frame.len() - 4 > shared.spec.max_frame {
-                let message = format!(
-                    "a job of {} bytes is larger than the pool's max_frame_size of {} bytes",
-                    job.frame.len() - 4,
-                    shared.spec.max_frame
-                );
-                (job.deliver)(Err(Error::Protocol { worker: i, message }));
+                // The typed layer keeps chunks within the limit; this is a single task above it.
+                job.deliver.send(Err(Error::ArgumentsTooLarge {
+                    entry: shared.spec.entry.to_string(),
+                    size: job.frame.len() - protocol::TASKS_HEADER - 4,
+                    limit: shared.spec.max_frame,
+                }));
             } else {
                 let id = shared.next_job.fetch_add(1, Ordering::Relaxed);
                 protocol::stamp_job(&mut job.frame, id);
@@ -101,7 +104,7 @@ pub(super) fn run(
             return fail(shared, i, conn, sent, e);
         }
         let results = match Results::parse(conn.body()) {
-            Ok(r) if r.job == id && r.count == count => r,
+            Ok(r) if r.job == id && fits(merge.count(), &r, count) => r,
             Ok(r) => {
                 let e = FrameError::Malformed(format!(
                     "results for job {} ({} tasks) while job {id} ({count} tasks) was running",
@@ -110,6 +113,20 @@ pub(super) fn run(
                 return fail(shared, i, conn, sent, e);
             }
             Err(e) => return fail(shared, i, conn, sent, e),
+        };
+        if results.more {
+            // Results larger than one frame: keep this part and read the next.
+            merge.add(&results);
+            continue;
+        }
+        let results = if merge.is_empty() {
+            results
+        } else {
+            merged_body = merge.finish(&results);
+            match Results::parse(&merged_body) {
+                Ok(r) => r,
+                Err(e) => return fail(shared, i, conn, sent, e),
+            }
         };
         let Some(done) = sent.pop_front() else { break };
         if shared.watchdog {
@@ -130,13 +147,21 @@ pub(super) fn run(
             (old * 7 + results.busy_nanos) / 8
         };
         shared.job_nanos.store(new.max(1), Ordering::Relaxed);
-        (done.job.deliver)(Ok((results, i)));
+        done.job.deliver.send(Ok((results, i)));
+        conn.shrink_buffers();
         *conn.tasks_done() += u64::from(count);
         if top_up && sent.len() < pipeline_depth(shared) {
             next = take_more(shared, &mut conn, sent_bytes, sent_tasks);
         }
     }
-    recycle_if_due(shared, i, conn)
+    recycle_if_due(shared, conn)
+}
+
+/// Whether a results frame of `part.count` outcomes, after `got` of the same job already,
+/// fits a job of `count` tasks: within it, and, unless more frames follow, completing it.
+fn fits(got: u32, part: &Results<'_>, count: u32) -> bool {
+    let total = u64::from(got) + u64::from(part.count);
+    total <= u64::from(count) && (part.more || total == u64::from(count))
 }
 
 /// The next queued job for a worker that already holds `sent_bytes` of jobs, if it has room.
