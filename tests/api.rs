@@ -34,6 +34,7 @@ fn explode(message: String) -> u32 {
 
 #[test]
 fn call_runs_in_another_process() {
+    let _deadline = ppool_tests::deadline();
     let pool = ProcessPool::<pid>::new(2).unwrap();
     let worker = pool.call(()).unwrap();
     assert_ne!(worker, std::process::id());
@@ -41,6 +42,7 @@ fn call_runs_in_another_process() {
 
 #[test]
 fn call_batch_submit_and_streams() {
+    let _deadline = ppool_tests::deadline();
     let pool = ProcessPool::<square>::new(2).unwrap();
     assert_eq!(pool.call(7).unwrap(), 49);
     let ys = pool.batch(0..1000u64).wait().unwrap();
@@ -57,6 +59,7 @@ fn call_batch_submit_and_streams() {
 
 #[test]
 fn tuples_results_and_panics() {
+    let _deadline = ppool_tests::deadline();
     let adder = ProcessPool::<add>::new(2).unwrap();
     assert_eq!(adder.call((2, 3)).unwrap(), 5);
     let parser = ProcessPool::<parse>::new(1).unwrap();
@@ -86,6 +89,7 @@ fn tuples_results_and_panics() {
 
 #[test]
 fn callbacks_all_arrive() {
+    let _deadline = ppool_tests::deadline();
     let pool = ProcessPool::<square>::new(2).unwrap();
     let done = Arc::new(AtomicUsize::new(0));
     for i in 0..200u64 {

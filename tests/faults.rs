@@ -166,14 +166,10 @@ enum Scribble {
     TruncatedThenExit,
 }
 
-/// The worker's result pipe, from `PPOOL_WORKER_CHANNEL=<read fd>,<write fd>,<max frame>`.
+/// The worker's result pipe (the channel's descriptors are no longer in the environment,
+/// which a worker's own children would inherit).
 fn result_fd() -> RawFd {
-    let channel = std::env::var("PPOOL_WORKER_CHANNEL").expect("not in a worker");
-    channel
-        .split(',')
-        .nth(1)
-        .and_then(|fd| fd.parse().ok())
-        .expect("no write fd in PPOOL_WORKER_CHANNEL")
+    ppool::__private::channel_fds().expect("not in a worker").1
 }
 
 fn write_raw(fd: RawFd, mut bytes: &[u8]) {
@@ -311,6 +307,7 @@ fn one_worker() -> ProcessPool<act> {
 
 #[test]
 fn panic_is_reported_and_the_same_worker_goes_on() {
+    let _deadline = ppool_tests::deadline();
     let pool = one_worker();
     let before = pool.call(Act::Pid).unwrap();
     let e = pool.call(Act::Panic("boom 42".into())).unwrap_err();
@@ -379,27 +376,32 @@ fn assert_dies(what: Act, cause: ExitCause) {
 
 #[test]
 fn abort_is_worker_died_by_sigabrt() {
+    let _deadline = ppool_tests::deadline();
     assert_dies(Act::Abort, ExitCause::Signal(6));
 }
 
 #[test]
 fn segfault_is_worker_died_by_sigsegv() {
+    let _deadline = ppool_tests::deadline();
     assert_dies(Act::Segv, ExitCause::Signal(11));
 }
 
 #[test]
 fn exit_is_worker_died_with_its_code() {
+    let _deadline = ppool_tests::deadline();
     assert_dies(Act::Exit(7), ExitCause::Code(7));
     assert_dies(Act::Exit(0), ExitCause::Code(0));
 }
 
 #[test]
 fn self_sigkill_is_worker_died_by_sigkill() {
+    let _deadline = ppool_tests::deadline();
     assert_dies(Act::KillSelf, ExitCause::Signal(9));
 }
 
 #[test]
 fn worker_killed_from_outside_is_worker_died_and_replaced() {
+    let _deadline = ppool_tests::deadline();
     let pool = one_worker();
     let before = pool.call(Act::Pid).unwrap();
     let dir = TempDir::new("outside-kill");
@@ -457,6 +459,7 @@ fn crash_in_batch(pool: &ProcessPool<act>) {
 
 #[test]
 fn crash_in_a_batch_fails_only_that_task_one_task_per_chunk() {
+    let _deadline = ppool_tests::deadline();
     let pool = ProcessPool::<act>::builder()
         .n_jobs(2)
         .chunk_size(1)
@@ -467,12 +470,14 @@ fn crash_in_a_batch_fails_only_that_task_one_task_per_chunk() {
 
 #[test]
 fn crash_in_a_batch_fails_only_that_task_adaptive_chunks() {
+    let _deadline = ppool_tests::deadline();
     let pool = ProcessPool::<act>::new(2).unwrap();
     crash_in_batch(&pool);
 }
 
 #[test]
 fn crash_in_a_stream_fails_only_that_task() {
+    let _deadline = ppool_tests::deadline();
     let pool = ProcessPool::<act>::new(2).unwrap();
     let tasks = (0..200).map(|i| if i == 77 { Act::Abort } else { Act::Pid });
     for (i, r) in pool.map(tasks).enumerate() {
@@ -487,6 +492,7 @@ fn crash_in_a_stream_fails_only_that_task() {
 
 #[test]
 fn idle_worker_killed_from_outside_does_not_fail_the_next_task() {
+    let _deadline = ppool_tests::deadline();
     let pool = one_worker();
     let before = pool.call(Act::Pid).unwrap();
     let pid = rustix::process::Pid::from_raw(before as i32).unwrap();
@@ -507,6 +513,7 @@ fn idle_worker_killed_from_outside_does_not_fail_the_next_task() {
 
 #[test]
 fn crash_among_concurrent_calls_fails_only_that_call() {
+    let _deadline = ppool_tests::deadline();
     let pool = ProcessPool::<act>::new(2).unwrap();
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..16)
@@ -539,6 +546,7 @@ fn crash_among_concurrent_calls_fails_only_that_call() {
 
 #[test]
 fn timeout_kills_and_replaces_the_worker() {
+    let _deadline = ppool_tests::deadline();
     let timeout = Duration::from_millis(300);
     let pool = ProcessPool::<act>::builder()
         .n_jobs(1)
@@ -578,6 +586,7 @@ fn timeout_kills_and_replaces_the_worker() {
 
 #[test]
 fn memory_limit_kills_and_replaces_the_worker() {
+    let _deadline = ppool_tests::deadline();
     let limit = 100 << 20;
     let pool = ProcessPool::<act>::builder()
         .n_jobs(1)
@@ -630,6 +639,7 @@ fn flaky_pool(retries: u32) -> ProcessPool<flaky> {
 
 #[test]
 fn retries_rerun_a_task_whose_worker_died() {
+    let _deadline = ppool_tests::deadline();
     let dir = TempDir::new("retry-ok");
     let pool = flaky_pool(1);
     assert_eq!(pool.call((dir.arg(), 1, false)).unwrap(), 1);
@@ -638,6 +648,7 @@ fn retries_rerun_a_task_whose_worker_died() {
 
 #[test]
 fn without_retries_a_death_is_reported() {
+    let _deadline = ppool_tests::deadline();
     let dir = TempDir::new("retry-none");
     let pool = flaky_pool(0);
     let e = pool.call((dir.arg(), 1, false)).unwrap_err();
@@ -656,6 +667,7 @@ fn without_retries_a_death_is_reported() {
 
 #[test]
 fn retries_are_bounded() {
+    let _deadline = ppool_tests::deadline();
     let dir = TempDir::new("retry-bounded");
     let pool = flaky_pool(2);
     let e = pool.call((dir.arg(), 100, false)).unwrap_err();
@@ -666,6 +678,7 @@ fn retries_are_bounded() {
 
 #[test]
 fn panics_are_not_retried() {
+    let _deadline = ppool_tests::deadline();
     let dir = TempDir::new("retry-panic");
     let pool = flaky_pool(3);
     let e = pool.call((dir.arg(), 1, true)).unwrap_err();
@@ -678,6 +691,7 @@ fn panics_are_not_retried() {
 
 #[test]
 fn timeouts_are_not_retried() {
+    let _deadline = ppool_tests::deadline();
     let pool = ProcessPool::<act>::builder()
         .n_jobs(1)
         .retries(3)
@@ -694,6 +708,7 @@ fn timeouts_are_not_retried() {
 
 #[test]
 fn initializer_panicking_at_build_is_a_spawn_error() {
+    let _deadline = ppool_tests::deadline();
     let dir = TempDir::new("init-build");
     std::fs::write(dir.path().join("fail"), b"").unwrap();
     let started = Instant::now();
@@ -714,6 +729,7 @@ fn initializer_panicking_at_build_is_a_spawn_error() {
 
 #[test]
 fn replacement_that_cannot_start_fails_pending_tasks() {
+    let _deadline = ppool_tests::deadline();
     let dir = TempDir::new("init-replace");
     let pool = ProcessPool::<act>::builder()
         .n_jobs(1)
@@ -790,26 +806,31 @@ fn assert_protocol_error(what: Scribble, expect: &[&str]) {
 
 #[test]
 fn oversized_frame_is_a_protocol_error() {
+    let _deadline = ppool_tests::deadline();
     assert_protocol_error(Scribble::Oversized, &["limit"]);
 }
 
 #[test]
 fn garbage_frame_is_a_protocol_error() {
+    let _deadline = ppool_tests::deadline();
     assert_protocol_error(Scribble::Garbage, &["RESULTS"]);
 }
 
 #[test]
 fn empty_frame_is_a_protocol_error() {
+    let _deadline = ppool_tests::deadline();
     assert_protocol_error(Scribble::Empty, &["empty"]);
 }
 
 #[test]
 fn results_for_another_job_are_a_protocol_error() {
+    let _deadline = ppool_tests::deadline();
     assert_protocol_error(Scribble::WrongJob, &["job", "malformed"]);
 }
 
 #[test]
 fn truncated_frame_then_exit_is_worker_died() {
+    let _deadline = ppool_tests::deadline();
     // The worker wrote half a frame and exited: it died; its exit status says how.
     let pool = ProcessPool::<scribble>::builder()
         .n_jobs(1)
@@ -831,6 +852,7 @@ fn truncated_frame_then_exit_is_worker_died() {
 
 #[test]
 fn the_pool_goes_on_after_protocol_errors() {
+    let _deadline = ppool_tests::deadline();
     let pool = ProcessPool::<scribble>::builder()
         .n_jobs(2)
         .build()
@@ -905,6 +927,7 @@ fn assert_refused(status: ExitStatus, stderr: &str, why: &str) {
 
 #[test]
 fn hand_started_worker_without_a_channel_exits_with_a_message() {
+    let _deadline = ppool_tests::deadline();
     let (status, stderr) = run_by_hand(|_| {}, None);
     assert_refused(status, &stderr, "PPOOL_WORKER_CHANNEL is not set");
     let (status, stderr) = run_by_hand(|_| {}, Some(b"\x05\0\0\0garbage on stdin\n\xff\xfe"));
@@ -913,6 +936,7 @@ fn hand_started_worker_without_a_channel_exits_with_a_message() {
 
 #[test]
 fn hand_started_worker_with_a_bad_channel_exits_with_a_message() {
+    let _deadline = ppool_tests::deadline();
     for (value, why) in [
         ("garbage", "no valid read descriptor"),
         ("0,1,1048576", "standard stream"),
@@ -931,6 +955,7 @@ fn hand_started_worker_with_a_bad_channel_exits_with_a_message() {
 
 #[test]
 fn hand_started_worker_on_non_pipe_descriptors_exits_with_a_message() {
+    let _deadline = ppool_tests::deadline();
     let a = std::fs::File::open("/dev/null").unwrap();
     let b = std::fs::OpenOptions::new()
         .write(true)
@@ -1024,7 +1049,13 @@ fn refusal(answer: &[u8]) -> String {
 
 #[test]
 fn worker_of_another_build_refuses_the_greeting() {
-    let body = hello(b"PPL\x01", 1, 0x0bad_b11d_dead_beef, "supervisor::pid");
+    let _deadline = ppool_tests::deadline();
+    let body = hello(
+        b"PPL\x01",
+        ppool::__private::PROTOCOL_VERSION,
+        0x0bad_b11d_dead_beef,
+        "supervisor::pid",
+    );
     let (status, answer, stderr) = greet_by_hand(&frame(&body));
     let why = refusal(&answer);
     assert!(why.contains("another build"), "{why}");
@@ -1034,6 +1065,7 @@ fn worker_of_another_build_refuses_the_greeting() {
 
 #[test]
 fn worker_refuses_a_greeting_that_is_not_ppool() {
+    let _deadline = ppool_tests::deadline();
     for (greeting, expect) in [
         (frame(&hello(b"XXXX", 1, 1, "pid")), "magic"),
         (frame(&hello(b"PPL\x01", 99, 1, "pid")), "version 99"),
@@ -1100,6 +1132,7 @@ fn start_supervisor(own_group: bool) -> (Child, Vec<u32>) {
 
 #[test]
 fn workers_exit_when_the_supervisor_is_sigkilled() {
+    let _deadline = ppool_tests::deadline();
     let (mut child, workers) = start_supervisor(false);
     rustix::process::kill_process(pid_of(&child), rustix::process::Signal::KILL).unwrap();
     let killed = Instant::now();
@@ -1118,6 +1151,7 @@ fn workers_exit_when_the_supervisor_is_sigkilled() {
 
 #[test]
 fn ctrl_c_stops_the_supervisor_and_its_workers() {
+    let _deadline = ppool_tests::deadline();
     let (mut child, workers) = start_supervisor(true);
     let group = pid_of(&child);
     rustix::process::kill_process_group(group, rustix::process::Signal::INT).unwrap();

@@ -85,6 +85,7 @@ fn echo_bytes(v: Vec<u8>) -> Vec<u8> {
 
 #[test]
 fn initializer_runs_in_every_worker_and_replacements() {
+    let _deadline = ppool_tests::deadline();
     let pool = ProcessPool::<greet>::builder()
         .n_jobs(2)
         .initializer::<warm_up>("hello ".to_string())
@@ -106,6 +107,7 @@ fn initializer_runs_in_every_worker_and_replacements() {
 
 #[test]
 fn failing_initializer_fails_build_with_its_message() {
+    let _deadline = ppool_tests::deadline();
     let e = ProcessPool::<greet>::builder()
         .n_jobs(1)
         .initializer::<failing_init>("no config file".into())
@@ -121,6 +123,7 @@ fn failing_initializer_fails_build_with_its_message() {
 
 #[test]
 fn max_tasks_per_worker_recycles_processes() {
+    let _deadline = ppool_tests::deadline();
     let pool = ProcessPool::<pid_of>::builder()
         .n_jobs(2)
         .max_tasks_per_worker(3)
@@ -137,6 +140,7 @@ fn max_tasks_per_worker_recycles_processes() {
 
 #[test]
 fn entries_know_their_worker_index() {
+    let _deadline = ppool_tests::deadline();
     let pool = ProcessPool::<whoami>::builder()
         .n_jobs(2)
         .chunk_size(1)
@@ -156,6 +160,7 @@ fn entries_know_their_worker_index() {
 
 #[test]
 fn worker_exit_hook_results_are_collected_at_join() {
+    let _deadline = ppool_tests::deadline();
     let pool = ProcessPool::<double>::builder()
         .n_jobs(2)
         .worker_exit::<goodbye>("bye".into())
@@ -179,12 +184,14 @@ fn worker_exit_hook_results_are_collected_at_join() {
 
 #[test]
 fn entries_can_run_nested_pools() {
+    let _deadline = ppool_tests::deadline();
     let pool = ProcessPool::<nested_sum>::new(1).unwrap();
     assert_eq!(pool.call(10).unwrap(), 90);
 }
 
 #[test]
 fn env_and_disable_gpu_reach_the_workers() {
+    let _deadline = ppool_tests::deadline();
     let pool = ProcessPool::<env_var>::builder()
         .n_jobs(1)
         .env("PPOOL_TEST_VAR", "42")
@@ -211,6 +218,7 @@ fn env_and_disable_gpu_reach_the_workers() {
 
 #[test]
 fn cpu_affinity_pins_workers() {
+    let _deadline = ppool_tests::deadline();
     let pool = ProcessPool::<allowed_cpus>::builder()
         .n_jobs(1)
         .cpu_affinity([0])
@@ -235,6 +243,7 @@ fn cpu_affinity_pins_workers() {
 
 #[test]
 fn insights_count_tasks_and_time() {
+    let _deadline = ppool_tests::deadline();
     let pool = ProcessPool::<nap>::builder()
         .n_jobs(2)
         .chunk_size(1)
@@ -258,6 +267,7 @@ fn insights_count_tasks_and_time() {
 
 #[test]
 fn forced_progress_bar_runs_batch_and_map() {
+    let _deadline = ppool_tests::deadline();
     let pool = ProcessPool::<double>::builder()
         .n_jobs(2)
         .force_progress_bar(true)
@@ -270,6 +280,7 @@ fn forced_progress_bar_runs_batch_and_map() {
 
 #[test]
 fn chunk_size_keeps_order() {
+    let _deadline = ppool_tests::deadline();
     let pool = ProcessPool::<double>::builder()
         .n_jobs(2)
         .chunk_size(7)
@@ -283,6 +294,7 @@ fn chunk_size_keeps_order() {
 
 #[test]
 fn map_is_lazy_and_bounded() {
+    let _deadline = ppool_tests::deadline();
     let pool = ProcessPool::<double>::builder()
         .n_jobs(2)
         .stream_window(16)
@@ -309,6 +321,7 @@ fn map_is_lazy_and_bounded() {
 
 #[test]
 fn dropping_a_stream_cancels_queued_tasks() {
+    let _deadline = ppool_tests::deadline();
     let pool = ProcessPool::<nap>::builder()
         .n_jobs(1)
         .chunk_size(1)
@@ -332,6 +345,7 @@ fn dropping_a_stream_cancels_queued_tasks() {
 
 #[test]
 fn map_unordered_yields_in_completion_order() {
+    let _deadline = ppool_tests::deadline();
     let pool = ProcessPool::<nap>::builder()
         .n_jobs(2)
         .chunk_size(1)
@@ -347,6 +361,7 @@ fn map_unordered_yields_in_completion_order() {
 
 #[test]
 fn submit_wait_timeout_and_is_done() {
+    let _deadline = ppool_tests::deadline();
     let pool = ProcessPool::<nap>::new(1).unwrap();
     let task = pool.submit(300);
     assert!(!task.is_done());
@@ -360,6 +375,7 @@ fn submit_wait_timeout_and_is_done() {
 
 #[test]
 fn debug_mode_runs_in_this_process() {
+    let _deadline = ppool_tests::deadline();
     let pool = ProcessPool::<pid_of>::builder()
         .debug(true)
         .build()
@@ -379,6 +395,7 @@ fn debug_mode_runs_in_this_process() {
 
 #[test]
 fn start_false_waits_for_start() {
+    let _deadline = ppool_tests::deadline();
     let pool = ProcessPool::<double>::builder()
         .n_jobs(1)
         .start(false)
@@ -396,6 +413,7 @@ fn start_false_waits_for_start() {
 
 #[test]
 fn bad_settings_are_errors_that_say_what_is_allowed() {
+    let _deadline = ppool_tests::deadline();
     for bad in [
         ProcessPool::<double>::new(0),
         ProcessPool::<double>::new(-2),
@@ -447,6 +465,7 @@ fn bad_settings_are_errors_that_say_what_is_allowed() {
 
 #[test]
 fn n_jobs_respects_the_cpus() {
+    let _deadline = ppool_tests::deadline();
     let cpus = std::thread::available_parallelism().unwrap().get();
     assert_eq!(
         ProcessPool::<double>::builder()
@@ -485,6 +504,7 @@ fn n_jobs_respects_the_cpus() {
 
 #[test]
 fn calls_from_many_threads_use_every_worker() {
+    let _deadline = ppool_tests::deadline();
     let pool = ProcessPool::<whoami>::new(2).unwrap();
     let pids: HashSet<u32> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..8)
@@ -500,6 +520,7 @@ fn calls_from_many_threads_use_every_worker() {
 
 #[test]
 fn large_byte_buffers_round_trip() {
+    let _deadline = ppool_tests::deadline();
     let pool = ProcessPool::<echo_bytes>::new(1).unwrap();
     let big: Vec<u8> = (0..10_000_000u32).map(|i| (i % 251) as u8).collect();
     assert_eq!(pool.call(big.clone()).unwrap(), big);
@@ -510,9 +531,17 @@ fn large_byte_buffers_round_trip() {
         .unwrap();
     let e = small.call(vec![0u8; 10_000]).unwrap_err();
     assert!(
-        matches!(e, Error::WorkerDied { .. } | Error::Protocol { .. }),
+        matches!(
+            e,
+            Error::ArgumentsTooLarge {
+                size: 10_002,
+                limit: 4096,
+                ..
+            }
+        ),
         "{e}"
     );
+    assert!(!e.is_worker_failure(), "no worker was involved: {e}");
     assert_eq!(
         small.call(vec![1, 2, 3]).unwrap(),
         [1, 2, 3],
@@ -522,6 +551,7 @@ fn large_byte_buffers_round_trip() {
 
 #[test]
 fn submitted_tasks_are_futures() {
+    let _deadline = ppool_tests::deadline();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -545,6 +575,7 @@ fn grow(n: u64) -> Vec<u8> {
 
 #[test]
 fn results_larger_than_the_frame_limit_fail_alone() {
+    let _deadline = ppool_tests::deadline();
     let pool = ProcessPool::<grow>::builder()
         .n_jobs(1)
         .max_frame_size(4096)
@@ -583,6 +614,7 @@ fn orphan_then_abort(seconds: u32) -> u32 {
 
 #[test]
 fn a_grandchild_does_not_hide_its_worker_death() {
+    let _deadline = ppool_tests::deadline();
     let pool = ProcessPool::<orphan_then_abort>::new(1).unwrap();
     let started = std::time::Instant::now();
     let e = pool.call(30).unwrap_err();
@@ -604,6 +636,7 @@ fn a_grandchild_does_not_hide_its_worker_death() {
 
 #[test]
 fn workers_start_after_the_executable_was_replaced_on_disk() {
+    let _deadline = ppool_tests::deadline();
     let dir = std::env::temp_dir().join(format!("ppool-rebuilt-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let copy = dir.join("rebuilt");
@@ -620,6 +653,7 @@ fn workers_start_after_the_executable_was_replaced_on_disk() {
 
 #[test]
 fn events_stderr_lines_and_progress_are_visible() {
+    let _deadline = ppool_tests::deadline();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ppool-test-observe"))
         .env_remove("RUST_BACKTRACE")
         .output()
@@ -674,6 +708,7 @@ fn second_twin() -> Result<ProcessPool<impl ppool::Entry>, Error> {
 
 #[test]
 fn entries_with_one_name_are_reported_with_both_places() {
+    let _deadline = ppool_tests::deadline();
     for result in [first_twin().map(drop), second_twin().map(drop)] {
         match result {
             Err(Error::DuplicateEntry {
@@ -710,6 +745,7 @@ fn invert(image: Image) -> Image {
 
 #[test]
 fn byte_fields_in_user_types_round_trip() {
+    let _deadline = ppool_tests::deadline();
     let pool = ProcessPool::<invert>::new(1).unwrap();
     let image = Image {
         width: 3,

@@ -170,6 +170,7 @@ fn stop_while_busy(name: &str, stop: impl FnOnce(ProcessPool<hold>)) {
 
 #[test]
 fn shutdown_while_tasks_run() {
+    let _deadline = ppool_tests::deadline();
     stop_while_busy("lc-shutdown", |pool| {
         pool.shutdown();
         assert!(!pool.is_running());
@@ -188,11 +189,13 @@ fn shutdown_while_tasks_run() {
 
 #[test]
 fn drop_while_tasks_run() {
+    let _deadline = ppool_tests::deadline();
     stop_while_busy("lc-drop", drop);
 }
 
 #[test]
 fn join_finishes_everything_then_refuses() {
+    let _deadline = ppool_tests::deadline();
     let _serial = serial();
     let fds_before = open_fds();
     let dir = TempDir::new("join");
@@ -224,6 +227,7 @@ fn join_finishes_everything_then_refuses() {
 
 #[test]
 fn shutdown_from_a_callback_does_not_hang() {
+    let _deadline = ppool_tests::deadline();
     let _serial = serial();
     let fds_before = open_fds();
     let pool = Arc::new(
@@ -258,6 +262,7 @@ fn shutdown_from_a_callback_does_not_hang() {
 
 #[test]
 fn recycled_workers_are_reaped() {
+    let _deadline = ppool_tests::deadline();
     let _serial = serial();
     let fds_before = open_fds();
     let pool = ProcessPool::<hold>::builder()
@@ -298,6 +303,7 @@ fn recycled_workers_are_reaped() {
 
 #[test]
 fn a_pool_built_stopped_starts_on_demand() {
+    let _deadline = ppool_tests::deadline();
     let _serial = serial();
     let fds_before = open_fds();
     let pool = ProcessPool::<hold>::builder()

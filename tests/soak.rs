@@ -251,6 +251,7 @@ fn still_usable(pool: &ProcessPool<work>) {
 
 #[test]
 fn soak_under_sigkill() {
+    let _deadline = ppool_tests::deadline();
     let n = tasks();
     let dir = soak_dir();
     let fds_before = open_fds();
