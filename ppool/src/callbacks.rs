@@ -5,119 +5,133 @@
 //! worker the thread drives, forever. Here a callback can block on the pool as long as it
 //! likes: the drivers go on and deliver what it waits for. Callbacks run one at a time, in
 //! the order their results arrived.
+//!
+//! No callback is ever lost: one that cannot be queued (the pool is stopped, or no thread
+//! could be started) runs in place, and one still queued when the thread goes away runs as
+//! the queue is dropped.
 
-use std::collections::VecDeque;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::{JoinHandle, ThreadId};
 
-type Callback = Box<dyn FnOnce() + Send>;
+/// A callback that runs when it is dropped, if nothing ran it before.
+struct Pending(Option<Box<dyn FnOnce() + Send>>);
+
+impl Pending {
+    fn run(mut self) {
+        if let Some(callback) = self.0.take() {
+            run(callback);
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(callback) = self.0.take() {
+            run(callback);
+        }
+    }
+}
 
 /// A pool's callback queue and its thread, started at the first callback.
 #[derive(Debug)]
 pub(crate) struct Callbacks {
     name: String,
-    state: Mutex<State>,
-    ready: Condvar,
-}
-
-#[derive(Default)]
-struct State {
-    queue: VecDeque<Callback>,
-    thread: Option<JoinHandle<()>>,
-    thread_id: Option<ThreadId>,
-    /// No new thread starts; the running one ends once the queue is empty.
-    closed: bool,
-    /// The thread takes callbacks from the queue (set under the lock as it starts and ends).
-    serving: bool,
-}
-
-impl std::fmt::Debug for State {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("State")
-            .field("queued", &self.queue.len())
-            .field("closed", &self.closed)
-            .finish_non_exhaustive()
-    }
+    queue: OnceLock<Option<Sender<Pending>>>,
+    thread: Mutex<Option<(JoinHandle<()>, ThreadId)>>,
+    /// No callback is queued any more: they run in place.
+    closed: AtomicBool,
 }
 
 impl Callbacks {
     pub(crate) fn new(pool: &str) -> Arc<Self> {
         Arc::new(Callbacks {
             name: format!("{pool}-callbacks"),
-            state: Mutex::new(State::default()),
-            ready: Condvar::new(),
+            queue: OnceLock::new(),
+            thread: Mutex::new(None),
+            closed: AtomicBool::new(false),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn thread(&self) -> MutexGuard<'_, Option<(JoinHandle<()>, ThreadId)>> {
+        self.thread.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs `callback` on the callback thread, or here when there is none any more (the pool
-    /// was stopped) or none can be started.
-    pub(crate) fn push(self: &Arc<Self>, callback: impl FnOnce() + Send + 'static) {
-        let mut st = self.lock();
-        if st.thread.is_none() && !st.closed {
-            let me = Arc::clone(self);
-            match std::thread::Builder::new()
-                .name(self.name.clone())
-                .spawn(move || me.serve())
-            {
-                Ok(handle) => {
-                    st.serving = true;
-                    st.thread_id = Some(handle.thread().id());
-                    st.thread = Some(handle);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot start the callback thread; running callbacks in place");
-                    st.closed = true;
+    /// Runs `callback` on the callback thread, or here when the pool is stopped or no thread
+    /// can be started.
+    pub(crate) fn push(&self, callback: impl FnOnce() + Send + 'static) {
+        let pending = Pending(Some(Box::new(callback)));
+        if self.closed.load(Ordering::Acquire) {
+            return pending.run();
+        }
+        let queue = self.queue.get_or_init(|| self.start());
+        match queue {
+            Some(tx) => {
+                // A send fails only once the thread has gone, giving the callback back.
+                if let Err(mpsc::SendError(pending)) = tx.send(pending) {
+                    pending.run();
                 }
             }
+            None => pending.run(),
         }
-        if !st.serving {
-            drop(st);
-            run(Box::new(callback));
-            return;
-        }
-        st.queue.push_back(Box::new(callback));
-        drop(st);
-        self.ready.notify_one();
     }
 
-    fn serve(&self) {
-        let mut st = self.lock();
-        loop {
-            if let Some(callback) = st.queue.pop_front() {
-                drop(st);
-                run(callback);
-                st = self.lock();
-                continue;
+    fn start(&self) -> Option<Sender<Pending>> {
+        let (tx, rx) = mpsc::channel::<Pending>();
+        match std::thread::Builder::new()
+            .name(self.name.clone())
+            .spawn(move || serve(rx))
+        {
+            Ok(handle) => {
+                let id = handle.thread().id();
+                *self.thread() = Some((handle, id));
+                Some(tx)
             }
-            if st.closed {
-                st.serving = false;
-                return;
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the callback thread; running callbacks in place");
+                None
             }
-            st = self.ready.wait(st).unwrap_or_else(PoisonError::into_inner);
         }
     }
 
     /// Lets the queued callbacks run, then ends the thread and joins it (unless this is that
     /// thread: a callback that stops its pool; the thread then ends once it returns).
     pub(crate) fn close(&self) {
-        let mut st = self.lock();
-        st.closed = true;
-        let current = st.thread_id == Some(std::thread::current().id());
-        let handle = if current { None } else { st.thread.take() };
-        drop(st);
-        self.ready.notify_all();
-        if let Some(handle) = handle {
+        self.closed.store(true, Ordering::Release);
+        let mut thread = self.thread();
+        let current = thread
+            .as_ref()
+            .is_some_and(|(_, id)| *id == std::thread::current().id());
+        let handle = if current { None } else { thread.take() };
+        drop(thread);
+        if let Some((handle, _)) = handle {
+            // Wakes the thread with an empty callback; it ends when the queue is empty.
+            if let Some(Some(tx)) = self.queue.get() {
+                let _ = tx.send(Pending(None));
+            }
             let _ = handle.join();
         }
     }
 }
 
-fn run(callback: Callback) {
+/// The callback thread's loop: callbacks in order, until a wake-up finds the pool closed and
+/// nothing queued. Whatever is queued after that runs as the receiver is dropped.
+fn serve(rx: Receiver<Pending>) {
+    while let Ok(pending) = rx.recv() {
+        let wake_up = pending.0.is_none();
+        pending.run();
+        if wake_up {
+            while let Ok(more) = rx.try_recv() {
+                more.run();
+            }
+            return;
+        }
+    }
+}
+
+fn run(callback: Box<dyn FnOnce() + Send>) {
     if panic::catch_unwind(AssertUnwindSafe(callback)).is_err() {
         tracing::error!("a call_with callback panicked");
     }
@@ -126,7 +140,6 @@ fn run(callback: Callback) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::mpsc;
 
     #[test]
     fn callbacks_run_in_order_on_their_own_thread_and_close_drains_them() {
@@ -166,5 +179,26 @@ mod tests {
         });
         callbacks.close();
         assert_eq!(rx.try_recv().ok(), Some(1));
+    }
+
+    #[test]
+    fn a_callback_may_close_its_own_queue_and_the_rest_still_run() {
+        let callbacks = Callbacks::new("t");
+        let (tx, rx) = mpsc::channel();
+        let inner = Arc::clone(&callbacks);
+        callbacks.push(move || inner.close());
+        for i in 0..10 {
+            let tx = tx.clone();
+            callbacks.push(move || {
+                let _ = tx.send(i);
+            });
+        }
+        let mut got: Vec<i32> = (0..10)
+            .filter_map(|_| rx.recv_timeout(std::time::Duration::from_secs(5)).ok())
+            .collect();
+        // Those queued before the close run on the thread, the others in place: all run.
+        got.sort_unstable();
+        assert_eq!(got, (0..10).collect::<Vec<_>>());
+        callbacks.close();
     }
 }
