@@ -45,20 +45,20 @@ mod codec;
 mod config;
 mod entry;
 mod error;
+mod hooks;
 mod insights;
 mod jobs;
-mod launch;
-mod local;
 mod panics;
 mod pool;
-mod process;
 mod progress;
 mod protocol;
+mod readiness;
 mod stream;
 mod supervisor;
+mod sync;
 mod task;
+mod transport;
 mod watchdog;
-mod watched;
 mod worker;
 
 pub use batch::Batch;
@@ -115,20 +115,20 @@ pub use serde_bytes;
 
 /// The current worker's index in its pool (`0..n_jobs`), or `None` outside a worker.
 pub fn worker_index() -> Option<usize> {
-    worker::current().map(|(index, _)| index)
+    worker::exec::current().map(|(index, _)| index)
 }
 
 /// The name of the pool this worker serves, or `None` outside a worker.
 pub fn worker_pool_name() -> Option<&'static str> {
-    worker::current().map(|(_, pool)| pool)
+    worker::exec::current().map(|(_, pool)| pool)
 }
 
 /// What the macros' expansions need; not a public API.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::entry::{ENTRIES, Entry, EntryRecord, assert_portable};
-    pub use crate::launch::{LAUNCHERS, Launcher, run_test_worker, run_worker_if_requested};
+    pub use crate::hooks::{LAUNCHERS, Launcher, run_test_worker, run_worker_if_requested};
     pub use crate::protocol::PROTOCOL_VERSION;
-    pub use crate::worker::channel_fds;
+    pub use crate::worker::bootstrap::channel_fds;
     pub use linkme;
 }

@@ -9,12 +9,12 @@ use crate::entry::{self, Entry};
 use crate::error::{Error, Result};
 use crate::insights::Insights;
 use crate::jobs::{self, ChunkEncoder};
-use crate::process::Spec;
 use crate::progress::{self, Progress};
 use crate::protocol::DEFAULT_MAX_FRAME;
 use crate::stream::Map;
-use crate::supervisor::{Core, Deliver, Delivery, Settings};
+use crate::supervisor::{Core, Deliver, Delivery, Settings, WorkerSpec};
 use crate::task::{OneShot, Task};
+use crate::transport::{self, LaunchConfig};
 use std::ffi::OsString;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -639,18 +639,25 @@ impl<F: Entry> Builder<F> {
             (None, None) => None,
         };
         let chunking = Arc::new(Chunking::new(chunk_size, self.max_tasks_per_worker));
-        let spec = Spec {
-            pool: name,
+        let spec = WorkerSpec {
+            pool: name.clone(),
             entry: F::NAME,
-            env: self.env,
-            disable_gpu: self.disable_gpu,
             max_frame: self.max_frame,
             initializer,
             on_exit,
             token: random_token(),
-            cpu_affinity: self.cpu_affinity,
-            forward_stderr: self.forward_stderr,
         };
+        let launch = transport::launcher(
+            LaunchConfig {
+                pool: name,
+                max_frame: self.max_frame,
+                env: self.env,
+                disable_gpu: self.disable_gpu,
+                cpu_affinity: self.cpu_affinity,
+                forward_stderr: self.forward_stderr,
+            },
+            self.debug,
+        );
         let settings = Settings {
             n_jobs,
             debug: self.debug,
@@ -658,10 +665,9 @@ impl<F: Entry> Builder<F> {
             task_timeout: self.task_timeout,
             memory_limit: self.memory_limit,
             retries: self.retries,
-            pipeline: 2,
         };
         let pool = ProcessPool {
-            core: Core::new(spec, settings),
+            core: Core::new(spec, settings, launch),
             chunking,
             stream_window: self.stream_window,
             progress: self.progress,

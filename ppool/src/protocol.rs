@@ -1,5 +1,5 @@
 //! The worker channel: length-prefixed frames over any byte stream, and the messages they
-//! carry. Pure `Read`/`Write`; nothing here knows about processes or user types.
+//! carry. Pure `Read`/`Write`; nothing here knows about processes, descriptors or user types.
 //!
 //! A frame is a little-endian `u32` body length followed by the body. The body's first byte is
 //! the message kind. Integers are little-endian, strings and byte blocks are `u32`-length
@@ -38,6 +38,8 @@ pub(crate) enum FrameError {
     Closed,
     /// Reading failed, or the stream ended inside a frame.
     Io(io::Error),
+    /// Writing failed.
+    Send(io::Error),
     /// The frame claims more bytes than the limit allows.
     TooLarge { len: usize, max: usize },
     /// The frame's content does not parse.
@@ -49,6 +51,7 @@ impl std::fmt::Display for FrameError {
         match self {
             FrameError::Closed => f.write_str("the channel closed"),
             FrameError::Io(e) => write!(f, "reading the channel failed: {e}"),
+            FrameError::Send(e) => write!(f, "writing to the channel failed: {e}"),
             FrameError::TooLarge { len, max } => {
                 write!(
                     f,
@@ -135,35 +138,6 @@ impl<R: Read> FrameReader<R> {
     /// The underlying stream.
     pub(crate) fn get_ref(&self) -> &R {
         self.inner.get_ref()
-    }
-}
-
-impl<R: Read + std::os::fd::AsFd> FrameReader<R> {
-    /// Waits, spinning for at most `spin`, until a frame's first bytes can be read without
-    /// sleeping. A sleeping reader costs a wake-up (tens of microseconds on a VM) when the
-    /// answer comes; a short spin avoids it when the answer is due soon.
-    pub(crate) fn spin_until_readable(&self, spin: std::time::Duration) {
-        if spin.is_zero() || !self.inner.buffer().is_empty() {
-            return;
-        }
-        let started = std::time::Instant::now();
-        let zero = rustix::event::Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        loop {
-            let mut fds = [rustix::event::PollFd::new(
-                self.inner.get_ref(),
-                rustix::event::PollFlags::IN,
-            )];
-            if !matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(0)) {
-                return;
-            }
-            if started.elapsed() >= spin {
-                return;
-            }
-            std::hint::spin_loop();
-        }
     }
 }
 

@@ -2,8 +2,9 @@
 //! whose memory grew past the limit, and leaves a verdict for the thread that reads the
 //! worker's channel. It only exists when a timeout or a memory limit is set.
 
-use crate::watched::Pidfd;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use crate::sync::{lock, wait_timeout};
+use crate::transport::Peer;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Why the watchdog killed a worker.
@@ -15,8 +16,7 @@ pub(crate) enum Verdict {
 
 #[derive(Debug, Default)]
 struct SlotWatch {
-    pid: Option<u32>,
-    pidfd: Option<Arc<Pidfd>>,
+    peer: Option<Arc<dyn Peer>>,
     busy: bool,
     deadline: Option<Instant>,
     verdict: Option<Verdict>,
@@ -50,15 +50,14 @@ impl Watch {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
 
-    /// Slot `i` now holds process `pid`, reached through `pidfd`.
-    pub(crate) fn register(&self, i: usize, pid: u32, pidfd: Arc<Pidfd>) {
+    /// Slot `i` now holds worker `peer`.
+    pub(crate) fn register(&self, i: usize, peer: Arc<dyn Peer>) {
         let mut st = self.lock();
         st.slots[i] = SlotWatch {
-            pid: Some(pid),
-            pidfd: Some(pidfd),
+            peer: Some(peer),
             ..SlotWatch::default()
         };
     }
@@ -92,8 +91,8 @@ impl Watch {
     pub(crate) fn kill_all(&self) {
         let st = self.lock();
         for slot in &st.slots {
-            if let Some(pidfd) = &slot.pidfd {
-                pidfd.kill();
+            if let Some(peer) = &slot.peer {
+                peer.kill();
             }
         }
     }
@@ -111,24 +110,22 @@ impl Watch {
             let now = Instant::now();
             let mut next: Option<Instant> = None;
             for slot in st.slots.iter_mut() {
-                let (Some(pid), Some(pidfd), true, None) =
-                    (slot.pid, slot.pidfd.as_ref(), slot.busy, slot.verdict)
-                else {
+                let (Some(peer), true, None) = (slot.peer.as_ref(), slot.busy, slot.verdict) else {
                     continue;
                 };
                 if let Some(deadline) = slot.deadline {
                     if deadline <= now {
                         slot.verdict = Some(Verdict::Timeout);
-                        pidfd.kill();
+                        peer.kill();
                         continue;
                     }
                     next = Some(next.map_or(deadline, |n| n.min(deadline)));
                 }
                 if let Some(limit) = self.memory_limit {
-                    if let Some(rss) = resident_bytes(pid) {
+                    if let Some(rss) = peer.resident_bytes() {
                         if rss > limit {
                             slot.verdict = Some(Verdict::Memory { rss });
-                            pidfd.kill();
+                            peer.kill();
                         }
                     }
                 }
@@ -139,18 +136,7 @@ impl Watch {
             if self.memory_limit.is_some() {
                 wait = wait.min(MEMORY_POLL);
             }
-            st = self
-                .cv
-                .wait_timeout(st, wait)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            st = wait_timeout(&self.cv, st, wait);
         }
     }
-}
-
-/// The resident memory of a process, from `/proc/<pid>/statm`.
-fn resident_bytes(pid: u32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * rustix::param::page_size() as u64)
 }

@@ -1389,6 +1389,7 @@ fn read_stream<R: Read>(
                 match &e {
                     FrameError::Closed => stats.closed += 1,
                     FrameError::Io(_) => stats.io += 1,
+                    FrameError::Send(e) => panic!("a read failed as a write: {e}"),
                     FrameError::TooLarge { len, max: m } => {
                         assert!(*len > max && *m == max);
                         assert_eq!(

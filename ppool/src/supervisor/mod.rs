@@ -4,196 +4,56 @@
 //!
 //! A job is driven by whichever thread holds its worker: the worker's own driver thread for
 //! queued jobs, or the calling thread itself for a blocking `call` when a worker is idle, so
-//! that a round trip costs what the pipe costs.
+//! that a round trip costs what the channel costs.
+//!
+//! # Slots
+//!
+//! Each worker has a slot, and each slot a driver thread. A slot is
+//! - `Idle`: its worker waits for work; any thread may take it (its driver for the queue, a
+//!   caller for one `call`) and mark it `Busy` while it drives it;
+//! - `Vacant`: its worker failed and was reaped; only the slot's driver thread refills it, so
+//!   that the thread that drove the failed job answers its caller first;
+//! - `Recycle`: its worker reached `max_tasks_per_worker`; the driver thread retires it (with
+//!   its exit hook) and starts a replacement;
+//! - `Dead`: no worker could be started; `Retired`: stopped by `join` or `shutdown`.
+//!
+//! # Sending ahead
+//!
+//! While jobs are short (under 1 ms of measured work), a driver thread sends more queued jobs
+//! before the first one's results are back: up to 64 tiny ones (under 50 µs) or 2 short ones,
+//! within three quarters of what the channel holds, so that sending never blocks while the
+//! worker is blocked sending results. Long jobs, and every job under a `task_timeout`, go one
+//! at a time: behind a long job, a job would wait while another worker is free, and its
+//! deadline would run while it waited. A caller of `call` drives one job, and spins for its
+//! answer when jobs are short and a CPU is free.
+//!
+//! # Failures
+//!
+//! When a worker fails, the jobs it held are settled by the rules in `recovery` (bounce a job
+//! the worker never took, split a chunk to find its culprit, retry under `retries`, fail the
+//! rest), which are pure functions with their own tests.
 
-mod conn;
+mod driver;
+mod job;
+mod lifecycle;
 mod recovery;
-mod run;
+mod state;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use job::{Deliver, Delivery, Job, Split};
+pub(crate) use state::{Settings, WorkerSpec};
 
 use crate::callbacks::Callbacks;
 use crate::error::Error;
-use crate::insights::{Insights, Stats};
-use crate::process::Spec;
-use crate::protocol::Results;
-use crate::watchdog::Watch;
-use conn::Conn;
-use recovery::{register, replace, retire, start_all};
-use run::run;
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use crate::insights::Insights;
+use crate::sync::{lock, wait};
+use crate::transport::Launch;
+use driver::{Driver, run};
+use lifecycle::{register, replace, retire, start_all};
+use state::{Phase, Shared, Slot, State};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
-
-/// What a job's `deliver` receives: the results frame and the worker index, or the error that
-/// ended every task of the job.
-pub(crate) type Delivery<'a> = Result<(Results<'a>, usize), Error>;
-
-/// Where a job's outcome goes: called once, on whichever thread drove the job.
-///
-/// A `Deliver` dropped without being called (a job forgotten on some path) delivers
-/// [`Error::Closed`] as it goes, so that nobody waits forever for a result that will not come.
-/// A handler that panics is caught: it loses its own result, never the thread that called it.
-pub(crate) struct Deliver(Option<Handler>);
-
-/// What a [`Deliver`] calls.
-type Handler = Box<dyn FnOnce(Delivery<'_>) + Send>;
-
-impl Deliver {
-    pub(crate) fn new(handler: impl FnOnce(Delivery<'_>) + Send + 'static) -> Self {
-        Deliver(Some(Box::new(handler)))
-    }
-
-    /// Drops the handler without calling it: its job was replaced by others that deliver
-    /// in its place.
-    pub(crate) fn disarm(mut self) {
-        self.0 = None;
-    }
-
-    /// Hands the outcome to the handler.
-    pub(crate) fn send(mut self, delivery: Delivery<'_>) {
-        if let Some(handler) = self.0.take() {
-            call_handler(handler, delivery);
-        }
-    }
-}
-
-fn call_handler(handler: Handler, delivery: Delivery<'_>) {
-    let run = std::panic::AssertUnwindSafe(move || handler(delivery));
-    if std::panic::catch_unwind(run).is_err() {
-        tracing::error!("a task's result handler panicked; its result is lost");
-    }
-}
-
-impl Drop for Deliver {
-    fn drop(&mut self) {
-        if let Some(handler) = self.0.take() {
-            call_handler(handler, Err(Error::Closed));
-        }
-    }
-}
-
-impl std::fmt::Debug for Deliver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "Deliver(pending)"
-        } else {
-            "Deliver(done)"
-        })
-    }
-}
-
-/// Splits a job of several tasks, given its TASKS frame, into one `(frame, deliver)` per task,
-/// in order; used when its worker failed under it and the culprit must be found.
-pub(crate) type Split = Box<dyn FnOnce(&[u8]) -> Vec<(Vec<u8>, Deliver)> + Send>;
-
-/// A finished TASKS frame and where its results go.
-pub(crate) struct Job {
-    pub(crate) frame: Vec<u8>,
-    pub(crate) count: u32,
-    pub(crate) deliver: Deliver,
-    /// Set when nobody wants the results any more (a dropped stream).
-    pub(crate) cancelled: Option<Arc<AtomicBool>>,
-    pub(crate) attempts: u32,
-    /// Times the job found its worker already dead when it was sent.
-    pub(crate) bounces: u32,
-    /// For a job of several tasks: how to run them one by one instead.
-    pub(crate) split: Option<Split>,
-}
-
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job")
-            .field("count", &self.count)
-            .field("attempts", &self.attempts)
-            .finish()
-    }
-}
-
-impl Job {
-    fn is_cancelled(&self) -> bool {
-        self.cancelled
-            .as_ref()
-            .is_some_and(|c| c.load(Ordering::Relaxed))
-    }
-}
-
-/// How a pool runs, fixed when it is built.
-#[derive(Debug, Clone)]
-pub(crate) struct Settings {
-    pub(crate) n_jobs: usize,
-    pub(crate) debug: bool,
-    pub(crate) max_tasks_per_worker: Option<u64>,
-    pub(crate) task_timeout: Option<Duration>,
-    pub(crate) memory_limit: Option<u64>,
-    pub(crate) retries: u32,
-    /// Jobs sent ahead to one worker, so it never waits for the next.
-    pub(crate) pipeline: usize,
-}
-
-enum Slot {
-    /// Waiting for work.
-    Idle(Box<Conn>),
-    /// Held by a thread that drives it.
-    Busy,
-    /// Its worker failed and was reaped; the slot's own driver thread starts a replacement,
-    /// so that whoever drove the failed job has its answer without waiting for that.
-    Vacant,
-    /// Its worker reached `max_tasks_per_worker`; the slot's driver thread retires it and
-    /// starts a replacement.
-    Recycle(Box<Conn>),
-    /// Could not be (re)started.
-    Dead,
-    /// Stopped by `join`.
-    Retired,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Phase {
-    NotStarted,
-    Running,
-    Joining,
-    Closed,
-}
-
-struct State {
-    phase: Phase,
-    queue: VecDeque<Job>,
-    slots: Vec<Slot>,
-}
-
-impl State {
-    /// Whether any slot has, or will soon have, a worker.
-    fn any_alive(&self) -> bool {
-        self.slots.iter().any(|s| {
-            matches!(
-                s,
-                Slot::Idle(_) | Slot::Busy | Slot::Vacant | Slot::Recycle(_)
-            )
-        })
-    }
-
-    fn any_busy(&self) -> bool {
-        self.slots.iter().any(|s| matches!(s, Slot::Busy))
-    }
-}
-
-struct Shared {
-    spec: Spec,
-    settings: Settings,
-    /// A timeout or memory limit is set, so the watchdog runs and jobs are armed.
-    watchdog: bool,
-    state: Mutex<State>,
-    wake: Condvar,
-    watch: Watch,
-    last_error: Mutex<Option<Error>>,
-    next_job: AtomicU64,
-    /// Mean time a worker is busy with one job, in nanoseconds (0: nothing seen yet).
-    job_nanos: AtomicU64,
-    stats: Stats,
-    /// Bodies of the EXITED frames of retired workers.
-    exit_results: Mutex<Vec<Vec<u8>>>,
-}
 
 /// The untyped pool.
 pub(crate) struct Core {
@@ -213,30 +73,9 @@ impl std::fmt::Debug for Core {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl Core {
-    pub(crate) fn new(spec: Spec, settings: Settings) -> Self {
-        let slots = settings.n_jobs;
-        let shared = Shared {
-            watch: Watch::new(slots, settings.memory_limit),
-            state: Mutex::new(State {
-                phase: Phase::NotStarted,
-                queue: VecDeque::new(),
-                slots: (0..slots).map(|_| Slot::Dead).collect(),
-            }),
-            wake: Condvar::new(),
-            last_error: Mutex::new(None),
-            next_job: AtomicU64::new(1),
-            job_nanos: AtomicU64::new(0),
-            stats: Stats::new(slots),
-            watchdog: settings.task_timeout.is_some() || settings.memory_limit.is_some(),
-            exit_results: Mutex::new(Vec::new()),
-            spec,
-            settings,
-        };
+    pub(crate) fn new(spec: WorkerSpec, settings: Settings, launch: Box<dyn Launch>) -> Self {
+        let shared = Shared::new(spec, settings, launch);
         let callbacks = Callbacks::new(&shared.spec.pool);
         Core {
             shared: Arc::new(shared),
@@ -255,17 +94,17 @@ impl Core {
         &self.shared.settings
     }
 
-    pub(crate) fn spec(&self) -> &Spec {
+    pub(crate) fn spec(&self) -> &WorkerSpec {
         &self.shared.spec
     }
 
     pub(crate) fn is_running(&self) -> bool {
-        let st = lock(&self.shared.state);
+        let st = self.shared.state();
         st.phase == Phase::Running && st.any_alive()
     }
 
     pub(crate) fn last_error(&self) -> Option<Error> {
-        lock(&self.shared.last_error).clone()
+        self.shared.last_error()
     }
 
     pub(crate) fn insights(&self) -> Insights {
@@ -274,13 +113,13 @@ impl Core {
 
     /// The EXITED bodies collected so far.
     pub(crate) fn exit_results(&self) -> Vec<Vec<u8>> {
-        lock(&self.shared.exit_results).clone()
+        self.shared.exit_results()
     }
 
     /// Starts the workers and the threads that drive them. Starting twice is a no-op.
     pub(crate) fn start(&self) -> Result<(), Error> {
         let shared = &self.shared;
-        let mut st = lock(&shared.state);
+        let mut st = shared.state();
         match st.phase {
             Phase::NotStarted => {}
             Phase::Running => return Ok(()),
@@ -353,13 +192,13 @@ impl Core {
             unreachable!("slot {i} was idle")
         };
         drop(st);
-        let back = run(shared, i, conn, job, false);
+        let back = run(shared, i, conn, job, Driver::Caller);
         put_back(shared, i, back);
     }
 
     /// Locks the state for a new job, or fails the job at once if the pool cannot run it.
     fn admit(&self, job: Job) -> Option<(MutexGuard<'_, State>, Job)> {
-        let st = lock(&self.shared.state);
+        let st = self.shared.state();
         match refusal(&self.shared, &st) {
             None => Some((st, job)),
             Some(error) => {
@@ -374,7 +213,7 @@ impl Core {
     pub(crate) fn join(&self) -> Result<(), Error> {
         let shared = &self.shared;
         {
-            let mut st = lock(&shared.state);
+            let mut st = shared.state();
             match st.phase {
                 Phase::NotStarted => {
                     st.phase = Phase::Closed;
@@ -386,7 +225,7 @@ impl Core {
         }
         shared.wake.notify_all();
         self.join_threads();
-        let mut st = lock(&shared.state);
+        let mut st = shared.state();
         st.phase = Phase::Closed;
         drop(st);
         self.callbacks.close();
@@ -397,7 +236,7 @@ impl Core {
     pub(crate) fn shutdown(&self) {
         let shared = &self.shared;
         let (queued, idle) = {
-            let mut st = lock(&shared.state);
+            let mut st = shared.state();
             if st.phase == Phase::Closed && st.queue.is_empty() {
                 drop(st);
                 shared.watch.kill_all();
@@ -464,7 +303,7 @@ fn spawn_thread(
     std::thread::Builder::new()
         .name(name)
         .spawn(move || {
-            crate::watched::block_sigpipe_on_this_thread();
+            crate::transport::block_sigpipe_on_this_thread();
             body()
         })
         .map_err(|e| Error::spawn(format!("cannot start a pool thread: {e}")))
@@ -486,18 +325,14 @@ fn refusal(shared: &Shared, st: &State) -> Option<Error> {
     match st.phase {
         Phase::NotStarted => Some(Error::NotStarted),
         Phase::Joining | Phase::Closed => Some(Error::Closed),
-        Phase::Running if !st.any_alive() => Some(
-            lock(&shared.last_error)
-                .clone()
-                .unwrap_or_else(|| Error::spawn("no worker of the pool is running")),
-        ),
+        Phase::Running if !st.any_alive() => Some(shared.no_worker_error()),
         Phase::Running => None,
     }
 }
 
 /// Puts a slot back after a thread drove it, and wakes whoever waits for work or for the end.
 fn put_back(shared: &Shared, i: usize, back: Slot) {
-    let mut st = lock(&shared.state);
+    let mut st = shared.state();
     let closed = st.phase == Phase::Closed;
     let vacated = matches!(back, Slot::Vacant | Slot::Recycle(_));
     let dropped = match back {
@@ -531,9 +366,7 @@ fn put_back(shared: &Shared, i: usize, back: Slot) {
         drop(conn);
     }
     if !orphaned.is_empty() {
-        let error = lock(&shared.last_error)
-            .clone()
-            .unwrap_or_else(|| Error::spawn("no worker of the pool is running"));
+        let error = shared.no_worker_error();
         for job in orphaned {
             job.deliver.send(Err(error.clone()));
         }
@@ -544,7 +377,7 @@ fn put_back(shared: &Shared, i: usize, back: Slot) {
 fn drive(shared: &Shared, i: usize) {
     let _span =
         tracing::debug_span!("ppool_worker", pool = %shared.spec.pool, worker = i).entered();
-    let mut st = lock(&shared.state);
+    let mut st = shared.state();
     loop {
         if st.phase == Phase::Closed {
             break;
@@ -565,7 +398,7 @@ fn drive(shared: &Shared, i: usize) {
             };
             put_back(shared, i, back);
             shared.wake.notify_all();
-            st = lock(&shared.state);
+            st = shared.state();
             continue;
         }
         if matches!(st.slots[i], Slot::Dead | Slot::Retired) {
@@ -582,9 +415,9 @@ fn drive(shared: &Shared, i: usize) {
                     unreachable!("slot {i} was idle")
                 };
                 drop(st);
-                let back = run(shared, i, conn, job, true);
+                let back = run(shared, i, conn, job, Driver::Thread);
                 put_back(shared, i, back);
-                st = lock(&shared.state);
+                st = shared.state();
                 continue;
             }
             if st.phase == Phase::Joining && !st.any_busy() {
@@ -598,6 +431,6 @@ fn drive(shared: &Shared, i: usize) {
                 return;
             }
         }
-        st = shared.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
+        st = wait(&shared.wake, st);
     }
 }

@@ -1,227 +1,157 @@
-//! Worker lifecycle seen from the supervisor: starting workers, retiring them, replacing the
-//! dead, and settling the jobs a failed worker held.
+//! What to do when a worker fails, as pure functions: [`classify`] says what error the failure
+//! is, and [`plan`] says which of the jobs the worker held run again and which end, and how.
+//! The driver gathers the facts (the watchdog's verdict, the exit status, the bytes still
+//! unread) and applies the plan.
+//!
+//! The rules, for the jobs a failed worker held, in the order they were sent:
+//! - the pool is closing: every job ends with `Error::Closed`;
+//! - the worker never took any of them (it died idle, and the jobs are still whole in its
+//!   channel, or nothing reached it): the first is *bounced*, queued again at the front with no
+//!   blame, up to [`MAX_BOUNCES`] times;
+//! - the first job holds several tasks and can be split: which task brought the worker down is
+//!   unknown, so its tasks are queued again one by one, and the culprit will fail alone;
+//! - the worker died (not a timeout, memory limit or protocol error) and the first job has
+//!   retries left: it is queued again, one attempt more;
+//! - otherwise the first job ends with the error;
+//! - the jobs after the first never started: they are queued again, in order, unblamed.
 
-use super::conn::Conn;
-use super::run::Sent;
-use super::{Job, Phase, Shared, Slot, lock};
+use super::job::{Job, Sent};
 use crate::error::{Error, ExitCause};
-use crate::local::Local;
-use crate::process::WorkerProc;
 use crate::protocol::FrameError;
 use crate::watchdog::Verdict;
 use std::collections::VecDeque;
+use std::time::Duration;
 
 /// How many times a job may find its worker dead before it was sent, without that counting
 /// against it.
-const MAX_BOUNCES: u32 = 3;
+pub(super) const MAX_BOUNCES: u32 = 3;
 
-/// Lets the watchdog and `shutdown` see slot `i`'s process (never this process itself).
-pub(super) fn register(shared: &Shared, i: usize, conn: &Conn) {
-    if let Conn::Proc(p) = conn {
-        shared
-            .watch
-            .register(i, p.pid, std::sync::Arc::clone(p.pidfd()));
+/// Who failed, for the error.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Failed<'a> {
+    pub(super) entry: &'a str,
+    pub(super) worker: usize,
+    pub(super) pid: u32,
+    pub(super) task_timeout: Option<Duration>,
+    pub(super) memory_limit: Option<u64>,
+}
+
+/// The error a worker's failure is: the watchdog's verdict first (it killed the worker), then
+/// what the channel said.
+pub(super) fn classify(
+    who: Failed<'_>,
+    verdict: Option<Verdict>,
+    cause: &FrameError,
+    exit: ExitCause,
+    closed: bool,
+) -> Error {
+    let Failed {
+        entry,
+        worker,
+        pid,
+        task_timeout,
+        memory_limit,
+    } = who;
+    let entry = entry.to_string();
+    if closed {
+        return Error::Closed;
+    }
+    match (verdict, cause) {
+        (Some(Verdict::Timeout), _) => Error::Timeout {
+            entry,
+            worker,
+            pid,
+            timeout: task_timeout.unwrap_or_default(),
+        },
+        (Some(Verdict::Memory { rss }), _) => Error::MemoryLimit {
+            entry,
+            worker,
+            pid,
+            limit: memory_limit.unwrap_or_default(),
+            rss,
+        },
+        (None, FrameError::Closed | FrameError::Io(_) | FrameError::Send(_)) => Error::WorkerDied {
+            entry,
+            worker,
+            pid,
+            cause: exit,
+        },
+        (None, e @ (FrameError::TooLarge { .. } | FrameError::Malformed(_))) => Error::Protocol {
+            worker,
+            message: e.to_string(),
+        },
     }
 }
 
-/// Starts every worker at once, then waits for each to be ready.
-pub(super) fn start_all(shared: &Shared) -> Result<Vec<Conn>, Error> {
-    let n = shared.settings.n_jobs;
-    if shared.settings.debug {
-        return (0..n)
-            .map(|i| Local::start(&shared.spec, i).map(Conn::Local))
-            .collect();
-    }
-    let mut procs = Vec::with_capacity(n);
-    for i in 0..n {
-        procs.push(WorkerProc::spawn(&shared.spec, i)?);
-    }
-    for p in &mut procs {
-        p.ready(&shared.spec)?;
-        tracing::debug!(pool = %shared.spec.pool, worker = p.index, pid = p.pid, "worker started");
-    }
-    Ok(procs.into_iter().map(Conn::Proc).collect())
-}
-
-/// Starts a replacement for slot `i`.
-pub(super) fn restart(shared: &Shared, i: usize) -> Result<Conn, Error> {
-    if shared.settings.debug {
-        return Local::start(&shared.spec, i).map(Conn::Local);
-    }
-    let mut p = WorkerProc::spawn(&shared.spec, i)?;
-    p.ready(&shared.spec)?;
-    tracing::info!(pool = %shared.spec.pool, worker = i, pid = p.pid, "worker replaced");
-    Ok(Conn::Proc(p))
-}
-
-/// Marks a worker that reached `max_tasks_per_worker` for its driver thread to retire and
-/// replace, so that whoever drove its last job is not kept waiting for that.
-pub(super) fn recycle_if_due(shared: &Shared, mut conn: Box<Conn>) -> Slot {
-    match shared.settings.max_tasks_per_worker {
-        Some(max) if *conn.tasks_done() >= max => Slot::Recycle(conn),
-        _ => Slot::Idle(conn),
-    }
-}
-
-/// Stops a worker gracefully, keeping what its exit hook returned.
-pub(super) fn retire(shared: &Shared, i: usize, conn: Conn) {
-    let p = match conn {
-        Conn::Proc(p) => p,
-        Conn::Local(local) => {
-            if let Some(body) = local.retire() {
-                lock(&shared.exit_results).push(body);
-            }
-            return;
+/// Whether the worker took none of the `sent_bytes` sent to it: nothing reached it, or it
+/// died and all of it is still unread in its channel.
+pub(super) fn untouched(cause: &FrameError, unread: Option<u64>, sent_bytes: usize) -> bool {
+    match cause {
+        FrameError::Send(e) if e.kind() == std::io::ErrorKind::NotConnected => true,
+        FrameError::Closed | FrameError::Io(_) | FrameError::Send(_) => {
+            unread.is_some_and(|n| n >= sent_bytes as u64)
         }
-    };
-    let pid = p.pid;
-    if let Some(body) = p.retire(shared.spec.on_exit.is_some()) {
-        lock(&shared.exit_results).push(body);
-    }
-    tracing::debug!(pool = %shared.spec.pool, worker = i, pid, "worker retired");
-}
-
-/// Starts a replacement in slot `i`, or marks it dead.
-pub(super) fn replace(shared: &Shared, i: usize) -> Slot {
-    if lock(&shared.state).phase == Phase::Closed {
-        return Slot::Retired;
-    }
-    shared.stats.restarted(i);
-    match restart(shared, i) {
-        Ok(conn) => {
-            register(shared, i, &conn);
-            Slot::Idle(Box::new(conn))
-        }
-        Err(e) => {
-            tracing::error!(pool = %shared.spec.pool, worker = i, error = %e, "cannot replace worker");
-            *lock(&shared.last_error) = Some(e);
-            Slot::Dead
-        }
+        FrameError::TooLarge { .. } | FrameError::Malformed(_) => false,
     }
 }
 
-/// Worker `i` failed while it held `sent`: classify the failure, settle the jobs (the head
-/// one was running; the others never started and go back to the queue), and leave the slot
-/// to be refilled.
-pub(super) fn fail(
-    shared: &Shared,
-    i: usize,
-    mut conn: Box<Conn>,
+/// What becomes of the jobs a failed worker held.
+#[derive(Debug, Default)]
+pub(super) struct Plan {
+    /// To queue again at the front, in this order.
+    pub(super) requeue: Vec<Job>,
+    /// To end with these errors.
+    pub(super) settle: Vec<(Job, Error)>,
+}
+
+/// The plan for the jobs `sent` to a worker that failed with `error` (see the module docs).
+pub(super) fn plan(
     mut sent: VecDeque<Sent>,
-    cause: FrameError,
-) -> Slot {
-    let verdict = shared.watch.unregister(i);
-    let pid = conn.pid();
-    // Bytes of the jobs still in the pipe, unread by the worker: read before the pipe goes.
-    let unread = match &*conn {
-        Conn::Proc(p) => p.unread_task_bytes(),
-        Conn::Local(_) => None,
-    };
-    let exit = match &mut *conn {
-        Conn::Proc(p) => {
-            p.kill();
-            p.reap()
-        }
-        Conn::Local(_) => ExitCause::Unknown,
-    };
-    drop(conn);
-    let closed = lock(&shared.state).phase == Phase::Closed;
-    let entry = shared.spec.entry.to_string();
-    let error = if closed {
-        Error::Closed
-    } else {
-        match (verdict, &cause) {
-            (Some(Verdict::Timeout), _) => Error::Timeout {
-                entry,
-                worker: i,
-                pid,
-                timeout: shared.settings.task_timeout.unwrap_or_default(),
-            },
-            (Some(Verdict::Memory { rss }), _) => Error::MemoryLimit {
-                entry,
-                worker: i,
-                pid,
-                limit: shared.settings.memory_limit.unwrap_or_default(),
-                rss,
-            },
-            (None, FrameError::Closed | FrameError::Io(_)) => Error::WorkerDied {
-                entry,
-                worker: i,
-                pid,
-                cause: exit,
-            },
-            (None, e @ (FrameError::TooLarge { .. } | FrameError::Malformed(_))) => {
-                Error::Protocol {
-                    worker: i,
-                    message: e.to_string(),
-                }
-            }
-        }
-    };
-    if !closed {
-        shared.stats.failed(i);
-        tracing::warn!(pool = %shared.spec.pool, worker = i, pid, error = %error, "worker failed");
-        *lock(&shared.last_error) = Some(error.clone());
+    error: &Error,
+    untouched: bool,
+    closed: bool,
+    retries: u32,
+) -> Plan {
+    let mut plan = Plan::default();
+    if closed {
+        plan.settle = sent.into_iter().map(|s| (s.job, Error::Closed)).collect();
+        return plan;
     }
-    // The worker died before it read any of the jobs (it died while idle, and the write either
-    // failed or still sits whole in the pipe): they never ran, so none is to blame.
-    let sent_total: usize = sent.iter().map(|s| s.job.frame.len()).sum();
-    let untouched = matches!(&cause, FrameError::Io(e) if e.kind() == std::io::ErrorKind::NotConnected)
-        || (matches!(cause, FrameError::Closed | FrameError::Io(_))
-            && unread.is_some_and(|n| n >= sent_total as u64));
-    let mut settle: Vec<(Job, Error)> = Vec::new();
-    let mut requeue: Vec<Job> = Vec::new();
     if let Some(head) = sent.pop_front() {
         let mut job = head.job;
-        if closed {
-            settle.push((job, error.clone()));
-        } else if untouched && job.bounces < MAX_BOUNCES {
+        if untouched && job.bounces < MAX_BOUNCES {
             job.bounces += 1;
-            requeue.push(job);
+            plan.requeue.push(job);
         } else if job.count > 1 && job.split.is_some() {
-            // Which of its tasks brought the worker down is unknown: run them one by one, so
-            // that the culprit fails alone. Running them again is not a retry.
-            let split = job.split.take().map(|split| split(&job.frame));
-            match split {
+            match job.split.take().map(|split| split(&job.frame)) {
                 Some(pieces) if pieces.len() == job.count as usize => {
-                    job.deliver.disarm();
-                    requeue.extend(pieces.into_iter().map(|(frame, deliver)| Job {
-                        frame,
-                        count: 1,
+                    let Job {
                         deliver,
-                        cancelled: job.cancelled.clone(),
-                        attempts: job.attempts,
-                        bounces: 0,
-                        split: None,
-                    }));
+                        cancelled,
+                        attempts,
+                        ..
+                    } = job;
+                    deliver.disarm();
+                    plan.requeue
+                        .extend(pieces.into_iter().map(|(frame, deliver)| Job {
+                            frame,
+                            count: 1,
+                            deliver,
+                            cancelled: cancelled.clone(),
+                            attempts,
+                            bounces: 0,
+                            split: None,
+                        }));
                 }
-                _ => settle.push((job, error.clone())),
+                _ => plan.settle.push((job, error.clone())),
             }
-        } else if matches!(error, Error::WorkerDied { .. })
-            && job.attempts < shared.settings.retries
-        {
+        } else if matches!(error, Error::WorkerDied { .. }) && job.attempts < retries {
             job.attempts += 1;
-            requeue.push(job);
+            plan.requeue.push(job);
         } else {
-            settle.push((job, error.clone()));
+            plan.settle.push((job, error.clone()));
         }
     }
-    requeue.extend(sent.into_iter().map(|s| s.job));
-    if closed {
-        settle.extend(requeue.drain(..).map(|j| (j, Error::Closed)));
-    } else if !requeue.is_empty() {
-        let mut st = lock(&shared.state);
-        for job in requeue.into_iter().rev() {
-            st.queue.push_front(job);
-        }
-    }
-    for (job, error) in settle {
-        job.deliver.send(Err(error));
-    }
-    if closed {
-        Slot::Retired
-    } else {
-        // The slot's driver thread starts the replacement, after everyone has their answer.
-        Slot::Vacant
-    }
+    plan.requeue.extend(sent.into_iter().map(|s| s.job));
+    plan
 }

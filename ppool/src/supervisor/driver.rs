@@ -1,14 +1,16 @@
 //! Driving one worker: send it jobs (several ahead when they are short, in one write), read
-//! its results in order and deliver them, and hand failures to `recovery`.
+//! its results in order and deliver them, and, when it fails, apply `recovery`'s plan.
 
-use super::conn::Conn;
-use super::recovery::{fail, recycle_if_due};
-use super::{Job, Phase, Shared, Slot, lock};
+use super::job::{Job, Sent};
+use super::recovery::{self, Failed};
+use super::state::{Conn, Phase, Shared, Slot};
 use crate::error::Error;
 use crate::protocol::{self, FrameError, Results, ResultsMerge};
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+/// Jobs sent ahead to one worker when they are short, so it never waits for the next.
+const PIPELINE: usize = 2;
 
 /// Jobs are sent ahead only while they take less than this.
 const PIPELINE_BELOW_NANOS: u64 = 1_000_000;
@@ -19,22 +21,27 @@ const TINY_JOB_NANOS: u64 = 50_000;
 /// How many tiny jobs one worker may hold.
 const TINY_PIPELINE: usize = 64;
 
-/// A job written to a worker, waiting for its results.
-pub(super) struct Sent {
-    pub(super) job: Job,
-    id: u64,
+/// Who drives a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Driver {
+    /// A caller of `call`, waiting for this one job: it spins for the answer when that is due
+    /// soon, and sends nothing ahead.
+    Caller,
+    /// The slot's own thread, working through the queue: it sends short jobs ahead.
+    Thread,
 }
 
-/// Drives worker `i`: sends `first` (and, with `top_up`, more queued jobs ahead of need),
-/// delivers results as they come, and handles the worker's failure. Returns what the slot
-/// holds afterwards.
+/// Drives worker `i`: sends `first` (and, from the slot's thread, more queued jobs ahead of
+/// need), delivers results as they come, and handles the worker's failure. Returns what the
+/// slot holds afterwards.
 pub(super) fn run(
     shared: &Shared,
     i: usize,
     mut conn: Box<Conn>,
     first: Job,
-    top_up: bool,
+    driver: Driver,
 ) -> Slot {
+    let top_up = driver == Driver::Thread;
     let mut sent: VecDeque<Sent> = VecDeque::new();
     let mut sent_bytes = 0usize;
     let mut sent_tasks = 0u64;
@@ -58,7 +65,7 @@ pub(super) fn run(
                     limit: shared.spec.max_frame,
                 }));
             } else {
-                let id = shared.next_job.fetch_add(1, Ordering::Relaxed);
+                let id = shared.next_job_id();
                 protocol::stamp_job(&mut job.frame, id);
                 let flags = if !top_up && !spin_limit(shared).is_zero() {
                     protocol::FLAG_SPIN
@@ -74,7 +81,7 @@ pub(super) fn run(
                 sent.push_back(Sent { job, id });
             }
             if top_up && sent.len() < depth {
-                next = take_more(shared, &mut conn, sent_bytes, sent_tasks);
+                next = take_more(shared, &conn, sent_bytes, sent_tasks);
             }
         }
         let written = match sent.len() - unsent {
@@ -82,37 +89,41 @@ pub(super) fn run(
             // The common case of a blocking call: no list to build.
             1 => sent
                 .back()
-                .map_or(Ok(()), |s| conn.send(&[s.job.frame.as_slice()])),
+                .map_or(Ok(()), |s| conn.link.send(&[s.job.frame.as_slice()])),
             _ => {
                 let frames: Vec<&[u8]> = sent
                     .range(unsent..)
                     .map(|s| s.job.frame.as_slice())
                     .collect();
-                conn.send(&frames)
+                conn.link.send(&frames)
             }
         };
         if let Err(e) = written {
-            return fail(shared, i, conn, sent, e);
+            return fail(shared, i, *conn, sent, FrameError::Send(e));
         }
         let Some(head) = sent.front() else { break };
         let (id, count) = (head.id, head.job.count);
-        if !top_up {
-            // A caller drives this worker and waits: spin for the answer if it is due soon.
-            conn.spin(spin_limit(shared));
+        let spin = spin_limit(shared);
+        if !top_up && !spin.is_zero() {
+            // A caller drives this worker and waits: spin for the answer, as it is due soon.
+            if let Err(e) = conn.link.wait_readable(spin, None) {
+                return fail(shared, i, *conn, sent, FrameError::Io(e));
+            }
         }
-        if let Err(e) = conn.recv() {
-            return fail(shared, i, conn, sent, e);
-        }
-        let results = match Results::parse(conn.body()) {
+        let body = match conn.link.recv() {
+            Ok(body) => body,
+            Err(e) => return fail(shared, i, *conn, sent, e),
+        };
+        let results = match Results::parse(body) {
             Ok(r) if r.job == id && fits(merge.count(), &r, count) => r,
             Ok(r) => {
                 let e = FrameError::Malformed(format!(
                     "results for job {} ({} tasks) while job {id} ({count} tasks) was running",
                     r.job, r.count
                 ));
-                return fail(shared, i, conn, sent, e);
+                return fail(shared, i, *conn, sent, e);
             }
-            Err(e) => return fail(shared, i, conn, sent, e),
+            Err(e) => return fail(shared, i, *conn, sent, e),
         };
         if results.more {
             // Results larger than one frame: keep this part and read the next.
@@ -125,7 +136,7 @@ pub(super) fn run(
             merged_body = merge.finish(&results);
             match Results::parse(&merged_body) {
                 Ok(r) => r,
-                Err(e) => return fail(shared, i, conn, sent, e),
+                Err(e) => return fail(shared, i, *conn, sent, e),
             }
         };
         let Some(done) = sent.pop_front() else { break };
@@ -140,18 +151,12 @@ pub(super) fn run(
         shared
             .stats
             .record(i, count, results.busy_nanos, results.max_task_nanos);
-        let old = shared.job_nanos.load(Ordering::Relaxed);
-        let new = if old == 0 {
-            results.busy_nanos
-        } else {
-            (old * 7 + results.busy_nanos) / 8
-        };
-        shared.job_nanos.store(new.max(1), Ordering::Relaxed);
+        shared.observe_job(results.busy_nanos);
         done.job.deliver.send(Ok((results, i)));
-        conn.shrink_buffers();
-        *conn.tasks_done() += u64::from(count);
+        conn.link.shrink_buffers();
+        conn.tasks_done += u64::from(count);
         if top_up && sent.len() < pipeline_depth(shared) {
-            next = take_more(shared, &mut conn, sent_bytes, sent_tasks);
+            next = take_more(shared, &conn, sent_bytes, sent_tasks);
         }
     }
     recycle_if_due(shared, conn)
@@ -165,26 +170,26 @@ fn fits(got: u32, part: &Results<'_>, count: u32) -> bool {
 }
 
 /// The next queued job for a worker that already holds `sent_bytes` of jobs, if it has room.
-fn take_more(shared: &Shared, conn: &mut Conn, sent_bytes: usize, sent_tasks: u64) -> Option<Job> {
+fn take_more(shared: &Shared, conn: &Conn, sent_bytes: usize, sent_tasks: u64) -> Option<Job> {
     // Sending ahead only pays for short jobs; behind a long one, a job would wait for nothing
     // while another worker is free.
-    let job_nanos = shared.job_nanos.load(Ordering::Relaxed);
+    let job_nanos = shared.job_nanos();
     if job_nanos == 0 || job_nanos > PIPELINE_BELOW_NANOS {
         return None;
     }
-    let mut st = lock(&shared.state);
+    let mut st = shared.state();
     if st.phase == Phase::Closed {
         return None;
     }
     let job = st.queue.front()?;
-    if sent_bytes > 0 && sent_bytes + job.frame.len() > conn.budget() {
+    if sent_bytes > 0 && sent_bytes + job.frame.len() > conn.link.budget() {
         return None;
     }
     if let Some(max) = shared.settings.max_tasks_per_worker {
-        if *conn.tasks_done() + sent_tasks + u64::from(job.count) > max && sent_tasks > 0 {
+        if conn.tasks_done + sent_tasks + u64::from(job.count) > max && sent_tasks > 0 {
             return None;
         }
-        if *conn.tasks_done() + sent_tasks >= max {
+        if conn.tasks_done + sent_tasks >= max {
             return None;
         }
     }
@@ -198,7 +203,7 @@ fn spin_limit(shared: &Shared) -> Duration {
     const LIMIT: Duration = Duration::from_micros(50);
     static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     let cpus = *CPUS.get_or_init(crate::config::cpus);
-    match shared.job_nanos.load(Ordering::Relaxed) {
+    match shared.job_nanos() {
         n if cpus > 1 && n > 0 && n < 30_000 => LIMIT,
         _ => Duration::ZERO,
     }
@@ -210,9 +215,9 @@ fn pipeline_depth(shared: &Shared) -> usize {
         // A job sent ahead would wait behind the running one and eat into its own deadline.
         return 1;
     }
-    match shared.job_nanos.load(Ordering::Relaxed) {
-        n if n > 0 && n < TINY_JOB_NANOS => TINY_PIPELINE.max(shared.settings.pipeline),
-        _ => shared.settings.pipeline,
+    match shared.job_nanos() {
+        n if n > 0 && n < TINY_JOB_NANOS => TINY_PIPELINE,
+        _ => PIPELINE,
     }
 }
 
@@ -223,4 +228,54 @@ fn arm(shared: &Shared, i: usize, job: &Job) {
     } else if shared.settings.memory_limit.is_some() {
         shared.watch.arm(i, None);
     }
+}
+
+/// Marks a worker that reached `max_tasks_per_worker` for its driver thread to retire and
+/// replace, so that whoever drove its last job is not kept waiting for that.
+fn recycle_if_due(shared: &Shared, conn: Box<Conn>) -> Slot {
+    match shared.settings.max_tasks_per_worker {
+        Some(max) if conn.tasks_done >= max => Slot::Recycle(conn),
+        _ => Slot::Idle(conn),
+    }
+}
+
+/// Worker `i` failed while it held `sent`: gather the facts, classify the failure, apply the
+/// plan for its jobs, and leave the slot to be refilled by its driver thread, after everyone
+/// has their answer.
+fn fail(shared: &Shared, i: usize, conn: Conn, sent: VecDeque<Sent>, cause: FrameError) -> Slot {
+    let verdict = shared.watch.unregister(i);
+    let Conn { link, peer, .. } = conn;
+    let pid = peer.pid();
+    // Bytes of the jobs still in the channel, unread by the worker: read before it goes.
+    let unread = link.unread();
+    peer.kill();
+    let exit = peer.reap();
+    drop(link);
+    let closed = shared.state().phase == Phase::Closed;
+    let who = Failed {
+        entry: shared.spec.entry,
+        worker: i,
+        pid,
+        task_timeout: shared.settings.task_timeout,
+        memory_limit: shared.settings.memory_limit,
+    };
+    let error = recovery::classify(who, verdict, &cause, exit, closed);
+    if !closed {
+        shared.stats.failed(i);
+        tracing::warn!(pool = %shared.spec.pool, worker = i, pid, error = %error, "worker failed");
+        shared.set_last_error(error.clone());
+    }
+    let sent_bytes: usize = sent.iter().map(|s| s.job.frame.len()).sum();
+    let untouched = recovery::untouched(&cause, unread, sent_bytes);
+    let plan = recovery::plan(sent, &error, untouched, closed, shared.settings.retries);
+    if !plan.requeue.is_empty() {
+        let mut st = shared.state();
+        for job in plan.requeue.into_iter().rev() {
+            st.queue.push_front(job);
+        }
+    }
+    for (job, error) in plan.settle {
+        job.deliver.send(Err(error));
+    }
+    if closed { Slot::Retired } else { Slot::Vacant }
 }

@@ -1,15 +1,9 @@
-//! A worker's pipe ends as the supervisor holds them: they never wait past the death of the
-//! worker process, and writing to them never raises `SIGPIPE` in this process.
+//! Waiting on a worker's descriptors without ever waiting past the worker's death.
 //!
 //! A pipe alone cannot say that its worker died: a process the worker forked keeps the other
-//! end open, so a read would wait for as long as that process lives. Both ends are therefore
-//! non-blocking, and a wait polls the pipe together with a pidfd of the worker, which becomes
-//! readable the moment the worker ends, whoever else holds the pipe.
-//!
-//! `SIGPIPE` is the other trap: a program may restore its default action (many command-line
-//! tools do, so that `prog | head` ends quietly), and a write to the pipe of a dead worker
-//! would then kill the whole program. Every write blocks the signal on its thread for the
-//! duration of the call and consumes a `SIGPIPE` it raised, so only `EPIPE` is seen.
+//! end open, so a read would wait for as long as that process lives. The supervisor's ends are
+//! therefore non-blocking, and a wait polls the descriptor together with a pidfd of the
+//! worker, which becomes readable the moment the worker ends, whoever else holds the pipe.
 
 use std::io::{self, IoSlice, PipeReader, PipeWriter, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -44,6 +38,31 @@ impl Pidfd {
                 if let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) {
                     let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
                 }
+            }
+        }
+    }
+
+    /// Whether kills and waits go through a real pidfd (not the raw pid).
+    pub(crate) fn is_pidfd(&self) -> bool {
+        self.fd.is_some()
+    }
+
+    /// Waits at most `timeout` for the process to end; true if it has. Without a pidfd, false.
+    pub(crate) fn wait_exit(&self, timeout: Duration) -> bool {
+        use rustix::event::{PollFd, PollFlags, Timespec};
+        let Some(fd) = &self.fd else {
+            return false;
+        };
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let wait = Timespec::try_from(left).ok();
+            let mut fds = [PollFd::new(fd, PollFlags::IN)];
+            match rustix::event::poll(&mut fds, wait.as_ref()) {
+                Ok(0) if left.is_zero() => return false,
+                Ok(0) | Err(rustix::io::Errno::INTR) => {}
+                Ok(_) => return true,
+                Err(_) => return false,
             }
         }
     }
@@ -163,7 +182,7 @@ pub(crate) fn write_all_vectored(
         &mut many
     };
     while !left.is_empty() {
-        match without_sigpipe(|| (&*pipe).write_vectored(left)) {
+        match super::sigpipe::without_sigpipe(|| (&*pipe).write_vectored(left)) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => {
                 *sent_any = true;
@@ -190,77 +209,9 @@ pub(crate) fn nonblocking(pipe: &PipeWriter) -> io::Result<()> {
     rustix::io::ioctl_fionbio(pipe, true).map_err(io::Error::from)
 }
 
-thread_local! {
-    /// `SIGPIPE` is blocked on this thread for good (the pool's own threads).
-    static SIGPIPE_BLOCKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Blocks `SIGPIPE` on the calling thread, one of the pool's own, for the rest of its life: its
-/// writes need no per-call masking. A `SIGPIPE` raised there stays pending and harmless.
-pub(crate) fn block_sigpipe_on_this_thread() {
-    // SAFETY: as in `without_sigpipe`.
-    let blocked = unsafe {
-        let mut pipe: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut pipe);
-        libc::sigaddset(&mut pipe, libc::SIGPIPE);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &pipe, std::ptr::null_mut()) == 0
-    };
-    SIGPIPE_BLOCKED.with(|b| b.set(blocked));
-}
-
-/// Runs `write` with `SIGPIPE` blocked on this thread, and consumes a `SIGPIPE` it raised, so
-/// that a broken pipe is only ever an `EPIPE` error, whatever the program set `SIGPIPE` to.
-pub(crate) fn without_sigpipe<T>(write: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
-    if SIGPIPE_BLOCKED.with(std::cell::Cell::get) {
-        return write();
-    }
-    // SAFETY: `sigset_t` is plain data for which all zeroes is a valid (empty) value, and the
-    // `sig*` calls only read and write the sets passed to them.
-    unsafe {
-        let mut pipe: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut pipe);
-        libc::sigaddset(&mut pipe, libc::SIGPIPE);
-        if libc::pthread_sigmask(libc::SIG_BLOCK, &pipe, &mut old) != 0 {
-            return write();
-        }
-        let result = write();
-        if matches!(&result, Err(e) if e.kind() == io::ErrorKind::BrokenPipe)
-            && libc::sigismember(&old, libc::SIGPIPE) == 0
-        {
-            // The signal is pending on this thread now: take it before it is unblocked.
-            let zero = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            let mut pending: libc::sigset_t = std::mem::zeroed();
-            if libc::sigpending(&mut pending) == 0
-                && libc::sigismember(&pending, libc::SIGPIPE) == 1
-            {
-                libc::sigtimedwait(&pipe, std::ptr::null_mut(), &zero);
-            }
-        }
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        result
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_broken_pipe_is_an_error_even_with_the_default_sigpipe() {
-        // SAFETY: restoring the default action of SIGPIPE for this test process; the write
-        // below must not let it fire.
-        let previous = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-        let (r, w) = std::io::pipe().expect("pipe");
-        drop(r);
-        let result = without_sigpipe(|| (&w).write(b"x"));
-        // SAFETY: puts back what the test runner had.
-        unsafe { libc::signal(libc::SIGPIPE, previous) };
-        assert_eq!(result.map_err(|e| e.kind()), Err(io::ErrorKind::BrokenPipe));
-    }
 
     #[test]
     fn a_read_ends_when_the_writer_process_ends_though_its_pipe_lives_on() {

@@ -1,0 +1,175 @@
+//! A worker's life seen from the supervisor, the same for every transport: greet it and wait
+//! for it to be ready, register it with the watchdog, retire it gracefully, replace it.
+
+use super::state::{Conn, Phase, Shared, Slot, WorkerSpec};
+use crate::entry;
+use crate::error::Error;
+use crate::protocol::{self, FrameBuf, Hello, Ready};
+use crate::transport::{Link, Peer, Worker};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a started worker may take to answer the greeting.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a worker's initializer may run.
+const INIT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a worker-exit hook may run.
+const EXIT_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a retired worker may take to exit before it is killed.
+const RETIRE_GRACE: Duration = Duration::from_secs(2);
+
+/// The frames that greet worker `index`: HELLO, then INIT and ON_EXIT when there are hooks.
+pub(super) fn greeting(spec: &WorkerSpec, index: usize) -> Vec<u8> {
+    let mut frame = FrameBuf::default();
+    Hello {
+        build_id: entry::build_id(),
+        token: spec.token,
+        worker: index as u32,
+        pool: &spec.pool,
+        entry: spec.entry,
+    }
+    .write(&mut frame);
+    let mut greeting = frame.take();
+    if let Some((name, args)) = &spec.initializer {
+        protocol::write_init(&mut frame, name, args);
+        greeting.extend_from_slice(frame.finish());
+    }
+    if let Some((name, args)) = &spec.on_exit {
+        protocol::write_on_exit(&mut frame, name, args);
+        greeting.extend_from_slice(frame.finish());
+    }
+    greeting
+}
+
+/// Lets the watchdog and `shutdown` see slot `i`'s process.
+pub(super) fn register(shared: &Shared, i: usize, conn: &Conn) {
+    shared.watch.register(i, Arc::clone(&conn.peer));
+}
+
+/// Starts every worker at once, then waits for each to be ready.
+pub(super) fn start_all(shared: &Shared) -> Result<Vec<Conn>, Error> {
+    let n = shared.settings.n_jobs;
+    let mut started = Vec::with_capacity(n);
+    for i in 0..n {
+        started.push(shared.launch.start(i, &greeting(&shared.spec, i))?);
+    }
+    let mut conns = Vec::with_capacity(n);
+    for (i, worker) in started.into_iter().enumerate() {
+        let conn = ready(&shared.spec, i, worker)?;
+        tracing::debug!(pool = %shared.spec.pool, worker = i, pid = conn.peer.pid(), "worker started");
+        conns.push(conn);
+    }
+    Ok(conns)
+}
+
+/// Starts a replacement for slot `i`, or marks it dead.
+pub(super) fn replace(shared: &Shared, i: usize) -> Slot {
+    if shared.state().phase == Phase::Closed {
+        return Slot::Retired;
+    }
+    shared.stats.restarted(i);
+    let started = shared
+        .launch
+        .start(i, &greeting(&shared.spec, i))
+        .and_then(|worker| ready(&shared.spec, i, worker));
+    match started {
+        Ok(conn) => {
+            tracing::info!(pool = %shared.spec.pool, worker = i, pid = conn.peer.pid(), "worker replaced");
+            register(shared, i, &conn);
+            Slot::Idle(Box::new(conn))
+        }
+        Err(e) => {
+            tracing::error!(pool = %shared.spec.pool, worker = i, error = %e, "cannot replace worker");
+            shared.set_last_error(e);
+            Slot::Dead
+        }
+    }
+}
+
+/// Waits for worker `i`'s answer to the greeting, and for its initializer.
+fn ready(spec: &WorkerSpec, i: usize, worker: Worker) -> Result<Conn, Error> {
+    let Worker { mut link, peer } = worker;
+    let fail = |why: &str| -> Error {
+        peer.kill();
+        let cause = peer.reap();
+        Error::spawn(format!("worker {i} (pid {}): {why} ({cause})", peer.pid()))
+    };
+    match link.wait_readable(Duration::ZERO, Some(READY_TIMEOUT)) {
+        Ok(true) => {}
+        Ok(false) => return Err(fail(&format!("it did not answer within {READY_TIMEOUT:?}"))),
+        Err(e) => return Err(fail(&format!("cannot wait for it: {e}"))),
+    }
+    let answer = link
+        .recv()
+        .map_err(|e| e.to_string())
+        .and_then(|body| match Ready::parse(body) {
+            Ok(Ready::Ok {
+                build_id, token, ..
+            }) if build_id == entry::build_id() && token == spec.token => Ok(()),
+            Ok(Ready::Ok { .. }) => Err("it is a worker of another build".to_string()),
+            Ok(Ready::Refused(why)) => Err(format!("it refused: {why}")),
+            Err(e) => Err(e.to_string()),
+        });
+    if let Err(why) = answer {
+        return Err(fail(&why));
+    }
+    if let Some((name, _)) = &spec.initializer {
+        match link.wait_readable(Duration::ZERO, Some(INIT_TIMEOUT)) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(fail(&format!(
+                    "its initializer `{name}` did not finish within {INIT_TIMEOUT:?}"
+                )));
+            }
+            Err(e) => return Err(fail(&format!("cannot wait for it: {e}"))),
+        }
+        let done = match link.recv() {
+            Ok(body) => protocol::parse_init_done(body).map_err(|e| e.to_string()),
+            Err(e) => Err(format!("its initializer `{name}` did not finish: {e}")),
+        };
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) | Err(why) => return Err(fail(&why)),
+        }
+    }
+    Ok(Conn {
+        link,
+        peer,
+        tasks_done: 0,
+    })
+}
+
+/// Stops worker `i` gracefully, keeping what its exit hook returned; kills it if it lingers.
+pub(super) fn retire(shared: &Shared, i: usize, conn: Conn) {
+    let Conn { mut link, peer, .. } = conn;
+    let pid = peer.pid();
+    if let Some(body) = exit(&mut *link, &*peer, shared.spec.on_exit.is_some()) {
+        shared.push_exit_result(body);
+    }
+    tracing::debug!(pool = %shared.spec.pool, worker = i, pid, "worker retired");
+}
+
+/// Asks the worker to exit after its current work, and waits for it to; with an exit hook,
+/// returns the EXITED frame's body.
+fn exit(link: &mut dyn Link, peer: &dyn Peer, has_exit_hook: bool) -> Option<Vec<u8>> {
+    let mut frame = FrameBuf::default();
+    protocol::write_exit(&mut frame);
+    let mut exited = None;
+    if link.send(&[frame.finish()]).is_ok() {
+        if has_exit_hook
+            && link
+                .wait_readable(Duration::ZERO, Some(EXIT_HOOK_TIMEOUT))
+                .unwrap_or(false)
+        {
+            if let Ok(body) = link.recv() {
+                exited = Some(body.to_vec());
+            }
+        }
+        if peer.wait_exit(RETIRE_GRACE) {
+            return exited;
+        }
+    }
+    peer.kill();
+    peer.reap();
+    exited
+}

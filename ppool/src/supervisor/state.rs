@@ -1,0 +1,182 @@
+//! The supervisor's state: its settings, its slots and queue, and what its threads share.
+
+use super::job::Job;
+use crate::error::Error;
+use crate::insights::Stats;
+use crate::sync::lock;
+use crate::transport::{Launch, Link, Peer};
+use crate::watchdog::Watch;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// How a pool runs, fixed when it is built.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) n_jobs: usize,
+    pub(crate) debug: bool,
+    pub(crate) max_tasks_per_worker: Option<u64>,
+    pub(crate) task_timeout: Option<Duration>,
+    pub(crate) memory_limit: Option<u64>,
+    pub(crate) retries: u32,
+}
+
+/// What a pool's workers are told in their greeting: what they serve, and what they run
+/// before their first task and at their end.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerSpec {
+    pub(crate) pool: String,
+    pub(crate) entry: &'static str,
+    pub(crate) max_frame: usize,
+    pub(crate) initializer: Option<(&'static str, Vec<u8>)>,
+    pub(crate) on_exit: Option<(&'static str, Vec<u8>)>,
+    /// A number no other process can guess, echoed in READY.
+    pub(crate) token: u64,
+}
+
+/// A worker held by a slot: how it is reached, and what it has done.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) link: Box<dyn Link>,
+    pub(crate) peer: Arc<dyn Peer>,
+    /// Tasks this worker has finished.
+    pub(crate) tasks_done: u64,
+}
+
+pub(crate) enum Slot {
+    /// Waiting for work.
+    Idle(Box<Conn>),
+    /// Held by a thread that drives it.
+    Busy,
+    /// Its worker failed and was reaped; the slot's own driver thread starts a replacement,
+    /// so that whoever drove the failed job has its answer without waiting for that.
+    Vacant,
+    /// Its worker reached `max_tasks_per_worker`; the slot's driver thread retires it and
+    /// starts a replacement.
+    Recycle(Box<Conn>),
+    /// Could not be (re)started.
+    Dead,
+    /// Stopped by `join`.
+    Retired,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    NotStarted,
+    Running,
+    Joining,
+    Closed,
+}
+
+pub(crate) struct State {
+    pub(crate) phase: Phase,
+    pub(crate) queue: VecDeque<Job>,
+    pub(crate) slots: Vec<Slot>,
+}
+
+impl State {
+    /// Whether any slot has, or will soon have, a worker.
+    pub(crate) fn any_alive(&self) -> bool {
+        self.slots.iter().any(|s| {
+            matches!(
+                s,
+                Slot::Idle(_) | Slot::Busy | Slot::Vacant | Slot::Recycle(_)
+            )
+        })
+    }
+
+    pub(crate) fn any_busy(&self) -> bool {
+        self.slots.iter().any(|s| matches!(s, Slot::Busy))
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) spec: WorkerSpec,
+    pub(crate) settings: Settings,
+    pub(crate) launch: Box<dyn Launch>,
+    /// A timeout or memory limit is set, so the watchdog runs and jobs are armed.
+    pub(crate) watchdog: bool,
+    pub(crate) state: Mutex<State>,
+    pub(crate) wake: Condvar,
+    pub(crate) watch: Watch,
+    last_error: Mutex<Option<Error>>,
+    next_job: AtomicU64,
+    /// Mean time a worker is busy with one job, in nanoseconds (0: nothing seen yet).
+    job_nanos: AtomicU64,
+    pub(crate) stats: Stats,
+    /// Bodies of the EXITED frames of retired workers.
+    exit_results: Mutex<Vec<Vec<u8>>>,
+}
+
+impl Shared {
+    pub(crate) fn new(spec: WorkerSpec, settings: Settings, launch: Box<dyn Launch>) -> Self {
+        let slots = settings.n_jobs;
+        Shared {
+            watch: Watch::new(slots, settings.memory_limit),
+            state: Mutex::new(State {
+                phase: Phase::NotStarted,
+                queue: VecDeque::new(),
+                slots: (0..slots).map(|_| Slot::Dead).collect(),
+            }),
+            wake: Condvar::new(),
+            last_error: Mutex::new(None),
+            next_job: AtomicU64::new(1),
+            job_nanos: AtomicU64::new(0),
+            stats: Stats::new(slots),
+            watchdog: settings.task_timeout.is_some() || settings.memory_limit.is_some(),
+            exit_results: Mutex::new(Vec::new()),
+            spec,
+            settings,
+            launch,
+        }
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    /// The last worker failure seen.
+    pub(crate) fn last_error(&self) -> Option<Error> {
+        lock(&self.last_error).clone()
+    }
+
+    pub(crate) fn set_last_error(&self, error: Error) {
+        *lock(&self.last_error) = Some(error);
+    }
+
+    /// The error for jobs that no worker is left to run.
+    pub(crate) fn no_worker_error(&self) -> Error {
+        self.last_error()
+            .unwrap_or_else(|| Error::spawn("no worker of the pool is running"))
+    }
+
+    /// A fresh job id.
+    pub(crate) fn next_job_id(&self) -> u64 {
+        self.next_job.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The mean busy time of a job, in nanoseconds (0: nothing seen yet).
+    pub(crate) fn job_nanos(&self) -> u64 {
+        self.job_nanos.load(Ordering::Relaxed)
+    }
+
+    /// Learns from a job that kept its worker busy `busy_nanos`.
+    pub(crate) fn observe_job(&self, busy_nanos: u64) {
+        let old = self.job_nanos.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            busy_nanos
+        } else {
+            (old * 7 + busy_nanos) / 8
+        };
+        self.job_nanos.store(new.max(1), Ordering::Relaxed);
+    }
+
+    pub(crate) fn push_exit_result(&self, body: Vec<u8>) {
+        lock(&self.exit_results).push(body);
+    }
+
+    pub(crate) fn exit_results(&self) -> Vec<Vec<u8>> {
+        lock(&self.exit_results).clone()
+    }
+}

@@ -1,0 +1,111 @@
+//! How the supervisor reaches a worker. This is the only module that names the kinds of
+//! transport; the supervisor sees a worker as a [`Link`] and a [`Peer`] made by a [`Launch`].
+//!
+//! - [`Link`]: the bytes to and from one worker, as frames (see `protocol`).
+//! - [`Peer`]: the process behind the link: its id, a kill that any thread may call, its
+//!   reaping, and its resident memory.
+//! - [`Launch`]: starts worker `i` and sends it its greeting; the supervisor then reads the
+//!   answer through the link, whatever the kind.
+//!
+//! The kinds:
+//! - `pipe`: this very binary, started again as a local worker with two private pipes
+//!   (the default);
+//! - `in_process`: debug mode, the same protocol served in this process, on the thread that
+//!   drives it.
+
+mod in_process;
+mod pipe;
+mod poll;
+mod sigpipe;
+mod stderr;
+
+pub(crate) use sigpipe::block_sigpipe_on_this_thread;
+
+use crate::error::{Error, ExitCause};
+use crate::protocol::FrameError;
+use std::ffi::OsString;
+use std::fmt::Debug;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The bytes to and from one worker.
+pub(crate) trait Link: Send + Debug {
+    /// Sends finished frames (length headers included), in order, in as few system calls as
+    /// the transport allows. An error of kind `NotConnected` means that no byte reached the
+    /// worker: it was gone before the first one.
+    fn send(&mut self, frames: &[&[u8]]) -> io::Result<()>;
+
+    /// Receives one frame; its body stays valid until the next call.
+    fn recv(&mut self) -> Result<&[u8], FrameError>;
+
+    /// Spins for at most `spin` (only where a CPU is free for it), then waits at most
+    /// `timeout` (`None`: no limit) until a frame can be read or the worker has ended; false
+    /// when the time ran out.
+    fn wait_readable(&mut self, spin: Duration, timeout: Option<Duration>) -> io::Result<bool>;
+
+    /// The most bytes of frames that may wait unanswered in the link without either side
+    /// blocking the other for good.
+    fn budget(&self) -> usize;
+
+    /// Bytes sent that the worker has not taken yet, where the transport can tell.
+    fn unread(&self) -> Option<u64>;
+
+    /// Gives back the memory of buffers that one big frame grew.
+    fn shrink_buffers(&mut self);
+}
+
+/// The process behind a link.
+pub(crate) trait Peer: Send + Sync + Debug {
+    /// Its process id, on its host (for errors and insights).
+    fn pid(&self) -> u32;
+
+    /// Kills it (SIGKILL), from any thread; never reaches another process.
+    fn kill(&self);
+
+    /// Waits at most `timeout` for it to end by itself; true if it has.
+    fn wait_exit(&self, timeout: Duration) -> bool;
+
+    /// Waits for it to end and says how it did; again, says the same.
+    fn reap(&self) -> ExitCause;
+
+    /// Its resident memory in bytes, where that can be read.
+    fn resident_bytes(&self) -> Option<u64>;
+}
+
+/// Starts workers.
+pub(crate) trait Launch: Send + Sync + Debug {
+    /// Starts worker `index` and sends it `greeting` (HELLO and the frames that follow it).
+    fn start(&self, index: usize, greeting: &[u8]) -> Result<Worker, Error>;
+}
+
+/// A started worker.
+#[derive(Debug)]
+pub(crate) struct Worker {
+    pub(crate) link: Box<dyn Link>,
+    pub(crate) peer: Arc<dyn Peer>,
+}
+
+/// How local worker processes are started (not what they are told: that is the greeting).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LaunchConfig {
+    /// The pool's name, to tag the workers' stderr.
+    pub(crate) pool: String,
+    /// The largest frame either side may send.
+    pub(crate) max_frame: usize,
+    pub(crate) env: Vec<(OsString, OsString)>,
+    pub(crate) disable_gpu: bool,
+    /// CPUs to pin workers to: worker `i` gets `cpus[i % len]`.
+    pub(crate) cpu_affinity: Vec<usize>,
+    /// Tag each line of a worker's stderr with the pool name and worker index.
+    pub(crate) forward_stderr: bool,
+}
+
+/// The launcher for a pool's workers: in this process (debug mode), or local processes.
+pub(crate) fn launcher(config: LaunchConfig, debug: bool) -> Box<dyn Launch> {
+    if debug {
+        Box::new(in_process::InProcess::new(config.max_frame))
+    } else {
+        Box::new(pipe::Pipes::new(config))
+    }
+}

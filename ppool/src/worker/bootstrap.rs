@@ -1,0 +1,172 @@
+//! How a worker process finds its channel: the two pipe descriptors a pool let it inherit,
+//! named in one environment variable, and the guard thread that ends it when nobody greets
+//! it or when its supervisor goes away.
+
+use std::ffi::OsString;
+use std::io::{PipeReader, PipeWriter};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// The argument that marks a worker started by `ppool::main!`.
+pub(crate) const WORKER_ARG: &str = "--ppool-worker";
+/// The environment variable that carries the channel's description.
+pub(crate) const CHANNEL_ENV: &str = "PPOOL_WORKER_CHANNEL";
+/// How long a worker waits for its supervisor's greeting before it gives up.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a worker checks that its supervisor is still alive.
+const PARENT_POLL: Duration = Duration::from_millis(100);
+/// Exit code of a worker started by hand or that could not talk to its supervisor.
+pub(crate) const EXIT_NO_CHANNEL: i32 = 2;
+
+/// A worker's channel as it travels from a pool to the worker it starts: `<read fd>,<write
+/// fd>,<max frame>` in [`CHANNEL_ENV`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ChannelDesc {
+    pub(crate) read_fd: RawFd,
+    pub(crate) write_fd: RawFd,
+    pub(crate) max_frame: usize,
+}
+
+impl ChannelDesc {
+    /// The environment variable to set for the worker.
+    pub(crate) fn to_env(self) -> (&'static str, OsString) {
+        let value = format!("{},{},{}", self.read_fd, self.write_fd, self.max_frame);
+        (CHANNEL_ENV, value.into())
+    }
+
+    /// Parses the variable's value.
+    pub(crate) fn parse(value: &str) -> Result<Self, String> {
+        let mut parts = value.split(',');
+        let mut next = |what: &str| -> Result<u64, String> {
+            parts
+                .next()
+                .and_then(|p| p.parse().ok())
+                .ok_or_else(|| format!("{CHANNEL_ENV} has no valid {what}"))
+        };
+        let read_fd = RawFd::try_from(next("read descriptor")?)
+            .map_err(|_| format!("{CHANNEL_ENV} has no valid read descriptor"))?;
+        let write_fd = RawFd::try_from(next("write descriptor")?)
+            .map_err(|_| format!("{CHANNEL_ENV} has no valid write descriptor"))?;
+        let max_frame = usize::try_from(next("frame limit")?)
+            .map_err(|_| format!("{CHANNEL_ENV} has no valid frame limit"))?;
+        Ok(ChannelDesc {
+            read_fd,
+            write_fd,
+            max_frame,
+        })
+    }
+
+    /// Reads the channel this process was started with, and removes the variable, so that
+    /// programs an entry starts do not take themselves for workers. Both descriptors must be
+    /// open pipes: argv alone does not make a worker.
+    pub(crate) fn from_env() -> Result<(PipeReader, PipeWriter, usize), String> {
+        let value = std::env::var(CHANNEL_ENV).map_err(|_| format!("{CHANNEL_ENV} is not set"))?;
+        // SAFETY: this runs first thing in `main` (or in the worker test of a test binary),
+        // before this process starts any thread that could read the environment meanwhile.
+        unsafe { std::env::remove_var(CHANNEL_ENV) };
+        let desc = Self::parse(&value)?;
+        let input = owned_pipe(desc.read_fd)?;
+        let output = owned_pipe(desc.write_fd)?;
+        let _ = CHANNEL_FDS.set((desc.read_fd, desc.write_fd));
+        Ok((
+            PipeReader::from(input),
+            PipeWriter::from(output),
+            desc.max_frame,
+        ))
+    }
+}
+
+/// The descriptors of this worker's channel, for tests that corrupt it on purpose.
+static CHANNEL_FDS: OnceLock<(RawFd, RawFd)> = OnceLock::new();
+
+/// The read and write descriptors of this worker's channel, when this process is a worker.
+#[doc(hidden)]
+pub fn channel_fds() -> Option<(RawFd, RawFd)> {
+    CHANNEL_FDS.get().copied()
+}
+
+fn owned_pipe(fd: RawFd) -> Result<OwnedFd, String> {
+    if fd < 3 {
+        return Err(format!(
+            "descriptor {fd} is a standard stream, not a channel"
+        ));
+    }
+    // SAFETY: `fd` is only borrowed for the `fstat` call; an invalid number makes it fail.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let stat =
+        rustix::fs::fstat(borrowed).map_err(|e| format!("descriptor {fd} is not open: {e}"))?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Fifo {
+        return Err(format!("descriptor {fd} is not a pipe"));
+    }
+    // Processes this worker starts must not inherit its channel: a copy would keep it open
+    // after the worker died, and hide the death from the pool.
+    rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::CLOEXEC)
+        .map_err(|e| format!("descriptor {fd}: {e}"))?;
+    // SAFETY: the descriptor is open (fstat succeeded), was inherited for this purpose, and
+    // nothing else in this process owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Ends a process started with a worker's command line that is no worker, with a message.
+pub(crate) fn hand_started(why: &str) -> ! {
+    eprintln!(
+        "error: this is the command line of a ppool worker, which only a ProcessPool can start \
+         ({why}). Run the program without `{WORKER_ARG}` to use it normally."
+    );
+    std::process::exit(EXIT_NO_CHANNEL)
+}
+
+/// Watches, on its own thread, that the greeting comes in time and that the supervisor (this
+/// process's parent) lives.
+pub(crate) fn spawn_guard(greeted: &'static AtomicBool) {
+    let parent = rustix::process::getppid();
+    let started = Instant::now();
+    let spawned = std::thread::Builder::new()
+        .name("ppool-guard".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(PARENT_POLL);
+                if rustix::process::getppid() != parent {
+                    // The supervisor is gone: nobody wants our results.
+                    std::process::exit(0);
+                }
+                if !greeted.load(Ordering::Acquire) && started.elapsed() > HANDSHAKE_TIMEOUT {
+                    hand_started("no pool greeted it on its channel");
+                }
+            }
+        });
+    if spawned.is_err() {
+        eprintln!("ppool worker: cannot start its guard thread");
+        std::process::exit(EXIT_NO_CHANNEL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_channel_description_round_trips_and_refuses_garbage() {
+        let desc = ChannelDesc {
+            read_fd: 7,
+            write_fd: 9,
+            max_frame: 1 << 30,
+        };
+        let (key, value) = desc.to_env();
+        assert_eq!(key, CHANNEL_ENV);
+        assert_eq!(ChannelDesc::parse(value.to_str().unwrap_or("")), Ok(desc));
+        for bad in [
+            "",
+            "7",
+            "7,9",
+            "7,x,1",
+            "-1,9,1",
+            "7,9,-1",
+            "99999999999,9,1",
+        ] {
+            assert!(ChannelDesc::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}

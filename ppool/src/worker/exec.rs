@@ -1,0 +1,184 @@
+//! Running tasks inside a worker: the entry, its panics caught and recorded as data, its
+//! results appended to a RESULTS frame; the initializer and the worker-exit hook. Shared by
+//! worker processes and the in-process (debug) transport.
+
+use crate::entry::{self, CodecFailure, EntryRecord};
+use crate::protocol::{self, FrameBuf, FrameError, Outcome, Tasks};
+use std::cell::{Cell, RefCell};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::{Once, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Tasks are timed one by one (for insights) once one of them took this long.
+const TIME_EACH_ABOVE: Duration = Duration::from_micros(20);
+
+/// Who this worker process is, for [`worker_index`](crate::worker_index).
+#[derive(Debug)]
+pub(crate) struct WorkerInfo {
+    pub(crate) index: usize,
+    pub(crate) pool: String,
+}
+
+pub(crate) static WORKER: OnceLock<WorkerInfo> = OnceLock::new();
+
+thread_local! {
+    /// The worker a debug-mode task runs as, on the thread that runs it.
+    static IN_PROCESS: Cell<Option<(usize, &'static str)>> = const { Cell::new(None) };
+}
+
+/// The index and pool name of the worker this code runs in: this process, or the debug-mode
+/// worker whose task this thread is running.
+pub(crate) fn current() -> Option<(usize, &'static str)> {
+    IN_PROCESS
+        .with(Cell::get)
+        .or_else(|| WORKER.get().map(|w| (w.index, w.pool.as_str())))
+}
+
+/// Runs `f` as a task of the in-process worker `index` of pool `pool`.
+pub(crate) fn as_in_process<R>(index: usize, pool: &'static str, f: impl FnOnce() -> R) -> R {
+    let outer = IN_PROCESS.with(|c| c.replace(Some((index, pool))));
+    let result = f();
+    IN_PROCESS.with(|c| c.set(outer));
+    result
+}
+
+thread_local! {
+    static IN_TASK: Cell<bool> = const { Cell::new(false) };
+    static LAST_PANIC: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
+}
+
+/// Records the panics of tasks as data (the supervisor reports them) instead of printing them,
+/// unless `RUST_BACKTRACE` is set. Other panics go to the previous hook.
+pub(crate) fn install_panic_hook() {
+    static INSTALLED: Once = Once::new();
+    INSTALLED.call_once(|| {
+        let print = std::env::var_os("RUST_BACKTRACE").is_some();
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if !IN_TASK.with(Cell::get) {
+                return previous(info);
+            }
+            let message = crate::panics::message(info.payload());
+            let location = info.location().map(|l| l.to_string()).unwrap_or_default();
+            LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location)));
+            if print {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// Runs `f` as a task: its panic is caught and recorded.
+fn catch_task<R>(f: impl FnOnce() -> R) -> Result<R, (String, String)> {
+    IN_TASK.with(|t| t.set(true));
+    let result = panic::catch_unwind(AssertUnwindSafe(f));
+    IN_TASK.with(|t| t.set(false));
+    result.map_err(|payload| {
+        LAST_PANIC
+            .with(|p| p.borrow_mut().take())
+            .unwrap_or_else(|| (crate::panics::message(payload.as_ref()), String::new()))
+    })
+}
+
+/// Runs the tasks of a TASKS body and builds the RESULTS frame in `out`.
+pub(crate) fn run_tasks(
+    record: &EntryRecord,
+    body: &[u8],
+    out: &mut FrameBuf,
+    max_frame: usize,
+) -> Result<(), FrameError> {
+    let started = Instant::now();
+    let mut tasks = Tasks::parse(body)?;
+    protocol::start_results(out, tasks.job, tasks.count);
+    // Reading the clock costs about as much as a tiny task: time each task only while they
+    // are long enough for it to matter, and the rest of a chunk of tiny ones as a whole.
+    let (mut last, mut longest) = (started, Duration::ZERO);
+    let mut timed = 0;
+    for _ in 0..tasks.count {
+        let args = tasks.next_args()?;
+        run_one(record, args, out, max_frame);
+        if timed < 2 || longest >= TIME_EACH_ABOVE {
+            let now = Instant::now();
+            longest = longest.max(now - last);
+            last = now;
+            timed += 1;
+        }
+    }
+    let now = if timed == tasks.count {
+        last
+    } else {
+        Instant::now()
+    };
+    let untimed = tasks.count - timed;
+    if untimed > 0 {
+        // The tasks not timed one by one: their mean stands in for their longest.
+        longest = longest.max((now - last) / untimed);
+    }
+    protocol::set_busy(out, (now - started).as_nanos() as u64);
+    protocol::set_max_task(out, longest.as_nanos() as u64);
+    Ok(())
+}
+
+/// Runs one task and appends its outcome.
+pub(crate) fn run_one(record: &EntryRecord, args: &[u8], out: &mut FrameBuf, max: usize) {
+    let at = out.len();
+    match catch_task(|| Outcome::write_ok(out, |value| (record.run)(args, value))) {
+        Ok(Ok(())) => {
+            // A result the channel cannot carry, even in a frame of its own, fails alone.
+            if protocol::RESULTS_HEADER_BODY + (out.len() - at) > max {
+                let size = out.len() - at;
+                out.truncate(at);
+                let message = format!(
+                    "the result is {size} bytes, more than the pool's max_frame_size of {max}"
+                );
+                Outcome::write_codec(out, "encode the result", &message);
+            }
+        }
+        Ok(Err(CodecFailure { action, message })) => Outcome::write_codec(out, action, &message),
+        Err((message, location)) => {
+            out.truncate(at);
+            Outcome::write_panicked(out, &message, &location);
+        }
+    }
+}
+
+/// Runs the initializer named in an INIT frame and prepares INIT_DONE.
+pub(crate) fn run_init(body: &[u8], out: &mut FrameBuf) {
+    let failure = init_failure(body);
+    protocol::write_init_done(out, failure.as_deref());
+}
+
+/// Runs the initializer of an INIT body; `Some(why)` if it failed.
+pub(crate) fn init_failure(body: &[u8]) -> Option<String> {
+    let mut fields = protocol::Fields::new(body);
+    let parsed = (|| {
+        fields.u8("kind")?;
+        let name = fields.str("initializer name")?;
+        let args = fields.bytes("initializer arguments")?;
+        fields.end()?;
+        Ok::<_, FrameError>((name, args))
+    })();
+    let (name, args) = match parsed {
+        Ok(p) => p,
+        Err(e) => return Some(e.to_string()),
+    };
+    let record = match entry::find(name) {
+        Ok(r) => r,
+        Err(e) => return Some(e.to_string()),
+    };
+    let mut sink = Vec::new();
+    match catch_task(|| (record.run)(args, &mut sink)) {
+        Ok(Ok(())) => None,
+        Ok(Err(CodecFailure { action, message })) => Some(format!(
+            "initializer `{name}` could not {action}: {message}"
+        )),
+        Err((message, location)) => {
+            let at = if location.is_empty() {
+                String::new()
+            } else {
+                format!(" at {location}")
+            };
+            Some(format!("initializer `{name}` panicked{at}: {message}"))
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! The worker side: a [`Session`] answers the supervisor's frames one by one (the handshake,
+//! the initializer, tasks, the exit hook), and [`serve`] runs one over a byte stream until it
+//! is told to stop or the supervisor goes away. The in-process transport runs a session too.
+
+pub(crate) mod bootstrap;
+pub(crate) mod exec;
+
+use crate::entry::{self, EntryRecord};
+use crate::protocol::{self, FrameBuf, FrameError, FrameReader, Hello, Ready, Tasks, kind};
+use bootstrap::ChannelDesc;
+use exec::{WORKER, WorkerInfo};
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// The largest frame accepted before a pool's greeting: enough for any HELLO.
+const GREETING_MAX: usize = 64 * 1024;
+/// How long a worker spins for the next task after a job whose caller asked for it.
+const SPIN: Duration = Duration::from_micros(50);
+
+/// What a session did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// The answer is in the session's buffer, to be sent at once. `spin`: the pool asks the
+    /// worker to spin for its next frame, as a caller waits and will send it soon.
+    Answer { spin: bool },
+    /// Nothing to answer.
+    Quiet,
+    /// Stop: send the answer in the buffer, if `answer`, then end.
+    Exit { answer: bool },
+}
+
+/// One worker's side of the protocol.
+#[derive(Debug)]
+pub(crate) struct Session {
+    /// The entry it serves, once greeted.
+    record: Option<&'static EntryRecord>,
+    on_exit: Option<(&'static EntryRecord, Vec<u8>)>,
+    max_frame: usize,
+    /// The answer being built.
+    pub(crate) out: FrameBuf,
+    /// For the in-process transport: the worker this session stands for.
+    in_process: Option<(usize, &'static str)>,
+}
+
+impl Session {
+    /// A session of a worker process, whose frames may be at most `max_frame` bytes.
+    pub(crate) fn new(max_frame: usize) -> Self {
+        Session {
+            record: None,
+            on_exit: None,
+            max_frame,
+            out: FrameBuf::default(),
+            in_process: None,
+        }
+    }
+
+    /// A session that stands for worker `index` of pool `pool`, served in this process.
+    pub(crate) fn in_process(max_frame: usize, index: usize, pool: &'static str) -> Self {
+        Session {
+            in_process: Some((index, pool)),
+            ..Session::new(max_frame)
+        }
+    }
+
+    /// Handles one frame's body. An error is fatal: the worker says why and ends (after a
+    /// refused greeting, the REFUSE frame is in the buffer to be sent first).
+    pub(crate) fn handle(&mut self, body: &[u8]) -> Result<Step, String> {
+        let Some(record) = self.record else {
+            return self.greet(body);
+        };
+        match body.first().copied() {
+            Some(kind::TASKS) => {
+                let spin = Tasks::parse(body).is_ok_and(|t| t.flags & protocol::FLAG_SPIN != 0);
+                let (out, max) = (&mut self.out, self.max_frame);
+                as_worker(self.in_process, || exec::run_tasks(record, body, out, max))
+                    .map_err(|e| e.to_string())?;
+                Ok(Step::Answer { spin })
+            }
+            Some(kind::INIT) => {
+                let out = &mut self.out;
+                as_worker(self.in_process, || exec::run_init(body, out));
+                Ok(Step::Answer { spin: false })
+            }
+            Some(kind::ON_EXIT) => {
+                match protocol::parse_on_exit(body)
+                    .map_err(|e| e.to_string())
+                    .and_then(|(name, args)| {
+                        entry::find(name)
+                            .map(|r| (r, args.to_vec()))
+                            .map_err(|e| e.to_string())
+                    }) {
+                    Ok(hook) => self.on_exit = Some(hook),
+                    Err(e) => eprintln!("ppool worker: ignoring the worker-exit hook: {e}"),
+                }
+                Ok(Step::Quiet)
+            }
+            Some(kind::EXIT) => {
+                let Some((hook, args)) = &self.on_exit else {
+                    return Ok(Step::Exit { answer: false });
+                };
+                let (out, max) = (&mut self.out, self.max_frame);
+                protocol::start_exited(out);
+                as_worker(self.in_process, || exec::run_one(hook, args, out, max));
+                Ok(Step::Exit { answer: true })
+            }
+            Some(k) => Err(format!("unexpected message kind {k}")),
+            None => Err("an empty frame".into()),
+        }
+    }
+
+    /// Reads HELLO, checks it, and prepares READY (or REFUSE).
+    fn greet(&mut self, body: &[u8]) -> Result<Step, String> {
+        let greeted = Hello::parse(body)
+            .map_err(|e| e.to_string())
+            .and_then(|hello| {
+                let ours = entry::build_id();
+                if hello.build_id != ours {
+                    return Err(format!(
+                        "the worker binary is of another build (its entry table is {ours:016x}, \
+                     the pool's {:016x}); was the program rebuilt while it ran?",
+                        hello.build_id
+                    ));
+                }
+                let record = entry::find(hello.entry).map_err(|e| e.to_string())?;
+                if self.in_process.is_none() {
+                    let _ = WORKER.set(WorkerInfo {
+                        index: hello.worker as usize,
+                        pool: hello.pool.to_string(),
+                    });
+                }
+                Ok((record, ours, hello.token))
+            });
+        match greeted {
+            Ok((record, build_id, token)) => {
+                self.record = Some(record);
+                exec::install_panic_hook();
+                Ready::Ok {
+                    build_id,
+                    token,
+                    pid: std::process::id(),
+                }
+                .write(&mut self.out);
+                Ok(Step::Answer { spin: false })
+            }
+            Err(why) => {
+                Ready::Refused(&why).write(&mut self.out);
+                Err(why)
+            }
+        }
+    }
+
+    /// The answer, cut into frames within the limit where it is larger (big results).
+    pub(crate) fn answer_frames(&mut self) -> AnswerFrames<'_> {
+        let frame = self.out.finish();
+        match protocol::split_results(frame, self.max_frame) {
+            None => AnswerFrames::One(frame),
+            Some(frames) => AnswerFrames::Many(frames),
+        }
+    }
+
+    /// Gives back the memory of an answer buffer that one big result grew.
+    pub(crate) fn shrink_buffers(&mut self) {
+        self.out.shrink();
+    }
+}
+
+/// Runs `f` as worker code: as the in-process worker `who` stands for, if any.
+fn as_worker<R>(who: Option<(usize, &'static str)>, f: impl FnOnce() -> R) -> R {
+    match who {
+        Some((index, pool)) => exec::as_in_process(index, pool, f),
+        None => f(),
+    }
+}
+
+/// The frames of one answer.
+#[derive(Debug)]
+pub(crate) enum AnswerFrames<'a> {
+    One(&'a [u8]),
+    Many(Vec<Vec<u8>>),
+}
+
+impl AnswerFrames<'_> {
+    /// Writes them all.
+    pub(crate) fn write_to(&self, output: &mut impl Write) -> std::io::Result<()> {
+        match self {
+            AnswerFrames::One(frame) => output.write_all(frame),
+            AnswerFrames::Many(frames) => frames.iter().try_for_each(|f| output.write_all(f)),
+        }
+    }
+}
+
+/// Serves as a worker process; never returns.
+pub(crate) fn enter() -> ! {
+    // A supervisor that went away is an `EPIPE` on the next write, never a signal.
+    // SAFETY: sets the disposition of SIGPIPE to "ignore"; no handler code is involved.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    let (input, output, max_frame) = match ChannelDesc::from_env() {
+        Ok(channel) => channel,
+        Err(why) => bootstrap::hand_started(&why),
+    };
+    serve(input, output, max_frame)
+}
+
+/// Answers the frames read from `input` on `output` until told to stop, or until the
+/// supervisor goes away; never returns.
+fn serve<R, W>(input: R, mut output: W, max_frame: usize) -> !
+where
+    R: Read + std::os::fd::AsFd,
+    W: Write,
+{
+    static GREETED: AtomicBool = AtomicBool::new(false);
+    bootstrap::spawn_guard(&GREETED);
+    // Until a pool has greeted it, the channel may be anything: a frame may not claim more
+    // than a greeting needs.
+    let mut reader = FrameReader::new(input, GREETING_MAX.min(max_frame));
+    let mut body = Vec::new();
+    let mut session = Session::new(max_frame);
+    let mut spin = false;
+    loop {
+        if spin && !reader.has_buffered() {
+            crate::readiness::spin_until_readable(reader.get_ref().as_fd(), SPIN);
+        }
+        match reader.read(&mut body) {
+            Ok(()) => {}
+            Err(FrameError::Closed) if GREETED.load(Ordering::Acquire) => std::process::exit(0),
+            Err(e) if !GREETED.load(Ordering::Acquire) => {
+                bootstrap::hand_started(&format!("no greeting on its channel: {e}"))
+            }
+            Err(e) => {
+                eprintln!("ppool worker: {e}");
+                std::process::exit(3);
+            }
+        }
+        let step = match session.handle(&body) {
+            Ok(step) => step,
+            Err(why) if !GREETED.load(Ordering::Acquire) => {
+                let _ = session.answer_frames().write_to(&mut output);
+                bootstrap::hand_started(&why)
+            }
+            Err(why) => {
+                eprintln!("ppool worker: {why}");
+                std::process::exit(3);
+            }
+        };
+        if !GREETED.swap(true, Ordering::AcqRel) {
+            reader.set_max(max_frame);
+        }
+        let (answer, exit) = match step {
+            Step::Answer { spin: s } => {
+                spin = s;
+                (true, false)
+            }
+            Step::Quiet => (false, false),
+            Step::Exit { answer } => (answer, true),
+        };
+        if answer {
+            // Each answer leaves at once: an answer held back would be lost, and its task
+            // blamed, if a later task of the same worker crashed it.
+            if let Err(e) = session.answer_frames().write_to(&mut output) {
+                // The supervisor closed its end: it is gone or wants us gone.
+                if e.kind() != std::io::ErrorKind::BrokenPipe {
+                    eprintln!("ppool worker: cannot send results: {e}");
+                }
+                std::process::exit(0);
+            }
+        }
+        if exit {
+            std::process::exit(0);
+        }
+        protocol::shrink(&mut body);
+        session.shrink_buffers();
+    }
+}
