@@ -1,7 +1,9 @@
 //! A batch: many tasks submitted at once, their results gathered in input order.
 
+use crate::chunk::{Put, Sink};
 use crate::error::{Error, Result};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use crate::sync::{lock, wait};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// The results of [`pool.batch(..)`](crate::ProcessPool::batch), in input order.
 ///
@@ -46,11 +48,15 @@ impl<T> Gather<T> {
     }
 
     fn lock(&self) -> MutexGuard<'_, GatherState<T>> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
 
     /// Stores results for consecutive tasks from `start`.
-    pub(crate) fn fill(&self, start: usize, each: impl FnOnce(&mut dyn FnMut(usize, Result<T>))) {
+    pub(crate) fn fill_at(
+        &self,
+        start: usize,
+        each: impl FnOnce(&mut dyn FnMut(usize, Result<T>)),
+    ) {
         let mut guard = self.lock();
         let st = &mut *guard;
         let mut put = |k: usize, r: Result<T>| {
@@ -77,7 +83,7 @@ impl<T> Gather<T> {
     fn take(&self) -> (Vec<Option<T>>, Vec<(usize, Error)>) {
         let mut st = self.lock();
         while st.missing > 0 {
-            st = self.done.wait(st).unwrap_or_else(PoisonError::into_inner);
+            st = wait(&self.done, st);
         }
         let mut errors = std::mem::take(&mut st.errors);
         errors.sort_by_key(|(i, _)| *i);
@@ -110,6 +116,12 @@ impl<T> Gather<T> {
 
     fn is_done(&self) -> bool {
         self.lock().missing == 0
+    }
+}
+
+impl<T: Send + 'static> Sink<T> for Gather<T> {
+    fn fill(&self, start: u64, each: &mut dyn FnMut(Put<'_, T>)) {
+        self.fill_at(start as usize, |put| each(put));
     }
 }
 

@@ -31,7 +31,7 @@ impl Chunking {
     }
 
     /// The chunk size for a stream of unknown length.
-    pub(crate) fn next(&self) -> usize {
+    pub(crate) fn for_stream(&self) -> usize {
         if let Some(n) = self.fixed {
             return n;
         }

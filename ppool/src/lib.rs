@@ -40,6 +40,7 @@
 
 mod batch;
 mod callbacks;
+mod chunk;
 mod chunking;
 mod codec;
 mod config;
@@ -47,7 +48,7 @@ mod entry;
 mod error;
 mod hooks;
 mod insights;
-mod jobs;
+mod outcome;
 mod panics;
 mod pool;
 mod progress;

@@ -2,16 +2,17 @@
 //! beneath it moves bytes.
 
 use crate::batch::{Batch, Gather};
+use crate::chunk::{self, ChunkEncoder};
 use crate::chunking::Chunking;
 use crate::codec;
 use crate::config::{self, NJobs};
 use crate::entry::{self, Entry};
 use crate::error::{Error, Result};
 use crate::insights::Insights;
-use crate::jobs::{self, ChunkEncoder};
+use crate::outcome;
 use crate::progress::{self, Progress};
 use crate::protocol::DEFAULT_MAX_FRAME;
-use crate::stream::Map;
+use crate::stream::{Map, StreamSource};
 use crate::supervisor::{Core, Deliver, Delivery, Settings, WorkerSpec};
 use crate::task::{OneShot, Task};
 use crate::transport::{self, LaunchConfig};
@@ -90,8 +91,8 @@ impl<F: Entry> ProcessPool<F> {
     pub fn call(&self, args: F::Args) -> Result<F::Output> {
         let slot = OneShot::new();
         let sink = Arc::clone(&slot);
-        let deliver = Deliver::new(move |d: Delivery<'_>| sink.set(jobs::first_result::<F>(d)));
-        match jobs::single::<F>(&args, self.max_frame(), deliver) {
+        let deliver = Deliver::new(move |d: Delivery<'_>| sink.set(outcome::first_result::<F>(d)));
+        match chunk::single::<F>(&args, self.max_frame(), deliver) {
             Ok(job) => self.core.run_or_submit(job),
             Err((e, _)) => return Err(e),
         }
@@ -109,10 +110,10 @@ impl<F: Entry> ProcessPool<F> {
     {
         let callbacks = Arc::clone(self.core.callbacks());
         let deliver = Deliver::new(move |d: Delivery<'_>| {
-            let result = jobs::first_result::<F>(d);
+            let result = outcome::first_result::<F>(d);
             callbacks.push(move || callback(result));
         });
-        match jobs::single::<F>(&args, self.max_frame(), deliver) {
+        match chunk::single::<F>(&args, self.max_frame(), deliver) {
             Ok(job) => self.core.submit(job),
             Err((e, deliver)) => deliver.send(Err(e)),
         }
@@ -123,8 +124,8 @@ impl<F: Entry> ProcessPool<F> {
     pub fn submit(&self, args: F::Args) -> Task<F::Output> {
         let slot = OneShot::new();
         let sink = Arc::clone(&slot);
-        let deliver = Deliver::new(move |d: Delivery<'_>| sink.set(jobs::first_result::<F>(d)));
-        match jobs::single::<F>(&args, self.max_frame(), deliver) {
+        let deliver = Deliver::new(move |d: Delivery<'_>| sink.set(outcome::first_result::<F>(d)));
+        match chunk::single::<F>(&args, self.max_frame(), deliver) {
             Ok(job) => self.core.submit(job),
             Err((e, deliver)) => deliver.send(Err(e)),
         }
@@ -149,7 +150,7 @@ impl<F: Entry> ProcessPool<F> {
                     // A task that cannot be sent fails alone; its chunk goes on without it.
                     let full = std::mem::replace(&mut chunk, ChunkEncoder::new(self.max_frame()));
                     self.submit_chunk(full, &gather, start, &progress);
-                    gather.fill(i, |put| put(0, Err(e)));
+                    gather.fill_at(i, |put| put(0, Err(e)));
                     progress.inc(1);
                     start = i + 1;
                     continue;
@@ -178,36 +179,16 @@ impl<F: Entry> ProcessPool<F> {
         start: usize,
         progress: &Progress,
     ) {
-        let count = chunk.count();
-        if count == 0 {
-            return;
-        }
-        let piece = {
-            let gather = Arc::clone(gather);
-            let progress = progress.clone();
-            move |k: u32| -> Deliver {
-                let gather = Arc::clone(&gather);
-                let progress = progress.clone();
-                Deliver::new(move |d: Delivery<'_>| {
-                    gather.fill(start + k as usize, |put| {
-                        jobs::for_each_result::<F>(d, 1, put)
-                    });
-                    progress.inc(1);
-                })
-            }
-        };
-        let gather = Arc::clone(gather);
-        let chunking = Arc::clone(&self.chunking);
-        let progress = progress.clone();
-        let deliver = Deliver::new(move |d: Delivery<'_>| {
-            if let Ok((r, _)) = &d {
-                chunking.observe(r.busy_nanos, r.count);
-            }
-            gather.fill(start, |put| jobs::for_each_result::<F>(d, count, put));
-            progress.inc(u64::from(count));
-        });
-        self.core
-            .submit(chunk.into_splittable_job(deliver, None, piece));
+        let start = start as u64;
+        chunk::submit::<F, _>(
+            &self.core,
+            &self.chunking,
+            chunk,
+            gather,
+            start,
+            progress,
+            None,
+        );
     }
 
     /// Runs the tasks of `tasks` as it is iterated, yielding results in input order. The input
@@ -217,7 +198,7 @@ impl<F: Entry> ProcessPool<F> {
     where
         I: IntoIterator<Item = F::Args>,
     {
-        Map::new(self, tasks.into_iter(), true)
+        Map::new(self.stream_source(), tasks.into_iter(), true)
     }
 
     /// Like [`map`](Self::map), but yields results as they complete.
@@ -225,7 +206,7 @@ impl<F: Entry> ProcessPool<F> {
     where
         I: IntoIterator<Item = F::Args>,
     {
-        Map::new(self, tasks.into_iter(), false)
+        Map::new(self.stream_source(), tasks.into_iter(), false)
     }
 
     /// The number of workers.
@@ -272,7 +253,7 @@ impl<F: Entry> ProcessPool<F> {
             .core
             .exit_results()
             .iter()
-            .map(|body| jobs::exit_result::<E>(body))
+            .map(|body| outcome::exit_result::<E>(body))
             .collect())
     }
 
@@ -287,25 +268,22 @@ impl<F: Entry> ProcessPool<F> {
         self.core.shutdown();
     }
 
-    pub(crate) fn core(&self) -> &Core {
-        &self.core
-    }
-
     /// The largest frame a job may be.
-    pub(crate) fn max_frame(&self) -> usize {
+    fn max_frame(&self) -> usize {
         self.core.spec().max_frame
     }
 
-    pub(crate) fn chunking(&self) -> &Arc<Chunking> {
-        &self.chunking
-    }
-
-    pub(crate) fn stream_window(&self) -> Option<usize> {
-        self.stream_window
-    }
-
-    pub(crate) fn progress_mode(&self) -> progress::Mode {
-        self.progress
+    /// What a stream needs of the pool.
+    fn stream_source(&self) -> StreamSource<'_> {
+        StreamSource {
+            core: &self.core,
+            chunking: Arc::clone(&self.chunking),
+            window: self.stream_window,
+            n_jobs: self.n_jobs(),
+            max_frame: self.max_frame(),
+            progress: self.progress,
+            name: self.name(),
+        }
     }
 }
 

@@ -2,21 +2,37 @@
 //! tasks in flight, so an endless input runs in constant memory. Dropping the stream cancels
 //! what has not started.
 
+use crate::chunk::{self, ChunkEncoder, Put, Sink};
+use crate::chunking::Chunking;
 use crate::entry::Entry;
 use crate::error::{Error, Result};
-use crate::jobs::{self, ChunkEncoder};
-use crate::pool::ProcessPool;
-use crate::progress::Progress;
-use crate::supervisor::Deliver;
+use crate::progress::{self, Progress};
+use crate::supervisor::Core;
+use crate::sync::{lock, wait};
 use std::collections::VecDeque;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-/// The results of [`map`](ProcessPool::map) (input order) or
-/// [`map_unordered`](ProcessPool::map_unordered) (completion order), as an iterator.
+/// What a stream needs of its pool.
+#[derive(Debug)]
+pub(crate) struct StreamSource<'p> {
+    pub(crate) core: &'p Core,
+    pub(crate) chunking: Arc<Chunking>,
+    /// The user's `stream_window`, if set.
+    pub(crate) window: Option<usize>,
+    pub(crate) n_jobs: usize,
+    pub(crate) max_frame: usize,
+    pub(crate) progress: progress::Mode,
+    pub(crate) name: &'p str,
+}
+
+/// The results of [`map`](crate::ProcessPool::map) (input order) or
+/// [`map_unordered`](crate::ProcessPool::map_unordered) (completion order), as an iterator.
 #[must_use = "a stream does nothing unless iterated"]
 pub struct Map<'p, F: Entry, I> {
-    pool: &'p ProcessPool<F>,
+    source: StreamSource<'p>,
+    _entry: PhantomData<fn() -> F>,
     input: Option<I>,
     results: Arc<Results<F::Output>>,
     cancelled: Arc<AtomicBool>,
@@ -45,6 +61,7 @@ impl<F: Entry, I> std::fmt::Debug for Map<'_, F, I> {
 struct Results<T> {
     state: Mutex<ResultsState<T>>,
     ready: Condvar,
+    ordered: bool,
 }
 
 struct ResultsState<T> {
@@ -57,20 +74,21 @@ struct ResultsState<T> {
 
 impl<T> Results<T> {
     fn lock(&self) -> MutexGuard<'_, ResultsState<T>> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
 }
 
 impl<'p, F: Entry, I: Iterator<Item = F::Args>> Map<'p, F, I> {
-    pub(crate) fn new(pool: &'p ProcessPool<F>, input: I, ordered: bool) -> Self {
+    pub(crate) fn new(source: StreamSource<'p>, input: I, ordered: bool) -> Self {
         let total = match input.size_hint() {
             (lo, Some(hi)) if lo == hi => Some(lo as u64),
             _ => None,
         };
-        let progress = Progress::start(pool.progress_mode(), total, pool.name());
+        let progress = Progress::start(source.progress, total, source.name);
         Map {
             progress,
-            pool,
+            source,
+            _entry: PhantomData,
             input: Some(input),
             results: Arc::new(Results {
                 state: Mutex::new(ResultsState {
@@ -79,6 +97,7 @@ impl<'p, F: Entry, I: Iterator<Item = F::Args>> Map<'p, F, I> {
                     arrived: VecDeque::new(),
                 }),
                 ready: Condvar::new(),
+                ordered,
             }),
             cancelled: Arc::new(AtomicBool::new(false)),
             ordered,
@@ -92,11 +111,11 @@ impl<'p, F: Entry, I: Iterator<Item = F::Args>> Map<'p, F, I> {
     fn top_up(&mut self) {
         while self.input.is_some() || self.carry.is_some() {
             let outstanding = (self.submitted - self.yielded) as usize;
-            let size = self.pool.chunking().next();
+            let size = self.source.chunking.for_stream();
             let window = self
-                .pool
-                .stream_window()
-                .unwrap_or(self.pool.n_jobs() * 4 * size)
+                .source
+                .window
+                .unwrap_or(self.source.n_jobs * 4 * size)
                 .max(1);
             // Whole chunks only: topping up the window task by task would send one-task chunks.
             let size = size.min((window / 2).max(1));
@@ -107,7 +126,7 @@ impl<'p, F: Entry, I: Iterator<Item = F::Args>> Map<'p, F, I> {
             let mut chunk = self
                 .carry
                 .take()
-                .unwrap_or_else(|| ChunkEncoder::new(self.pool.max_frame()));
+                .unwrap_or_else(|| ChunkEncoder::new(self.source.max_frame));
             let mut failed: Vec<(u64, Error)> = Vec::new();
             let mut taken = u64::from(chunk.count());
             while (chunk.count() as usize) < size {
@@ -136,51 +155,34 @@ impl<'p, F: Entry, I: Iterator<Item = F::Args>> Map<'p, F, I> {
                 }
             }
             self.submitted += taken;
-            let count = chunk.count();
             // A task that could not be encoded ends its chunk and fails on its own.
-            let chunk_start = start;
-            if count > 0 {
-                let results = Arc::clone(&self.results);
-                let ordered = self.ordered;
-                let chunking = Arc::clone(self.pool.chunking());
-                let piece = {
-                    let results = Arc::clone(&self.results);
-                    move |k: u32| -> Deliver {
-                        let results = Arc::clone(&results);
-                        Deliver::new(move |delivery: crate::supervisor::Delivery<'_>| {
-                            let mut st = results.lock();
-                            jobs::for_each_result::<F>(delivery, 1, |_, r| {
-                                put(&mut st, ordered, chunk_start + u64::from(k), r);
-                            });
-                            drop(st);
-                            results.ready.notify_all();
-                        })
-                    }
-                };
-                let deliver = Deliver::new(move |delivery: crate::supervisor::Delivery<'_>| {
-                    if let Ok((r, _)) = &delivery {
-                        chunking.observe(r.busy_nanos, r.count);
-                    }
-                    let mut st = results.lock();
-                    jobs::for_each_result::<F>(delivery, count, |k, r| {
-                        put(&mut st, ordered, chunk_start + k as u64, r);
-                    });
-                    drop(st);
-                    results.ready.notify_all();
-                });
-                self.pool.core().submit(chunk.into_splittable_job(
-                    deliver,
-                    Some(Arc::clone(&self.cancelled)),
-                    piece,
-                ));
-            }
+            chunk::submit::<F, _>(
+                self.source.core,
+                &self.source.chunking,
+                chunk,
+                &self.results,
+                start,
+                &self.progress,
+                Some(Arc::clone(&self.cancelled)),
+            );
             if !failed.is_empty() {
                 let mut st = self.results.lock();
                 for (position, e) in failed {
                     put(&mut st, self.ordered, position, Err(e));
                 }
+                drop(st);
+                self.progress.inc(1);
             }
         }
+    }
+}
+
+impl<T: Send + 'static> Sink<T> for Results<T> {
+    fn fill(&self, start: u64, each: &mut dyn FnMut(Put<'_, T>)) {
+        let mut st = self.lock();
+        each(&mut |k, r| put(&mut st, self.ordered, start + k as u64, r));
+        drop(st);
+        self.ready.notify_all();
     }
 }
 
@@ -223,13 +225,9 @@ impl<F: Entry, I: Iterator<Item = F::Args>> Iterator for Map<'_, F, I> {
             };
             if let Some(r) = got {
                 self.yielded += 1;
-                self.progress.inc(1);
                 return Some(r);
             }
-            st = results
-                .ready
-                .wait(st)
-                .unwrap_or_else(PoisonError::into_inner);
+            st = wait(&results.ready, st);
         }
     }
 

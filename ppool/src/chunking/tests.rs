@@ -4,19 +4,19 @@ use super::*;
 fn fixed_size_wins() {
     let c = Chunking::new(Some(7), None);
     c.observe(1, 1);
-    assert_eq!(c.next(), 7);
+    assert_eq!(c.for_stream(), 7);
     assert_eq!(c.for_len(1000, 2), 7);
 }
 
 #[test]
 fn adapts_to_task_duration() {
     let c = Chunking::new(None, None);
-    assert_eq!(c.next(), 1, "nothing known yet");
+    assert_eq!(c.for_stream(), 1, "nothing known yet");
     c.observe(100 * 1000, 1000); // 100 ns a task
-    assert_eq!(c.next(), MAX_CHUNK);
+    assert_eq!(c.for_stream(), MAX_CHUNK);
     let slow = Chunking::new(None, None);
     slow.observe(10_000_000, 1); // 10 ms a task
-    assert_eq!(slow.next(), 1);
+    assert_eq!(slow.for_stream(), 1);
     assert_eq!(slow.for_len(200, 2), 1);
 }
 

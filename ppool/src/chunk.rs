@@ -1,13 +1,26 @@
-//! Typed jobs: encode a chunk of one entry's tasks into a frame, and turn the worker's answer
-//! back into one `Result` per task.
+//! Chunks of one entry's tasks: encoded into one job's frame within the frame limit, and
+//! submitted with one path for `batch` and `map`, whose results go to a [`Sink`].
 
+use crate::chunking::Chunking;
 use crate::codec;
 use crate::entry::Entry;
 use crate::error::{Error, Result};
-use crate::protocol::{self, FrameBuf, Outcome};
-use crate::supervisor::{Deliver, Delivery, Job, Split};
+use crate::outcome;
+use crate::progress::Progress;
+use crate::protocol::{self, FrameBuf};
+use crate::supervisor::{Core, Deliver, Delivery, Job, Split};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+
+/// Stores one result: `(k, result)` for the `k`-th task from a chunk's start.
+pub(crate) type Put<'a, T> = &'a mut dyn FnMut(usize, Result<T>);
+
+/// Where the results of submitted chunks go: a batch's table, or a stream's queue.
+pub(crate) trait Sink<T>: Send + Sync + 'static {
+    /// Stores the results of consecutive tasks from position `start`: `each` calls the
+    /// [`Put`] it is given once per result.
+    fn fill(&self, start: u64, each: &mut dyn FnMut(Put<'_, T>));
+}
 
 /// Builds the frame of one job, never larger than the pool's frame limit.
 pub(crate) struct ChunkEncoder {
@@ -143,79 +156,53 @@ pub(crate) fn single<F: Entry>(
     }
 }
 
-/// Calls `each(k, result)` for the `k`-th task of a job of `count` tasks.
-pub(crate) fn for_each_result<F: Entry>(
-    delivery: Delivery<'_>,
-    count: u32,
-    mut each: impl FnMut(usize, Result<F::Output>),
+/// Submits a chunk of tasks at positions `start..`: their results go to `sink`, the pool's
+/// chunking learns their duration, and `progress` counts them. Should its worker fail under
+/// it, the chunk can be split to run its tasks one by one.
+pub(crate) fn submit<F: Entry, S: Sink<F::Output>>(
+    core: &Core,
+    chunking: &Arc<Chunking>,
+    chunk: ChunkEncoder,
+    sink: &Arc<S>,
+    start: u64,
+    progress: &Progress,
+    cancelled: Option<Arc<AtomicBool>>,
 ) {
-    match delivery {
-        Ok((results, worker)) => {
-            for (k, outcome) in results.outcomes().enumerate() {
-                each(k, convert::<F>(outcome, worker));
-            }
-        }
-        Err(error) => {
-            for k in 0..count as usize {
-                each(k, Err(error.clone()));
-            }
-        }
+    let count = chunk.count();
+    if count == 0 {
+        return;
     }
-}
-
-/// The result of a job of one task.
-pub(crate) fn first_result<F: Entry>(delivery: Delivery<'_>) -> Result<F::Output> {
-    let mut out = None;
-    for_each_result::<F>(delivery, 1, |_, r| {
-        if out.is_none() {
-            out = Some(r);
+    let piece = {
+        let sink = Arc::clone(sink);
+        let progress = progress.clone();
+        move |k: u32| -> Deliver {
+            let sink = Arc::clone(&sink);
+            let progress = progress.clone();
+            Deliver::new(move |d: Delivery<'_>| {
+                let mut d = Some(d);
+                sink.fill(start + u64::from(k), &mut |put| {
+                    if let Some(d) = d.take() {
+                        outcome::for_each_result::<F>(d, 1, put);
+                    }
+                });
+                progress.inc(1);
+            })
         }
+    };
+    let sink = Arc::clone(sink);
+    let chunking = Arc::clone(chunking);
+    let progress = progress.clone();
+    let deliver = Deliver::new(move |d: Delivery<'_>| {
+        if let Ok((r, _)) = &d {
+            chunking.observe(r.busy_nanos, r.count);
+        }
+        let mut d = Some(d);
+        sink.fill(start, &mut |put| {
+            if let Some(d) = d.take() {
+                outcome::for_each_result::<F>(d, count, put);
+            }
+        });
+        progress.inc(u64::from(count));
     });
-    out.unwrap_or(Err(Error::Protocol {
-        worker: 0,
-        message: "a job came back without results".into(),
-    }))
-}
-
-fn convert<F: Entry>(outcome: Outcome<'_>, worker: usize) -> Result<F::Output> {
-    match outcome {
-        Outcome::Ok(bytes) => codec::decode::<F::Output>(bytes).map_err(|message| Error::Codec {
-            entry: F::NAME.to_string(),
-            action: "decode the result",
-            message,
-        }),
-        Outcome::Panicked { message, location } => {
-            tracing::debug!(entry = F::NAME, worker, message, location, "task panicked");
-            Err(panicked::<F>(worker, message, location))
-        }
-        Outcome::Codec { action, message } => Err(Error::Codec {
-            entry: F::NAME.to_string(),
-            action: if action.starts_with("decode") {
-                "decode the arguments"
-            } else {
-                "encode the result"
-            },
-            message: message.to_string(),
-        }),
-    }
-}
-
-/// The result of a worker-exit hook, from an EXITED body.
-pub(crate) fn exit_result<E: Entry>(body: &[u8]) -> Result<E::Output> {
-    match protocol::parse_exited(body) {
-        Ok(outcome) => convert::<E>(outcome, 0),
-        Err(e) => Err(Error::Protocol {
-            worker: 0,
-            message: e.to_string(),
-        }),
-    }
-}
-
-fn panicked<F: Entry>(worker: usize, message: &str, location: &str) -> Error {
-    Error::Panicked {
-        entry: F::NAME.to_string(),
-        worker,
-        message: message.to_string(),
-        location: (!location.is_empty()).then(|| location.to_string()),
-    }
+    core.submit(chunk.into_splittable_job(deliver, cancelled, piece));
 }
