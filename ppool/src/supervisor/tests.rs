@@ -1,1 +1,647 @@
-//! Tests of the supervisor with scripted fake workers.
+//! The supervisor's recovery rules, driven through a whole [`Core`] with scripted fake
+//! workers: no process is started. A fake worker answers the greeting, and answers each task
+//! by what its arguments say: `ok`, `panic`, `crash` (dies while running it), `hang` (runs
+//! until killed), `grow` (hangs with a resident memory above any limit) or `garbage` (answers
+//! with a malformed frame). A test can also kill a worker while it is idle.
+//!
+//! The pure plan is tested on its own at the end.
+
+use super::job::{Deliver, Job, Sent, Split};
+use super::recovery::{self, Failed, MAX_BOUNCES};
+use super::{Core, Settings, WorkerSpec};
+use crate::entry;
+use crate::error::{Error, ExitCause};
+use crate::protocol::{self, FrameBuf, FrameError, Hello, Outcome, Ready, Results, Tasks, kind};
+use crate::sync::lock;
+use crate::transport::{Launch, Link, Peer, Worker};
+use crate::watchdog::Verdict;
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// How the fake workers of one pool behave, and what the test sees of them.
+#[derive(Debug, Default)]
+struct Script {
+    /// Workers started so far.
+    started: AtomicUsize,
+    /// The peers, by start order.
+    peers: Mutex<Vec<Arc<FakePeer>>>,
+}
+
+#[derive(Debug)]
+struct FakeLaunch(Arc<Script>);
+
+impl Launch for FakeLaunch {
+    fn start(&self, _index: usize, greeting: &[u8]) -> Result<Worker, Error> {
+        let n = self.0.started.fetch_add(1, Ordering::SeqCst);
+        let peer = Arc::new(FakePeer {
+            pid: 1000 + n as u32,
+            dead: Mutex::new(None),
+            changed: Condvar::new(),
+            rss: AtomicU64::new(0),
+            idle_death: AtomicBool::new(false),
+        });
+        lock(&self.0.peers).push(Arc::clone(&peer));
+        let mut link = FakeLink {
+            peer: Arc::clone(&peer),
+            answers: VecDeque::new(),
+            unread: 0,
+            body: Vec::new(),
+        };
+        link.send(&[greeting])
+            .map_err(|e| Error::spawn(e.to_string()))?;
+        Ok(Worker {
+            link: Box::new(link),
+            peer,
+        })
+    }
+}
+
+#[derive(Debug)]
+struct FakePeer {
+    pid: u32,
+    /// How it ended, once it has.
+    dead: Mutex<Option<ExitCause>>,
+    changed: Condvar,
+    rss: AtomicU64,
+    /// Killed from outside while idle: the next frame sent is never read.
+    idle_death: AtomicBool,
+}
+
+impl FakePeer {
+    fn die(&self, cause: ExitCause) {
+        let mut dead = lock(&self.dead);
+        dead.get_or_insert(cause);
+        drop(dead);
+        self.changed.notify_all();
+    }
+
+    fn is_dead(&self) -> bool {
+        lock(&self.dead).is_some()
+    }
+
+    /// Waits until killed.
+    fn hang(&self) {
+        let mut dead = lock(&self.dead);
+        while dead.is_none() {
+            dead = crate::sync::wait(&self.changed, dead);
+        }
+    }
+}
+
+impl Peer for FakePeer {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn kill(&self) {
+        self.die(ExitCause::Signal(9));
+    }
+
+    fn wait_exit(&self, _timeout: Duration) -> bool {
+        self.die(ExitCause::Code(0));
+        true
+    }
+
+    fn reap(&self) -> ExitCause {
+        lock(&self.dead).unwrap_or(ExitCause::Signal(9))
+    }
+
+    fn resident_bytes(&self) -> Option<u64> {
+        Some(self.rss.load(Ordering::SeqCst))
+    }
+}
+
+#[derive(Debug)]
+struct FakeLink {
+    peer: Arc<FakePeer>,
+    answers: VecDeque<Vec<u8>>,
+    /// Bytes sent that the dead worker never read.
+    unread: u64,
+    body: Vec<u8>,
+}
+
+impl FakeLink {
+    fn answer(&mut self, body: &[u8]) -> io::Result<()> {
+        let mut out = FrameBuf::default();
+        match body[0] {
+            kind::HELLO => {
+                let hello = Hello::parse(body).map_err(|e| io::Error::other(e.to_string()))?;
+                Ready::Ok {
+                    build_id: entry::build_id(),
+                    token: hello.token,
+                    pid: self.peer.pid,
+                }
+                .write(&mut out);
+            }
+            kind::TASKS => {
+                let mut tasks = Tasks::parse(body).map_err(|e| io::Error::other(e.to_string()))?;
+                protocol::start_results(&mut out, tasks.job, tasks.count);
+                for _ in 0..tasks.count {
+                    let args = tasks
+                        .next_args()
+                        .map_err(|e| io::Error::other(e.to_string()))?;
+                    match args {
+                        b"panic" => Outcome::write_panicked(&mut out, "boom", "here:1:1"),
+                        b"crash" => {
+                            // Dies running this task: the chunk's answer is never sent.
+                            self.peer.die(ExitCause::Signal(6));
+                            return Ok(());
+                        }
+                        b"hang" => {
+                            self.peer.hang();
+                            return Ok(());
+                        }
+                        b"grow" => {
+                            self.peer.rss.store(1 << 40, Ordering::SeqCst);
+                            self.peer.hang();
+                            return Ok(());
+                        }
+                        b"garbage" => {
+                            self.answers.push_back(vec![kind::RESULTS, 1, 2, 3]);
+                            return Ok(());
+                        }
+                        _ => {
+                            let _ = Outcome::write_ok(&mut out, |v| {
+                                v.extend_from_slice(args);
+                                Ok::<(), ()>(())
+                            });
+                        }
+                    }
+                }
+            }
+            kind::EXIT => {
+                self.peer.die(ExitCause::Code(0));
+                return Ok(());
+            }
+            _ => return Ok(()),
+        }
+        self.answers.push_back(out.finish()[4..].to_vec());
+        Ok(())
+    }
+}
+
+impl Link for FakeLink {
+    fn send(&mut self, frames: &[&[u8]]) -> io::Result<()> {
+        for frame in frames {
+            let mut rest: &[u8] = frame;
+            while rest.len() >= 4 {
+                let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+                let (body, next) = rest[4..].split_at(len);
+                rest = next;
+                if self.peer.idle_death.load(Ordering::SeqCst) || self.peer.is_dead() {
+                    // Written into the channel of a dead worker: still there, unread.
+                    self.unread += (len + 4) as u64;
+                    continue;
+                }
+                self.answer(body)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn recv(&mut self) -> Result<&[u8], FrameError> {
+        if self.peer.idle_death.load(Ordering::SeqCst) {
+            self.peer.die(ExitCause::Signal(9));
+        }
+        match self.answers.pop_front() {
+            Some(body) => {
+                self.body = body;
+                Ok(&self.body)
+            }
+            None => Err(FrameError::Closed),
+        }
+    }
+
+    fn wait_readable(&mut self, _spin: Duration, _timeout: Option<Duration>) -> io::Result<bool> {
+        Ok(true)
+    }
+
+    fn budget(&self) -> usize {
+        1 << 20
+    }
+
+    fn unread(&self) -> Option<u64> {
+        Some(self.unread)
+    }
+
+    fn shrink_buffers(&mut self) {}
+}
+
+/// What a job's handler received: each task's outcome, or the job's error.
+type Got = Result<Vec<String>, Error>;
+
+fn describe(outcome: Outcome<'_>) -> String {
+    match outcome {
+        Outcome::Ok(v) => String::from_utf8_lossy(v).into_owned(),
+        Outcome::Panicked { message, .. } => format!("panicked: {message}"),
+        Outcome::Codec { message, .. } => format!("codec: {message}"),
+    }
+}
+
+/// A job of `tasks`, whose outcome goes to `tx`; split into one job per task when its worker
+/// fails under it.
+fn job(tasks: &[&str], tx: &mpsc::Sender<(Vec<String>, Got)>) -> Job {
+    let mut frame = FrameBuf::default();
+    protocol::start_tasks(&mut frame, 0, tasks.len() as u32);
+    for t in tasks {
+        frame.bytes(t.as_bytes());
+    }
+    let names: Vec<String> = tasks.iter().map(|t| t.to_string()).collect();
+    let deliver = deliver_to(names.clone(), tx.clone());
+    let tx = tx.clone();
+    let split: Split = Box::new(move |frame: &[u8]| {
+        let Ok(mut tasks) = Tasks::parse(&frame[4..]) else {
+            return Vec::new();
+        };
+        let mut pieces = Vec::new();
+        for name in &names {
+            let Ok(args) = tasks.next_args() else {
+                return Vec::new();
+            };
+            let mut one = FrameBuf::default();
+            protocol::start_tasks(&mut one, 0, 1);
+            one.bytes(args);
+            pieces.push((one.take(), deliver_to(vec![name.clone()], tx.clone())));
+        }
+        pieces
+    });
+    Job {
+        count: tasks.len() as u32,
+        frame: frame.take(),
+        deliver,
+        cancelled: None,
+        attempts: 0,
+        bounces: 0,
+        split: (tasks.len() > 1).then_some(split),
+    }
+}
+
+fn deliver_to(names: Vec<String>, tx: mpsc::Sender<(Vec<String>, Got)>) -> Deliver {
+    Deliver::new(move |d| {
+        let got = d.map(|(results, _)| results.outcomes().map(describe).collect());
+        let _ = tx.send((names, got));
+    })
+}
+
+fn settings(n_jobs: usize) -> Settings {
+    Settings {
+        n_jobs,
+        debug: false,
+        max_tasks_per_worker: None,
+        task_timeout: None,
+        memory_limit: None,
+        retries: 0,
+    }
+}
+
+fn core(settings: Settings) -> (Core, Arc<Script>) {
+    let script = Arc::new(Script::default());
+    let spec = WorkerSpec {
+        pool: "fake".into(),
+        entry: "fake::entry",
+        max_frame: 1 << 20,
+        initializer: None,
+        on_exit: None,
+        token: 42,
+    };
+    let core = Core::new(spec, settings, Box::new(FakeLaunch(Arc::clone(&script))));
+    core.start().expect("a pool of fake workers starts");
+    (core, script)
+}
+
+/// The outcomes of `n` jobs, by the names of their tasks.
+fn collect(rx: &mpsc::Receiver<(Vec<String>, Got)>, n: usize) -> Vec<(Vec<String>, Got)> {
+    let mut all: Vec<_> = (0..n)
+        .map(|_| {
+            rx.recv_timeout(10 * SECOND)
+                .expect("every job is delivered")
+        })
+        .collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all
+}
+
+#[test]
+fn a_panic_fails_its_task_alone_and_the_worker_serves_on() {
+    let (core, script) = core(settings(1));
+    let (tx, rx) = mpsc::channel();
+    core.submit(job(&["a", "panic", "b"], &tx));
+    core.submit(job(&["c"], &tx));
+    let got = collect(&rx, 2);
+    assert_eq!(
+        got[0].1.as_ref().ok(),
+        Some(&vec!["a".into(), "panicked: boom".into(), "b".into()])
+    );
+    assert_eq!(got[1].1.as_ref().ok(), Some(&vec!["c".to_string()]));
+    assert_eq!(
+        script.started.load(Ordering::SeqCst),
+        1,
+        "no worker was replaced"
+    );
+}
+
+#[test]
+fn a_crash_mid_chunk_runs_the_chunk_task_by_task_and_only_the_culprit_fails() {
+    let (core, script) = core(settings(1));
+    let (tx, rx) = mpsc::channel();
+    core.submit(job(&["a", "crash", "b"], &tx));
+    let got = collect(&rx, 3);
+    let by_name: Vec<(&str, bool)> = got
+        .iter()
+        .map(|(names, got)| (names[0].as_str(), got.is_ok()))
+        .collect();
+    assert_eq!(by_name, [("a", true), ("b", true), ("crash", false)]);
+    let culprit = &got[2].1;
+    assert!(
+        matches!(
+            culprit,
+            Err(Error::WorkerDied {
+                cause: ExitCause::Signal(6),
+                ..
+            })
+        ),
+        "{culprit:?}"
+    );
+    assert_eq!(
+        script.started.load(Ordering::SeqCst),
+        3,
+        "the first worker died with the chunk, the second with the culprit"
+    );
+}
+
+#[test]
+fn a_job_sent_to_a_worker_that_died_idle_is_bounced_unblamed() {
+    let (core, script) = core(settings(1));
+    let (tx, rx) = mpsc::channel();
+    core.submit(job(&["a"], &tx));
+    assert!(collect(&rx, 1)[0].1.is_ok());
+    let first = Arc::clone(&lock(&script.peers)[0]);
+    first.idle_death.store(true, Ordering::SeqCst);
+    core.submit(job(&["b"], &tx));
+    let got = collect(&rx, 1);
+    assert_eq!(
+        got[0].1.as_ref().ok(),
+        Some(&vec!["b".to_string()]),
+        "{got:?}"
+    );
+    assert_eq!(
+        script.started.load(Ordering::SeqCst),
+        2,
+        "the dead worker was replaced"
+    );
+    assert!(
+        core.last_error().is_some(),
+        "the death is still reported as a worker failure"
+    );
+}
+
+#[test]
+fn a_task_past_its_timeout_fails_with_timeout_and_the_others_run() {
+    let mut s = settings(1);
+    s.task_timeout = Some(Duration::from_millis(100));
+    let (core, _script) = core(s);
+    let (tx, rx) = mpsc::channel();
+    core.submit(job(&["hang"], &tx));
+    core.submit(job(&["after"], &tx));
+    let got = collect(&rx, 2);
+    assert_eq!(got[0].1.as_ref().ok(), Some(&vec!["after".to_string()]));
+    assert!(matches!(got[1].1, Err(Error::Timeout { .. })), "{got:?}");
+}
+
+#[test]
+fn a_worker_over_its_memory_limit_fails_its_task_with_memory_limit() {
+    let mut s = settings(1);
+    s.memory_limit = Some(1 << 30);
+    let (core, _script) = core(s);
+    let (tx, rx) = mpsc::channel();
+    core.submit(job(&["grow"], &tx));
+    let got = collect(&rx, 1);
+    assert!(
+        matches!(got[0].1, Err(Error::MemoryLimit { limit, .. }) if limit == 1 << 30),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn shutdown_while_busy_ends_the_running_and_queued_jobs_with_closed() {
+    let (core, _script) = core(settings(1));
+    let (tx, rx) = mpsc::channel();
+    core.submit(job(&["hang"], &tx));
+    core.submit(job(&["queued"], &tx));
+    std::thread::sleep(Duration::from_millis(50));
+    core.shutdown();
+    let got = collect(&rx, 2);
+    for (names, got) in got {
+        assert!(matches!(got, Err(Error::Closed)), "{names:?}: {got:?}");
+    }
+}
+
+#[test]
+fn retries_run_a_task_again_until_the_budget_is_used_up() {
+    let mut s = settings(1);
+    s.retries = 2;
+    let (core, script) = core(s);
+    let (tx, rx) = mpsc::channel();
+    core.submit(job(&["crash"], &tx));
+    let got = collect(&rx, 1);
+    assert!(matches!(got[0].1, Err(Error::WorkerDied { .. })), "{got:?}");
+    let crashed = lock(&script.peers)
+        .iter()
+        .filter(|p| *lock(&p.dead) == Some(ExitCause::Signal(6)))
+        .count();
+    assert_eq!(
+        crashed, 3,
+        "the first run and 2 retries, each on a worker of its own"
+    );
+}
+
+#[test]
+fn a_malformed_answer_is_a_protocol_error() {
+    let (core, _script) = core(settings(1));
+    let (tx, rx) = mpsc::channel();
+    core.submit(job(&["garbage"], &tx));
+    let got = collect(&rx, 1);
+    assert!(
+        matches!(got[0].1, Err(Error::Protocol { worker: 0, .. })),
+        "{got:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pure rules
+// ---------------------------------------------------------------------------------------------
+
+fn sent(tasks: &[&[&str]], tx: &mpsc::Sender<(Vec<String>, Got)>) -> VecDeque<Sent> {
+    tasks
+        .iter()
+        .enumerate()
+        .map(|(n, t)| Sent {
+            job: job(t, tx),
+            id: n as u64 + 1,
+        })
+        .collect()
+}
+
+fn died() -> Error {
+    Error::WorkerDied {
+        entry: "e".into(),
+        worker: 0,
+        pid: 1,
+        cause: ExitCause::Signal(9),
+    }
+}
+
+#[test]
+fn plan_when_closing_ends_every_job_with_closed() {
+    let (tx, _rx) = mpsc::channel();
+    let plan = recovery::plan(sent(&[&["a"], &["b"]], &tx), &died(), false, true, 5);
+    assert!(plan.requeue.is_empty());
+    assert_eq!(plan.settle.len(), 2);
+    assert!(plan.settle.iter().all(|(_, e)| matches!(e, Error::Closed)));
+}
+
+#[test]
+fn plan_bounces_untouched_jobs_a_bounded_number_of_times() {
+    let (tx, _rx) = mpsc::channel();
+    let plan = recovery::plan(sent(&[&["a"], &["b"]], &tx), &died(), true, false, 0);
+    assert_eq!(plan.requeue.len(), 2);
+    assert_eq!(plan.requeue[0].bounces, 1);
+    assert_eq!(plan.requeue[0].attempts, 0, "a bounce is no retry");
+    let mut tired = sent(&[&["a"]], &tx);
+    if let Some(s) = tired.front_mut() {
+        s.job.bounces = MAX_BOUNCES;
+    }
+    let plan = recovery::plan(tired, &died(), true, false, 0);
+    assert!(plan.requeue.is_empty());
+    assert_eq!(plan.settle.len(), 1);
+}
+
+#[test]
+fn plan_splits_a_chunk_and_requeues_what_never_started() {
+    let (tx, _rx) = mpsc::channel();
+    let plan = recovery::plan(
+        sent(&[&["a", "b", "c"], &["d"]], &tx),
+        &died(),
+        false,
+        false,
+        0,
+    );
+    let counts: Vec<u32> = plan.requeue.iter().map(|j| j.count).collect();
+    assert_eq!(
+        counts,
+        [1, 1, 1, 1],
+        "three pieces, then the job that never started"
+    );
+    assert!(plan.settle.is_empty());
+}
+
+#[test]
+fn plan_retries_only_worker_deaths_and_only_within_the_budget() {
+    let (tx, _rx) = mpsc::channel();
+    let plan = recovery::plan(sent(&[&["a"]], &tx), &died(), false, false, 1);
+    assert_eq!(plan.requeue.len(), 1);
+    assert_eq!(plan.requeue[0].attempts, 1);
+    let mut used = sent(&[&["a"]], &tx);
+    if let Some(s) = used.front_mut() {
+        s.job.attempts = 1;
+    }
+    assert_eq!(
+        recovery::plan(used, &died(), false, false, 1).settle.len(),
+        1
+    );
+    let timeout = Error::Timeout {
+        entry: "e".into(),
+        worker: 0,
+        pid: 1,
+        timeout: SECOND,
+    };
+    let plan = recovery::plan(sent(&[&["a"]], &tx), &timeout, false, false, 5);
+    assert_eq!(plan.settle.len(), 1, "a timeout is not retried");
+}
+
+#[test]
+fn classify_puts_the_watchdog_first_and_the_channel_second() {
+    let who = Failed {
+        entry: "e",
+        worker: 3,
+        pid: 77,
+        task_timeout: Some(SECOND),
+        memory_limit: Some(10),
+    };
+    let closed = FrameError::Closed;
+    let c =
+        |v, cause: &FrameError, shut| recovery::classify(who, v, cause, ExitCause::Code(1), shut);
+    assert!(matches!(
+        c(Some(Verdict::Timeout), &closed, false),
+        Error::Timeout { pid: 77, .. }
+    ));
+    assert!(matches!(
+        c(Some(Verdict::Memory { rss: 11 }), &closed, false),
+        Error::MemoryLimit {
+            rss: 11,
+            limit: 10,
+            ..
+        }
+    ));
+    assert!(matches!(
+        c(None, &closed, false),
+        Error::WorkerDied {
+            worker: 3,
+            cause: ExitCause::Code(1),
+            ..
+        }
+    ));
+    let bad = FrameError::Malformed("x".into());
+    assert!(matches!(
+        c(None, &bad, false),
+        Error::Protocol { worker: 3, .. }
+    ));
+    assert!(matches!(
+        c(Some(Verdict::Timeout), &bad, true),
+        Error::Closed
+    ));
+}
+
+#[test]
+fn untouched_means_nothing_reached_the_worker_or_all_of_it_is_unread() {
+    let not_connected = FrameError::Send(io::ErrorKind::NotConnected.into());
+    assert!(recovery::untouched(&not_connected, None, 100));
+    assert!(recovery::untouched(&FrameError::Closed, Some(100), 100));
+    assert!(!recovery::untouched(&FrameError::Closed, Some(99), 100));
+    assert!(!recovery::untouched(&FrameError::Closed, None, 100));
+    let bad = FrameError::Malformed("x".into());
+    assert!(!recovery::untouched(&bad, Some(100), 100));
+}
+
+#[test]
+fn the_merged_results_of_a_split_answer_parse_as_one() {
+    // The driver accepts results in parts; the fake workers answer in one frame, so check
+    // the joining on its own here.
+    let mut f = FrameBuf::default();
+    protocol::start_results(&mut f, 1, 2);
+    for v in [b"x", b"y"] {
+        let _ = Outcome::write_ok(&mut f, |o| {
+            o.extend_from_slice(v);
+            Ok::<(), ()>(())
+        });
+    }
+    let whole = f.finish().to_vec();
+    let parts = protocol::split_results(&whole, 40).expect("split");
+    let mut merge = protocol::ResultsMerge::default();
+    let mut joined = Vec::new();
+    for part in &parts {
+        let r = Results::parse(&part[4..]).expect("part");
+        if r.more {
+            merge.add(&r);
+        } else {
+            joined = merge.finish(&r);
+        }
+    }
+    assert_eq!(joined, whole[4..]);
+}
