@@ -9,10 +9,10 @@ use crate::error::Error;
 ///
 /// Built from any integer or float, so `new(4)`, `new(-1)` and `new(0.5)` all work.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct NJobs(Spec);
+pub struct NJobs(Amount);
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Spec {
+enum Amount {
     Count(i128),
     Share(f64),
 }
@@ -21,7 +21,7 @@ macro_rules! from_int {
     ($($t:ty),*) => {$(
         impl From<$t> for NJobs {
             fn from(n: $t) -> Self {
-                NJobs(Spec::Count(n as i128))
+                NJobs(Amount::Count(n as i128))
             }
         }
     )*};
@@ -30,13 +30,13 @@ from_int!(i8, i16, i32, i64, isize, u8, u16, u32, u64, usize);
 
 impl From<f64> for NJobs {
     fn from(f: f64) -> Self {
-        NJobs(Spec::Share(f))
+        NJobs(Amount::Share(f))
     }
 }
 
 impl From<f32> for NJobs {
     fn from(f: f32) -> Self {
-        NJobs(Spec::Share(f64::from(f)))
+        NJobs(Amount::Share(f64::from(f)))
     }
 }
 
@@ -51,16 +51,16 @@ impl NJobs {
         const ALLOWED: &str = "use -1 for every CPU, a count n >= 1 (clamped to the CPUs), \
                                or a share 0.0 < f <= 1.0 of the CPUs";
         match self.0 {
-            Spec::Count(-1) => Ok(cpus),
-            Spec::Count(n) if n >= 1 => Ok((n.min(cpus as i128)) as usize),
-            Spec::Count(n) => Err(Error::config(
+            Amount::Count(-1) => Ok(cpus),
+            Amount::Count(n) if n >= 1 => Ok((n.min(cpus as i128)) as usize),
+            Amount::Count(n) => Err(Error::config(
                 "n_jobs",
                 format!("{n} is not allowed; {ALLOWED}"),
             )),
-            Spec::Share(f) if f > 0.0 && f <= 1.0 => {
+            Amount::Share(f) if f > 0.0 && f <= 1.0 => {
                 Ok(((f * cpus as f64).floor() as usize).max(1))
             }
-            Spec::Share(f) => Err(Error::config(
+            Amount::Share(f) => Err(Error::config(
                 "n_jobs",
                 format!("{f} is not allowed; {ALLOWED}"),
             )),
