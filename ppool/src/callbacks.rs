@@ -10,10 +10,11 @@
 //! could be started) runs in place, and one still queued when the thread goes away runs as
 //! the queue is dropped.
 
+use crate::sync::lock;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{JoinHandle, ThreadId};
 
 /// A callback that runs when it is dropped, if nothing ran it before.
@@ -56,7 +57,7 @@ impl Callbacks {
     }
 
     fn thread(&self) -> MutexGuard<'_, Option<(JoinHandle<()>, ThreadId)>> {
-        self.thread.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.thread)
     }
 
     /// Runs `callback` on the callback thread, or here when the pool is stopped or no thread

@@ -2,9 +2,10 @@
 //! It can be waited on, polled, or awaited as a `Future` in any async runtime.
 
 use crate::error::{Error, Result};
+use crate::sync::{lock, wait, wait_timeout};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -38,7 +39,7 @@ impl<T> OneShot<T> {
     }
 
     fn lock(&self) -> MutexGuard<'_, Cell<T>> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
 
     /// Sets the value; only the first call counts.
@@ -69,10 +70,7 @@ impl<T> OneShot<T> {
         let mut cell = self.lock();
         while !cell.done {
             cell.waiting += 1;
-            cell = self
-                .ready
-                .wait(cell)
-                .unwrap_or_else(PoisonError::into_inner);
+            cell = wait(&self.ready, cell);
             cell.waiting -= 1;
         }
         cell.value.take()
@@ -91,11 +89,7 @@ impl<T> OneShot<T> {
                 return Err(());
             }
             cell.waiting += 1;
-            cell = self
-                .ready
-                .wait_timeout(cell, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            cell = wait_timeout(&self.ready, cell, left);
             cell.waiting -= 1;
         }
         Ok(cell.value.take())
