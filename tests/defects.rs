@@ -1421,3 +1421,247 @@ fn a_hand_started_worker_fed_a_huge_header_stays_small() {
         describe(status)
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Found by a second hostile pass
+// ---------------------------------------------------------------------------------------------
+
+#[pool_entry]
+fn nap_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// Two `join()` calls at once: the second returned at once, and the first then stopped the
+/// drivers with tasks still queued, which failed with a stale `Spawn` error.
+#[test]
+fn two_joins_at_once_both_wait_and_lose_nothing() {
+    let _deadline = ppool_tests::deadline();
+    let pool = Arc::new(ProcessPool::<nap_ms>::new(2).unwrap());
+    let tasks: Vec<_> = (0..40).map(|_| pool.submit(5)).collect();
+    let other = {
+        let p = Arc::clone(&pool);
+        std::thread::spawn(move || p.join())
+    };
+    let mine = within(30 * SECOND, "join", {
+        let p = Arc::clone(&pool);
+        move || p.join()
+    });
+    assert!(mine.is_ok(), "{mine:?}");
+    assert!(matches!(other.join(), Ok(Ok(()))));
+    for (k, task) in tasks.into_iter().enumerate() {
+        let r = task.wait();
+        assert!(matches!(r, Ok(5)), "task {k}: {r:?}");
+    }
+}
+
+#[pool_entry]
+fn nap_then_pid(ms: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::id()
+}
+
+/// Concurrent `shutdown()` calls: some returned while a worker process was still alive.
+#[test]
+fn every_shutdown_returns_only_once_the_workers_are_gone() {
+    let _deadline = ppool_tests::deadline();
+    let pool = Arc::new(ProcessPool::<nap_then_pid>::new(2).unwrap());
+    let mut pids: Vec<u32> = pool.batch([100, 100, 100, 100]).wait().unwrap();
+    pids.sort_unstable();
+    pids.dedup();
+    for _ in 0..4 {
+        pool.call_with(5_000, |_| {});
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let stoppers: Vec<_> = (0..8)
+        .map(|_| {
+            let p = Arc::clone(&pool);
+            let pids = pids.clone();
+            std::thread::spawn(move || {
+                p.shutdown();
+                // Right after this call returned, no worker may be left, not even a zombie.
+                pids.into_iter()
+                    .filter(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+                    .collect::<Vec<u32>>()
+            })
+        })
+        .collect();
+    for s in stoppers {
+        let alive = s.join().expect("a shutdown thread");
+        assert!(
+            alive.is_empty(),
+            "workers left after shutdown returned: {alive:?}"
+        );
+    }
+}
+
+/// The stderr forwarder's thread did not block SIGPIPE: a program with the default SIGPIPE
+/// whose stderr was a closed pipe (`prog 2>&1 | head`) was killed by the library.
+#[test]
+fn forwarding_worker_stderr_to_a_closed_pipe_does_not_kill_the_program() {
+    let _deadline = ppool_tests::deadline();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ppool-test-sigpipe"))
+        .arg("stderr")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the SIGPIPE helper");
+    // Close our end of its stderr: every forwarded line now meets a broken pipe.
+    drop(child.stderr.take());
+    let mut stdout = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = out.read_to_string(&mut stdout);
+    }
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{}: {stdout}", describe(status));
+    assert!(stdout.contains("call 19: Ok(1000)"), "{stdout}");
+}
+
+#[pool_entry]
+fn slow_init_writing_pid(path: String) {
+    let _ = std::fs::write(&path, std::process::id().to_string());
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+#[pool_entry]
+fn my_pid() -> u32 {
+    std::process::id()
+}
+
+/// A replacement killed from outside while its initializer ran left the slot dead for good:
+/// every later call failed with that one start-up error.
+#[test]
+fn a_replacement_killed_while_it_starts_is_started_again() {
+    let _deadline = ppool_tests::deadline();
+    let dir = TempDir::new("restart-kill");
+    let pidfile = dir.path().join("pid");
+    let path = pidfile.to_string_lossy().into_owned();
+    let pool = ProcessPool::<my_pid>::builder()
+        .n_jobs(1)
+        .initializer::<slow_init_writing_pid>(path)
+        .build()
+        .unwrap();
+    let first = pool.call(()).unwrap();
+    let _ = std::fs::remove_file(&pidfile);
+    kill(first);
+    // The next call finds the worker dead and starts a replacement, which writes its pid as
+    // its initializer starts: kill it there.
+    let p = Arc::new(pool);
+    let call = {
+        let p = Arc::clone(&p);
+        std::thread::spawn(move || p.call(()))
+    };
+    let started = Instant::now();
+    let replacement = loop {
+        if let Some(pid) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.parse::<u32>().ok())
+        {
+            break pid;
+        }
+        assert!(started.elapsed() < 20 * SECOND, "no replacement started");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    kill(replacement);
+    let first_call = call.join().expect("the call thread");
+    let after = within(30 * SECOND, "calls after the kills", {
+        let p = Arc::clone(&p);
+        move || (0..3).map(|_| p.call(())).collect::<Vec<_>>()
+    });
+    assert!(
+        after.iter().all(Result::is_ok),
+        "{first_call:?} then {after:?}"
+    );
+    assert!(p.is_running());
+}
+
+fn kill(pid: u32) {
+    // SAFETY: kill(2) with the pid of a worker of this test's pool.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    }
+}
+
+#[pool_entry]
+fn fork_and_both_return() -> u32 {
+    // SAFETY: the child only returns into the worker, which must end it quietly.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        return 1000;
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    // SAFETY: reaps the child forked above.
+    unsafe {
+        libc::waitpid(child, std::ptr::null_mut(), 0);
+    }
+    7
+}
+
+/// A forked child that returned from the entry served on the worker's channel: the caller got
+/// the child's result, and the next task was blamed for the mix-up.
+#[test]
+fn a_forked_child_returning_from_the_entry_never_answers() {
+    let _deadline = ppool_tests::deadline();
+    let pool = Arc::new(ProcessPool::<fork_and_both_return>::new(1).unwrap());
+    let got = within(30 * SECOND, "calls to an entry whose child returns", {
+        let p = Arc::clone(&pool);
+        move || (0..3).map(|_| p.call(())).collect::<Vec<_>>()
+    });
+    for (k, r) in got.iter().enumerate() {
+        assert!(matches!(r, Ok(7)), "call {k}: {r:?}");
+    }
+}
+
+#[pool_entry]
+fn depth_of(nest: Nest) -> u32 {
+    nest.depth()
+}
+
+/// Encoding a deeply nested argument overflowed the caller's stack and aborted the program:
+/// serde_stacker's serializer grows the stack only inside sequences and maps, not through
+/// `Option`s, newtypes or fields. Run in a child process (`inner_deep_arguments`).
+#[test]
+fn a_deeply_nested_argument_does_not_abort_the_program() {
+    let _deadline = ppool_tests::deadline();
+    let out = run_inner("inner_deep_arguments", 90 * SECOND);
+    assert_success(&out, "the program that sent deeply nested arguments");
+}
+
+/// Run by `a_deeply_nested_argument_does_not_abort_the_program`: arguments 1,000 deep from a
+/// thread with a 64 KiB stack, and 200,000 deep from a 2 MiB one, in `call` and `batch`.
+#[test]
+#[ignore = "run in a child process by a_deeply_nested_argument_does_not_abort_the_program"]
+fn inner_deep_arguments() {
+    let _deadline = ppool_tests::deadline();
+    let pool = Arc::new(ProcessPool::<depth_of>::new(1).unwrap());
+    for (depth, stack) in [(1_000, 64 << 10), (200_000, 2 << 20)] {
+        let p = Arc::clone(&pool);
+        let got = std::thread::Builder::new()
+            .stack_size(stack)
+            .spawn(move || {
+                let one = p.call(Nest::deep(depth));
+                let many = p.batch([Nest::deep(depth), Nest::deep(3)]).wait();
+                (one, many)
+            })
+            .expect("a thread")
+            .join()
+            .expect("the thread returned");
+        match got {
+            (Ok(one), Ok(many)) => {
+                assert_eq!(one, depth);
+                assert_eq!(many, [depth, 3]);
+            }
+            // The worker may run out of stack decoding so deep a value: that is its death,
+            // not the program's.
+            (one, many) => {
+                for r in [one.map(|_| ()), many.map(|_| ())] {
+                    assert!(
+                        matches!(r, Ok(()) | Err(Error::WorkerDied { .. })),
+                        "depth {depth}: {r:?}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -65,7 +65,7 @@ impl ChunkEncoder {
             self.frame.truncate(at);
             return Err(Error::ArgumentsTooLarge {
                 entry: F::NAME.to_string(),
-                size: task.len() - 4,
+                size: alone - 4,
                 limit: self.max,
             });
         }

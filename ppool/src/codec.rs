@@ -6,8 +6,8 @@
 //!
 //! User types are hostile input here: their `Serialize` and `Deserialize` may panic, which is
 //! caught and becomes an error, and they may nest deeper than any thread's stack, so both
-//! directions run through `serde_stacker`, which moves to a fresh stack segment when the
-//! current one runs low instead of overflowing it.
+//! directions move to a fresh stack segment when the current one runs low instead of
+//! overflowing it: decoding through `serde_stacker`, encoding through `grow`.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -45,10 +45,7 @@ pub(crate) fn encode_into<T: Serialize + 'static>(
         let mut inner = postcard::Serializer {
             output: VecFlavor(&mut *out),
         };
-        let mut stacked = serde_stacker::Serializer::new(&mut inner);
-        stacked.red_zone = RED_ZONE;
-        stacked.stack_size = SEGMENT;
-        value.serialize(stacked).map_err(|e| e.to_string())
+        grow::serialize(value, &mut inner).map_err(|e| e.to_string())
     });
     if result.is_err() {
         out.truncate(at);
@@ -126,5 +123,6 @@ impl postcard::ser_flavors::Flavor for VecFlavor<'_> {
     }
 }
 
+mod grow;
 #[cfg(test)]
 mod tests;

@@ -136,15 +136,15 @@ pub enum Error {
         message: String,
     },
 
-    /// A task's arguments encode to more bytes than the pool's `max_frame_size`, so no worker
+    /// A task's arguments need a frame larger than the pool's `max_frame_size`, so no worker
     /// can be sent them. No worker was involved; the pool goes on.
     #[error(
-        "the arguments of a task for entry `{entry}` encode to {size} bytes, more than the pool's max_frame_size of {limit} bytes"
+        "a task for entry `{entry}` needs a frame of {size} bytes (its encoded arguments and an 18-byte header), more than the pool's max_frame_size of {limit} bytes"
     )]
     ArgumentsTooLarge {
         /// The entry's name.
         entry: String,
-        /// The encoded size, in bytes.
+        /// The frame the task needs, in bytes.
         size: usize,
         /// The pool's `max_frame_size`.
         limit: usize,

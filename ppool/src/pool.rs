@@ -503,10 +503,13 @@ impl<F: Entry> Builder<F> {
     /// Checks the settings and builds the pool (and starts it, unless `start(false)`).
     pub fn build(self) -> Result<ProcessPool<F>> {
         let n_jobs = if self.debug {
+            // The count is checked as for processes, though debug mode runs one worker.
+            self.n_jobs.resolve(config::cpus())?;
             for (set, setting) in [
                 (self.task_timeout.is_some(), "task_timeout"),
                 (self.memory_limit.is_some(), "worker_memory_limit"),
                 (!self.cpu_affinity.is_empty(), "cpu_affinity"),
+                (!self.env.is_empty(), "env"),
             ] {
                 if set {
                     return Err(Error::config(
@@ -523,10 +526,10 @@ impl<F: Entry> Builder<F> {
         let name = self
             .name
             .unwrap_or_else(|| F::NAME.rsplit("::").next().unwrap_or(F::NAME).to_string());
-        if name.is_empty() || name.contains('\0') {
+        if name.is_empty() || name.contains('\0') || name.len() > MAX_NAME {
             return Err(Error::config(
                 "name",
-                "must be non-empty and contain no NUL byte",
+                format!("must be 1 to {MAX_NAME} bytes, with no NUL byte"),
             ));
         }
         for (key, value) in &self.env {
@@ -611,6 +614,23 @@ impl<F: Entry> Builder<F> {
                 Some((name, encoded?))
             }
         };
+        for (hook, setting) in [(&initializer, "initializer"), (&on_exit, "worker_exit")] {
+            if let Some((name, args)) = hook {
+                // Its frame: a kind byte, then the entry's name and the arguments, each with a
+                // 4-byte length.
+                let size = 9 + name.len() + args.len();
+                if size > self.max_frame {
+                    return Err(Error::config(
+                        setting,
+                        format!(
+                            "its arguments need a frame of {size} bytes, more than the pool's \
+                             max_frame_size of {} bytes",
+                            self.max_frame
+                        ),
+                    ));
+                }
+            }
+        }
         let chunk_size = match (self.chunk_size, self.task_timeout) {
             (Some(n), _) => Some(n),
             (None, Some(_)) => Some(1),
@@ -657,6 +677,10 @@ impl<F: Entry> Builder<F> {
         Ok(pool)
     }
 }
+
+/// The longest pool name: it travels in every worker's greeting, which a worker accepts up to
+/// 64 KiB before it knows its pool.
+const MAX_NAME: usize = 4096;
 
 fn encode_args<E: Entry>(args: &E::Args) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();

@@ -3,6 +3,9 @@
 //! worker before each further call. Prints `call <k>: <result>` for each call and exits 0; a
 //! supervisor that writes to the dead worker's pipe dies of SIGPIPE instead.
 //!
+//! With the argument `stderr`, the worker writes many lines to stderr for each call instead,
+//! and the test closes the program's stderr: the forwarder's writes to it must not kill it.
+//!
 //! Started with `--ppool-worker` it is a worker.
 
 use ppool::{ProcessPool, pool_entry};
@@ -12,6 +15,14 @@ use std::time::{Duration, Instant};
 #[pool_entry]
 fn pid() -> u32 {
     std::process::id()
+}
+
+#[pool_entry]
+fn shout(lines: u32) -> u32 {
+    for i in 0..lines {
+        eprintln!("line {i} of a worker that talks a lot");
+    }
+    lines
 }
 
 /// True once `pid` has exited (a zombie nobody reaped yet counts) or is gone.
@@ -30,6 +41,14 @@ ppool::main! {
         // SAFETY: no other thread runs yet; SIG_DFL is a valid disposition for SIGPIPE.
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+        if std::env::args().nth(1).as_deref() == Some("stderr") {
+            let pool = ProcessPool::<shout>::new(1)?;
+            for k in 0..20 {
+                let result = pool.call(1000);
+                println!("call {k}: {result:?}");
+            }
+            return pool.join();
         }
         let pool = ProcessPool::<pid>::new(1)?;
         let mut out = std::io::stdout().lock();

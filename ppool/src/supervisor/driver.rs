@@ -61,7 +61,7 @@ pub(super) fn run(
                 // The typed layer keeps chunks within the limit; this is a single task above it.
                 job.deliver.send(Err(Error::ArgumentsTooLarge {
                     entry: shared.spec.entry.to_string(),
-                    size: job.frame.len() - protocol::TASKS_HEADER - 4,
+                    size: job.frame.len() - 4,
                     limit: shared.spec.max_frame,
                 }));
             } else {

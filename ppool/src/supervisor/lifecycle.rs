@@ -15,6 +15,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const INIT_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a worker-exit hook may run.
 const EXIT_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
+/// How many more times a replacement that died while it started is tried, and the first
+/// pause before that (doubled each time).
+const START_RETRIES: u32 = 3;
+const START_RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// How long a retired worker may take to exit before it is killed.
 const RETIRE_GRACE: Duration = Duration::from_secs(2);
 
@@ -55,23 +59,37 @@ pub(super) fn start_all(shared: &Shared) -> Result<Vec<Conn>, Error> {
     }
     let mut conns = Vec::with_capacity(n);
     for (i, worker) in started.into_iter().enumerate() {
-        let conn = ready(&shared.spec, i, worker)?;
+        let conn = ready(&shared.spec, i, worker).map_err(|f| f.error)?;
         tracing::debug!(pool = %shared.spec.pool, worker = i, pid = conn.peer.pid(), "worker started");
         conns.push(conn);
     }
     Ok(conns)
 }
 
-/// Starts a replacement for slot `i`, or marks it dead.
+/// Starts a replacement for slot `i`, or marks it dead. A replacement that died while it
+/// started (killed from outside, say) is tried again, a few times with a pause; one that
+/// refused, timed out, or whose initializer failed is not, so nothing loops restarting.
 pub(super) fn replace(shared: &Shared, i: usize) -> Slot {
-    if shared.state().phase == Phase::Closed {
-        return Slot::Retired;
-    }
+    let mut tries = 0;
     shared.stats.restarted(i);
-    let started = shared
-        .launch
-        .start(i, &greeting(&shared.spec, i))
-        .and_then(|worker| ready(&shared.spec, i, worker));
+    let started = loop {
+        if shared.state().phase == Phase::Closed {
+            return Slot::Retired;
+        }
+        let started = shared
+            .launch
+            .start(i, &greeting(&shared.spec, i))
+            .map_err(|error| StartFailure { error, retry: true })
+            .and_then(|worker| ready(&shared.spec, i, worker));
+        match started {
+            Err(f) if f.retry && tries < START_RETRIES => {
+                tracing::warn!(pool = %shared.spec.pool, worker = i, error = %f.error, "a replacement worker died while it started; trying again");
+                std::thread::sleep(START_RETRY_PAUSE * (1 << tries));
+                tries += 1;
+            }
+            other => break other.map_err(|f| f.error),
+        }
+    };
     match started {
         Ok(conn) => {
             tracing::info!(pool = %shared.spec.pool, worker = i, pid = conn.peer.pid(), "worker replaced");
@@ -86,50 +104,67 @@ pub(super) fn replace(shared: &Shared, i: usize) -> Slot {
     }
 }
 
+/// Why a worker did not start, and whether starting another may succeed.
+#[derive(Debug)]
+struct StartFailure {
+    error: Error,
+    /// It died before it could answer (a kill from outside, a crash): not a verdict on the
+    /// worker's set-up.
+    retry: bool,
+}
+
 /// Waits for worker `i`'s answer to the greeting, and for its initializer.
-fn ready(spec: &WorkerSpec, i: usize, worker: Worker) -> Result<Conn, Error> {
+fn ready(spec: &WorkerSpec, i: usize, worker: Worker) -> Result<Conn, StartFailure> {
     let Worker { mut link, peer } = worker;
-    let fail = |why: &str| -> Error {
+    let fail = |why: &str, retry: bool| -> StartFailure {
         peer.kill();
         let cause = peer.reap();
-        Error::spawn(format!("worker {i} (pid {}): {why} ({cause})", peer.pid()))
+        let error = Error::spawn(format!("worker {i} (pid {}): {why} ({cause})", peer.pid()));
+        StartFailure { error, retry }
     };
     match link.wait_readable(Duration::ZERO, Some(READY_TIMEOUT)) {
         Ok(true) => {}
-        Ok(false) => return Err(fail(&format!("it did not answer within {READY_TIMEOUT:?}"))),
-        Err(e) => return Err(fail(&format!("cannot wait for it: {e}"))),
+        Ok(false) => {
+            let why = format!("it did not answer within {READY_TIMEOUT:?}");
+            return Err(fail(&why, false));
+        }
+        Err(e) => return Err(fail(&format!("cannot wait for it: {e}"), false)),
     }
-    let answer = link
-        .recv()
-        .map_err(|e| e.to_string())
-        .and_then(|body| match Ready::parse(body) {
+    let answer = match link.recv() {
+        Err(e) => Err((e.to_string(), true)),
+        Ok(body) => match Ready::parse(body) {
             Ok(Ready::Ok {
                 build_id, token, ..
             }) if build_id == entry::build_id() && token == spec.token => Ok(()),
-            Ok(Ready::Ok { .. }) => Err("it is a worker of another build".to_string()),
-            Ok(Ready::Refused(why)) => Err(format!("it refused: {why}")),
-            Err(e) => Err(e.to_string()),
-        });
-    if let Err(why) = answer {
-        return Err(fail(&why));
+            Ok(Ready::Ok { .. }) => Err(("it is a worker of another build".to_string(), false)),
+            Ok(Ready::Refused(why)) => Err((format!("it refused: {why}"), false)),
+            Err(e) => Err((e.to_string(), false)),
+        },
+    };
+    if let Err((why, retry)) = answer {
+        return Err(fail(&why, retry));
     }
     if let Some((name, _)) = &spec.initializer {
         match link.wait_readable(Duration::ZERO, Some(INIT_TIMEOUT)) {
             Ok(true) => {}
             Ok(false) => {
-                return Err(fail(&format!(
-                    "its initializer `{name}` did not finish within {INIT_TIMEOUT:?}"
-                )));
+                let why =
+                    format!("its initializer `{name}` did not finish within {INIT_TIMEOUT:?}");
+                return Err(fail(&why, false));
             }
-            Err(e) => return Err(fail(&format!("cannot wait for it: {e}"))),
+            Err(e) => return Err(fail(&format!("cannot wait for it: {e}"), false)),
         }
         let done = match link.recv() {
-            Ok(body) => protocol::parse_init_done(body).map_err(|e| e.to_string()),
-            Err(e) => Err(format!("its initializer `{name}` did not finish: {e}")),
+            Ok(body) => protocol::parse_init_done(body).map_err(|e| (e.to_string(), false)),
+            Err(e) => Err((
+                format!("its initializer `{name}` did not finish: {e}"),
+                true,
+            )),
         };
         match done {
             Ok(Ok(())) => {}
-            Ok(Err(why)) | Err(why) => return Err(fail(&why)),
+            Ok(Err(why)) => return Err(fail(&why, false)),
+            Err((why, retry)) => return Err(fail(&why, retry)),
         }
     }
     Ok(Conn {

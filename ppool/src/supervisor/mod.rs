@@ -62,6 +62,8 @@ pub(crate) struct Core {
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// The watchdog thread, stopped only once the drivers are done.
     watchdog: Mutex<Option<JoinHandle<()>>>,
+    /// Held while the threads are joined.
+    joining: Mutex<()>,
     callbacks: Arc<Callbacks>,
 }
 
@@ -81,6 +83,7 @@ impl Core {
             shared: Arc::new(shared),
             threads: Mutex::new(Vec::new()),
             watchdog: Mutex::new(None),
+            joining: Mutex::new(()),
             callbacks,
         }
     }
@@ -272,7 +275,11 @@ impl Core {
 
     /// Joins the driver threads, except the calling one, then stops and joins the watchdog:
     /// it guards the jobs the drivers finish until the last one is done.
+    ///
+    /// Callers that come while another is joining wait for it to be done: a second `join` or
+    /// `shutdown` returns only once every thread has ended, never early.
     fn join_threads(&self) {
+        let _joining = lock(&self.joining);
         let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *lock(&self.threads));
         let me = std::thread::current().id();
         for handle in handles {

@@ -28,6 +28,9 @@ pub(crate) fn forward_stderr(stderr: std::process::ChildStderr, tag: String) -> 
         .name("ppool-stderr".into())
         .spawn(move || {
             use std::io::Read;
+            // Our stderr may be a pipe that was closed (`prog 2>&1 | head`): that must not
+            // kill the program through this thread.
+            super::sigpipe::block_sigpipe_on_this_thread();
             let mut stderr = stderr;
             let mut pending: Vec<u8> = Vec::new();
             let mut buf = vec![0u8; 64 * 1024];
@@ -73,11 +76,11 @@ pub(crate) fn forward_stderr(stderr: std::process::ChildStderr, tag: String) -> 
                     write_tagged(&tag, &pending[..end]);
                     pending.drain(..end);
                 }
-                if pending.len() >= FORWARD_LINE_CAP {
-                    // A line this long without an end is forwarded in pieces.
-                    pending.push(b'\n');
-                    write_tagged(&tag, &pending);
-                    pending.clear();
+                while pending.len() >= FORWARD_LINE_CAP {
+                    // A line this long without an end is forwarded in pieces of the cap.
+                    let mut piece: Vec<u8> = pending.drain(..FORWARD_LINE_CAP).collect();
+                    piece.push(b'\n');
+                    write_tagged(&tag, &piece);
                 }
             }
             if !pending.is_empty() {
@@ -98,9 +101,30 @@ pub(crate) fn forward_stderr(stderr: std::process::ChildStderr, tag: String) -> 
 /// `\r` (a progress line that redraws itself).
 fn write_tagged(tag: &str, lines: &[u8]) {
     let mut err = io::stderr().lock();
-    for line in lines.split_inclusive(|&b| b == b'\n' || b == b'\r') {
+    for line in Lines(lines) {
         let _ = err.write_all(tag.as_bytes());
         let _ = err.write_all(line);
+    }
+}
+
+/// The lines of a buffer, each with its end: `\n`, `\r\n` (one end, not two), or a `\r` alone.
+struct Lines<'a>(&'a [u8]);
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let end = match self.0.iter().position(|&b| b == b'\n' || b == b'\r') {
+            Some(at) if self.0[at] == b'\r' && self.0.get(at + 1) == Some(&b'\n') => at + 2,
+            Some(at) => at + 1,
+            None => self.0.len(),
+        };
+        let (line, rest) = self.0.split_at(end);
+        self.0 = rest;
+        Some(line)
     }
 }
 
@@ -110,5 +134,17 @@ impl Forwarder {
     pub(crate) fn stop(self) {
         self.stop.store(true, Ordering::Release);
         let _ = self.thread.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Lines;
+
+    #[test]
+    fn lines_end_at_newlines_and_lone_carriage_returns_and_crlf_is_one_end() {
+        let lines: Vec<&[u8]> = Lines(b"a\nb\r\nc\rd").collect();
+        assert_eq!(lines, [&b"a\n"[..], b"b\r\n", b"c\r", b"d"]);
+        assert_eq!(Lines(b"").count(), 0);
     }
 }

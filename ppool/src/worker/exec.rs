@@ -6,11 +6,39 @@ use crate::entry::{self, CodecFailure, EntryRecord};
 use crate::protocol::{self, FrameBuf, FrameError, Outcome, Tasks};
 use std::cell::{Cell, RefCell};
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Once, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Tasks are timed one by one (for insights) once one of them took this long.
 const TIME_EACH_ABOVE: Duration = Duration::from_micros(20);
+
+/// Set in a child that an entry `fork()`ed (by the `pthread_atfork` handler that
+/// [`watch_forks`] installs): such a child shares the worker's channel, and must never answer
+/// on it, nor run the rest of the worker's tasks.
+static FORKED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_fork_in_child() {
+    FORKED.store(true, Ordering::Relaxed);
+}
+
+/// In a worker process: marks any child that an entry forks, so that it ends quietly if it
+/// ever returns into the worker's loop instead of serving as a second worker on the same
+/// channel.
+pub(crate) fn watch_forks() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe, as a handler
+    // that runs in the child of a `fork` must be.
+    unsafe { libc::pthread_atfork(None, None, Some(on_fork_in_child)) };
+}
+
+/// Ends a forked child that came back from an entry: the worker it was forked from goes on.
+pub(crate) fn exit_if_forked() {
+    if FORKED.load(Ordering::Relaxed) {
+        // SAFETY: `_exit` ends the process at once, without running this process's exit
+        // handlers or flushing buffers that the parent worker owns too.
+        unsafe { libc::_exit(0) };
+    }
+}
 
 /// Who this worker process is, for [`worker_index`](crate::worker_index).
 #[derive(Debug)]
@@ -97,6 +125,7 @@ pub(crate) fn run_tasks(
     for _ in 0..tasks.count {
         let args = tasks.next_args()?;
         run_one(record, args, out, max_frame);
+        exit_if_forked();
         if timed < 2 || longest >= TIME_EACH_ABOVE {
             let now = Instant::now();
             longest = longest.max(now - last);

@@ -199,6 +199,7 @@ pub(crate) fn enter() -> ! {
         Ok(channel) => channel,
         Err(why) => bootstrap::hand_started(&why),
     };
+    exec::watch_forks();
     serve(input, output, max_frame)
 }
 
@@ -254,6 +255,7 @@ where
             Step::Quiet => (false, false),
             Step::Exit { answer } => (answer, true),
         };
+        exec::exit_if_forked();
         if answer {
             // Each answer leaves at once: an answer held back would be lost, and its task
             // blamed, if a later task of the same worker crashed it.
