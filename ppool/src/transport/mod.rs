@@ -16,6 +16,7 @@
 mod in_process;
 mod pipe;
 mod poll;
+mod shm;
 mod sigpipe;
 mod stderr;
 

@@ -1,0 +1,2133 @@
+//! Shared-memory rings between the supervisor and one worker.
+//!
+//! One `memfd` per worker, mapped `MAP_SHARED` by both processes, holds:
+//!
+//! - the **job ring** (supervisor → worker) and the **result ring** (worker → supervisor):
+//!   single-producer single-consumer byte rings of variable-length records, each carrying one
+//!   frame body (see `protocol`);
+//! - the **progress word**: the worker publishes the job and the task it starts and finishes,
+//!   so that when it dies the supervisor can tell which task was running, which finished and
+//!   which never started;
+//! - **doorbells**: a `u32` futex word per direction and ring. A waiting side spins for a
+//!   caller-chosen time, then says it sleeps (a flag) and sleeps with `FUTEX_WAIT` (shared,
+//!   not private: two processes). The other side bumps the word and calls `FUTEX_WAKE` only
+//!   when the flag says someone sleeps, so the fast path makes no system call.
+//!
+//! Records larger than a ring's [`Producer::max_record`] are not this module's job: they go
+//! through a memfd of their own, and [`Producer::try_push`] refuses them with
+//! [`RingError::TooLarge`].
+//!
+//! This file holds all the `unsafe` code of the shared-memory transport.
+//!
+//! # Use
+//!
+//! The supervisor builds a [`Layout`], then [`Region::create`]; it hands
+//! [`Region::take_fd`] to the worker (the memfd is close-on-exec: clear the flag in the child,
+//! as for the pipes) and keeps [`Region::supervisor`]. The worker maps the inherited
+//! descriptor with [`Region::from_fd`], which validates the header, and keeps
+//! [`Region::worker`]. A region serves one worker process for its whole life: a replacement
+//! worker gets a fresh region, since both sides start their indices at zero.
+//!
+//! After any [`RingError::Corrupt`], the ring is unusable (its state is not advanced past the
+//! bad record) and the peer is to be treated as broken.
+//!
+//! # Memory layout
+//!
+//! Offsets are in bytes from the start of the region, which is page aligned (`mmap`) or
+//! 4096-byte aligned (heap regions). Integers are native-endian (both processes run on the
+//! same machine) and each one is accessed as an atomic of its own size at an offset that is a
+//! multiple of that size.
+//!
+//! | offset | bytes | content | written by |
+//! |---|---|---|---|
+//! | 0 | 128 | header: `magic: u64` @0, `version: u64` @8, `job_ring_bytes: u64` @16, `result_ring_bytes: u64` @24, `region_bytes: u64` @32 | the creator, before sharing |
+//! | 128 | 128 | progress: `select: u64` @0, slot 0 = `{seq, job, counts}: 3 × u64` @16, slot 1 @40 | worker |
+//! | 256 | 128 | job ring, producer line: `tail: u64` @0 | supervisor |
+//! | 384 | 128 | job ring, consumer line: `head: u64` @0 | worker |
+//! | 512 | 128 | job ring, bell line: `data_bell: u32` @0, `reader_sleeping: u32` @4, `space_bell: u32` @8, `writer_sleeping: u32` @12 | both, rarely |
+//! | 640 | 384 | result ring: the same three lines (tail @640, head @768, bells @896) | worker / supervisor |
+//! | 4096 | J | job ring data, `J = job_ring_bytes` | supervisor |
+//! | 4096 + ⌈J⌉ | R | result ring data, `R = result_ring_bytes` | worker |
+//!
+//! where `⌈x⌉` rounds up to a multiple of 4096, and the region is `4096 + ⌈J⌉ + ⌈R⌉` bytes.
+//! Both ring sizes are powers of two between [`MIN_RING`] and [`MAX_RING`].
+//!
+//! Lines are 128 bytes, not 64: x86's adjacent-line prefetcher pulls 64-byte lines in pairs,
+//! and some ARM cores have 128-byte lines. So the producer's `tail` (written on every push),
+//! the consumer's `head` (written on every pop) and the bells (written only around sleeps)
+//! never share a line: the producer's check of `reader_sleeping` after each push hits its own
+//! cache, and the two sides' index stores do not bounce one line between the cores.
+//!
+//! **Records.** A ring's `head` and `tail` are byte counts since the start (`u64`, so they
+//! never wrap in practice); a position in the data is the count modulo the capacity. A record
+//! starts at a multiple of 8 with an 8-byte header word `seq << 32 | len`, then `len` payload
+//! bytes, then padding to the next multiple of 8: it takes `8 + ⌈len⌉₈` bytes. `seq` numbers
+//! the records (pads included) 1, 2, …, `u32::MAX`, 1, … — never 0, so zeroed memory is never
+//! a valid header. A record never straddles the end of the ring: when it does not fit in what
+//! is left before the end, the producer writes a pad there (`len = u32::MAX`), which covers
+//! the rest of the ring, and the record goes to position 0.
+//!
+//! **Progress.** Two slots, each a seqlock: slot `v & 1` holds version `v` with
+//! `seq = 2v` once complete (`2v - 1` while being written), the job, and
+//! `counts = started | finished << 32`; `select = v` names the latest complete slot.
+//!
+//! # Invariants
+//!
+//! 1. **No references into the mapping, and no mixed accesses.** The control lines (header,
+//!    progress, indices, bells: the first 4096 bytes) are touched only as `AtomicU64` /
+//!    `AtomicU32` at aligned offsets ([`AtomicU64::from_ptr`]). The data areas are touched
+//!    only by `ptr::copy_nonoverlapping` between the mapping and local buffers, record headers
+//!    included (a header word is copied into a local `u64`). No byte is accessed both ways,
+//!    and nothing is reached through `&[u8]`, `&mut [u8]` or `&T` to plain data. Every offset
+//!    is checked against the mapping's length before use.
+//! 2. **One writer per word.** `tail`, `data_bell`: producer. `head`, `space_bell`: consumer.
+//!    `reader_sleeping`: set by the consumer, cleared by either. `writer_sleeping`: set by the
+//!    producer, cleared by either. Progress: worker. Each side keeps its own index in local
+//!    memory as the truth and never reads it back from the mapping, so a peer scribbling over
+//!    it can only confuse itself.
+//! 3. **Index bounds.** `head ≤ tail ≤ head + capacity`, both multiples of 8, checked (in
+//!    wrapping `u64` arithmetic) every time a side loads the other's index; a new value must
+//!    also lie between the last value seen and that bound (indices only move forward).
+//!    Anything else is [`RingError::Corrupt`].
+//! 4. **Ownership of bytes.** Data bytes in `[head, tail)` are published records that only the
+//!    consumer reads; bytes in `[tail, head + capacity)` are free and only the producer writes
+//!    them. The producer writes a record completely, then publishes it by storing `tail`
+//!    (SeqCst, which includes Release); the consumer loads `tail` (Acquire) before reading, and
+//!    stores `head` only after it copied the record out. A record is therefore never seen
+//!    half-written, even if its producer dies midway: it is simply never published.
+//! 5. **Record checks.** The consumer checks, before copying anything: the header's `seq` is
+//!    the one it expects (catching a stale record, e.g. a `tail` published ahead of the
+//!    writes); `len ≤ capacity - 8`; the record fits before the end of the ring and within
+//!    `tail - head`; a pad is not at position 0 and its extent lies within `tail - head`.
+//!    Every loop is bounded: one pop reads at most a pad and one record; a wait ends on
+//!    readiness, a bell change or its deadline.
+//! 6. **Doorbells (Dekker).** A waiter reads the bell, stores its sleeping flag (SeqCst), then
+//!    re-loads the peer's index (SeqCst) before `FUTEX_WAIT(bell, value read)`. The peer
+//!    stores its index (SeqCst), then loads the flag (SeqCst) and, if set, clears it, bumps the
+//!    bell and calls `FUTEX_WAKE`. Sequential consistency makes at least one side see the
+//!    other's store, so a wake-up is never lost; a bell bumped before the wait makes
+//!    `FUTEX_WAIT` return at once. Waits take timeouts so that the caller can check that the
+//!    peer is alive; a spurious or hostile bell only makes a wait return early.
+//! 7. **Progress.** The writer fills the slot `select` does not name, then publishes `select`
+//!    (Release). A reader retries (a bounded number of times) until the slot `select` names
+//!    reads the same even `seq = 2 × select` before and after its fields. A writer that dies
+//!    mid-update leaves `select` on the previous, complete slot.
+//! 8. **Header.** Written by the creator before the descriptor is shared, validated once by the
+//!    opener (magic, version, sizes, total length equal to the file's size), copied into a
+//!    local [`Layout`], and never read again: scribbling over it later changes nothing.
+//! 9. **Size is sealed.** The creator seals the memfd (`F_SEAL_SHRINK | F_SEAL_GROW |
+//!    F_SEAL_SEAL`) and the opener refuses a descriptor without `F_SEAL_SHRINK`: a peer cannot
+//!    truncate the file under the other's mapping, which would turn its accesses into
+//!    `SIGBUS`.
+//! 10. **Fresh regions.** The creator's memory is zero except the header; all indices, bells,
+//!     flags and progress start at zero, and so do both sides' local copies.
+//!
+//! # Why plain copies of payload bytes are acceptable
+//!
+//! With an honest peer, no byte is ever accessed by both sides at once: invariant 4 orders
+//! every write of a byte before every read of it through a Release store and an Acquire load
+//! of an index. Within one process (both ends in one process, as in the tests) this is
+//! ordinary data-race-free Rust, which Miri checks.
+//!
+//! A broken or hostile peer in another process may write bytes while we copy them. The Rust
+//! abstract machine cannot express that (the other process is outside it), so what matters is
+//! what a compiler could exploit, and it has nothing to exploit: the mapping comes from `mmap`
+//! and is reached only through a private raw pointer, each payload byte is read once, by
+//! `copy_nonoverlapping`, into a local buffer, and nothing is decided on the mapping's bytes:
+//! every index is loaded once through an atomic, every record header copied once into a
+//! local, and validated there (invariants 3 and 5) before anything depends on it. So the worst a racing peer achieves is wrong bytes in our own buffer,
+//! which it could achieve anyway by writing them before we read. Payload bytes are untrusted
+//! in any case: the frame parser checks every field of what it gets. What the rings guarantee
+//! is memory safety, bounds, and that an honest but dying peer never hands over a torn record.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::{self, NonNull};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+use std::time::{Duration, Instant};
+
+use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::mm::{MapFlags, ProtFlags};
+use rustix::thread::futex;
+
+/// The smallest ring, in bytes.
+pub(crate) const MIN_RING: usize = 64;
+/// The largest ring, in bytes (a record's length must fit the header's 32 bits).
+pub(crate) const MAX_RING: usize = 1 << 31;
+/// The version of this layout, in the header; bumped whenever the layout changes.
+pub(crate) const SHM_VERSION: u64 = 1;
+
+/// The first word of a region.
+const MAGIC: u64 = u64::from_le_bytes(*b"PPLSHM\x00\x01");
+/// The unit of separation between words that different sides write.
+const LINE: usize = 128;
+/// The alignment of the data areas and the unit of the region's size.
+const PAGE: usize = 4096;
+
+/// Header fields, from the start of the region.
+const H_MAGIC: usize = 0;
+const H_VERSION: usize = 8;
+const H_JOB_BYTES: usize = 16;
+const H_RESULT_BYTES: usize = 24;
+const H_REGION_BYTES: usize = 32;
+
+/// The progress line, and its fields within it.
+const PROGRESS: usize = LINE;
+const P_SELECT: usize = 0;
+const P_SLOTS: usize = 16;
+const P_SLOT_BYTES: usize = 24;
+const S_SEQ: usize = 0;
+const S_JOB: usize = 8;
+const S_COUNTS: usize = 16;
+
+/// The control lines of each ring, from the start of the region.
+const JOB_CONTROL: usize = 2 * LINE;
+const RESULT_CONTROL: usize = 5 * LINE;
+/// Words within a ring's control lines.
+const TAIL: usize = 0;
+const HEAD: usize = LINE;
+const DATA_BELL: usize = 2 * LINE;
+const READER_SLEEPING: usize = 2 * LINE + 4;
+const SPACE_BELL: usize = 2 * LINE + 8;
+const WRITER_SLEEPING: usize = 2 * LINE + 12;
+
+/// Where the job ring's data starts.
+const DATA_START: usize = PAGE;
+/// The bytes of a record's header word.
+const RECORD_HEADER: usize = 8;
+/// The `len` of a pad record.
+const PAD: u32 = u32::MAX;
+/// Reads of the progress word before a reader gives up on a writer that keeps changing it.
+const PROGRESS_TRIES: u32 = 1000;
+/// Spin iterations between two looks at the clock.
+const SPIN_BATCH: u32 = 64;
+
+const _: () = {
+    assert!(P_SLOTS + 2 * P_SLOT_BYTES <= LINE);
+    assert!(RESULT_CONTROL + 3 * LINE <= DATA_START);
+    assert!(JOB_CONTROL + 3 * LINE <= RESULT_CONTROL);
+    assert!(H_REGION_BYTES + 8 <= LINE);
+};
+
+/// What went wrong with a region or a ring.
+#[derive(Debug)]
+pub(crate) enum RingError {
+    /// A record of `len` bytes can never fit this ring, whose records hold at most `max`
+    /// bytes; such records go through a memfd of their own.
+    TooLarge {
+        /// The record's length.
+        len: usize,
+        /// The ring's largest record.
+        max: usize,
+    },
+    /// The shared memory breaks an invariant: the peer is broken, died in an impossible
+    /// state, or is hostile. The ring is unusable from then on.
+    Corrupt(String),
+    /// The sizes asked for cannot make a layout.
+    Layout(String),
+    /// A system call failed.
+    Io(io::Error),
+}
+
+impl fmt::Display for RingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RingError::TooLarge { len, max } => write!(
+                f,
+                "a record of {len} bytes is larger than the ring's {max}-byte limit \
+                 (larger records go through a memfd of their own)"
+            ),
+            RingError::Corrupt(m) => write!(f, "corrupt shared memory: {m}"),
+            RingError::Layout(m) => write!(f, "bad shared-memory layout: {m}"),
+            RingError::Io(e) => write!(f, "shared memory: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RingError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RingError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for RingError {
+    fn from(e: io::Error) -> Self {
+        RingError::Io(e)
+    }
+}
+
+impl From<rustix::io::Errno> for RingError {
+    fn from(e: rustix::io::Errno) -> Self {
+        RingError::Io(e.into())
+    }
+}
+
+fn corrupt(what: impl Into<String>) -> RingError {
+    RingError::Corrupt(what.into())
+}
+
+/// `n` rounded up to a multiple of 8 (`n` at most [`MAX_RING`]).
+fn round8(n: usize) -> usize {
+    (n + 7) & !7
+}
+
+/// The offsets of a region, computed from its two ring sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Layout {
+    job_ring: usize,
+    result_ring: usize,
+    result_data: usize,
+    region: usize,
+}
+
+impl Layout {
+    /// The layout of a region with a job ring of `job_ring_bytes` and a result ring of
+    /// `result_ring_bytes`: each a power of two between [`MIN_RING`] and [`MAX_RING`].
+    pub(crate) fn new(job_ring_bytes: usize, result_ring_bytes: usize) -> Result<Self, RingError> {
+        for (what, n) in [("job", job_ring_bytes), ("result", result_ring_bytes)] {
+            if !n.is_power_of_two() || !(MIN_RING..=MAX_RING).contains(&n) {
+                return Err(RingError::Layout(format!(
+                    "the {what} ring's {n} bytes are not a power of two between \
+                     {MIN_RING} and {MAX_RING}"
+                )));
+            }
+        }
+        let too_big = || RingError::Layout("the region does not fit the address space".into());
+        let result_data = job_ring_bytes
+            .checked_next_multiple_of(PAGE)
+            .and_then(|j| j.checked_add(DATA_START))
+            .ok_or_else(too_big)?;
+        let region = result_ring_bytes
+            .checked_next_multiple_of(PAGE)
+            .and_then(|r| r.checked_add(result_data))
+            .filter(|&n| n <= isize::MAX as usize)
+            .ok_or_else(too_big)?;
+        Ok(Layout {
+            job_ring: job_ring_bytes,
+            result_ring: result_ring_bytes,
+            result_data,
+            region,
+        })
+    }
+
+    /// The job ring's capacity in bytes.
+    pub(crate) fn job_ring_bytes(&self) -> usize {
+        self.job_ring
+    }
+
+    /// The result ring's capacity in bytes.
+    pub(crate) fn result_ring_bytes(&self) -> usize {
+        self.result_ring
+    }
+
+    /// The region's size in bytes.
+    pub(crate) fn region_bytes(&self) -> usize {
+        self.region
+    }
+}
+
+/// The memory of a region: a shared mapping of a memfd, or zeroed heap memory.
+#[derive(Debug)]
+struct Mapping {
+    base: NonNull<u8>,
+    len: usize,
+    /// Allocated with the global allocator (`PAGE`-aligned) rather than mapped.
+    heap: bool,
+}
+
+// SAFETY: a `Mapping` is a pointer to memory that stays valid until it is dropped, and that
+// this module accesses only through atomics and through copies ordered by the ring protocol
+// (invariants 1 and 4); nothing about it is tied to the thread that made it.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; shared access goes through atomics or protocol-ordered copies only.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps `len` bytes of `fd`, shared, for reading and writing.
+    fn map(fd: BorrowedFd<'_>, len: usize) -> io::Result<Mapping> {
+        // SAFETY: a null hint lets the kernel choose fresh addresses, which overlap no Rust
+        // object; the mapping is only ever accessed as invariant 1 says.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                fd,
+                0,
+            )?
+        };
+        let base = NonNull::new(ptr.cast::<u8>())
+            .ok_or_else(|| io::Error::other("mmap returned a null pointer"))?;
+        Ok(Mapping {
+            base,
+            len,
+            heap: false,
+        })
+    }
+
+    /// `len` zeroed bytes of heap, aligned like a page.
+    fn heap(len: usize) -> io::Result<Mapping> {
+        let layout = std::alloc::Layout::from_size_align(len, PAGE).map_err(io::Error::other)?;
+        if len == 0 {
+            return Err(io::Error::other("an empty region"));
+        }
+        // SAFETY: the layout's size is not zero.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let base = NonNull::new(ptr).ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        Ok(Mapping {
+            base,
+            len,
+            heap: true,
+        })
+    }
+
+    /// Whether `off..off + n` lies in the control lines (atomics only, invariant 1).
+    fn in_control(&self, off: usize, n: usize) -> bool {
+        off.checked_add(n)
+            .is_some_and(|end| end <= DATA_START.min(self.len))
+    }
+
+    /// Whether `off..off + n` lies in the data areas (copies only, invariant 1).
+    fn in_data(&self, off: usize, n: usize) -> bool {
+        off >= DATA_START && off.checked_add(n).is_some_and(|end| end <= self.len)
+    }
+
+    /// The `u64` at `off` in the control lines. Offsets are constants of the layout; a bad
+    /// one is a bug in this file, caught here rather than by the hardware.
+    fn u64_at(&self, off: usize) -> &AtomicU64 {
+        assert!(
+            off.is_multiple_of(8) && self.in_control(off, 8),
+            "ring: u64 offset {off} outside the control lines"
+        );
+        // SAFETY: the 8 bytes at `off` lie inside the mapping (checked above), which lives as
+        // long as `&self`; they are 8-aligned because the base is page aligned and `off` is a
+        // multiple of 8. In this process the control lines are only ever accessed through
+        // atomics of the one size each word has (invariant 1); the peer's accesses are
+        // outside this process (see the module doc).
+        unsafe { AtomicU64::from_ptr(self.base.as_ptr().add(off).cast::<u64>()) }
+    }
+
+    /// The `u32` at `off` in the control lines (see [`Mapping::u64_at`]).
+    fn u32_at(&self, off: usize) -> &AtomicU32 {
+        assert!(
+            off.is_multiple_of(4) && self.in_control(off, 4),
+            "ring: u32 offset {off} outside the control lines"
+        );
+        // SAFETY: as in `u64_at`, with 4 bytes and 4-alignment.
+        unsafe { AtomicU32::from_ptr(self.base.as_ptr().add(off).cast::<u32>()) }
+    }
+
+    /// Copies `src` into the mapping at `off`.
+    fn write(&self, off: usize, src: &[u8]) {
+        assert!(
+            self.in_data(off, src.len()),
+            "ring: write of {} bytes at {off} outside the data of a {}-byte mapping",
+            src.len(),
+            self.len
+        );
+        // SAFETY: the destination lies inside the mapping (checked above). The source is a
+        // caller's slice, which cannot lie in the mapping since no reference into it is ever
+        // made (invariant 1), so the two do not overlap. The bytes written are free bytes
+        // that the other side of this process does not access (invariant 4).
+        unsafe {
+            ptr::copy_nonoverlapping(src.as_ptr(), self.base.as_ptr().add(off), src.len());
+        }
+    }
+
+    /// Copies out the 8 bytes at `off`, as a native-endian `u64`.
+    fn read_u64(&self, off: usize) -> u64 {
+        assert!(
+            self.in_data(off, 8),
+            "ring: read of 8 bytes at {off} outside the data of a {}-byte mapping",
+            self.len
+        );
+        let mut bytes = [0u8; 8];
+        // SAFETY: the source lies inside the mapping (checked above), the destination is a
+        // local array; they do not overlap. See `read_into` about a racing peer.
+        unsafe {
+            ptr::copy_nonoverlapping(self.base.as_ptr().add(off), bytes.as_mut_ptr(), 8);
+        }
+        u64::from_ne_bytes(bytes)
+    }
+
+    /// Replaces `out`'s contents with the `len` bytes at `off`.
+    fn read_into(&self, off: usize, len: usize, out: &mut Vec<u8>) {
+        assert!(
+            self.in_data(off, len),
+            "ring: read of {len} bytes at {off} outside the data of a {}-byte mapping",
+            self.len
+        );
+        out.clear();
+        out.reserve(len);
+        // SAFETY: the source lies inside the mapping (checked above); `out` has room for `len`
+        // bytes (reserved) in its own allocation, which is not the mapping, so they do not
+        // overlap. After the copy its first `len` bytes are initialised, so `set_len` is
+        // sound. A peer in another process writing the source meanwhile yields wrong bytes,
+        // never undefined behaviour here (see the module doc).
+        unsafe {
+            ptr::copy_nonoverlapping(self.base.as_ptr().add(off), out.as_mut_ptr(), len);
+            out.set_len(len);
+        }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if self.heap {
+            // The layout was valid when allocating, so it is now.
+            if let Ok(layout) = std::alloc::Layout::from_size_align(self.len, PAGE) {
+                // SAFETY: `base` was allocated by `alloc_zeroed` with this layout and is
+                // freed once, here; no reference into it outlives `self`.
+                unsafe { std::alloc::dealloc(self.base.as_ptr(), layout) };
+            }
+        } else {
+            // SAFETY: `base..base + len` is the mapping made in `Mapping::map`, unmapped once,
+            // here; no reference into it outlives `self`. A failure leaves it mapped.
+            let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len) };
+        }
+    }
+}
+
+/// Writes the header of a fresh region.
+fn write_header(map: &Mapping, layout: &Layout) {
+    map.u64_at(H_MAGIC).store(MAGIC, Ordering::Relaxed);
+    map.u64_at(H_VERSION).store(SHM_VERSION, Ordering::Relaxed);
+    map.u64_at(H_JOB_BYTES)
+        .store(layout.job_ring as u64, Ordering::Relaxed);
+    map.u64_at(H_RESULT_BYTES)
+        .store(layout.result_ring as u64, Ordering::Relaxed);
+    map.u64_at(H_REGION_BYTES)
+        .store(layout.region as u64, Ordering::Relaxed);
+}
+
+/// Validates the header of a region of `map.len` bytes and returns its layout.
+fn read_header(map: &Mapping) -> Result<Layout, RingError> {
+    if map.len < DATA_START {
+        return Err(corrupt(format!(
+            "a {}-byte region is smaller than its header",
+            map.len
+        )));
+    }
+    let word = |off| map.u64_at(off).load(Ordering::Relaxed);
+    if word(H_MAGIC) != MAGIC {
+        return Err(corrupt("not a ppool shared-memory region (bad magic)"));
+    }
+    let version = word(H_VERSION);
+    if version != SHM_VERSION {
+        return Err(corrupt(format!(
+            "shared-memory layout version {version}, this build has {SHM_VERSION}"
+        )));
+    }
+    let size = |off| {
+        usize::try_from(word(off)).map_err(|_| corrupt("a ring size beyond the address space"))
+    };
+    let layout = Layout::new(size(H_JOB_BYTES)?, size(H_RESULT_BYTES)?)
+        .map_err(|e| corrupt(format!("the header's ring sizes: {e}")))?;
+    let claimed = word(H_REGION_BYTES);
+    if claimed != layout.region as u64 || layout.region != map.len {
+        return Err(corrupt(format!(
+            "the header's sizes make a {}-byte region; it claims {claimed} and has {}",
+            layout.region, map.len
+        )));
+    }
+    Ok(layout)
+}
+
+/// A region of shared memory: the header, the progress word and both rings of one worker.
+#[derive(Debug)]
+pub(crate) struct Region {
+    map: Mapping,
+    layout: Layout,
+    fd: Option<OwnedFd>,
+}
+
+impl Region {
+    /// Creates a memfd of `layout.region_bytes()` bytes, seals its size, maps it and writes
+    /// the header. The descriptor is close-on-exec.
+    pub(crate) fn create(layout: Layout) -> Result<Region, RingError> {
+        let fd =
+            rustix::fs::memfd_create("ppool-shm", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+        rustix::fs::ftruncate(&fd, layout.region as u64)?;
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
+        let map = Mapping::map(fd.as_fd(), layout.region)?;
+        write_header(&map, &layout);
+        Ok(Region {
+            map,
+            layout,
+            fd: Some(fd),
+        })
+    }
+
+    /// Maps a region that another process created, passed as `fd`. Refuses a descriptor that
+    /// is not sealed against shrinking, a size out of range, and a header that does not match
+    /// the size or this build's layout.
+    pub(crate) fn from_fd(fd: OwnedFd) -> Result<Region, RingError> {
+        let seals = rustix::fs::fcntl_get_seals(&fd)
+            .map_err(|e| corrupt(format!("not a sealed memfd: {e}")))?;
+        if !seals.contains(SealFlags::SHRINK) {
+            return Err(corrupt("the memfd is not sealed against shrinking"));
+        }
+        let size = rustix::fs::fstat(&fd)?.st_size;
+        let largest = Layout::new(MAX_RING, MAX_RING).map_or(isize::MAX as usize, |l| l.region);
+        let len = usize::try_from(size)
+            .ok()
+            .filter(|&n| (DATA_START..=largest).contains(&n))
+            .ok_or_else(|| corrupt(format!("a region of {size} bytes")))?;
+        let map = Mapping::map(fd.as_fd(), len)?;
+        let layout = read_header(&map)?;
+        Ok(Region {
+            map,
+            layout,
+            fd: Some(fd),
+        })
+    }
+
+    /// A region in zeroed heap memory, for both ends in one process (tests, Miri, which
+    /// cannot map a memfd, or an in-process transport). It has no descriptor.
+    pub(crate) fn heap(layout: Layout) -> Result<Region, RingError> {
+        let map = Mapping::heap(layout.region)?;
+        write_header(&map, &layout);
+        Ok(Region {
+            map,
+            layout,
+            fd: None,
+        })
+    }
+
+    /// The region's layout.
+    pub(crate) fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// The memfd, unless taken or a heap region.
+    pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(|fd| fd.as_fd())
+    }
+
+    /// Takes the memfd out, to hand it to the worker; the mapping stays.
+    pub(crate) fn take_fd(&mut self) -> Option<OwnedFd> {
+        self.fd.take()
+    }
+
+    /// The supervisor's end: it produces jobs, consumes results and reads progress.
+    pub(crate) fn supervisor(self) -> SupervisorEnd {
+        self.into_both().0
+    }
+
+    /// The worker's end: it consumes jobs, produces results and writes progress.
+    pub(crate) fn worker(self) -> WorkerEnd {
+        self.into_both().1
+    }
+
+    /// Both ends, for a region whose two sides live in this process.
+    pub(crate) fn into_both(self) -> (SupervisorEnd, WorkerEnd) {
+        let map = Arc::new(self.map);
+        let ring = |control, data, cap| Ring {
+            map: Arc::clone(&map),
+            control,
+            data,
+            cap,
+        };
+        let job = || ring(JOB_CONTROL, DATA_START, self.layout.job_ring);
+        let result = || {
+            ring(
+                RESULT_CONTROL,
+                self.layout.result_data,
+                self.layout.result_ring,
+            )
+        };
+        let supervisor = SupervisorEnd {
+            jobs: Producer::new(job()),
+            results: Consumer::new(result()),
+            progress: ProgressReader {
+                map: Arc::clone(&map),
+            },
+        };
+        let worker = WorkerEnd {
+            jobs: Consumer::new(job()),
+            results: Producer::new(result()),
+            progress: ProgressWriter {
+                map: Arc::clone(&map),
+                version: 0,
+                state: Progress::default(),
+            },
+        };
+        (supervisor, worker)
+    }
+}
+
+/// What the supervisor holds of a region.
+#[derive(Debug)]
+pub(crate) struct SupervisorEnd {
+    /// Sends jobs (TASKS frames and the like) to the worker.
+    pub(crate) jobs: Producer,
+    /// Receives the worker's results.
+    pub(crate) results: Consumer,
+    /// The worker's progress.
+    pub(crate) progress: ProgressReader,
+}
+
+/// What the worker holds of a region.
+#[derive(Debug)]
+pub(crate) struct WorkerEnd {
+    /// Receives jobs from the supervisor.
+    pub(crate) jobs: Consumer,
+    /// Sends results to the supervisor.
+    pub(crate) results: Producer,
+    /// Where the worker tells which task it runs.
+    pub(crate) progress: ProgressWriter,
+}
+
+/// One ring's place in a mapping.
+#[derive(Debug)]
+struct Ring {
+    map: Arc<Mapping>,
+    /// Offset of its three control lines.
+    control: usize,
+    /// Offset of its data.
+    data: usize,
+    /// Its data's bytes: a power of two.
+    cap: usize,
+}
+
+impl Ring {
+    fn word(&self, at: usize) -> &AtomicU64 {
+        self.map.u64_at(self.control + at)
+    }
+
+    fn bell(&self, at: usize) -> &AtomicU32 {
+        self.map.u32_at(self.control + at)
+    }
+
+    /// The position of a byte count in the data.
+    fn pos(&self, index: u64) -> usize {
+        (index & (self.cap as u64 - 1)) as usize
+    }
+
+    /// Copies out the header word of the record at `pos` (a multiple of 8, at most
+    /// `cap - 8`).
+    fn read_header(&self, pos: usize) -> u64 {
+        debug_assert!(pos + RECORD_HEADER <= self.cap);
+        self.map.read_u64(self.data + pos)
+    }
+
+    /// Copies in the header word of the record at `pos` (a multiple of 8, at most `cap - 8`).
+    fn write_header(&self, pos: usize, word: u64) {
+        debug_assert!(pos + RECORD_HEADER <= self.cap);
+        self.map.write(self.data + pos, &word.to_ne_bytes());
+    }
+}
+
+/// The next record number after `seq`: never 0.
+fn next_seq(seq: u32) -> u32 {
+    seq.checked_add(1).unwrap_or(1)
+}
+
+/// Rings `bell` if the flag at `sleeping` says the peer sleeps on it (invariant 6).
+fn ring_if_sleeping(ring: &Ring, sleeping: usize, bell: usize) {
+    let flag = ring.bell(sleeping);
+    if flag.load(Ordering::SeqCst) != 0 && flag.swap(0, Ordering::SeqCst) != 0 {
+        ring_bell(ring.bell(bell));
+    }
+}
+
+/// Bumps `bell` and wakes whoever sleeps on it.
+fn ring_bell(bell: &AtomicU32) {
+    bell.fetch_add(1, Ordering::Release);
+    // A wake on a valid, aligned, mapped word cannot fail; a lost wake-up would only delay a
+    // waiter until its timeout.
+    let _ = futex::wake(bell, futex::Flags::empty(), i32::MAX as u32);
+}
+
+/// Waits until `ready` says so or the bell at `bell` changes: spins for at most `spin`, then
+/// sleeps on the bell until `timeout` (from the call) has passed. `ready` gets the ordering
+/// its load of the peer's index must use. Returns false when the time ran out.
+fn wait_on(
+    ring: &Ring,
+    bell: usize,
+    sleeping: usize,
+    spin: Duration,
+    timeout: Option<Duration>,
+    mut ready: impl FnMut(Ordering) -> Result<bool, RingError>,
+) -> Result<bool, RingError> {
+    let bell = ring.bell(bell);
+    let sleeping = ring.bell(sleeping);
+    let rung = bell.load(Ordering::Acquire);
+    if ready(Ordering::Acquire)? {
+        return Ok(true);
+    }
+    let start = Instant::now();
+    let deadline = timeout.and_then(|t| start.checked_add(t));
+    let spin = timeout.map_or(spin, |t| spin.min(t));
+    if !spin.is_zero() {
+        loop {
+            for _ in 0..SPIN_BATCH {
+                std::hint::spin_loop();
+                if ready(Ordering::Acquire)? || bell.load(Ordering::Acquire) != rung {
+                    return Ok(true);
+                }
+            }
+            if start.elapsed() >= spin {
+                break;
+            }
+        }
+    }
+    loop {
+        if bell.load(Ordering::Acquire) != rung {
+            return Ok(true);
+        }
+        let left = match deadline {
+            None => None,
+            Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => return Ok(false),
+            },
+        };
+        sleeping.store(1, Ordering::SeqCst);
+        match ready(Ordering::SeqCst) {
+            Ok(false) => {}
+            other => {
+                sleeping.store(0, Ordering::Relaxed);
+                return other;
+            }
+        }
+        let timespec = left.map(|left| futex::Timespec {
+            tv_sec: left.as_secs().try_into().unwrap_or(i64::MAX),
+            tv_nsec: left.subsec_nanos().into(),
+        });
+        let slept = futex::wait(bell, futex::Flags::empty(), rung, timespec.as_ref());
+        sleeping.store(0, Ordering::Relaxed);
+        match slept {
+            Ok(()) => {}
+            Err(e)
+                if e == rustix::io::Errno::AGAIN
+                    || e == rustix::io::Errno::INTR
+                    || e == rustix::io::Errno::TIMEDOUT => {}
+            Err(e) => return Err(e.into()),
+        }
+        if ready(Ordering::Acquire)? {
+            return Ok(true);
+        }
+    }
+}
+
+/// The writing half of a ring.
+#[derive(Debug)]
+pub(crate) struct Producer {
+    ring: Ring,
+    /// Where the next record goes; the truth, never read back from the mapping.
+    tail: u64,
+    /// The consumer's head as last loaded and validated.
+    head: u64,
+    /// The next record's number.
+    seq: u32,
+    /// Where [`Producer::try_push_with`] lets the caller encode.
+    scratch: Vec<u8>,
+}
+
+impl Producer {
+    fn new(ring: Ring) -> Self {
+        Producer {
+            ring,
+            tail: 0,
+            head: 0,
+            seq: 1,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The ring's capacity in bytes.
+    pub(crate) fn capacity(&self) -> usize {
+        self.ring.cap
+    }
+
+    /// The largest record this ring takes: its capacity less one header.
+    pub(crate) fn max_record(&self) -> usize {
+        self.ring.cap - RECORD_HEADER
+    }
+
+    /// The bytes a record of `len` takes in the ring.
+    fn record_size(&self, len: usize) -> Result<usize, RingError> {
+        if len > self.max_record() {
+            return Err(RingError::TooLarge {
+                len,
+                max: self.max_record(),
+            });
+        }
+        Ok(RECORD_HEADER + round8(len))
+    }
+
+    /// Appends one record made of `parts`, concatenated. False: no room now (try again after
+    /// [`Producer::wait_writable`]); the ring may have advanced to its start meanwhile.
+    pub(crate) fn try_push(&mut self, parts: &[&[u8]]) -> Result<bool, RingError> {
+        let len = parts
+            .iter()
+            .try_fold(0usize, |n, part| n.checked_add(part.len()))
+            .unwrap_or(usize::MAX);
+        let size = self.record_size(len)?;
+        if !self.room(size, Ordering::Acquire)? {
+            return Ok(false);
+        }
+        let pos = self.ring.pos(self.tail);
+        let mut at = self.ring.data + pos + RECORD_HEADER;
+        for part in parts {
+            self.ring.map.write(at, part);
+            at += part.len();
+        }
+        self.commit(pos, len, size);
+        Ok(true)
+    }
+
+    /// Appends one record of `len` bytes that `fill` writes. `fill` gets a local buffer
+    /// holding stale bytes, all of which it is to overwrite, and is called only when the
+    /// record fits now; false (and `fill` not called): no room now.
+    pub(crate) fn try_push_with(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<bool, RingError> {
+        let size = self.record_size(len)?;
+        if !self.room(size, Ordering::Acquire)? {
+            return Ok(false);
+        }
+        if self.scratch.len() < len {
+            self.scratch.resize(len, 0);
+        }
+        let buf = &mut self.scratch[..len];
+        fill(buf);
+        let pos = self.ring.pos(self.tail);
+        self.ring
+            .map
+            .write(self.ring.data + pos + RECORD_HEADER, buf);
+        self.commit(pos, len, size);
+        Ok(true)
+    }
+
+    /// Waits until a record of `len` bytes fits: spins for at most `spin`, then sleeps until
+    /// `timeout` (`None`: no limit). True: try to push now (the consumer may also have rung
+    /// with [`Consumer::wake`]); false: the time ran out.
+    pub(crate) fn wait_writable(
+        &mut self,
+        len: usize,
+        spin: Duration,
+        timeout: Option<Duration>,
+    ) -> Result<bool, RingError> {
+        let size = self.record_size(len)?;
+        let Producer {
+            ring,
+            tail,
+            head,
+            seq,
+            ..
+        } = self;
+        wait_on(ring, SPACE_BELL, WRITER_SLEEPING, spin, timeout, |order| {
+            room(ring, tail, head, seq, size, order)
+        })
+    }
+
+    /// Bytes published that the consumer has not freed yet (records, headers and padding).
+    pub(crate) fn unread(&mut self) -> Result<u64, RingError> {
+        refresh_head(&self.ring, self.tail, &mut self.head, Ordering::Acquire)?;
+        Ok(self.tail - self.head)
+    }
+
+    /// Rings the consumer's bell, whether or not it sleeps: its wait returns.
+    pub(crate) fn wake(&self) {
+        ring_bell(self.ring.bell(DATA_BELL));
+    }
+
+    /// Gives back the memory of a local buffer that one big [`Producer::try_push_with`] grew.
+    pub(crate) fn shrink_buffers(&mut self) {
+        if self.scratch.capacity() > 1 << 20 {
+            self.scratch = Vec::new();
+        }
+    }
+
+    /// Whether `size` bytes are free at the tail, padding to the start first if needed.
+    fn room(&mut self, size: usize, order: Ordering) -> Result<bool, RingError> {
+        room(
+            &self.ring,
+            &mut self.tail,
+            &mut self.head,
+            &mut self.seq,
+            size,
+            order,
+        )
+    }
+
+    /// Writes the header of the record at `pos` and publishes it.
+    fn commit(&mut self, pos: usize, len: usize, size: usize) {
+        let word = u64::from(self.seq) << 32 | len as u64;
+        self.ring.write_header(pos, word);
+        self.seq = next_seq(self.seq);
+        let new = self.tail + size as u64;
+        publish(&self.ring, &mut self.tail, new);
+    }
+}
+
+/// Loads the consumer's head and checks it against invariant 3: between the last head seen
+/// and the tail, a multiple of 8.
+fn refresh_head(ring: &Ring, tail: u64, head: &mut u64, order: Ordering) -> Result<(), RingError> {
+    let new = ring.word(HEAD).load(order);
+    if !new.is_multiple_of(8) || new.wrapping_sub(*head) > tail.wrapping_sub(*head) {
+        return Err(corrupt(format!(
+            "the consumer's head {new} is not a multiple of 8 within [{head}, {tail}]"
+        )));
+    }
+    *head = new;
+    Ok(())
+}
+
+/// See [`Producer::room`]; free-standing so that a wait can borrow the ring apart.
+fn room(
+    ring: &Ring,
+    tail: &mut u64,
+    head: &mut u64,
+    seq: &mut u32,
+    size: usize,
+    order: Ordering,
+) -> Result<bool, RingError> {
+    let cap = ring.cap as u64;
+    let free_at_least = |tail: u64, head: &mut u64, n: usize| {
+        if cap - (tail - *head) >= n as u64 {
+            return Ok(true);
+        }
+        refresh_head(ring, tail, head, order)?;
+        Ok::<_, RingError>(cap - (tail - *head) >= n as u64)
+    };
+    let pos = ring.pos(*tail);
+    let rest = ring.cap - pos;
+    if size <= rest {
+        return free_at_least(*tail, head, size);
+    }
+    // The record goes to the start; a pad covers the rest, once that is free.
+    if !free_at_least(*tail, head, rest)? {
+        return Ok(false);
+    }
+    let word = u64::from(*seq) << 32 | u64::from(PAD);
+    ring.write_header(pos, word);
+    *seq = next_seq(*seq);
+    let new = *tail + rest as u64;
+    publish(ring, tail, new);
+    free_at_least(*tail, head, size)
+}
+
+/// Stores a new tail and rings the consumer if it sleeps.
+fn publish(ring: &Ring, tail: &mut u64, new: u64) {
+    *tail = new;
+    ring.word(TAIL).store(new, Ordering::SeqCst);
+    ring_if_sleeping(ring, READER_SLEEPING, DATA_BELL);
+}
+
+/// The reading half of a ring.
+#[derive(Debug)]
+pub(crate) struct Consumer {
+    ring: Ring,
+    /// Where the next record starts; the truth, never read back from the mapping.
+    head: u64,
+    /// The head as last stored in the mapping.
+    stored_head: u64,
+    /// The producer's tail as last loaded and validated.
+    tail: u64,
+    /// The next record's number.
+    seq: u32,
+}
+
+impl Consumer {
+    fn new(ring: Ring) -> Self {
+        Consumer {
+            ring,
+            head: 0,
+            stored_head: 0,
+            tail: 0,
+            seq: 1,
+        }
+    }
+
+    /// The ring's capacity in bytes.
+    pub(crate) fn capacity(&self) -> usize {
+        self.ring.cap
+    }
+
+    /// Takes the next record out, copying it into `out` (replacing its contents), and returns
+    /// its length; `None` (and `out` untouched) when none is published. Every record is
+    /// checked as invariant 5 says; a bad one is [`RingError::Corrupt`] and leaves the ring
+    /// where it was.
+    pub(crate) fn try_pop(&mut self, out: &mut Vec<u8>) -> Result<Option<usize>, RingError> {
+        let cap = self.ring.cap;
+        // At most a pad, then a record: a pad is never at position 0.
+        for _ in 0..2 {
+            if self.head == self.tail {
+                self.refresh_tail()?;
+                if self.head == self.tail {
+                    self.release();
+                    return Ok(None);
+                }
+            }
+            let avail = (self.tail - self.head) as usize;
+            let pos = self.ring.pos(self.head);
+            let word = self.ring.read_header(pos);
+            let (seq, len) = ((word >> 32) as u32, word as u32);
+            if seq != self.seq {
+                return Err(corrupt(format!(
+                    "the record at byte {} has number {seq}, expected {}",
+                    self.head, self.seq
+                )));
+            }
+            let rest = cap - pos;
+            if len == PAD {
+                if pos == 0 || rest > avail {
+                    return Err(corrupt(format!(
+                        "a pad at byte {} of {rest} bytes, with {avail} published",
+                        self.head
+                    )));
+                }
+                self.head += rest as u64;
+                self.seq = next_seq(self.seq);
+                continue;
+            }
+            let len = len as usize;
+            let size = RECORD_HEADER + round8(len.min(cap));
+            if len > cap - RECORD_HEADER || size > rest || size > avail {
+                return Err(corrupt(format!(
+                    "a record of {len} bytes at position {pos} of a {cap}-byte ring, \
+                     with {avail} bytes published"
+                )));
+            }
+            self.ring
+                .map
+                .read_into(self.ring.data + pos + RECORD_HEADER, len, out);
+            self.head += size as u64;
+            self.seq = next_seq(self.seq);
+            self.release();
+            return Ok(Some(len));
+        }
+        Err(corrupt("two pads in a row"))
+    }
+
+    /// Waits until a record may be read: spins for at most `spin`, then sleeps until
+    /// `timeout` (`None`: no limit). True: try to pop now (the producer may also have rung
+    /// with [`Producer::wake`]); false: the time ran out.
+    pub(crate) fn wait_readable(
+        &mut self,
+        spin: Duration,
+        timeout: Option<Duration>,
+    ) -> Result<bool, RingError> {
+        if self.head != self.tail {
+            return Ok(true);
+        }
+        let head = self.head;
+        let ring = &self.ring;
+        wait_on(ring, DATA_BELL, READER_SLEEPING, spin, timeout, |order| {
+            Ok(ring.word(TAIL).load(order) != head)
+        })
+    }
+
+    /// Rings the producer's bell, whether or not it sleeps: its wait returns.
+    pub(crate) fn wake(&self) {
+        ring_bell(self.ring.bell(SPACE_BELL));
+    }
+
+    /// Loads the producer's tail and checks it against invariant 3: between the last tail
+    /// seen and `head + capacity`, a multiple of 8.
+    fn refresh_tail(&mut self) -> Result<(), RingError> {
+        let new = self.ring.word(TAIL).load(Ordering::Acquire);
+        let bound = self.head + self.ring.cap as u64;
+        if !new.is_multiple_of(8) || new.wrapping_sub(self.tail) > bound - self.tail {
+            return Err(corrupt(format!(
+                "the producer's tail {new} is not a multiple of 8 within [{}, {bound}]",
+                self.tail
+            )));
+        }
+        self.tail = new;
+        Ok(())
+    }
+
+    /// Frees what was read: stores the head and rings the producer if it sleeps.
+    fn release(&mut self) {
+        if self.stored_head != self.head {
+            self.stored_head = self.head;
+            self.ring.word(HEAD).store(self.head, Ordering::SeqCst);
+            ring_if_sleeping(&self.ring, WRITER_SLEEPING, SPACE_BELL);
+        }
+    }
+}
+
+/// Where a worker is in its current job.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Progress {
+    /// The job.
+    pub(crate) job: u64,
+    /// One more than the index of the last task that started (0: none): as tasks run in
+    /// order, tasks `started..` never did.
+    pub(crate) started: u32,
+    /// One more than the index of the last task that finished (0: none): tasks `..finished`
+    /// did, and their results went out before. Never more than `started`.
+    pub(crate) finished: u32,
+}
+
+impl Progress {
+    /// The task that started last and did not finish, if any.
+    pub(crate) fn running(&self) -> Option<u32> {
+        (self.started > self.finished).then(|| self.started - 1)
+    }
+}
+
+/// The worker's side of the progress word.
+#[derive(Debug)]
+pub(crate) struct ProgressWriter {
+    map: Arc<Mapping>,
+    /// The version last published.
+    version: u64,
+    /// What was last published.
+    state: Progress,
+}
+
+impl ProgressWriter {
+    /// Tells that task `index` of `job` starts (tasks of a job run in order).
+    pub(crate) fn started(&mut self, job: u64, index: u32) {
+        if job != self.state.job {
+            self.state = Progress {
+                job,
+                ..Progress::default()
+            };
+        }
+        self.state.started = index.saturating_add(1);
+        self.state.finished = self.state.finished.min(self.state.started);
+        self.publish();
+    }
+
+    /// Tells that task `index` of `job` finished.
+    pub(crate) fn finished(&mut self, job: u64, index: u32) {
+        if job != self.state.job {
+            self.state = Progress {
+                job,
+                ..Progress::default()
+            };
+        }
+        self.state.finished = index.saturating_add(1);
+        self.state.started = self.state.started.max(self.state.finished);
+        self.publish();
+    }
+
+    /// Writes the state into the slot `select` does not name, then names it (invariant 7).
+    fn publish(&mut self) {
+        let version = self.version.wrapping_add(1);
+        let slot = PROGRESS + P_SLOTS + (version & 1) as usize * P_SLOT_BYTES;
+        let seq = self.map.u64_at(slot + S_SEQ);
+        seq.store(version.wrapping_mul(2).wrapping_sub(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        self.map
+            .u64_at(slot + S_JOB)
+            .store(self.state.job, Ordering::Relaxed);
+        let counts = u64::from(self.state.started) | u64::from(self.state.finished) << 32;
+        self.map
+            .u64_at(slot + S_COUNTS)
+            .store(counts, Ordering::Relaxed);
+        seq.store(version.wrapping_mul(2), Ordering::Release);
+        self.map
+            .u64_at(PROGRESS + P_SELECT)
+            .store(version, Ordering::Release);
+        self.version = version;
+    }
+}
+
+/// The supervisor's side of the progress word.
+#[derive(Debug)]
+pub(crate) struct ProgressReader {
+    map: Arc<Mapping>,
+}
+
+impl ProgressReader {
+    /// The worker's latest progress. Never torn: a worker that died mid-update shows its
+    /// previous state. An error when the word is inconsistent, or keeps changing for longer
+    /// than an honest worker could make it.
+    pub(crate) fn read(&self) -> Result<Progress, RingError> {
+        for attempt in 0..PROGRESS_TRIES {
+            let version = self.map.u64_at(PROGRESS + P_SELECT).load(Ordering::Acquire);
+            let slot = PROGRESS + P_SLOTS + (version & 1) as usize * P_SLOT_BYTES;
+            let seq = self.map.u64_at(slot + S_SEQ);
+            let before = seq.load(Ordering::Acquire);
+            let job = self.map.u64_at(slot + S_JOB).load(Ordering::Relaxed);
+            let counts = self.map.u64_at(slot + S_COUNTS).load(Ordering::Relaxed);
+            fence(Ordering::Acquire);
+            let after = seq.load(Ordering::Relaxed);
+            if before == after && before == version.wrapping_mul(2) {
+                let progress = Progress {
+                    job,
+                    started: counts as u32,
+                    finished: (counts >> 32) as u32,
+                };
+                if progress.finished > progress.started {
+                    return Err(corrupt(format!(
+                        "progress says {} tasks finished of {} started",
+                        progress.finished, progress.started
+                    )));
+                }
+                return Ok(progress);
+            }
+            if attempt < 64 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        Err(corrupt(format!(
+            "the progress word stayed inconsistent over {PROGRESS_TRIES} reads"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::os::fd::{AsRawFd, RawFd};
+
+    const ZERO: Duration = Duration::ZERO;
+
+    /// SplitMix64: a small, seedable generator.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    fn both(job: usize, result: usize) -> (SupervisorEnd, WorkerEnd) {
+        Region::heap(Layout::new(job, result).unwrap())
+            .unwrap()
+            .into_both()
+    }
+
+    /// `len` pseudo-random bytes, made 8 at a time (cheap under Miri).
+    fn pattern(len: usize, seed: u64) -> Vec<u8> {
+        let mut rng = Rng(seed);
+        let mut v = Vec::with_capacity(len + 8);
+        while v.len() < len {
+            v.extend_from_slice(&rng.next().to_le_bytes());
+        }
+        v.truncate(len);
+        v
+    }
+
+    fn fnv(bytes: &[u8]) -> u64 {
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        })
+    }
+
+    #[test]
+    fn layout_separates_lines_and_checks_sizes() {
+        let l = Layout::new(64, 1 << 20).unwrap();
+        assert_eq!(l.job_ring_bytes(), 64);
+        assert_eq!(l.result_data, 2 * PAGE);
+        assert_eq!(l.region_bytes(), 2 * PAGE + (1 << 20));
+        let l = Layout::new(1 << 16, 128).unwrap();
+        assert_eq!(l.result_data, PAGE + (1 << 16));
+        assert_eq!(l.region_bytes(), 2 * PAGE + (1 << 16));
+        for bad in [0, 1, 32, 63, 65, 100, 3 << 10, MAX_RING * 2] {
+            assert!(
+                matches!(Layout::new(bad, 64), Err(RingError::Layout(_))),
+                "{bad}"
+            );
+            assert!(
+                matches!(Layout::new(64, bad), Err(RingError::Layout(_))),
+                "{bad}"
+            );
+        }
+        assert!(Layout::new(MAX_RING, MAX_RING).is_ok());
+        // Every word that one side writes often has a line of its own.
+        let lines = [
+            H_MAGIC,
+            PROGRESS,
+            JOB_CONTROL + TAIL,
+            JOB_CONTROL + HEAD,
+            JOB_CONTROL + DATA_BELL,
+            RESULT_CONTROL + TAIL,
+            RESULT_CONTROL + HEAD,
+            RESULT_CONTROL + DATA_BELL,
+        ]
+        .map(|off| off / LINE);
+        for (i, a) in lines.iter().enumerate() {
+            assert!(lines[i + 1..].iter().all(|b| b != a), "line {a} shared");
+        }
+    }
+
+    #[test]
+    fn header_round_trip_and_rejections() {
+        let region = Region::heap(Layout::new(256, 512).unwrap()).unwrap();
+        assert_eq!(read_header(&region.map).unwrap(), region.layout());
+        assert!(region.fd().is_none());
+        for (off, value, what) in [
+            (H_MAGIC, 0, "magic"),
+            (H_VERSION, 2, "version"),
+            (H_JOB_BYTES, 100, "sizes"),
+            (H_JOB_BYTES, 8192, "region"),
+            (H_RESULT_BYTES, 1 << 40, "sizes"),
+            (H_REGION_BYTES, 4 * PAGE as u64, "region"),
+        ] {
+            let region = Region::heap(Layout::new(256, 512).unwrap()).unwrap();
+            region.map.u64_at(off).store(value, Ordering::Relaxed);
+            let e = read_header(&region.map).unwrap_err();
+            assert!(matches!(e, RingError::Corrupt(_)), "{what}: {e}");
+        }
+    }
+
+    /// Pushes `data` on an empty ring, pops it and checks it came back whole.
+    fn round_trip(p: &mut Producer, c: &mut Consumer, data: &[u8]) {
+        round_trip_parts(p, c, &[data]);
+    }
+
+    /// Pushes the record made of `parts` on an empty ring, pops it and checks it.
+    fn round_trip_parts(p: &mut Producer, c: &mut Consumer, parts: &[&[u8]]) {
+        let data = parts.concat();
+        let mut out = vec![0xAA; 3];
+        if !p.try_push(parts).unwrap() {
+            // A pad went out first; it frees the rest of the ring once popped.
+            assert_eq!(c.try_pop(&mut out).unwrap(), None);
+            assert!(p.try_push(parts).unwrap(), "len {}", data.len());
+        }
+        assert_eq!(c.try_pop(&mut out).unwrap(), Some(data.len()));
+        assert_eq!(out, data);
+        assert_eq!(c.try_pop(&mut out).unwrap(), None);
+    }
+
+    #[test]
+    fn round_trips_of_every_size() {
+        let (mut s, mut w) = both(256, 512);
+        assert_eq!(s.jobs.max_record(), 248);
+        for len in 0..=s.jobs.max_record() {
+            round_trip(&mut s.jobs, &mut w.jobs, &pattern(len, len as u64));
+        }
+        for len in 0..=w.results.max_record() {
+            let data = pattern(len, 7 + len as u64);
+            let cut = len / 3;
+            round_trip_parts(
+                &mut w.results,
+                &mut s.results,
+                &[&data[..cut], &[], &data[cut..]],
+            );
+        }
+        // push_with encodes in place, and is not called without room.
+        assert!(
+            s.jobs
+                .try_push_with(5, |b| b.copy_from_slice(b"hello"))
+                .unwrap()
+        );
+        let mut out = Vec::new();
+        assert_eq!(w.jobs.try_pop(&mut out).unwrap(), Some(5));
+        assert_eq!(out, b"hello");
+    }
+
+    #[test]
+    fn exactly_the_free_space() {
+        let (mut s, mut w) = both(256, 256);
+        let mut out = Vec::new();
+        // A whole-ring record fits an empty ring at position 0, and then nothing does.
+        assert!(s.jobs.try_push(&[&[1; 248]]).unwrap());
+        assert!(!s.jobs.try_push(&[]).unwrap());
+        assert!(!s.jobs.try_push_with(0, |_| panic!("no room")).unwrap());
+        assert_eq!(s.jobs.unread().unwrap(), 256);
+        assert_eq!(w.jobs.try_pop(&mut out).unwrap(), Some(248));
+        assert_eq!(s.jobs.unread().unwrap(), 0);
+        // Three records of 64 bytes leave exactly 64 before the end.
+        for i in 0..3 {
+            assert!(s.jobs.try_push(&[&[i; 56]]).unwrap());
+        }
+        assert!(s.jobs.try_push(&[&[3; 49]]).unwrap());
+        assert!(!s.jobs.try_push(&[]).unwrap());
+        for i in 0..3 {
+            assert_eq!(w.jobs.try_pop(&mut out).unwrap(), Some(56));
+            assert_eq!(out, [i; 56]);
+        }
+        assert_eq!(w.jobs.try_pop(&mut out).unwrap(), Some(49));
+        assert_eq!(w.jobs.try_pop(&mut out).unwrap(), None);
+        // TooLarge says so, and says what to do.
+        let e = s.jobs.try_push(&[&[0; 249]]).unwrap_err();
+        assert!(
+            matches!(e, RingError::TooLarge { len: 249, max: 248 }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("memfd"));
+        assert!(matches!(
+            s.jobs.wait_writable(1000, ZERO, Some(ZERO)),
+            Err(RingError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn a_large_record_wraps_in_two_steps() {
+        let (mut s, mut w) = both(256, 256);
+        let mut out = Vec::new();
+        round_trip(&mut s.jobs, &mut w.jobs, &[0; 96]); // position 104
+        // 200 bytes fit neither the 152 left nor the 104 at the start: a pad goes out.
+        assert!(!s.jobs.try_push(&[&[5; 200]]).unwrap());
+        assert_eq!(s.jobs.ring.pos(s.jobs.tail), 0);
+        let pad = s.jobs.ring.read_header(104);
+        assert_eq!(pad as u32, PAD);
+        assert!(!s.jobs.wait_writable(200, ZERO, Some(ZERO)).unwrap());
+        assert_eq!(w.jobs.try_pop(&mut out).unwrap(), None);
+        assert!(s.jobs.wait_writable(200, ZERO, Some(ZERO)).unwrap());
+        assert!(s.jobs.try_push(&[&[5; 200]]).unwrap());
+        assert_eq!(w.jobs.try_pop(&mut out).unwrap(), Some(200));
+        assert_eq!(out, [5; 200]);
+    }
+
+    #[test]
+    fn wrap_around_at_every_offset() {
+        let cap = 256;
+        let all = [0, 1, 7, 8, 9, 31, 100, 120, 127, 128, 129, 200, 247, 248];
+        // Under Miri: every offset still, fewer sizes and steps.
+        let lens: &[usize] = if cfg!(miri) {
+            &[0, 1, 9, 129, 248]
+        } else {
+            &all
+        };
+        let steps = if cfg!(miri) { 16 } else { 400 };
+        for start in (0..cap).step_by(8) {
+            for (k, &first) in lens.iter().enumerate() {
+                let (mut s, mut w) = both(cap, 64);
+                if start > 0 {
+                    round_trip(&mut s.jobs, &mut w.jobs, &vec![1; start - 8]);
+                }
+                assert_eq!(s.jobs.ring.pos(s.jobs.tail), start);
+                round_trip(&mut s.jobs, &mut w.jobs, &pattern(first, first as u64));
+                // Then a random mix against a model of the queue.
+                let mut rng = Rng((start * 100 + k) as u64);
+                let mut model = VecDeque::new();
+                let mut out = Vec::new();
+                let mut n = 0u64;
+                for _ in 0..steps {
+                    if rng.below(2) == 0 {
+                        let data = pattern(lens[rng.below(lens.len())], n);
+                        n += 1;
+                        if s.jobs.try_push(&[&data]).unwrap() {
+                            model.push_back(data);
+                        }
+                    } else {
+                        match w.jobs.try_pop(&mut out).unwrap() {
+                            Some(len) => {
+                                let want = model.pop_front().unwrap();
+                                assert_eq!((len, &out), (want.len(), &want));
+                            }
+                            None => assert!(model.is_empty()),
+                        }
+                    }
+                }
+                while let Some(want) = model.pop_front() {
+                    assert_eq!(w.jobs.try_pop(&mut out).unwrap(), Some(want.len()));
+                    assert_eq!(out, want);
+                }
+                assert_eq!(w.jobs.try_pop(&mut out).unwrap(), None);
+            }
+        }
+    }
+
+    /// Streams `n` checksummed records from one thread to another through a `ring`-byte ring.
+    fn stream(n: u64, ring: usize, spin: Duration) {
+        let (mut s, mut w) = both(ring, 64);
+        let max = s.jobs.max_record();
+        let size = move |i: u64| {
+            let r = (i.wrapping_mul(0x9E37_79B9) >> 7) as usize;
+            if i.is_multiple_of(97) {
+                16 + r % (max - 15)
+            } else {
+                16 + r % 200
+            }
+        };
+        let producer = std::thread::spawn(move || {
+            let mut rec = Vec::new();
+            for i in 0..n {
+                rec.clear();
+                rec.extend_from_slice(&i.to_le_bytes());
+                rec.extend_from_slice(&[0; 8]);
+                rec.extend(pattern(size(i) - 16, i));
+                let sum = fnv(&rec[16..]);
+                rec[8..16].copy_from_slice(&sum.to_le_bytes());
+                let mut waits = 0;
+                while !s.jobs.try_push(&[&rec[..8], &rec[8..]]).unwrap() {
+                    if !s
+                        .jobs
+                        .wait_writable(rec.len(), spin, Some(Duration::from_secs(1)))
+                        .unwrap()
+                    {
+                        waits += 1;
+                        assert!(waits < 30, "the consumer stopped");
+                    }
+                }
+            }
+        });
+        let mut out = Vec::new();
+        let mut i = 0;
+        let mut waits = 0;
+        while i < n {
+            match w.jobs.try_pop(&mut out).unwrap() {
+                Some(len) => {
+                    assert_eq!(len, size(i));
+                    assert_eq!(out[..8], i.to_le_bytes());
+                    assert_eq!(out[8..16], fnv(&out[16..]).to_le_bytes());
+                    i += 1;
+                }
+                None => {
+                    if !w
+                        .jobs
+                        .wait_readable(spin, Some(Duration::from_secs(1)))
+                        .unwrap()
+                    {
+                        waits += 1;
+                        assert!(waits < 30, "the producer stopped");
+                    }
+                }
+            }
+        }
+        producer.join().unwrap();
+        assert_eq!(w.jobs.try_pop(&mut out).unwrap(), None);
+    }
+
+    const STREAM: u64 = if cfg!(miri) { 200 } else { 100_000 };
+
+    #[test]
+    fn two_threads_spinning() {
+        stream(STREAM, 4096, Duration::from_millis(5));
+    }
+
+    #[test]
+    fn two_threads_sleeping() {
+        stream(STREAM, 4096, ZERO);
+    }
+
+    #[test]
+    fn two_threads_small_ring() {
+        stream(STREAM / 4, 256, Duration::from_micros(20));
+    }
+
+    #[test]
+    fn waits_time_out_and_wake_ups_arrive() {
+        let (mut s, mut w) = both(256, 256);
+        let t = Instant::now();
+        assert!(
+            !w.jobs
+                .wait_readable(Duration::from_millis(1), Some(Duration::from_millis(20)))
+                .unwrap()
+        );
+        assert!(t.elapsed() >= Duration::from_millis(20));
+        assert!(s.jobs.try_push(&[&[0; 248]]).unwrap());
+        let t = Instant::now();
+        assert!(
+            !s.jobs
+                .wait_writable(1, ZERO, Some(Duration::from_millis(20)))
+                .unwrap()
+        );
+        assert!(t.elapsed() >= Duration::from_millis(20));
+        assert!(w.jobs.wait_readable(ZERO, Some(ZERO)).unwrap());
+        let mut out = Vec::new();
+        assert_eq!(w.jobs.try_pop(&mut out).unwrap(), Some(248));
+
+        // An explicit wake ends a sleep with nothing to read.
+        let sleeper = std::thread::spawn(move || {
+            let t = Instant::now();
+            let woke = w
+                .jobs
+                .wait_readable(ZERO, Some(Duration::from_secs(20)))
+                .unwrap();
+            (woke, t.elapsed(), w)
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        s.jobs.wake();
+        let (woke, took, mut w) = sleeper.join().unwrap();
+        assert!(woke && took < Duration::from_secs(20));
+        assert_eq!(w.jobs.try_pop(&mut out).unwrap(), None);
+
+        // A producer sleeping on a full ring wakes when the consumer frees space.
+        assert!(w.results.try_push(&[&[1; 248]]).unwrap());
+        let sleeper = std::thread::spawn(move || {
+            let ready = w
+                .results
+                .wait_writable(100, ZERO, Some(Duration::from_secs(20)))
+                .unwrap();
+            (ready, w.results.try_push(&[&[2; 100]]).unwrap())
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(s.results.try_pop(&mut out).unwrap(), Some(248));
+        assert_eq!(sleeper.join().unwrap(), (true, true));
+        assert_eq!(s.results.try_pop(&mut out).unwrap(), Some(100));
+    }
+
+    #[test]
+    fn a_producer_dead_mid_record_shows_nothing() {
+        let (s, mut w) = both(256, 256);
+        let ring = &s.jobs.ring;
+        // A header and half a payload, never published.
+        ring.write_header(0, 1 << 32 | 100);
+        ring.map.write(ring.data + 8, &[7; 50]);
+        let mut out = vec![1, 2, 3];
+        assert_eq!(w.jobs.try_pop(&mut out).unwrap(), None);
+        assert_eq!(out, [1, 2, 3]);
+        assert!(
+            !w.jobs
+                .wait_readable(ZERO, Some(Duration::from_millis(5)))
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn bad_indices_are_corrupt() {
+        let mut out = Vec::new();
+        type Scribble = Box<dyn Fn(&Ring)>;
+        let tail_cases: [(&str, Scribble); 5] = [
+            (
+                "beyond the capacity",
+                Box::new(|r| r.word(TAIL).store(520, Ordering::SeqCst)),
+            ),
+            (
+                "far beyond",
+                Box::new(|r| r.word(TAIL).store(u64::MAX - 7, Ordering::SeqCst)),
+            ),
+            (
+                "misaligned",
+                Box::new(|r| r.word(TAIL).store(68, Ordering::SeqCst)),
+            ),
+            (
+                "backwards",
+                Box::new(|r| r.word(TAIL).store(8, Ordering::SeqCst)),
+            ),
+            // A tail published ahead of its record: the bytes there are a stale lap's.
+            (
+                "stale",
+                Box::new(|r| r.word(TAIL).store(64 * 6, Ordering::SeqCst)),
+            ),
+        ];
+        for (what, scribble) in tail_cases {
+            let (mut s, mut w) = both(256, 256);
+            for _ in 0..4 {
+                round_trip(&mut s.jobs, &mut w.jobs, &[3; 56]);
+            }
+            // Head = tail = 256: one lap done.
+            assert!(s.jobs.try_push(&[&[4; 56]]).unwrap());
+            scribble(&s.jobs.ring);
+            // The stale case first returns the one real record.
+            let e = (0..2).find_map(|_| w.jobs.try_pop(&mut out).err());
+            assert!(matches!(e, Some(RingError::Corrupt(_))), "{what}: {e:?}");
+        }
+        // Bad records within a good tail.
+        let record_cases: [(&str, u64); 5] = [
+            ("wrong number", 9 << 32 | 8),
+            ("zero", 0),
+            ("too long", 1 << 32 | 249),
+            ("past the tail", 1 << 32 | 64),
+            ("a pad at 0", 1 << 32 | u64::from(PAD)),
+        ];
+        for (what, word) in record_cases {
+            let (mut s, mut w) = both(256, 256);
+            assert!(s.jobs.try_push(&[&[1; 8]]).unwrap());
+            s.jobs.ring.write_header(0, word);
+            let e = w.jobs.try_pop(&mut out).unwrap_err();
+            assert!(matches!(e, RingError::Corrupt(_)), "{what}: {e}");
+        }
+        // A record straddling the end, and a pad longer than what was published.
+        let (mut s, mut w) = both(256, 256);
+        round_trip(&mut s.jobs, &mut w.jobs, &[0; 184]); // position 192
+        assert!(s.jobs.try_push(&[&[1; 56]]).unwrap());
+        s.jobs.ring.write_header(192, 2 << 32 | 60);
+        assert!(matches!(
+            w.jobs.try_pop(&mut out),
+            Err(RingError::Corrupt(_))
+        ));
+        let (mut s2, mut w2) = both(256, 256);
+        round_trip(&mut s2.jobs, &mut w2.jobs, &[0; 184]);
+        s2.jobs.ring.word(TAIL).store(192 + 32, Ordering::SeqCst);
+        s2.jobs.ring.write_header(192, 2 << 32 | u64::from(PAD));
+        assert!(matches!(
+            w2.jobs.try_pop(&mut out),
+            Err(RingError::Corrupt(_))
+        ));
+        // The producer checks the consumer's head the same way.
+        for head in [8u64, 300, 4, u64::MAX - 7] {
+            let (mut s, mut w) = both(256, 256);
+            round_trip(&mut s.jobs, &mut w.jobs, &[0; 56]);
+            for _ in 0..3 {
+                assert!(s.jobs.try_push(&[&[1; 56]]).unwrap());
+            }
+            assert_eq!(s.jobs.unread().unwrap(), 192); // it has seen head 64
+            s.jobs.ring.word(HEAD).store(head, Ordering::SeqCst);
+            // One more record fits what the producer knows to be free; the next one makes
+            // it look at the head.
+            let e = (0..2).find_map(|_| s.jobs.try_push(&[&[1; 56]]).err());
+            assert!(
+                matches!(e, Some(RingError::Corrupt(_))),
+                "head {head}: {e:?}"
+            );
+            assert!(matches!(s.jobs.unread(), Err(RingError::Corrupt(_))));
+        }
+    }
+
+    /// Overwrites bytes at `off` the way this process may: control words through atomics
+    /// (invariant 1), data bytes through copies.
+    fn scribble(map: &Mapping, off: usize, bytes: &[u8]) {
+        for (i, &byte) in bytes.iter().enumerate() {
+            let at = off + i;
+            if at < DATA_START {
+                let word = map.u64_at(at & !7);
+                let mut v = word.load(Ordering::Relaxed).to_ne_bytes();
+                v[at & 7] = byte;
+                word.store(u64::from_ne_bytes(v), Ordering::Relaxed);
+            } else {
+                map.write(at, &[byte]);
+            }
+        }
+    }
+
+    #[test]
+    fn scribbles_give_errors_or_records_never_panics() {
+        let rounds = if cfg!(miri) { 40 } else { 4000 };
+        let mut rng = Rng(42);
+        let mut out = Vec::new();
+        let (mut seen_ok, mut seen_err) = (0, 0);
+        for round in 0..rounds {
+            let (mut s, mut w) = both(256, 512);
+            // Some traffic, to leave records, pads and laps behind.
+            for i in 0..rng.below(12) {
+                let data = pattern(rng.below(200), i as u64);
+                let _ = s.jobs.try_push(&[&data]).unwrap();
+                let _ = w.results.try_push(&[&data]).unwrap();
+                if rng.below(3) > 0 {
+                    let _ = w.jobs.try_pop(&mut out).unwrap();
+                    let _ = s.results.try_pop(&mut out).unwrap();
+                }
+            }
+            let started = rng.below(5) as u32;
+            w.progress.started(round, started);
+            if rng.below(2) == 0 {
+                w.progress.finished(round, started);
+            }
+            // Scribble: a few bytes anywhere, or anywhere in the control lines.
+            let map = Arc::clone(&s.jobs.ring.map);
+            let len = map.len;
+            for _ in 0..1 + rng.below(8) {
+                let off = match rng.below(3) {
+                    0 => rng.below(len),
+                    1 => rng.below(DATA_START),
+                    _ => (JOB_CONTROL + rng.below(6) * LINE + rng.below(16)) & !7,
+                };
+                let n = (1 + rng.below(8)).min(len - off);
+                scribble(&map, off, &pattern(n, rng.next()));
+            }
+            // Every reader must answer with a value or an error.
+            for _ in 0..20 {
+                match w.jobs.try_pop(&mut out) {
+                    Ok(Some(n)) => {
+                        assert!(n <= 248 && out.len() == n);
+                        seen_ok += 1;
+                    }
+                    Ok(None) => break,
+                    Err(RingError::Corrupt(_)) => {
+                        seen_err += 1;
+                        break;
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            for _ in 0..20 {
+                match s.results.try_pop(&mut out) {
+                    Ok(Some(n)) => assert!(n <= 504 && out.len() == n),
+                    Ok(None) | Err(RingError::Corrupt(_)) => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            for p in [&mut s.jobs, &mut w.results] {
+                let _ = p.try_push(&[&[1; 100]]);
+                let _ = p.unread();
+                let _ = p.wait_writable(8, ZERO, Some(ZERO));
+            }
+            let _ = w.jobs.wait_readable(ZERO, Some(ZERO));
+            let _ = s
+                .results
+                .wait_readable(Duration::from_micros(1), Some(ZERO));
+            if let Ok(p) = s.progress.read() {
+                assert!(p.finished <= p.started);
+            }
+            if let Ok(layout) = read_header(&map) {
+                assert_eq!(layout.region_bytes(), len);
+            }
+        }
+        assert!(seen_ok > 0 && seen_err > 0, "{seen_ok} {seen_err}");
+    }
+
+    #[test]
+    fn progress_reads_are_never_torn() {
+        let (s, mut w) = both(64, 64);
+        assert_eq!(s.progress.read().unwrap(), Progress::default());
+        w.progress.started(5, 0);
+        assert_eq!(s.progress.read().unwrap().running(), Some(0));
+        w.progress.finished(5, 0);
+        w.progress.started(5, 1);
+        let p = s.progress.read().unwrap();
+        assert_eq!(
+            (p.job, p.started, p.finished, p.running()),
+            (5, 2, 1, Some(1))
+        );
+        w.progress.finished(5, 1);
+        assert_eq!(s.progress.read().unwrap().running(), None);
+        w.progress.started(6, 0);
+        assert_eq!(
+            s.progress.read().unwrap(),
+            Progress {
+                job: 6,
+                started: 1,
+                finished: 0
+            }
+        );
+        // A writer dead mid-update (the slot it was filling is half written) shows the
+        // previous state.
+        let next = PROGRESS + P_SLOTS + ((w.progress.version + 1) & 1) as usize * P_SLOT_BYTES;
+        let map = &w.progress.map;
+        map.u64_at(next + S_SEQ)
+            .store((w.progress.version + 1) * 2 - 1, Ordering::Relaxed);
+        map.u64_at(next + S_JOB).store(99, Ordering::Relaxed);
+        assert_eq!(s.progress.read().unwrap().job, 6);
+        // An inconsistent word is an error, not a loop.
+        map.u64_at(PROGRESS + P_SELECT)
+            .store(12345, Ordering::Relaxed);
+        assert!(matches!(s.progress.read(), Err(RingError::Corrupt(_))));
+
+        // Concurrent: the reader sees states in order, each one consistent.
+        let (s, mut w) = both(64, 64);
+        let jobs: u64 = if cfg!(miri) { 5 } else { 2000 };
+        let writer = std::thread::spawn(move || {
+            for job in 1..=jobs {
+                for i in 0..(job % 7) as u32 + 1 {
+                    w.progress.started(job, i);
+                    w.progress.finished(job, i);
+                }
+            }
+        });
+        let mut last = Progress::default();
+        let mut reads = 0u64;
+        loop {
+            let done = writer.is_finished();
+            let p = s.progress.read().unwrap();
+            assert!(
+                p.finished <= p.started && p.started <= p.finished + 1,
+                "{p:?}"
+            );
+            assert!(
+                p.job <= jobs && p.started <= (p.job % 7) as u32 + 1,
+                "{p:?}"
+            );
+            assert!(
+                (p.job, p.finished) >= (last.job, last.finished),
+                "{p:?} after {last:?}"
+            );
+            last = p;
+            reads += 1;
+            if done {
+                break;
+            }
+        }
+        writer.join().unwrap();
+        assert_eq!(s.progress.read().unwrap().job, jobs);
+        assert!(reads > 1);
+    }
+
+    /// Kills and reaps a forked child if the test fails before it exits.
+    struct Child(libc::pid_t);
+
+    impl Child {
+        fn wait(mut self) -> i32 {
+            let mut status = 0;
+            // SAFETY: waitpid on our own child, with a valid pointer.
+            let r = unsafe { libc::waitpid(self.0, &mut status, 0) };
+            assert_eq!(r, self.0);
+            self.0 = 0;
+            assert!(libc::WIFEXITED(status), "status {status}");
+            libc::WEXITSTATUS(status)
+        }
+    }
+
+    impl Drop for Child {
+        fn drop(&mut self) {
+            if self.0 > 0 {
+                // SAFETY: signals and reaps our own child.
+                unsafe {
+                    libc::kill(self.0, libc::SIGKILL);
+                    libc::waitpid(self.0, ptr::null_mut(), 0);
+                }
+            }
+        }
+    }
+
+    /// Forks; the child runs `child` and leaves with its code through `_exit`, without
+    /// running destructors or returning to the test harness.
+    fn fork(child: impl FnOnce() -> Result<(), String>) -> Child {
+        // SAFETY: the child only makes system calls and allocates (glibc's malloc is fork
+        // safe), then leaves with `_exit`; it never returns into the test harness.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)) {
+                Ok(Ok(())) => 0,
+                Ok(Err(_)) => 1,
+                Err(_) => 2,
+            };
+            // SAFETY: ends the child at once, as intended.
+            unsafe { libc::_exit(code) };
+        }
+        Child(pid)
+    }
+
+    const FORK_RECORDS: u64 = 20_000;
+
+    fn child_side(fd: RawFd) -> Result<(), String> {
+        let e = |e: RingError| e.to_string();
+        // SAFETY: `fd` is the inherited memfd, open for the child's whole life.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) }
+            .try_clone_to_owned()
+            .map_err(|e| e.to_string())?;
+        let mut w = Region::from_fd(fd).map_err(e)?.worker();
+        let spin = Duration::from_micros(50);
+        let long = Some(Duration::from_secs(10));
+        for i in 0..FORK_RECORDS {
+            let rec = pattern((i % 300) as usize, i);
+            w.progress.started(1, i as u32);
+            while !w.results.try_push(&[&i.to_le_bytes(), &rec]).map_err(e)? {
+                if !w
+                    .results
+                    .wait_writable(rec.len() + 8, spin, long)
+                    .map_err(e)?
+                {
+                    return Err("the parent stopped reading".into());
+                }
+            }
+            w.progress.finished(1, i as u32);
+        }
+        // Sleep (no spin) until the parent's ping, answer pong.
+        let mut out = Vec::new();
+        loop {
+            match w.jobs.try_pop(&mut out).map_err(e)? {
+                Some(_) if out == b"ping" => break,
+                Some(_) => return Err("not a ping".into()),
+                None => {
+                    if !w.jobs.wait_readable(ZERO, long).map_err(e)? {
+                        return Err("no ping".into());
+                    }
+                }
+            }
+        }
+        if !w.results.try_push(&[b"pong"]).map_err(e)? {
+            return Err("no room for pong".into());
+        }
+        // Die in the middle of a task.
+        for i in 0..3 {
+            w.progress.started(2, i);
+            w.progress.finished(2, i);
+        }
+        w.progress.started(2, 3);
+        Ok(())
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot fork or map a memfd")]
+    fn a_forked_child_maps_the_inherited_fd() {
+        let region = Region::create(Layout::new(1 << 12, 1 << 14).unwrap()).unwrap();
+        let fd = region.fd().unwrap().as_raw_fd();
+        let child = fork(move || child_side(fd));
+        let mut s = region.supervisor();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < FORK_RECORDS {
+            match s.results.try_pop(&mut out).unwrap() {
+                Some(len) => {
+                    assert_eq!(len, 8 + (i % 300) as usize);
+                    assert_eq!(out[..8], i.to_le_bytes());
+                    assert_eq!(out[8..], pattern((i % 300) as usize, i));
+                    i += 1;
+                }
+                None => assert!(
+                    s.results
+                        .wait_readable(Duration::from_micros(50), Some(Duration::from_secs(10)))
+                        .unwrap()
+                ),
+            }
+        }
+        // Let the child fall asleep on the job ring's bell, then wake it across processes.
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(s.jobs.try_push(&[b"ping"]).unwrap());
+        let t = Instant::now();
+        loop {
+            if s.results.try_pop(&mut out).unwrap().is_some() {
+                break;
+            }
+            assert!(
+                s.results
+                    .wait_readable(ZERO, Some(Duration::from_secs(10)))
+                    .unwrap()
+            );
+        }
+        assert_eq!(out, b"pong");
+        assert!(t.elapsed() < Duration::from_secs(5));
+        assert_eq!(child.wait(), 0);
+        // It died running task 3 of job 2.
+        let p = s.progress.read().unwrap();
+        assert_eq!((p.job, p.finished, p.running()), (2, 3, Some(3)));
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot map a memfd")]
+    fn from_fd_checks_what_it_maps() {
+        // Two mappings of one memfd in one process see the same memory.
+        let mut region = Region::create(Layout::new(256, 256).unwrap()).unwrap();
+        let fd = region.fd().unwrap().try_clone_to_owned().unwrap();
+        let other = Region::from_fd(fd).unwrap();
+        assert_eq!(other.layout(), region.layout());
+        assert!(region.take_fd().is_some() && region.fd().is_none());
+        let mut s = region.supervisor();
+        let mut w = other.worker();
+        round_trip(&mut s.jobs, &mut w.jobs, b"across mappings");
+        round_trip(&mut w.results, &mut s.results, b"and back");
+
+        let memfd = |len: u64, seal: bool| {
+            let fd = rustix::fs::memfd_create("t", MemfdFlags::ALLOW_SEALING).unwrap();
+            rustix::fs::ftruncate(&fd, len).unwrap();
+            if seal {
+                rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK).unwrap();
+            }
+            fd
+        };
+        let unsealed = memfd(3 * PAGE as u64, false);
+        let e = Region::from_fd(unsealed).unwrap_err();
+        assert!(e.to_string().contains("sealed"), "{e}");
+        let (r, _w) = std::io::pipe().unwrap();
+        let e = Region::from_fd(OwnedFd::from(r)).unwrap_err();
+        assert!(matches!(e, RingError::Corrupt(_)), "{e}");
+        assert!(matches!(
+            Region::from_fd(memfd(100, true)),
+            Err(RingError::Corrupt(_))
+        ));
+        // The right size, but zeros: no magic.
+        let e = Region::from_fd(memfd(3 * PAGE as u64, true)).unwrap_err();
+        assert!(e.to_string().contains("magic"), "{e}");
+        // A header whose sizes do not match the file.
+        let fd = memfd(4 * PAGE as u64, true);
+        let map = Mapping::map(fd.as_fd(), 4 * PAGE).unwrap();
+        write_header(&map, &Layout::new(256, 256).unwrap());
+        drop(map);
+        let e = Region::from_fd(fd).unwrap_err();
+        assert!(e.to_string().contains("region"), "{e}");
+    }
+}
