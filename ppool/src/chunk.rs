@@ -88,6 +88,7 @@ impl ChunkEncoder {
             frame: self.frame.take(),
             deliver,
             cancelled,
+            cancel_kills: false,
             attempts: 0,
             bounces: 0,
             split: None,

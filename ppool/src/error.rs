@@ -92,6 +92,11 @@ pub enum Error {
     #[error("the pool was shut down before the task could run")]
     Closed,
 
+    /// The task was cancelled with [`Task::cancel`](crate::Task::cancel): it never ran, or
+    /// its worker was killed (and replaced) while it ran.
+    #[error("the task was cancelled")]
+    Cancelled,
+
     /// The pool was built with `start(false)` and [`start`](crate::ProcessPool::start) has not
     /// been called yet.
     #[error(
@@ -179,6 +184,8 @@ pub enum ExitCause {
     Signal(i32),
     /// It closed its channel, and its exit status is not known.
     Unknown,
+    /// Its host stopped answering (remote workers), so how it ended is not known.
+    Lost,
 }
 
 impl ExitCause {
@@ -202,6 +209,7 @@ impl fmt::Display for ExitCause {
                 None => write!(f, "killed by signal {signal}"),
             },
             ExitCause::Unknown => f.write_str("it closed its channel"),
+            ExitCause::Lost => f.write_str("its host stopped answering"),
         }
     }
 }

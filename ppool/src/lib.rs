@@ -43,6 +43,7 @@ mod callbacks;
 mod chunk;
 mod chunking;
 mod codec;
+mod completed;
 mod config;
 mod entry;
 mod error;
@@ -63,6 +64,7 @@ mod watchdog;
 mod worker;
 
 pub use batch::Batch;
+pub use completed::{AsCompleted, as_completed};
 pub use config::NJobs;
 pub use entry::{Entry, Portable};
 pub use error::{Error, ExitCause, Result};

@@ -91,7 +91,9 @@ impl<F: Entry> ProcessPool<F> {
     pub fn call(&self, args: F::Args) -> Result<F::Output> {
         let slot = OneShot::new();
         let sink = Arc::clone(&slot);
-        let deliver = Deliver::new(move |d: Delivery<'_>| sink.set(outcome::first_result::<F>(d)));
+        let deliver = Deliver::new(move |d: Delivery<'_>| {
+            sink.set(outcome::first_result::<F>(d));
+        });
         match chunk::single::<F>(&args, self.max_frame(), deliver) {
             Ok(job) => self.core.run_or_submit(job),
             Err((e, _)) => return Err(e),
@@ -124,12 +126,19 @@ impl<F: Entry> ProcessPool<F> {
     pub fn submit(&self, args: F::Args) -> Task<F::Output> {
         let slot = OneShot::new();
         let sink = Arc::clone(&slot);
-        let deliver = Deliver::new(move |d: Delivery<'_>| sink.set(outcome::first_result::<F>(d)));
+        let deliver = Deliver::new(move |d: Delivery<'_>| {
+            sink.set(outcome::first_result::<F>(d));
+        });
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
         match chunk::single::<F>(&args, self.max_frame(), deliver) {
-            Ok(job) => self.core.submit(job),
+            Ok(mut job) => {
+                job.cancelled = Some(Arc::clone(&flag));
+                job.cancel_kills = true;
+                self.core.submit(job);
+            }
             Err((e, deliver)) => deliver.send(Err(e)),
         }
-        Task::new(slot)
+        Task::new(slot, Some(self.core.canceller(flag)))
     }
 
     /// Submits every task of `tasks` now, in chunks; the [`Batch`] gives the results in input

@@ -2,6 +2,7 @@
 //! It can be waited on, polled, or awaited as a `Future` in any async runtime.
 
 use crate::error::{Error, Result};
+use crate::supervisor::Canceller;
 use crate::sync::{lock, wait, wait_timeout};
 use std::future::Future;
 use std::pin::Pin;
@@ -42,11 +43,11 @@ impl<T> OneShot<T> {
         lock(&self.state)
     }
 
-    /// Sets the value; only the first call counts.
-    pub(crate) fn set(&self, value: T) {
+    /// Sets the value; only the first call counts, and says whether it was this one.
+    pub(crate) fn set(&self, value: T) -> bool {
         let mut cell = self.lock();
         if cell.done {
-            return;
+            return false;
         }
         cell.value = Some(value);
         cell.done = true;
@@ -59,6 +60,17 @@ impl<T> OneShot<T> {
         if let Some(w) = waker {
             w.wake();
         }
+        true
+    }
+
+    /// Wakes `waker` once the value is set; true if it is set already.
+    pub(crate) fn notify(&self, waker: &Waker) -> bool {
+        let mut cell = self.lock();
+        if cell.done {
+            return true;
+        }
+        cell.waker = Some(waker.clone());
+        false
     }
 
     pub(crate) fn is_set(&self) -> bool {
@@ -126,6 +138,7 @@ impl<T> OneShot<T> {
 #[derive(Debug)]
 pub struct Task<T> {
     slot: Arc<OneShot<Result<T>>>,
+    canceller: Option<Canceller>,
 }
 
 /// The error once a task's result has been handed out.
@@ -134,8 +147,36 @@ fn taken() -> Error {
 }
 
 impl<T> Task<T> {
-    pub(crate) fn new(slot: Arc<OneShot<Result<T>>>) -> Self {
-        Task { slot }
+    pub(crate) fn new(slot: Arc<OneShot<Result<T>>>, canceller: Option<Canceller>) -> Self {
+        Task { slot, canceller }
+    }
+
+    /// Cancels the task: a task still queued never runs; a running one has its worker killed
+    /// (and replaced). Either way it ends with [`Error::Cancelled`]. Returns `false` when the
+    /// task had already finished, and changes nothing then.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool, Error};
+    /// # use std::time::Duration;
+    /// # #[pool_entry] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<nap>::new(1)?;
+    /// let task = pool.submit(60_000);
+    /// if task.wait_timeout(Duration::from_millis(100)).is_none() {   // a per-call timeout
+    ///     assert!(task.cancel());
+    /// }
+    /// assert!(matches!(task.wait(), Err(Error::Cancelled)));
+    /// assert_eq!(pool.call(1)?, 1);                                   // the pool goes on
+    /// # Ok(()) } }
+    /// ```
+    pub fn cancel(&self) -> bool {
+        if !self.slot.set(Err(Error::Cancelled)) {
+            return false;
+        }
+        if let Some(canceller) = &self.canceller {
+            canceller.cancel();
+        }
+        true
     }
 
     /// Waits for the result.
@@ -156,6 +197,11 @@ impl<T> Task<T> {
     /// True once the result is in (or the task failed).
     pub fn is_done(&self) -> bool {
         self.slot.is_set()
+    }
+
+    /// Wakes `waker` when the task finishes; true if it has already.
+    pub(crate) fn notify(&self, waker: &Waker) -> bool {
+        self.slot.notify(waker)
     }
 }
 

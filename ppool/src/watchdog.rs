@@ -4,6 +4,7 @@
 
 use crate::sync::{lock, wait_timeout};
 use crate::transport::Peer;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -11,13 +12,19 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
     Timeout,
-    Memory { rss: u64 },
+    /// Its task was cancelled.
+    Cancelled,
+    Memory {
+        rss: u64,
+    },
 }
 
 #[derive(Debug, Default)]
 struct SlotWatch {
     peer: Option<Arc<dyn Peer>>,
     busy: bool,
+    /// The cancel flag of the job it runs, if that job can be cancelled.
+    running: Option<Arc<AtomicBool>>,
     deadline: Option<Instant>,
     verdict: Option<Verdict>,
 }
@@ -85,6 +92,27 @@ impl Watch {
         let slot = &mut st.slots[i];
         slot.busy = false;
         slot.deadline = None;
+        slot.running = None;
+    }
+
+    /// Slot `i` runs the job whose cancel flag is `flag`.
+    pub(crate) fn running(&self, i: usize, flag: Option<Arc<AtomicBool>>) {
+        self.lock().slots[i].running = flag;
+    }
+
+    /// Kills the worker that runs the job with cancel flag `flag`, if one does, and leaves the
+    /// verdict `Cancelled` for its driver.
+    pub(crate) fn cancel(&self, flag: &Arc<AtomicBool>) {
+        let mut st = self.lock();
+        for slot in st.slots.iter_mut() {
+            let runs_it = slot.running.as_ref().is_some_and(|r| Arc::ptr_eq(r, flag));
+            if runs_it && slot.verdict.is_none() {
+                slot.verdict = Some(Verdict::Cancelled);
+                if let Some(peer) = &slot.peer {
+                    peer.kill();
+                }
+            }
+        }
     }
 
     /// Kills every registered process (for `shutdown`).

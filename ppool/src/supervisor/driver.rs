@@ -56,7 +56,7 @@ pub(super) fn run(
         let unsent = sent.len();
         while let Some(mut job) = next.take() {
             if job.is_cancelled() {
-                job.deliver.send(Err(Error::Closed));
+                job.deliver.send(Err(Error::Cancelled));
             } else if job.frame.len() - 4 > shared.spec.max_frame {
                 // The typed layer keeps chunks within the limit; this is a single task above it.
                 job.deliver.send(Err(Error::ArgumentsTooLarge {
@@ -81,7 +81,13 @@ pub(super) fn run(
                 sent.push_back(Sent { job, id });
             }
             if top_up && sent.len() < depth {
-                next = take_more(shared, &conn, sent_bytes, sent_tasks);
+                next = take_more(
+                    shared,
+                    &conn,
+                    sent_bytes,
+                    sent_tasks,
+                    sent.iter().any(|s| s.job.cancel_kills),
+                );
             }
         }
         let written = match sent.len() - unsent {
@@ -140,7 +146,7 @@ pub(super) fn run(
             }
         };
         let Some(done) = sent.pop_front() else { break };
-        if shared.watchdog {
+        if shared.watchdog || done.job.cancel_kills {
             shared.watch.disarm(i);
         }
         if let Some(head) = sent.front() {
@@ -156,7 +162,13 @@ pub(super) fn run(
         conn.link.shrink_buffers();
         conn.tasks_done += u64::from(count);
         if top_up && sent.len() < pipeline_depth(shared) {
-            next = take_more(shared, &conn, sent_bytes, sent_tasks);
+            next = take_more(
+                shared,
+                &conn,
+                sent_bytes,
+                sent_tasks,
+                sent.iter().any(|s| s.job.cancel_kills),
+            );
         }
     }
     recycle_if_due(shared, conn)
@@ -170,7 +182,13 @@ fn fits(got: u32, part: &Results<'_>, count: u32) -> bool {
 }
 
 /// The next queued job for a worker that already holds `sent_bytes` of jobs, if it has room.
-fn take_more(shared: &Shared, conn: &Conn, sent_bytes: usize, sent_tasks: u64) -> Option<Job> {
+fn take_more(
+    shared: &Shared,
+    conn: &Conn,
+    sent_bytes: usize,
+    sent_tasks: u64,
+    killable: bool,
+) -> Option<Job> {
     // Sending ahead only pays for short jobs; behind a long one, a job would wait for nothing
     // while another worker is free.
     let job_nanos = shared.job_nanos();
@@ -183,6 +201,11 @@ fn take_more(shared: &Shared, conn: &Conn, sent_bytes: usize, sent_tasks: u64) -
     }
     let job = st.queue.front()?;
     if sent_bytes > 0 && sent_bytes + job.frame.len() > conn.link.budget() {
+        return None;
+    }
+    if sent_bytes > 0 && (killable || job.cancel_kills) {
+        // A job whose cancel kills its worker runs alone on it, so that the kill can never
+        // hit another job sent ahead or behind it.
         return None;
     }
     if let Some(max) = shared.settings.max_tasks_per_worker {
@@ -222,6 +245,9 @@ fn pipeline_depth(shared: &Shared) -> usize {
 }
 
 fn arm(shared: &Shared, i: usize, job: &Job) {
+    if job.cancel_kills {
+        shared.watch.running(i, job.cancelled.clone());
+    }
     if let Some(timeout) = shared.settings.task_timeout {
         let deadline = Instant::now() + timeout.saturating_mul(job.count.max(1));
         shared.watch.arm(i, Some(deadline));

@@ -73,8 +73,11 @@ pub(crate) struct Job {
     pub(crate) frame: Vec<u8>,
     pub(crate) count: u32,
     pub(crate) deliver: Deliver,
-    /// Set when nobody wants the results any more (a dropped stream).
+    /// Set when nobody wants the results any more (a dropped stream, a cancelled task).
     pub(crate) cancelled: Option<Arc<AtomicBool>>,
+    /// A cancel while the job runs kills its worker (a cancelled `Task`); else a cancelled job
+    /// is only skipped if it has not started (a dropped stream).
+    pub(crate) cancel_kills: bool,
     pub(crate) attempts: u32,
     /// Times the job found its worker already dead when it was sent.
     pub(crate) bounces: u32,

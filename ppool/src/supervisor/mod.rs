@@ -169,6 +169,15 @@ impl Core {
         Ok(())
     }
 
+    /// A cancel for a job submitted with `flag` as its cancel flag: the flag keeps it from
+    /// starting, and this kills the worker that runs it, if one does.
+    pub(crate) fn canceller(&self, flag: Arc<std::sync::atomic::AtomicBool>) -> Canceller {
+        Canceller {
+            shared: Arc::downgrade(&self.shared),
+            flag,
+        }
+    }
+
     /// Queues a job; it fails at once if the pool cannot run it.
     pub(crate) fn submit(&self, job: Job) {
         if let Some((st, job)) = self.admit(job) {
@@ -292,6 +301,22 @@ impl Core {
         let watchdog = lock(&self.watchdog).take();
         if let Some(handle) = watchdog {
             let _ = handle.join();
+        }
+    }
+}
+
+/// Cancels one job: see [`Core::canceller`].
+#[derive(Debug)]
+pub(crate) struct Canceller {
+    shared: std::sync::Weak<Shared>,
+    flag: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Canceller {
+    pub(crate) fn cancel(&self) {
+        self.flag.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(shared) = self.shared.upgrade() {
+            shared.watch.cancel(&self.flag);
         }
     }
 }

@@ -57,6 +57,7 @@ pub(super) fn classify(
         return Error::Closed;
     }
     match (verdict, cause) {
+        (Some(Verdict::Cancelled), _) => Error::Cancelled,
         (Some(Verdict::Timeout), _) => Error::Timeout {
             entry,
             worker,
@@ -128,6 +129,7 @@ pub(super) fn plan(
                     let Job {
                         deliver,
                         cancelled,
+                        cancel_kills,
                         attempts,
                         ..
                     } = job;
@@ -138,6 +140,7 @@ pub(super) fn plan(
                             count: 1,
                             deliver,
                             cancelled: cancelled.clone(),
+                            cancel_kills,
                             attempts,
                             bounces: 0,
                             split: None,

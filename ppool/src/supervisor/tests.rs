@@ -276,6 +276,7 @@ fn job(tasks: &[&str], tx: &mpsc::Sender<(Vec<String>, Got)>) -> Job {
         frame: frame.take(),
         deliver,
         cancelled: None,
+        cancel_kills: false,
         attempts: 0,
         bounces: 0,
         split: (tasks.len() > 1).then_some(split),

@@ -1,0 +1,114 @@
+//! Steering tasks: cancelling one, and taking results as they complete, with real workers.
+
+use ppool::{Error, ProcessPool, pool_entry};
+use ppool_tests::TempDir;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+ppool::test_support!();
+
+/// Creates `<dir>/<name>` (so the test knows the task ran), sleeps `ms`, returns `ms`.
+#[pool_entry]
+fn mark_and_nap(dir: String, name: String, ms: u64) -> u64 {
+    let _ = std::fs::write(Path::new(&dir).join(name), b"ran");
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn wait_for(path: &Path) {
+    let started = Instant::now();
+    while !path.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_cancelled_queued_task_never_runs() {
+    let _deadline = ppool_tests::deadline();
+    let dir = TempDir::new("cancel-queued");
+    let pool = ProcessPool::<mark_and_nap>::new(1).unwrap();
+    let first = pool.submit((dir.arg(), "first".into(), 300));
+    let second = pool.submit((dir.arg(), "second".into(), 0));
+    assert!(second.cancel());
+    assert!(!second.cancel(), "a second cancel changes nothing");
+    assert!(matches!(second.wait(), Err(Error::Cancelled)));
+    assert_eq!(
+        first.wait().unwrap(),
+        300,
+        "the task before it is unaffected"
+    );
+    pool.join().unwrap();
+    assert!(
+        !dir.path().join("second").exists(),
+        "the cancelled task ran"
+    );
+}
+
+#[test]
+fn a_cancelled_running_task_ends_at_once_and_the_pool_goes_on() {
+    let _deadline = ppool_tests::deadline();
+    let dir = TempDir::new("cancel-running");
+    let pool = ProcessPool::<mark_and_nap>::new(1).unwrap();
+    let task = pool.submit((dir.arg(), "long".into(), 60_000));
+    wait_for(&dir.path().join("long"));
+    let started = Instant::now();
+    assert!(task.cancel());
+    assert!(matches!(task.wait(), Err(Error::Cancelled)));
+    let after = pool.call((dir.arg(), "after".into(), 1));
+    assert!(matches!(after, Ok(1)), "{after:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the cancelled task's worker was not replaced in time"
+    );
+    assert!(
+        pool.detected_worker_error().is_some(),
+        "the worker was killed"
+    );
+}
+
+#[test]
+fn cancel_after_the_task_finished_is_false_and_keeps_the_result() {
+    let _deadline = ppool_tests::deadline();
+    let dir = TempDir::new("cancel-late");
+    let pool = ProcessPool::<mark_and_nap>::new(1).unwrap();
+    let task = pool.submit((dir.arg(), "quick".into(), 0));
+    let started = Instant::now();
+    while !task.is_done() {
+        assert!(started.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(!task.cancel());
+    assert_eq!(task.wait().unwrap(), 0);
+}
+
+#[test]
+fn as_completed_yields_every_task_once_in_finishing_order() {
+    let _deadline = ppool_tests::deadline();
+    let dir = TempDir::new("as-completed");
+    let pool = ProcessPool::<mark_and_nap>::new(2).unwrap();
+    let naps = [2_000u64, 50, 300, 10];
+    let tasks: Vec<ppool::Task<u64>> = naps
+        .iter()
+        .enumerate()
+        .map(|(k, &ms)| pool.submit((dir.arg(), format!("t{k}"), ms)))
+        .collect();
+    let got: Vec<(usize, u64)> = ppool::as_completed(tasks)
+        .map(|(k, r)| (k, r.unwrap()))
+        .collect();
+    let mut indices: Vec<usize> = got.iter().map(|(k, _)| *k).collect();
+    for (k, ms) in &got {
+        assert_eq!(*ms, naps[*k], "task {k} got another task's result");
+    }
+    assert_eq!(
+        indices.last(),
+        Some(&0),
+        "the 2 s task finishes last: {got:?}"
+    );
+    indices.sort_unstable();
+    assert_eq!(indices, [0, 1, 2, 3]);
+}
