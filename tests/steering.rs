@@ -112,3 +112,73 @@ fn as_completed_yields_every_task_once_in_finishing_order() {
     indices.sort_unstable();
     assert_eq!(indices, [0, 1, 2, 3]);
 }
+
+#[pool_entry]
+fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+#[pool_entry]
+fn boom(why: String) -> u32 {
+    if why == "abort" {
+        std::process::abort();
+    }
+    panic!("{why}")
+}
+
+#[test]
+fn one_pool_runs_several_entries_on_the_same_workers() {
+    let _deadline = ppool_tests::deadline();
+    let dir = TempDir::new("entries");
+    let pool = ProcessPool::<mark_and_nap>::new(2).unwrap();
+    assert_eq!(pool.entry::<add>().call((2, 3)).unwrap(), 5);
+    assert_eq!(
+        pool.entry::<add>().batch([(1, 2), (3, 4)]).wait().unwrap(),
+        [3, 7]
+    );
+    let streamed: Vec<i64> = pool
+        .entry::<add>()
+        .map((0..100).map(|i| (i, i)))
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(streamed, (0..100).map(|i| 2 * i).collect::<Vec<_>>());
+    assert_eq!(pool.entry::<add>().submit((5, 5)).wait().unwrap(), 10);
+    let (tx, rx) = std::sync::mpsc::channel();
+    pool.entry::<add>().call_with((7, 8), move |r| {
+        let _ = tx.send(r);
+    });
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap(),
+        15
+    );
+    // The pool's own entry still works in between, on the same workers.
+    assert_eq!(pool.call((dir.arg(), "own".into(), 1)).unwrap(), 1);
+    assert_eq!(
+        pool.entry::<mark_and_nap>()
+            .call((dir.arg(), "self".into(), 2))
+            .unwrap(),
+        2
+    );
+}
+
+#[test]
+fn failures_in_another_entry_name_that_entry() {
+    let _deadline = ppool_tests::deadline();
+    let pool = ProcessPool::<mark_and_nap>::new(1).unwrap();
+    match pool.entry::<boom>().call("oops".into()) {
+        Err(Error::Panicked { entry, message, .. }) => {
+            assert!(entry.ends_with("boom"), "{entry}");
+            assert_eq!(message, "oops");
+        }
+        other => panic!("expected Panicked, got {other:?}"),
+    }
+    match pool.entry::<boom>().call("abort".into()) {
+        Err(Error::WorkerDied { entry, .. }) => assert!(entry.ends_with("boom"), "{entry}"),
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    assert_eq!(
+        pool.entry::<add>().call((1, 1)).unwrap(),
+        2,
+        "the pool goes on"
+    );
+}

@@ -89,6 +89,7 @@ impl ChunkEncoder {
             deliver,
             cancelled,
             cancel_kills: false,
+            entry: None,
             attempts: 0,
             bounces: 0,
             split: None,
@@ -157,18 +158,31 @@ pub(crate) fn single<F: Entry>(
     }
 }
 
+/// Where chunks go: a pool's core, the chunking that learns from them, and the entry they
+/// run (`None`: the pool's own).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Target<'a> {
+    pub(crate) core: &'a Core,
+    pub(crate) chunking: &'a Arc<Chunking>,
+    pub(crate) entry: Option<(u32, &'static str)>,
+}
+
 /// Submits a chunk of tasks at positions `start..`: their results go to `sink`, the pool's
 /// chunking learns their duration, and `progress` counts them. Should its worker fail under
 /// it, the chunk can be split to run its tasks one by one.
 pub(crate) fn submit<F: Entry, S: Sink<F::Output>>(
-    core: &Core,
-    chunking: &Arc<Chunking>,
+    to: Target<'_>,
     chunk: ChunkEncoder,
     sink: &Arc<S>,
     start: u64,
     progress: &Progress,
     cancelled: Option<Arc<AtomicBool>>,
 ) {
+    let Target {
+        core,
+        chunking,
+        entry,
+    } = to;
     let count = chunk.count();
     if count == 0 {
         return;
@@ -205,5 +219,7 @@ pub(crate) fn submit<F: Entry, S: Sink<F::Output>>(
         });
         progress.inc(u64::from(count));
     });
-    core.submit(chunk.into_splittable_job(deliver, cancelled, piece));
+    let mut job = chunk.into_splittable_job(deliver, cancelled, piece);
+    job.entry = entry;
+    core.submit(job);
 }

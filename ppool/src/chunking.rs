@@ -30,6 +30,15 @@ impl Chunking {
         }
     }
 
+    /// The same policy, with nothing learnt yet (for another entry's tasks).
+    pub(crate) fn fresh(&self) -> Chunking {
+        Chunking {
+            fixed: self.fixed,
+            cap: self.cap,
+            nanos_per_task: AtomicU64::new(0),
+        }
+    }
+
     /// The chunk size for a stream of unknown length.
     pub(crate) fn for_stream(&self) -> usize {
         if let Some(n) = self.fixed {

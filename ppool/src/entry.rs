@@ -114,6 +114,22 @@ pub(crate) fn find(name: &str) -> Result<&'static EntryRecord, Error> {
     found.ok_or_else(|| Error::spawn(format!("no pool entry named `{name}` in this binary")))
 }
 
+/// The index of entry `name` in this binary's entry table (the same in every process of one
+/// build), for TASKS frames of another entry than a pool's own.
+pub(crate) fn index_of(name: &str) -> Result<u32, Error> {
+    let record = find(name)?;
+    ENTRIES
+        .iter()
+        .position(|r| std::ptr::eq(r, record))
+        .and_then(|i| u32::try_from(i).ok())
+        .ok_or_else(|| Error::spawn(format!("no pool entry named `{name}` in this binary")))
+}
+
+/// The entry at `index` in this binary's entry table.
+pub(crate) fn by_index(index: u32) -> Option<&'static EntryRecord> {
+    ENTRIES.get(index as usize)
+}
+
 /// A fingerprint of this build's entry table (names and signatures) and protocol, so that a
 /// worker binary of another build is refused instead of misreading the bytes it is sent.
 pub(crate) fn build_id() -> u64 {

@@ -69,7 +69,7 @@ pub use config::NJobs;
 pub use entry::{Entry, Portable};
 pub use error::{Error, ExitCause, Result};
 pub use insights::{Insights, WorkerInsights};
-pub use pool::{Builder, ProcessPool};
+pub use pool::{Builder, EntryView, ProcessPool};
 pub use stream::Map;
 pub use task::Task;
 

@@ -2,7 +2,7 @@
 //! beneath it moves bytes.
 
 use crate::batch::{Batch, Gather};
-use crate::chunk::{self, ChunkEncoder};
+use crate::chunk::{self, ChunkEncoder, Target};
 use crate::chunking::Chunking;
 use crate::codec;
 use crate::config::{self, NJobs};
@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::insights::Insights;
 use crate::outcome;
 use crate::progress::{self, Progress};
-use crate::protocol::DEFAULT_MAX_FRAME;
+use crate::protocol::{self, DEFAULT_MAX_FRAME};
 use crate::stream::{Map, StreamSource};
 use crate::supervisor::{Core, Deliver, Delivery, Settings, WorkerSpec};
 use crate::task::{OneShot, Task};
@@ -88,17 +88,13 @@ impl<F: Entry> ProcessPool<F> {
 
     /// Runs one task and waits for its result. Call it from many threads at once to use every
     /// worker; a call made when a worker is idle drives that worker from the calling thread.
+    ///
+    /// # Errors
+    ///
+    /// The task's own failure ([`Error::Panicked`], [`Error::WorkerDied`], [`Error::Timeout`],
+    /// …), or why the pool could not run it ([`Error::Closed`], [`Error::NotStarted`]).
     pub fn call(&self, args: F::Args) -> Result<F::Output> {
-        let slot = OneShot::new();
-        let sink = Arc::clone(&slot);
-        let deliver = Deliver::new(move |d: Delivery<'_>| {
-            sink.set(outcome::first_result::<F>(d));
-        });
-        match chunk::single::<F>(&args, self.max_frame(), deliver) {
-            Ok(job) => self.core.run_or_submit(job),
-            Err((e, _)) => return Err(e),
-        }
-        slot.take().unwrap_or(Err(Error::Closed))
+        self.view::<F>().call(args)
     }
 
     /// Runs one task; `callback` gets its result on the pool's callback thread as soon as it
@@ -110,35 +106,13 @@ impl<F: Entry> ProcessPool<F> {
     where
         C: FnOnce(Result<F::Output>) + Send + 'static,
     {
-        let callbacks = Arc::clone(self.core.callbacks());
-        let deliver = Deliver::new(move |d: Delivery<'_>| {
-            let result = outcome::first_result::<F>(d);
-            callbacks.push(move || callback(result));
-        });
-        match chunk::single::<F>(&args, self.max_frame(), deliver) {
-            Ok(job) => self.core.submit(job),
-            Err((e, deliver)) => deliver.send(Err(e)),
-        }
+        self.view::<F>().call_with(args, callback)
     }
 
     /// Submits one task and returns at once; the [`Task`] gives its result later, and is also
     /// a `Future`.
     pub fn submit(&self, args: F::Args) -> Task<F::Output> {
-        let slot = OneShot::new();
-        let sink = Arc::clone(&slot);
-        let deliver = Deliver::new(move |d: Delivery<'_>| {
-            sink.set(outcome::first_result::<F>(d));
-        });
-        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        match chunk::single::<F>(&args, self.max_frame(), deliver) {
-            Ok(mut job) => {
-                job.cancelled = Some(Arc::clone(&flag));
-                job.cancel_kills = true;
-                self.core.submit(job);
-            }
-            Err((e, deliver)) => deliver.send(Err(e)),
-        }
-        Task::new(slot, Some(self.core.canceller(flag)))
+        self.view::<F>().submit(args)
     }
 
     /// Submits every task of `tasks` now, in chunks; the [`Batch`] gives the results in input
@@ -147,67 +121,17 @@ impl<F: Entry> ProcessPool<F> {
     where
         I: IntoIterator<Item = F::Args>,
     {
-        let tasks: Vec<F::Args> = tasks.into_iter().collect();
-        let gather = Gather::new(tasks.len());
-        let progress = Progress::start(self.progress, Some(tasks.len() as u64), self.name());
-        let size = self.chunking.for_len(tasks.len(), self.n_jobs()).max(1);
-        let mut start = 0usize;
-        let mut chunk = ChunkEncoder::new(self.max_frame());
-        for (i, args) in tasks.iter().enumerate() {
-            match chunk.push::<F>(args) {
-                Err(e) => {
-                    // A task that cannot be sent fails alone; its chunk goes on without it.
-                    let full = std::mem::replace(&mut chunk, ChunkEncoder::new(self.max_frame()));
-                    self.submit_chunk(full, &gather, start, &progress);
-                    gather.fill_at(i, |put| put(0, Err(e)));
-                    progress.inc(1);
-                    start = i + 1;
-                    continue;
-                }
-                Ok(Some(full)) => {
-                    // The frame limit closed the chunk before this task, which starts the next.
-                    self.submit_chunk(full, &gather, start, &progress);
-                    start = i;
-                }
-                Ok(None) => {}
-            }
-            if chunk.count() as usize >= size {
-                let full = std::mem::replace(&mut chunk, ChunkEncoder::new(self.max_frame()));
-                self.submit_chunk(full, &gather, start, &progress);
-                start = i + 1;
-            }
-        }
-        self.submit_chunk(chunk, &gather, start, &progress);
-        Batch::new(gather)
+        self.view::<F>().batch(tasks)
     }
 
-    fn submit_chunk(
-        &self,
-        chunk: ChunkEncoder,
-        gather: &Arc<Gather<F::Output>>,
-        start: usize,
-        progress: &Progress,
-    ) {
-        let start = start as u64;
-        chunk::submit::<F, _>(
-            &self.core,
-            &self.chunking,
-            chunk,
-            gather,
-            start,
-            progress,
-            None,
-        );
-    }
-
-    /// Runs the tasks of `tasks` as it is iterated, yielding results in input order. The input
-    /// is read lazily and a bounded number of tasks is in flight, so an endless input runs in
-    /// constant memory. Dropping the iterator cancels the tasks not yet started.
+    /// A lazy stream of results in input order: tasks are taken from `tasks` only as room
+    /// frees up, so memory stays bounded whatever the input's length. Dropping the iterator
+    /// cancels the tasks not yet started.
     pub fn map<I>(&self, tasks: I) -> Map<'_, F, I::IntoIter>
     where
         I: IntoIterator<Item = F::Args>,
     {
-        Map::new(self.stream_source(), tasks.into_iter(), true)
+        self.view::<F>().map(tasks)
     }
 
     /// Like [`map`](Self::map), but yields results as they complete.
@@ -215,7 +139,48 @@ impl<F: Entry> ProcessPool<F> {
     where
         I: IntoIterator<Item = F::Args>,
     {
-        Map::new(self.stream_source(), tasks.into_iter(), false)
+        self.view::<F>().map_unordered(tasks)
+    }
+
+    /// A view of this pool typed by another entry `G` of the binary, with the same methods:
+    /// the same workers run it (`Pool.apply(f, args)` with any `f`). An initializer is per
+    /// worker, so it has run for every entry.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # #[pool_entry] fn add(a: i64, b: i64) -> i64 { a + b }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::new(2)?;
+    /// assert_eq!(pool.entry::<add>().call((2, 3))?, 5);
+    /// assert_eq!(pool.entry::<add>().batch([(1, 2), (3, 4)]).wait()?, [3, 7]);
+    /// # Ok(()) } }
+    /// ```
+    pub fn entry<G: Entry>(&self) -> EntryView<'_, G> {
+        let mut view = self.view::<G>();
+        if G::NAME != F::NAME {
+            // An entry whose name is not unique has no index: its tasks fail with the error
+            // that names both places.
+            let index = entry::index_of(G::NAME).unwrap_or(protocol::BROKEN_ENTRY);
+            view.entry = Some((index, G::NAME));
+            view.chunking = Arc::new(self.chunking.fresh());
+        }
+        view
+    }
+
+    /// This pool typed by `G`, running the pool's own entry when `G` is `F`.
+    fn view<G: Entry>(&self) -> EntryView<'_, G> {
+        EntryView {
+            core: &self.core,
+            chunking: Arc::clone(&self.chunking),
+            stream_window: self.stream_window,
+            progress: self.progress,
+            name: self.name(),
+            n_jobs: self.n_jobs(),
+            max_frame: self.max_frame(),
+            entry: None,
+            _entry: PhantomData,
+        }
     }
 
     /// The number of workers.
@@ -281,17 +246,179 @@ impl<F: Entry> ProcessPool<F> {
     fn max_frame(&self) -> usize {
         self.core.spec().max_frame
     }
+}
 
-    /// What a stream needs of the pool.
-    fn stream_source(&self) -> StreamSource<'_> {
+/// A pool typed by one of the binary's entries: [`ProcessPool::entry`]. It has the pool's
+/// methods for running tasks, and shares its workers.
+pub struct EntryView<'p, G: Entry> {
+    core: &'p Core,
+    chunking: Arc<Chunking>,
+    stream_window: Option<usize>,
+    progress: progress::Mode,
+    name: &'p str,
+    n_jobs: usize,
+    max_frame: usize,
+    /// Another entry than the pool's own: its index and name.
+    entry: Option<(u32, &'static str)>,
+    _entry: PhantomData<fn() -> G>,
+}
+
+impl<G: Entry> std::fmt::Debug for EntryView<'_, G> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntryView")
+            .field("entry", &G::NAME)
+            .field("pool", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'p, G: Entry> EntryView<'p, G> {
+    /// Runs one task and waits for its result. Call it from many threads at once to use every
+    /// worker; a call made when a worker is idle drives that worker from the calling thread.
+    pub fn call(&self, args: G::Args) -> Result<G::Output> {
+        let slot = OneShot::new();
+        let sink = Arc::clone(&slot);
+        let deliver = Deliver::new(move |d: Delivery<'_>| {
+            sink.set(outcome::first_result::<G>(d));
+        });
+        match chunk::single::<G>(&args, self.max_frame, deliver) {
+            Ok(mut job) => {
+                job.entry = self.entry;
+                self.core.run_or_submit(job);
+            }
+            Err((e, _)) => return Err(e),
+        }
+        slot.take().unwrap_or(Err(Error::Closed))
+    }
+
+    /// Runs one task; `callback` gets its result on the pool's callback thread as soon as it
+    /// is back. Callbacks run one at a time, in the order their results arrive, apart from the
+    /// threads that drive workers: a callback may block on this pool (`call`, `wait`, even
+    /// `join`) without stalling it. A panicking callback is caught and reported; the pool goes
+    /// on.
+    pub fn call_with<C>(&self, args: G::Args, callback: C)
+    where
+        C: FnOnce(Result<G::Output>) + Send + 'static,
+    {
+        let callbacks = Arc::clone(self.core.callbacks());
+        let deliver = Deliver::new(move |d: Delivery<'_>| {
+            let result = outcome::first_result::<G>(d);
+            callbacks.push(move || callback(result));
+        });
+        match chunk::single::<G>(&args, self.max_frame, deliver) {
+            Ok(mut job) => {
+                job.entry = self.entry;
+                self.core.submit(job);
+            }
+            Err((e, deliver)) => deliver.send(Err(e)),
+        }
+    }
+
+    /// Submits one task and returns at once; the [`Task`] gives its result later, and is also
+    /// a `Future`.
+    pub fn submit(&self, args: G::Args) -> Task<G::Output> {
+        let slot = OneShot::new();
+        let sink = Arc::clone(&slot);
+        let deliver = Deliver::new(move |d: Delivery<'_>| {
+            sink.set(outcome::first_result::<G>(d));
+        });
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        match chunk::single::<G>(&args, self.max_frame, deliver) {
+            Ok(mut job) => {
+                job.cancelled = Some(Arc::clone(&flag));
+                job.cancel_kills = true;
+                job.entry = self.entry;
+                self.core.submit(job);
+            }
+            Err((e, deliver)) => deliver.send(Err(e)),
+        }
+        Task::new(slot, Some(self.core.canceller(flag)))
+    }
+
+    /// Submits every task of `tasks` now, in chunks; the [`Batch`] gives the results in input
+    /// order.
+    pub fn batch<I>(&self, tasks: I) -> Batch<G::Output>
+    where
+        I: IntoIterator<Item = G::Args>,
+    {
+        let tasks: Vec<G::Args> = tasks.into_iter().collect();
+        let gather = Gather::new(tasks.len());
+        let progress = Progress::start(self.progress, Some(tasks.len() as u64), self.name);
+        let size = self.chunking.for_len(tasks.len(), self.n_jobs).max(1);
+        let mut start = 0usize;
+        let mut chunk = ChunkEncoder::new(self.max_frame);
+        for (i, args) in tasks.iter().enumerate() {
+            match chunk.push::<G>(args) {
+                Err(e) => {
+                    // A task that cannot be sent fails alone; its chunk goes on without it.
+                    let full = std::mem::replace(&mut chunk, ChunkEncoder::new(self.max_frame));
+                    self.submit_chunk(full, &gather, start, &progress);
+                    gather.fill_at(i, |put| put(0, Err(e)));
+                    progress.inc(1);
+                    start = i + 1;
+                    continue;
+                }
+                Ok(Some(full)) => {
+                    // The frame limit closed the chunk before this task, which starts the next.
+                    self.submit_chunk(full, &gather, start, &progress);
+                    start = i;
+                }
+                Ok(None) => {}
+            }
+            if chunk.count() as usize >= size {
+                let full = std::mem::replace(&mut chunk, ChunkEncoder::new(self.max_frame));
+                self.submit_chunk(full, &gather, start, &progress);
+                start = i + 1;
+            }
+        }
+        self.submit_chunk(chunk, &gather, start, &progress);
+        Batch::new(gather)
+    }
+
+    fn submit_chunk(
+        &self,
+        chunk: ChunkEncoder,
+        gather: &Arc<Gather<G::Output>>,
+        start: usize,
+        progress: &Progress,
+    ) {
+        let start = start as u64;
+        let to = Target {
+            core: self.core,
+            chunking: &self.chunking,
+            entry: self.entry,
+        };
+        chunk::submit::<G, _>(to, chunk, gather, start, progress, None);
+    }
+
+    /// Runs the tasks of `tasks` as it is iterated, yielding results in input order. The input
+    /// is read lazily and a bounded number of tasks is in flight, so an endless input runs in
+    /// constant memory. Dropping the iterator cancels the tasks not yet started.
+    pub fn map<I>(&self, tasks: I) -> Map<'p, G, I::IntoIter>
+    where
+        I: IntoIterator<Item = G::Args>,
+    {
+        Map::new(self.stream_source(), tasks.into_iter(), true)
+    }
+
+    /// Like [`map`](Self::map), but yields results as they complete.
+    pub fn map_unordered<I>(&self, tasks: I) -> Map<'p, G, I::IntoIter>
+    where
+        I: IntoIterator<Item = G::Args>,
+    {
+        Map::new(self.stream_source(), tasks.into_iter(), false)
+    }
+
+    fn stream_source(&self) -> StreamSource<'p> {
         StreamSource {
-            core: &self.core,
+            core: self.core,
             chunking: Arc::clone(&self.chunking),
             window: self.stream_window,
-            n_jobs: self.n_jobs(),
-            max_frame: self.max_frame(),
+            n_jobs: self.n_jobs,
+            max_frame: self.max_frame,
             progress: self.progress,
-            name: self.name(),
+            name: self.name,
+            entry: self.entry,
         }
     }
 }

@@ -10,7 +10,7 @@
 use std::io::{self, Read};
 
 /// Bumped whenever the frame layout changes.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The first bytes of a handshake, to recognise a ppool peer.
 pub(crate) const MAGIC: [u8; 4] = *b"PPL\x01";
 /// The default largest frame, in bytes.
@@ -471,11 +471,31 @@ impl Outcome<'_> {
 /// The header of a TASKS frame: the job id and the number of tasks. Each task follows as a
 /// length-prefixed block.
 pub(crate) fn start_tasks(f: &mut FrameBuf, job: u64, count: u32) {
-    f.start(kind::TASKS).u64(job).u32(count).u8(0);
+    f.start(kind::TASKS)
+        .u64(job)
+        .u32(count)
+        .u8(0)
+        .u32(POOL_ENTRY);
+}
+
+/// The entry of a TASKS frame that means "the pool's own entry" (named in HELLO); any other
+/// value is an index into the binary's entry table, the same in every process of one build.
+pub(crate) const POOL_ENTRY: u32 = u32::MAX;
+
+/// An entry index that stands for an entry with no index (its name is not unique): such a
+/// job is never sent.
+pub(crate) const BROKEN_ENTRY: u32 = u32::MAX - 1;
+
+/// Offset of the entry index inside a TASKS frame (header included).
+const TASKS_ENTRY_OFFSET: usize = 18;
+
+/// Sets the entry whose tasks a finished TASKS frame holds.
+pub(crate) fn set_entry(frame: &mut [u8], entry: u32) {
+    frame[TASKS_ENTRY_OFFSET..TASKS_ENTRY_OFFSET + 4].copy_from_slice(&entry.to_le_bytes());
 }
 
 /// The bytes of a TASKS frame before its first task, length header included.
-pub(crate) const TASKS_HEADER: usize = 18;
+pub(crate) const TASKS_HEADER: usize = 22;
 
 /// Offset of the flags byte inside a TASKS frame (header included).
 pub(crate) const TASKS_FLAGS_OFFSET: usize = 17;
@@ -509,6 +529,8 @@ pub(crate) struct Tasks<'a> {
     pub(crate) job: u64,
     pub(crate) count: u32,
     pub(crate) flags: u8,
+    /// [`POOL_ENTRY`], or an index into the entry table.
+    pub(crate) entry: u32,
     fields: Fields<'a>,
 }
 
@@ -521,10 +543,12 @@ impl<'a> Tasks<'a> {
         let job = fields.u64("job id")?;
         let count = fields.u32("task count")?;
         let flags = fields.u8("flags")?;
+        let entry = fields.u32("entry")?;
         Ok(Tasks {
             job,
             count,
             flags,
+            entry,
             fields,
         })
     }

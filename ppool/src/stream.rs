@@ -2,7 +2,7 @@
 //! tasks in flight, so an endless input runs in constant memory. Dropping the stream cancels
 //! what has not started.
 
-use crate::chunk::{self, ChunkEncoder, Put, Sink};
+use crate::chunk::{self, ChunkEncoder, Put, Sink, Target};
 use crate::chunking::Chunking;
 use crate::entry::Entry;
 use crate::error::{Error, Result};
@@ -25,6 +25,8 @@ pub(crate) struct StreamSource<'p> {
     pub(crate) max_frame: usize,
     pub(crate) progress: progress::Mode,
     pub(crate) name: &'p str,
+    /// Another entry than the pool's own (see `Job::entry`).
+    pub(crate) entry: Option<(u32, &'static str)>,
 }
 
 /// The results of [`map`](crate::ProcessPool::map) (input order) or
@@ -156,15 +158,13 @@ impl<'p, F: Entry, I: Iterator<Item = F::Args>> Map<'p, F, I> {
             }
             self.submitted += taken;
             // A task that could not be encoded ends its chunk and fails on its own.
-            chunk::submit::<F, _>(
-                self.source.core,
-                &self.source.chunking,
-                chunk,
-                &self.results,
-                start,
-                &self.progress,
-                Some(Arc::clone(&self.cancelled)),
-            );
+            let to = Target {
+                core: self.source.core,
+                chunking: &self.source.chunking,
+                entry: self.source.entry,
+            };
+            let cancelled = Some(Arc::clone(&self.cancelled));
+            chunk::submit::<F, _>(to, chunk, &self.results, start, &self.progress, cancelled);
             if !failed.is_empty() {
                 let mut st = self.results.lock();
                 for (position, e) in failed {

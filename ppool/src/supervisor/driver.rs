@@ -57,16 +57,27 @@ pub(super) fn run(
         while let Some(mut job) = next.take() {
             if job.is_cancelled() {
                 job.deliver.send(Err(Error::Cancelled));
+            } else if let Some((protocol::BROKEN_ENTRY, name)) = job.entry {
+                let why = crate::entry::index_of(name).err();
+                job.deliver.send(Err(why.unwrap_or_else(|| {
+                    Error::spawn(format!("entry `{name}` has no index in this binary"))
+                })));
             } else if job.frame.len() - 4 > shared.spec.max_frame {
                 // The typed layer keeps chunks within the limit; this is a single task above it.
                 job.deliver.send(Err(Error::ArgumentsTooLarge {
-                    entry: shared.spec.entry.to_string(),
+                    entry: job
+                        .entry
+                        .map_or(shared.spec.entry, |(_, name)| name)
+                        .to_string(),
                     size: job.frame.len() - 4,
                     limit: shared.spec.max_frame,
                 }));
             } else {
                 let id = shared.next_job_id();
                 protocol::stamp_job(&mut job.frame, id);
+                if let Some((index, _)) = job.entry {
+                    protocol::set_entry(&mut job.frame, index);
+                }
                 let flags = if !top_up && !spin_limit(shared).is_zero() {
                     protocol::FLAG_SPIN
                 } else {
@@ -278,8 +289,12 @@ fn fail(shared: &Shared, i: usize, conn: Conn, sent: VecDeque<Sent>, cause: Fram
     let exit = peer.reap();
     drop(link);
     let closed = shared.state().phase == Phase::Closed;
+    let entry = sent
+        .front()
+        .and_then(|s| s.job.entry)
+        .map_or(shared.spec.entry, |(_, name)| name);
     let who = Failed {
-        entry: shared.spec.entry,
+        entry,
         worker: i,
         pid,
         task_timeout: shared.settings.task_timeout,

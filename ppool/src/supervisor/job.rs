@@ -78,6 +78,9 @@ pub(crate) struct Job {
     /// A cancel while the job runs kills its worker (a cancelled `Task`); else a cancelled job
     /// is only skipped if it has not started (a dropped stream).
     pub(crate) cancel_kills: bool,
+    /// Another entry than the pool's own (a view from `entry::<G>()`): its index in the entry
+    /// table, stamped into the frame as it is sent, and its name, for errors.
+    pub(crate) entry: Option<(u32, &'static str)>,
     pub(crate) attempts: u32,
     /// Times the job found its worker already dead when it was sent.
     pub(crate) bounces: u32,

@@ -130,6 +130,7 @@ pub(super) fn plan(
                         deliver,
                         cancelled,
                         cancel_kills,
+                        entry,
                         attempts,
                         ..
                     } = job;
@@ -141,6 +142,7 @@ pub(super) fn plan(
                             deliver,
                             cancelled: cancelled.clone(),
                             cancel_kills,
+                            entry,
                             attempts,
                             bounces: 0,
                             split: None,

@@ -277,6 +277,7 @@ fn job(tasks: &[&str], tx: &mpsc::Sender<(Vec<String>, Got)>) -> Job {
         deliver,
         cancelled: None,
         cancel_kills: false,
+        entry: None,
         attempts: 0,
         bounces: 0,
         split: (tasks.len() > 1).then_some(split),

@@ -71,7 +71,13 @@ impl Session {
         };
         match body.first().copied() {
             Some(kind::TASKS) => {
-                let spin = Tasks::parse(body).is_ok_and(|t| t.flags & protocol::FLAG_SPIN != 0);
+                let tasks = Tasks::parse(body).map_err(|e| e.to_string())?;
+                let spin = tasks.flags & protocol::FLAG_SPIN != 0;
+                let record = match tasks.entry {
+                    protocol::POOL_ENTRY => record,
+                    index => entry::by_index(index)
+                        .ok_or_else(|| format!("no entry at index {index} in this binary"))?,
+                };
                 let (out, max) = (&mut self.out, self.max_frame);
                 as_worker(self.in_process, || exec::run_tasks(record, body, out, max))
                     .map_err(|e| e.to_string())?;
