@@ -182,3 +182,20 @@ fn failures_in_another_entry_name_that_entry() {
         "the pool goes on"
     );
 }
+
+#[test]
+fn a_batch_can_be_waited_for_with_a_timeout() {
+    let _deadline = ppool_tests::deadline();
+    let dir = TempDir::new("batch-timeout");
+    let pool = ProcessPool::<mark_and_nap>::new(2).unwrap();
+    let batch = pool.batch([
+        (dir.arg(), "a".to_string(), 1_500),
+        (dir.arg(), "b".to_string(), 0),
+    ]);
+    assert!(
+        batch.wait_timeout(Duration::from_millis(50)).is_none(),
+        "a 1.5 s task cannot be done in 50 ms"
+    );
+    let got = batch.wait_timeout(Duration::from_secs(60));
+    assert_eq!(got.map(|r| r.unwrap()), Some(vec![1_500, 0]));
+}

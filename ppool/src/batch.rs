@@ -2,8 +2,9 @@
 
 use crate::chunk::{Put, Sink};
 use crate::error::{Error, Result};
-use crate::sync::{lock, wait};
+use crate::sync::{lock, wait, wait_timeout};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// The results of [`pool.batch(..)`](crate::ProcessPool::batch), in input order.
 ///
@@ -90,6 +91,23 @@ impl<T> Gather<T> {
         (std::mem::take(&mut st.values), errors)
     }
 
+    /// Waits at most `timeout` for every result; `None` if some are still missing then.
+    fn wait_timeout(&self, timeout: Duration) -> Option<Result<Vec<T>>> {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut st = self.lock();
+        while st.missing > 0 {
+            let left = deadline.map_or(Duration::from_secs(3600), |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            if left.is_zero() {
+                return None;
+            }
+            st = wait_timeout(&self.done, st, left);
+        }
+        drop(st);
+        Some(self.wait())
+    }
+
     fn wait(&self) -> Result<Vec<T>> {
         let (values, mut errors) = self.take();
         if !errors.is_empty() {
@@ -138,6 +156,31 @@ impl<T> Batch<T> {
     /// Waits for every task; each task's own result, in input order.
     pub fn wait_all(self) -> Vec<Result<T>> {
         self.results.wait_all()
+    }
+
+    /// Waits at most `timeout`: `None` if some task has not finished by then (the batch goes
+    /// on, and can be waited for again), else what [`wait`](Self::wait) gives. The results are
+    /// handed out once: after that, waiting gives an empty vector.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool};
+    /// # use std::time::Duration;
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::new(2)?;
+    /// let batch = pool.batch(1..=3);
+    /// match batch.wait_timeout(Duration::from_secs(60)) {
+    ///     Some(squares) => assert_eq!(squares?, [1, 4, 9]),
+    ///     None => println!("still running"),
+    /// }
+    /// # Ok(()) } }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The first failed task's error, in input order, as for [`wait`](Self::wait).
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<Result<Vec<T>>> {
+        self.results.wait_timeout(timeout)
     }
 
     /// True once every task has finished.

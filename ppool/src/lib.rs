@@ -33,10 +33,32 @@
 //!
 //! Workers talk to the pool over two private pipes with length-prefixed frames; values travel
 //! as [postcard](https://docs.rs/postcard). The worker's stdout and stderr are the program's.
+//!
+//! # Feature flags
+//!
+//! - `progress` (default): progress bars for `batch` and `map`
+//!   ([`Builder::progress_bar`]), drawn with indicatif.
+//!
+//! # Platform support
+//!
+//! Linux, where every part is tested: pidfds (Linux 5.3 or newer; older kernels fall back to
+//! pids), `/proc` for memory limits and CPU counts, memfds for the shared-memory rings. Other
+//! Unix systems may work but are not tested; other targets do not compile.
+//!
+//! # Minimum supported Rust version
+//!
+//! Rust 1.87. Raising it is a minor-version change, announced in the changelog.
 
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_debug_implementations)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+#[cfg(not(unix))]
+compile_error!(
+    "ppool runs tasks in worker processes that it starts and watches with Unix pipes, pidfds \
+     and signals; it supports Linux (and other Unix systems, untested), not this target"
+);
 
 mod batch;
 mod callbacks;

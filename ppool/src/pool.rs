@@ -609,6 +609,7 @@ impl<F: Entry> Builder<F> {
     /// rate and ETA. It stays off when stderr is not a terminal; see
     /// [`force_progress_bar`](Self::force_progress_bar).
     #[cfg(feature = "progress")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "progress")))]
     pub fn progress_bar(mut self, on: bool) -> Self {
         self.progress = if on {
             progress::Mode::Auto
@@ -620,6 +621,7 @@ impl<F: Entry> Builder<F> {
 
     /// Draws the progress bar even when stderr is not a terminal (as one line a second).
     #[cfg(feature = "progress")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "progress")))]
     pub fn force_progress_bar(mut self, on: bool) -> Self {
         self.progress = if on {
             progress::Mode::Forced
