@@ -199,3 +199,42 @@ fn a_batch_can_be_waited_for_with_a_timeout() {
     let got = batch.wait_timeout(Duration::from_secs(60));
     assert_eq!(got.map(|r| r.unwrap()), Some(vec![1_500, 0]));
 }
+
+#[test]
+fn insights_show_each_worker_state_pid_and_memory() {
+    let _deadline = ppool_tests::deadline();
+    let dir = TempDir::new("insights");
+    let pool = ProcessPool::<mark_and_nap>::new(2).unwrap();
+    let running = pool.submit((dir.arg(), "busy".into(), 1_000));
+    wait_for(&dir.path().join("busy"));
+    let queued: Vec<_> = (0..3)
+        .map(|k| pool.submit((dir.arg(), format!("q{k}"), 300)))
+        .collect();
+    let insights = pool.insights();
+    assert_eq!(insights.workers.len(), 2);
+    for w in &insights.workers {
+        let pid = w.pid.expect("a running worker has a pid");
+        assert!(
+            std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "worker {} pid {pid}",
+            w.index
+        );
+        assert!(w.resident_bytes.is_some_and(|b| b > 0), "{w:?}");
+    }
+    assert!(
+        insights
+            .workers
+            .iter()
+            .any(|w| w.state == ppool::WorkerState::Busy),
+        "{insights}"
+    );
+    assert!(insights.in_flight_tasks >= 1, "{insights}");
+    assert!(insights.to_string().contains("busy"), "{insights}");
+    running.wait().unwrap();
+    for t in queued {
+        t.wait().unwrap();
+    }
+    let after = pool.insights();
+    assert_eq!(after.queued_jobs, 0);
+    assert_eq!(after.in_flight_tasks, 0, "{after}");
+}

@@ -19,6 +19,8 @@ struct SlotStats {
 pub(crate) struct Stats {
     slots: Vec<SlotStats>,
     started: Instant,
+    /// Tasks sent to workers and not answered yet.
+    in_flight: AtomicU64,
 }
 
 impl Stats {
@@ -26,7 +28,22 @@ impl Stats {
         Stats {
             slots: (0..slots).map(|_| SlotStats::default()).collect(),
             started: Instant::now(),
+            in_flight: AtomicU64::new(0),
         }
+    }
+
+    /// `count` more tasks were sent to workers.
+    pub(crate) fn sent(&self, count: u64) {
+        self.in_flight.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// `count` tasks sent to workers were answered, or settled when their worker failed.
+    pub(crate) fn settled(&self, count: u64) {
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(count))
+            });
     }
 
     /// Worker `i` finished `count` tasks in `busy_nanos`, the longest taking `max_nanos`.
@@ -45,7 +62,13 @@ impl Stats {
         self.slots[i].failures.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn snapshot(&self) -> Insights {
+    /// The counters, with each worker's state, pid and memory as `live(i)` says, and the
+    /// number of jobs queued.
+    pub(crate) fn snapshot(
+        &self,
+        live: impl Fn(usize) -> (WorkerState, Option<u32>, Option<u64>),
+        queued_jobs: usize,
+    ) -> Insights {
         let uptime = self.started.elapsed();
         let workers = self
             .slots
@@ -54,8 +77,12 @@ impl Stats {
             .map(|(index, s)| {
                 let tasks_done = s.tasks.load(Ordering::Relaxed);
                 let busy = Duration::from_nanos(s.busy_nanos.load(Ordering::Relaxed));
+                let (state, pid, resident_bytes) = live(index);
                 WorkerInsights {
                     index,
+                    state,
+                    pid,
+                    resident_bytes,
                     tasks_done,
                     busy,
                     idle: uptime.saturating_sub(busy),
@@ -67,7 +94,12 @@ impl Stats {
                 }
             })
             .collect();
-        Insights { uptime, workers }
+        Insights {
+            uptime,
+            workers,
+            queued_jobs,
+            in_flight_tasks: self.in_flight.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -81,6 +113,38 @@ pub struct Insights {
     pub uptime: Duration,
     /// One entry per worker slot (a replaced worker keeps its slot).
     pub workers: Vec<WorkerInsights>,
+    /// Jobs waiting in the queue (a job is one task, or a chunk of a `batch` or `map`).
+    pub queued_jobs: usize,
+    /// Tasks sent to workers whose results are not back yet.
+    pub in_flight_tasks: u64,
+}
+
+/// What a worker slot is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WorkerState {
+    /// Waiting for work.
+    Idle,
+    /// Running tasks.
+    Busy,
+    /// Being started or replaced.
+    Starting,
+    /// No worker could be started in it.
+    Dead,
+    /// Stopped by `join` or `shutdown`.
+    Stopped,
+}
+
+impl fmt::Display for WorkerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WorkerState::Idle => "idle",
+            WorkerState::Busy => "busy",
+            WorkerState::Starting => "starting",
+            WorkerState::Dead => "dead",
+            WorkerState::Stopped => "stopped",
+        })
+    }
 }
 
 /// What one worker slot has done.
@@ -89,6 +153,12 @@ pub struct Insights {
 pub struct WorkerInsights {
     /// The worker's index, `0..n_jobs`.
     pub index: usize,
+    /// What it is doing now.
+    pub state: WorkerState,
+    /// The process id of its current worker process, if it has one.
+    pub pid: Option<u32>,
+    /// The resident memory of that process, in bytes, where it can be read.
+    pub resident_bytes: Option<u64>,
     /// Tasks finished (successfully or with a panic).
     pub tasks_done: u64,
     /// Time spent running tasks.
@@ -130,14 +200,25 @@ impl fmt::Display for Insights {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:>6} {:>10} {:>12} {:>12} {:>12} {:>12} {:>8} {:>8}",
-            "worker", "tasks", "busy", "idle", "mean task", "max task", "restarts", "failures"
+            "{:>6} {:>8} {:>8} {:>10} {:>12} {:>12} {:>12} {:>12} {:>8} {:>8}",
+            "worker",
+            "state",
+            "pid",
+            "tasks",
+            "busy",
+            "idle",
+            "mean task",
+            "max task",
+            "restarts",
+            "failures"
         )?;
         for w in &self.workers {
             writeln!(
                 f,
-                "{:>6} {:>10} {:>12} {:>12} {:>12} {:>12} {:>8} {:>8}",
+                "{:>6} {:>8} {:>8} {:>10} {:>12} {:>12} {:>12} {:>12} {:>8} {:>8}",
                 w.index,
+                w.state.to_string(),
+                w.pid.map_or_else(|| "-".to_string(), |p| p.to_string()),
                 w.tasks_done,
                 format!("{:.3?}", w.busy),
                 format!("{:.3?}", w.idle),
@@ -150,11 +231,15 @@ impl fmt::Display for Insights {
         }
         write!(
             f,
-            "{:>6} {:>10} uptime {:.3?}, utilization {:.1}%",
+            "{:>6} {:>8} {:>8} {:>10} uptime {:.3?}, utilization {:.1}%, {} jobs queued, {} tasks in flight",
             "total",
+            "",
+            "",
             self.tasks_done(),
             self.uptime,
-            self.utilization() * 100.0
+            self.utilization() * 100.0,
+            self.queued_jobs,
+            self.in_flight_tasks
         )
     }
 }

@@ -90,7 +90,7 @@ pub use completed::{AsCompleted, as_completed};
 pub use config::NJobs;
 pub use entry::{Entry, Portable};
 pub use error::{Error, ExitCause, Result};
-pub use insights::{Insights, WorkerInsights};
+pub use insights::{Insights, WorkerInsights, WorkerState};
 pub use pool::{Builder, EntryView, ProcessPool};
 pub use stream::Map;
 pub use task::Task;

@@ -115,6 +115,11 @@ impl Watch {
         }
     }
 
+    /// The process slot `i` holds, if any.
+    pub(crate) fn peer(&self, i: usize) -> Option<Arc<dyn Peer>> {
+        self.lock().slots[i].peer.clone()
+    }
+
     /// Kills every registered process (for `shutdown`).
     pub(crate) fn kill_all(&self) {
         let st = self.lock();

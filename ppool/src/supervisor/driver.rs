@@ -86,6 +86,7 @@ pub(super) fn run(
                 protocol::set_flags(&mut job.frame, flags);
                 sent_bytes += job.frame.len();
                 sent_tasks += u64::from(job.count);
+                shared.stats.sent(u64::from(job.count));
                 if sent.is_empty() {
                     arm(shared, i, &job);
                 }
@@ -168,6 +169,7 @@ pub(super) fn run(
         shared
             .stats
             .record(i, count, results.busy_nanos, results.max_task_nanos);
+        shared.stats.settled(u64::from(count));
         shared.observe_job(results.busy_nanos);
         done.job.deliver.send(Ok((results, i)));
         conn.link.shrink_buffers();
@@ -307,6 +309,9 @@ fn fail(shared: &Shared, i: usize, conn: Conn, sent: VecDeque<Sent>, cause: Fram
         shared.set_last_error(error.clone());
     }
     let sent_bytes: usize = sent.iter().map(|s| s.job.frame.len()).sum();
+    shared
+        .stats
+        .settled(sent.iter().map(|s| u64::from(s.job.count)).sum());
     let untouched = recovery::untouched(&cause, unread, sent_bytes);
     let plan = recovery::plan(sent, &error, untouched, closed, shared.settings.retries);
     if !plan.requeue.is_empty() {

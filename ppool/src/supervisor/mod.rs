@@ -46,7 +46,7 @@ pub(crate) use state::{Settings, WorkerSpec};
 
 use crate::callbacks::Callbacks;
 use crate::error::Error;
-use crate::insights::Insights;
+use crate::insights::{Insights, WorkerState};
 use crate::sync::{lock, wait};
 use crate::transport::Launch;
 use driver::{Driver, run};
@@ -111,7 +111,34 @@ impl Core {
     }
 
     pub(crate) fn insights(&self) -> Insights {
-        self.shared.stats.snapshot()
+        let (states, queued): (Vec<WorkerState>, usize) = {
+            let st = self.shared.state();
+            let states = st
+                .slots
+                .iter()
+                .map(|s| match s {
+                    Slot::Idle(_) => WorkerState::Idle,
+                    Slot::Busy => WorkerState::Busy,
+                    Slot::Vacant | Slot::Recycle(_) => WorkerState::Starting,
+                    Slot::Dead => WorkerState::Dead,
+                    Slot::Retired => WorkerState::Stopped,
+                })
+                .collect();
+            (states, st.queue.len())
+        };
+        let live = |i: usize| {
+            let state = states.get(i).copied().unwrap_or(WorkerState::Dead);
+            let peer = match state {
+                WorkerState::Idle | WorkerState::Busy => self.shared.watch.peer(i),
+                _ => None,
+            };
+            (
+                state,
+                peer.as_ref().map(|p| p.pid()),
+                peer.as_ref().and_then(|p| p.resident_bytes()),
+            )
+        };
+        self.shared.stats.snapshot(live, queued)
     }
 
     /// The EXITED bodies collected so far.
