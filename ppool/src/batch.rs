@@ -149,6 +149,21 @@ impl<T> Batch<T> {
     }
 
     /// Waits for every task; all results in input order, or the first error in input order.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::new(2)?;
+    /// assert_eq!(pool.batch(1..=4).wait()?, [1, 4, 9, 16]);
+    /// let each = pool.batch(1..=2).wait_all();          // every task's own result
+    /// assert!(each.iter().all(Result::is_ok));
+    /// # Ok(()) } }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The error of the first task (in input order) that failed.
     pub fn wait(self) -> Result<Vec<T>> {
         self.results.wait()
     }

@@ -71,6 +71,11 @@ impl<F: Entry> std::fmt::Debug for ProcessPool<F> {
 impl<F: Entry> ProcessPool<F> {
     /// A started pool of `n_jobs` workers: `-1` for every CPU, a count `n >= 1` (clamped to
     /// the CPUs), or a share `0.0 < f <= 1.0` of the CPUs.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for an `n_jobs` that is not allowed; [`Error::Spawn`] when a
+    /// worker cannot start.
     pub fn new(n_jobs: impl Into<NJobs>) -> Result<Self> {
         Self::builder().n_jobs(n_jobs).build()
     }
@@ -82,6 +87,11 @@ impl<F: Entry> ProcessPool<F> {
 
     /// Starts the workers of a pool built with `start(false)`. Starting a running pool does
     /// nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Spawn`] when a worker cannot start (its initializer failed, say);
+    /// [`Error::Closed`] once the pool was joined or shut down.
     pub fn start(&self) -> Result<()> {
         self.core.start()
     }
@@ -213,6 +223,11 @@ impl<F: Entry> ProcessPool<F> {
     /// What the worker-exit hook `E` (see [`Builder::worker_exit`]) returned in each worker
     /// that exited gracefully so far (at [`join`](Self::join) or when recycled). Workers that
     /// were killed or died do not run it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when `E` is not this pool's worker-exit hook. Each hook's own
+    /// failure is in its element.
     pub fn worker_exit_results<E: Entry>(&self) -> Result<Vec<Result<E::Output>>> {
         match &self.core.spec().on_exit {
             Some((name, _)) if *name == E::NAME => {}
@@ -233,6 +248,23 @@ impl<F: Entry> ProcessPool<F> {
 
     /// Finishes everything submitted, then stops the workers. New tasks are refused with
     /// [`Error::Closed`].
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool, Error};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::new(2)?;
+    /// let task = pool.submit(4);
+    /// pool.join()?;                                   // the task finishes first
+    /// assert_eq!(task.wait()?, 16);
+    /// assert!(matches!(pool.call(1), Err(Error::Closed)));
+    /// # Ok(()) } }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// None today; the `Result` leaves room for reporting workers that could not be stopped
+    /// gracefully.
     pub fn join(&self) -> Result<()> {
         self.core.join()
     }
@@ -639,6 +671,13 @@ impl<F: Entry> Builder<F> {
     }
 
     /// Checks the settings and builds the pool (and starts it, unless `start(false)`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] naming the first setting that is not allowed;
+    /// [`Error::DuplicateEntry`] when an entry's name is not unique in the binary;
+    /// [`Error::Codec`] when the initializer's or exit hook's arguments cannot be encoded;
+    /// [`Error::Spawn`] when a worker cannot start.
     pub fn build(self) -> Result<ProcessPool<F>> {
         let n_jobs = if self.debug {
             // The count is checked as for processes, though debug mode runs one worker.

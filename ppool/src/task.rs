@@ -180,6 +180,11 @@ impl<T> Task<T> {
     }
 
     /// Waits for the result.
+    ///
+    /// # Errors
+    ///
+    /// The task's own failure, [`Error::Cancelled`] after [`cancel`](Self::cancel), or
+    /// [`Error::Closed`] when the pool stopped first or the result was already handed out.
     pub fn wait(self) -> Result<T> {
         self.slot.take().unwrap_or_else(|| Err(taken()))
     }
