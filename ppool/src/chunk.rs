@@ -121,7 +121,7 @@ impl ChunkEncoder {
 }
 
 /// The tasks of a TASKS frame, each in a frame of its own; empty if the frame does not parse.
-fn split_frame(frame: &[u8]) -> Vec<Vec<u8>> {
+pub(crate) fn split_frame(frame: &[u8]) -> Vec<Vec<u8>> {
     let Some(body) = frame.get(4..) else {
         return Vec::new();
     };

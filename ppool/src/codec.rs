@@ -17,7 +17,7 @@ use std::panic::{self, AssertUnwindSafe};
 /// How close to the end of its stack a nested value may come before serde_stacker switches
 /// to a new segment, and how big a segment is.
 const RED_ZONE: usize = 128 * 1024;
-const SEGMENT: usize = 4 * 1024 * 1024;
+pub(super) const SEGMENT: usize = 4 * 1024 * 1024;
 
 /// Runs user serde code, turning a panic into an error.
 fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {

@@ -7,10 +7,11 @@
 
 use serde::ser::{self, Serialize};
 
-/// How close to the end of the stack a nested value may come before a new segment is used,
-/// and how big a segment is.
+use super::SEGMENT;
+
+/// How close to the end of the stack a nested value may come before a new segment is used:
+/// twice the decoder's, since the stack is looked at only every [`CHECK_EVERY`] levels.
 const RED_ZONE: usize = 256 * 1024;
-const SEGMENT: usize = 4 * 1024 * 1024;
 /// The stack is checked every this many levels of nesting: a level costs a few hundred bytes
 /// of stack at most, far less than the red zone, and flat data (the elements of a sequence
 /// are one level below it) costs no check at all.

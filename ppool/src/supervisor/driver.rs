@@ -93,13 +93,7 @@ pub(super) fn run(
                 sent.push_back(Sent { job, id });
             }
             if top_up && sent.len() < depth {
-                next = take_more(
-                    shared,
-                    &conn,
-                    sent_bytes,
-                    sent_tasks,
-                    sent.iter().any(|s| s.job.cancel_kills),
-                );
+                next = take_more(shared, &conn, &sent, sent_bytes, sent_tasks);
             }
         }
         let written = match sent.len() - unsent {
@@ -175,13 +169,7 @@ pub(super) fn run(
         conn.link.shrink_buffers();
         conn.tasks_done += u64::from(count);
         if top_up && sent.len() < pipeline_depth(shared) {
-            next = take_more(
-                shared,
-                &conn,
-                sent_bytes,
-                sent_tasks,
-                sent.iter().any(|s| s.job.cancel_kills),
-            );
+            next = take_more(shared, &conn, &sent, sent_bytes, sent_tasks);
         }
     }
     recycle_if_due(shared, conn)
@@ -198,9 +186,9 @@ fn fits(got: u32, part: &Results<'_>, count: u32) -> bool {
 fn take_more(
     shared: &Shared,
     conn: &Conn,
+    sent: &VecDeque<Sent>,
     sent_bytes: usize,
     sent_tasks: u64,
-    killable: bool,
 ) -> Option<Job> {
     // Sending ahead only pays for short jobs; behind a long one, a job would wait for nothing
     // while another worker is free.
@@ -216,9 +204,10 @@ fn take_more(
     if sent_bytes > 0 && sent_bytes + job.frame.len() > conn.link.budget() {
         return None;
     }
-    if sent_bytes > 0 && (killable || job.cancel_kills) {
-        // A job whose cancel kills its worker runs alone on it, so that the kill can never
-        // hit another job sent ahead or behind it.
+    // A job whose cancel kills its worker runs alone on it, so that the kill can never hit
+    // another job sent ahead or behind it; so if one is held, it is the only one.
+    let holds_killable = sent.front().is_some_and(|s| s.job.cancel_kills);
+    if sent_bytes > 0 && (holds_killable || job.cancel_kills) {
         return None;
     }
     if let Some(max) = shared.settings.max_tasks_per_worker {

@@ -256,20 +256,11 @@ fn job(tasks: &[&str], tx: &mpsc::Sender<(Vec<String>, Got)>) -> Job {
     let deliver = deliver_to(names.clone(), tx.clone());
     let tx = tx.clone();
     let split: Split = Box::new(move |frame: &[u8]| {
-        let Ok(mut tasks) = Tasks::parse(&frame[4..]) else {
-            return Vec::new();
-        };
-        let mut pieces = Vec::new();
-        for name in &names {
-            let Ok(args) = tasks.next_args() else {
-                return Vec::new();
-            };
-            let mut one = FrameBuf::default();
-            protocol::start_tasks(&mut one, 0, 1);
-            one.bytes(args);
-            pieces.push((one.take(), deliver_to(vec![name.clone()], tx.clone())));
-        }
-        pieces
+        crate::chunk::split_frame(frame)
+            .into_iter()
+            .zip(&names)
+            .map(|(one, name)| (one, deliver_to(vec![name.clone()], tx.clone())))
+            .collect()
     });
     Job {
         count: tasks.len() as u32,

@@ -111,12 +111,11 @@ fn catch_task<R>(f: impl FnOnce() -> R) -> Result<R, (String, String)> {
 /// Runs the tasks of a TASKS body and builds the RESULTS frame in `out`.
 pub(crate) fn run_tasks(
     record: &EntryRecord,
-    body: &[u8],
+    mut tasks: Tasks<'_>,
     out: &mut FrameBuf,
     max_frame: usize,
 ) -> Result<(), FrameError> {
     let started = Instant::now();
-    let mut tasks = Tasks::parse(body)?;
     protocol::start_results(out, tasks.job, tasks.count);
     // Reading the clock costs about as much as a tiny task: time each task only while they
     // are long enough for it to matter, and the rest of a chunk of tiny ones as a whole.

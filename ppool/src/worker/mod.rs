@@ -79,7 +79,7 @@ impl Session {
                         .ok_or_else(|| format!("no entry at index {index} in this binary"))?,
                 };
                 let (out, max) = (&mut self.out, self.max_frame);
-                as_worker(self.in_process, || exec::run_tasks(record, body, out, max))
+                as_worker(self.in_process, || exec::run_tasks(record, tasks, out, max))
                     .map_err(|e| e.to_string())?;
                 Ok(Step::Answer { spin })
             }

@@ -1192,12 +1192,7 @@ pub(crate) struct ProgressWriter {
 impl ProgressWriter {
     /// Tells that task `index` of `job` starts (tasks of a job run in order).
     pub(crate) fn started(&mut self, job: u64, index: u32) {
-        if job != self.state.job {
-            self.state = Progress {
-                job,
-                ..Progress::default()
-            };
-        }
+        self.switch_job(job);
         self.state.started = index.saturating_add(1);
         self.state.finished = self.state.finished.min(self.state.started);
         self.publish();
@@ -1205,15 +1200,20 @@ impl ProgressWriter {
 
     /// Tells that task `index` of `job` finished.
     pub(crate) fn finished(&mut self, job: u64, index: u32) {
+        self.switch_job(job);
+        self.state.finished = index.saturating_add(1);
+        self.state.started = self.state.started.max(self.state.finished);
+        self.publish();
+    }
+
+    /// Starts counting afresh for a job other than the current one.
+    fn switch_job(&mut self, job: u64) {
         if job != self.state.job {
             self.state = Progress {
                 job,
                 ..Progress::default()
             };
         }
-        self.state.finished = index.saturating_add(1);
-        self.state.started = self.state.started.max(self.state.finished);
-        self.publish();
     }
 
     /// Writes the state into the slot `select` does not name, then names it (invariant 7).
