@@ -5,7 +5,7 @@
 //! No assertion is about how fast something is, only that it happens well within a generous
 //! deadline: the machine may be busy.
 
-use ppool::{Error, ExitCause, ProcessPool, pool_entry};
+use ppool::{Error, ExitCause, ProcessPool, Transport, pool_entry};
 use ppool_tests::TempDir;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -164,6 +164,28 @@ enum Scribble {
     WrongJob,
     /// Half a frame, then `exit(0)`.
     TruncatedThenExit,
+    /// On shared memory: a result ring's tail that is no multiple of 8.
+    RingTailGarbage,
+    /// On shared memory: a result ring's tail moved past bytes no record was written to.
+    RingTornRecord,
+}
+
+/// The offset of the result ring's tail in a worker's region, and the ring's data: the
+/// layout the shared-memory transport documents (control lines of 128 bytes; the job ring's
+/// 1 MiB of data at 4096, then the result ring's).
+const RESULT_TAIL: usize = 5 * 128;
+
+/// Stores into this worker's shared-memory region, as a worker gone bad would: `poke` gets
+/// the address where the worker mapped it (found in `/proc/self/maps`).
+fn poke_region(poke: impl FnOnce(*mut u8)) {
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps");
+    let line = maps
+        .lines()
+        .find(|l| l.contains("memfd:ppool-shm"))
+        .expect("this worker's channel is not shared memory");
+    let start = line.split('-').next().expect("an address range");
+    let base = usize::from_str_radix(start, 16).expect("a hex address");
+    poke(base as *mut u8);
 }
 
 /// The worker's result pipe (the channel's descriptors are no longer in the environment,
@@ -213,6 +235,16 @@ fn scribble(what: Scribble) -> u32 {
             write_raw(fd, &[14, 1, 2, 3]);
             std::process::exit(0);
         }
+        // SAFETY (both): the tail is an 8-aligned word of the mapping; the supervisor reads
+        // it as an atomic, and this is the worker breaking the protocol on purpose.
+        Scribble::RingTailGarbage => poke_region(|base| unsafe {
+            let tail = base.add(RESULT_TAIL).cast::<std::sync::atomic::AtomicU64>();
+            (*tail).store(12_345, std::sync::atomic::Ordering::SeqCst);
+        }),
+        Scribble::RingTornRecord => poke_region(|base| unsafe {
+            let tail = &*base.add(RESULT_TAIL).cast::<std::sync::atomic::AtomicU64>();
+            tail.fetch_add(64, std::sync::atomic::Ordering::SeqCst);
+        }),
     }
     // Whatever the pool makes of it, this worker is not to answer any more.
     std::thread::sleep(Duration::from_secs(60));
@@ -779,9 +811,19 @@ fn replacement_that_cannot_start_fails_pending_tasks() {
 // A worker breaks the protocol
 // ---------------------------------------------------------------------------------------------
 
+/// The pipe transport's frames are scribbled on through the pipe; the shared-memory
+/// transport's rings through the mapping.
+fn transport_for(what: Scribble) -> Transport {
+    match what {
+        Scribble::RingTailGarbage | Scribble::RingTornRecord => Transport::SharedMemory,
+        _ => Transport::Pipes,
+    }
+}
+
 fn assert_protocol_error(what: Scribble, expect: &[&str]) {
     let pool = ProcessPool::<scribble>::builder()
         .n_jobs(1)
+        .transport(transport_for(what))
         .build()
         .unwrap();
     let started = Instant::now();
@@ -829,11 +871,24 @@ fn results_for_another_job_are_a_protocol_error() {
 }
 
 #[test]
+fn a_ring_tail_out_of_bounds_is_a_protocol_error() {
+    let _deadline = ppool_tests::deadline();
+    assert_protocol_error(Scribble::RingTailGarbage, &["corrupt shared memory"]);
+}
+
+#[test]
+fn a_ring_record_never_written_is_a_protocol_error() {
+    let _deadline = ppool_tests::deadline();
+    assert_protocol_error(Scribble::RingTornRecord, &["corrupt shared memory"]);
+}
+
+#[test]
 fn truncated_frame_then_exit_is_worker_died() {
     let _deadline = ppool_tests::deadline();
     // The worker wrote half a frame and exited: it died; its exit status says how.
     let pool = ProcessPool::<scribble>::builder()
         .n_jobs(1)
+        .transport(Transport::Pipes)
         .build()
         .unwrap();
     let e = pool.call(Scribble::TruncatedThenExit).unwrap_err();
@@ -853,25 +908,32 @@ fn truncated_frame_then_exit_is_worker_died() {
 #[test]
 fn the_pool_goes_on_after_protocol_errors() {
     let _deadline = ppool_tests::deadline();
-    let pool = ProcessPool::<scribble>::builder()
-        .n_jobs(2)
-        .build()
-        .unwrap();
-    let all = [
+    let pipes = [
         Scribble::Oversized,
         Scribble::Garbage,
         Scribble::Empty,
         Scribble::WrongJob,
         Scribble::TruncatedThenExit,
     ];
-    let results = pool.batch(all.iter().copied().cycle().take(10)).wait_all();
-    for r in &results {
-        assert!(
-            r.as_ref().is_err_and(Error::is_worker_failure),
-            "expected a worker failure, got {r:?}"
-        );
+    let rings = [Scribble::RingTailGarbage, Scribble::RingTornRecord];
+    for (transport, all) in [
+        (Transport::Pipes, &pipes[..]),
+        (Transport::SharedMemory, &rings),
+    ] {
+        let pool = ProcessPool::<scribble>::builder()
+            .n_jobs(2)
+            .transport(transport)
+            .build()
+            .unwrap();
+        let results = pool.batch(all.iter().copied().cycle().take(10)).wait_all();
+        for r in &results {
+            assert!(
+                r.as_ref().is_err_and(Error::is_worker_failure),
+                "{transport:?}: expected a worker failure, got {r:?}"
+            );
+        }
+        assert!(pool.is_running());
     }
-    assert!(pool.is_running());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -77,6 +77,7 @@ mod pool;
 mod progress;
 mod protocol;
 mod readiness;
+mod shm;
 mod stream;
 mod supervisor;
 mod sync;
@@ -94,6 +95,7 @@ pub use insights::{Insights, WorkerInsights, WorkerState};
 pub use pool::{Builder, EntryView, ProcessPool};
 pub use stream::Map;
 pub use task::Task;
+pub use transport::Transport;
 
 /// Marks a free function as a pool entry: something a worker process can run.
 ///

@@ -15,7 +15,7 @@ use crate::protocol::{self, DEFAULT_MAX_FRAME};
 use crate::stream::{Map, StreamSource};
 use crate::supervisor::{Core, Deliver, Delivery, Settings, WorkerSpec};
 use crate::task::{OneShot, Task};
-use crate::transport::{self, LaunchConfig};
+use crate::transport::{self, LaunchConfig, Transport};
 use std::ffi::OsString;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -489,6 +489,7 @@ pub struct Builder<F: Entry> {
     on_exit: Option<(&'static str, Result<Vec<u8>, Error>)>,
     cpu_affinity: Vec<usize>,
     forward_stderr: bool,
+    transport: Transport,
     progress: progress::Mode,
     stream_window: Option<usize>,
     _entry: PhantomData<fn() -> F>,
@@ -525,6 +526,7 @@ impl<F: Entry> Builder<F> {
             on_exit: None,
             cpu_affinity: Vec::new(),
             forward_stderr: true,
+            transport: Transport::default(),
             progress: progress::Mode::Off,
             stream_window: None,
             _entry: PhantomData,
@@ -634,6 +636,15 @@ impl<F: Entry> Builder<F> {
     /// With `false`, workers write to this process's stderr directly.
     pub fn forward_stderr(mut self, forward: bool) -> Self {
         self.forward_stderr = forward;
+        self
+    }
+
+    /// Chooses the channel to local workers: shared memory (the default) or pipes. Shared
+    /// memory is faster, and when a worker dies it tells exactly which task was running, so
+    /// only that one fails; over pipes, every task of the dead worker's job that has no
+    /// result yet fails (none runs twice either way, unless `retries` allows it).
+    pub fn transport(mut self, transport: Transport) -> Self {
+        self.transport = transport;
         self
     }
 
@@ -824,6 +835,7 @@ impl<F: Entry> Builder<F> {
         };
         let launch = transport::launcher(
             LaunchConfig {
+                transport: self.transport,
                 pool: name,
                 max_frame: self.max_frame,
                 env: self.env,

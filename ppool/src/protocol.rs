@@ -623,8 +623,51 @@ pub(crate) fn split_results(frame: &[u8], max: usize) -> Option<Vec<Vec<u8>>> {
     Some(frames)
 }
 
+/// Splits the first frame off `bytes`, finished frames one after another: its body and the
+/// rest. `None` when `bytes` do not start with a whole frame.
+pub(crate) fn split_frame(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let header: [u8; 4] = bytes.get(..4)?.try_into().ok()?;
+    let len = u32::from_le_bytes(header) as usize;
+    let body = bytes.get(4..4usize.checked_add(len)?)?;
+    Some((body, &bytes[4 + len..]))
+}
+
+/// Writes a RESULTS header into the first [`RESULTS_HEADER_BODY`] bytes of a body.
+pub(crate) fn write_results_header(
+    head: &mut [u8],
+    job: u64,
+    count: u32,
+    busy_nanos: u64,
+    max_task_nanos: u64,
+    more: bool,
+) {
+    let at = |offset: usize| offset - 4;
+    head[0] = kind::RESULTS;
+    head[1..9].copy_from_slice(&job.to_le_bytes());
+    head[at(RESULTS_COUNT_OFFSET)..at(RESULTS_COUNT_OFFSET) + 4]
+        .copy_from_slice(&count.to_le_bytes());
+    head[at(RESULTS_BUSY_OFFSET)..at(RESULTS_BUSY_OFFSET) + 8]
+        .copy_from_slice(&busy_nanos.to_le_bytes());
+    head[at(RESULTS_MAX_TASK_OFFSET)..at(RESULTS_MAX_TASK_OFFSET) + 8]
+        .copy_from_slice(&max_task_nanos.to_le_bytes());
+    head[at(RESULTS_MORE_OFFSET)] = u8::from(more);
+}
+
+/// A RESULTS body of the one outcome `raw` (its bytes as a RESULTS body holds them).
+pub(crate) fn single_results(job: u64, raw: &[u8]) -> Vec<u8> {
+    let mut body = vec![0; RESULTS_HEADER_BODY];
+    write_results_header(&mut body, job, 1, 0, 0, false);
+    body.extend_from_slice(raw);
+    body
+}
+
+/// Sets the number of outcomes in a RESULTS frame being built.
+pub(crate) fn set_results_count(f: &mut FrameBuf, count: u32) {
+    f.buf[RESULTS_COUNT_OFFSET..RESULTS_COUNT_OFFSET + 4].copy_from_slice(&count.to_le_bytes());
+}
+
 /// Marks a partial RESULTS frame of `count` outcomes as followed by more.
-fn set_more(f: &mut FrameBuf, count: u32) {
+pub(crate) fn set_more(f: &mut FrameBuf, count: u32) {
     f.buf[RESULTS_COUNT_OFFSET..RESULTS_COUNT_OFFSET + 4].copy_from_slice(&count.to_le_bytes());
     f.buf[RESULTS_MORE_OFFSET] = 1;
 }
@@ -651,6 +694,18 @@ impl ResultsMerge {
     /// Outcomes gathered so far.
     pub(crate) fn count(&self) -> u32 {
         self.count
+    }
+
+    /// The body of the outcomes gathered so far, as one RESULTS body of job `job`; the
+    /// merge is empty again after. `None` if nothing was gathered.
+    pub(crate) fn take_partial(&mut self, job: u64) -> Option<Vec<u8>> {
+        if self.body.is_empty() {
+            return None;
+        }
+        let mut body = std::mem::take(&mut self.body);
+        write_results_header(&mut body, job, self.count, 0, 0, false);
+        self.count = 0;
+        Some(body)
     }
 
     /// Whether a partial frame was added.
@@ -724,6 +779,11 @@ impl<'a> Results<'a> {
         Ok(results)
     }
 
+    /// The bytes of its outcomes, at the end of its body.
+    pub(crate) fn outcome_bytes(&self) -> usize {
+        self.body.len()
+    }
+
     /// The outcomes, in task order.
     pub(crate) fn outcomes(&self) -> Outcomes<'a> {
         Outcomes {
@@ -742,7 +802,7 @@ pub(crate) struct Outcomes<'a> {
 
 impl<'a> Outcomes<'a> {
     /// The next outcome's bytes, as they stand in the frame.
-    fn next_raw(&mut self) -> Result<&'a [u8], FrameError> {
+    pub(crate) fn next_raw(&mut self) -> Result<&'a [u8], FrameError> {
         let before = self.fields.rest;
         self.next_outcome()?;
         Ok(&before[..before.len() - self.fields.rest.len()])

@@ -2,10 +2,11 @@
 //! its results in order and deliver them, and, when it fails, apply `recovery`'s plan.
 
 use super::job::{Job, Sent};
-use super::recovery::{self, Failed};
+use super::recovery::{self, Failed, Fate};
 use super::state::{Conn, Phase, Shared, Slot};
 use crate::error::Error;
 use crate::protocol::{self, FrameError, Results, ResultsMerge};
+use crate::transport::Started;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -49,6 +50,9 @@ pub(super) fn run(
     // The parts of a job whose results came in several frames, and the whole once joined.
     let mut merge = ResultsMerge::default();
     let mut merged_body: Vec<u8>;
+    // A write that failed: the worker gets nothing more, and what it answered before is
+    // still read, so that no finished job is taken for unstarted and run again.
+    let mut send_failed: Option<std::io::Error> = None;
     loop {
         // Take what we hold and top up from the queue while the worker has room, then send
         // it all in one write.
@@ -92,7 +96,7 @@ pub(super) fn run(
                 }
                 sent.push_back(Sent { job, id });
             }
-            if top_up && sent.len() < depth {
+            if top_up && sent.len() < depth && send_failed.is_none() {
                 next = take_more(shared, &conn, &sent, sent_bytes, sent_tasks);
             }
         }
@@ -111,7 +115,15 @@ pub(super) fn run(
             }
         };
         if let Err(e) = written {
-            return fail(shared, i, *conn, sent, FrameError::Send(e));
+            // "Nothing reached the worker" speaks of the first job only if it was in this write.
+            let e = if unsent > 0 && e.kind() == std::io::ErrorKind::NotConnected {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, e.to_string())
+            } else {
+                e
+            };
+            // Whatever state it is in, it is done for; its answers are drained below.
+            conn.peer.kill();
+            send_failed = Some(e);
         }
         let Some(head) = sent.front() else { break };
         let (id, count) = (head.id, head.job.count);
@@ -119,12 +131,20 @@ pub(super) fn run(
         if !top_up && !spin.is_zero() {
             // A caller drives this worker and waits: spin for the answer, as it is due soon.
             if let Err(e) = conn.link.wait_readable(spin, None) {
-                return fail(shared, i, *conn, sent, FrameError::Io(e));
+                return fail(shared, i, *conn, sent, &mut merge, FrameError::Io(e));
             }
         }
         let body = match conn.link.recv() {
             Ok(body) => body,
-            Err(e) => return fail(shared, i, *conn, sent, e),
+            Err(e) => {
+                let cause = match (send_failed.take(), e) {
+                    (Some(sent_error), FrameError::Closed | FrameError::Io(_)) => {
+                        FrameError::Send(sent_error)
+                    }
+                    (_, e) => e,
+                };
+                return fail(shared, i, *conn, sent, &mut merge, cause);
+            }
         };
         let results = match Results::parse(body) {
             Ok(r) if r.job == id && fits(merge.count(), &r, count) => r,
@@ -133,9 +153,9 @@ pub(super) fn run(
                     "results for job {} ({} tasks) while job {id} ({count} tasks) was running",
                     r.job, r.count
                 ));
-                return fail(shared, i, *conn, sent, e);
+                return fail(shared, i, *conn, sent, &mut merge, e);
             }
-            Err(e) => return fail(shared, i, *conn, sent, e),
+            Err(e) => return fail(shared, i, *conn, sent, &mut merge, e),
         };
         if results.more {
             // Results larger than one frame: keep this part and read the next.
@@ -148,7 +168,7 @@ pub(super) fn run(
             merged_body = merge.finish(&results);
             match Results::parse(&merged_body) {
                 Ok(r) => r,
-                Err(e) => return fail(shared, i, *conn, sent, e),
+                Err(e) => return fail(shared, i, *conn, sent, &mut merge, e),
             }
         };
         let Some(done) = sent.pop_front() else { break };
@@ -168,9 +188,13 @@ pub(super) fn run(
         done.job.deliver.send(Ok((results, i)));
         conn.link.shrink_buffers();
         conn.tasks_done += u64::from(count);
-        if top_up && sent.len() < pipeline_depth(shared) {
+        if top_up && sent.len() < pipeline_depth(shared) && send_failed.is_none() {
             next = take_more(shared, &conn, &sent, sent_bytes, sent_tasks);
         }
+    }
+    if let Some(e) = send_failed {
+        // Every job it held was answered before it went: the slot still needs a new worker.
+        return fail(shared, i, *conn, sent, &mut merge, FrameError::Send(e));
     }
     recycle_if_due(shared, conn)
 }
@@ -267,18 +291,22 @@ fn recycle_if_due(shared: &Shared, conn: Box<Conn>) -> Slot {
     }
 }
 
-/// Worker `i` failed while it held `sent`: gather the facts, classify the failure, apply the
-/// plan for its jobs, and leave the slot to be refilled by its driver thread, after everyone
-/// has their answer.
-fn fail(shared: &Shared, i: usize, conn: Conn, sent: VecDeque<Sent>, cause: FrameError) -> Slot {
+/// Worker `i` failed while it held `sent`, with the results of the first job's first tasks
+/// in `merge`: gather the facts, classify the failure, apply the plan for its jobs, and leave
+/// the slot to be refilled by its driver thread, after everyone has their answer.
+fn fail(
+    shared: &Shared,
+    i: usize,
+    conn: Conn,
+    mut sent: VecDeque<Sent>,
+    merge: &mut ResultsMerge,
+    cause: FrameError,
+) -> Slot {
     let verdict = shared.watch.unregister(i);
-    let Conn { link, peer, .. } = conn;
+    let Conn { mut link, peer, .. } = conn;
     let pid = peer.pid();
-    // Bytes of the jobs still in the channel, unread by the worker: read before it goes.
-    let unread = link.unread();
     peer.kill();
     let exit = peer.reap();
-    drop(link);
     let closed = shared.state().phase == Phase::Closed;
     let entry = sent
         .front()
@@ -297,15 +325,36 @@ fn fail(shared: &Shared, i: usize, conn: Conn, sent: VecDeque<Sent>, cause: Fram
         tracing::warn!(pool = %shared.spec.pool, worker = i, pid, error = %error, "worker failed");
         shared.set_last_error(error.clone());
     }
-    let sent_bytes: usize = sent.iter().map(|s| s.job.frame.len()).sum();
     shared
         .stats
         .settled(sent.iter().map(|s| u64::from(s.job.count)).sum());
-    let untouched = recovery::untouched(&cause, unread, sent_bytes);
-    let plan = recovery::plan(sent, &error, untouched, closed, shared.settings.retries);
-    if !plan.requeue.is_empty() {
+    let mut requeue = Vec::new();
+    if let Some(head) = sent.pop_front() {
+        let sent_bytes =
+            head.job.frame.len() + sent.iter().map(|s| s.job.frame.len()).sum::<usize>();
+        // Nothing reached the worker: none of the first job's tasks started.
+        let not_connected = matches!(&cause, FrameError::Send(e)
+            if e.kind() == std::io::ErrorKind::NotConnected);
+        let facts = recovery::HeadFacts {
+            count: head.job.count,
+            kept: merge.count(),
+            started: if not_connected {
+                Started::None
+            } else {
+                link.started(head.id, sent_bytes)
+            },
+            attempts: head.job.attempts,
+            bounces: head.job.bounces,
+        };
+        let fate = recovery::fate(facts, &error, closed, shared.settings.retries);
+        apply_fate(head, fate, merge, &error, i, &mut requeue);
+    }
+    drop(link);
+    let plan = recovery::plan_rest(sent, closed);
+    requeue.extend(plan.requeue);
+    if !requeue.is_empty() {
         let mut st = shared.state();
-        for job in plan.requeue.into_iter().rev() {
+        for job in requeue.into_iter().rev() {
             st.queue.push_front(job);
         }
     }
@@ -313,4 +362,104 @@ fn fail(shared: &Shared, i: usize, conn: Conn, sent: VecDeque<Sent>, cause: Fram
         job.deliver.send(Err(error));
     }
     if closed { Slot::Retired } else { Slot::Vacant }
+}
+
+/// Applies the fate of a failed worker's first job: delivers the results that came, ends or
+/// retries the tasks that ran, and puts in `requeue` what runs again.
+fn apply_fate(
+    head: Sent,
+    fate: Fate,
+    merge: &mut ResultsMerge,
+    error: &Error,
+    worker: usize,
+    requeue: &mut Vec<Job>,
+) {
+    let Sent { mut job, id } = head;
+    let (kept, ran, retry) = match fate {
+        Fate::Bounce => {
+            job.bounces += 1;
+            requeue.push(job);
+            return;
+        }
+        Fate::Cut { kept, ran, retry } => (kept, ran, retry),
+    };
+    let count = job.count;
+    if kept == 0 && ran == count {
+        // The whole job ran, or may have: it ends, or runs again, as one.
+        if retry {
+            job.attempts += 1;
+            requeue.push(job);
+        } else {
+            job.deliver.send(Err(error.clone()));
+        }
+        return;
+    }
+    if kept == 0 && ran == 0 {
+        requeue.push(job);
+        return;
+    }
+    // Cut it into its tasks, each with its own delivery.
+    let pieces = match job.split.take() {
+        Some(split) => split(&job.frame),
+        None => Vec::new(),
+    };
+    let partial = merge.take_partial(id);
+    let results = partial
+        .as_deref()
+        .map(protocol::Results::parse)
+        .and_then(Result::ok);
+    let short = kept > 0 && results.as_ref().is_none_or(|r| r.count < kept);
+    if pieces.len() != count as usize || short {
+        // Nothing to cut along: what ran and what did not are one, and nothing may run twice.
+        if retry {
+            job.attempts += 1;
+            requeue.push(job);
+        } else {
+            job.deliver.send(Err(error.clone()));
+        }
+        return;
+    }
+    let Job {
+        deliver,
+        cancelled,
+        cancel_kills,
+        entry,
+        attempts,
+        ..
+    } = job;
+    deliver.disarm();
+    let mut outcomes = results.map(|r| r.outcomes());
+    for (k, (frame, deliver)) in (0u32..).zip(pieces) {
+        if k < kept {
+            let raw = outcomes.as_mut().map(|o| o.next_raw());
+            let body = match raw {
+                Some(Ok(raw)) => protocol::single_results(id, raw),
+                _ => {
+                    deliver.send(Err(error.clone()));
+                    continue;
+                }
+            };
+            match protocol::Results::parse(&body) {
+                Ok(one) => deliver.send(Ok((one, worker))),
+                Err(_) => deliver.send(Err(error.clone())),
+            }
+            continue;
+        }
+        let ran_it = k < ran;
+        if ran_it && !retry {
+            deliver.send(Err(error.clone()));
+            continue;
+        }
+        requeue.push(Job {
+            frame,
+            count: 1,
+            deliver,
+            cancelled: cancelled.clone(),
+            cancel_kills,
+            entry,
+            attempts: attempts + u32::from(ran_it),
+            bounces: 0,
+            split: None,
+        });
+    }
 }

@@ -1,23 +1,26 @@
 //! What to do when a worker fails, as pure functions: [`classify`] says what error the failure
-//! is, and [`plan`] says which of the jobs the worker held run again and which end, and how.
-//! The driver gathers the facts (the watchdog's verdict, the exit status, the bytes still
-//! unread) and applies the plan.
+//! is, and [`fate`] and [`plan_rest`] say what becomes of the jobs the worker held. The driver
+//! gathers the facts (the watchdog's verdict, the exit status, the results that came, how far
+//! the worker got as its link tells) and applies the plan.
 //!
-//! The rules, for the jobs a failed worker held, in the order they were sent:
-//! - the pool is closing: every job ends with `Error::Closed`;
-//! - the worker never took any of them (it died idle, and the jobs are still whole in its
-//!   channel, or nothing reached it): the first is *bounced*, queued again at the front with no
-//!   blame, up to [`MAX_BOUNCES`] times;
-//! - the first job holds several tasks and can be split: which task brought the worker down is
-//!   unknown, so its tasks are queued again one by one, and the culprit will fail alone;
-//! - the worker died (not a timeout, memory limit or protocol error) and the first job has
-//!   retries left: it is queued again, one attempt more;
-//! - otherwise the first job ends with the error;
-//! - the jobs after the first never started: they are queued again, in order, unblamed.
+//! The rule users rely on: with `retries(0)`, a task that has started never starts again.
+//! For the jobs a failed worker held, in the order they were sent:
+//! - the pool is closing: every task without a result ends with `Error::Closed`;
+//! - the worker started none of the first job's tasks (it died idle, or nothing reached it):
+//!   the job is *bounced*, queued again at the front with no blame, up to [`MAX_BOUNCES`]
+//!   times;
+//! - otherwise, of the first job: the results that came are delivered; the tasks that started
+//!   and did not finish (the one that was running; where the link cannot tell which started,
+//!   every task without a result) end with the error, or, if the worker died and the job has
+//!   retries left, run again with one attempt more; the tasks that never started are queued
+//!   again, unblamed;
+//! - the jobs after the first never started (a worker runs its jobs in order, and each job's
+//!   answer goes out before the next starts): they are queued again, in order, unblamed.
 
 use super::job::{Job, Sent};
 use crate::error::{Error, ExitCause};
 use crate::protocol::FrameError;
+use crate::transport::Started;
 use crate::watchdog::Verdict;
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -84,19 +87,68 @@ pub(super) fn classify(
     }
 }
 
-/// Whether the worker took none of the `sent_bytes` sent to it: nothing reached it, or it
-/// died and all of it is still unread in its channel.
-pub(super) fn untouched(cause: &FrameError, unread: Option<u64>, sent_bytes: usize) -> bool {
-    match cause {
-        FrameError::Send(e) if e.kind() == std::io::ErrorKind::NotConnected => true,
-        FrameError::Closed | FrameError::Io(_) | FrameError::Send(_) => {
-            unread.is_some_and(|n| n >= sent_bytes as u64)
-        }
-        FrameError::TooLarge { .. } | FrameError::Malformed(_) => false,
-    }
+/// What the link told of the first job a failed worker held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct HeadFacts {
+    /// Its tasks.
+    pub(super) count: u32,
+    /// Results that came for it (its first tasks, in order).
+    pub(super) kept: u32,
+    /// How far the worker got into it.
+    pub(super) started: Started,
+    pub(super) attempts: u32,
+    pub(super) bounces: u32,
 }
 
-/// What becomes of the jobs a failed worker held.
+/// What becomes of the first job a failed worker held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fate {
+    /// Queued again whole, at the front, one bounce more.
+    Bounce,
+    /// Cut: tasks `..kept` are delivered their results; tasks `kept..ran` started without
+    /// finishing and end with the error, or run again with one attempt more if `retry`; tasks
+    /// `ran..` never started and are queued again.
+    Cut { kept: u32, ran: u32, retry: bool },
+}
+
+/// The fate of the first job (see the module docs).
+pub(super) fn fate(head: HeadFacts, error: &Error, closed: bool, retries: u32) -> Fate {
+    let HeadFacts {
+        count,
+        started,
+        attempts,
+        bounces,
+        ..
+    } = head;
+    let kept = head.kept.min(count);
+    if closed {
+        return Fate::Cut {
+            kept,
+            ran: count,
+            retry: false,
+        };
+    }
+    let ran = match started {
+        Started::None => kept,
+        Started::Upto(n) => n.clamp(kept, count),
+        Started::Unknown => count,
+    };
+    if kept == 0 && ran == 0 {
+        if bounces < MAX_BOUNCES {
+            return Fate::Bounce;
+        }
+        // It keeps finding its worker dead: it fails, lest it go round for ever.
+        return Fate::Cut {
+            kept: 0,
+            ran: count,
+            retry: false,
+        };
+    }
+    let retry = matches!(error, Error::WorkerDied { .. }) && attempts < retries;
+    Fate::Cut { kept, ran, retry }
+}
+
+/// What becomes of the jobs a failed worker held, apart from the first one's tasks.
 #[derive(Debug, Default)]
 pub(super) struct Plan {
     /// To queue again at the front, in this order.
@@ -105,58 +157,13 @@ pub(super) struct Plan {
     pub(super) settle: Vec<(Job, Error)>,
 }
 
-/// The plan for the jobs `sent` to a worker that failed with `error` (see the module docs).
-pub(super) fn plan(
-    mut sent: VecDeque<Sent>,
-    error: &Error,
-    untouched: bool,
-    closed: bool,
-    retries: u32,
-) -> Plan {
+/// The plan for the jobs sent after the first one: they never started.
+pub(super) fn plan_rest(rest: VecDeque<Sent>, closed: bool) -> Plan {
     let mut plan = Plan::default();
     if closed {
-        plan.settle = sent.into_iter().map(|s| (s.job, Error::Closed)).collect();
-        return plan;
+        plan.settle = rest.into_iter().map(|s| (s.job, Error::Closed)).collect();
+    } else {
+        plan.requeue = rest.into_iter().map(|s| s.job).collect();
     }
-    if let Some(head) = sent.pop_front() {
-        let mut job = head.job;
-        if untouched && job.bounces < MAX_BOUNCES {
-            job.bounces += 1;
-            plan.requeue.push(job);
-        } else if job.count > 1 && job.split.is_some() {
-            match job.split.take().map(|split| split(&job.frame)) {
-                Some(pieces) if pieces.len() == job.count as usize => {
-                    let Job {
-                        deliver,
-                        cancelled,
-                        cancel_kills,
-                        entry,
-                        attempts,
-                        ..
-                    } = job;
-                    deliver.disarm();
-                    plan.requeue
-                        .extend(pieces.into_iter().map(|(frame, deliver)| Job {
-                            frame,
-                            count: 1,
-                            deliver,
-                            cancelled: cancelled.clone(),
-                            cancel_kills,
-                            entry,
-                            attempts,
-                            bounces: 0,
-                            split: None,
-                        }));
-                }
-                _ => plan.settle.push((job, error.clone())),
-            }
-        } else if matches!(error, Error::WorkerDied { .. }) && job.attempts < retries {
-            job.attempts += 1;
-            plan.requeue.push(job);
-        } else {
-            plan.settle.push((job, error.clone()));
-        }
-    }
-    plan.requeue.extend(sent.into_iter().map(|s| s.job));
     plan
 }

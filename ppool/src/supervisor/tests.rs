@@ -2,20 +2,23 @@
 //! workers: no process is started. A fake worker answers the greeting, and answers each task
 //! by what its arguments say: `ok`, `panic`, `crash` (dies while running it), `hang` (runs
 //! until killed), `grow` (hangs with a resident memory above any limit) or `garbage` (answers
-//! with a malformed frame). A test can also kill a worker while it is idle.
+//! with a malformed frame). A test can also kill a worker while it is idle. Like a worker on
+//! shared memory, a fake one publishes each task's start and outcome as it goes, so that
+//! when it dies mid-job the supervisor sees which tasks finished and which one was running.
+//! The script counts how often each task ran.
 //!
-//! The pure plan is tested on its own at the end.
+//! The pure rules are tested on their own at the end.
 
 use super::job::{Deliver, Job, Sent, Split};
-use super::recovery::{self, Failed, MAX_BOUNCES};
+use super::recovery::{self, Failed, Fate, HeadFacts, MAX_BOUNCES};
 use super::{Core, Settings, WorkerSpec};
 use crate::entry;
 use crate::error::{Error, ExitCause};
 use crate::protocol::{self, FrameBuf, FrameError, Hello, Outcome, Ready, Results, Tasks, kind};
 use crate::sync::lock;
-use crate::transport::{Launch, Link, Peer, Worker};
+use crate::transport::{Launch, Link, Peer, Started, Worker};
 use crate::watchdog::Verdict;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -31,6 +34,8 @@ struct Script {
     started: AtomicUsize,
     /// The peers, by start order.
     peers: Mutex<Vec<Arc<FakePeer>>>,
+    /// How many times each task started, by its arguments.
+    runs: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 #[derive(Debug)]
@@ -50,7 +55,8 @@ impl Launch for FakeLaunch {
         let mut link = FakeLink {
             peer: Arc::clone(&peer),
             answers: VecDeque::new(),
-            unread: 0,
+            progress: (u64::MAX, 0),
+            runs: Arc::clone(&self.0.runs),
             body: Vec::new(),
         };
         link.send(&[greeting])
@@ -121,8 +127,9 @@ impl Peer for FakePeer {
 struct FakeLink {
     peer: Arc<FakePeer>,
     answers: VecDeque<Vec<u8>>,
-    /// Bytes sent that the dead worker never read.
-    unread: u64,
+    /// The job it runs and how many of its tasks started, as published.
+    progress: (u64, u32),
+    runs: Arc<Mutex<HashMap<String, u32>>>,
     body: Vec<u8>,
 }
 
@@ -142,14 +149,22 @@ impl FakeLink {
             kind::TASKS => {
                 let mut tasks = Tasks::parse(body).map_err(|e| io::Error::other(e.to_string()))?;
                 protocol::start_results(&mut out, tasks.job, tasks.count);
-                for _ in 0..tasks.count {
+                for k in 0..tasks.count {
                     let args = tasks
                         .next_args()
                         .map_err(|e| io::Error::other(e.to_string()))?;
+                    self.progress = (tasks.job, k + 1);
+                    *lock(&self.runs)
+                        .entry(String::from_utf8_lossy(args).into_owned())
+                        .or_default() += 1;
                     match args {
                         b"panic" => Outcome::write_panicked(&mut out, "boom", "here:1:1"),
                         b"crash" => {
-                            // Dies running this task: the chunk's answer is never sent.
+                            // Dies running this task: what finished before it was published.
+                            if k > 0 {
+                                protocol::set_more(&mut out, k);
+                                self.answers.push_back(out.finish()[4..].to_vec());
+                            }
                             self.peer.die(ExitCause::Signal(6));
                             return Ok(());
                         }
@@ -195,8 +210,7 @@ impl Link for FakeLink {
                 let (body, next) = rest[4..].split_at(len);
                 rest = next;
                 if self.peer.idle_death.load(Ordering::SeqCst) || self.peer.is_dead() {
-                    // Written into the channel of a dead worker: still there, unread.
-                    self.unread += (len + 4) as u64;
+                    // Written into the channel of a dead worker: never read.
                     continue;
                 }
                 self.answer(body)?;
@@ -226,8 +240,11 @@ impl Link for FakeLink {
         1 << 20
     }
 
-    fn unread(&self) -> Option<u64> {
-        Some(self.unread)
+    fn started(&mut self, job: u64, _sent_bytes: usize) -> Started {
+        match self.progress {
+            (j, n) if j == job => Started::Upto(n),
+            _ => Started::None,
+        }
     }
 
     fn shrink_buffers(&mut self) {}
@@ -340,7 +357,7 @@ fn a_panic_fails_its_task_alone_and_the_worker_serves_on() {
 }
 
 #[test]
-fn a_crash_mid_chunk_runs_the_chunk_task_by_task_and_only_the_culprit_fails() {
+fn a_crash_mid_chunk_fails_the_culprit_alone_keeps_what_finished_and_runs_the_rest_once() {
     let (core, script) = core(settings(1));
     let (tx, rx) = mpsc::channel();
     core.submit(job(&["a", "crash", "b"], &tx));
@@ -350,6 +367,7 @@ fn a_crash_mid_chunk_runs_the_chunk_task_by_task_and_only_the_culprit_fails() {
         .map(|(names, got)| (names[0].as_str(), got.is_ok()))
         .collect();
     assert_eq!(by_name, [("a", true), ("b", true), ("crash", false)]);
+    assert_eq!(got[0].1.as_ref().ok(), Some(&vec!["a".to_string()]));
     let culprit = &got[2].1;
     assert!(
         matches!(
@@ -361,11 +379,29 @@ fn a_crash_mid_chunk_runs_the_chunk_task_by_task_and_only_the_culprit_fails() {
         ),
         "{culprit:?}"
     );
+    let runs = lock(&script.runs).clone();
+    let once: HashMap<String, u32> = ["a", "crash", "b"].map(|t| (t.to_string(), 1)).into();
+    assert_eq!(runs, once, "no task ran twice");
     assert_eq!(
         script.started.load(Ordering::SeqCst),
-        3,
-        "the first worker died with the chunk, the second with the culprit"
+        2,
+        "the first worker died with the culprit; the second ran what never started"
     );
+}
+
+#[test]
+fn with_retries_only_the_task_that_was_running_runs_again() {
+    let mut s = settings(1);
+    s.retries = 1;
+    let (core, script) = core(s);
+    let (tx, rx) = mpsc::channel();
+    core.submit(job(&["a", "crash", "b"], &tx));
+    let got = collect(&rx, 3);
+    assert!(matches!(got[2].1, Err(Error::WorkerDied { .. })), "{got:?}");
+    let runs = lock(&script.runs).clone();
+    assert_eq!(runs.get("a"), Some(&1));
+    assert_eq!(runs.get("b"), Some(&1));
+    assert_eq!(runs.get("crash"), Some(&2), "the culprit ran again, once");
 }
 
 #[test]
@@ -490,72 +526,133 @@ fn died() -> Error {
     }
 }
 
+fn facts(count: u32, kept: u32, started: Started) -> HeadFacts {
+    HeadFacts {
+        count,
+        kept,
+        started,
+        attempts: 0,
+        bounces: 0,
+    }
+}
+
 #[test]
-fn plan_when_closing_ends_every_job_with_closed() {
+fn when_closing_the_jobs_after_the_first_end_with_closed_and_the_first_keeps_its_results() {
     let (tx, _rx) = mpsc::channel();
-    let plan = recovery::plan(sent(&[&["a"], &["b"]], &tx), &died(), false, true, 5);
+    let plan = recovery::plan_rest(sent(&[&["a"], &["b"]], &tx), true);
     assert!(plan.requeue.is_empty());
     assert_eq!(plan.settle.len(), 2);
     assert!(plan.settle.iter().all(|(_, e)| matches!(e, Error::Closed)));
-}
-
-#[test]
-fn plan_bounces_untouched_jobs_a_bounded_number_of_times() {
-    let (tx, _rx) = mpsc::channel();
-    let plan = recovery::plan(sent(&[&["a"], &["b"]], &tx), &died(), true, false, 0);
-    assert_eq!(plan.requeue.len(), 2);
-    assert_eq!(plan.requeue[0].bounces, 1);
-    assert_eq!(plan.requeue[0].attempts, 0, "a bounce is no retry");
-    let mut tired = sent(&[&["a"]], &tx);
-    if let Some(s) = tired.front_mut() {
-        s.job.bounces = MAX_BOUNCES;
-    }
-    let plan = recovery::plan(tired, &died(), true, false, 0);
-    assert!(plan.requeue.is_empty());
-    assert_eq!(plan.settle.len(), 1);
-}
-
-#[test]
-fn plan_splits_a_chunk_and_requeues_what_never_started() {
-    let (tx, _rx) = mpsc::channel();
-    let plan = recovery::plan(
-        sent(&[&["a", "b", "c"], &["d"]], &tx),
-        &died(),
-        false,
-        false,
-        0,
-    );
-    let counts: Vec<u32> = plan.requeue.iter().map(|j| j.count).collect();
+    let fate = recovery::fate(facts(4, 2, Started::Upto(3)), &Error::Closed, true, 5);
     assert_eq!(
-        counts,
-        [1, 1, 1, 1],
-        "three pieces, then the job that never started"
+        fate,
+        Fate::Cut {
+            kept: 2,
+            ran: 4,
+            retry: false
+        }
     );
-    assert!(plan.settle.is_empty());
 }
 
 #[test]
-fn plan_retries_only_worker_deaths_and_only_within_the_budget() {
-    let (tx, _rx) = mpsc::channel();
-    let plan = recovery::plan(sent(&[&["a"]], &tx), &died(), false, false, 1);
-    assert_eq!(plan.requeue.len(), 1);
-    assert_eq!(plan.requeue[0].attempts, 1);
-    let mut used = sent(&[&["a"]], &tx);
-    if let Some(s) = used.front_mut() {
-        s.job.attempts = 1;
+fn a_job_none_of_whose_tasks_started_bounces_a_bounded_number_of_times() {
+    for started in [Started::None, Started::Upto(0)] {
+        let f = facts(3, 0, started);
+        assert_eq!(recovery::fate(f, &died(), false, 0), Fate::Bounce);
+        let tired = HeadFacts {
+            bounces: MAX_BOUNCES,
+            ..f
+        };
+        assert_eq!(
+            recovery::fate(tired, &died(), false, 0),
+            Fate::Cut {
+                kept: 0,
+                ran: 3,
+                retry: false
+            }
+        );
     }
+}
+
+#[test]
+fn only_the_task_that_was_running_fails_and_what_never_started_runs_again() {
     assert_eq!(
-        recovery::plan(used, &died(), false, false, 1).settle.len(),
-        1
+        recovery::fate(facts(10, 4, Started::Upto(5)), &died(), false, 0),
+        Fate::Cut {
+            kept: 4,
+            ran: 5,
+            retry: false
+        }
     );
+    // Died between tasks: nothing fails, the rest runs elsewhere.
+    assert_eq!(
+        recovery::fate(facts(10, 4, Started::Upto(4)), &died(), false, 0),
+        Fate::Cut {
+            kept: 4,
+            ran: 4,
+            retry: false
+        }
+    );
+    // A link that cannot tell: every task without a result may have started.
+    assert_eq!(
+        recovery::fate(facts(10, 4, Started::Unknown), &died(), false, 0),
+        Fate::Cut {
+            kept: 4,
+            ran: 10,
+            retry: false
+        }
+    );
+    // A progress word beyond the job, or behind its results, is clamped.
+    assert_eq!(
+        recovery::fate(facts(10, 4, Started::Upto(99)), &died(), false, 0),
+        Fate::Cut {
+            kept: 4,
+            ran: 10,
+            retry: false
+        }
+    );
+    assert_eq!(
+        recovery::fate(facts(10, 4, Started::Upto(1)), &died(), false, 0),
+        Fate::Cut {
+            kept: 4,
+            ran: 4,
+            retry: false
+        }
+    );
+}
+
+#[test]
+fn retries_cover_only_worker_deaths_and_only_within_the_budget() {
+    let f = facts(1, 0, Started::Upto(1));
+    assert!(matches!(
+        recovery::fate(f, &died(), false, 1),
+        Fate::Cut { retry: true, .. }
+    ));
+    let used = HeadFacts { attempts: 1, ..f };
+    assert!(matches!(
+        recovery::fate(used, &died(), false, 1),
+        Fate::Cut { retry: false, .. }
+    ));
     let timeout = Error::Timeout {
         entry: "e".into(),
         worker: 0,
         pid: 1,
         timeout: SECOND,
     };
-    let plan = recovery::plan(sent(&[&["a"]], &tx), &timeout, false, false, 5);
-    assert_eq!(plan.settle.len(), 1, "a timeout is not retried");
+    assert!(matches!(
+        recovery::fate(f, &timeout, false, 5),
+        Fate::Cut { retry: false, .. }
+    ));
+}
+
+#[test]
+fn the_jobs_after_the_first_never_started_and_are_queued_again_unblamed() {
+    let (tx, _rx) = mpsc::channel();
+    let plan = recovery::plan_rest(sent(&[&["b"], &["c", "d"]], &tx), false);
+    let counts: Vec<u32> = plan.requeue.iter().map(|j| j.count).collect();
+    assert_eq!(counts, [1, 2]);
+    assert!(plan.requeue.iter().all(|j| j.attempts == 0));
+    assert!(plan.settle.is_empty());
 }
 
 #[test]
@@ -599,17 +696,6 @@ fn classify_puts_the_watchdog_first_and_the_channel_second() {
         c(Some(Verdict::Timeout), &bad, true),
         Error::Closed
     ));
-}
-
-#[test]
-fn untouched_means_nothing_reached_the_worker_or_all_of_it_is_unread() {
-    let not_connected = FrameError::Send(io::ErrorKind::NotConnected.into());
-    assert!(recovery::untouched(&not_connected, None, 100));
-    assert!(recovery::untouched(&FrameError::Closed, Some(100), 100));
-    assert!(!recovery::untouched(&FrameError::Closed, Some(99), 100));
-    assert!(!recovery::untouched(&FrameError::Closed, None, 100));
-    let bad = FrameError::Malformed("x".into());
-    assert!(!recovery::untouched(&bad, Some(100), 100));
 }
 
 #[test]

@@ -2,9 +2,10 @@
 //! drives it, so tasks can be stepped through in a debugger and their panics show up in place.
 //! The supervisor speaks to it exactly as to a worker process: greeting, tasks, exit.
 
-use super::{Launch, Link, Peer, Worker};
+use super::{Launch, Link, Peer, Started, Worker};
 use crate::error::{Error, ExitCause};
 use crate::protocol::FrameError;
+use crate::worker::exec::KeepAll;
 use crate::worker::{AnswerFrames, Session, Step};
 use std::collections::VecDeque;
 use std::io;
@@ -66,7 +67,10 @@ impl Link for InProcessLink {
             while !rest.is_empty() {
                 let (body, next) = split_frame(rest)?;
                 rest = next;
-                let step = self.session.handle(body).map_err(io::Error::other)?;
+                let step = self
+                    .session
+                    .handle(body, &mut KeepAll)
+                    .map_err(io::Error::other)?;
                 let answer = match step {
                     Step::Answer { .. } | Step::Exit { answer: true } => true,
                     Step::Quiet | Step::Exit { answer: false } => false,
@@ -97,8 +101,9 @@ impl Link for InProcessLink {
         usize::MAX
     }
 
-    fn unread(&self) -> Option<u64> {
-        Some(0)
+    /// Never asked: an in-process worker does not die apart from its supervisor.
+    fn started(&mut self, _job: u64, _sent_bytes: usize) -> Started {
+        Started::Unknown
     }
 
     fn shrink_buffers(&mut self) {
@@ -109,15 +114,7 @@ impl Link for InProcessLink {
 
 /// Splits the first frame off `bytes`: its body and the rest.
 fn split_frame(bytes: &[u8]) -> io::Result<(&[u8], &[u8])> {
-    let header: [u8; 4] = bytes
-        .get(..4)
-        .and_then(|h| h.try_into().ok())
-        .ok_or_else(|| io::Error::other("a short frame"))?;
-    let len = u32::from_le_bytes(header) as usize;
-    let body = bytes
-        .get(4..4 + len)
-        .ok_or_else(|| io::Error::other("a truncated frame"))?;
-    Ok((body, &bytes[4 + len..]))
+    crate::protocol::split_frame(bytes).ok_or_else(|| io::Error::other("a short frame"))
 }
 
 /// This process, standing in for the worker: it is never killed or reaped.

@@ -8,14 +8,18 @@
 //!   answer through the link, whatever the kind.
 //!
 //! The kinds:
-//! - `pipe`: this very binary, started again as a local worker with two private pipes
-//!   (the default);
+//! - `shm`: this very binary, started again as a local worker (`process`) that shares a
+//!   memory region with the supervisor: rings for jobs and results, and a progress word (the
+//!   default on Linux);
+//! - `pipe`: the same local worker with two private pipes instead (for comparison, and where
+//!   memfd is missing);
 //! - `in_process`: debug mode, the same protocol served in this process, on the thread that
 //!   drives it.
 
 mod in_process;
 mod pipe;
 mod poll;
+mod process;
 mod shm;
 mod sigpipe;
 mod stderr;
@@ -49,11 +53,25 @@ pub(crate) trait Link: Send + Debug {
     /// blocking the other for good.
     fn budget(&self) -> usize;
 
-    /// Bytes sent that the worker has not taken yet, where the transport can tell.
-    fn unread(&self) -> Option<u64>;
+    /// How far the worker, now dead, got into `job`, the oldest job it held, of which
+    /// `sent_bytes` (its frame and those sent after it) went out. Read before the link is
+    /// dropped, after every frame it still held was received.
+    fn started(&mut self, job: u64, sent_bytes: usize) -> Started;
 
     /// Gives back the memory of buffers that one big frame grew.
     fn shrink_buffers(&mut self);
+}
+
+/// How far a dead worker got into the oldest job it held, as its link tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Started {
+    /// No task of it started.
+    None,
+    /// Its tasks `0..n` started (those whose results came finished; the others did not);
+    /// the rest never did.
+    Upto(u32),
+    /// The link cannot tell: every task without a result may have started.
+    Unknown,
 }
 
 /// The process behind a link.
@@ -87,9 +105,38 @@ pub(crate) struct Worker {
     pub(crate) peer: Arc<dyn Peer>,
 }
 
+/// The channel between the supervisor and a local worker process.
+///
+/// ```
+/// # use ppool::{ProcessPool, Transport, pool_entry};
+/// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+/// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+/// let pool = ProcessPool::<square>::builder()
+///     .n_jobs(1)
+///     .transport(Transport::Pipes)
+///     .build()?;
+/// assert_eq!(pool.call(3)?, 9);
+/// # Ok(()) } }
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Transport {
+    /// A shared-memory region per worker (a `memfd`): a ring for jobs, a ring for results
+    /// and a progress word. Round trips without system calls, large payloads at memory
+    /// speed, and, when a worker dies, an exact account of which tasks finished, which one
+    /// was running and which never started. The default.
+    #[default]
+    SharedMemory,
+    /// Two pipes per worker. A dead worker's tasks that may have started cannot be told
+    /// from those that did not, so all of them fail (or run again under `retries`).
+    Pipes,
+}
+
 /// How local worker processes are started (not what they are told: that is the greeting).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct LaunchConfig {
+    /// The channel to them.
+    pub(crate) transport: Transport,
     /// The pool's name, to tag the workers' stderr.
     pub(crate) pool: String,
     /// The largest frame either side may send.
@@ -107,6 +154,9 @@ pub(crate) fn launcher(config: LaunchConfig, debug: bool) -> Box<dyn Launch> {
     if debug {
         Box::new(in_process::InProcess::new(config.max_frame))
     } else {
-        Box::new(pipe::Pipes::new(config))
+        match config.transport {
+            Transport::SharedMemory => Box::new(shm::SharedMemory::new(config)),
+            Transport::Pipes => Box::new(pipe::Pipes::new(config)),
+        }
     }
 }

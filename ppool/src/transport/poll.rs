@@ -67,6 +67,24 @@ impl Pidfd {
         }
     }
 
+    /// Whether the process has ended, without waiting and without reaping it.
+    pub(crate) fn has_exited(&self) -> bool {
+        if self.fd.is_some() {
+            return self.wait_exit(Duration::ZERO);
+        }
+        let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) else {
+            return true;
+        };
+        let options = rustix::process::WaitIdOptions::EXITED
+            | rustix::process::WaitIdOptions::NOHANG
+            | rustix::process::WaitIdOptions::NOWAIT;
+        match rustix::process::waitid(rustix::process::WaitId::Pid(pid), options) {
+            Ok(status) => status.is_some(),
+            // Reaped already, or not our child: it is gone as far as we can tell.
+            Err(_) => true,
+        }
+    }
+
     fn borrow(&self) -> Option<BorrowedFd<'_>> {
         self.fd.as_ref().map(|f| f.as_fd())
     }

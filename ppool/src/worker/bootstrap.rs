@@ -2,6 +2,8 @@
 //! named in one environment variable, and the guard thread that ends it when nobody greets
 //! it or when its supervisor goes away.
 
+use crate::shm::Region;
+use rustix::fs::FileType;
 use std::ffi::OsString;
 use std::io::{PipeReader, PipeWriter};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -20,24 +22,49 @@ const PARENT_POLL: Duration = Duration::from_millis(100);
 /// Exit code of a worker started by hand or that could not talk to its supervisor.
 pub(crate) const EXIT_NO_CHANNEL: i32 = 2;
 
-/// A worker's channel as it travels from a pool to the worker it starts: `<read fd>,<write
-/// fd>,<max frame>` in [`CHANNEL_ENV`].
+/// A worker's channel as it travels from a pool to the worker it starts, in [`CHANNEL_ENV`]:
+/// two pipes as `<read fd>,<write fd>,<max frame>`, or a shared-memory region as
+/// `shm:<memfd>,<max frame>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ChannelDesc {
-    pub(crate) read_fd: RawFd,
-    pub(crate) write_fd: RawFd,
-    pub(crate) max_frame: usize,
+pub(crate) enum ChannelDesc {
+    Pipes {
+        read_fd: RawFd,
+        write_fd: RawFd,
+        max_frame: usize,
+    },
+    Shm {
+        fd: RawFd,
+        max_frame: usize,
+    },
+}
+
+/// A channel as the worker opened it.
+#[derive(Debug)]
+pub(crate) enum Opened {
+    Pipes(PipeReader, PipeWriter),
+    Shm(Region),
 }
 
 impl ChannelDesc {
     /// The environment variable to set for the worker.
     pub(crate) fn to_env(self) -> (&'static str, OsString) {
-        let value = format!("{},{},{}", self.read_fd, self.write_fd, self.max_frame);
+        let value = match self {
+            ChannelDesc::Pipes {
+                read_fd,
+                write_fd,
+                max_frame,
+            } => format!("{read_fd},{write_fd},{max_frame}"),
+            ChannelDesc::Shm { fd, max_frame } => format!("shm:{fd},{max_frame}"),
+        };
         (CHANNEL_ENV, value.into())
     }
 
     /// Parses the variable's value.
     pub(crate) fn parse(value: &str) -> Result<Self, String> {
+        let (shm, value) = match value.strip_prefix("shm:") {
+            Some(rest) => (true, rest),
+            None => (false, value),
+        };
         let mut parts = value.split(',');
         let mut next = |what: &str| -> Result<u64, String> {
             parts
@@ -45,49 +72,84 @@ impl ChannelDesc {
                 .and_then(|p| p.parse().ok())
                 .ok_or_else(|| format!("{CHANNEL_ENV} has no valid {what}"))
         };
-        let read_fd = RawFd::try_from(next("read descriptor")?)
-            .map_err(|_| format!("{CHANNEL_ENV} has no valid read descriptor"))?;
-        let write_fd = RawFd::try_from(next("write descriptor")?)
-            .map_err(|_| format!("{CHANNEL_ENV} has no valid write descriptor"))?;
-        let max_frame = usize::try_from(next("frame limit")?)
-            .map_err(|_| format!("{CHANNEL_ENV} has no valid frame limit"))?;
-        Ok(ChannelDesc {
-            read_fd,
-            write_fd,
-            max_frame,
-        })
+        let fd = |what: &str, n: u64| {
+            RawFd::try_from(n).map_err(|_| format!("{CHANNEL_ENV} has no valid {what}"))
+        };
+        let desc = if shm {
+            let memfd = fd("memfd", next("memfd")?)?;
+            ChannelDesc::Shm {
+                fd: memfd,
+                max_frame: frame_limit(next("frame limit")?)?,
+            }
+        } else {
+            let read_fd = fd("read descriptor", next("read descriptor")?)?;
+            let write_fd = fd("write descriptor", next("write descriptor")?)?;
+            ChannelDesc::Pipes {
+                read_fd,
+                write_fd,
+                max_frame: frame_limit(next("frame limit")?)?,
+            }
+        };
+        if parts.next().is_some() {
+            return Err(format!("{CHANNEL_ENV} has more fields than a channel has"));
+        }
+        Ok(desc)
+    }
+
+    /// The largest frame either side may send.
+    pub(crate) fn max_frame(&self) -> usize {
+        match *self {
+            ChannelDesc::Pipes { max_frame, .. } | ChannelDesc::Shm { max_frame, .. } => max_frame,
+        }
     }
 
     /// Reads the channel this process was started with, and removes the variable, so that
-    /// programs an entry starts do not take themselves for workers. Both descriptors must be
-    /// open pipes: argv alone does not make a worker.
-    pub(crate) fn from_env() -> Result<(PipeReader, PipeWriter, usize), String> {
+    /// programs an entry starts do not take themselves for workers. The descriptors must be
+    /// open pipes, or a sealed shared-memory region of the right layout: argv alone does not
+    /// make a worker.
+    pub(crate) fn from_env() -> Result<(Opened, usize), String> {
         let value = std::env::var(CHANNEL_ENV).map_err(|_| format!("{CHANNEL_ENV} is not set"))?;
         // SAFETY: this runs first thing in `main` (or in the worker test of a test binary),
         // before this process starts any thread that could read the environment meanwhile.
         unsafe { std::env::remove_var(CHANNEL_ENV) };
         let desc = Self::parse(&value)?;
-        let input = owned_pipe(desc.read_fd)?;
-        let output = owned_pipe(desc.write_fd)?;
-        let _ = CHANNEL_FDS.set((desc.read_fd, desc.write_fd));
-        Ok((
-            PipeReader::from(input),
-            PipeWriter::from(output),
-            desc.max_frame,
-        ))
+        let opened = match desc {
+            ChannelDesc::Pipes {
+                read_fd, write_fd, ..
+            } => {
+                let input = owned(read_fd, FileType::Fifo)?;
+                let output = owned(write_fd, FileType::Fifo)?;
+                let _ = CHANNEL_FDS.set((read_fd, write_fd));
+                Opened::Pipes(PipeReader::from(input), PipeWriter::from(output))
+            }
+            ChannelDesc::Shm { fd, .. } => {
+                let memfd = owned(fd, FileType::RegularFile)?;
+                let region = Region::from_fd(memfd).map_err(|e| format!("descriptor {fd}: {e}"))?;
+                let _ = CHANNEL_FDS.set((fd, fd));
+                Opened::Shm(region)
+            }
+        };
+        Ok((opened, desc.max_frame()))
     }
 }
 
-/// The descriptors of this worker's channel, for tests that corrupt it on purpose.
+fn frame_limit(n: u64) -> Result<usize, String> {
+    usize::try_from(n).map_err(|_| format!("{CHANNEL_ENV} has no valid frame limit"))
+}
+
+/// The descriptors of this worker's channel, for tests that corrupt it on purpose: the read
+/// and write pipes, or the shared-memory region twice.
 static CHANNEL_FDS: OnceLock<(RawFd, RawFd)> = OnceLock::new();
 
-/// The read and write descriptors of this worker's channel, when this process is a worker.
+/// The read and write descriptors of this worker's channel, when this process is a worker
+/// (for a shared-memory channel, its memfd twice; the descriptor is closed once mapped).
 #[doc(hidden)]
 pub fn channel_fds() -> Option<(RawFd, RawFd)> {
     CHANNEL_FDS.get().copied()
 }
 
-fn owned_pipe(fd: RawFd) -> Result<OwnedFd, String> {
+/// Takes ownership of inherited descriptor `fd`, which must be open and of type `kind`.
+fn owned(fd: RawFd, kind: FileType) -> Result<OwnedFd, String> {
     if fd < 3 {
         return Err(format!(
             "descriptor {fd} is a standard stream, not a channel"
@@ -97,8 +159,13 @@ fn owned_pipe(fd: RawFd) -> Result<OwnedFd, String> {
     let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     let stat =
         rustix::fs::fstat(borrowed).map_err(|e| format!("descriptor {fd} is not open: {e}"))?;
-    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Fifo {
-        return Err(format!("descriptor {fd} is not a pipe"));
+    if FileType::from_raw_mode(stat.st_mode) != kind {
+        let what = if kind == FileType::Fifo {
+            "a pipe"
+        } else {
+            "a shared-memory file"
+        };
+        return Err(format!("descriptor {fd} is not {what}"));
     }
     // Processes this worker starts must not inherit its channel: a copy would keep it open
     // after the worker died, and hide the death from the pool.
@@ -149,14 +216,21 @@ mod tests {
 
     #[test]
     fn a_channel_description_round_trips_and_refuses_garbage() {
-        let desc = ChannelDesc {
-            read_fd: 7,
-            write_fd: 9,
-            max_frame: 1 << 30,
-        };
-        let (key, value) = desc.to_env();
-        assert_eq!(key, CHANNEL_ENV);
-        assert_eq!(ChannelDesc::parse(value.to_str().unwrap_or("")), Ok(desc));
+        for desc in [
+            ChannelDesc::Pipes {
+                read_fd: 7,
+                write_fd: 9,
+                max_frame: 1 << 30,
+            },
+            ChannelDesc::Shm {
+                fd: 5,
+                max_frame: 1 << 20,
+            },
+        ] {
+            let (key, value) = desc.to_env();
+            assert_eq!(key, CHANNEL_ENV);
+            assert_eq!(ChannelDesc::parse(value.to_str().unwrap_or("")), Ok(desc));
+        }
         for bad in [
             "",
             "7",
@@ -165,6 +239,12 @@ mod tests {
             "-1,9,1",
             "7,9,-1",
             "99999999999,9,1",
+            "7,9,1,2",
+            "shm:",
+            "shm:5",
+            "shm:5,x",
+            "shm:-5,1",
+            "shm:5,1,2",
         ] {
             assert!(ChannelDesc::parse(bad).is_err(), "{bad:?}");
         }

@@ -108,23 +108,84 @@ fn catch_task<R>(f: impl FnOnce() -> R) -> Result<R, (String, String)> {
     })
 }
 
-/// Runs the tasks of a TASKS body and builds the RESULTS frame in `out`.
+/// What becomes of a finished task's outcome, as a [`Publish`] decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Published {
+    /// It stays in the RESULTS frame being built.
+    Kept,
+    /// It went out on its own: take it out of the frame.
+    Taken,
+    /// The frame so far, this outcome included, went out as a partial RESULTS frame: start
+    /// the next one.
+    Flushed,
+}
+
+/// How a worker's channel hears of each task of a job as it starts and ends, so that should
+/// the worker die, the supervisor can tell which tasks finished (their results are kept),
+/// which one was running (it fails) and which never started (they run elsewhere).
+pub(crate) trait Publish {
+    /// Task `index` of `job` starts.
+    fn started(&mut self, job: u64, index: u32);
+
+    /// Task `index` of `job` finished; `out` holds the RESULTS frame being built, with this
+    /// task's outcome at `out[at..]` and `in_frame` outcomes in all (this one included).
+    fn finished(
+        &mut self,
+        job: u64,
+        index: u32,
+        out: &mut FrameBuf,
+        at: usize,
+        in_frame: u32,
+    ) -> Published;
+}
+
+/// A channel that keeps every outcome in the job's one RESULTS frame (debug mode, where a
+/// worker cannot die apart from its supervisor).
+#[derive(Debug)]
+pub(crate) struct KeepAll;
+
+impl Publish for KeepAll {
+    fn started(&mut self, _: u64, _: u32) {}
+
+    fn finished(&mut self, _: u64, _: u32, _: &mut FrameBuf, _: usize, _: u32) -> Published {
+        Published::Kept
+    }
+}
+
+/// Runs the tasks of a TASKS body and builds the RESULTS frame in `out`, telling `publish`
+/// of each task as it starts and ends.
 pub(crate) fn run_tasks(
     record: &EntryRecord,
     mut tasks: Tasks<'_>,
     out: &mut FrameBuf,
     max_frame: usize,
+    publish: &mut dyn Publish,
 ) -> Result<(), FrameError> {
     let started = Instant::now();
-    protocol::start_results(out, tasks.job, tasks.count);
+    protocol::start_results(out, tasks.job, 0);
+    let mut in_frame = 0u32;
     // Reading the clock costs about as much as a tiny task: time each task only while they
     // are long enough for it to matter, and the rest of a chunk of tiny ones as a whole.
     let (mut last, mut longest) = (started, Duration::ZERO);
     let mut timed = 0;
-    for _ in 0..tasks.count {
+    for index in 0..tasks.count {
         let args = tasks.next_args()?;
+        publish.started(tasks.job, index);
+        let at = out.len();
         run_one(record, args, out, max_frame);
         exit_if_forked();
+        in_frame += 1;
+        match publish.finished(tasks.job, index, out, at, in_frame) {
+            Published::Kept => {}
+            Published::Taken => {
+                out.truncate(at);
+                in_frame -= 1;
+            }
+            Published::Flushed => {
+                protocol::start_results(out, tasks.job, 0);
+                in_frame = 0;
+            }
+        }
         if timed < 2 || longest >= TIME_EACH_ABOVE {
             let now = Instant::now();
             longest = longest.max(now - last);
@@ -132,6 +193,7 @@ pub(crate) fn run_tasks(
             timed += 1;
         }
     }
+    protocol::set_results_count(out, in_frame);
     let now = if timed == tasks.count {
         last
     } else {

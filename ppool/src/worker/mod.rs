@@ -3,20 +3,19 @@
 //! is told to stop or the supervisor goes away. The in-process transport runs a session too.
 
 pub(crate) mod bootstrap;
+mod channel;
 pub(crate) mod exec;
 
 use crate::entry::{self, EntryRecord};
-use crate::protocol::{self, FrameBuf, FrameError, FrameReader, Hello, Ready, Tasks, kind};
-use bootstrap::ChannelDesc;
-use exec::{WORKER, WorkerInfo};
-use std::io::{Read, Write};
+use crate::protocol::{self, FrameBuf, FrameError, Hello, Ready, Tasks, kind};
+use bootstrap::{ChannelDesc, Opened};
+use channel::{Channel, PipeChannel, ShmChannel};
+use exec::{Publish, WORKER, WorkerInfo};
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 /// The largest frame accepted before a pool's greeting: enough for any HELLO.
 const GREETING_MAX: usize = 64 * 1024;
-/// How long a worker spins for the next task after a job whose caller asked for it.
-const SPIN: Duration = Duration::from_micros(50);
 
 /// What a session did with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,9 +62,14 @@ impl Session {
         }
     }
 
-    /// Handles one frame's body. An error is fatal: the worker says why and ends (after a
-    /// refused greeting, the REFUSE frame is in the buffer to be sent first).
-    pub(crate) fn handle(&mut self, body: &[u8]) -> Result<Step, String> {
+    /// Handles one frame's body, telling `publish` of each task as it starts and ends. An
+    /// error is fatal: the worker says why and ends (after a refused greeting, the REFUSE
+    /// frame is in the buffer to be sent first).
+    pub(crate) fn handle(
+        &mut self,
+        body: &[u8],
+        publish: &mut dyn Publish,
+    ) -> Result<Step, String> {
         let Some(record) = self.record else {
             return self.greet(body);
         };
@@ -79,8 +83,10 @@ impl Session {
                         .ok_or_else(|| format!("no entry at index {index} in this binary"))?,
                 };
                 let (out, max) = (&mut self.out, self.max_frame);
-                as_worker(self.in_process, || exec::run_tasks(record, tasks, out, max))
-                    .map_err(|e| e.to_string())?;
+                as_worker(self.in_process, || {
+                    exec::run_tasks(record, tasks, out, max, publish)
+                })
+                .map_err(|e| e.to_string())?;
                 Ok(Step::Answer { spin })
             }
             Some(kind::INIT) => {
@@ -201,34 +207,37 @@ pub(crate) fn enter() -> ! {
     // A supervisor that went away is an `EPIPE` on the next write, never a signal.
     // SAFETY: sets the disposition of SIGPIPE to "ignore"; no handler code is involved.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
-    let (input, output, max_frame) = match ChannelDesc::from_env() {
+    let (opened, max_frame) = match ChannelDesc::from_env() {
         Ok(channel) => channel,
         Err(why) => bootstrap::hand_started(&why),
     };
     exec::watch_forks();
-    serve(input, output, max_frame)
+    match opened {
+        Opened::Pipes(input, output) => {
+            serve(PipeChannel::new(input, output, max_frame), max_frame)
+        }
+        Opened::Shm(region) => serve(ShmChannel::new(region, max_frame), max_frame),
+    }
 }
 
-/// Answers the frames read from `input` on `output` until told to stop, or until the
-/// supervisor goes away; never returns.
-fn serve<R, W>(input: R, mut output: W, max_frame: usize) -> !
-where
-    R: Read + std::os::fd::AsFd,
-    W: Write,
-{
+/// Ends a worker whose answer could not be sent: the supervisor is gone or wants it gone.
+pub(crate) fn supervisor_gone(e: &std::io::Error) -> ! {
+    if e.kind() != std::io::ErrorKind::BrokenPipe {
+        eprintln!("ppool worker: cannot send results: {e}");
+    }
+    std::process::exit(0);
+}
+
+/// Answers the frames read from `channel` until told to stop, or until the supervisor goes
+/// away; never returns.
+fn serve(mut channel: impl Channel, max_frame: usize) -> ! {
     static GREETED: AtomicBool = AtomicBool::new(false);
     bootstrap::spawn_guard(&GREETED);
-    // Until a pool has greeted it, the channel may be anything: a frame may not claim more
-    // than a greeting needs.
-    let mut reader = FrameReader::new(input, GREETING_MAX.min(max_frame));
     let mut body = Vec::new();
     let mut session = Session::new(max_frame);
     let mut spin = false;
     loop {
-        if spin && !reader.has_buffered() {
-            crate::readiness::spin_until_readable(reader.get_ref().as_fd(), SPIN);
-        }
-        match reader.read(&mut body) {
+        match channel.recv(&mut body, spin) {
             Ok(()) => {}
             Err(FrameError::Closed) if GREETED.load(Ordering::Acquire) => std::process::exit(0),
             Err(e) if !GREETED.load(Ordering::Acquire) => {
@@ -239,10 +248,10 @@ where
                 std::process::exit(3);
             }
         }
-        let step = match session.handle(&body) {
+        let step = match session.handle(&body, &mut channel) {
             Ok(step) => step,
             Err(why) if !GREETED.load(Ordering::Acquire) => {
-                let _ = session.answer_frames().write_to(&mut output);
+                let _ = channel.send(&session.answer_frames());
                 bootstrap::hand_started(&why)
             }
             Err(why) => {
@@ -251,7 +260,7 @@ where
             }
         };
         if !GREETED.swap(true, Ordering::AcqRel) {
-            reader.set_max(max_frame);
+            channel.greeted(max_frame);
         }
         let (answer, exit) = match step {
             Step::Answer { spin: s } => {
@@ -265,12 +274,8 @@ where
         if answer {
             // Each answer leaves at once: an answer held back would be lost, and its task
             // blamed, if a later task of the same worker crashed it.
-            if let Err(e) = session.answer_frames().write_to(&mut output) {
-                // The supervisor closed its end: it is gone or wants us gone.
-                if e.kind() != std::io::ErrorKind::BrokenPipe {
-                    eprintln!("ppool worker: cannot send results: {e}");
-                }
-                std::process::exit(0);
+            if let Err(e) = channel.send(&session.answer_frames()) {
+                supervisor_gone(&e);
             }
         }
         if exit {

@@ -106,8 +106,11 @@
 //!    stores its index (SeqCst), then loads the flag (SeqCst) and, if set, clears it, bumps the
 //!    bell and calls `FUTEX_WAKE`. Sequential consistency makes at least one side see the
 //!    other's store, so a wake-up is never lost; a bell bumped before the wait makes
-//!    `FUTEX_WAIT` return at once. Waits take timeouts so that the caller can check that the
-//!    peer is alive; a spurious or hostile bell only makes a wait return early.
+//!    `FUTEX_WAIT` return at once. A producer's quiet pushes store `tail` the same way but
+//!    skip the flag; the [`Producer::notify`] that ends a run of them loads it after all
+//!    those stores, so the wake-up is late by at most the run, never lost. Waits take
+//!    timeouts so that the caller can check that the peer is alive; a spurious or hostile
+//!    bell only makes a wait return early.
 //! 7. **Progress.** The writer fills the slot `select` does not name, then publishes `select`
 //!    (Release). A reader retries (a bounded number of times) until the slot `select` names
 //!    reads the same even `seq = 2 × select` before and after its fields. A writer that dies
@@ -315,16 +318,13 @@ impl Layout {
         })
     }
 
+    #[cfg_attr(not(test), allow(dead_code))]
     /// The job ring's capacity in bytes.
     pub(crate) fn job_ring_bytes(&self) -> usize {
         self.job_ring
     }
 
-    /// The result ring's capacity in bytes.
-    pub(crate) fn result_ring_bytes(&self) -> usize {
-        self.result_ring
-    }
-
+    #[cfg_attr(not(test), allow(dead_code))]
     /// The region's size in bytes.
     pub(crate) fn region_bytes(&self) -> usize {
         self.region
@@ -371,6 +371,7 @@ impl Mapping {
         })
     }
 
+    #[cfg_attr(not(test), allow(dead_code))]
     /// `len` zeroed bytes of heap, aligned like a page.
     fn heap(len: usize) -> io::Result<Mapping> {
         let layout = std::alloc::Layout::from_size_align(len, PAGE).map_err(io::Error::other)?;
@@ -456,24 +457,40 @@ impl Mapping {
         u64::from_ne_bytes(bytes)
     }
 
-    /// Replaces `out`'s contents with the `len` bytes at `off`.
+    /// Appends the `len` bytes at `off` to `out`.
     fn read_into(&self, off: usize, len: usize, out: &mut Vec<u8>) {
         assert!(
             self.in_data(off, len),
             "ring: read of {len} bytes at {off} outside the data of a {}-byte mapping",
             self.len
         );
-        out.clear();
         out.reserve(len);
+        let at = out.len();
         // SAFETY: the source lies inside the mapping (checked above); `out` has room for `len`
-        // bytes (reserved) in its own allocation, which is not the mapping, so they do not
-        // overlap. After the copy its first `len` bytes are initialised, so `set_len` is
-        // sound. A peer in another process writing the source meanwhile yields wrong bytes,
-        // never undefined behaviour here (see the module doc).
+        // more bytes (reserved) in its own allocation, which is not the mapping, so they do
+        // not overlap. After the copy its first `at + len` bytes are initialised, so
+        // `set_len` is sound. A peer in another process writing the source meanwhile yields
+        // wrong bytes, never undefined behaviour here (see the module doc).
         unsafe {
-            ptr::copy_nonoverlapping(self.base.as_ptr().add(off), out.as_mut_ptr(), len);
-            out.set_len(len);
+            ptr::copy_nonoverlapping(self.base.as_ptr().add(off), out.as_mut_ptr().add(at), len);
+            out.set_len(at + len);
         }
+    }
+
+    /// Copies out the byte at `off`.
+    fn read_u8(&self, off: usize) -> u8 {
+        assert!(
+            self.in_data(off, 1),
+            "ring: read of 1 byte at {off} outside the data of a {}-byte mapping",
+            self.len
+        );
+        let mut byte = 0u8;
+        // SAFETY: the source lies inside the mapping (checked above), the destination is a
+        // local; they do not overlap. See `read_into` about a racing peer.
+        unsafe {
+            ptr::copy_nonoverlapping(self.base.as_ptr().add(off), &mut byte, 1);
+        }
+        byte
     }
 }
 
@@ -588,6 +605,7 @@ impl Region {
         })
     }
 
+    #[cfg_attr(not(test), allow(dead_code))]
     /// A region in zeroed heap memory, for both ends in one process (tests, Miri, which
     /// cannot map a memfd, or an in-process transport). It has no descriptor.
     pub(crate) fn heap(layout: Layout) -> Result<Region, RingError> {
@@ -600,11 +618,13 @@ impl Region {
         })
     }
 
+    #[cfg_attr(not(test), allow(dead_code))]
     /// The region's layout.
     pub(crate) fn layout(&self) -> Layout {
         self.layout
     }
 
+    #[cfg_attr(not(test), allow(dead_code))]
     /// The memfd, unless taken or a heap region.
     pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
         self.fd.as_ref().map(|fd| fd.as_fd())
@@ -828,6 +848,7 @@ pub(crate) struct Producer {
     /// The next record's number.
     seq: u32,
     /// Where [`Producer::try_push_with`] lets the caller encode.
+    #[cfg_attr(not(test), allow(dead_code))]
     scratch: Vec<u8>,
 }
 
@@ -884,6 +905,39 @@ impl Producer {
         Ok(true)
     }
 
+    /// Appends one record made of `parts`, like [`Producer::try_push`], but does not wake a
+    /// sleeping consumer: a run of quiet pushes ends with [`Producer::notify`], so that a
+    /// consumer waiting for the end of a run is woken once, not once per record.
+    pub(crate) fn try_push_quiet(&mut self, parts: &[&[u8]]) -> Result<bool, RingError> {
+        let len = parts
+            .iter()
+            .try_fold(0usize, |n, part| n.checked_add(part.len()))
+            .unwrap_or(usize::MAX);
+        let size = self.record_size(len)?;
+        if !self.room(size, Ordering::Acquire)? {
+            return Ok(false);
+        }
+        let pos = self.ring.pos(self.tail);
+        let mut at = self.ring.data + pos + RECORD_HEADER;
+        for part in parts {
+            self.ring.map.write(at, part);
+            at += part.len();
+        }
+        let word = u64::from(self.seq) << 32 | len as u64;
+        self.ring.write_header(pos, word);
+        self.seq = next_seq(self.seq);
+        self.tail += size as u64;
+        self.ring.word(TAIL).store(self.tail, Ordering::SeqCst);
+        Ok(true)
+    }
+
+    /// Wakes the consumer if it sleeps: the end of a run of [`Producer::try_push_quiet`].
+    /// Its load of the sleeping flag follows the SeqCst stores of `tail` (invariant 6).
+    pub(crate) fn notify(&self) {
+        ring_if_sleeping(&self.ring, READER_SLEEPING, DATA_BELL);
+    }
+
+    #[cfg_attr(not(test), allow(dead_code))]
     /// Appends one record of `len` bytes that `fill` writes. `fill` gets a local buffer
     /// holding stale bytes, all of which it is to overwrite, and is called only when the
     /// record fits now; false (and `fill` not called): no room now.
@@ -911,7 +965,7 @@ impl Producer {
 
     /// Waits until a record of `len` bytes fits: spins for at most `spin`, then sleeps until
     /// `timeout` (`None`: no limit). True: try to push now (the consumer may also have rung
-    /// with [`Consumer::wake`]); false: the time ran out.
+    /// its space bell); false: the time ran out.
     pub(crate) fn wait_writable(
         &mut self,
         len: usize,
@@ -931,22 +985,17 @@ impl Producer {
         })
     }
 
+    #[cfg_attr(not(test), allow(dead_code))]
     /// Bytes published that the consumer has not freed yet (records, headers and padding).
     pub(crate) fn unread(&mut self) -> Result<u64, RingError> {
         refresh_head(&self.ring, self.tail, &mut self.head, Ordering::Acquire)?;
         Ok(self.tail - self.head)
     }
 
+    #[cfg_attr(not(test), allow(dead_code))]
     /// Rings the consumer's bell, whether or not it sleeps: its wait returns.
     pub(crate) fn wake(&self) {
         ring_bell(self.ring.bell(DATA_BELL));
-    }
-
-    /// Gives back the memory of a local buffer that one big [`Producer::try_push_with`] grew.
-    pub(crate) fn shrink_buffers(&mut self) {
-        if self.scratch.capacity() > 1 << 20 {
-            self.scratch = Vec::new();
-        }
     }
 
     /// Whether `size` bytes are free at the tail, padding to the start first if needed.
@@ -1050,16 +1099,42 @@ impl Consumer {
         }
     }
 
-    /// The ring's capacity in bytes.
-    pub(crate) fn capacity(&self) -> usize {
-        self.ring.cap
-    }
-
+    #[cfg_attr(not(test), allow(dead_code))]
     /// Takes the next record out, copying it into `out` (replacing its contents), and returns
     /// its length; `None` (and `out` untouched) when none is published. Every record is
     /// checked as invariant 5 says; a bad one is [`RingError::Corrupt`] and leaves the ring
     /// where it was.
     pub(crate) fn try_pop(&mut self, out: &mut Vec<u8>) -> Result<Option<usize>, RingError> {
+        self.pop_with(|map, off, len| {
+            out.clear();
+            map.read_into(off, len, out);
+            Ok(len)
+        })
+    }
+
+    /// Takes the next record out as a tag (its first byte) and the rest, which is appended
+    /// to `out`; returns the tag and the length appended. An empty record is
+    /// [`RingError::Corrupt`]. Otherwise as [`Consumer::try_pop`].
+    pub(crate) fn try_pop_tagged(
+        &mut self,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<(u8, usize)>, RingError> {
+        self.pop_with(|map, off, len| {
+            if len == 0 {
+                return Err(corrupt("an empty record where a tag was due"));
+            }
+            let tag = map.read_u8(off);
+            map.read_into(off + 1, len - 1, out);
+            Ok((tag, len - 1))
+        })
+    }
+
+    /// Finds the next record, checks it (invariant 5), hands its offset and length in the
+    /// mapping to `take`, which copies it out, and frees it if `take` succeeds.
+    fn pop_with<R>(
+        &mut self,
+        take: impl FnOnce(&Mapping, usize, usize) -> Result<R, RingError>,
+    ) -> Result<Option<R>, RingError> {
         let cap = self.ring.cap;
         // At most a pad, then a record: a pad is never at position 0.
         for _ in 0..2 {
@@ -1100,13 +1175,11 @@ impl Consumer {
                      with {avail} bytes published"
                 )));
             }
-            self.ring
-                .map
-                .read_into(self.ring.data + pos + RECORD_HEADER, len, out);
+            let taken = take(&self.ring.map, self.ring.data + pos + RECORD_HEADER, len)?;
             self.head += size as u64;
             self.seq = next_seq(self.seq);
             self.release();
-            return Ok(Some(len));
+            return Ok(Some(taken));
         }
         Err(corrupt("two pads in a row"))
     }
@@ -1127,11 +1200,6 @@ impl Consumer {
         wait_on(ring, DATA_BELL, READER_SLEEPING, spin, timeout, |order| {
             Ok(ring.word(TAIL).load(order) != head)
         })
-    }
-
-    /// Rings the producer's bell, whether or not it sleeps: its wait returns.
-    pub(crate) fn wake(&self) {
-        ring_bell(self.ring.bell(SPACE_BELL));
     }
 
     /// Loads the producer's tail and checks it against invariant 3: between the last tail
@@ -1173,6 +1241,7 @@ pub(crate) struct Progress {
 }
 
 impl Progress {
+    #[cfg_attr(not(test), allow(dead_code))]
     /// The task that started last and did not finish, if any.
     pub(crate) fn running(&self) -> Option<u32> {
         (self.started > self.finished).then(|| self.started - 1)

@@ -1,0 +1,269 @@
+//! Shared memory between the supervisor and one local worker: the rings and the progress word
+//! (`ring`, which holds all the unsafe code), and, over them, how frames and task outcomes
+//! travel as tagged records (this module, safe code only).
+//!
+//! Every record starts with a tag byte: the kind of item it carries ([`ITEM_FRAME`], a frame
+//! body as `protocol` defines it, or [`ITEM_OUTCOME`], one task's outcome as a RESULTS body
+//! holds it), with [`MORE`] set when more pieces of the same item follow. An item larger than
+//! a piece is cut into pieces of at most a quarter of the ring, so that the two sides copy in
+//! parallel: the producer writes the next piece while the consumer copies the last one out.
+//! Items never interleave: a ring has one producer, which writes an item's pieces in a row.
+
+mod ring;
+
+pub(crate) use ring::{Layout, Producer, Region, RingError, SupervisorEnd, WorkerEnd};
+
+use ring::Consumer;
+
+/// A frame body.
+pub(crate) const ITEM_FRAME: u8 = 1;
+/// One task's outcome.
+pub(crate) const ITEM_OUTCOME: u8 = 2;
+/// Set in a tag when more pieces of the same item follow.
+const MORE: u8 = 0x80;
+
+/// The largest piece of an item in one record of `producer`'s ring (the tag aside).
+fn piece_len(producer: &Producer) -> usize {
+    (producer.capacity() / 4).min(producer.max_record()) - 1
+}
+
+/// How a push that finds the ring full waits: for room for a record of the given length, or
+/// until it must give up (an error: the consumer is gone).
+pub(crate) type WaitRoom<'a> = dyn FnMut(&mut Producer, usize) -> Result<(), RingError> + 'a;
+
+/// Sends one item as records, waiting with `wait` while the ring is full. `quiet`: the
+/// consumer is not woken for it (see [`Producer::try_push_quiet`]), unless the ring fills up;
+/// the caller ends the run with [`Producer::notify`]. Returns whether any record went out,
+/// also on error.
+pub(crate) fn push_item(
+    producer: &mut Producer,
+    item: u8,
+    bytes: &[u8],
+    quiet: bool,
+    wait: &mut WaitRoom<'_>,
+) -> Result<(), (RingError, bool)> {
+    let piece = piece_len(producer);
+    let mut rest = bytes;
+    let mut sent_any = false;
+    loop {
+        let (this, next) = rest.split_at(rest.len().min(piece));
+        let tag = [if next.is_empty() { item } else { item | MORE }];
+        loop {
+            let pushed = if quiet {
+                producer.try_push_quiet(&[&tag, this])
+            } else {
+                producer.try_push(&[&tag, this])
+            };
+            match pushed {
+                Ok(true) => break,
+                Ok(false) => {
+                    // Full: whatever the consumer waits for, it must drain first.
+                    if quiet {
+                        producer.notify();
+                    }
+                    wait(producer, 1 + this.len()).map_err(|e| (e, sent_any))?;
+                }
+                Err(e) => return Err((e, sent_any)),
+            }
+        }
+        sent_any = true;
+        if next.is_empty() {
+            return Ok(());
+        }
+        rest = next;
+    }
+}
+
+/// Puts items back together from the records of a ring, piece by piece, as they come.
+#[derive(Debug)]
+pub(crate) struct Assembler {
+    /// The kind of the item whose pieces are coming, if one is under way.
+    open: Option<u8>,
+    /// Bytes of the item under way.
+    len: usize,
+    /// The largest item accepted.
+    max: usize,
+}
+
+impl Assembler {
+    /// An assembler that refuses items larger than `max` bytes.
+    pub(crate) fn new(max: usize) -> Self {
+        Assembler {
+            open: None,
+            len: 0,
+            max,
+        }
+    }
+
+    /// Changes the largest item accepted.
+    pub(crate) fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
+    /// Takes records until an item is whole: appends frame bytes to `frame` and outcome bytes
+    /// to `outcome`, and returns the kind of the item completed; `None` when no record is
+    /// published now (an item under way goes on with the next call, with the same buffers).
+    /// A tag of no known kind, an item whose pieces change kind, or an item above the limit
+    /// is [`RingError::Corrupt`].
+    pub(crate) fn pop(
+        &mut self,
+        consumer: &mut Consumer,
+        frame: &mut Vec<u8>,
+        outcome: &mut Vec<u8>,
+    ) -> Result<Option<u8>, RingError> {
+        loop {
+            // Into the buffer of the item under way, or, for a new one, the frame's: a
+            // record's tag is known only once it is out, so an outcome's first piece is
+            // moved over from there (outcomes are small; large ones move once per piece).
+            let into = match self.open {
+                Some(ITEM_OUTCOME) => &mut *outcome,
+                _ => &mut *frame,
+            };
+            let start = into.len();
+            let Some((tag, len)) = consumer.try_pop_tagged(into)? else {
+                return Ok(None);
+            };
+            let item = tag & !MORE;
+            if item != ITEM_FRAME && item != ITEM_OUTCOME {
+                return Err(ring_corrupt(format!("a record with the unknown tag {tag}")));
+            }
+            match self.open {
+                Some(open) if open != item => {
+                    return Err(ring_corrupt(format!(
+                        "a piece of kind {item} inside an item of kind {open}"
+                    )));
+                }
+                Some(_) => {}
+                None if item == ITEM_OUTCOME => {
+                    outcome.extend_from_slice(&frame[start..]);
+                    frame.truncate(start);
+                }
+                None => {}
+            }
+            self.len += len;
+            if self.len > self.max {
+                return Err(ring_corrupt(format!(
+                    "an item of more than {} bytes, above the limit of {}",
+                    self.len, self.max
+                )));
+            }
+            if tag & MORE != 0 {
+                self.open = Some(item);
+                continue;
+            }
+            self.open = None;
+            self.len = 0;
+            return Ok(Some(item));
+        }
+    }
+}
+
+fn ring_corrupt(what: String) -> RingError {
+    RingError::Corrupt(what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn pair(ring: usize) -> (SupervisorEnd, WorkerEnd) {
+        let layout = Layout::new(ring, ring).expect("layout");
+        Region::heap(layout).expect("region").into_both()
+    }
+
+    fn no_wait(_: &mut Producer, _: usize) -> Result<(), RingError> {
+        Err(RingError::Corrupt("full".into()))
+    }
+
+    #[test]
+    fn frames_and_outcomes_cross_whole_and_in_pieces() {
+        let (mut sup, mut worker) = pair(4096);
+        let big: Vec<u8> = (0..2500u32).map(|i| i as u8).collect();
+        let mut frame = Vec::new();
+        let mut outcome = Vec::new();
+        let mut asm = Assembler::new(1 << 20);
+        // An outcome, then a frame in several pieces, read as they come.
+        push_item(
+            &mut worker.results,
+            ITEM_OUTCOME,
+            b"one",
+            true,
+            &mut no_wait,
+        )
+        .expect("push");
+        assert_eq!(
+            asm.pop(&mut sup.results, &mut frame, &mut outcome)
+                .expect("pop"),
+            Some(ITEM_OUTCOME)
+        );
+        assert_eq!((outcome.as_slice(), frame.len()), (&b"one"[..], 0));
+        // Larger than the ring: the writer waits for the reader, on another thread.
+        let got = std::thread::scope(|scope| {
+            let results = &mut worker.results;
+            let big = &big;
+            scope.spawn(move || {
+                let mut wait = |p: &mut Producer, len: usize| {
+                    p.wait_writable(len, Duration::ZERO, Some(Duration::from_millis(10)))
+                        .map(drop)
+                };
+                push_item(results, ITEM_FRAME, big, false, &mut wait).expect("push");
+            });
+            loop {
+                match asm.pop(&mut sup.results, &mut frame, &mut outcome) {
+                    Ok(Some(item)) => break item,
+                    Ok(None) => std::thread::yield_now(),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        });
+        assert_eq!(got, ITEM_FRAME);
+        assert_eq!(frame, big);
+    }
+
+    #[test]
+    fn an_unknown_tag_a_kind_change_and_an_oversized_item_are_corrupt() {
+        let (mut sup, mut worker) = pair(4096);
+        let (mut frame, mut outcome) = (Vec::new(), Vec::new());
+        assert!(worker.results.try_push(&[&[9], b"x"]).expect("push"));
+        let mut asm = Assembler::new(100);
+        assert!(matches!(
+            asm.pop(&mut sup.results, &mut frame, &mut outcome),
+            Err(RingError::Corrupt(_))
+        ));
+
+        let (mut sup, mut worker) = pair(4096);
+        assert!(
+            worker
+                .results
+                .try_push(&[&[ITEM_FRAME | MORE], b"x"])
+                .expect("push")
+        );
+        assert!(
+            worker
+                .results
+                .try_push(&[&[ITEM_OUTCOME], b"y"])
+                .expect("push")
+        );
+        let mut asm = Assembler::new(100);
+        assert!(matches!(
+            asm.pop(&mut sup.results, &mut frame, &mut outcome),
+            Err(RingError::Corrupt(_))
+        ));
+
+        let (mut sup, mut worker) = pair(4096);
+        push_item(
+            &mut worker.results,
+            ITEM_FRAME,
+            &[0; 101],
+            false,
+            &mut no_wait,
+        )
+        .expect("push");
+        let mut asm = Assembler::new(100);
+        assert!(matches!(
+            asm.pop(&mut sup.results, &mut frame, &mut outcome),
+            Err(RingError::Corrupt(_))
+        ));
+    }
+}
