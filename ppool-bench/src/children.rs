@@ -10,13 +10,15 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::anchors::raw_pipe;
+use crate::anchors::{raw_pipe, shm_pingpong};
 use crate::{BenchResult, metrics, ppool_side};
 
 /// Raw pipe echo child (stdin -> stdout).
 pub(crate) const RAW_ECHO: &str = "--raw-pipe-child";
 /// Raw pipe sink child (length-prefixed payloads, 8-byte acks).
 pub(crate) const RAW_SINK: &str = "--raw-sink-child";
+/// Shared-memory echo child (spins on a shared page; argument: its memfd).
+pub(crate) const SHM_ECHO: &str = "--shm-echo-child";
 /// Exits at once.
 pub(crate) const NOOP: &str = "--noop-child";
 /// Starts two `NOOP` children of itself, waits for them, exits.
@@ -36,6 +38,7 @@ pub(crate) fn dispatch(args: &[String]) -> BenchResult<bool> {
     match mode.as_str() {
         RAW_ECHO => raw_pipe::echo_child()?,
         RAW_SINK => raw_pipe::sink_child()?,
+        SHM_ECHO => shm_pingpong::echo_child(count_arg(args)?)?,
         NOOP => {}
         REEXEC_TWICE => reexec_twice()?,
         STARTUP => ppool_side::startup_child()?,

@@ -15,6 +15,7 @@ pub(crate) const METRICS: &[(&str, &str)] = &[
         "call_with, 20k tasks with completion callbacks",
     ),
     ("echo_10mb", "10 MiB echo round trip"),
+    ("echo_100mb", "100 MiB echo round trip"),
     ("cpu_scaling", "CPU scaling, 200 x ~10 ms tasks"),
     (
         "startup",

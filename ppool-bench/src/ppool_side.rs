@@ -4,7 +4,7 @@ use std::fs;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ppool::{ProcessPool, pool_entry};
+use ppool::{ProcessPool, Transport, pool_entry};
 use serde_json::json;
 
 use crate::BenchResult;
@@ -38,9 +38,15 @@ pub(crate) struct EchoPool(ProcessPool<echo>);
 
 impl EchoPool {
     pub(crate) fn new(workers: usize) -> BenchResult<EchoPool> {
+        EchoPool::over(workers, Transport::SharedMemory)
+    }
+
+    /// A pool whose workers are reached over `transport`.
+    pub(crate) fn over(workers: usize, transport: Transport) -> BenchResult<EchoPool> {
         let pool = ProcessPool::<echo>::builder()
             .n_jobs(workers)
             .name("bench-echo")
+            .transport(transport)
             .build()?;
         for i in 0..100 {
             pool.call(i)?;
@@ -48,15 +54,17 @@ impl EchoPool {
         Ok(EchoPool(pool))
     }
 
-    /// `n` sequential `pool.call(i)`; returns the total time.
-    pub(crate) fn round_trips(&self, n: u64) -> BenchResult<Duration> {
-        let start = Instant::now();
+    /// The median of `n` sequential `pool.call(i)`, in microseconds.
+    pub(crate) fn median_micros(&self, n: u64) -> BenchResult<f64> {
+        let mut samples = Vec::with_capacity(n as usize);
         for i in 0..n {
+            let start = Instant::now();
             if self.0.call(i)? != i {
                 return Err("ppool echo returned a wrong value".into());
             }
+            samples.push(start.elapsed());
         }
-        Ok(start.elapsed())
+        Ok(crate::stats::median_micros(&mut samples))
     }
 
     pub(crate) fn finish(self) -> BenchResult<()> {
@@ -132,7 +140,15 @@ pub(crate) struct BytesPool(ProcessPool<echo_bytes>);
 
 impl BytesPool {
     pub(crate) fn new(workers: usize) -> BenchResult<BytesPool> {
-        let pool = ProcessPool::<echo_bytes>::new(workers)?;
+        BytesPool::over(workers, Transport::SharedMemory)
+    }
+
+    /// A pool whose workers are reached over `transport`.
+    pub(crate) fn over(workers: usize, transport: Transport) -> BenchResult<BytesPool> {
+        let pool = ProcessPool::<echo_bytes>::builder()
+            .n_jobs(workers)
+            .transport(transport)
+            .build()?;
         pool.call(vec![1, 2, 3])?;
         Ok(BytesPool(pool))
     }

@@ -24,6 +24,21 @@ impl Summary {
     }
 }
 
+/// The median of per-operation durations, in microseconds (0 when there are none).
+pub(crate) fn median_micros(samples: &mut [std::time::Duration]) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    samples.sort_unstable();
+    let mid = samples.len() / 2;
+    let median = if samples.len().is_multiple_of(2) {
+        (samples[mid - 1] + samples[mid]) / 2
+    } else {
+        samples[mid]
+    };
+    median.as_secs_f64() * 1e6
+}
+
 /// Median of `values` (need not be sorted); `None` when empty.
 pub(crate) fn median(values: &[f64]) -> Option<f64> {
     Summary::of(values).map(|s| s.median)

@@ -3,3 +3,4 @@
 pub(crate) mod procspawn;
 pub(crate) mod python;
 pub(crate) mod raw_pipe;
+pub(crate) mod shm_pingpong;

@@ -73,6 +73,22 @@ impl RawPipeChild {
         Ok(start.elapsed())
     }
 
+    /// The median of `n` strict round trips of one 8-byte message, in microseconds.
+    pub(crate) fn ping_pong_median(&mut self, n: u64) -> BenchResult<f64> {
+        let mut reply = [0u8; 8];
+        let mut samples = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let start = Instant::now();
+            self.writer()?.write_all(&i.to_le_bytes())?;
+            self.from_child.read_exact(&mut reply)?;
+            samples.push(start.elapsed());
+            if u64::from_le_bytes(reply) != i {
+                return Err(format!("raw pipe echo returned a wrong value at {i}").into());
+            }
+        }
+        Ok(crate::stats::median_micros(&mut samples))
+    }
+
     /// Streams `n` 8-byte messages through the echo child while reading the echoes
     /// concurrently; returns the time until the last echo arrived.
     pub(crate) fn stream(&mut self, n: u64) -> BenchResult<Duration> {

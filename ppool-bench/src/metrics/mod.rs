@@ -37,6 +37,7 @@ pub(crate) fn run_metric(id: &str, ctx: &Ctx) -> BenchResult<MetricResult> {
         "bulk_tiny" => throughput::bulk_tiny(ctx),
         "call_with" => throughput::call_with(ctx),
         "echo_10mb" => throughput::echo_10mb(ctx),
+        "echo_100mb" => throughput::echo_100mb(ctx),
         "cpu_scaling" => scaling::cpu_scaling(ctx),
         "startup" => process::startup(ctx),
         "map_rss" => process::map_rss(ctx),

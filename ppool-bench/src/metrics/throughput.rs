@@ -7,9 +7,9 @@ use crate::anchors::procspawn::ProcspawnPool;
 use crate::anchors::raw_pipe::RawPipeChild;
 use crate::ppool_side::{BytesPool, SquarePool};
 use crate::results::{Better, MetricResult};
+use ppool::Transport;
 
 const MIB: usize = 1024 * 1024;
-const ECHO_MIB: usize = 10;
 
 /// `pool.batch(0..n).wait()` on `square` vs a pipelined raw pipe stream and Python `map`.
 pub(crate) fn bulk_tiny(ctx: &Ctx) -> MetricResult {
@@ -80,35 +80,60 @@ pub(crate) fn call_with(ctx: &Ctx) -> MetricResult {
 
 /// Echo of a 10 MiB buffer vs procspawn (`serde_bytes`), a one-way raw pipe and Python.
 pub(crate) fn echo_10mb(ctx: &Ctx) -> MetricResult {
-    let mut m = MetricResult::new(
+    let m = MetricResult::new(
         "echo_10mb",
         "10 MiB echo round trip (Vec<u8> in, Vec<u8> out), 2 workers",
         "MiB/s",
         Better::Higher,
     );
-    let rounds: u32 = ctx.opts.size(5, 2);
+    echo(ctx, m, 10, ctx.opts.size(5, 2), true)
+}
+
+/// The same with 100 MiB: no Python anchors (they take minutes at this size).
+pub(crate) fn echo_100mb(ctx: &Ctx) -> MetricResult {
+    let m = MetricResult::new(
+        "echo_100mb",
+        "100 MiB echo round trip (Vec<u8> in, Vec<u8> out), 2 workers",
+        "MiB/s",
+        Better::Higher,
+    );
+    echo(ctx, m, 100, ctx.opts.size(2, 1), false)
+}
+
+/// `mib` MiB echoed `rounds` times per sample, ppool (both transports) against procspawn, a
+/// raw pipe one way, and, if `python`, the Python anchors.
+fn echo(ctx: &Ctx, mut m: MetricResult, mib: usize, rounds: u32, python: bool) -> MetricResult {
     m.note(format!(
-        "echo throughput counts the payload both ways: 2 x {ECHO_MIB} MiB / round-trip time; \
-         raw pipe is one way only: {ECHO_MIB} MiB / time until the reader has it all; \
+        "echo throughput counts the payload both ways: 2 x {mib} MiB / round-trip time; \
+         raw pipe is one way only: {mib} MiB / time until the reader has it all; \
          {rounds} round trips per sample"
     ));
-    let payload: Vec<u8> = (0..ECHO_MIB * MIB)
+    let payload: Vec<u8> = (0..mib * MIB)
         .map(|i| (i as u8).wrapping_mul(31) ^ (i >> 12) as u8)
         .collect();
-    let echo_rate =
-        |total: Duration| (2 * ECHO_MIB) as f64 * f64::from(rounds) / total.as_secs_f64();
+    let echo_rate = |total: Duration| (2 * mib) as f64 * f64::from(rounds) / total.as_secs_f64();
     let ppool = ready(&mut m, "ppool", BytesPool::new(WORKERS));
+    let pipes = ready(
+        &mut m,
+        "ppool (pipes)",
+        BytesPool::over(WORKERS, Transport::Pipes),
+    );
     let procspawn = ready(&mut m, "procspawn", ProcspawnPool::new(WORKERS));
     let mut raw = ready(&mut m, "raw pipe", RawPipeChild::sink());
     let mut runners = Runners::default();
     let payload = &payload;
-    if let Some(pool) = &ppool {
-        runners.add("ppool", move || {
-            let total = (0..rounds)
-                .map(|_| pool.echo(payload))
-                .sum::<Result<Duration, _>>()?;
-            Ok(Measured::one("ppool call", echo_rate(total)))
-        });
+    for (label, name, pool) in [
+        ("ppool", "ppool call", &ppool),
+        ("ppool (pipes)", "ppool call over pipes", &pipes),
+    ] {
+        if let Some(pool) = pool {
+            runners.add(label, move || {
+                let total = (0..rounds)
+                    .map(|_| pool.echo(payload))
+                    .sum::<Result<Duration, _>>()?;
+                Ok(Measured::one(name, echo_rate(total)))
+            });
+        }
     }
     if let Some(pool) = &procspawn {
         runners.add("procspawn", move || {
@@ -127,18 +152,19 @@ pub(crate) fn echo_10mb(ctx: &Ctx) -> MetricResult {
             for _ in 0..rounds {
                 total += raw.send_one_way(payload)?;
             }
-            let rate = ECHO_MIB as f64 * f64::from(rounds) / total.as_secs_f64();
+            let rate = mib as f64 * f64::from(rounds) / total.as_secs_f64();
             Ok(Measured::one("raw pipe one way", rate))
         });
     }
-    let args = py_args(&[
-        ("mib", ECHO_MIB.to_string()),
-        ("rounds", rounds.to_string()),
-    ]);
-    runners.add_python(ctx, &mut m, "echo_10mb", args);
+    if python {
+        let args = py_args(&[("mib", mib.to_string()), ("rounds", rounds.to_string())]);
+        runners.add_python(ctx, &mut m, "echo_10mb", args);
+    }
     runners.run(&mut m, ctx.opts.reps);
-    if let Some(pool) = ppool {
-        note_shutdown(&mut m, "ppool", pool.finish());
+    for (name, pool) in [("ppool", ppool), ("ppool (pipes)", pipes)] {
+        if let Some(pool) = pool {
+            note_shutdown(&mut m, name, pool.finish());
+        }
     }
     m
 }
