@@ -68,6 +68,7 @@ impl Stats {
         &self,
         live: impl Fn(usize) -> (WorkerState, Option<u32>, Option<u64>),
         queued_jobs: usize,
+        host: impl Fn(usize) -> String,
     ) -> Insights {
         let uptime = self.started.elapsed();
         let workers = self
@@ -81,6 +82,7 @@ impl Stats {
                 WorkerInsights {
                     index,
                     state,
+                    host: host(index),
                     pid,
                     resident_bytes,
                     tasks_done,
@@ -155,7 +157,10 @@ pub struct WorkerInsights {
     pub index: usize,
     /// What it is doing now.
     pub state: WorkerState,
-    /// The process id of its current worker process, if it has one.
+    /// The host it runs on: `"localhost"`, or the remote host's name as the pool was given
+    /// it (for `Remote::command`, the prefix; for Slurm, the node).
+    pub host: String,
+    /// The process id of its current worker process, on its host, if it has one.
     pub pid: Option<u32>,
     /// The resident memory of that process, in bytes, where it can be read.
     pub resident_bytes: Option<u64>,
@@ -200,9 +205,10 @@ impl fmt::Display for Insights {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:>6} {:>8} {:>8} {:>10} {:>12} {:>12} {:>12} {:>12} {:>8} {:>8}",
+            "{:>6} {:>8} {:>12} {:>8} {:>10} {:>12} {:>12} {:>12} {:>12} {:>8} {:>8}",
             "worker",
             "state",
+            "host",
             "pid",
             "tasks",
             "busy",
@@ -215,9 +221,10 @@ impl fmt::Display for Insights {
         for w in &self.workers {
             writeln!(
                 f,
-                "{:>6} {:>8} {:>8} {:>10} {:>12} {:>12} {:>12} {:>12} {:>8} {:>8}",
+                "{:>6} {:>8} {:>12} {:>8} {:>10} {:>12} {:>12} {:>12} {:>12} {:>8} {:>8}",
                 w.index,
                 w.state.to_string(),
+                w.host,
                 w.pid.map_or_else(|| "-".to_string(), |p| p.to_string()),
                 w.tasks_done,
                 format!("{:.3?}", w.busy),
@@ -231,8 +238,9 @@ impl fmt::Display for Insights {
         }
         write!(
             f,
-            "{:>6} {:>8} {:>8} {:>10} uptime {:.3?}, utilization {:.1}%, {} jobs queued, {} tasks in flight",
+            "{:>6} {:>8} {:>12} {:>8} {:>10} uptime {:.3?}, utilization {:.1}%, {} jobs queued, {} tasks in flight",
             "total",
+            "",
             "",
             "",
             self.tasks_done(),

@@ -60,6 +60,7 @@ compile_error!(
      and signals; it supports Linux (and other Unix systems, untested), not this target"
 );
 
+mod agent;
 mod batch;
 mod callbacks;
 mod chunk;
@@ -71,12 +72,15 @@ mod entry;
 mod error;
 mod hooks;
 mod insights;
+mod mux;
 mod outcome;
 mod panics;
 mod pool;
 mod progress;
 mod protocol;
 mod readiness;
+mod relaunch;
+mod remote;
 mod shm;
 mod stream;
 mod supervisor;
@@ -93,6 +97,7 @@ pub use entry::{Entry, Portable};
 pub use error::{Error, ExitCause, Result};
 pub use insights::{Insights, WorkerInsights, WorkerState};
 pub use pool::{Builder, EntryView, ProcessPool};
+pub use remote::Remote;
 pub use stream::Map;
 pub use task::Task;
 pub use transport::Transport;
@@ -154,8 +159,9 @@ pub fn worker_pool_name() -> Option<&'static str> {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::entry::{ENTRIES, Entry, EntryRecord, assert_portable};
-    pub use crate::hooks::{LAUNCHERS, Launcher, run_test_worker, run_worker_if_requested};
+    pub use crate::hooks::{run_test_worker, run_worker_if_requested};
     pub use crate::protocol::PROTOCOL_VERSION;
+    pub use crate::relaunch::{LAUNCHERS, Launcher};
     pub use crate::worker::bootstrap::channel_fds;
     pub use linkme;
 }

@@ -12,10 +12,11 @@ use crate::insights::Insights;
 use crate::outcome;
 use crate::progress::{self, Progress};
 use crate::protocol::{self, DEFAULT_MAX_FRAME};
+use crate::remote::{self, Remote};
 use crate::stream::{Map, StreamSource};
 use crate::supervisor::{Core, Deliver, Delivery, Settings, WorkerSpec};
 use crate::task::{OneShot, Task};
-use crate::transport::{self, LaunchConfig, Transport};
+use crate::transport::{self, LaunchConfig, Mixed, Remotes, Transport};
 use std::ffi::OsString;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -490,6 +491,10 @@ pub struct Builder<F: Entry> {
     cpu_affinity: Vec<usize>,
     forward_stderr: bool,
     transport: Transport,
+    /// `n_jobs` was called: with remote hosts, local workers are only started if it was.
+    n_jobs_set: bool,
+    remotes: Vec<Remote>,
+    host_timeout: Duration,
     progress: progress::Mode,
     stream_window: Option<usize>,
     _entry: PhantomData<fn() -> F>,
@@ -527,6 +532,9 @@ impl<F: Entry> Builder<F> {
             cpu_affinity: Vec::new(),
             forward_stderr: true,
             transport: Transport::default(),
+            n_jobs_set: false,
+            remotes: Vec::new(),
+            host_timeout: DEFAULT_HOST_TIMEOUT,
             progress: progress::Mode::Off,
             stream_window: None,
             _entry: PhantomData,
@@ -537,6 +545,23 @@ impl<F: Entry> Builder<F> {
     /// the CPUs), or a share `0.0 < f <= 1.0` of the CPUs (at least one).
     pub fn n_jobs(mut self, n_jobs: impl Into<NJobs>) -> Self {
         self.n_jobs = n_jobs.into();
+        self.n_jobs_set = true;
+        self
+    }
+
+    /// Adds workers on other hosts (see [`Remote`]). A pool with remote hosts has local
+    /// workers only if [`n_jobs`](Self::n_jobs) asks for them; [`ProcessPool::n_jobs`]
+    /// counts them all.
+    pub fn remote(mut self, remote: Remote) -> Self {
+        self.remotes.push(remote);
+        self
+    }
+
+    /// How long a remote host may stay silent before it counts as lost (default 30 s:
+    /// generous, since a false alarm fails the tasks it held). Its agent and the pool ping
+    /// each other about every second, so only a dead host or a cut link stays silent.
+    pub fn host_timeout(mut self, timeout: Duration) -> Self {
+        self.host_timeout = timeout;
         self
     }
 
@@ -690,7 +715,29 @@ impl<F: Entry> Builder<F> {
     /// [`Error::Codec`] when the initializer's or exit hook's arguments cannot be encoded;
     /// [`Error::Spawn`] when a worker cannot start.
     pub fn build(self) -> Result<ProcessPool<F>> {
-        let n_jobs = if self.debug {
+        if self.debug && !self.remotes.is_empty() {
+            return Err(Error::config(
+                "remote",
+                "debug mode runs tasks in this process; it has no remote workers",
+            ));
+        }
+        if self.host_timeout < Duration::from_secs(1) {
+            return Err(Error::config("host_timeout", "must be at least one second"));
+        }
+        let hosts = if self.remotes.is_empty() {
+            Vec::new()
+        } else {
+            let program = crate::relaunch::program_path()?.into_os_string();
+            remote::plan(
+                &self.remotes,
+                &program,
+                self.host_timeout,
+                &mut remote::read_allocation,
+            )?
+        };
+        let n_jobs = if !hosts.is_empty() && !self.n_jobs_set {
+            0
+        } else if self.debug {
             // The count is checked as for processes, though debug mode runs one worker.
             self.n_jobs.resolve(config::cpus())?;
             for (set, setting) in [
@@ -833,20 +880,32 @@ impl<F: Entry> Builder<F> {
             on_exit,
             token: random_token(),
         };
-        let launch = transport::launcher(
-            LaunchConfig {
-                transport: self.transport,
-                pool: name,
-                max_frame: self.max_frame,
-                env: self.env,
-                disable_gpu: self.disable_gpu,
-                cpu_affinity: self.cpu_affinity,
-                forward_stderr: self.forward_stderr,
-            },
-            self.debug,
-        );
+        let config = LaunchConfig {
+            transport: self.transport,
+            pool: name,
+            max_frame: self.max_frame,
+            env: self.env,
+            disable_gpu: self.disable_gpu,
+            cpu_affinity: self.cpu_affinity,
+            forward_stderr: self.forward_stderr,
+        };
+        let (launch, all_jobs): (Box<dyn transport::Launch>, usize) = if hosts.is_empty() {
+            (transport::launcher(config, self.debug), n_jobs)
+        } else {
+            let remote = Remotes::new(config.clone(), self.host_timeout, hosts);
+            let all = n_jobs + remote.workers();
+            let local = transport::launcher(config, false);
+            (
+                Box::new(Mixed {
+                    local,
+                    local_workers: n_jobs,
+                    remote,
+                }),
+                all,
+            )
+        };
         let settings = Settings {
-            n_jobs,
+            n_jobs: all_jobs,
             debug: self.debug,
             max_tasks_per_worker: self.max_tasks_per_worker,
             task_timeout: self.task_timeout,
@@ -870,6 +929,9 @@ impl<F: Entry> Builder<F> {
 /// The longest pool name: it travels in every worker's greeting, which a worker accepts up to
 /// 64 KiB before it knows its pool.
 const MAX_NAME: usize = 4096;
+
+/// How long a remote host may stay silent, unless `host_timeout` says otherwise.
+const DEFAULT_HOST_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn encode_args<E: Entry>(args: &E::Args) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();

@@ -11,9 +11,9 @@
 
 mod ring;
 
-pub(crate) use ring::{Layout, Producer, Region, RingError, SupervisorEnd, WorkerEnd};
-
-use ring::Consumer;
+pub(crate) use ring::{
+    Consumer, Layout, Producer, ProgressReader, Region, RingError, SupervisorEnd, WorkerEnd,
+};
 
 /// A frame body.
 pub(crate) const ITEM_FRAME: u8 = 1;

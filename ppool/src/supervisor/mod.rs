@@ -138,7 +138,8 @@ impl Core {
                 peer.as_ref().and_then(|p| p.resident_bytes()),
             )
         };
-        self.shared.stats.snapshot(live, queued)
+        let host = |i: usize| self.shared.launch.host(i);
+        self.shared.stats.snapshot(live, queued, host)
     }
 
     /// The EXITED bodies collected so far.

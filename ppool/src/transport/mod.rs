@@ -20,10 +20,14 @@ mod in_process;
 mod pipe;
 mod poll;
 mod process;
+mod remote;
 mod shm;
 mod sigpipe;
 mod stderr;
 
+pub(crate) use process::ProcessPeer;
+pub(crate) use remote::{Mixed, Remotes};
+pub(crate) use shm::{ShmRx, ShmTx, spawn as spawn_shm_worker};
 pub(crate) use sigpipe::block_sigpipe_on_this_thread;
 
 use crate::error::{Error, ExitCause};
@@ -96,6 +100,11 @@ pub(crate) trait Peer: Send + Sync + Debug {
 pub(crate) trait Launch: Send + Sync + Debug {
     /// Starts worker `index` and sends it `greeting` (HELLO and the frames that follow it).
     fn start(&self, index: usize, greeting: &[u8]) -> Result<Worker, Error>;
+
+    /// The name of the host worker `index` runs on.
+    fn host(&self, _index: usize) -> String {
+        "localhost".to_string()
+    }
 }
 
 /// A started worker.

@@ -23,9 +23,12 @@ pub(super) fn spawn(
     channel: ChannelDesc,
     inherit: Vec<RawFd>,
 ) -> Result<Arc<ProcessPeer>, Error> {
-    let mut command = crate::hooks::worker_command()?;
+    let mut command = crate::relaunch::worker_command()?;
     let (key, value) = channel.to_env();
-    command.env(key, value).stdin(Stdio::null());
+    command
+        .env(key, value)
+        .env_remove(crate::relaunch::AGENT_ENV)
+        .stdin(Stdio::null());
     if config.disable_gpu {
         command.env("CUDA_VISIBLE_DEVICES", "-1");
     }
@@ -76,7 +79,7 @@ pub(super) fn spawn(
 
 /// A local worker process.
 #[derive(Debug)]
-pub(super) struct ProcessPeer {
+pub(crate) struct ProcessPeer {
     pid: u32,
     /// The process, for kills that can never hit a recycled pid.
     pub(super) pidfd: Arc<Pidfd>,

@@ -7,10 +7,13 @@
 //! published results are still read after it, so none is lost.
 
 use super::poll::Pidfd;
-use super::{Launch, LaunchConfig, Link, Peer, Started, Worker, process};
+use super::process::{self, ProcessPeer};
+use super::{Launch, LaunchConfig, Link, Peer, Started, Worker};
 use crate::error::Error;
 use crate::protocol::{self, FrameError, Results};
-use crate::shm::{self, Assembler, Layout, Producer, Region, RingError, SupervisorEnd};
+use crate::shm::{
+    self, Assembler, Consumer, Layout, Producer, ProgressReader, Region, RingError, SupervisorEnd,
+};
 use crate::worker::bootstrap::ChannelDesc;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -38,43 +41,64 @@ impl SharedMemory {
 
 impl Launch for SharedMemory {
     fn start(&self, index: usize, greeting: &[u8]) -> Result<Worker, Error> {
-        let config = &self.config;
-        let shm_error =
-            |e: RingError| Error::spawn(format!("cannot set up worker {index}'s memory: {e}"));
-        let layout = Layout::new(RING_BYTES, RING_BYTES).map_err(shm_error)?;
-        let mut region = Region::create(layout).map_err(shm_error)?;
-        let memfd = region
-            .take_fd()
-            .ok_or_else(|| Error::spawn("internal: a fresh region without its memfd"))?;
-        let channel = ChannelDesc::Shm {
-            fd: memfd.as_raw_fd(),
-            max_frame: config.max_frame,
-        };
-        let peer = process::spawn(config, index, channel, vec![memfd.as_raw_fd()])?;
-        drop(memfd);
-        let pid = peer.pid();
-        let mut link = ShmLink {
-            end: region.supervisor(),
-            pidfd: Arc::clone(&peer.pidfd),
-            assembler: Assembler::new(config.max_frame),
-            body: Vec::new(),
-            results: Vec::new(),
-            outcomes: 0,
-            returned: Returned::Nothing,
-            dead: false,
-        };
-        if let Err(e) = link.send(&[greeting]) {
-            peer.kill();
-            let cause = peer.reap();
-            return Err(Error::spawn(format!(
-                "worker {index} (pid {pid}): cannot greet it: {e} ({cause})"
-            )));
-        }
+        let (tx, rx, peer) = spawn(&self.config, index, greeting)?;
         Ok(Worker {
-            link: Box::new(link),
+            link: Box::new(ShmLink { tx, rx }),
             peer,
         })
     }
+}
+
+/// Starts local worker `index` on a region of its own and greets it: the two halves of its
+/// link, which may be driven from two threads, and its process.
+pub(crate) fn spawn(
+    config: &LaunchConfig,
+    index: usize,
+    greeting: &[u8],
+) -> Result<(ShmTx, ShmRx, Arc<ProcessPeer>), Error> {
+    let shm_error =
+        |e: RingError| Error::spawn(format!("cannot set up worker {index}'s memory: {e}"));
+    let layout = Layout::new(RING_BYTES, RING_BYTES).map_err(shm_error)?;
+    let mut region = Region::create(layout).map_err(shm_error)?;
+    let memfd = region
+        .take_fd()
+        .ok_or_else(|| Error::spawn("internal: a fresh region without its memfd"))?;
+    let channel = ChannelDesc::Shm {
+        fd: memfd.as_raw_fd(),
+        max_frame: config.max_frame,
+    };
+    let peer = process::spawn(config, index, channel, vec![memfd.as_raw_fd()])?;
+    drop(memfd);
+    let pid = peer.pid();
+    let SupervisorEnd {
+        jobs,
+        results,
+        progress,
+    } = region.supervisor();
+    let mut tx = ShmTx {
+        jobs,
+        pidfd: Arc::clone(&peer.pidfd),
+    };
+    let rx = ShmRx {
+        results,
+        progress,
+        pidfd: Arc::clone(&peer.pidfd),
+        assembler: Assembler::new(config.max_frame),
+        body: Vec::new(),
+        results_body: Vec::new(),
+        outcomes: 0,
+        returned: Returned::Nothing,
+        dead: false,
+        partials: false,
+    };
+    if let Err(e) = tx.send(&[greeting]) {
+        peer.kill();
+        let cause = peer.reap();
+        return Err(Error::spawn(format!(
+            "worker {index} (pid {pid}): cannot greet it: {e} ({cause})"
+        )));
+    }
+    Ok((tx, rx, peer))
 }
 
 /// What [`ShmLink::recv`] returned last, to be cleared at the next call.
@@ -85,25 +109,44 @@ enum Returned {
     Results,
 }
 
-/// The supervisor's end of a worker's region.
+/// The supervisor's end of a worker's region: the sending half and the receiving half.
 #[derive(Debug)]
 struct ShmLink {
-    end: SupervisorEnd,
+    tx: ShmTx,
+    rx: ShmRx,
+}
+
+/// The half that sends jobs.
+#[derive(Debug)]
+pub(crate) struct ShmTx {
+    jobs: Producer,
+    pidfd: Arc<Pidfd>,
+}
+
+/// The half that receives answers, and reads the progress word.
+#[derive(Debug)]
+pub(crate) struct ShmRx {
+    results: Consumer,
+    progress: ProgressReader,
     pidfd: Arc<Pidfd>,
     assembler: Assembler,
     /// The frame being received.
     body: Vec<u8>,
     /// The RESULTS body being gathered from outcomes published one by one: room for its
     /// header, then the outcomes.
-    results: Vec<u8>,
-    /// Outcomes in `results`.
+    results_body: Vec<u8>,
+    /// Outcomes in `results_body`.
     outcomes: u32,
     returned: Returned,
     /// The worker was seen dead and everything it published was read.
     dead: bool,
+    /// Hand over the outcomes gathered so far, as a partial RESULTS frame, whenever no more
+    /// are published for now (for a host agent, so that the pool keeps them if the host is
+    /// lost).
+    partials: bool,
 }
 
-impl ShmLink {
+impl ShmRx {
     /// Waits at most `timeout` for a record, a wake-up, or the worker's end (then `dead`).
     fn wait(&mut self, spin: Duration, timeout: Option<Duration>) -> Result<bool, RingError> {
         let started = Instant::now();
@@ -111,7 +154,7 @@ impl ShmLink {
         loop {
             let left = timeout.map(|t| t.saturating_sub(started.elapsed()));
             let slice = left.map_or(DEATH_CHECK, |l| l.min(DEATH_CHECK));
-            if self.end.results.wait_readable(spin, Some(slice))? {
+            if self.results.wait_readable(spin, Some(slice))? {
                 return Ok(true);
             }
             spin = Duration::ZERO;
@@ -137,7 +180,7 @@ impl ShmLink {
             .checked_add(last.count)
             .ok_or_else(|| FrameError::Malformed("more outcomes than a job holds".into()))?;
         protocol::write_results_header(
-            &mut self.results[..protocol::RESULTS_HEADER_BODY],
+            &mut self.results_body[..protocol::RESULTS_HEADER_BODY],
             last.job,
             count,
             last.busy_nanos,
@@ -145,25 +188,17 @@ impl ShmLink {
             last.more,
         );
         let first_outcome = self.body.len() - last.outcome_bytes();
-        self.results.extend_from_slice(&self.body[first_outcome..]);
+        self.results_body
+            .extend_from_slice(&self.body[first_outcome..]);
         self.returned = Returned::Results;
-        Ok(&self.results)
+        Ok(&self.results_body)
     }
 
     /// The outcomes of a dead worker's last job, as a partial RESULTS frame of the job its
     /// progress word names.
     fn salvage(&mut self) -> Result<&[u8], FrameError> {
-        let progress = self.end.progress.read().map_err(frame_error)?;
-        protocol::write_results_header(
-            &mut self.results[..protocol::RESULTS_HEADER_BODY],
-            progress.job,
-            self.outcomes,
-            0,
-            0,
-            true,
-        );
-        self.returned = Returned::Results;
-        Ok(&self.results)
+        let progress = self.progress.read().map_err(frame_error)?;
+        Ok(self.partial(progress.job))
     }
 }
 
@@ -189,8 +224,26 @@ fn wait_room(pidfd: &Pidfd) -> impl FnMut(&mut Producer, usize) -> Result<(), Ri
     }
 }
 
-impl Link for ShmLink {
-    fn send(&mut self, frames: &[&[u8]]) -> io::Result<()> {
+impl ShmTx {
+    /// Sends one frame's body.
+    pub(crate) fn send_body(&mut self, body: &[u8]) -> io::Result<()> {
+        if self.pidfd.has_exited() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the worker ended",
+            ));
+        }
+        let mut wait = wait_room(&self.pidfd);
+        shm::push_item(&mut self.jobs, shm::ITEM_FRAME, body, false, &mut wait).map_err(|(e, _)| {
+            match e {
+                RingError::Io(e) => e,
+                e => io::Error::other(e.to_string()),
+            }
+        })
+    }
+
+    /// Sends finished frames (see [`Link::send`]).
+    pub(crate) fn send(&mut self, frames: &[&[u8]]) -> io::Result<()> {
         if self.pidfd.has_exited() {
             return Err(io::Error::new(
                 io::ErrorKind::NotConnected,
@@ -202,11 +255,12 @@ impl Link for ShmLink {
             // One slice may hold several frames (a greeting does), each behind its length.
             let mut rest: &[u8] = frames;
             while let Some((body, next)) = protocol::split_frame(rest) {
-                shm::push_item(&mut self.end.jobs, shm::ITEM_FRAME, body, false, &mut wait)
-                    .map_err(|(e, _)| match e {
+                shm::push_item(&mut self.jobs, shm::ITEM_FRAME, body, false, &mut wait).map_err(
+                    |(e, _)| match e {
                         RingError::Io(e) => e,
                         e => io::Error::other(e.to_string()),
-                    })?;
+                    },
+                )?;
                 rest = next;
             }
             if !rest.is_empty() {
@@ -216,18 +270,26 @@ impl Link for ShmLink {
         Ok(())
     }
 
-    fn recv(&mut self) -> Result<&[u8], FrameError> {
+    /// See [`Link::budget`].
+    pub(super) fn budget(&self) -> usize {
+        self.jobs.capacity() / 4
+    }
+}
+
+impl ShmRx {
+    /// Receives one frame (see [`Link::recv`]).
+    pub(crate) fn recv(&mut self) -> Result<&[u8], FrameError> {
         match std::mem::replace(&mut self.returned, Returned::Nothing) {
             Returned::Nothing => {}
             Returned::Frame => self.body.clear(),
             Returned::Results => {
-                self.results.clear();
+                self.results_body.clear();
                 self.outcomes = 0;
                 self.body.clear();
             }
         }
-        if self.results.is_empty() {
-            self.results.resize(protocol::RESULTS_HEADER_BODY, 0);
+        if self.results_body.is_empty() {
+            self.results_body.resize(protocol::RESULTS_HEADER_BODY, 0);
         }
         loop {
             if self.dead {
@@ -235,27 +297,23 @@ impl Link for ShmLink {
             }
             let popped = self
                 .assembler
-                .pop(&mut self.end.results, &mut self.body, &mut self.results)
+                .pop(&mut self.results, &mut self.body, &mut self.results_body)
                 .map_err(frame_error)?;
             match popped {
                 Some(shm::ITEM_FRAME) => return self.complete(),
-                Some(_) => {
-                    self.outcomes = self.outcomes.checked_add(1).ok_or_else(|| {
-                        FrameError::Malformed("more outcomes than a job holds".into())
-                    })?;
-                }
+                Some(_) => self.count_outcome()?,
                 None => {
                     if self.pidfd.has_exited() {
                         // Its last stores are visible now: one more look, then what it
                         // published of its last job, if anything.
                         match self
                             .assembler
-                            .pop(&mut self.end.results, &mut self.body, &mut self.results)
+                            .pop(&mut self.results, &mut self.body, &mut self.results_body)
                             .map_err(frame_error)?
                         {
                             Some(shm::ITEM_FRAME) => return self.complete(),
                             Some(_) => {
-                                self.outcomes += 1;
+                                self.count_outcome()?;
                                 continue;
                             }
                             None => {}
@@ -266,13 +324,63 @@ impl Link for ShmLink {
                         }
                         return Err(FrameError::Closed);
                     }
+                    if self.partials && self.outcomes > 0 {
+                        // The progress word, read after those outcomes, names their job if
+                        // its last frame is still to come (its next job starts after it).
+                        let progress = self.progress.read().map_err(frame_error)?;
+                        match self
+                            .assembler
+                            .pop(&mut self.results, &mut self.body, &mut self.results_body)
+                            .map_err(frame_error)?
+                        {
+                            Some(shm::ITEM_FRAME) => return self.complete(),
+                            Some(_) => {
+                                self.count_outcome()?;
+                                continue;
+                            }
+                            None => return Ok(self.partial(progress.job)),
+                        }
+                    }
                     self.wait(Duration::ZERO, None).map_err(frame_error)?;
                 }
             }
         }
     }
 
-    fn wait_readable(&mut self, spin: Duration, timeout: Option<Duration>) -> io::Result<bool> {
+    /// Hands over the outcomes gathered so far as partial RESULTS frames whenever no more
+    /// are published for now, instead of once the job is done.
+    pub(crate) fn hand_over_partials(&mut self) {
+        self.partials = true;
+    }
+
+    /// The outcomes gathered so far, as a partial RESULTS frame of `job`.
+    fn partial(&mut self, job: u64) -> &[u8] {
+        protocol::write_results_header(
+            &mut self.results_body[..protocol::RESULTS_HEADER_BODY],
+            job,
+            self.outcomes,
+            0,
+            0,
+            true,
+        );
+        self.returned = Returned::Results;
+        &self.results_body
+    }
+
+    fn count_outcome(&mut self) -> Result<(), FrameError> {
+        self.outcomes = self
+            .outcomes
+            .checked_add(1)
+            .ok_or_else(|| FrameError::Malformed("more outcomes than a job holds".into()))?;
+        Ok(())
+    }
+
+    /// See [`Link::wait_readable`].
+    pub(super) fn wait_readable(
+        &mut self,
+        spin: Duration,
+        timeout: Option<Duration>,
+    ) -> io::Result<bool> {
         if self.dead {
             return Ok(true);
         }
@@ -282,25 +390,49 @@ impl Link for ShmLink {
         })
     }
 
+    /// The job the worker's progress word names, and how many of its tasks started.
+    pub(crate) fn progress(&self) -> Option<(u64, u32)> {
+        self.progress.read().ok().map(|p| (p.job, p.started))
+    }
+
+    /// See [`Link::shrink_buffers`].
+    pub(crate) fn shrink_buffers(&mut self) {
+        protocol::shrink(&mut self.body);
+        protocol::shrink(&mut self.results_body);
+    }
+}
+
+impl Link for ShmLink {
+    fn send(&mut self, frames: &[&[u8]]) -> io::Result<()> {
+        self.tx.send(frames)
+    }
+
+    fn recv(&mut self) -> Result<&[u8], FrameError> {
+        self.rx.recv()
+    }
+
+    fn wait_readable(&mut self, spin: Duration, timeout: Option<Duration>) -> io::Result<bool> {
+        self.rx.wait_readable(spin, timeout)
+    }
+
     /// A quarter of the job ring: the jobs held unanswered always fit, pads and record
     /// headers included, so sending them never waits for a worker that waits for us.
     fn budget(&self) -> usize {
-        self.end.jobs.capacity() / 4
+        self.tx.budget()
     }
 
     /// The progress word says which tasks of the job started.
     fn started(&mut self, job: u64, _sent_bytes: usize) -> Started {
-        match self.end.progress.read() {
-            Ok(progress) if progress.job == job => Started::Upto(progress.started),
-            Ok(_) => Started::None,
-            Err(_) => Started::Unknown,
+        match self.rx.progress() {
+            Some((j, started)) if j == job => Started::Upto(started),
+            Some(_) => Started::None,
+            None => Started::Unknown,
         }
     }
 
     /// Called once the frame last returned is done with: the next `recv` clears whatever
     /// is left.
     fn shrink_buffers(&mut self) {
-        protocol::shrink(&mut self.body);
-        protocol::shrink(&mut self.results);
+        self.rx.shrink_buffers();
     }
 }

@@ -1,0 +1,305 @@
+//! The host agent: this program started on another host by a launcher (`ssh`, `srun`, a
+//! command prefix) with [`AGENT_ENV`] set. It talks to the pool over its stdin and stdout
+//! (see `mux`), and starts, feeds and watches the host's workers with the local
+//! shared-memory transport, so that crash detection, the progress word and stderr forwarding
+//! stay on the host.
+//!
+//! Threads: the main thread reads the pool's messages and feeds the workers; one thread per
+//! worker forwards its answers; a guard ends everything when the pool is gone (stdin at its
+//! end, a new parent, or nothing from the pool for the host timeout), killing the workers
+//! first.
+
+use crate::error::ExitCause;
+use crate::mux::{self, AgentHello, AgentReady, CONTROL, Control};
+use crate::protocol::FrameError;
+use crate::sync::lock;
+use crate::transport::{LaunchConfig, Peer, ProcessPeer, ShmRx, ShmTx, Transport};
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStringExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub(crate) use crate::relaunch::AGENT_ENV;
+/// How long an agent waits for the pool's greeting.
+const GREETING_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often the guard looks.
+const GUARD_EVERY: Duration = Duration::from_millis(250);
+/// Exit code of an agent that no pool greeted.
+const EXIT_NO_POOL: i32 = 2;
+
+/// The stream to the pool, shared by the threads that write to it.
+type Out = Arc<Mutex<File>>;
+
+/// Serves as a host agent; never returns.
+pub(crate) fn run() -> ! {
+    // The workers it starts must not take themselves for agents.
+    // SAFETY: this runs first thing in `main` (or in the worker test of a test binary),
+    // before this process starts any thread that could read the environment meanwhile.
+    unsafe { std::env::remove_var(AGENT_ENV) };
+    // SAFETY: sets SIGPIPE to "ignore"; a pool that went away is an EPIPE on a write.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    let (mut input, output) = match private_stdio() {
+        Ok(io) => io,
+        Err(e) => fail_start(&format!("cannot take over its stdin and stdout: {e}")),
+    };
+    let out: Out = Arc::new(Mutex::new(output));
+    if lock(&out).write_all(mux::PREAMBLE).is_err() {
+        std::process::exit(EXIT_NO_POOL);
+    }
+    let last_heard = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let peers: Arc<Mutex<HashMap<u32, Arc<ProcessPeer>>>> = Arc::default();
+    let hello = Arc::new(Mutex::new(None::<Duration>));
+    spawn_guard(
+        started,
+        Arc::clone(&last_heard),
+        Arc::clone(&hello),
+        Arc::clone(&peers),
+    );
+
+    let mut body = Vec::new();
+    let greeting = match mux::read_message(&mut input, &mut body, 0) {
+        Ok(CONTROL) => AgentHello::parse(&body),
+        Ok(channel) => Err(FrameError::Malformed(format!(
+            "a message for worker {channel} before the greeting"
+        ))),
+        Err(e) => Err(e),
+    };
+    let greeting = match greeting {
+        Ok(g) if g.version == mux::MUX_VERSION => g,
+        Ok(g) => fail_start(&format!(
+            "the pool speaks version {} of the host protocol, this agent {}",
+            g.version,
+            mux::MUX_VERSION
+        )),
+        Err(e) => fail_start(&format!("no pool greeted it: {e}")),
+    };
+    let host_timeout = Duration::from_millis(greeting.host_timeout_ms.max(1000));
+    *lock(&hello) = Some(host_timeout);
+    heard(&last_heard, started);
+    let ready = AgentReady {
+        exe: crate::relaunch::exe_identity().unwrap_or(0),
+        build_id: crate::entry::build_id(),
+        pid: std::process::id(),
+        hostname: rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned(),
+        target: crate::relaunch::target(),
+    };
+    if send(&out, CONTROL, &ready.encode()).is_err() {
+        std::process::exit(0);
+    }
+    let config = LaunchConfig {
+        transport: Transport::SharedMemory,
+        pool: greeting.pool.clone(),
+        max_frame: usize::try_from(greeting.max_frame).unwrap_or(usize::MAX),
+        env: greeting
+            .env
+            .iter()
+            .map(|(k, v)| (OsString::from_vec(k.clone()), OsString::from_vec(v.clone())))
+            .collect(),
+        disable_gpu: greeting.disable_gpu,
+        cpu_affinity: Vec::new(),
+        forward_stderr: greeting.forward_stderr,
+    };
+    let mut txs: HashMap<u32, ShmTx> = HashMap::new();
+    loop {
+        let channel = match mux::read_message(&mut input, &mut body, config.max_frame) {
+            Ok(channel) => channel,
+            Err(FrameError::Closed) => end(&peers, 0),
+            Err(e) => {
+                eprintln!("ppool host agent: {e}; ending its workers");
+                end(&peers, 3)
+            }
+        };
+        heard(&last_heard, started);
+        if channel != CONTROL {
+            if let Some(tx) = txs.get_mut(&channel) {
+                // A worker that died takes no more; its forwarder says how it ended.
+                let _ = tx.send_body(&body);
+            }
+            continue;
+        }
+        match Control::parse(&body) {
+            Ok(Control::Spawn {
+                slot,
+                index,
+                greeting,
+            }) => {
+                let reply =
+                    match crate::transport::spawn_shm_worker(&config, index as usize, greeting) {
+                        Ok((tx, mut rx, peer)) => {
+                            rx.hand_over_partials();
+                            let pid = peer.pid();
+                            txs.insert(slot, tx);
+                            lock(&peers).insert(slot, Arc::clone(&peer));
+                            forward(slot, rx, peer, Arc::clone(&out), Arc::clone(&peers));
+                            Control::Spawned { slot, pid }.encode()
+                        }
+                        Err(e) => Control::SpawnFailed {
+                            slot,
+                            why: &e.to_string(),
+                        }
+                        .encode(),
+                    };
+                if send(&out, CONTROL, &reply).is_err() {
+                    end(&peers, 0);
+                }
+            }
+            Ok(Control::Kill { slot }) => {
+                if let Some(peer) = lock(&peers).get(&slot) {
+                    peer.kill();
+                }
+                txs.remove(&slot);
+            }
+            Ok(Control::Ping(n)) => {
+                if send(&out, CONTROL, &Control::Pong(n).encode()).is_err() {
+                    end(&peers, 0);
+                }
+            }
+            Ok(Control::Pong(_)) => {}
+            Ok(other) => {
+                eprintln!("ppool host agent: ignoring an unexpected {other:?}");
+            }
+            Err(e) => {
+                eprintln!("ppool host agent: {e}; ending its workers");
+                end(&peers, 3)
+            }
+        }
+    }
+}
+
+/// Moves the channel off fds 0 and 1: stdout then points at stderr, so that an entry's
+/// `println!` cannot corrupt the stream, and stdin at `/dev/null`. A terminal (srun `-u`
+/// gives one) is put in raw mode, so that binary frames cross it unchanged.
+fn private_stdio() -> std::io::Result<(File, File)> {
+    let stdin = rustix::io::fcntl_dupfd_cloexec(std::io::stdin().as_fd(), 3)?;
+    let stdout = rustix::io::fcntl_dupfd_cloexec(std::io::stdout().as_fd(), 3)?;
+    rustix::stdio::dup2_stdout(std::io::stderr().as_fd())?;
+    let null = rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    rustix::stdio::dup2_stdin(&null)?;
+    for fd in [&stdin, &stdout] {
+        if rustix::termios::isatty(fd) {
+            let mut termios = rustix::termios::tcgetattr(fd)?;
+            termios.make_raw();
+            rustix::termios::tcsetattr(fd, rustix::termios::OptionalActions::Now, &termios)?;
+        }
+    }
+    Ok((File::from(stdin), File::from(stdout)))
+}
+
+/// Ends an agent that could not start, with a message as a hand-started worker gets.
+fn fail_start(why: &str) -> ! {
+    eprintln!(
+        "error: this is the command line of a ppool host agent, which only a ProcessPool \
+         with remote workers starts ({why})."
+    );
+    std::process::exit(EXIT_NO_POOL)
+}
+
+fn send(out: &Out, channel: u32, body: &[u8]) -> std::io::Result<()> {
+    let mut out = lock(out);
+    mux::write_message(&mut *out, channel, body)?;
+    out.flush()
+}
+
+fn heard(last: &AtomicU64, started: Instant) {
+    last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+}
+
+/// Forwards the answers of the worker in `slot` until it ends, then says how it ended and
+/// how far it got.
+fn forward(
+    slot: u32,
+    mut rx: ShmRx,
+    peer: Arc<ProcessPeer>,
+    out: Out,
+    peers: Arc<Mutex<HashMap<u32, Arc<ProcessPeer>>>>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name(format!("ppool-agent-{slot}"))
+        .spawn(move || {
+            while let Ok(body) = rx.recv() {
+                if send(&out, slot, body).is_err() {
+                    break;
+                }
+                rx.shrink_buffers();
+            }
+            // Whatever ended the channel, the worker ends now.
+            peer.kill();
+            let cause = peer.reap();
+            lock(&peers).remove(&slot);
+            let exited = Control::Exited {
+                slot,
+                cause,
+                progress: rx.progress(),
+            };
+            let _ = send(&out, CONTROL, &exited.encode());
+        });
+    if spawned.is_err() {
+        eprintln!("ppool host agent: cannot start a thread; ending");
+        std::process::exit(3);
+    }
+}
+
+/// Ends the agent when the pool is gone: its parent changed (the launcher died), no greeting
+/// came in time, or nothing came from the pool for the host timeout.
+fn spawn_guard(
+    started: Instant,
+    last_heard: Arc<AtomicU64>,
+    hello: Arc<Mutex<Option<Duration>>>,
+    peers: Arc<Mutex<HashMap<u32, Arc<ProcessPeer>>>>,
+) {
+    let parent = rustix::process::getppid();
+    let spawned = std::thread::Builder::new()
+        .name("ppool-agent-guard".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(GUARD_EVERY);
+                if rustix::process::getppid() != parent {
+                    end(&peers, 0);
+                }
+                let silent =
+                    started.elapsed() - Duration::from_millis(last_heard.load(Ordering::Relaxed));
+                match *lock(&hello) {
+                    None if started.elapsed() > GREETING_TIMEOUT => {
+                        fail_start("no pool greeted it in time")
+                    }
+                    Some(timeout) if silent > timeout => {
+                        eprintln!(
+                            "ppool host agent: nothing from the pool for {silent:?}; \
+                             ending its workers"
+                        );
+                        end(&peers, 0);
+                    }
+                    _ => {}
+                }
+            }
+        });
+    if spawned.is_err() {
+        eprintln!("ppool host agent: cannot start its guard thread");
+        std::process::exit(EXIT_NO_POOL);
+    }
+}
+
+/// Kills every worker, waits for them, and exits with `code`.
+fn end(peers: &Mutex<HashMap<u32, Arc<ProcessPeer>>>, code: i32) -> ! {
+    let all: Vec<Arc<ProcessPeer>> = lock(peers).values().cloned().collect();
+    for peer in &all {
+        peer.kill();
+    }
+    for peer in &all {
+        let _: ExitCause = peer.reap();
+    }
+    std::process::exit(code)
+}

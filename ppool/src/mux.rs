@@ -1,0 +1,478 @@
+//! The stream between a pool and a host agent (see `transport::agent`): one byte stream, the
+//! launcher's stdio, that carries the frames of all the host's workers and the agent's own
+//! control messages. Pure framing: no I/O but reading and writing the given streams.
+//!
+//! The agent's side starts with [`PREAMBLE`]; the pool skips what comes before it (a login
+//! shell's noise), up to [`NOISE_MAX`] bytes. After it, both ways, every message is
+//! `len: u32` (the body's bytes), `channel: u32`, then the body: a worker's frame body (as
+//! `protocol` defines it) for the worker the agent holds in slot `channel`, or, on
+//! [`CONTROL`], a control message, whose first byte is its kind ([`ctl`]).
+
+use crate::error::ExitCause;
+use crate::protocol::{Fields, FrameBuf, FrameError};
+use std::io::{self, Read, Write};
+
+/// The bytes an agent writes first, once its stdout is its own.
+pub(crate) const PREAMBLE: &[u8] = b"\x00PPOOL-HOST-AGENT/1\n";
+/// The most bytes of noise skipped before the preamble.
+pub(crate) const NOISE_MAX: usize = 64 * 1024;
+/// The channel of control messages.
+pub(crate) const CONTROL: u32 = u32::MAX;
+/// The version of the control messages, checked in the agent's greeting.
+pub(crate) const MUX_VERSION: u32 = 1;
+/// The largest control message accepted (a greeting's environment included).
+pub(crate) const CONTROL_MAX: usize = 16 << 20;
+
+/// Kinds of control messages.
+pub(crate) mod ctl {
+    /// Pool to agent, first: settings for the host's workers.
+    pub(crate) const HELLO: u8 = 1;
+    /// Agent to pool: who it is.
+    pub(crate) const READY: u8 = 2;
+    /// Pool to agent: start a worker in a slot, with its greeting.
+    pub(crate) const SPAWN: u8 = 3;
+    /// Agent to pool: the worker of a slot runs.
+    pub(crate) const SPAWNED: u8 = 4;
+    /// Agent to pool: the worker of a slot could not start.
+    pub(crate) const SPAWN_FAILED: u8 = 5;
+    /// Pool to agent: kill the worker of a slot.
+    pub(crate) const KILL: u8 = 6;
+    /// Agent to pool: the worker of a slot ended; how, and how far it got.
+    pub(crate) const EXITED: u8 = 7;
+    /// Either way: are you there?
+    pub(crate) const PING: u8 = 8;
+    /// Either way: yes.
+    pub(crate) const PONG: u8 = 9;
+}
+
+/// Writes one message.
+pub(crate) fn write_message(out: &mut impl Write, channel: u32, body: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(body.len())
+        .map_err(|_| io::Error::other(format!("a message of {} bytes", body.len())))?;
+    let mut header = [0u8; 8];
+    header[..4].copy_from_slice(&len.to_le_bytes());
+    header[4..].copy_from_slice(&channel.to_le_bytes());
+    out.write_all(&header)?;
+    out.write_all(body)
+}
+
+/// Reads one message into `body`; its channel. A body above `max` (or, on [`CONTROL`],
+/// above [`CONTROL_MAX`]) is refused before it is read.
+pub(crate) fn read_message(
+    input: &mut impl Read,
+    body: &mut Vec<u8>,
+    max: usize,
+) -> Result<u32, FrameError> {
+    let mut header = [0u8; 8];
+    read_exact(input, &mut header, true)?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let channel = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    let limit = if channel == CONTROL { CONTROL_MAX } else { max };
+    if len > limit {
+        return Err(FrameError::TooLarge { len, max: limit });
+    }
+    body.clear();
+    body.resize(len, 0);
+    read_exact(input, body, false)?;
+    Ok(channel)
+}
+
+/// Fills `buf`; at a clean end before the first byte (if `at_start`), `Closed`.
+fn read_exact(input: &mut impl Read, buf: &mut [u8], at_start: bool) -> Result<(), FrameError> {
+    let mut got = 0;
+    while got < buf.len() {
+        match input.read(&mut buf[got..]) {
+            Ok(0) if got == 0 && at_start => return Err(FrameError::Closed),
+            Ok(0) => {
+                return Err(FrameError::Malformed(format!(
+                    "the stream ended inside a message, after {got} of {} bytes",
+                    buf.len()
+                )));
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(FrameError::Io(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Reads up to and including the preamble; returns the bytes before it (noise). More than
+/// [`NOISE_MAX`] of them, or an end first, is an error that quotes the start of the noise.
+pub(crate) fn skip_to_preamble(input: &mut impl Read) -> Result<Vec<u8>, String> {
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        if seen.ends_with(PREAMBLE) {
+            seen.truncate(seen.len() - PREAMBLE.len());
+            return Ok(seen);
+        }
+        if seen.len() > NOISE_MAX + PREAMBLE.len() {
+            return Err(format!(
+                "no ppool host agent answered: {} bytes of other output, starting with {:?}",
+                seen.len(),
+                quote(&seen)
+            ));
+        }
+        match input.read(&mut byte) {
+            Ok(0) => {
+                return Err(if seen.is_empty() {
+                    "its launcher ended without starting the host agent".into()
+                } else {
+                    format!(
+                        "its launcher ended without starting the host agent, after {:?}",
+                        quote(&seen)
+                    )
+                });
+            }
+            Ok(_) => seen.push(byte[0]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("cannot read from its launcher: {e}")),
+        }
+    }
+}
+
+/// The start of some bytes, as text, for a message.
+pub(crate) fn quote(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]);
+    text.trim().to_string()
+}
+
+/// The pool's greeting to an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AgentHello {
+    pub(crate) version: u32,
+    pub(crate) pool: String,
+    pub(crate) max_frame: u64,
+    /// Silence from the pool this long means it is gone.
+    pub(crate) host_timeout_ms: u64,
+    pub(crate) disable_gpu: bool,
+    pub(crate) forward_stderr: bool,
+    pub(crate) env: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl AgentHello {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut f = FrameBuf::default();
+        f.start(ctl::HELLO)
+            .u32(self.version)
+            .str(&self.pool)
+            .u64(self.max_frame)
+            .u64(self.host_timeout_ms)
+            .u8(u8::from(self.disable_gpu))
+            .u8(u8::from(self.forward_stderr))
+            .u32(self.env.len() as u32);
+        for (k, v) in &self.env {
+            f.bytes(k).bytes(v);
+        }
+        f.finish()[4..].to_vec()
+    }
+
+    pub(crate) fn parse(body: &[u8]) -> Result<Self, FrameError> {
+        let mut f = Fields::new(body);
+        expect_kind(&mut f, ctl::HELLO)?;
+        let version = f.u32("version")?;
+        let pool = f.str("pool name")?.to_string();
+        let max_frame = f.u64("frame limit")?;
+        let host_timeout_ms = f.u64("host timeout")?;
+        let disable_gpu = f.u8("disable_gpu")? != 0;
+        let forward_stderr = f.u8("forward_stderr")? != 0;
+        let n = f.u32("environment size")?;
+        let mut env = Vec::new();
+        for _ in 0..n {
+            let k = f.bytes("variable name")?.to_vec();
+            let v = f.bytes("variable value")?.to_vec();
+            env.push((k, v));
+        }
+        f.end()?;
+        Ok(AgentHello {
+            version,
+            pool,
+            max_frame,
+            host_timeout_ms,
+            disable_gpu,
+            forward_stderr,
+            env,
+        })
+    }
+}
+
+/// The agent's answer: who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AgentReady {
+    /// The identity of the agent's executable file.
+    pub(crate) exe: u64,
+    /// The table of entries it was built with.
+    pub(crate) build_id: u64,
+    pub(crate) pid: u32,
+    pub(crate) hostname: String,
+    /// `arch-os` of its build.
+    pub(crate) target: String,
+}
+
+impl AgentReady {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut f = FrameBuf::default();
+        f.start(ctl::READY)
+            .u64(self.exe)
+            .u64(self.build_id)
+            .u32(self.pid)
+            .str(&self.hostname)
+            .str(&self.target);
+        f.finish()[4..].to_vec()
+    }
+
+    pub(crate) fn parse(body: &[u8]) -> Result<Self, FrameError> {
+        let mut f = Fields::new(body);
+        expect_kind(&mut f, ctl::READY)?;
+        let ready = AgentReady {
+            exe: f.u64("executable id")?,
+            build_id: f.u64("build id")?,
+            pid: f.u32("pid")?,
+            hostname: f.str("host name")?.to_string(),
+            target: f.str("target")?.to_string(),
+        };
+        f.end()?;
+        Ok(ready)
+    }
+}
+
+/// The other control messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Control<'a> {
+    Spawn {
+        slot: u32,
+        index: u32,
+        greeting: &'a [u8],
+    },
+    Spawned {
+        slot: u32,
+        pid: u32,
+    },
+    SpawnFailed {
+        slot: u32,
+        why: &'a str,
+    },
+    Kill {
+        slot: u32,
+    },
+    Exited {
+        slot: u32,
+        cause: ExitCause,
+        /// The job its progress word named, and how many of its tasks started.
+        progress: Option<(u64, u32)>,
+    },
+    Ping(u64),
+    Pong(u64),
+}
+
+impl Control<'_> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut f = FrameBuf::default();
+        match *self {
+            Control::Spawn {
+                slot,
+                index,
+                greeting,
+            } => {
+                f.start(ctl::SPAWN).u32(slot).u32(index).bytes(greeting);
+            }
+            Control::Spawned { slot, pid } => {
+                f.start(ctl::SPAWNED).u32(slot).u32(pid);
+            }
+            Control::SpawnFailed { slot, why } => {
+                f.start(ctl::SPAWN_FAILED).u32(slot).str(why);
+            }
+            Control::Kill { slot } => {
+                f.start(ctl::KILL).u32(slot);
+            }
+            Control::Exited {
+                slot,
+                cause,
+                progress,
+            } => {
+                let (tag, n) = match cause {
+                    ExitCause::Code(c) => (0, c),
+                    ExitCause::Signal(s) => (1, s),
+                    ExitCause::Lost => (3, 0),
+                    _ => (2, 0),
+                };
+                let (known, job, started) = match progress {
+                    Some((job, started)) => (1, job, started),
+                    None => (0, 0, 0),
+                };
+                f.start(ctl::EXITED)
+                    .u32(slot)
+                    .u8(tag)
+                    .u32(n as u32)
+                    .u8(known)
+                    .u64(job)
+                    .u32(started);
+            }
+            Control::Ping(n) => {
+                f.start(ctl::PING).u64(n);
+            }
+            Control::Pong(n) => {
+                f.start(ctl::PONG).u64(n);
+            }
+        }
+        f.finish()[4..].to_vec()
+    }
+
+    pub(crate) fn parse(body: &[u8]) -> Result<Control<'_>, FrameError> {
+        let mut f = Fields::new(body);
+        let control = match f.u8("control kind")? {
+            ctl::SPAWN => Control::Spawn {
+                slot: f.u32("slot")?,
+                index: f.u32("worker index")?,
+                greeting: f.bytes("greeting")?,
+            },
+            ctl::SPAWNED => Control::Spawned {
+                slot: f.u32("slot")?,
+                pid: f.u32("pid")?,
+            },
+            ctl::SPAWN_FAILED => Control::SpawnFailed {
+                slot: f.u32("slot")?,
+                why: f.str("reason")?,
+            },
+            ctl::KILL => Control::Kill {
+                slot: f.u32("slot")?,
+            },
+            ctl::EXITED => {
+                let slot = f.u32("slot")?;
+                let tag = f.u8("exit kind")?;
+                let n = f.u32("exit code or signal")? as i32;
+                let known = f.u8("progress known")?;
+                let job = f.u64("job")?;
+                let started = f.u32("tasks started")?;
+                let cause = match tag {
+                    0 => ExitCause::Code(n),
+                    1 => ExitCause::Signal(n),
+                    3 => ExitCause::Lost,
+                    _ => ExitCause::Unknown,
+                };
+                Control::Exited {
+                    slot,
+                    cause,
+                    progress: (known != 0).then_some((job, started)),
+                }
+            }
+            ctl::PING => Control::Ping(f.u64("nonce")?),
+            ctl::PONG => Control::Pong(f.u64("nonce")?),
+            k => {
+                return Err(FrameError::Malformed(format!(
+                    "unknown control message kind {k}"
+                )));
+            }
+        };
+        f.end()?;
+        Ok(control)
+    }
+}
+
+fn expect_kind(f: &mut Fields<'_>, kind: u8) -> Result<(), FrameError> {
+    match f.u8("control kind")? {
+        k if k == kind => Ok(()),
+        k => Err(FrameError::Malformed(format!(
+            "control message kind {k} where {kind} was due"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_a_limit_holds_before_reading() {
+        let mut stream = Vec::new();
+        write_message(&mut stream, 3, b"frame").expect("write");
+        let ping = Control::Ping(7).encode();
+        write_message(&mut stream, CONTROL, &ping).expect("write");
+        let mut input = stream.as_slice();
+        let mut body = Vec::new();
+        assert_eq!(read_message(&mut input, &mut body, 100).expect("read"), 3);
+        assert_eq!(body, b"frame");
+        assert_eq!(
+            read_message(&mut input, &mut body, 100).expect("read"),
+            CONTROL
+        );
+        assert_eq!(Control::parse(&body).expect("parse"), Control::Ping(7));
+        assert!(matches!(
+            read_message(&mut input, &mut body, 100),
+            Err(FrameError::Closed)
+        ));
+        let mut big = Vec::new();
+        write_message(&mut big, 1, &[0; 101]).expect("write");
+        assert!(matches!(
+            read_message(&mut big.as_slice(), &mut body, 100),
+            Err(FrameError::TooLarge { .. })
+        ));
+        let cut = &stream[..6];
+        assert!(matches!(
+            read_message(&mut &cut[..], &mut body, 100),
+            Err(FrameError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn noise_before_the_preamble_is_skipped_and_returned() {
+        let mut stream = b"Welcome to node1\nlast login: never\n".to_vec();
+        stream.extend_from_slice(PREAMBLE);
+        stream.extend_from_slice(b"rest");
+        let mut input = stream.as_slice();
+        let noise = skip_to_preamble(&mut input).expect("found");
+        assert!(noise.starts_with(b"Welcome"));
+        assert_eq!(input, b"rest");
+        assert!(skip_to_preamble(&mut &b"bash: ppool: not found\n"[..]).is_err());
+        let flood = vec![b'x'; NOISE_MAX + 100];
+        assert!(skip_to_preamble(&mut flood.as_slice()).is_err());
+    }
+
+    #[test]
+    fn control_messages_round_trip() {
+        let hello = AgentHello {
+            version: MUX_VERSION,
+            pool: "p".into(),
+            max_frame: 1 << 20,
+            host_timeout_ms: 30_000,
+            disable_gpu: true,
+            forward_stderr: false,
+            env: vec![(b"K".to_vec(), b"V".to_vec())],
+        };
+        assert_eq!(AgentHello::parse(&hello.encode()).ok(), Some(hello));
+        let ready = AgentReady {
+            exe: 1,
+            build_id: 2,
+            pid: 3,
+            hostname: "h".into(),
+            target: "x86_64-linux".into(),
+        };
+        assert_eq!(AgentReady::parse(&ready.encode()).ok(), Some(ready));
+        for c in [
+            Control::Spawn {
+                slot: 1,
+                index: 5,
+                greeting: b"g",
+            },
+            Control::Spawned { slot: 1, pid: 9 },
+            Control::SpawnFailed { slot: 1, why: "no" },
+            Control::Kill { slot: 2 },
+            Control::Exited {
+                slot: 2,
+                cause: ExitCause::Signal(9),
+                progress: Some((4, 2)),
+            },
+            Control::Exited {
+                slot: 2,
+                cause: ExitCause::Code(3),
+                progress: None,
+            },
+            Control::Pong(8),
+        ] {
+            let body = c.encode();
+            assert_eq!(Control::parse(&body).ok(), Some(c));
+        }
+        assert!(Control::parse(&[99]).is_err());
+    }
+}
