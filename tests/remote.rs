@@ -852,6 +852,17 @@ fn bad_remote_settings_are_invalid_config() {
             Remote::command(Vec::<String>::new()).workers(1),
         ),
     ];
+    let limited = build_err(
+        ProcessPool::<netns>::builder()
+            .remote(Remote::ssh(c.host(1)).workers(1))
+            .worker_memory_limit(1 << 30)
+            .build(),
+        "a memory limit with remote hosts",
+    );
+    assert!(
+        matches!(&limited, Error::InvalidConfig { setting, .. } if *setting == "worker_memory_limit"),
+        "a memory limit, which remote hosts cannot enforce yet: {limited:?}"
+    );
     if std::env::var_os("SLURM_JOB_ID").is_none() {
         cases.push(("Remote::slurm() outside an allocation", Remote::slurm()));
     } else {

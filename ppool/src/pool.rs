@@ -721,6 +721,19 @@ impl<F: Entry> Builder<F> {
                 "debug mode runs tasks in this process; it has no remote workers",
             ));
         }
+        if !self.remotes.is_empty() {
+            for (set, setting) in [
+                (self.memory_limit.is_some(), "worker_memory_limit"),
+                (!self.cpu_affinity.is_empty(), "cpu_affinity"),
+            ] {
+                if set {
+                    return Err(Error::config(
+                        setting,
+                        "is not supported yet in a pool with remote hosts",
+                    ));
+                }
+            }
+        }
         if self.host_timeout < Duration::from_secs(1) {
             return Err(Error::config("host_timeout", "must be at least one second"));
         }

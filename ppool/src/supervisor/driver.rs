@@ -329,20 +329,22 @@ fn fail(
         .stats
         .settled(sent.iter().map(|s| u64::from(s.job.count)).sum());
     let mut requeue = Vec::new();
+    let mut started = Started::None;
     if let Some(head) = sent.pop_front() {
         let sent_bytes =
             head.job.frame.len() + sent.iter().map(|s| s.job.frame.len()).sum::<usize>();
         // Nothing reached the worker: none of the first job's tasks started.
         let not_connected = matches!(&cause, FrameError::Send(e)
             if e.kind() == std::io::ErrorKind::NotConnected);
+        started = if not_connected {
+            Started::None
+        } else {
+            link.started(head.id, sent_bytes)
+        };
         let facts = recovery::HeadFacts {
             count: head.job.count,
             kept: merge.count(),
-            started: if not_connected {
-                Started::None
-            } else {
-                link.started(head.id, sent_bytes)
-            },
+            started,
             attempts: head.job.attempts,
             bounces: head.job.bounces,
         };
@@ -350,7 +352,7 @@ fn fail(
         apply_fate(head, fate, merge, &error, i, &mut requeue);
     }
     drop(link);
-    let plan = recovery::plan_rest(sent, closed);
+    let plan = recovery::plan_rest(sent, closed, started, &error, shared.settings.retries);
     requeue.extend(plan.requeue);
     if !requeue.is_empty() {
         let mut st = shared.state();

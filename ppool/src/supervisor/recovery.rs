@@ -15,7 +15,9 @@
 //!   retries left, run again with one attempt more; the tasks that never started are queued
 //!   again, unblamed;
 //! - the jobs after the first never started (a worker runs its jobs in order, and each job's
-//!   answer goes out before the next starts): they are queued again, in order, unblamed.
+//!   answer goes out before the next starts): they are queued again, in order, unblamed;
+//!   unless the link lost what was in flight (a lost host), when the first job's answer may
+//!   have been on its way: then they may have started, and are treated as its tasks are.
 
 use super::job::{Job, Sent};
 use crate::error::{Error, ExitCause};
@@ -131,7 +133,7 @@ pub(super) fn fate(head: HeadFacts, error: &Error, closed: bool, retries: u32) -
     let ran = match started {
         Started::None => kept,
         Started::Upto(n) => n.clamp(kept, count),
-        Started::Unknown => count,
+        Started::Unknown | Started::Lost => count,
     };
     if kept == 0 && ran == 0 {
         if bounces < MAX_BOUNCES {
@@ -157,13 +159,28 @@ pub(super) struct Plan {
     pub(super) settle: Vec<(Job, Error)>,
 }
 
-/// The plan for the jobs sent after the first one: they never started.
-pub(super) fn plan_rest(rest: VecDeque<Sent>, closed: bool) -> Plan {
+/// The plan for the jobs sent after the first one: they never started, unless the link
+/// lost what was in flight (`started` is [`Started::Lost`]): then they may have, and each
+/// ends with `error` or, if the worker died and it has retries left, runs again.
+pub(super) fn plan_rest(
+    rest: VecDeque<Sent>,
+    closed: bool,
+    started: Started,
+    error: &Error,
+    retries: u32,
+) -> Plan {
     let mut plan = Plan::default();
-    if closed {
-        plan.settle = rest.into_iter().map(|s| (s.job, Error::Closed)).collect();
-    } else {
-        plan.requeue = rest.into_iter().map(|s| s.job).collect();
+    for Sent { mut job, .. } in rest {
+        if closed {
+            plan.settle.push((job, Error::Closed));
+        } else if started != Started::Lost {
+            plan.requeue.push(job);
+        } else if matches!(error, Error::WorkerDied { .. }) && job.attempts < retries {
+            job.attempts += 1;
+            plan.requeue.push(job);
+        } else {
+            plan.settle.push((job, error.clone()));
+        }
     }
     plan
 }

@@ -539,7 +539,13 @@ fn facts(count: u32, kept: u32, started: Started) -> HeadFacts {
 #[test]
 fn when_closing_the_jobs_after_the_first_end_with_closed_and_the_first_keeps_its_results() {
     let (tx, _rx) = mpsc::channel();
-    let plan = recovery::plan_rest(sent(&[&["a"], &["b"]], &tx), true);
+    let plan = recovery::plan_rest(
+        sent(&[&["a"], &["b"]], &tx),
+        true,
+        Started::None,
+        &died(),
+        5,
+    );
     assert!(plan.requeue.is_empty());
     assert_eq!(plan.settle.len(), 2);
     assert!(plan.settle.iter().all(|(_, e)| matches!(e, Error::Closed)));
@@ -648,11 +654,39 @@ fn retries_cover_only_worker_deaths_and_only_within_the_budget() {
 #[test]
 fn the_jobs_after_the_first_never_started_and_are_queued_again_unblamed() {
     let (tx, _rx) = mpsc::channel();
-    let plan = recovery::plan_rest(sent(&[&["b"], &["c", "d"]], &tx), false);
-    let counts: Vec<u32> = plan.requeue.iter().map(|j| j.count).collect();
-    assert_eq!(counts, [1, 2]);
-    assert!(plan.requeue.iter().all(|j| j.attempts == 0));
-    assert!(plan.settle.is_empty());
+    for started in [Started::None, Started::Upto(3), Started::Unknown] {
+        let plan = recovery::plan_rest(
+            sent(&[&["b"], &["c", "d"]], &tx),
+            false,
+            started,
+            &died(),
+            0,
+        );
+        let counts: Vec<u32> = plan.requeue.iter().map(|j| j.count).collect();
+        assert_eq!(counts, [1, 2]);
+        assert!(plan.requeue.iter().all(|j| j.attempts == 0));
+        assert!(plan.settle.is_empty());
+    }
+}
+
+#[test]
+fn after_a_lost_host_the_jobs_sent_ahead_may_have_started_and_run_again_only_with_retries() {
+    let (tx, _rx) = mpsc::channel();
+    let rest = || sent(&[&["b"], &["c", "d"]], &tx);
+    let plan = recovery::plan_rest(rest(), false, Started::Lost, &died(), 0);
+    assert!(plan.requeue.is_empty());
+    assert_eq!(plan.settle.len(), 2);
+    let plan = recovery::plan_rest(rest(), false, Started::Lost, &died(), 1);
+    assert_eq!(plan.requeue.len(), 2);
+    assert!(plan.requeue.iter().all(|j| j.attempts == 1));
+    assert_eq!(
+        recovery::fate(facts(5, 2, Started::Lost), &died(), false, 0),
+        Fate::Cut {
+            kept: 2,
+            ran: 5,
+            retry: false
+        }
+    );
 }
 
 #[test]

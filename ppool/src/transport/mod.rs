@@ -76,6 +76,9 @@ pub(crate) enum Started {
     Upto(u32),
     /// The link cannot tell: every task without a result may have started.
     Unknown,
+    /// The link lost what was in flight (a host that stopped answering): every task
+    /// without a result may have started, in this job and in the jobs sent after it.
+    Lost,
 }
 
 /// The process behind a link.

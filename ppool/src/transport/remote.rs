@@ -683,13 +683,15 @@ impl Link for RemoteLink {
         BUDGET
     }
 
-    /// The agent read the worker's progress word when it died; a lost host tells nothing.
+    /// The agent read the worker's progress word when it died; a lost host tells nothing,
+    /// and what it sent last may not have arrived.
     fn started(&mut self, job: u64, _sent_bytes: usize) -> Started {
         let st = lock(&self.host.state);
         match st.slots.get(&self.slot).and_then(|inbox| inbox.exited) {
             Some((_, Some((j, n)))) if j == job => Started::Upto(n),
             Some((_, Some(_))) => Started::None,
-            _ => Started::Unknown,
+            Some((_, None)) => Started::Unknown,
+            None => Started::Lost,
         }
     }
 
