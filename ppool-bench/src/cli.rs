@@ -16,6 +16,11 @@ pub(crate) const METRICS: &[(&str, &str)] = &[
     ),
     ("echo_10mb", "10 MiB echo round trip"),
     ("echo_100mb", "100 MiB echo round trip"),
+    (
+        "ssh_rtt",
+        "sync round trip to a worker on another host over ssh",
+    ),
+    ("ssh_bulk", "tiny tasks in bulk on other hosts over ssh"),
     ("cpu_scaling", "CPU scaling, 200 x ~10 ms tasks"),
     (
         "startup",

@@ -4,7 +4,7 @@ use std::fs;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ppool::{ProcessPool, Transport, pool_entry};
+use ppool::{ProcessPool, Remote, Transport, pool_entry};
 use serde_json::json;
 
 use crate::BenchResult;
@@ -39,6 +39,17 @@ pub(crate) struct EchoPool(ProcessPool<echo>);
 impl EchoPool {
     pub(crate) fn new(workers: usize) -> BenchResult<EchoPool> {
         EchoPool::over(workers, Transport::SharedMemory)
+    }
+
+    /// One worker on `host`, over ssh.
+    pub(crate) fn on_host(host: &str) -> BenchResult<EchoPool> {
+        let pool = ProcessPool::<echo>::builder()
+            .remote(Remote::ssh(host).workers(1))
+            .build()?;
+        for i in 0..100 {
+            pool.call(i)?;
+        }
+        Ok(EchoPool(pool))
     }
 
     /// A pool whose workers are reached over `transport`.
@@ -80,6 +91,17 @@ pub(crate) struct SquarePool(ProcessPool<square>);
 impl SquarePool {
     pub(crate) fn new(workers: usize) -> BenchResult<SquarePool> {
         let pool = ProcessPool::<square>::new(workers)?;
+        pool.batch(0..1000u64).wait()?;
+        Ok(SquarePool(pool))
+    }
+
+    /// A pool of `workers` workers on each of `hosts`, over ssh, and none here.
+    pub(crate) fn on_hosts(hosts: &[String], workers: usize) -> BenchResult<SquarePool> {
+        let mut builder = ProcessPool::<square>::builder();
+        for host in hosts {
+            builder = builder.remote(Remote::ssh(host).workers(workers));
+        }
+        let pool = builder.build()?;
         pool.batch(0..1000u64).wait()?;
         Ok(SquarePool(pool))
     }

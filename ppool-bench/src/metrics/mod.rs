@@ -6,6 +6,7 @@
 
 pub(crate) mod latency;
 pub(crate) mod process;
+pub(crate) mod remote;
 pub(crate) mod scaling;
 pub(crate) mod throughput;
 
@@ -38,6 +39,8 @@ pub(crate) fn run_metric(id: &str, ctx: &Ctx) -> BenchResult<MetricResult> {
         "call_with" => throughput::call_with(ctx),
         "echo_10mb" => throughput::echo_10mb(ctx),
         "echo_100mb" => throughput::echo_100mb(ctx),
+        "ssh_rtt" => remote::ssh_rtt(ctx),
+        "ssh_bulk" => remote::ssh_bulk(ctx),
         "cpu_scaling" => scaling::cpu_scaling(ctx),
         "startup" => process::startup(ctx),
         "map_rss" => process::map_rss(ctx),
