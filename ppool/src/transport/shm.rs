@@ -227,12 +227,6 @@ fn wait_room(pidfd: &Pidfd) -> impl FnMut(&mut Producer, usize) -> Result<(), Ri
 impl ShmTx {
     /// Sends one frame's body.
     pub(crate) fn send_body(&mut self, body: &[u8]) -> io::Result<()> {
-        if self.pidfd.has_exited() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "the worker ended",
-            ));
-        }
         let mut wait = wait_room(&self.pidfd);
         shm::push_item(&mut self.jobs, shm::ITEM_FRAME, body, false, &mut wait).map_err(|(e, _)| {
             match e {
@@ -244,12 +238,9 @@ impl ShmTx {
 
     /// Sends finished frames (see [`Link::send`]).
     pub(crate) fn send(&mut self, frames: &[&[u8]]) -> io::Result<()> {
-        if self.pidfd.has_exited() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "the worker was gone before the job was sent",
-            ));
-        }
+        // No look at the pidfd here (a system call per job): jobs pushed to a worker that
+        // died wait unread, its progress word shows they never started, and they run
+        // elsewhere.
         let mut wait = wait_room(&self.pidfd);
         for frames in frames {
             // One slice may hold several frames (a greeting does), each behind its length.
@@ -303,6 +294,16 @@ impl ShmRx {
                 Some(shm::ITEM_FRAME) => return self.complete(),
                 Some(_) => self.count_outcome()?,
                 None => {
+                    // Whatever comes next may be nanoseconds away: wait for it first, and
+                    // look at the worker's pidfd (a system call) only when nothing came.
+                    if !self.partials
+                        && self
+                            .results
+                            .wait_readable(Duration::ZERO, Some(DEATH_CHECK))
+                            .map_err(frame_error)?
+                    {
+                        continue;
+                    }
                     if self.pidfd.has_exited() {
                         // Its last stores are visible now: one more look, then what it
                         // published of its last job, if anything.
