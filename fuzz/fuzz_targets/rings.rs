@@ -64,7 +64,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut out = Vec::new();
     for _ in 0..64 {
-        match sup.results.try_pop_tagged(&mut out) {
+        match sup.results.try_pop_tagged_into(|_| &mut out) {
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => break,
         }

@@ -90,7 +90,15 @@ pub(crate) struct SquarePool(ProcessPool<square>);
 
 impl SquarePool {
     pub(crate) fn new(workers: usize) -> BenchResult<SquarePool> {
-        let pool = ProcessPool::<square>::new(workers)?;
+        SquarePool::over(workers, Transport::SharedMemory)
+    }
+
+    /// A pool whose workers are reached over `transport`.
+    pub(crate) fn over(workers: usize, transport: Transport) -> BenchResult<SquarePool> {
+        let pool = ProcessPool::<square>::builder()
+            .n_jobs(workers)
+            .transport(transport)
+            .build()?;
         pool.batch(0..1000u64).wait()?;
         Ok(SquarePool(pool))
     }

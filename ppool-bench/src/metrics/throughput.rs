@@ -25,11 +25,24 @@ pub(crate) fn bulk_tiny(ctx: &Ctx) -> MetricResult {
          echoes them (messages/s); Python: map with default chunking"
     ));
     let ppool = ready(&mut m, "ppool", SquarePool::new(WORKERS));
+    let pipes = ready(
+        &mut m,
+        "ppool (pipes)",
+        SquarePool::over(WORKERS, Transport::Pipes),
+    );
     let mut raw = ready(&mut m, "raw pipe", RawPipeChild::echo());
     let mut runners = Runners::default();
     if let Some(pool) = &ppool {
         runners.add("ppool", move || {
             Ok(Measured::one("ppool batch", per_second(n, pool.batch(n)?)))
+        });
+    }
+    if let Some(pool) = &pipes {
+        runners.add("ppool (pipes)", move || {
+            Ok(Measured::one(
+                "ppool batch over pipes",
+                per_second(n, pool.batch(n)?),
+            ))
         });
     }
     if let Some(raw) = raw.as_mut() {
@@ -42,8 +55,10 @@ pub(crate) fn bulk_tiny(ctx: &Ctx) -> MetricResult {
     }
     runners.add_python(ctx, &mut m, "bulk_tiny", py_args(&[("n", n.to_string())]));
     runners.run(&mut m, ctx.opts.reps);
-    if let Some(pool) = ppool {
-        note_shutdown(&mut m, "ppool", pool.finish());
+    for (name, pool) in [("ppool", ppool), ("ppool (pipes)", pipes)] {
+        if let Some(pool) = pool {
+            note_shutdown(&mut m, name, pool.finish());
+        }
     }
     m
 }

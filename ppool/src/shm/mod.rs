@@ -21,6 +21,9 @@ pub(crate) const ITEM_FRAME: u8 = 1;
 pub(crate) const ITEM_OUTCOME: u8 = 2;
 /// Set in a tag when more pieces of the same item follow.
 const MORE: u8 = 0x80;
+/// Set in the tag of a record that only says how long the item after it is (a `u64`), so
+/// that the reader makes room once rather than growing its buffer piece by piece.
+const HINT: u8 = 0x40;
 
 /// The largest piece of an item in one record of `producer`'s ring (the tag aside).
 fn piece_len(producer: &Producer) -> usize {
@@ -45,6 +48,27 @@ pub(crate) fn push_item(
     let piece = piece_len(producer);
     let mut rest = bytes;
     let mut sent_any = false;
+    if bytes.len() > piece {
+        let hint = (bytes.len() as u64).to_le_bytes();
+        loop {
+            let pushed = if quiet {
+                producer.try_push_quiet(&[&[item | HINT], &hint])
+            } else {
+                producer.try_push(&[&[item | HINT], &hint])
+            };
+            match pushed {
+                Ok(true) => break,
+                Ok(false) => {
+                    if quiet {
+                        producer.notify();
+                    }
+                    wait(producer, 1 + hint.len()).map_err(|e| (e, sent_any))?;
+                }
+                Err(e) => return Err((e, sent_any)),
+            }
+        }
+        sent_any = true;
+    }
     loop {
         let (this, next) = rest.split_at(rest.len().min(piece));
         let tag = [if next.is_empty() { item } else { item | MORE }];
@@ -112,33 +136,44 @@ impl Assembler {
         outcome: &mut Vec<u8>,
     ) -> Result<Option<u8>, RingError> {
         loop {
-            // Into the buffer of the item under way, or, for a new one, the frame's: a
-            // record's tag is known only once it is out, so an outcome's first piece is
-            // moved over from there (outcomes are small; large ones move once per piece).
-            let into = match self.open {
-                Some(ITEM_OUTCOME) => &mut *outcome,
-                _ => &mut *frame,
+            // Into the buffer of the item under way, or of the kind its tag names.
+            let open = self.open;
+            let mut start = 0;
+            let (frame_buf, outcome_buf, at) = (&mut *frame, &mut *outcome, &mut start);
+            let pick = move |tag: u8| {
+                let into = match open.unwrap_or(tag & !(MORE | HINT)) {
+                    ITEM_OUTCOME => outcome_buf,
+                    _ => frame_buf,
+                };
+                *at = into.len();
+                into
             };
-            let start = into.len();
-            let Some((tag, len)) = consumer.try_pop_tagged(into)? else {
+            let Some((tag, len)) = consumer.try_pop_tagged_into(pick)? else {
                 return Ok(None);
             };
-            let item = tag & !MORE;
-            if item != ITEM_FRAME && item != ITEM_OUTCOME {
+            let item = tag & !(MORE | HINT);
+            if tag & HINT != 0 && self.open.is_none() && len == 8 {
+                let into = if item == ITEM_OUTCOME {
+                    &mut *outcome
+                } else {
+                    &mut *frame
+                };
+                let mut total = [0u8; 8];
+                total.copy_from_slice(&into[start..]);
+                into.truncate(start);
+                let room = (u64::from_le_bytes(total) as usize).min(self.max);
+                into.reserve(room);
+                continue;
+            }
+            if item != ITEM_FRAME && item != ITEM_OUTCOME || tag & HINT != 0 {
                 return Err(ring_corrupt(format!("a record with the unknown tag {tag}")));
             }
-            match self.open {
-                Some(open) if open != item => {
-                    return Err(ring_corrupt(format!(
-                        "a piece of kind {item} inside an item of kind {open}"
-                    )));
-                }
-                Some(_) => {}
-                None if item == ITEM_OUTCOME => {
-                    outcome.extend_from_slice(&frame[start..]);
-                    frame.truncate(start);
-                }
-                None => {}
+            if let Some(open) = self.open
+                && open != item
+            {
+                return Err(ring_corrupt(format!(
+                    "a piece of kind {item} inside an item of kind {open}"
+                )));
             }
             self.len += len;
             if self.len > self.max {

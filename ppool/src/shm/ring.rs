@@ -106,9 +106,11 @@
 //!    stores its index (SeqCst), then loads the flag (SeqCst) and, if set, clears it, bumps the
 //!    bell and calls `FUTEX_WAKE`. Sequential consistency makes at least one side see the
 //!    other's store, so a wake-up is never lost; a bell bumped before the wait makes
-//!    `FUTEX_WAIT` return at once. A producer's quiet pushes store `tail` the same way but
-//!    skip the flag; the [`Producer::notify`] that ends a run of them loads it after all
-//!    those stores, so the wake-up is late by at most the run, never lost. Waits take
+//!    `FUTEX_WAIT` return at once. A producer's quiet pushes store `tail` with Release only
+//!    and skip the flag; the [`Producer::notify`] that ends a run of them issues a SeqCst
+//!    fence, then loads the flag, so the wake-up is late by at most the run, never lost.
+//!    Likewise a consumer publishes `head` only every quarter ring, and whenever it finds
+//!    the ring empty (before any wait): a producer short of room waits at most that long. Waits take
 //!    timeouts so that the caller can check that the peer is alive; a spurious or hostile
 //!    bell only makes a wait return early.
 //! 7. **Progress.** The writer fills the slot `select` does not name, then publishes `select`
@@ -927,13 +929,15 @@ impl Producer {
         self.ring.write_header(pos, word);
         self.seq = next_seq(self.seq);
         self.tail += size as u64;
-        self.ring.word(TAIL).store(self.tail, Ordering::SeqCst);
+        self.ring.word(TAIL).store(self.tail, Ordering::Release);
         Ok(true)
     }
 
     /// Wakes the consumer if it sleeps: the end of a run of [`Producer::try_push_quiet`].
-    /// Its load of the sleeping flag follows the SeqCst stores of `tail` (invariant 6).
+    /// A SeqCst fence orders the Release stores of `tail` before its load of the sleeping
+    /// flag (invariant 6).
     pub(crate) fn notify(&self) {
+        fence(Ordering::SeqCst);
         ring_if_sleeping(&self.ring, READER_SLEEPING, DATA_BELL);
     }
 
@@ -1112,19 +1116,20 @@ impl Consumer {
         })
     }
 
+    #[cfg_attr(not(test), allow(dead_code))]
     /// Takes the next record out as a tag (its first byte) and the rest, which is appended
-    /// to `out`; returns the tag and the length appended. An empty record is
-    /// [`RingError::Corrupt`]. Otherwise as [`Consumer::try_pop`].
-    pub(crate) fn try_pop_tagged(
+    /// to the buffer `out` picks for the tag; returns the tag and the length appended. An
+    /// empty record is [`RingError::Corrupt`]. Otherwise as [`Consumer::try_pop`].
+    pub(crate) fn try_pop_tagged_into<'a>(
         &mut self,
-        out: &mut Vec<u8>,
+        out: impl FnOnce(u8) -> &'a mut Vec<u8>,
     ) -> Result<Option<(u8, usize)>, RingError> {
         self.pop_with(|map, off, len| {
             if len == 0 {
                 return Err(corrupt("an empty record where a tag was due"));
             }
             let tag = map.read_u8(off);
-            map.read_into(off + 1, len - 1, out);
+            map.read_into(off + 1, len - 1, out(tag));
             Ok((tag, len - 1))
         })
     }
@@ -1178,7 +1183,9 @@ impl Consumer {
             let taken = take(&self.ring.map, self.ring.data + pos + RECORD_HEADER, len)?;
             self.head += size as u64;
             self.seq = next_seq(self.seq);
-            self.release();
+            if self.head - self.stored_head >= (cap / 4) as u64 {
+                self.release();
+            }
             return Ok(Some(taken));
         }
         Err(corrupt("two pads in a row"))
@@ -1267,6 +1274,7 @@ impl ProgressWriter {
         self.publish();
     }
 
+    #[cfg_attr(not(test), allow(dead_code))]
     /// Tells that task `index` of `job` finished.
     pub(crate) fn finished(&mut self, job: u64, index: u32) {
         self.switch_job(job);
