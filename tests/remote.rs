@@ -532,6 +532,48 @@ fn local_and_remote_workers_in_one_pool() {
     );
 }
 
+/// `copy_program(true)`: the build is copied to the host's `~/.cache/ppool/<build>/` once,
+/// by a command of its own, and the host's workers run the copy; a second pool finds it there
+/// and copies nothing.
+#[test]
+fn copy_program_puts_the_build_on_the_host_once_and_runs_it() {
+    let _deadline = ppool_tests::deadline();
+    let Some(c) = cluster() else { return };
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let cache = std::path::Path::new(&home).join(".cache/ppool");
+    let _ = std::fs::remove_dir_all(&cache);
+    let start = || {
+        ProcessPool::<square_where>::builder()
+            .remote(Remote::ssh(c.host(1)).workers(1).copy_program(true))
+            .build()
+            .expect("a pool that copies its program to node1")
+    };
+    let pool = start();
+    assert_eq!(pool.call(7).map(|(sq, _)| sq), Ok(49));
+    let pid = pool.insights().workers[0].pid.expect("the worker's pid");
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("the worker's executable");
+    assert!(
+        exe.starts_with(&cache),
+        "the worker runs {}, not a copy under {}",
+        exe.display(),
+        cache.display()
+    );
+    let copied = std::fs::metadata(&exe)
+        .and_then(|m| m.modified())
+        .expect("the copy's time");
+    drop(pool);
+    let pool = start();
+    assert_eq!(pool.call(8).map(|(sq, _)| sq), Ok(64));
+    let again = std::fs::metadata(&exe)
+        .and_then(|m| m.modified())
+        .expect("the copy's time");
+    assert_eq!(copied, again, "the second pool copied the program again");
+    let entries = std::fs::read_dir(exe.parent().expect("a folder"))
+        .expect("the cache folder")
+        .count();
+    assert_eq!(entries, 1, "a temporary file was left in the cache");
+}
+
 // ---------------------------------------------------------------------------------------------
 // A host cut in the middle of a batch
 // ---------------------------------------------------------------------------------------------

@@ -109,8 +109,10 @@ impl Remote {
     }
 
     /// Copies this program to the host first, once per build, into
-    /// `~/.cache/ppool/<build>/` there (not yet supported: [`build`](crate::Builder::build)
-    /// says so).
+    /// `~/.cache/ppool/<build>/` there, and runs the copy: for hosts that do not share this
+    /// program's filesystem. The copy is made by a command of its own over the same
+    /// launcher (`sh -c 'cat > tmp && chmod && mv'`), never mixed into the pool's channel,
+    /// and skipped when the host already has that build.
     pub fn copy_program(mut self, copy: bool) -> Self {
         self.copy_program = copy;
         self
@@ -137,6 +139,8 @@ pub(crate) struct HostSpec {
     /// The program's path there.
     pub(crate) program: OsString,
     pub(crate) workers: usize,
+    /// Copy this program there first (to `~/.cache/ppool/<build>/`), and run the copy.
+    pub(crate) copy: bool,
 }
 
 /// What a Slurm allocation says, read from the environment and `scontrol`.
@@ -156,11 +160,11 @@ pub(crate) fn plan(
 ) -> Result<Vec<HostSpec>> {
     let mut hosts = Vec::new();
     for remote in remotes {
-        if remote.copy_program {
+        if remote.copy_program && remote.program.is_some() {
             return Err(Error::config(
                 "remote",
-                "copy_program(true) is not supported yet: put the program on a filesystem \
-                 the hosts share, or name its path there with .program(path)",
+                "copy_program(true) and program(path) together: the copy goes to the host's \
+                 ~/.cache/ppool/, so leave the path out",
             ));
         }
         if remote.workers == Some(0) {
@@ -190,6 +194,7 @@ pub(crate) fn plan(
                     launcher: ssh_launcher(host, host_timeout),
                     program,
                     workers,
+                    copy: remote.copy_program,
                 });
             }
             Kind::Command(prefix) => {
@@ -213,6 +218,7 @@ pub(crate) fn plan(
                     launcher: prefix.clone(),
                     program,
                     workers,
+                    copy: remote.copy_program,
                 });
             }
             Kind::Slurm => {
@@ -224,6 +230,7 @@ pub(crate) fn plan(
                         launcher: srun_launcher(node),
                         program: program.clone(),
                         workers: remote.workers.unwrap_or(*cpus).max(1),
+                        copy: remote.copy_program,
                     });
                 }
             }
@@ -372,7 +379,10 @@ mod tests {
             Remote::ssh("node"),
             Remote::command(Vec::<String>::new()).workers(1),
             Remote::command([""]).workers(1),
-            Remote::ssh("node").workers(1).copy_program(true),
+            Remote::ssh("node")
+                .workers(1)
+                .copy_program(true)
+                .program("/x"),
             Remote::ssh("node").workers(1).program(""),
             Remote::slurm(),
         ] {

@@ -180,7 +180,12 @@ impl Host {
     ) -> Result<Host, Error> {
         let name = &spec.name;
         let spawn_error = |why: String| Error::spawn(format!("host {name}: {why}"));
-        let argv = agent_command(spec)?;
+        let copied = if spec.copy {
+            Some(install(spec)?)
+        } else {
+            None
+        };
+        let argv = agent_command(spec, copied.as_deref())?;
         let mut command = Command::new(&argv[0]);
         command
             .args(&argv[1..])
@@ -448,14 +453,25 @@ impl Shared {
 }
 
 /// The command line that starts the agent on `spec`'s host. ssh hands its command to the
-/// host's shell, so there every word is quoted; the other launchers run it as it is.
-fn agent_command(spec: &HostSpec) -> Result<Vec<OsString>, Error> {
-    let mut words: Vec<OsString> = vec![
-        "env".into(),
-        format!("{}=1", crate::relaunch::AGENT_ENV).into(),
-        spec.program.clone(),
-    ];
+/// host's shell, so there every word is quoted; the other launchers run it as it is. A copied
+/// program is found through the host's `$HOME`, so the command goes through `sh` there.
+fn agent_command(spec: &HostSpec, copied: Option<&str>) -> Result<Vec<OsString>, Error> {
+    let agent = format!("{}=1", crate::relaunch::AGENT_ENV);
+    let mut words: Vec<OsString> = match copied {
+        None => vec!["env".into(), agent.into(), spec.program.clone()],
+        Some(path) => vec![
+            "sh".into(),
+            "-c".into(),
+            format!("exec env {agent} \"$HOME/{path}\" \"$@\"").into(),
+            "sh".into(),
+        ],
+    };
     words.extend(crate::relaunch::worker_args()?);
+    Ok(launch_words(spec, words))
+}
+
+/// `spec`'s launcher followed by `words`, quoted for the host's shell where ssh needs it.
+fn launch_words(spec: &HostSpec, words: Vec<OsString>) -> Vec<OsString> {
     let mut argv = spec.launcher.clone();
     match spec.via {
         Via::Ssh => argv.extend(
@@ -465,7 +481,70 @@ fn agent_command(spec: &HostSpec) -> Result<Vec<OsString>, Error> {
         ),
         Via::Srun | Via::Command => argv.extend(words),
     }
-    Ok(argv)
+    argv
+}
+
+/// Copies this program to `spec`'s host, into `~/.cache/ppool/<build>/` (content-addressed:
+/// the build's identity), unless it is there already; returns its path under `$HOME`. Two
+/// commands of their own over the launcher, never the pool's channel: one that looks, and
+/// one that writes a temporary file and renames it into place, so that a copy cut short is
+/// never run.
+fn install(spec: &HostSpec) -> Result<String, Error> {
+    let name = &spec.name;
+    let fail = |why: String| Error::spawn(format!("host {name}: cannot copy the program: {why}"));
+    let id = crate::relaunch::exe_identity().map_err(&fail)?;
+    let file: String = crate::relaunch::program_path()?
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "program".into())
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let path = format!(".cache/ppool/{id:016x}/{file}");
+    let sh = |script: String| -> Vec<OsString> {
+        launch_words(spec, vec!["sh".into(), "-c".into(), script.into()])
+    };
+    let look = sh(format!("test -x \"$HOME/{path}\""));
+    let present = Command::new(&look[0])
+        .args(&look[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| fail(format!("cannot run its launcher: {e}")))?;
+    if present.success() {
+        return Ok(path);
+    }
+    let write = sh(format!(
+        "set -e; d=\"$HOME/.cache/ppool/{id:016x}\"; mkdir -p \"$d\"; t=\"$d/.{file}.$$\"; \
+         cat > \"$t\"; chmod 755 \"$t\"; mv -f \"$t\" \"$d/{file}\""
+    ));
+    let mut child = Command::new(&write[0])
+        .args(&write[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| fail(format!("cannot run its launcher: {e}")))?;
+    let exe = std::fs::read(crate::relaunch::program_path()?)
+        .map_err(|e| fail(format!("cannot read this program: {e}")))?;
+    let sent = child.stdin.take().map(|mut stdin| {
+        crate::transport::block_sigpipe_on_this_thread();
+        stdin.write_all(&exe)
+    });
+    let status = child.wait().map_err(|e| fail(e.to_string()))?;
+    match sent {
+        Some(Ok(())) if status.success() => {
+            tracing::info!(host = %name, path = %path, "copied the program");
+            Ok(path)
+        }
+        Some(Err(e)) => Err(fail(format!("{e} ({status})"))),
+        _ => Err(fail(format!("the copy command failed ({status})"))),
+    }
 }
 
 /// The reader thread: the preamble and the agent's answer to the greeting, sent to `ready`,
