@@ -21,6 +21,10 @@ pub(crate) const METRICS: &[(&str, &str)] = &[
         "sync round trip to a worker on another host over ssh",
     ),
     ("ssh_bulk", "tiny tasks in bulk on other hosts over ssh"),
+    (
+        "remote_scale",
+        "remote workers by count: start-up and tiny-task throughput",
+    ),
     ("cpu_scaling", "CPU scaling, 200 x ~10 ms tasks"),
     (
         "startup",

@@ -41,6 +41,7 @@ pub(crate) fn run_metric(id: &str, ctx: &Ctx) -> BenchResult<MetricResult> {
         "echo_100mb" => throughput::echo_100mb(ctx),
         "ssh_rtt" => remote::ssh_rtt(ctx),
         "ssh_bulk" => remote::ssh_bulk(ctx),
+        "remote_scale" => remote::remote_scale(ctx),
         "cpu_scaling" => scaling::cpu_scaling(ctx),
         "startup" => process::startup(ctx),
         "map_rss" => process::map_rss(ctx),

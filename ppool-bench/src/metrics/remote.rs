@@ -139,3 +139,46 @@ pub(crate) fn ssh_bulk(ctx: &Ctx) -> MetricResult {
     }
     m
 }
+
+/// Startup and tiny-task throughput as the number of remote workers grows, all on one host
+/// agent reached through a command prefix on this machine (`sh -c 'exec "$@"'`).
+pub(crate) fn remote_scale(ctx: &Ctx) -> MetricResult {
+    let mut m = MetricResult::new(
+        "remote_scale",
+        "Remote workers through a command prefix on this machine: start-up (ms) and tiny-task \
+         throughput (tasks/s) by worker count",
+        "ms to start / tasks per second",
+        Better::Higher,
+    );
+    let counts: &[usize] = if ctx.opts.quick {
+        &[16]
+    } else {
+        &[16, 64, 256]
+    };
+    let n: u64 = ctx.opts.size(200_000, 50_000);
+    m.note(format!(
+        "one host agent, started with `sh -c 'exec \"$@\"' sh`; N = {n} tiny tasks; start-up \
+         is build() until every worker answered one task"
+    ));
+    let mut runners = Runners::default();
+    for &workers in counts {
+        runners.add(&format!("ppool {workers}"), move || {
+            let started = Instant::now();
+            let pool = SquarePool::on_prefix(workers)?;
+            let up = started.elapsed();
+            let rate = per_second(n, pool.batch(n)?);
+            pool.finish()?;
+            let mut measured = Measured::one(
+                &format!("ppool start-up, {workers} workers (ms)"),
+                up.as_secs_f64() * 1e3,
+            );
+            measured.values.push((
+                format!("ppool tiny tasks, {workers} workers (tasks/s)"),
+                rate,
+            ));
+            Ok(measured)
+        });
+    }
+    runners.run(&mut m, ctx.opts.reps.min(3));
+    m
+}
