@@ -182,6 +182,74 @@ fn worker_exit_hook_results_are_collected_at_join() {
     ));
 }
 
+/// An initializer, or an exit hook, that sleeps `ms` milliseconds.
+#[pool_entry]
+fn slow_hook(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+#[test]
+fn an_initializer_past_init_timeout_fails_the_build_saying_so() {
+    let _deadline = ppool_tests::deadline();
+    let started = std::time::Instant::now();
+    let e = ProcessPool::<double>::builder()
+        .n_jobs(1)
+        .initializer::<slow_hook>(30_000)
+        .init_timeout(Duration::from_millis(300))
+        .build()
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Spawn { message } if message.contains("init_timeout")),
+        "{e:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let zero = ProcessPool::<double>::builder()
+        .init_timeout(Duration::ZERO)
+        .build()
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(
+            zero,
+            Error::InvalidConfig {
+                setting: "init_timeout",
+                ..
+            }
+        ),
+        "{zero:?}"
+    );
+}
+
+#[test]
+fn an_exit_hook_past_exit_timeout_is_cut_short_at_join() {
+    let _deadline = ppool_tests::deadline();
+    let pool = ProcessPool::<double>::builder()
+        .n_jobs(1)
+        .worker_exit::<slow_hook>(30_000)
+        .exit_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    assert_eq!(pool.call(2).unwrap(), 4);
+    let started = std::time::Instant::now();
+    pool.join().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "join waited {:?} for a 30 s exit hook",
+        started.elapsed()
+    );
+    assert!(
+        pool.worker_exit_results::<slow_hook>()
+            .map(|r| r.is_empty())
+            .unwrap_or(true),
+        "a hook cut short has no result"
+    );
+}
+
 #[test]
 fn entries_can_run_nested_pools() {
     let _deadline = ppool_tests::deadline();

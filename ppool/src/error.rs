@@ -176,6 +176,7 @@ fn at(location: &Option<String>) -> String {
 
 /// How a worker process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub enum ExitCause {
     /// It exited with this code.

@@ -109,6 +109,7 @@ impl Stats {
 ///
 /// Its `Display` is a table, one row per worker slot plus a total.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Insights {
     /// Time since the pool was built.
@@ -123,6 +124,7 @@ pub struct Insights {
 
 /// What a worker slot is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub enum WorkerState {
     /// Waiting for work.
@@ -151,6 +153,7 @@ impl fmt::Display for WorkerState {
 
 /// What one worker slot has done.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct WorkerInsights {
     /// The worker's index, `0..n_jobs`.
@@ -249,5 +252,36 @@ impl fmt::Display for Insights {
             self.queued_jobs,
             self.in_flight_tasks
         )
+    }
+}
+
+#[cfg(all(test, feature = "serde"))]
+mod serde_tests {
+    use super::*;
+
+    #[test]
+    fn insights_and_exit_causes_serialize() {
+        let insights = Insights {
+            uptime: Duration::from_millis(1500),
+            workers: vec![WorkerInsights {
+                index: 0,
+                state: WorkerState::Busy,
+                host: "node1".into(),
+                pid: Some(42),
+                resident_bytes: Some(1 << 20),
+                tasks_done: 7,
+                busy: Duration::from_millis(3),
+                idle: Duration::from_millis(4),
+                mean_task: None,
+                max_task: Duration::ZERO,
+                restarts: 1,
+                failures: 2,
+            }],
+            queued_jobs: 3,
+            in_flight_tasks: 4,
+        };
+        let bytes = postcard::to_allocvec(&insights).expect("insights serialize");
+        assert!(bytes.len() > 10);
+        assert!(postcard::to_allocvec(&crate::ExitCause::Signal(9)).is_ok());
     }
 }

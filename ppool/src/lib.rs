@@ -38,6 +38,8 @@
 //!
 //! - `progress` (default): progress bars for `batch` and `map`
 //!   ([`Builder::progress_bar`]), drawn with indicatif.
+//! - `serde`: `Serialize` for [`Insights`], [`WorkerInsights`], [`WorkerState`] and
+//!   [`ExitCause`], to log or export them (for example as JSON).
 //!
 //! # Platform support
 //!

@@ -495,6 +495,8 @@ pub struct Builder<F: Entry> {
     n_jobs_set: bool,
     remotes: Vec<Remote>,
     host_timeout: Duration,
+    init_timeout: Duration,
+    exit_timeout: Duration,
     progress: progress::Mode,
     stream_window: Option<usize>,
     _entry: PhantomData<fn() -> F>,
@@ -535,6 +537,8 @@ impl<F: Entry> Builder<F> {
             n_jobs_set: false,
             remotes: Vec::new(),
             host_timeout: DEFAULT_HOST_TIMEOUT,
+            init_timeout: DEFAULT_INIT_TIMEOUT,
+            exit_timeout: DEFAULT_EXIT_TIMEOUT,
             progress: progress::Mode::Off,
             stream_window: None,
             _entry: PhantomData,
@@ -613,6 +617,21 @@ impl<F: Entry> Builder<F> {
     /// with [`Error::MemoryLimit`].
     pub fn worker_memory_limit(mut self, bytes: u64) -> Self {
         self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// How long a worker's initializer may run (default 5 minutes). A worker whose
+    /// initializer runs longer is killed, and `build()` (or its replacement) fails with
+    /// [`Error::Spawn`] saying so.
+    pub fn init_timeout(mut self, timeout: Duration) -> Self {
+        self.init_timeout = timeout;
+        self
+    }
+
+    /// How long a worker's exit hook (`worker_exit`) may run at `join` (default 60 s); a
+    /// worker still in it then is killed, and its hook's result is missing.
+    pub fn exit_timeout(mut self, timeout: Duration) -> Self {
+        self.exit_timeout = timeout;
         self
     }
 
@@ -732,6 +751,14 @@ impl<F: Entry> Builder<F> {
                         "is not supported yet in a pool with remote hosts",
                     ));
                 }
+            }
+        }
+        for (timeout, setting) in [
+            (self.init_timeout, "init_timeout"),
+            (self.exit_timeout, "exit_timeout"),
+        ] {
+            if timeout.is_zero() {
+                return Err(Error::config(setting, "must be longer than zero"));
             }
         }
         if self.host_timeout < Duration::from_secs(1) {
@@ -891,6 +918,8 @@ impl<F: Entry> Builder<F> {
             max_frame: self.max_frame,
             initializer,
             on_exit,
+            init_timeout: self.init_timeout,
+            exit_timeout: self.exit_timeout,
             token: random_token(),
         };
         let config = LaunchConfig {
@@ -942,6 +971,12 @@ impl<F: Entry> Builder<F> {
 /// The longest pool name: it travels in every worker's greeting, which a worker accepts up to
 /// 64 KiB before it knows its pool.
 const MAX_NAME: usize = 4096;
+
+/// How long an initializer may run, unless `init_timeout` says otherwise.
+const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long an exit hook may run, unless `exit_timeout` says otherwise.
+const DEFAULT_EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long a remote host may stay silent, unless `host_timeout` says otherwise.
 const DEFAULT_HOST_TIMEOUT: Duration = Duration::from_secs(30);

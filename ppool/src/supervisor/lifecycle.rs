@@ -11,10 +11,6 @@ use std::time::Duration;
 
 /// How long a started worker may take to answer the greeting.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a worker's initializer may run.
-const INIT_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long a worker-exit hook may run.
-const EXIT_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 /// How many more times a replacement that died while it started is tried, and the first
 /// pause before that (doubled each time).
 const START_RETRIES: u32 = 3;
@@ -145,11 +141,13 @@ fn ready(spec: &WorkerSpec, i: usize, worker: Worker) -> Result<Conn, StartFailu
         return Err(fail(&why, retry));
     }
     if let Some((name, _)) = &spec.initializer {
-        match link.wait_readable(Duration::ZERO, Some(INIT_TIMEOUT)) {
+        let limit = spec.init_timeout;
+        match link.wait_readable(Duration::ZERO, Some(limit)) {
             Ok(true) => {}
             Ok(false) => {
-                let why =
-                    format!("its initializer `{name}` did not finish within {INIT_TIMEOUT:?}");
+                let why = format!(
+                    "its initializer `{name}` did not finish within {limit:?} (init_timeout)"
+                );
                 return Err(fail(&why, false));
             }
             Err(e) => return Err(fail(&format!("cannot wait for it: {e}"), false)),
@@ -178,22 +176,27 @@ fn ready(spec: &WorkerSpec, i: usize, worker: Worker) -> Result<Conn, StartFailu
 pub(super) fn retire(shared: &Shared, i: usize, conn: Conn) {
     let Conn { mut link, peer, .. } = conn;
     let pid = peer.pid();
-    if let Some(body) = exit(&mut *link, &*peer, shared.spec.on_exit.is_some()) {
+    let hook = shared
+        .spec
+        .on_exit
+        .is_some()
+        .then_some(shared.spec.exit_timeout);
+    if let Some(body) = exit(&mut *link, &*peer, hook) {
         shared.push_exit_result(body);
     }
     tracing::debug!(pool = %shared.spec.pool, worker = i, pid, "worker retired");
 }
 
-/// Asks the worker to exit after its current work, and waits for it to; with an exit hook,
-/// returns the EXITED frame's body.
-fn exit(link: &mut dyn Link, peer: &dyn Peer, has_exit_hook: bool) -> Option<Vec<u8>> {
+/// Asks the worker to exit after its current work, and waits for it to; with an exit hook
+/// (which may run for `hook`), returns the EXITED frame's body.
+fn exit(link: &mut dyn Link, peer: &dyn Peer, hook: Option<Duration>) -> Option<Vec<u8>> {
     let mut frame = FrameBuf::default();
     protocol::write_exit(&mut frame);
     let mut exited = None;
     if link.send(&[frame.finish()]).is_ok() {
-        if has_exit_hook
+        if let Some(limit) = hook
             && link
-                .wait_readable(Duration::ZERO, Some(EXIT_HOOK_TIMEOUT))
+                .wait_readable(Duration::ZERO, Some(limit))
                 .unwrap_or(false)
         {
             if let Ok(body) = link.recv() {

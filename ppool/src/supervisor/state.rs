@@ -31,6 +31,10 @@ pub(crate) struct WorkerSpec {
     pub(crate) max_frame: usize,
     pub(crate) initializer: Option<(&'static str, Vec<u8>)>,
     pub(crate) on_exit: Option<(&'static str, Vec<u8>)>,
+    /// How long the initializer may run.
+    pub(crate) init_timeout: Duration,
+    /// How long the worker-exit hook may run.
+    pub(crate) exit_timeout: Duration,
     /// A number no other process can guess, echoed in READY.
     pub(crate) token: u64,
 }

@@ -318,6 +318,8 @@ fn core(settings: Settings) -> (Core, Arc<Script>) {
         max_frame: 1 << 20,
         initializer: None,
         on_exit: None,
+        init_timeout: Duration::from_secs(300),
+        exit_timeout: Duration::from_secs(60),
         token: 42,
     };
     let core = Core::new(spec, settings, Box::new(FakeLaunch(Arc::clone(&script))));
