@@ -349,7 +349,15 @@ fn panic_is_reported_and_the_same_worker_goes_on() {
             worker,
             message,
             location,
+            backtrace,
         } => {
+            let asked = ["RUST_BACKTRACE", "RUST_LIB_BACKTRACE"]
+                .iter()
+                .any(|v| std::env::var_os(v).is_some_and(|v| v != "0"));
+            assert!(
+                asked || backtrace.is_none(),
+                "no backtrace unless asked for: {backtrace:?}"
+            );
             assert!(entry.ends_with("act"), "{e}");
             assert_eq!(*worker, 0, "{e}");
             assert_eq!(message, "boom 42");
@@ -805,6 +813,31 @@ fn replacement_that_cannot_start_fails_pending_tasks() {
     ));
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(wait_gone(&[first], Duration::from_secs(5)).is_empty());
+}
+
+/// With `RUST_LIB_BACKTRACE=1` in the workers' environment, a panic comes back with the
+/// worker's backtrace, as text that names the entry.
+#[test]
+fn a_panic_brings_the_workers_backtrace_when_asked_for() {
+    let _deadline = ppool_tests::deadline();
+    let pool = ProcessPool::<act>::builder()
+        .n_jobs(1)
+        .env("RUST_LIB_BACKTRACE", "1")
+        .build()
+        .unwrap();
+    match pool.call(Act::Panic("traced".into())) {
+        Err(Error::Panicked {
+            message, backtrace, ..
+        }) => {
+            assert_eq!(message, "traced");
+            let trace = backtrace.expect("a backtrace was asked for");
+            assert!(
+                trace.contains("act"),
+                "the backtrace names the entry:\n{trace}"
+            );
+        }
+        other => panic!("expected Panicked, got {other:?}"),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

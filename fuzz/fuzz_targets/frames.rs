@@ -99,7 +99,11 @@ fn write_outcome(f: &mut FrameBuf, o: &Outcome<'_>) {
             Ok::<(), ()>(())
         })
         .unwrap(),
-        Outcome::Panicked { message, location } => Outcome::write_panicked(f, message, location),
+        Outcome::Panicked {
+            message,
+            location,
+            backtrace,
+        } => Outcome::write_panicked_with(f, message, location, backtrace),
         Outcome::Codec { action, message } => Outcome::write_codec(f, action, message),
     }
 }

@@ -39,6 +39,9 @@ pub enum Error {
         message: String,
         /// Where it panicked, as `file:line:column`, when known.
         location: Option<String>,
+        /// The worker's backtrace, as text, when `RUST_BACKTRACE` or `RUST_LIB_BACKTRACE`
+        /// asked for one in the workers' environment.
+        backtrace: Option<String>,
     },
 
     /// The worker process ended while it held the task (abort, signal, `exit`, OOM kill).

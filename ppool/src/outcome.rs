@@ -48,9 +48,13 @@ fn convert<F: Entry>(outcome: Outcome<'_>, worker: usize) -> Result<F::Output> {
             action: "decode the result",
             message,
         }),
-        Outcome::Panicked { message, location } => {
+        Outcome::Panicked {
+            message,
+            location,
+            backtrace,
+        } => {
             tracing::debug!(entry = F::NAME, worker, message, location, "task panicked");
-            Err(panicked::<F>(worker, message, location))
+            Err(panicked::<F>(worker, message, location, backtrace))
         }
         Outcome::Codec { action, message } => Err(Error::Codec {
             entry: F::NAME.to_string(),
@@ -75,11 +79,12 @@ pub(crate) fn exit_result<E: Entry>(body: &[u8]) -> Result<E::Output> {
     }
 }
 
-fn panicked<F: Entry>(worker: usize, message: &str, location: &str) -> Error {
+fn panicked<F: Entry>(worker: usize, message: &str, location: &str, backtrace: &str) -> Error {
     Error::Panicked {
         entry: F::NAME.to_string(),
         worker,
         message: message.to_string(),
         location: (!location.is_empty()).then(|| location.to_string()),
+        backtrace: (!backtrace.is_empty()).then(|| backtrace.to_string()),
     }
 }

@@ -10,7 +10,7 @@
 use std::io::{self, Read};
 
 /// Bumped whenever the frame layout changes.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// The first bytes of a handshake, to recognise a ppool peer.
 pub(crate) const MAGIC: [u8; 4] = *b"PPL\x01";
 /// The default largest frame, in bytes.
@@ -434,7 +434,12 @@ pub(crate) enum Outcome<'a> {
     /// The encoded return value.
     Ok(&'a [u8]),
     /// The entry panicked.
-    Panicked { message: &'a str, location: &'a str },
+    Panicked {
+        message: &'a str,
+        location: &'a str,
+        /// The worker's backtrace, when it was asked for one; else empty.
+        backtrace: &'a str,
+    },
     /// The arguments could not be decoded or the result not encoded.
     Codec { action: &'a str, message: &'a str },
 }
@@ -444,8 +449,22 @@ const OUTCOME_PANICKED: u8 = 1;
 const OUTCOME_CODEC: u8 = 2;
 
 impl Outcome<'_> {
+    #[cfg(test)]
     pub(crate) fn write_panicked(f: &mut FrameBuf, message: &str, location: &str) {
-        f.u8(OUTCOME_PANICKED).str(message).str(location);
+        Self::write_panicked_with(f, message, location, "");
+    }
+
+    /// A panic, with the worker's backtrace (empty: none).
+    pub(crate) fn write_panicked_with(
+        f: &mut FrameBuf,
+        message: &str,
+        location: &str,
+        backtrace: &str,
+    ) {
+        f.u8(OUTCOME_PANICKED)
+            .str(message)
+            .str(location)
+            .str(backtrace);
     }
 
     pub(crate) fn write_codec(f: &mut FrameBuf, action: &str, message: &str) {
@@ -816,6 +835,7 @@ impl<'a> Outcomes<'a> {
             OUTCOME_PANICKED => Outcome::Panicked {
                 message: f.str("panic message")?,
                 location: f.str("panic location")?,
+                backtrace: f.str("panic backtrace")?,
             },
             OUTCOME_CODEC => Outcome::Codec {
                 action: f.str("codec action")?,

@@ -330,7 +330,8 @@ fn results_round_trip() {
             Outcome::Ok(b"value"),
             Outcome::Panicked {
                 message: "boom",
-                location: "src/lib.rs:1:1"
+                location: "src/lib.rs:1:1",
+                backtrace: ""
             },
             Outcome::Codec {
                 action: "decode the arguments",
@@ -338,7 +339,8 @@ fn results_round_trip() {
             },
             Outcome::Panicked {
                 message: "",
-                location: ""
+                location: "",
+                backtrace: ""
             },
             Outcome::Ok(&[0u8; 100_000]),
         ]
@@ -377,6 +379,7 @@ fn init_init_done_on_exit_exited_and_exit_round_trip() {
         Outcome::Panicked {
             message: "m",
             location: "l",
+            backtrace: "0: main\n1: start",
         },
         Outcome::Codec {
             action: "encode the result",
@@ -388,9 +391,11 @@ fn init_init_done_on_exit_exited_and_exit_round_trip() {
             start_exited(f);
             match outcome {
                 Outcome::Ok(v) => Outcome::write_ok(f, fill(v)).unwrap(),
-                Outcome::Panicked { message, location } => {
-                    Outcome::write_panicked(f, message, location)
-                }
+                Outcome::Panicked {
+                    message,
+                    location,
+                    backtrace,
+                } => Outcome::write_panicked_with(f, message, location, backtrace),
                 Outcome::Codec { action, message } => Outcome::write_codec(f, action, message),
             }
         });
@@ -988,9 +993,9 @@ impl Out {
     fn of(o: &Outcome<'_>) -> Self {
         match *o {
             Outcome::Ok(v) => Out::Ok(v.to_vec()),
-            Outcome::Panicked { message, location } => {
-                Out::Panicked(message.into(), location.into())
-            }
+            Outcome::Panicked {
+                message, location, ..
+            } => Out::Panicked(message.into(), location.into()),
             Outcome::Codec { action, message } => Out::Codec(action.into(), message.into()),
         }
     }

@@ -72,15 +72,35 @@ pub(crate) fn as_in_process<R>(index: usize, pool: &'static str, f: impl FnOnce(
 
 thread_local! {
     static IN_TASK: Cell<bool> = const { Cell::new(false) };
-    static LAST_PANIC: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
+    static LAST_PANIC: RefCell<Option<TaskPanic>> = const { RefCell::new(None) };
 }
 
-/// Records the panics of tasks as data (the supervisor reports them) instead of printing them,
-/// unless `RUST_BACKTRACE` is set. Other panics go to the previous hook.
+/// A task's panic, as the hook saw it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TaskPanic {
+    pub(crate) message: String,
+    pub(crate) location: String,
+    /// Empty unless a backtrace was asked for.
+    pub(crate) backtrace: String,
+}
+
+/// Whether the environment asks for backtraces (`RUST_LIB_BACKTRACE` first, as std reads it).
+fn backtraces_wanted() -> bool {
+    let wants = |v: std::ffi::OsString| v != "0";
+    match std::env::var_os("RUST_LIB_BACKTRACE") {
+        Some(v) => wants(v),
+        None => std::env::var_os("RUST_BACKTRACE").is_some_and(wants),
+    }
+}
+
+/// Records the panics of tasks as data (the supervisor reports them, with a backtrace when
+/// `RUST_BACKTRACE` or `RUST_LIB_BACKTRACE` asks for one) instead of printing them, unless
+/// `RUST_BACKTRACE` is set. Other panics go to the previous hook.
 pub(crate) fn install_panic_hook() {
     static INSTALLED: Once = Once::new();
     INSTALLED.call_once(|| {
         let print = std::env::var_os("RUST_BACKTRACE").is_some();
+        let trace = backtraces_wanted();
         let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
             if !IN_TASK.with(Cell::get) {
@@ -88,7 +108,18 @@ pub(crate) fn install_panic_hook() {
             }
             let message = crate::panics::message(info.payload());
             let location = info.location().map(|l| l.to_string()).unwrap_or_default();
-            LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location)));
+            let backtrace = if trace {
+                std::backtrace::Backtrace::force_capture().to_string()
+            } else {
+                String::new()
+            };
+            LAST_PANIC.with(|p| {
+                *p.borrow_mut() = Some(TaskPanic {
+                    message,
+                    location,
+                    backtrace,
+                })
+            });
             if print {
                 previous(info);
             }
@@ -97,14 +128,17 @@ pub(crate) fn install_panic_hook() {
 }
 
 /// Runs `f` as a task: its panic is caught and recorded.
-fn catch_task<R>(f: impl FnOnce() -> R) -> Result<R, (String, String)> {
+fn catch_task<R>(f: impl FnOnce() -> R) -> Result<R, TaskPanic> {
     IN_TASK.with(|t| t.set(true));
     let result = panic::catch_unwind(AssertUnwindSafe(f));
     IN_TASK.with(|t| t.set(false));
     result.map_err(|payload| {
         LAST_PANIC
             .with(|p| p.borrow_mut().take())
-            .unwrap_or_else(|| (crate::panics::message(payload.as_ref()), String::new()))
+            .unwrap_or_else(|| TaskPanic {
+                message: crate::panics::message(payload.as_ref()),
+                ..TaskPanic::default()
+            })
     })
 }
 
@@ -225,9 +259,9 @@ pub(crate) fn run_one(record: &EntryRecord, args: &[u8], out: &mut FrameBuf, max
             }
         }
         Ok(Err(CodecFailure { action, message })) => Outcome::write_codec(out, action, &message),
-        Err((message, location)) => {
+        Err(panic) => {
             out.truncate(at);
-            Outcome::write_panicked(out, &message, &location);
+            Outcome::write_panicked_with(out, &panic.message, &panic.location, &panic.backtrace);
         }
     }
 }
@@ -262,7 +296,9 @@ pub(crate) fn init_failure(body: &[u8]) -> Option<String> {
         Ok(Err(CodecFailure { action, message })) => Some(format!(
             "initializer `{name}` could not {action}: {message}"
         )),
-        Err((message, location)) => {
+        Err(TaskPanic {
+            message, location, ..
+        }) => {
             let at = if location.is_empty() {
                 String::new()
             } else {
