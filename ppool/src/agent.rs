@@ -29,6 +29,8 @@ pub(crate) use crate::relaunch::AGENT_ENV;
 const GREETING_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often the guard looks.
 const GUARD_EVERY: Duration = Duration::from_millis(250);
+/// How long the workers have to end on SIGTERM before they are killed.
+const END_GRACE: Duration = Duration::from_secs(2);
 /// Exit code of an agent that no pool greeted.
 const EXIT_NO_POOL: i32 = 2;
 
@@ -292,11 +294,19 @@ fn spawn_guard(
     }
 }
 
-/// Kills every worker, waits for them, and exits with `code`.
+/// Ends every worker, SIGTERM first and SIGKILL after [`END_GRACE`], waits for them, and
+/// exits with `code`.
 fn end(peers: &Mutex<HashMap<u32, Arc<ProcessPeer>>>, code: i32) -> ! {
     let all: Vec<Arc<ProcessPeer>> = lock(peers).values().cloned().collect();
     for peer in &all {
-        peer.kill();
+        peer.terminate();
+    }
+    let deadline = Instant::now() + END_GRACE;
+    for peer in &all {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !peer.wait_exit(left) {
+            peer.kill();
+        }
     }
     for peer in &all {
         let _: ExitCause = peer.reap();

@@ -30,13 +30,18 @@ impl Pidfd {
     /// Sends SIGKILL. Without a pidfd this goes to the raw pid, which is only safe while the
     /// process is known not to be reaped.
     pub(crate) fn kill(&self) {
+        self.signal(rustix::process::Signal::KILL);
+    }
+
+    /// Sends `signal`, as [`Pidfd::kill`] sends SIGKILL.
+    pub(crate) fn signal(&self, signal: rustix::process::Signal) {
         match &self.fd {
             Some(fd) => {
-                let _ = rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL);
+                let _ = rustix::process::pidfd_send_signal(fd, signal);
             }
             None => {
                 if let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) {
-                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                    let _ = rustix::process::kill_process(pid, signal);
                 }
             }
         }

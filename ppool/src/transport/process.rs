@@ -97,6 +97,14 @@ struct ProcessState {
 }
 
 impl ProcessPeer {
+    /// Asks it to end (SIGTERM), from any thread; never reaches another process.
+    pub(crate) fn terminate(&self) {
+        if !self.pidfd.is_pidfd() && self.reaped_flag.load(Ordering::Acquire) {
+            return;
+        }
+        self.pidfd.signal(rustix::process::Signal::TERM);
+    }
+
     /// Records how the process ended, and lets its stderr forwarder finish.
     fn reaped(&self, state: &mut ProcessState, cause: ExitCause) -> ExitCause {
         state.reaped = Some(cause);
