@@ -238,3 +238,21 @@ fn insights_show_each_worker_state_pid_and_memory() {
     assert_eq!(after.queued_jobs, 0);
     assert_eq!(after.in_flight_tasks, 0, "{after}");
 }
+
+/// A result is handed out once: waiting again says so with its own error, not `Closed`.
+#[test]
+fn a_result_already_handed_out_is_already_taken() {
+    let _deadline = ppool_tests::deadline();
+    let pool = ProcessPool::<add>::new(1).unwrap();
+    let task = pool.submit((2, 3));
+    assert_eq!(task.wait_timeout(Duration::from_secs(30)), Some(Ok(5)));
+    assert_eq!(
+        task.wait_timeout(Duration::from_millis(10)),
+        Some(Err(Error::AlreadyTaken))
+    );
+    assert_eq!(task.wait(), Err(Error::AlreadyTaken));
+    let again = pool.submit((1, 1));
+    assert!(again.wait_timeout(Duration::from_secs(30)).is_some());
+    let got: Vec<_> = ppool::as_completed(vec![again]).collect();
+    assert_eq!(got, [(0, Err(Error::AlreadyTaken))]);
+}

@@ -23,7 +23,7 @@ use std::task::{Wake, Waker};
 ///
 /// The iterator waits for the next task to finish; it ends once every task has been yielded.
 /// A task whose result was already taken (by `wait_timeout`) is yielded with
-/// [`Error::Closed`](crate::Error::Closed).
+/// [`Error::AlreadyTaken`](crate::Error::AlreadyTaken).
 pub fn as_completed<T>(tasks: impl IntoIterator<Item = Task<T>>) -> AsCompleted<T> {
     let tasks: Vec<Option<Task<T>>> = tasks.into_iter().map(Some).collect();
     let ready = Arc::new(Ready::default());

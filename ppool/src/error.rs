@@ -95,6 +95,11 @@ pub enum Error {
     #[error("the pool was shut down before the task could run")]
     Closed,
 
+    /// The task's result was already handed out (by an earlier `wait_timeout`); a result is
+    /// handed out once.
+    #[error("the task's result was already handed out")]
+    AlreadyTaken,
+
     /// The task was cancelled with [`Task::cancel`](crate::Task::cancel): it never ran, or
     /// its worker was killed (and replaced) while it ran.
     #[error("the task was cancelled")]

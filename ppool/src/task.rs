@@ -143,7 +143,7 @@ pub struct Task<T> {
 
 /// The error once a task's result has been handed out.
 fn taken() -> Error {
-    Error::Closed
+    Error::AlreadyTaken
 }
 
 impl<T> Task<T> {
@@ -183,15 +183,16 @@ impl<T> Task<T> {
     ///
     /// # Errors
     ///
-    /// The task's own failure, [`Error::Cancelled`] after [`cancel`](Self::cancel), or
-    /// [`Error::Closed`] when the pool stopped first or the result was already handed out.
+    /// The task's own failure, [`Error::Cancelled`] after [`cancel`](Self::cancel),
+    /// [`Error::Closed`] when the pool stopped first, or [`Error::AlreadyTaken`] when the
+    /// result was already handed out.
     pub fn wait(self) -> Result<T> {
         self.slot.take().unwrap_or_else(|| Err(taken()))
     }
 
     /// Waits at most `timeout`: `None` if the task has not finished by then (it goes on, and
     /// can be waited for again), else its result. The result is handed out once; after that,
-    /// waiting again gives `Some(Err(Error::Closed))`.
+    /// waiting again gives `Some(Err(Error::AlreadyTaken))`.
     pub fn wait_timeout(&self, timeout: Duration) -> Option<Result<T>> {
         match self.slot.take_timeout(timeout) {
             Err(()) => None,
