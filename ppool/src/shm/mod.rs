@@ -46,55 +46,47 @@ pub(crate) fn push_item(
     wait: &mut WaitRoom<'_>,
 ) -> Result<(), (RingError, bool)> {
     let piece = piece_len(producer);
-    let mut rest = bytes;
     let mut sent_any = false;
     if bytes.len() > piece {
         let hint = (bytes.len() as u64).to_le_bytes();
-        loop {
-            let pushed = if quiet {
-                producer.try_push_quiet(&[&[item | HINT], &hint])
-            } else {
-                producer.try_push(&[&[item | HINT], &hint])
-            };
-            match pushed {
-                Ok(true) => break,
-                Ok(false) => {
-                    if quiet {
-                        producer.notify();
-                    }
-                    wait(producer, 1 + hint.len()).map_err(|e| (e, sent_any))?;
-                }
-                Err(e) => return Err((e, sent_any)),
-            }
-        }
+        push_record(producer, &[&[item | HINT], &hint], quiet, wait).map_err(|e| (e, false))?;
         sent_any = true;
     }
+    let mut rest = bytes;
     loop {
         let (this, next) = rest.split_at(rest.len().min(piece));
         let tag = [if next.is_empty() { item } else { item | MORE }];
-        loop {
-            let pushed = if quiet {
-                producer.try_push_quiet(&[&tag, this])
-            } else {
-                producer.try_push(&[&tag, this])
-            };
-            match pushed {
-                Ok(true) => break,
-                Ok(false) => {
-                    // Full: whatever the consumer waits for, it must drain first.
-                    if quiet {
-                        producer.notify();
-                    }
-                    wait(producer, 1 + this.len()).map_err(|e| (e, sent_any))?;
-                }
-                Err(e) => return Err((e, sent_any)),
-            }
-        }
+        push_record(producer, &[&tag, this], quiet, wait).map_err(|e| (e, sent_any))?;
         sent_any = true;
         if next.is_empty() {
             return Ok(());
         }
         rest = next;
+    }
+}
+
+/// Pushes one record of `parts`, waiting with `wait` while the ring is full (waking the
+/// consumer first in a quiet run: whatever it waits for, it must drain first).
+fn push_record(
+    producer: &mut Producer,
+    parts: &[&[u8]],
+    quiet: bool,
+    wait: &mut WaitRoom<'_>,
+) -> Result<(), RingError> {
+    let len = parts.iter().map(|p| p.len()).sum();
+    loop {
+        let pushed = if quiet {
+            producer.try_push_quiet(parts)?
+        } else {
+            producer.try_push(parts)?
+        };
+        if pushed {
+            return Ok(());
+        }
+        if quiet {
+            producer.notify();
+        }
+        wait(producer, len)?;
     }
 }
 

@@ -889,13 +889,23 @@ impl Producer {
     /// Appends one record made of `parts`, concatenated. False: no room now (try again after
     /// [`Producer::wait_writable`]); the ring may have advanced to its start meanwhile.
     pub(crate) fn try_push(&mut self, parts: &[&[u8]]) -> Result<bool, RingError> {
+        let Some((pos, len, size)) = self.write_parts(parts)? else {
+            return Ok(false);
+        };
+        self.commit(pos, len, size);
+        Ok(true)
+    }
+
+    /// Writes a record of `parts` at the tail, unpublished: its position, length and size in
+    /// the ring, or `None` when it does not fit now.
+    fn write_parts(&mut self, parts: &[&[u8]]) -> Result<Option<(usize, usize, usize)>, RingError> {
         let len = parts
             .iter()
             .try_fold(0usize, |n, part| n.checked_add(part.len()))
             .unwrap_or(usize::MAX);
         let size = self.record_size(len)?;
         if !self.room(size, Ordering::Acquire)? {
-            return Ok(false);
+            return Ok(None);
         }
         let pos = self.ring.pos(self.tail);
         let mut at = self.ring.data + pos + RECORD_HEADER;
@@ -903,28 +913,16 @@ impl Producer {
             self.ring.map.write(at, part);
             at += part.len();
         }
-        self.commit(pos, len, size);
-        Ok(true)
+        Ok(Some((pos, len, size)))
     }
 
     /// Appends one record made of `parts`, like [`Producer::try_push`], but does not wake a
     /// sleeping consumer: a run of quiet pushes ends with [`Producer::notify`], so that a
     /// consumer waiting for the end of a run is woken once, not once per record.
     pub(crate) fn try_push_quiet(&mut self, parts: &[&[u8]]) -> Result<bool, RingError> {
-        let len = parts
-            .iter()
-            .try_fold(0usize, |n, part| n.checked_add(part.len()))
-            .unwrap_or(usize::MAX);
-        let size = self.record_size(len)?;
-        if !self.room(size, Ordering::Acquire)? {
+        let Some((pos, len, size)) = self.write_parts(parts)? else {
             return Ok(false);
-        }
-        let pos = self.ring.pos(self.tail);
-        let mut at = self.ring.data + pos + RECORD_HEADER;
-        for part in parts {
-            self.ring.map.write(at, part);
-            at += part.len();
-        }
+        };
         let word = u64::from(self.seq) << 32 | len as u64;
         self.ring.write_header(pos, word);
         self.seq = next_seq(self.seq);

@@ -366,6 +366,16 @@ fn fail(
     if closed { Slot::Retired } else { Slot::Vacant }
 }
 
+/// Ends a whole job with `error`, or, if `retry`, queues it again with one attempt more.
+fn end_whole(mut job: Job, retry: bool, error: &Error, requeue: &mut Vec<Job>) {
+    if retry {
+        job.attempts += 1;
+        requeue.push(job);
+    } else {
+        job.deliver.send(Err(error.clone()));
+    }
+}
+
 /// Applies the fate of a failed worker's first job: delivers the results that came, ends or
 /// retries the tasks that ran, and puts in `requeue` what runs again.
 fn apply_fate(
@@ -388,13 +398,7 @@ fn apply_fate(
     let count = job.count;
     if kept == 0 && ran == count {
         // The whole job ran, or may have: it ends, or runs again, as one.
-        if retry {
-            job.attempts += 1;
-            requeue.push(job);
-        } else {
-            job.deliver.send(Err(error.clone()));
-        }
-        return;
+        return end_whole(job, retry, error, requeue);
     }
     if kept == 0 && ran == 0 {
         requeue.push(job);
@@ -413,13 +417,7 @@ fn apply_fate(
     let short = kept > 0 && results.as_ref().is_none_or(|r| r.count < kept);
     if pieces.len() != count as usize || short {
         // Nothing to cut along: what ran and what did not are one, and nothing may run twice.
-        if retry {
-            job.attempts += 1;
-            requeue.push(job);
-        } else {
-            job.deliver.send(Err(error.clone()));
-        }
-        return;
+        return end_whole(job, retry, error, requeue);
     }
     let Job {
         deliver,

@@ -101,6 +101,16 @@ pub(crate) fn spawn(
     Ok((tx, rx, peer))
 }
 
+/// What the result ring held next.
+enum Next {
+    /// A frame's last piece: the frame is whole.
+    Frame,
+    /// One more outcome of the job under way.
+    Outcome,
+    /// Nothing published for now.
+    Empty,
+}
+
 /// What [`ShmLink::recv`] returned last, to be cleared at the next call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Returned {
@@ -241,17 +251,11 @@ impl ShmTx {
         // No look at the pidfd here (a system call per job): jobs pushed to a worker that
         // died wait unread, its progress word shows they never started, and they run
         // elsewhere.
-        let mut wait = wait_room(&self.pidfd);
         for frames in frames {
             // One slice may hold several frames (a greeting does), each behind its length.
             let mut rest: &[u8] = frames;
             while let Some((body, next)) = protocol::split_frame(rest) {
-                shm::push_item(&mut self.jobs, shm::ITEM_FRAME, body, false, &mut wait).map_err(
-                    |(e, _)| match e {
-                        RingError::Io(e) => e,
-                        e => io::Error::other(e.to_string()),
-                    },
-                )?;
+                self.send_body(body)?;
                 rest = next;
             }
             if !rest.is_empty() {
@@ -286,65 +290,62 @@ impl ShmRx {
             if self.dead {
                 return Err(FrameError::Closed);
             }
-            let popped = self
-                .assembler
-                .pop(&mut self.results, &mut self.body, &mut self.results_body)
-                .map_err(frame_error)?;
-            match popped {
-                Some(shm::ITEM_FRAME) => return self.complete(),
-                Some(_) => self.count_outcome()?,
-                None => {
-                    // Whatever comes next may be nanoseconds away: wait for it first, and
-                    // look at the worker's pidfd (a system call) only when nothing came.
-                    if !self.partials
-                        && self
-                            .results
-                            .wait_readable(Duration::ZERO, Some(DEATH_CHECK))
-                            .map_err(frame_error)?
-                    {
-                        continue;
-                    }
-                    if self.pidfd.has_exited() {
-                        // Its last stores are visible now: one more look, then what it
-                        // published of its last job, if anything.
-                        match self
-                            .assembler
-                            .pop(&mut self.results, &mut self.body, &mut self.results_body)
-                            .map_err(frame_error)?
-                        {
-                            Some(shm::ITEM_FRAME) => return self.complete(),
-                            Some(_) => {
-                                self.count_outcome()?;
-                                continue;
-                            }
-                            None => {}
-                        }
-                        self.dead = true;
-                        if self.outcomes > 0 {
-                            return self.salvage();
-                        }
-                        return Err(FrameError::Closed);
-                    }
-                    if self.partials && self.outcomes > 0 {
-                        // The progress word, read after those outcomes, names their job if
-                        // its last frame is still to come (its next job starts after it).
-                        let progress = self.progress.read().map_err(frame_error)?;
-                        match self
-                            .assembler
-                            .pop(&mut self.results, &mut self.body, &mut self.results_body)
-                            .map_err(frame_error)?
-                        {
-                            Some(shm::ITEM_FRAME) => return self.complete(),
-                            Some(_) => {
-                                self.count_outcome()?;
-                                continue;
-                            }
-                            None => return Ok(self.partial(progress.job)),
-                        }
-                    }
-                    self.wait(Duration::ZERO, None).map_err(frame_error)?;
+            match self.next_item()? {
+                Next::Frame => return self.complete(),
+                Next::Outcome => continue,
+                Next::Empty => {}
+            }
+            // Whatever comes next may be nanoseconds away: wait for it first, and look at the
+            // worker's pidfd (a system call) only when nothing came.
+            if !self.partials
+                && self
+                    .results
+                    .wait_readable(Duration::ZERO, Some(DEATH_CHECK))
+                    .map_err(frame_error)?
+            {
+                continue;
+            }
+            if self.pidfd.has_exited() {
+                // Its last stores are visible now: one more look, then what it published of
+                // its last job, if anything.
+                match self.next_item()? {
+                    Next::Frame => return self.complete(),
+                    Next::Outcome => continue,
+                    Next::Empty => {}
+                }
+                self.dead = true;
+                if self.outcomes > 0 {
+                    return self.salvage();
+                }
+                return Err(FrameError::Closed);
+            }
+            if self.partials && self.outcomes > 0 {
+                // The progress word, read after those outcomes, names their job if its last
+                // frame is still to come (its next job starts after it).
+                let progress = self.progress.read().map_err(frame_error)?;
+                match self.next_item()? {
+                    Next::Frame => return self.complete(),
+                    Next::Outcome => continue,
+                    Next::Empty => return Ok(self.partial(progress.job)),
                 }
             }
+            self.wait(Duration::ZERO, None).map_err(frame_error)?;
+        }
+    }
+
+    /// Takes the next item out of the result ring, counting outcomes.
+    fn next_item(&mut self) -> Result<Next, FrameError> {
+        let popped = self
+            .assembler
+            .pop(&mut self.results, &mut self.body, &mut self.results_body)
+            .map_err(frame_error)?;
+        match popped {
+            Some(shm::ITEM_FRAME) => Ok(Next::Frame),
+            Some(_) => {
+                self.count_outcome()?;
+                Ok(Next::Outcome)
+            }
+            None => Ok(Next::Empty),
         }
     }
 
