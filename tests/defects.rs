@@ -664,13 +664,37 @@ fn a_failing_result_deserialize_fails_that_task_alone() {
 /// Defect (contract: "an error raised by a type's own Serialize/Deserialize keeps its
 /// message"): the message of a `Deserialize` error is lost on the way.
 #[test]
-#[ignore = "postcard drops the text of custom serde errors; the codec change that keeps it is tracked on its own"]
 fn a_failing_result_deserialize_keeps_its_message() {
     let _deadline = ppool_tests::deadline();
     let pool = touchy_pool(None);
     let r = within(5 * SECOND, "call(14)", move || pool.call((14, 0)));
     let e = r.expect_err("14 cannot be deserialized");
     assert!(e.to_string().contains("Touchy rejects 14"), "{e}");
+}
+
+/// Takes a `Touchy`, which the worker decodes.
+#[pool_entry]
+fn touchy_arg(t: Touchy) -> u32 {
+    t.0
+}
+
+/// The same on the worker's side: an argument whose `Deserialize` fails there comes back as
+/// `Codec` with its message, and the worker goes on.
+#[test]
+fn a_failing_argument_deserialize_in_the_worker_keeps_its_message() {
+    let _deadline = ppool_tests::deadline();
+    let pool = ProcessPool::<touchy_arg>::new(1).unwrap();
+    let r = within(5 * SECOND, "call(Touchy(14))", move || {
+        let failed = pool.call(Touchy(14));
+        (failed, pool.call(Touchy(3)))
+    });
+    match r.0 {
+        Err(Error::Codec { ref message, .. }) => {
+            assert_eq!(message, "Touchy rejects 14", "{:?}", r.0)
+        }
+        ref other => panic!("expected Codec, got {other:?}"),
+    }
+    assert_eq!(r.1, Ok(3));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -31,6 +31,14 @@ pub(crate) const METRICS: &[(&str, &str)] = &[
         "whole process: start pool of 2, 2 tasks, shut down",
     ),
     ("map_rss", "lazy map over many items: peak RSS growth"),
+    (
+        "codec_small",
+        "codec: one u64, ppool's codec vs plain postcard",
+    ),
+    (
+        "codec_record",
+        "codec: a mixed record, ppool's codec vs plain postcard",
+    ),
 ];
 
 const USAGE: &str = "\

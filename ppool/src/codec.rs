@@ -7,16 +7,15 @@
 //! User types are hostile input here: their `Serialize` and `Deserialize` may panic, which is
 //! caught and becomes an error, and they may nest deeper than any thread's stack, so both
 //! directions move to a fresh stack segment when the current one runs low instead of
-//! overflowing it: decoding through `serde_stacker`, encoding through `grow`.
+//! overflowing it: decoding through `told`, encoding through `grow`. The same two adapters
+//! keep the text of errors that user types raise themselves, which postcard drops.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::any::Any;
 use std::panic::{self, AssertUnwindSafe};
 
-/// How close to the end of its stack a nested value may come before serde_stacker switches
-/// to a new segment, and how big a segment is.
-const RED_ZONE: usize = 128 * 1024;
+/// How big a fresh stack segment is.
 pub(super) const SEGMENT: usize = 4 * 1024 * 1024;
 
 /// Runs user serde code, turning a panic into an error.
@@ -31,10 +30,7 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, St
 }
 
 /// Appends the encoding of `value` to `out`.
-pub(crate) fn encode_into<T: Serialize + 'static>(
-    value: &T,
-    out: &mut Vec<u8>,
-) -> Result<(), String> {
+pub fn encode_into<T: Serialize + 'static>(value: &T, out: &mut Vec<u8>) -> Result<(), String> {
     if let Some(bytes) = (value as &dyn Any).downcast_ref::<Vec<u8>>() {
         write_varint(out, bytes.len() as u64);
         out.extend_from_slice(bytes);
@@ -45,7 +41,11 @@ pub(crate) fn encode_into<T: Serialize + 'static>(
         let mut inner = postcard::Serializer {
             output: VecFlavor(&mut *out),
         };
-        grow::serialize(value, &mut inner).map_err(|e| e.to_string())
+        told::begin();
+        grow::serialize(value, &mut inner).map_err(|e| {
+            Told::from_inner(e);
+            told::text()
+        })
     });
     if result.is_err() {
         out.truncate(at);
@@ -54,7 +54,7 @@ pub(crate) fn encode_into<T: Serialize + 'static>(
 }
 
 /// Decodes a whole value from `bytes`; trailing bytes are an error.
-pub(crate) fn decode<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T, String> {
+pub fn decode<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T, String> {
     let mut slot: Option<T> = None;
     if let Some(vec_slot) = (&mut slot as &mut dyn Any).downcast_mut::<Option<Vec<u8>>>() {
         let (len, rest) = read_varint(bytes).ok_or("malformed length of a byte buffer")?;
@@ -69,10 +69,8 @@ pub(crate) fn decode<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T, S
     }
     guarded("its Deserialize implementation", || {
         let mut inner = postcard::Deserializer::from_bytes(bytes);
-        let mut stacked = serde_stacker::Deserializer::new(&mut inner);
-        stacked.red_zone = RED_ZONE;
-        stacked.stack_size = SEGMENT;
-        let value = T::deserialize(stacked).map_err(|e| e.to_string())?;
+        told::begin();
+        let value = T::deserialize(Tell(&mut inner, 1)).map_err(|_| told::text())?;
         let rest = inner.finalize().map_err(|e| e.to_string())?;
         if !rest.is_empty() {
             return Err(format!("{} unexpected bytes after the value", rest.len()));
@@ -124,5 +122,8 @@ impl postcard::ser_flavors::Flavor for VecFlavor<'_> {
 }
 
 mod grow;
+mod told;
+
+use told::{Tell, Told};
 #[cfg(test)]
 mod tests;

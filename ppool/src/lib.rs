@@ -166,4 +166,9 @@ pub mod __private {
     pub use crate::relaunch::{LAUNCHERS, Launcher};
     pub use crate::worker::bootstrap::channel_fds;
     pub use linkme;
+
+    /// The codec, for the benchmarks that measure it against plain postcard.
+    pub mod codec {
+        pub use crate::codec::{decode, encode_into};
+    }
 }

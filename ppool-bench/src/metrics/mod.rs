@@ -4,6 +4,7 @@
 //! turns within a repetition, and the order flips on every other repetition, so slow
 //! drifts of the machine hit ppool and the anchors alike.
 
+pub(crate) mod codec;
 pub(crate) mod latency;
 pub(crate) mod process;
 pub(crate) mod remote;
@@ -45,6 +46,8 @@ pub(crate) fn run_metric(id: &str, ctx: &Ctx) -> BenchResult<MetricResult> {
         "cpu_scaling" => scaling::cpu_scaling(ctx),
         "startup" => process::startup(ctx),
         "map_rss" => process::map_rss(ctx),
+        "codec_small" => codec::codec_small(ctx),
+        "codec_record" => codec::codec_record(ctx),
         other => return Err(format!("no metric {other:?}").into()),
     })
 }

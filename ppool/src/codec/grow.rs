@@ -2,12 +2,13 @@
 //! moves to a fresh stack segment when it does not (with `stacker`, the crate that
 //! `serde_stacker` builds on). `serde_stacker`'s own `Serializer` grows only inside
 //! `collect_seq` and `collect_map`, so a value nested through `Option`, newtypes or fields
-//! still overflows the caller's stack; deserialization goes through `serde_stacker`, which
-//! checks at every level.
+//! would still overflow the caller's stack. Its error is [`Told`], so that the text of an
+//! error raised by a user's `Serialize` is kept; decoding has the same in [`told`](super::told).
 
 use serde::ser::{self, Serialize};
 
 use super::SEGMENT;
+use super::told::Told;
 
 /// How close to the end of the stack a nested value may come before a new segment is used:
 /// twice the decoder's, since the stack is looked at only every [`CHECK_EVERY`] levels.
@@ -38,6 +39,7 @@ impl<T: ?Sized + Serialize> Serialize for Deep<'_, T> {
         } else {
             self.0.serialize(grow)
         }
+        .map_err(Told::into_ser)
     }
 }
 
@@ -54,14 +56,14 @@ impl<S> Grow<S> {
 macro_rules! forward {
     ($($name:ident($($arg:ident: $ty:ty),*);)*) => {$(
         fn $name(self, $($arg: $ty),*) -> Result<Self::Ok, Self::Error> {
-            self.0.$name($($arg),*)
+            self.0.$name($($arg),*).map_err(Told::from_inner)
         }
     )*};
 }
 
 impl<S: ser::Serializer> ser::Serializer for Grow<S> {
     type Ok = S::Ok;
-    type Error = S::Error;
+    type Error = Told;
     type SerializeSeq = Grow<S::SerializeSeq>;
     type SerializeTuple = Grow<S::SerializeTuple>;
     type SerializeTupleStruct = Grow<S::SerializeTupleStruct>;
@@ -93,18 +95,20 @@ impl<S: ser::Serializer> ser::Serializer for Grow<S> {
         serialize_unit_variant(name: &'static str, index: u32, variant: &'static str);
     }
 
-    fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> Result<S::Ok, S::Error> {
+    fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> Result<S::Ok, Told> {
         let v = self.deeper(value);
-        self.0.serialize_some(&v)
+        self.0.serialize_some(&v).map_err(Told::from_inner)
     }
 
     fn serialize_newtype_struct<T: ?Sized + Serialize>(
         self,
         name: &'static str,
         value: &T,
-    ) -> Result<S::Ok, S::Error> {
+    ) -> Result<S::Ok, Told> {
         let v = self.deeper(value);
-        self.0.serialize_newtype_struct(name, &v)
+        self.0
+            .serialize_newtype_struct(name, &v)
+            .map_err(Told::from_inner)
     }
 
     fn serialize_newtype_variant<T: ?Sized + Serialize>(
@@ -113,30 +117,39 @@ impl<S: ser::Serializer> ser::Serializer for Grow<S> {
         index: u32,
         variant: &'static str,
         value: &T,
-    ) -> Result<S::Ok, S::Error> {
+    ) -> Result<S::Ok, Told> {
         let v = self.deeper(value);
-        self.0.serialize_newtype_variant(name, index, variant, &v)
+        self.0
+            .serialize_newtype_variant(name, index, variant, &v)
+            .map_err(Told::from_inner)
     }
 
-    fn serialize_seq(self, len: Option<usize>) -> Result<Self::SerializeSeq, S::Error> {
+    fn serialize_seq(self, len: Option<usize>) -> Result<Self::SerializeSeq, Told> {
         let depth = self.1;
-        self.0.serialize_seq(len).map(|c| Grow(c, depth))
+        self.0
+            .serialize_seq(len)
+            .map(|c| Grow(c, depth))
+            .map_err(Told::from_inner)
     }
 
-    fn serialize_tuple(self, len: usize) -> Result<Self::SerializeTuple, S::Error> {
+    fn serialize_tuple(self, len: usize) -> Result<Self::SerializeTuple, Told> {
         let depth = self.1;
-        self.0.serialize_tuple(len).map(|c| Grow(c, depth))
+        self.0
+            .serialize_tuple(len)
+            .map(|c| Grow(c, depth))
+            .map_err(Told::from_inner)
     }
 
     fn serialize_tuple_struct(
         self,
         name: &'static str,
         len: usize,
-    ) -> Result<Self::SerializeTupleStruct, S::Error> {
+    ) -> Result<Self::SerializeTupleStruct, Told> {
         let depth = self.1;
         self.0
             .serialize_tuple_struct(name, len)
             .map(|c| Grow(c, depth))
+            .map_err(Told::from_inner)
     }
 
     fn serialize_tuple_variant(
@@ -145,25 +158,32 @@ impl<S: ser::Serializer> ser::Serializer for Grow<S> {
         index: u32,
         variant: &'static str,
         len: usize,
-    ) -> Result<Self::SerializeTupleVariant, S::Error> {
+    ) -> Result<Self::SerializeTupleVariant, Told> {
         let depth = self.1;
         self.0
             .serialize_tuple_variant(name, index, variant, len)
             .map(|c| Grow(c, depth))
+            .map_err(Told::from_inner)
     }
 
-    fn serialize_map(self, len: Option<usize>) -> Result<Self::SerializeMap, S::Error> {
+    fn serialize_map(self, len: Option<usize>) -> Result<Self::SerializeMap, Told> {
         let depth = self.1;
-        self.0.serialize_map(len).map(|c| Grow(c, depth))
+        self.0
+            .serialize_map(len)
+            .map(|c| Grow(c, depth))
+            .map_err(Told::from_inner)
     }
 
     fn serialize_struct(
         self,
         name: &'static str,
         len: usize,
-    ) -> Result<Self::SerializeStruct, S::Error> {
+    ) -> Result<Self::SerializeStruct, Told> {
         let depth = self.1;
-        self.0.serialize_struct(name, len).map(|c| Grow(c, depth))
+        self.0
+            .serialize_struct(name, len)
+            .map(|c| Grow(c, depth))
+            .map_err(Told::from_inner)
     }
 
     fn serialize_struct_variant(
@@ -172,11 +192,12 @@ impl<S: ser::Serializer> ser::Serializer for Grow<S> {
         index: u32,
         variant: &'static str,
         len: usize,
-    ) -> Result<Self::SerializeStructVariant, S::Error> {
+    ) -> Result<Self::SerializeStructVariant, Told> {
         let depth = self.1;
         self.0
             .serialize_struct_variant(name, index, variant, len)
             .map(|c| Grow(c, depth))
+            .map_err(Told::from_inner)
     }
 
     fn is_human_readable(&self) -> bool {
@@ -189,19 +210,19 @@ macro_rules! compound {
     ($trait:ident, $method:ident $(, $key:ident: $kty:ty)?) => {
         impl<S: ser::$trait> ser::$trait for Grow<S> {
             type Ok = S::Ok;
-            type Error = S::Error;
+            type Error = Told;
 
             fn $method<T: ?Sized + Serialize>(
                 &mut self,
                 $($key: $kty,)?
                 value: &T,
-            ) -> Result<(), S::Error> {
+            ) -> Result<(), Told> {
                 let v = self.deeper(value);
-                self.0.$method($($key,)? &v)
+                self.0.$method($($key,)? &v).map_err(Told::from_inner)
             }
 
-            fn end(self) -> Result<S::Ok, S::Error> {
-                self.0.end()
+            fn end(self) -> Result<S::Ok, Told> {
+                self.0.end().map_err(Told::from_inner)
             }
         }
     };
@@ -216,19 +237,19 @@ compound!(SerializeStructVariant, serialize_field, key: &'static str);
 
 impl<S: ser::SerializeMap> ser::SerializeMap for Grow<S> {
     type Ok = S::Ok;
-    type Error = S::Error;
+    type Error = Told;
 
-    fn serialize_key<T: ?Sized + Serialize>(&mut self, key: &T) -> Result<(), S::Error> {
+    fn serialize_key<T: ?Sized + Serialize>(&mut self, key: &T) -> Result<(), Told> {
         let k = self.deeper(key);
-        self.0.serialize_key(&k)
+        self.0.serialize_key(&k).map_err(Told::from_inner)
     }
 
-    fn serialize_value<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), S::Error> {
+    fn serialize_value<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), Told> {
         let v = self.deeper(value);
-        self.0.serialize_value(&v)
+        self.0.serialize_value(&v).map_err(Told::from_inner)
     }
 
-    fn end(self) -> Result<S::Ok, S::Error> {
-        self.0.end()
+    fn end(self) -> Result<S::Ok, Told> {
+        self.0.end().map_err(Told::from_inner)
     }
 }
