@@ -1,19 +1,22 @@
-//! Expand a validated entry: the function itself, a same-named marker type that implements
-//! `ppool::Entry`, its record in the link-time table, and the serde checks spanned at the
-//! user's types.
+//! Expand an entry: the function itself, a same-named marker type that implements
+//! `ppool::Entry`, and its record in the link-time table. The user's types are written with
+//! their own tokens, so that a type that cannot travel is one error, there (`Entry`'s bounds).
+//! An entry the attribute rejected still gets its marker type, with placeholder types and no
+//! record, so that naming it as `ProcessPool::<f>` adds no error of its own.
 
 use crate::parse::{self, Entry};
 use proc_macro2::{Delimiter, Group, TokenStream};
-use quote::{quote, quote_spanned};
-use syn::spanned::Spanned;
+use quote::quote;
 
 pub(crate) fn pool_entry(args: TokenStream, input: TokenStream) -> TokenStream {
     match parse::entry(args, input) {
         Ok(entry) => expand(&entry),
-        // Fail soft: keep the function so that one mistake does not cascade into many.
-        Err((error, item)) => {
+        // Fail soft: keep the function, and the marker type if there is a function, so that one
+        // mistake does not cascade into many.
+        Err((error, item, func)) => {
             let error = error.to_compile_error();
-            quote! { #error #item }
+            let marker = func.map(|(func, krate)| placeholder(&func, &krate));
+            quote! { #error #item #marker }
         }
     }
 }
@@ -25,7 +28,6 @@ fn expand(entry: &Entry) -> TokenStream {
         output,
         krate,
     } = entry;
-    let vis = &func.vis;
     let ident = &func.sig.ident;
     let private = quote!(#krate::__private);
 
@@ -59,26 +61,17 @@ fn expand(entry: &Entry) -> TokenStream {
         quote!(args)
     };
 
-    // One check per user type, spanned at that type, so "`Serialize` is not implemented"
-    // lands on the offending argument or return type.
-    let checks = types.iter().copied().chain(output.iter()).map(|ty| {
-        quote_spanned! {ty.span()=>
-            #private::assert_portable::<#ty>();
-        }
-    });
-
-    let doc =
-        format!("The pool entry [`{ident}()`](fn@{ident}): name it as `ProcessPool::<{ident}>`.");
+    let marker = marker(func, krate);
 
     quote! {
         #func
 
-        #[doc = #doc]
-        #[allow(non_camel_case_types, dead_code)]
-        #[derive(Clone, Copy, Debug)]
-        #vis struct #ident {}
+        #marker
 
         const _: () = {
+            #[automatically_derived]
+            impl #private::MadeByPoolEntry for #ident {}
+
             #[automatically_derived]
             impl #private::Entry for #ident {
                 type Args = #args_ty;
@@ -96,10 +89,45 @@ fn expand(entry: &Entry) -> TokenStream {
                 ::core::file!(),
                 ::core::line!(),
             );
+        };
+    }
+}
 
-            #[allow(dead_code)]
-            fn __check_types() {
-                #(#checks)*
+/// The marker type that names the entry, next to the function.
+fn marker(func: &syn::ItemFn, _krate: &syn::Path) -> TokenStream {
+    let vis = &func.vis;
+    let ident = &func.sig.ident;
+    let doc =
+        format!("The pool entry [`{ident}()`](fn@{ident}): name it as `ProcessPool::<{ident}>`.");
+    quote! {
+        #[doc = #doc]
+        #[allow(non_camel_case_types, dead_code)]
+        #[derive(Clone, Copy, Debug)]
+        #vis struct #ident {}
+    }
+}
+
+/// The marker type of a rejected entry, with placeholder types and no record: it can be named,
+/// but a pool of it has no worker that could run it.
+fn placeholder(func: &syn::ItemFn, krate: &syn::Path) -> TokenStream {
+    let ident = &func.sig.ident;
+    let private = quote!(#krate::__private);
+    let marker = marker(func, krate);
+    quote! {
+        #marker
+
+        const _: () = {
+            #[automatically_derived]
+            impl #private::MadeByPoolEntry for #ident {}
+
+            #[automatically_derived]
+            impl #private::Entry for #ident {
+                type Args = #private::InvalidEntry;
+                type Output = #private::InvalidEntry;
+                const NAME: &'static str = ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident));
+                fn call(_: Self::Args) -> Self::Output {
+                    #private::InvalidEntry
+                }
             }
         };
     }

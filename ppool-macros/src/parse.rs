@@ -72,25 +72,30 @@ fn push(acc: &mut Option<syn::Error>, error: syn::Error) {
     }
 }
 
+/// Why an item was rejected: every error, the item's tokens to emit unchanged, and the
+/// function with the runtime crate's path when the item is a function.
+pub(crate) type Rejected = (syn::Error, TokenStream, Option<(ItemFn, syn::Path)>);
+
 /// Parses the item and checks every rule, so that all mistakes are reported at once.
-pub(crate) fn entry(
-    args: TokenStream,
-    input: TokenStream,
-) -> Result<Entry, (syn::Error, TokenStream)> {
+pub(crate) fn entry(args: TokenStream, input: TokenStream) -> Result<Entry, Rejected> {
+    let func = syn::parse2::<ItemFn>(input.clone()).ok();
     let krate = match parse_args(args) {
         Ok(k) => k,
-        Err(e) => return Err((e, input)),
+        Err(e) => {
+            let fallback = func.map(|f| (f, syn::parse_quote!(::ppool)));
+            return Err((e, input, fallback));
+        }
     };
-    let func: ItemFn = match syn::parse2(input.clone()) {
-        Ok(f) => f,
-        Err(_) => {
+    let func: ItemFn = match func {
+        Some(f) => f,
+        None => {
             let message =
                 "#[pool_entry] goes on a free function, such as `fn square(x: u64) -> u64`";
             let e = match item_head(&input) {
                 Some(head) => syn::Error::new_spanned(head, message),
                 None => syn::Error::new(proc_macro2::Span::call_site(), message),
             };
-            return Err((e, input));
+            return Err((e, input, None));
         }
     };
     let mut err = None;
@@ -192,7 +197,13 @@ pub(crate) fn entry(
         }
     };
     match err {
-        Some(e) => Err((e, quote::ToTokens::into_token_stream(func))),
+        Some(e) => {
+            let tokens = quote::ToTokens::to_token_stream(&func);
+            // A method sits in an `impl` or a trait, where no marker type can go.
+            let is_method = sig.receiver().is_some();
+            let fallback = (!is_method).then_some((func, krate));
+            Err((e, tokens, fallback))
+        }
         None => Ok(Entry {
             func,
             args,

@@ -2,7 +2,6 @@
 //! submitted with one path for `batch` and `map`, whose results go to a [`Sink`].
 
 use crate::chunking::Chunking;
-use crate::codec;
 use crate::entry::Entry;
 use crate::error::{Error, Result};
 use crate::outcome;
@@ -48,7 +47,7 @@ impl ChunkEncoder {
     pub(crate) fn push<F: Entry>(&mut self, args: &F::Args) -> Result<Option<ChunkEncoder>> {
         let at = self.frame.len();
         self.frame
-            .block(|out| codec::encode_into(args, out))
+            .block(|out| crate::entry::encode_into(args, out))
             .map_err(|message| Error::Codec {
                 entry: F::NAME.to_string(),
                 action: "encode the arguments",

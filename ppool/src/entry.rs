@@ -7,16 +7,50 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::sync::OnceLock;
 
-/// A value that can travel to a worker and back: serde in both directions, `Send` and
-/// `'static`. Implemented for every such type.
+/// A value that can travel to a worker and back: serde in both directions and `'static`.
+/// Implemented for every such type, and only for them. An entry's arguments and return type
+/// are `Portable + Send`.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be sent to or from a worker process",
-    label = "must implement `serde::Serialize + serde::de::DeserializeOwned + Send + 'static`",
-    note = "derive `serde::Serialize` and `serde::Deserialize` for it, or pass an owned type that does"
+    label = "must implement `serde::Serialize` and `serde::de::DeserializeOwned`",
+    note = "an entry's arguments and its return type must be `serde::Serialize + serde::de::DeserializeOwned + Send + 'static`",
+    note = "derive `serde::Serialize` and `serde::Deserialize` for it, or pass an owned type that has them"
 )]
-pub trait Portable: Serialize + DeserializeOwned + Send + 'static {}
+pub trait Portable: Sized + 'static {
+    /// Appends the encoding of `self` to `out`.
+    #[doc(hidden)]
+    fn encode_into(&self, out: &mut Vec<u8>, _: sealed::Token) -> Result<(), String>;
 
-impl<T: Serialize + DeserializeOwned + Send + 'static> Portable for T {}
+    /// Decodes a whole value from `bytes`.
+    #[doc(hidden)]
+    fn decode_from(bytes: &[u8], _: sealed::Token) -> Result<Self, String>;
+}
+
+// `do_not_recommend`: a type that misses `Serialize`, `Deserialize` or both is one error,
+// `Portable`'s own, rather than one per missing trait. `Portable` has no serde supertraits
+// for the same reason: each would be checked, and reported, on its own.
+#[diagnostic::do_not_recommend]
+impl<T: Serialize + DeserializeOwned + 'static> Portable for T {
+    #[inline]
+    fn encode_into(&self, out: &mut Vec<u8>, _: sealed::Token) -> Result<(), String> {
+        codec::encode_into(self, out)
+    }
+
+    #[inline]
+    fn decode_from(bytes: &[u8], _: sealed::Token) -> Result<Self, String> {
+        codec::decode(bytes)
+    }
+}
+
+/// Encodes `value` with the codec: `Portable`'s method, which only this crate can call.
+pub(crate) fn encode_into<T: Portable>(value: &T, out: &mut Vec<u8>) -> Result<(), String> {
+    value.encode_into(out, sealed::Token(()))
+}
+
+/// Decodes a `T` with the codec.
+pub(crate) fn decode<T: Portable>(bytes: &[u8]) -> Result<T, String> {
+    T::decode_from(bytes, sealed::Token(()))
+}
 
 /// A function registered with [`#[pool_entry]`](crate::pool_entry), seen as a type.
 ///
@@ -28,11 +62,11 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Portable for T {}
     label = "not a `#[pool_entry]` function",
     note = "mark a free function with `#[pool_entry]` and name it as `ProcessPool::<that_function>`"
 )]
-pub trait Entry: 'static {
+pub trait Entry: sealed::MadeByPoolEntry + 'static {
     /// The task: the single argument, a tuple of the arguments, or `()`.
-    type Args: Portable;
+    type Args: Portable + Send;
     /// The return type.
-    type Output: Portable;
+    type Output: Portable + Send;
     /// The stable name: module path and identifier.
     const NAME: &'static str;
     /// Calls the function.
@@ -75,12 +109,12 @@ impl EntryRecord {
 }
 
 fn run<E: Entry>(input: &[u8], out: &mut Vec<u8>) -> Result<(), CodecFailure> {
-    let args: E::Args = codec::decode(input).map_err(|message| CodecFailure {
+    let args: E::Args = decode(input).map_err(|message| CodecFailure {
         action: "decode the arguments",
         message,
     })?;
     let output = E::call(args);
-    codec::encode_into(&output, out).map_err(|message| CodecFailure {
+    encode_into(&output, out).map_err(|message| CodecFailure {
         action: "encode the result",
         message,
     })
@@ -170,7 +204,28 @@ impl Fnv {
     }
 }
 
-/// Compile-time check that `T` can travel to a worker; emitted by `#[pool_entry]` at each of
-/// the user's types so errors point there.
-#[doc(hidden)]
-pub const fn assert_portable<T: Portable>() {}
+/// Sealing [`Entry`]: only `#[pool_entry]` implements it, since a worker finds an entry by the
+/// record that the attribute puts in the link-time table, and a hand-written impl would have
+/// none.
+pub(crate) mod sealed {
+    /// A value only this crate can make: `Portable`'s methods take one, so no other crate can
+    /// implement or call them.
+    #[derive(Debug)]
+    pub struct Token(pub(crate) ());
+
+    /// Implemented by `#[pool_entry]` for its marker type, and by nothing else.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` implements `Entry` by hand; only `#[pool_entry]` may implement it",
+        label = "not made by `#[pool_entry]`",
+        note = "a worker finds an entry through the record `#[pool_entry]` registers; mark the function with `#[pool_entry]` instead"
+    )]
+    pub trait MadeByPoolEntry {}
+}
+
+/// What `#[pool_entry]` needs beyond [`Entry`].
+pub(crate) mod check {
+    /// The argument and return type of an entry whose signature `#[pool_entry]` rejected: it
+    /// keeps `ProcessPool::<that_entry>` from adding errors of its own to the attribute's.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    pub struct InvalidEntry;
+}

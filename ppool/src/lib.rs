@@ -127,9 +127,12 @@ pub use transport::Transport;
 /// The function is registered in a link-time table under a stable name, its module path and
 /// identifier, and a type with the same name implements [`Entry`]. Its arguments and return
 /// type must be `serde::Serialize + serde::de::DeserializeOwned + Send + 'static`
-/// ([`Portable`]). Methods, generic, `async`, `unsafe` and `const` functions, reference and
-/// `impl Trait` arguments and patterns in the argument list are compile errors that point at
-/// the offending token.
+/// ([`Portable`] and `Send`); a type that is not is one compile error, at that type (for an
+/// entry of several arguments, at the argument list, naming the tuple). Methods, generic,
+/// `async`, `unsafe` and `const` functions, reference and `impl Trait` arguments and patterns
+/// in the argument list are compile errors that point at the offending token, one per
+/// mistake; the type of a rejected entry can still be named, so `ProcessPool::<it>` adds no
+/// error of its own. [`Entry`] is sealed: only this attribute implements it.
 pub use ppool_macros::pool_entry;
 
 /// Byte buffers as one block on the wire: a top-level `Vec<u8>` argument or result already
@@ -160,7 +163,9 @@ pub fn worker_pool_name() -> Option<&'static str> {
 /// What the macros' expansions need; not a public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::entry::{ENTRIES, Entry, EntryRecord, assert_portable};
+    pub use crate::entry::check::InvalidEntry;
+    pub use crate::entry::sealed::MadeByPoolEntry;
+    pub use crate::entry::{ENTRIES, Entry, EntryRecord};
     pub use crate::hooks::{run_test_worker, run_worker_if_requested};
     pub use crate::protocol::PROTOCOL_VERSION;
     pub use crate::relaunch::{LAUNCHERS, Launcher};

@@ -1,7 +1,6 @@
 //! The typed side of a job's answer: each task's outcome decoded into the entry's
 //! `Result<Output, Error>`.
 
-use crate::codec;
 use crate::entry::Entry;
 use crate::error::{Error, Result};
 use crate::protocol::{self, Outcome};
@@ -43,7 +42,7 @@ pub(crate) fn first_result<F: Entry>(delivery: Delivery<'_>) -> Result<F::Output
 
 fn convert<F: Entry>(outcome: Outcome<'_>, worker: usize) -> Result<F::Output> {
     match outcome {
-        Outcome::Ok(bytes) => codec::decode::<F::Output>(bytes).map_err(|message| Error::Codec {
+        Outcome::Ok(bytes) => crate::entry::decode::<F::Output>(bytes).map_err(|message| Error::Codec {
             entry: F::NAME.to_string(),
             action: "decode the result",
             message,

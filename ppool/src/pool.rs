@@ -4,7 +4,6 @@
 use crate::batch::{Batch, Gather};
 use crate::chunk::{self, ChunkEncoder, Target};
 use crate::chunking::Chunking;
-use crate::codec;
 use crate::config::{self, NJobs};
 use crate::entry::{self, Entry};
 use crate::error::{Error, Result};
@@ -983,7 +982,7 @@ const DEFAULT_HOST_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn encode_args<E: Entry>(args: &E::Args) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
-    codec::encode_into(args, &mut bytes)
+    crate::entry::encode_into(args, &mut bytes)
         .map(|()| bytes)
         .map_err(|message| Error::Codec {
             entry: E::NAME.to_string(),
