@@ -350,6 +350,7 @@ fn panic_is_reported_and_the_same_worker_goes_on() {
             message,
             location,
             backtrace,
+            ..
         } => {
             let asked = ["RUST_BACKTRACE", "RUST_LIB_BACKTRACE"]
                 .iter()
@@ -395,6 +396,7 @@ fn assert_dies(what: Act, cause: ExitCause) {
             worker,
             pid,
             cause: got,
+            ..
         } => {
             assert!(entry.ends_with("act"), "{e}");
             assert_eq!(*worker, 0, "{e}");
@@ -603,6 +605,7 @@ fn timeout_kills_and_replaces_the_worker() {
             worker,
             pid,
             timeout: t,
+            ..
         } => {
             assert!(entry.ends_with("act"));
             assert_eq!((*worker, *pid, *t), (0, before, timeout));
@@ -647,6 +650,7 @@ fn memory_limit_kills_and_replaces_the_worker() {
             pid,
             limit: l,
             rss,
+            ..
         } => {
             assert!(entry.ends_with("act"));
             assert_eq!((*worker, *pid, *l), (0, before, limit));
@@ -759,7 +763,7 @@ fn initializer_panicking_at_build_is_a_spawn_error() {
         .unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(20));
     match &e {
-        Error::Spawn { message } => {
+        Error::Spawn { message, .. } => {
             assert!(message.contains("init_unless_marker"), "{e}");
             assert!(message.contains("the marker file exists"), "{e}");
         }
@@ -786,7 +790,7 @@ fn replacement_that_cannot_start_fails_pending_tasks() {
     assert!(matches!(e, Error::WorkerDied { .. }), "{e:?}");
     for task in pending {
         match task.wait() {
-            Err(Error::Spawn { message }) => {
+            Err(Error::Spawn { message, .. }) => {
                 assert!(message.contains("init_unless_marker"), "{message}");
             }
             other => panic!("expected Spawn, got {other:?}"),
@@ -863,7 +867,7 @@ fn assert_protocol_error(what: Scribble, expect: &[&str]) {
     let e = pool.call(what).unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(20));
     match &e {
-        Error::Protocol { worker, message } => {
+        Error::Protocol { worker, message, .. } => {
             assert_eq!(*worker, 0);
             assert!(
                 expect.iter().any(|x| message.contains(x)),

@@ -121,6 +121,58 @@ fn failing_initializer_fails_build_with_its_message() {
     );
 }
 
+/// An initializer that reports failure by returning an `Err` rather than panicking.
+#[pool_entry]
+fn init_returning(config: Option<String>) -> Result<(), String> {
+    match config {
+        Some(c) => PREFIX_SET.set(c).map_err(|_| "set twice".to_string()),
+        None => Err("no config given; set PPOOL_EXAMPLE_CONFIG".into()),
+    }
+}
+
+static PREFIX_SET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// An error type that is `Debug` but not `Display`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+enum InitTrouble {
+    NoDevice { tried: u32 },
+}
+
+#[pool_entry]
+fn init_debug_only(tried: u32) -> Result<u32, InitTrouble> {
+    Err(InitTrouble::NoDevice { tried })
+}
+
+/// Contract: "an initializer that panics or fails makes build() return an error that says
+/// so". Returning `Err` is failing, with the error's text; `Ok` is success.
+#[test]
+fn an_initializer_that_returns_err_fails_build_with_its_text() {
+    let _deadline = ppool_tests::deadline();
+    let e = ProcessPool::<greet>::builder()
+        .n_jobs(1)
+        .initializer::<init_returning>(None)
+        .build()
+        .unwrap_err();
+    assert!(matches!(e, Error::Spawn { .. }), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("init_returning") && text.contains("returned an error: no config given"),
+        "{text}"
+    );
+    let e = ProcessPool::<greet>::builder()
+        .n_jobs(1)
+        .initializer::<init_debug_only>(3)
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("NoDevice { tried: 3 }"), "{e}");
+    let pool = ProcessPool::<greet>::builder()
+        .n_jobs(1)
+        .initializer::<init_returning>(Some("x".into()))
+        .build()
+        .unwrap();
+    assert_eq!(pool.call("y".into()).unwrap(), "y");
+}
+
 #[test]
 fn max_tasks_per_worker_recycles_processes() {
     let _deadline = ppool_tests::deadline();
@@ -200,7 +252,7 @@ fn an_initializer_past_init_timeout_fails_the_build_saying_so() {
         .map(|_| ())
         .unwrap_err();
     assert!(
-        matches!(&e, Error::Spawn { message } if message.contains("init_timeout")),
+        matches!(&e, Error::Spawn { message, .. } if message.contains("init_timeout")),
         "{e:?}"
     );
     assert!(
@@ -783,6 +835,7 @@ fn entries_with_one_name_are_reported_with_both_places() {
                 name,
                 first,
                 second,
+                ..
             }) => {
                 assert_eq!(name, "features::twin");
                 assert!(

@@ -349,7 +349,7 @@ fn build_err<T>(built: Result<T, Error>, what: &str) -> Error {
 /// The message of an `Error::Spawn`; fails the test on any other error.
 fn spawn_message(e: &Error) -> &str {
     match e {
-        Error::Spawn { message } => message,
+        Error::Spawn { message, .. } => message,
         other => panic!("expected Error::Spawn, got {other:?} ({other})"),
     }
 }

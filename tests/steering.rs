@@ -256,3 +256,51 @@ fn a_result_already_handed_out_is_already_taken() {
     let got: Vec<_> = ppool::as_completed(vec![again]).collect();
     assert_eq!(got, [(0, Err(Error::AlreadyTaken))]);
 }
+
+/// `join_timeout`: done in time is `Ok` with every result in; not done is `JoinTimeout` about
+/// when asked, with the pool still finishing (no task lost, no new one taken), and `join`
+/// then waits for the rest.
+#[test]
+fn join_timeout_returns_in_time_and_loses_nothing() {
+    let _deadline = ppool_tests::deadline();
+    let dir = TempDir::new("join-timeout");
+    let pool = ProcessPool::<mark_and_nap>::new(1).unwrap();
+    let quick = pool.submit((dir.arg(), "quick".into(), 0));
+    assert_eq!(quick.wait(), Ok(0));
+    let slow = pool.submit((dir.arg(), "slow".into(), 1500));
+    let queued = pool.submit((dir.arg(), "queued".into(), 0));
+    wait_for(&dir.path().join("slow"));
+    let started = Instant::now();
+    let e = pool.join_timeout(Duration::from_millis(200)).unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(e, Error::JoinTimeout { .. }), "{e}");
+    assert!(took >= Duration::from_millis(200), "{took:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert!(
+        matches!(pool.call((dir.arg(), "late".into(), 0)), Err(Error::Closed)),
+        "a joining pool takes no new task"
+    );
+    assert_eq!(pool.join_timeout(Duration::from_secs(30)), Ok(()));
+    assert_eq!(slow.wait(), Ok(1500));
+    assert_eq!(queued.wait(), Ok(0));
+    assert!(!dir.path().join("late").exists());
+    assert!(!pool.is_running());
+
+    let idle = ProcessPool::<mark_and_nap>::new(1).unwrap();
+    assert_eq!(idle.join_timeout(Duration::ZERO).or_else(|_| idle.join()), Ok(()));
+}
+
+/// `pool.batch(..).await`, on a runtime with one thread: the batch wakes it.
+#[test]
+fn a_batch_is_a_future() {
+    let _deadline = ppool_tests::deadline();
+    let dir = TempDir::new("batch-future");
+    let pool = ProcessPool::<mark_and_nap>::new(2).unwrap();
+    let batch = pool.batch((0..6).map(|i| (dir.arg(), format!("t{i}"), 20 * i)));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let got = runtime.block_on(async { batch.await });
+    assert_eq!(got, Ok(vec![0, 20, 40, 60, 80, 100]));
+}

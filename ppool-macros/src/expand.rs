@@ -15,7 +15,7 @@ pub(crate) fn pool_entry(args: TokenStream, input: TokenStream) -> TokenStream {
         // mistake does not cascade into many.
         Err((error, item, func)) => {
             let error = error.to_compile_error();
-            let marker = func.map(|(func, krate)| placeholder(&func, &krate));
+            let marker = func.map(|boxed| placeholder(&boxed.0, &boxed.1));
             quote! { #error #item #marker }
         }
     }
@@ -80,6 +80,11 @@ fn expand(entry: &Entry) -> TokenStream {
                 #[inline]
                 fn call(#bind: Self::Args) -> Self::Output {
                     #call
+                }
+                fn failure(output: &Self::Output) -> ::core::option::Option<::std::string::String> {
+                    #[allow(unused_imports)]
+                    use #private::{ViaAny as _, ViaDebug as _, ViaDisplay as _};
+                    (&&&#private::Probe(output)).failure()
                 }
             }
 

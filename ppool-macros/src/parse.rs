@@ -74,7 +74,7 @@ fn push(acc: &mut Option<syn::Error>, error: syn::Error) {
 
 /// Why an item was rejected: every error, the item's tokens to emit unchanged, and the
 /// function with the runtime crate's path when the item is a function.
-pub(crate) type Rejected = (syn::Error, TokenStream, Option<(ItemFn, syn::Path)>);
+pub(crate) type Rejected = (syn::Error, TokenStream, Option<Box<(ItemFn, syn::Path)>>);
 
 /// Parses the item and checks every rule, so that all mistakes are reported at once.
 pub(crate) fn entry(args: TokenStream, input: TokenStream) -> Result<Entry, Rejected> {
@@ -82,7 +82,7 @@ pub(crate) fn entry(args: TokenStream, input: TokenStream) -> Result<Entry, Reje
     let krate = match parse_args(args) {
         Ok(k) => k,
         Err(e) => {
-            let fallback = func.map(|f| (f, syn::parse_quote!(::ppool)));
+            let fallback = func.map(|f| Box::new((f, syn::parse_quote!(::ppool))));
             return Err((e, input, fallback));
         }
     };
@@ -201,7 +201,7 @@ pub(crate) fn entry(args: TokenStream, input: TokenStream) -> Result<Entry, Reje
             let tokens = quote::ToTokens::to_token_stream(&func);
             // A method sits in an `impl` or a trait, where no marker type can go.
             let is_method = sig.receiver().is_some();
-            let fallback = (!is_method).then_some((func, krate));
+            let fallback = (!is_method).then(|| Box::new((func, krate)));
             Err((e, tokens, fallback))
         }
         None => Ok(Entry {

@@ -3,7 +3,10 @@
 use crate::chunk::{Put, Sink};
 use crate::error::{Error, Result};
 use crate::sync::{lock, wait, wait_timeout};
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// The results of [`pool.batch(..)`](crate::ProcessPool::batch), in input order.
@@ -31,6 +34,8 @@ struct GatherState<T> {
     /// Which positions have their result, so that none is counted twice.
     filled: Vec<bool>,
     missing: usize,
+    /// The task awaiting the batch (`IntoFuture`), woken when the last result is in.
+    waker: Option<Waker>,
 }
 
 impl<T> Gather<T> {
@@ -43,6 +48,7 @@ impl<T> Gather<T> {
                 errors: Vec::new(),
                 filled: vec![false; len],
                 missing: len,
+                waker: None,
             }),
             done: Condvar::new(),
         })
@@ -74,9 +80,13 @@ impl<T> Gather<T> {
         };
         each(&mut put);
         let finished = st.missing == 0;
+        let waker = if finished { st.waker.take() } else { None };
         drop(guard);
         if finished {
             self.done.notify_all();
+        }
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 
@@ -86,9 +96,27 @@ impl<T> Gather<T> {
         while st.missing > 0 {
             st = wait(&self.done, st);
         }
+        Self::take_from(&mut st)
+    }
+
+    fn take_from(st: &mut GatherState<T>) -> (Vec<Option<T>>, Vec<(usize, Error)>) {
         let mut errors = std::mem::take(&mut st.errors);
         errors.sort_by_key(|(i, _)| *i);
         (std::mem::take(&mut st.values), errors)
+    }
+
+    /// The results if every one is in; else `cx`'s waker is kept, to be woken when they are.
+    fn poll_wait(&self, cx: &mut Context<'_>) -> Poll<Result<Vec<T>>> {
+        let mut st = self.lock();
+        if st.missing > 0 {
+            match &st.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => st.waker = Some(cx.waker().clone()),
+            }
+            return Poll::Pending;
+        }
+        let (values, errors) = Self::take_from(&mut st);
+        Poll::Ready(first_error(values, errors))
     }
 
     /// Waits at most `timeout` for every result; `None` if some are still missing then.
@@ -109,11 +137,8 @@ impl<T> Gather<T> {
     }
 
     fn wait(&self) -> Result<Vec<T>> {
-        let (values, mut errors) = self.take();
-        if !errors.is_empty() {
-            return Err(errors.swap_remove(0).1);
-        }
-        values.into_iter().map(|v| v.ok_or(Error::Closed)).collect()
+        let (values, errors) = self.take();
+        first_error(values, errors)
     }
 
     fn wait_all(&self) -> Vec<Result<T>> {
@@ -135,6 +160,14 @@ impl<T> Gather<T> {
     fn is_done(&self) -> bool {
         self.lock().missing == 0
     }
+}
+
+/// The values in input order, or the first error in input order.
+fn first_error<T>(values: Vec<Option<T>>, mut errors: Vec<(usize, Error)>) -> Result<Vec<T>> {
+    if !errors.is_empty() {
+        return Err(errors.swap_remove(0).1);
+    }
+    values.into_iter().map(|v| v.ok_or(Error::Closed)).collect()
 }
 
 impl<T: Send + 'static> Sink<T> for Gather<T> {
@@ -201,5 +234,55 @@ impl<T> Batch<T> {
     /// True once every task has finished.
     pub fn is_done(&self) -> bool {
         self.results.is_done()
+    }
+}
+
+/// `pool.batch(xs).await`: what [`wait`](Batch::wait) gives, without blocking a thread of the
+/// runtime.
+///
+/// ```
+/// # use ppool::{pool_entry, ProcessPool};
+/// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+/// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+/// let pool = ProcessPool::<square>::new(2)?;
+/// let squares = async { pool.batch(1..=3).await };
+/// # let squares = block_on(squares);
+/// assert_eq!(squares?, [1, 4, 9]);
+/// # Ok(()) } }
+/// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     struct Unpark(std::thread::Thread);
+/// #     impl std::task::Wake for Unpark { fn wake(self: std::sync::Arc<Self>) { self.0.unpark() } }
+/// #     let waker = std::sync::Arc::new(Unpark(std::thread::current())).into();
+/// #     let mut cx = std::task::Context::from_waker(&waker);
+/// #     let mut f = std::pin::pin!(f);
+/// #     loop {
+/// #         if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; }
+/// #         std::thread::park();
+/// #     }
+/// # }
+/// ```
+impl<T> IntoFuture for Batch<T> {
+    type Output = Result<Vec<T>>;
+    type IntoFuture = BatchFuture<T>;
+
+    fn into_future(self) -> BatchFuture<T> {
+        BatchFuture {
+            results: self.results,
+        }
+    }
+}
+
+/// The future of a [`Batch`]: every result in input order, or the first error.
+#[must_use = "futures do nothing unless awaited"]
+#[derive(Debug)]
+pub struct BatchFuture<T> {
+    results: Arc<Gather<T>>,
+}
+
+impl<T> Future for BatchFuture<T> {
+    type Output = Result<Vec<T>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Vec<T>>> {
+        self.results.poll_wait(cx)
     }
 }

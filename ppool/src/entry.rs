@@ -71,6 +71,61 @@ pub trait Entry: sealed::MadeByPoolEntry + 'static {
     const NAME: &'static str;
     /// Calls the function.
     fn call(args: Self::Args) -> Self::Output;
+
+    /// What a returned value says went wrong, when it is an `Err`: the error's `Display` (or
+    /// `Debug`) text. An initializer whose entry returns one fails the worker's start.
+    #[doc(hidden)]
+    fn failure(output: &Self::Output) -> Option<String> {
+        let _ = output;
+        None
+    }
+}
+
+/// Reading an `Err` out of any return type, by autoref specialization in the code that
+/// `#[pool_entry]` expands to (where the type is concrete): `(&&&Probe(&value)).failure()`
+/// finds the first of these that applies.
+pub(crate) mod failure {
+    use std::fmt::{Debug, Display};
+
+    /// A returned value, looked at.
+    #[derive(Debug)]
+    pub struct Probe<'a, T>(pub &'a T);
+
+    /// A `Result` whose error is `Display`.
+    pub trait ViaDisplay {
+        /// The error's text, for an `Err`.
+        fn failure(&self) -> Option<String>;
+    }
+
+    impl<T, E: Display> ViaDisplay for &&Probe<'_, Result<T, E>> {
+        fn failure(&self) -> Option<String> {
+            self.0.as_ref().err().map(|e| e.to_string())
+        }
+    }
+
+    /// A `Result` whose error is `Debug` only.
+    pub trait ViaDebug {
+        /// The error's text, for an `Err`.
+        fn failure(&self) -> Option<String>;
+    }
+
+    impl<T, E: Debug> ViaDebug for &Probe<'_, Result<T, E>> {
+        fn failure(&self) -> Option<String> {
+            self.0.as_ref().err().map(|e| format!("{e:?}"))
+        }
+    }
+
+    /// Anything else: never a failure.
+    pub trait ViaAny {
+        /// `None`.
+        fn failure(&self) -> Option<String>;
+    }
+
+    impl<T> ViaAny for Probe<'_, T> {
+        fn failure(&self) -> Option<String> {
+            None
+        }
+    }
 }
 
 /// Why an entry could not run on a worker, apart from panicking.
@@ -88,6 +143,8 @@ pub struct EntryRecord {
     pub(crate) file: &'static str,
     pub(crate) line: u32,
     pub(crate) run: fn(&[u8], &mut Vec<u8>) -> Result<(), CodecFailure>,
+    /// Runs the entry as an initializer: `Some(text)` when it returned an `Err`.
+    pub(crate) init: fn(&[u8]) -> Result<Option<String>, CodecFailure>,
     pub(crate) signature: fn() -> [&'static str; 2],
 }
 
@@ -99,6 +156,7 @@ impl EntryRecord {
             file,
             line,
             run: run::<E>,
+            init: init::<E>,
             signature: signature::<E>,
         }
     }
@@ -118,6 +176,14 @@ fn run<E: Entry>(input: &[u8], out: &mut Vec<u8>) -> Result<(), CodecFailure> {
         action: "encode the result",
         message,
     })
+}
+
+fn init<E: Entry>(input: &[u8]) -> Result<Option<String>, CodecFailure> {
+    let args: E::Args = decode(input).map_err(|message| CodecFailure {
+        action: "decode the arguments",
+        message,
+    })?;
+    Ok(E::failure(&E::call(args)))
 }
 
 fn signature<E: Entry>() -> [&'static str; 2] {
@@ -145,7 +211,9 @@ pub(crate) fn find(name: &str) -> Result<&'static EntryRecord, Error> {
         }
         found = Some(record);
     }
-    found.ok_or_else(|| Error::spawn(format!("no pool entry named `{name}` in this binary")))
+    found.ok_or_else(|| Error::UnknownEntry {
+        name: name.to_string(),
+    })
 }
 
 /// The index of entry `name` in this binary's entry table (the same in every process of one
@@ -156,7 +224,9 @@ pub(crate) fn index_of(name: &str) -> Result<u32, Error> {
         .iter()
         .position(|r| std::ptr::eq(r, record))
         .and_then(|i| u32::try_from(i).ok())
-        .ok_or_else(|| Error::spawn(format!("no pool entry named `{name}` in this binary")))
+        .ok_or_else(|| Error::UnknownEntry {
+        name: name.to_string(),
+    })
 }
 
 /// The entry at `index` in this binary's entry table.

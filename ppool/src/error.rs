@@ -1,6 +1,7 @@
 //! The one error type of ppool.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A `Result` whose error is [`ppool::Error`](Error).
@@ -30,6 +31,7 @@ pub enum Error {
         "entry `{entry}` panicked on worker {worker}: {message}{}",
         at(location)
     )]
+    #[non_exhaustive]
     Panicked {
         /// The entry's name.
         entry: String,
@@ -47,6 +49,7 @@ pub enum Error {
     /// The worker process ended while it held the task (abort, signal, `exit`, OOM kill).
     /// The worker has been replaced.
     #[error("worker {worker} (pid {pid}) died running entry `{entry}`: {cause}")]
+    #[non_exhaustive]
     WorkerDied {
         /// The entry's name.
         entry: String,
@@ -62,6 +65,7 @@ pub enum Error {
     #[error(
         "entry `{entry}` ran past its {timeout:?} timeout on worker {worker} (pid {pid}); the worker was killed and replaced"
     )]
+    #[non_exhaustive]
     Timeout {
         /// The entry's name.
         entry: String,
@@ -78,6 +82,7 @@ pub enum Error {
     #[error(
         "entry `{entry}` hit the memory limit of {limit} bytes on worker {worker} (pid {pid}, {rss} bytes resident); the worker was killed and replaced"
     )]
+    #[non_exhaustive]
     MemoryLimit {
         /// The entry's name.
         entry: String,
@@ -105,6 +110,18 @@ pub enum Error {
     #[error("the task was cancelled")]
     Cancelled,
 
+    /// [`join_timeout`](crate::ProcessPool::join_timeout) ran out before every task had
+    /// finished. The pool goes on finishing them, and refuses new ones; `join()` waits for the
+    /// rest, `shutdown()` stops now.
+    #[error(
+        "the pool did not finish its tasks within {timeout:?}; it goes on with them (join() waits for the rest, shutdown() stops now)"
+    )]
+    #[non_exhaustive]
+    JoinTimeout {
+        /// The time that ran out.
+        timeout: Duration,
+    },
+
     /// The pool was built with `start(false)` and [`start`](crate::ProcessPool::start) has not
     /// been called yet.
     #[error(
@@ -114,6 +131,7 @@ pub enum Error {
 
     /// A builder setting is not allowed.
     #[error("invalid pool setting `{setting}`: {message}")]
+    #[non_exhaustive]
     InvalidConfig {
         /// The setting, as named on the builder.
         setting: &'static str,
@@ -123,14 +141,20 @@ pub enum Error {
 
     /// A worker could not be started, or its initializer failed.
     #[error("could not start a worker: {message}")]
+    #[non_exhaustive]
     Spawn {
         /// What went wrong.
         message: String,
+        /// The system's error beneath, when there is one (an [`std::io::Error`] from starting
+        /// a process, mapping memory or reaching a host); also [`source`](std::error::Error::source).
+        #[source]
+        source: Option<Cause>,
     },
 
     /// A frame from a worker was malformed, oversized or of another build. The worker has been
     /// replaced.
     #[error("protocol error with worker {worker}: {message}")]
+    #[non_exhaustive]
     Protocol {
         /// The index of the worker.
         worker: usize,
@@ -140,6 +164,7 @@ pub enum Error {
 
     /// A task's arguments or result could not be serialized or deserialized.
     #[error("could not {action} for entry `{entry}`: {message}")]
+    #[non_exhaustive]
     Codec {
         /// The entry's name.
         entry: String,
@@ -154,6 +179,7 @@ pub enum Error {
     #[error(
         "a task for entry `{entry}` needs a frame of {size} bytes (its encoded arguments and an 18-byte header), more than the pool's max_frame_size of {limit} bytes"
     )]
+    #[non_exhaustive]
     ArgumentsTooLarge {
         /// The entry's name.
         entry: String,
@@ -163,8 +189,18 @@ pub enum Error {
         limit: usize,
     },
 
+    /// No entry of this binary has this name: a worker was asked for an entry that its build
+    /// does not have.
+    #[error("no pool entry named `{name}` in this binary")]
+    #[non_exhaustive]
+    UnknownEntry {
+        /// The name asked for.
+        name: String,
+    },
+
     /// Two entries of this binary have the same name, so neither can be used safely.
     #[error("two pool entries are named `{name}`: one at {first}, one at {second}; rename one")]
+    #[non_exhaustive]
     DuplicateEntry {
         /// The shared name.
         name: String,
@@ -243,10 +279,71 @@ fn signal_name(signal: i32) -> Option<&'static str> {
     })
 }
 
+/// The error beneath a ppool [`Error`], shared so that `Error` stays `Clone`.
+///
+/// It dereferences to the error itself, so [`source`](std::error::Error::source) hands out
+/// that error and `downcast_ref` finds its type:
+///
+/// ```
+/// # use std::error::Error as _;
+/// # fn check(e: &ppool::Error) {
+/// if let Some(io) = e.source().and_then(|s| s.downcast_ref::<std::io::Error>()) {
+///     eprintln!("the system said: {io} ({:?})", io.kind());
+/// }
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Cause(Arc<dyn std::error::Error + Send + Sync + 'static>);
+
+impl Cause {
+    pub(crate) fn new(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Cause(Arc::new(error))
+    }
+}
+
+impl std::ops::Deref for Cause {
+    type Target = dyn std::error::Error + Send + Sync + 'static;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+impl fmt::Debug for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+/// Two causes are equal when they say the same (an error beneath has no `PartialEq` of its
+/// own).
+impl PartialEq for Cause {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for Cause {}
+
 impl Error {
     pub(crate) fn spawn(message: impl Into<String>) -> Self {
         Error::Spawn {
             message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A failure to start a worker, with the system's error beneath it.
+    pub(crate) fn spawn_io(message: impl Into<String>, error: std::io::Error) -> Self {
+        Error::Spawn {
+            message: message.into(),
+            source: Some(Cause::new(error)),
         }
     }
 
@@ -267,5 +364,22 @@ impl Error {
                 | Error::MemoryLimit { .. }
                 | Error::Protocol { .. }
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn source_hands_out_the_io_error_itself() {
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "no entry");
+        let e = Error::spawn_io("cannot start worker 0: no entry", io);
+        let source = e.source().expect("a source");
+        let io = source.downcast_ref::<std::io::Error>().expect("an io::Error");
+        assert_eq!(io.kind(), std::io::ErrorKind::PermissionDenied);
+        assert_eq!(e.clone(), e, "Error stays Clone and Eq");
+        assert!(Error::spawn("no cause").source().is_none());
     }
 }

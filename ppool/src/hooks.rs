@@ -61,8 +61,49 @@ fn enter() -> ! {
 /// ```
 ///
 /// `fn main()` without a return type works too, and attributes on it are kept.
+///
+/// An `async fn main` works under a runtime's attribute, such as `#[tokio::main]`. The worker
+/// check runs first, before the runtime starts, so workers never build one:
+///
+/// ```ignore
+/// ppool::main! {
+///     #[tokio::main]
+///     async fn main() -> Result<(), ppool::Error> {
+///         let pool = ProcessPool::<square>::new(2)?;
+///         let ys = pool.batch(0..100).await?;       // `Batch` is `IntoFuture`
+///         let y = pool.submit(7).await?;            // and `Task` a `Future`
+///         Ok(())
+///     }
+/// }
+/// ```
+///
+/// An `async fn main` without such an attribute is a compile error that says so: nothing
+/// would run its body.
 #[macro_export]
 macro_rules! main {
+    ($vis:vis async fn main() $(-> $ret:ty)? $body:block) => {
+        ::core::compile_error!(
+            "ppool::main!: an `async fn main` needs a runtime's attribute above it, such as `#[tokio::main]`: without one nothing runs its body"
+        );
+        $vis fn main() {}
+    };
+    ($(#[$attr:meta])+ $vis:vis async fn main() $(-> $ret:ty)? $body:block) => {
+        $vis fn main() $(-> $ret)? {
+            $crate::__private::run_worker_if_requested();
+            // The runtime's attribute turns this into a plain function that starts the runtime
+            // and runs the body on it: only the supervisor gets that far.
+            $(#[$attr])+
+            async fn __ppool_async_main() $(-> $ret)? $body
+            __ppool_async_main()
+        }
+
+        #[cfg(not(test))]
+        const _: () = {
+            #[$crate::__private::linkme::distributed_slice($crate::__private::LAUNCHERS)]
+            #[linkme(crate = $crate::__private::linkme)]
+            static LAUNCHER: $crate::__private::Launcher = $crate::__private::Launcher::Main;
+        };
+    };
     ($(#[$attr:meta])* $vis:vis fn main() $(-> $ret:ty)? $body:block) => {
         $(#[$attr])*
         $vis fn main() $(-> $ret)? {

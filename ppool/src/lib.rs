@@ -92,11 +92,11 @@ mod transport;
 mod watchdog;
 mod worker;
 
-pub use batch::Batch;
+pub use batch::{Batch, BatchFuture};
 pub use completed::{AsCompleted, as_completed};
 pub use config::NJobs;
 pub use entry::{Entry, Portable};
-pub use error::{Error, ExitCause, Result};
+pub use error::{Cause, Error, ExitCause, Result};
 pub use insights::{Insights, WorkerInsights, WorkerState};
 pub use pool::{Builder, EntryView, ProcessPool};
 pub use remote::Remote;
@@ -164,6 +164,7 @@ pub fn worker_pool_name() -> Option<&'static str> {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::entry::check::InvalidEntry;
+    pub use crate::entry::failure::{Probe, ViaAny, ViaDebug, ViaDisplay};
     pub use crate::entry::sealed::MadeByPoolEntry;
     pub use crate::entry::{ENTRIES, Entry, EntryRecord};
     pub use crate::hooks::{run_test_worker, run_worker_if_requested};

@@ -269,6 +269,32 @@ impl<F: Entry> ProcessPool<F> {
         self.core.join()
     }
 
+    /// [`join`](Self::join), waiting at most `timeout`.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool, Error};
+    /// # use std::time::Duration;
+    /// # #[pool_entry] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<nap>::new(1)?;
+    /// let slow = pool.submit(2_000);
+    /// match pool.join_timeout(Duration::from_millis(100)) {
+    ///     Err(Error::JoinTimeout { .. }) => pool.shutdown(), // or pool.join() for the rest
+    ///     other => other?,
+    /// }
+    /// assert!(matches!(slow.wait(), Err(Error::Closed)));
+    /// # Ok(()) } }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::JoinTimeout`] when tasks are still running or queued after `timeout`. The
+    /// pool is left joining: it refuses new tasks, goes on with those it has, and can be
+    /// joined again or shut down.
+    pub fn join_timeout(&self, timeout: Duration) -> Result<()> {
+        self.core.join_timeout(timeout)
+    }
+
     /// Stops now: kills the workers; tasks not finished end with [`Error::Closed`].
     pub fn shutdown(&self) {
         self.core.shutdown();

@@ -40,7 +40,7 @@ fn executable() -> Result<PathBuf, Error> {
         return Ok(proc_exe);
     }
     std::env::current_exe()
-        .map_err(|e| Error::spawn(format!("cannot find this program's executable: {e}")))
+        .map_err(|e| Error::spawn_io(format!("cannot find this program's executable: {e}"), e))
 }
 
 /// The command that starts a worker of this binary, without the channel.
@@ -53,7 +53,7 @@ pub(crate) fn worker_command() -> Result<Command, Error> {
 /// This program's own absolute path, as another host sharing the filesystem names it.
 pub(crate) fn program_path() -> Result<PathBuf, Error> {
     std::env::current_exe()
-        .map_err(|e| Error::spawn(format!("cannot find this program's executable: {e}")))
+        .map_err(|e| Error::spawn_io(format!("cannot find this program's executable: {e}"), e))
 }
 
 /// The arguments that make this binary a worker (or, with the agent's variable, a host

@@ -312,7 +312,7 @@ pub(crate) fn read_allocation() -> Result<Allocation> {
     let out = std::process::Command::new("scontrol")
         .args(["show", "hostnames", &nodelist])
         .output()
-        .map_err(|e| Error::spawn(format!("cannot run `scontrol show hostnames`: {e}")))?;
+        .map_err(|e| Error::spawn_io(format!("cannot run `scontrol show hostnames`: {e}"), e))?;
     if !out.status.success() {
         return Err(Error::spawn(format!(
             "`scontrol show hostnames {nodelist}` failed: {}",

@@ -41,6 +41,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
+use std::time::{Duration, Instant};
 pub(crate) use job::{Deliver, Delivery, Job, Split};
 pub(crate) use state::{Settings, WorkerSpec};
 
@@ -272,6 +273,42 @@ impl Core {
         Ok(())
     }
 
+    /// [`join`](Self::join), if the drivers finish within `timeout`; else
+    /// `Error::JoinTimeout`, with the pool still joining (it refuses new tasks and goes on
+    /// with the rest).
+    pub(crate) fn join_timeout(&self, timeout: Duration) -> Result<(), Error> {
+        let deadline = Instant::now().checked_add(timeout);
+        {
+            let mut st = self.shared.state();
+            match st.phase {
+                Phase::NotStarted => {
+                    st.phase = Phase::Closed;
+                    return Ok(());
+                }
+                Phase::Running => st.phase = Phase::Joining,
+                Phase::Joining | Phase::Closed => {}
+            }
+        }
+        self.shared.wake.notify_all();
+        let me = std::thread::current().id();
+        let mut pause = Duration::from_micros(200);
+        loop {
+            let running = lock(&self.threads)
+                .iter()
+                .any(|h| h.thread().id() != me && !h.is_finished());
+            if !running {
+                return self.join();
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Err(Error::JoinTimeout { timeout });
+            }
+            let left = deadline.map_or(pause, |d| d.saturating_duration_since(now));
+            std::thread::sleep(pause.min(left));
+            pause = (pause * 2).min(Duration::from_millis(10));
+        }
+    }
+
     /// Stops now: kills the workers; queued and running jobs end with `Error::Closed`.
     pub(crate) fn shutdown(&self) {
         let shared = &self.shared;
@@ -366,7 +403,7 @@ fn spawn_thread(
             crate::transport::block_sigpipe_on_this_thread();
             body()
         })
-        .map_err(|e| Error::spawn(format!("cannot start a pool thread: {e}")))
+        .map_err(|e| Error::spawn_io(format!("cannot start a pool thread: {e}"), e))
 }
 
 /// Queues a job and wakes the drivers if one of them is idle: busy drivers come back to the

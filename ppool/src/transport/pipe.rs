@@ -29,7 +29,7 @@ impl Pipes {
 impl Launch for Pipes {
     fn start(&self, index: usize, greeting: &[u8]) -> Result<Worker, Error> {
         let config = &self.config;
-        let pipe_error = |e: io::Error| Error::spawn(format!("cannot create a pipe: {e}"));
+        let pipe_error = |e: io::Error| Error::spawn_io(format!("cannot create a pipe: {e}"), e);
         let (task_r, task_w) = io::pipe().map_err(pipe_error)?;
         let (result_r, result_w) = io::pipe().map_err(pipe_error)?;
         // Bigger pipes mean fewer wake-ups for large payloads and more jobs sent ahead; the
@@ -48,7 +48,7 @@ impl Launch for Pipes {
         let pid = peer.pid();
         let pidfd = Arc::clone(&peer.pidfd);
         let io_error =
-            |e: io::Error| Error::spawn(format!("cannot set up worker {index}'s pipes: {e}"));
+            |e: io::Error| Error::spawn_io(format!("cannot set up worker {index}'s pipes: {e}"), e);
         let rx = WatchedReader::new(result_r, Arc::clone(&pidfd)).map_err(io_error)?;
         poll::nonblocking(&task_w).map_err(io_error)?;
         let mut link = PipeLink {

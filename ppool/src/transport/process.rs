@@ -58,7 +58,7 @@ pub(super) fn spawn(
     }
     let mut child = command
         .spawn()
-        .map_err(|e| Error::spawn(format!("cannot start worker {index}: {e}")))?;
+        .map_err(|e| Error::spawn_io(format!("cannot start worker {index}: {e}"), e))?;
     let pid = child.id();
     let pidfd = Arc::new(Pidfd::open(pid));
     let stderr = child

@@ -290,9 +290,9 @@ pub(crate) fn init_failure(body: &[u8]) -> Option<String> {
         Ok(r) => r,
         Err(e) => return Some(e.to_string()),
     };
-    let mut sink = Vec::new();
-    match catch_task(|| (record.run)(args, &mut sink)) {
-        Ok(Ok(())) => None,
+    match catch_task(|| (record.init)(args)) {
+        Ok(Ok(None)) => None,
+        Ok(Ok(Some(error))) => Some(format!("initializer `{name}` returned an error: {error}")),
         Ok(Err(CodecFailure { action, message })) => Some(format!(
             "initializer `{name}` could not {action}: {message}"
         )),
