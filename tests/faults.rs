@@ -867,7 +867,9 @@ fn assert_protocol_error(what: Scribble, expect: &[&str]) {
     let e = pool.call(what).unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(20));
     match &e {
-        Error::Protocol { worker, message, .. } => {
+        Error::Protocol {
+            worker, message, ..
+        } => {
             assert_eq!(*worker, 0);
             assert!(
                 expect.iter().any(|x| message.contains(x)),

@@ -287,7 +287,10 @@ fn join_timeout_returns_in_time_and_loses_nothing() {
     assert!(!pool.is_running());
 
     let idle = ProcessPool::<mark_and_nap>::new(1).unwrap();
-    assert_eq!(idle.join_timeout(Duration::ZERO).or_else(|_| idle.join()), Ok(()));
+    assert_eq!(
+        idle.join_timeout(Duration::ZERO).or_else(|_| idle.join()),
+        Ok(())
+    );
 }
 
 /// `pool.batch(..).await`, on a runtime with one thread: the batch wakes it.

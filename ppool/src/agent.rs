@@ -109,6 +109,8 @@ pub(crate) fn run() -> ! {
         disable_gpu: greeting.disable_gpu,
         cpu_affinity: Vec::new(),
         forward_stderr: greeting.forward_stderr,
+        // Records from the workers pass through to the pool, which reads this stderr.
+        dispatch: None,
     };
     let mut txs: HashMap<u32, ShmTx> = HashMap::new();
     loop {

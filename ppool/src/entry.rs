@@ -225,8 +225,8 @@ pub(crate) fn index_of(name: &str) -> Result<u32, Error> {
         .position(|r| std::ptr::eq(r, record))
         .and_then(|i| u32::try_from(i).ok())
         .ok_or_else(|| Error::UnknownEntry {
-        name: name.to_string(),
-    })
+            name: name.to_string(),
+        })
 }
 
 /// The entry at `index` in this binary's entry table.

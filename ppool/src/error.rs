@@ -377,7 +377,9 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "no entry");
         let e = Error::spawn_io("cannot start worker 0: no entry", io);
         let source = e.source().expect("a source");
-        let io = source.downcast_ref::<std::io::Error>().expect("an io::Error");
+        let io = source
+            .downcast_ref::<std::io::Error>()
+            .expect("an io::Error");
         assert_eq!(io.kind(), std::io::ErrorKind::PermissionDenied);
         assert_eq!(e.clone(), e, "Error stays Clone and Eq");
         assert!(Error::spawn("no cause").source().is_none());

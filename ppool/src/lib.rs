@@ -88,6 +88,7 @@ mod stream;
 mod supervisor;
 mod sync;
 mod task;
+mod trace;
 mod transport;
 mod watchdog;
 mod worker;

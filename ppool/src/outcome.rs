@@ -42,11 +42,13 @@ pub(crate) fn first_result<F: Entry>(delivery: Delivery<'_>) -> Result<F::Output
 
 fn convert<F: Entry>(outcome: Outcome<'_>, worker: usize) -> Result<F::Output> {
     match outcome {
-        Outcome::Ok(bytes) => crate::entry::decode::<F::Output>(bytes).map_err(|message| Error::Codec {
-            entry: F::NAME.to_string(),
-            action: "decode the result",
-            message,
-        }),
+        Outcome::Ok(bytes) => {
+            crate::entry::decode::<F::Output>(bytes).map_err(|message| Error::Codec {
+                entry: F::NAME.to_string(),
+                action: "decode the result",
+                message,
+            })
+        }
         Outcome::Panicked {
             message,
             location,

@@ -937,6 +937,15 @@ impl<F: Entry> Builder<F> {
             (None, None) => None,
         };
         let chunking = Arc::new(Chunking::new(chunk_size, self.max_tasks_per_worker));
+        // The subscriber of the thread that builds the pool (its own, or the global one) gets
+        // the events of the entries, up to the most verbose level it wants.
+        let dispatch = tracing::dispatcher::get_default(tracing::Dispatch::clone);
+        let has_subscriber = !dispatch.is::<tracing::subscriber::NoSubscriber>();
+        let trace = if has_subscriber && self.forward_stderr && !self.debug {
+            crate::trace::filter_byte(tracing::level_filters::LevelFilter::current())
+        } else {
+            0
+        };
         let spec = WorkerSpec {
             pool: name.clone(),
             entry: F::NAME,
@@ -946,6 +955,7 @@ impl<F: Entry> Builder<F> {
             init_timeout: self.init_timeout,
             exit_timeout: self.exit_timeout,
             token: random_token(),
+            trace,
         };
         let config = LaunchConfig {
             transport: self.transport,
@@ -955,6 +965,7 @@ impl<F: Entry> Builder<F> {
             disable_gpu: self.disable_gpu,
             cpu_affinity: self.cpu_affinity,
             forward_stderr: self.forward_stderr,
+            dispatch: (trace > 0).then_some(dispatch),
         };
         let (launch, all_jobs): (Box<dyn transport::Launch>, usize) = if hosts.is_empty() {
             (transport::launcher(config, self.debug), n_jobs)

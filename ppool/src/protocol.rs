@@ -10,7 +10,7 @@
 use std::io::{self, Read};
 
 /// Bumped whenever the frame layout changes.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// The first bytes of a handshake, to recognise a ppool peer.
 pub(crate) const MAGIC: [u8; 4] = *b"PPL\x01";
 /// The default largest frame, in bytes.
@@ -329,6 +329,9 @@ pub(crate) struct Hello<'a> {
     pub(crate) worker: u32,
     pub(crate) pool: &'a str,
     pub(crate) entry: &'a str,
+    /// The most verbose `tracing` level the pool's subscriber wants from entries (1 ERROR ..
+    /// 5 TRACE), or 0: none, and nothing is installed.
+    pub(crate) trace: u8,
 }
 
 impl<'a> Hello<'a> {
@@ -339,7 +342,7 @@ impl<'a> Hello<'a> {
             .u64(self.build_id)
             .u64(self.token)
             .u32(self.worker);
-        f.str(self.pool).str(self.entry);
+        f.str(self.pool).str(self.entry).u8(self.trace);
     }
 
     /// Parses a HELLO body (kind byte included). A version or magic mismatch is an error that
@@ -364,6 +367,7 @@ impl<'a> Hello<'a> {
             worker: r.u32("worker index")?,
             pool: r.str("pool name")?,
             entry: r.str("entry name")?,
+            trace: r.u8("tracing level")?,
         };
         r.end()?;
         Ok(hello)

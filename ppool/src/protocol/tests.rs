@@ -161,6 +161,7 @@ fn sample_frames() -> Vec<Vec<u8>> {
                 worker: 3,
                 pool: "pool",
                 entry: "entry",
+                trace: 3,
             }
             .write(f)
         }),
@@ -221,6 +222,7 @@ fn hello_round_trips() {
             worker: u32::MAX,
             pool,
             entry,
+            trace: 3,
         };
         let fr = frame(|f| hello.write(f));
         assert_eq!(fr[4], kind::HELLO);
@@ -1089,6 +1091,7 @@ fn encode(msg: &Msg, f: &mut FrameBuf) -> Vec<u8> {
             worker: *worker,
             pool,
             entry,
+            trace: 3,
         }
         .write(f),
         Msg::Ready {

@@ -27,6 +27,7 @@ pub(super) fn greeting(spec: &WorkerSpec, index: usize) -> Vec<u8> {
         worker: index as u32,
         pool: &spec.pool,
         entry: spec.entry,
+        trace: spec.trace,
     }
     .write(&mut frame);
     let mut greeting = frame.take();

@@ -41,9 +41,9 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-use std::time::{Duration, Instant};
 pub(crate) use job::{Deliver, Delivery, Job, Split};
 pub(crate) use state::{Settings, WorkerSpec};
+use std::time::{Duration, Instant};
 
 use crate::callbacks::Callbacks;
 use crate::error::Error;

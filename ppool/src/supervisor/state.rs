@@ -37,6 +37,8 @@ pub(crate) struct WorkerSpec {
     pub(crate) exit_timeout: Duration,
     /// A number no other process can guess, echoed in READY.
     pub(crate) token: u64,
+    /// The most verbose `tracing` level to forward from entries (0: none).
+    pub(crate) trace: u8,
 }
 
 /// A worker held by a slot: how it is reached, and what it has done.

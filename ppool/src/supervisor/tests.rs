@@ -321,6 +321,7 @@ fn core(settings: Settings) -> (Core, Arc<Script>) {
         init_timeout: Duration::from_secs(300),
         exit_timeout: Duration::from_secs(60),
         token: 42,
+        trace: 0,
     };
     let core = Core::new(spec, settings, Box::new(FakeLaunch(Arc::clone(&script))));
     core.start().expect("a pool of fake workers starts");

@@ -159,6 +159,8 @@ pub(crate) struct LaunchConfig {
     pub(crate) cpu_affinity: Vec<usize>,
     /// Tag each line of a worker's stderr with the pool name and worker index.
     pub(crate) forward_stderr: bool,
+    /// The subscriber that gets the entries' `tracing` events, when they are forwarded.
+    pub(crate) dispatch: Option<tracing::Dispatch>,
 }
 
 /// The launcher for a pool's workers: in this process (debug mode), or local processes.

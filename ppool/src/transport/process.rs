@@ -61,10 +61,10 @@ pub(super) fn spawn(
         .map_err(|e| Error::spawn_io(format!("cannot start worker {index}: {e}"), e))?;
     let pid = child.id();
     let pidfd = Arc::new(Pidfd::open(pid));
-    let stderr = child
-        .stderr
-        .take()
-        .and_then(|stderr| forward_stderr(stderr, format!("[{}:{index}] ", config.pool)));
+    let stderr = child.stderr.take().and_then(|stderr| {
+        let tag = format!("[{}:{index}] ", config.pool);
+        forward_stderr(stderr, tag, config.dispatch.clone())
+    });
     Ok(Arc::new(ProcessPeer {
         pid,
         pidfd,

@@ -191,7 +191,12 @@ impl Host {
             .args(&argv[1..])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            // With `tracing` forwarded, the records of the host's workers come on it.
+            .stderr(if config.dispatch.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            });
         let mut child = command.spawn().map_err(|e| {
             spawn_error(format!(
                 "cannot run its launcher `{}`: {e}",
@@ -203,6 +208,14 @@ impl Host {
             let _ = child.wait();
             return Err(spawn_error("its launcher has no stdio".into()));
         };
+        if let Some(stderr) = child.stderr.take() {
+            // Its thread ends when the launcher's stderr closes, after the launcher.
+            drop(crate::transport::stderr::forward_stderr(
+                stderr,
+                String::new(),
+                config.dispatch.clone(),
+            ));
+        }
         let launcher_pid = child.id();
         let shared = Arc::new(Shared {
             name: name.clone(),

@@ -1,4 +1,5 @@
-//! Forwarding a worker's stderr to ours, each line tagged with the pool and the worker.
+//! Forwarding a worker's stderr to ours, each line tagged with the pool and the worker. A
+//! line that carries a forwarded `tracing` record goes to the pool's subscriber instead.
 
 use std::io::{self, Write};
 use std::sync::Arc;
@@ -21,7 +22,11 @@ const FORWARD_POLL: Duration = Duration::from_millis(100);
 /// Copies a worker's stderr to ours line by line, each line tagged with `tag`, until the
 /// pipe closes or, once the worker is reaped, until nothing more is waiting (a process the
 /// worker started may hold the pipe open).
-pub(crate) fn forward_stderr(stderr: std::process::ChildStderr, tag: String) -> Option<Forwarder> {
+pub(crate) fn forward_stderr(
+    stderr: std::process::ChildStderr,
+    tag: String,
+    dispatch: Option<tracing::Dispatch>,
+) -> Option<Forwarder> {
     let stop = Arc::new(AtomicBool::new(false));
     let stopped = Arc::clone(&stop);
     let spawned = std::thread::Builder::new()
@@ -73,19 +78,19 @@ pub(crate) fn forward_stderr(stderr: std::process::ChildStderr, tag: String) -> 
                     .rposition(|&b| b == b'\n' || b == b'\r')
                     .map(|at| scanned + at + 1);
                 if let Some(end) = end {
-                    write_tagged(&tag, &pending[..end]);
+                    write_tagged(&tag, &pending[..end], dispatch.as_ref());
                     pending.drain(..end);
                 }
                 while pending.len() >= FORWARD_LINE_CAP {
                     // A line this long without an end is forwarded in pieces of the cap.
                     let mut piece: Vec<u8> = pending.drain(..FORWARD_LINE_CAP).collect();
                     piece.push(b'\n');
-                    write_tagged(&tag, &piece);
+                    write_tagged(&tag, &piece, dispatch.as_ref());
                 }
             }
             if !pending.is_empty() {
                 pending.push(b'\n');
-                write_tagged(&tag, &pending);
+                write_tagged(&tag, &pending, dispatch.as_ref());
             }
         });
     match spawned {
@@ -99,11 +104,32 @@ pub(crate) fn forward_stderr(stderr: std::process::ChildStderr, tag: String) -> 
 
 /// Writes whole lines to our stderr, each prefixed with `tag`. A line ends at `\n`, or at
 /// `\r` (a progress line that redraws itself).
-fn write_tagged(tag: &str, lines: &[u8]) {
-    let mut err = io::stderr().lock();
+///
+/// A line that carries a `tracing` record is re-emitted to `dispatch`, or, without one (a host
+/// agent, whose pool reads its stderr), passed on untagged with the record at the start of
+/// its line. The text before a record (a line the entry had not ended) is a line of its own.
+fn write_tagged(tag: &str, lines: &[u8], dispatch: Option<&tracing::Dispatch>) {
     for line in Lines(lines) {
-        let _ = err.write_all(tag.as_bytes());
-        let _ = err.write_all(line);
+        let Some((before, hex)) = crate::trace::split_marked(line) else {
+            let mut err = io::stderr().lock();
+            let _ = err.write_all(tag.as_bytes());
+            let _ = err.write_all(line);
+            continue;
+        };
+        if !before.is_empty() {
+            let mut err = io::stderr().lock();
+            let _ = err.write_all(tag.as_bytes());
+            let _ = err.write_all(before);
+            let _ = err.write_all(b"\n");
+        }
+        match (dispatch, crate::trace::Record::from_hex(hex)) {
+            (Some(dispatch), Some(record)) => crate::trace::replay::emit(dispatch, &record),
+            _ => {
+                let mut err = io::stderr().lock();
+                let _ = err.write_all(crate::trace::MARK);
+                let _ = err.write_all(hex);
+            }
+        }
     }
 }
 

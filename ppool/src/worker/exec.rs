@@ -246,6 +246,7 @@ pub(crate) fn run_tasks(
 /// Runs one task and appends its outcome.
 pub(crate) fn run_one(record: &EntryRecord, args: &[u8], out: &mut FrameBuf, max: usize) {
     let at = out.len();
+    crate::trace::capture::task_starts(record.name);
     match catch_task(|| Outcome::write_ok(out, |value| (record.run)(args, value))) {
         Ok(Ok(())) => {
             // A result the channel cannot carry, even in a frame of its own, fails alone.

@@ -140,6 +140,7 @@ impl Session {
                         index: hello.worker as usize,
                         pool: hello.pool.to_string(),
                     });
+                    crate::trace::capture::install(hello.trace, hello.pool, hello.worker);
                 }
                 Ok((record, ours, hello.token))
             });

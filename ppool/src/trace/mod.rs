@@ -1,0 +1,138 @@
+//! `tracing` from inside entries, forwarded to the supervisor's subscriber.
+//!
+//! Workers never run `main`, so a subscriber installed there does not exist in them. When the
+//! supervisor has one, the greeting tells each worker the most verbose level it wants; the
+//! worker then installs [`capture::Capture`], which writes each enabled event, with its spans,
+//! as one marked line on the worker's stderr. The supervisor's stderr forwarder (local
+//! workers, or a remote host's launcher) recognizes the mark and hands the line to
+//! [`replay::emit`], which re-emits the event to the pool's subscriber with its level, target,
+//! fields and spans, inside a `task` span tagged with the pool, the worker, its host and pid.
+//!
+//! Without a subscriber nothing is installed in the workers and nothing is written: the cost
+//! is nil. The records are postcard, written in hex so that a line never holds a newline.
+
+pub(crate) mod capture;
+pub(crate) mod replay;
+
+use serde::{Deserialize, Serialize};
+
+/// What starts a forwarded record on a line of a worker's stderr.
+pub(crate) const MARK: &[u8] = b"\x01ppool-trace:";
+
+/// A level as one byte: 1 ERROR .. 5 TRACE; 0, as a most verbose level, is off.
+pub(crate) fn level_byte(level: tracing::Level) -> u8 {
+    match level {
+        tracing::Level::ERROR => 1,
+        tracing::Level::WARN => 2,
+        tracing::Level::INFO => 3,
+        tracing::Level::DEBUG => 4,
+        tracing::Level::TRACE => 5,
+    }
+}
+
+/// The most verbose level a subscriber wants, as [`level_byte`] (0 when it wants none).
+pub(crate) fn filter_byte(filter: tracing::level_filters::LevelFilter) -> u8 {
+    filter.into_level().map_or(0, level_byte)
+}
+
+fn level_of(byte: u8) -> Option<tracing::Level> {
+    Some(match byte {
+        1 => tracing::Level::ERROR,
+        2 => tracing::Level::WARN,
+        3 => tracing::Level::INFO,
+        4 => tracing::Level::DEBUG,
+        5 => tracing::Level::TRACE,
+        _ => return None,
+    })
+}
+
+/// One event from inside a worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Record {
+    pub(crate) level: u8,
+    pub(crate) target: String,
+    pub(crate) module_path: Option<String>,
+    pub(crate) file: Option<String>,
+    pub(crate) line: Option<u32>,
+    pub(crate) fields: Vec<(String, Value)>,
+    /// The spans it happened in, outermost first.
+    pub(crate) spans: Vec<SpanRecord>,
+    pub(crate) pool: String,
+    pub(crate) worker: u32,
+    pub(crate) host: String,
+    pub(crate) pid: u32,
+    /// The entry running, and how many tasks this worker had started before it.
+    pub(crate) task: Option<(String, u64)>,
+}
+
+/// A span an event happened in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct SpanRecord {
+    pub(crate) name: String,
+    pub(crate) target: String,
+    pub(crate) level: u8,
+    pub(crate) fields: Vec<(String, Value)>,
+}
+
+/// A field's value, as `tracing` recorded it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum Value {
+    Bool(bool),
+    I64(i64),
+    U64(u64),
+    I128(i128),
+    U128(u128),
+    F64(f64),
+    Str(String),
+    /// Recorded with `Debug` (the message, `?x`, `%x`): its text.
+    Debug(String),
+    /// Recorded as `&dyn Error`: its message, then each source's.
+    Error(Vec<String>),
+}
+
+impl Record {
+    /// The record as one line: the mark, hex, and a newline.
+    pub(crate) fn to_line(&self) -> Option<Vec<u8>> {
+        let bytes = postcard::to_allocvec(self).ok()?;
+        let mut line = Vec::with_capacity(MARK.len() + 2 * bytes.len() + 1);
+        line.extend_from_slice(MARK);
+        for b in bytes {
+            line.push(HEX[usize::from(b >> 4)]);
+            line.push(HEX[usize::from(b & 0xf)]);
+        }
+        line.push(b'\n');
+        Some(line)
+    }
+
+    /// Reads what follows the mark on a line (the end of line may be there or not).
+    pub(crate) fn from_hex(text: &[u8]) -> Option<Record> {
+        let text = text.trim_ascii_end();
+        if !text.len().is_multiple_of(2) {
+            return None;
+        }
+        let bytes: Option<Vec<u8>> = text
+            .chunks_exact(2)
+            .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
+            .collect();
+        postcard::from_bytes(&bytes?).ok()
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn nibble(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// Splits a line of a worker's stderr into the text before a record and the record's hex.
+pub(crate) fn split_marked(line: &[u8]) -> Option<(&[u8], &[u8])> {
+    let at = line.windows(MARK.len()).position(|w| w == MARK)?;
+    Some((&line[..at], &line[at + MARK.len()..]))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,68 @@
+use super::*;
+
+fn record() -> Record {
+    Record {
+        level: 3,
+        target: "app::load".into(),
+        module_path: Some("app::load".into()),
+        file: Some("src/load.rs".into()),
+        line: Some(42),
+        fields: vec![
+            ("message".into(), Value::Debug("loaded 3 files".into())),
+            ("count".into(), Value::U64(3)),
+            (
+                "error".into(),
+                Value::Error(vec!["outer".into(), "inner".into()]),
+            ),
+        ],
+        spans: vec![SpanRecord {
+            name: "load".into(),
+            target: "app".into(),
+            level: 3,
+            fields: vec![("dir".into(), Value::Str("/data\n".into()))],
+        }],
+        pool: "p".into(),
+        worker: 1,
+        host: "h".into(),
+        pid: 7,
+        task: Some(("app::work".into(), 12)),
+    }
+}
+
+#[test]
+fn a_record_is_one_line_and_reads_back() {
+    let r = record();
+    let line = r.to_line().unwrap();
+    assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+    assert_eq!(line.last(), Some(&b'\n'));
+    let mut text = b"partial output ".to_vec();
+    text.extend_from_slice(&line);
+    let (before, hex) = split_marked(&text).unwrap();
+    assert_eq!(before, b"partial output ");
+    assert_eq!(Record::from_hex(hex), Some(r));
+}
+
+#[test]
+fn bad_records_are_not_records() {
+    assert!(split_marked(b"an ordinary line\n").is_none());
+    assert_eq!(Record::from_hex(b"abc"), None, "odd length");
+    assert_eq!(Record::from_hex(b"zz"), None, "not hex");
+    assert_eq!(Record::from_hex(b"00ff"), None, "not a record");
+}
+
+#[test]
+fn levels_map_both_ways() {
+    use tracing::Level;
+    for level in [
+        Level::ERROR,
+        Level::WARN,
+        Level::INFO,
+        Level::DEBUG,
+        Level::TRACE,
+    ] {
+        assert_eq!(level_of(level_byte(level)), Some(level));
+    }
+    assert_eq!(level_of(0), None);
+    assert_eq!(filter_byte(tracing::level_filters::LevelFilter::OFF), 0);
+    assert_eq!(filter_byte(tracing::level_filters::LevelFilter::DEBUG), 4);
+}

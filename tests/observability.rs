@@ -1,0 +1,231 @@
+//! `tracing` inside entries reaches the supervisor's subscriber: level, target, message and
+//! fields, in the entry's own spans, inside a `task` span tagged with the pool, the worker,
+//! its host and pid; errors as `&dyn Error`, with their sources; and nothing above the level
+//! the subscriber wants. One subscriber for the whole binary, so this file is its own test
+//! binary.
+
+use ppool::{ProcessPool, pool_entry};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Level, Metadata, Subscriber};
+
+ppool::test_support!();
+
+/// Logs at three levels, inside a span of its own, and records an error with a source.
+#[pool_entry]
+fn noisy(n: u64) -> u64 {
+    let _span = tracing::info_span!("work", n).entered();
+    tracing::info!(n, doubled = n * 2, "working on {n}");
+    tracing::debug!(n, "a detail the subscriber does not want");
+    let error = Chained(std::io::Error::other("disk gone"));
+    tracing::error!(error = &error as &dyn std::error::Error, "could not save");
+    n
+}
+
+#[derive(Debug)]
+struct Chained(std::io::Error);
+
+impl std::fmt::Display for Chained {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("saving failed")
+    }
+}
+
+impl std::error::Error for Chained {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// What the subscriber saw of one event.
+#[derive(Debug, Clone)]
+struct Seen {
+    level: Level,
+    target: String,
+    fields: String,
+    /// The spans it was in, outermost first: name and fields.
+    spans: Vec<(String, String)>,
+}
+
+#[derive(Default)]
+struct Collect {
+    events: Mutex<Vec<Seen>>,
+    spans: Mutex<HashMap<u64, (String, String)>>,
+    next: AtomicU64,
+}
+
+thread_local! {
+    static STACK: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
+
+struct Text<'a>(&'a mut String);
+
+impl Visit for Text<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let _ = write!(self.0, "{}={:?} ", field.name(), value);
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        let _ = write!(self.0, "{}=error({value}", field.name());
+        let mut source = value.source();
+        while let Some(s) = source {
+            let _ = write!(self.0, " <- {s}");
+            source = s.source();
+        }
+        let _ = write!(self.0, ") ");
+    }
+}
+
+impl Subscriber for &'static Collect {
+    fn enabled(&self, meta: &Metadata<'_>) -> bool {
+        *meta.level() <= Level::INFO
+    }
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(tracing::level_filters::LevelFilter::INFO)
+    }
+    fn new_span(&self, attrs: &Attributes<'_>) -> Id {
+        let mut fields = String::new();
+        attrs.record(&mut Text(&mut fields));
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        self.spans
+            .lock()
+            .unwrap()
+            .insert(id, (attrs.metadata().name().to_string(), fields));
+        Id::from_u64(id)
+    }
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, event: &Event<'_>) {
+        let mut fields = String::new();
+        event.record(&mut Text(&mut fields));
+        let spans = self.spans.lock().unwrap();
+        let stack = STACK.with(|s| s.borrow().clone());
+        let seen = Seen {
+            level: *event.metadata().level(),
+            target: event.metadata().target().to_string(),
+            fields,
+            spans: stack
+                .iter()
+                .filter_map(|id| spans.get(id).cloned())
+                .collect(),
+        };
+        drop(spans);
+        self.events.lock().unwrap().push(seen);
+    }
+    fn enter(&self, span: &Id) {
+        STACK.with(|s| s.borrow_mut().push(span.into_u64()));
+    }
+    fn exit(&self, _: &Id) {
+        STACK.with(|s| s.borrow_mut().pop());
+    }
+}
+
+fn collector() -> &'static Collect {
+    static COLLECT: OnceLock<&'static Collect> = OnceLock::new();
+    COLLECT.get_or_init(|| {
+        let collect: &'static Collect = Box::leak(Box::default());
+        tracing::subscriber::set_global_default(collect).expect("the only subscriber");
+        collect
+    })
+}
+
+fn seen_with(collect: &Collect, needle: &str) -> Vec<Seen> {
+    collect
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.fields.contains(needle))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn an_entrys_events_reach_the_supervisors_subscriber() {
+    let _deadline = ppool_tests::deadline();
+    let collect = collector();
+    let pool = ProcessPool::<noisy>::builder()
+        .name("observed")
+        .n_jobs(1)
+        .build()
+        .unwrap();
+    assert_eq!(pool.call(5).unwrap(), 5);
+    let pid = pool.insights().workers[0].pid.expect("a pid");
+    let started = Instant::now();
+    while seen_with(collect, "could not save").is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no forwarded event within 20 s: {:?}",
+            collect.events.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    let info = seen_with(collect, "working on 5");
+    assert_eq!(info.len(), 1, "{info:?}");
+    let info = &info[0];
+    assert_eq!(info.level, Level::INFO);
+    assert_eq!(info.target, "observability");
+    assert!(
+        info.fields.contains("n=5") && info.fields.contains("doubled=10"),
+        "{info:?}"
+    );
+    let names: Vec<&str> = info.spans.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["task", "work"], "{info:?}");
+    let (_, task) = &info.spans[0];
+    for tag in [
+        "pool=observed".to_string(),
+        "worker=0".to_string(),
+        format!("pid={pid}"),
+        "entry=\"observability::noisy\"".to_string(),
+        "host=".to_string(),
+    ] {
+        assert!(task.contains(&tag), "{tag} not in the task span: {task}");
+    }
+    assert!(info.spans[1].1.contains("n=5"), "{info:?}");
+
+    let error = &seen_with(collect, "could not save")[0];
+    assert_eq!(error.level, Level::ERROR);
+    assert!(
+        error
+            .fields
+            .contains("error=error(saving failed <- disk gone)"),
+        "recorded as &dyn Error with its source: {error:?}"
+    );
+    assert!(
+        seen_with(collect, "does not want").is_empty(),
+        "a level the subscriber does not want is not forwarded"
+    );
+}
+
+/// The same through a host agent (started through a local command prefix, as ssh or srun
+/// would start it): the records cross the launcher's stderr.
+#[test]
+fn events_from_a_remote_workers_entry_reach_the_subscriber() {
+    let _deadline = ppool_tests::deadline();
+    let collect = collector();
+    let pool = ProcessPool::<noisy>::builder()
+        .name("observed-remote")
+        .remote(ppool::Remote::command(["env", "PPOOL_OBSERVED=1"]).workers(1))
+        .build()
+        .unwrap();
+    assert_eq!(pool.call(7).unwrap(), 7);
+    let started = Instant::now();
+    while seen_with(collect, "working on 7").is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no forwarded event from the remote worker within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let info = &seen_with(collect, "working on 7")[0];
+    let (name, task) = &info.spans[0];
+    assert_eq!(name, "task");
+    assert!(task.contains("pool=observed-remote"), "{task}");
+    assert_eq!(info.spans[1].0, "work");
+}
