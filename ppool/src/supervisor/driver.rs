@@ -322,7 +322,7 @@ fn fail(
     let error = recovery::classify(who, verdict, &cause, exit, closed);
     if !closed {
         shared.stats.failed(i);
-        tracing::warn!(pool = %shared.spec.pool, worker = i, pid, error = %error, "worker failed");
+        tracing::warn!(pool = %shared.spec.pool, worker = i, pid, error = &error as &dyn std::error::Error, "worker failed");
         shared.set_last_error(error.clone());
     }
     shared

@@ -80,7 +80,7 @@ pub(super) fn replace(shared: &Shared, i: usize) -> Slot {
             .and_then(|worker| ready(&shared.spec, i, worker));
         match started {
             Err(f) if f.retry && tries < START_RETRIES => {
-                tracing::warn!(pool = %shared.spec.pool, worker = i, error = %f.error, "a replacement worker died while it started; trying again");
+                tracing::warn!(pool = %shared.spec.pool, worker = i, error = &f.error as &dyn std::error::Error, "a replacement worker died while it started; trying again");
                 std::thread::sleep(START_RETRY_PAUSE * (1 << tries));
                 tries += 1;
             }
@@ -94,7 +94,7 @@ pub(super) fn replace(shared: &Shared, i: usize) -> Slot {
             Slot::Idle(Box::new(conn))
         }
         Err(e) => {
-            tracing::error!(pool = %shared.spec.pool, worker = i, error = %e, "cannot replace worker");
+            tracing::error!(pool = %shared.spec.pool, worker = i, error = &e as &dyn std::error::Error, "cannot replace worker");
             shared.set_last_error(e);
             Slot::Dead
         }

@@ -110,7 +110,7 @@ impl Remotes {
                     Err(e) => {
                         let failures = entry.failures.fetch_add(1, Ordering::Relaxed) + 1;
                         if failures >= SET_ASIDE_AFTER {
-                            tracing::warn!(host = %name, error = %e, "host set aside");
+                            tracing::warn!(host = %name, error = &e as &dyn std::error::Error, "host set aside");
                         }
                         return Err(e);
                     }
