@@ -31,8 +31,37 @@
 //! - A worker that panics, crashes or hangs fails that one task with a clear [`Error`]; it is
 //!   replaced, and the pool goes on.
 //!
-//! Workers talk to the pool over two private pipes with length-prefixed frames; values travel
-//! as [postcard](https://docs.rs/postcard). The worker's stdout and stderr are the program's.
+//! Workers talk to the pool through a shared-memory region each (or two private pipes, with
+//! [`Transport::Pipes`]), with length-prefixed frames; values travel as
+//! [postcard](https://docs.rs/postcard). Workers on other hosts ([`Remote`]) talk over the
+//! stdio of `ssh`, `srun` or any command. A worker's stdout is the program's; its stderr is
+//! forwarded line by line, each line tagged with the pool and the worker.
+//!
+//! # Logs from inside entries
+//!
+//! `tracing` events emitted inside an entry reach the subscriber of the program that built the
+//! pool, as if they had happened there: with their level, target, message and fields, inside
+//! the entry's own spans, inside a `task` span that names the pool, the worker, its host and
+//! pid, and the entry. Only the levels the subscriber wants are sent; without a subscriber
+//! nothing is installed in the workers and nothing is sent. Errors recorded as `&dyn Error`
+//! keep their chain of sources. It rides on the forwarded stderr, so
+//! [`Builder::forward_stderr(false)`](Builder::forward_stderr) turns it off.
+//!
+//! ```
+//! use ppool::{pool_entry, ProcessPool};
+//!
+//! #[pool_entry]
+//! fn load(path: String) -> usize {
+//!     let _span = tracing::info_span!("load", %path).entered();
+//!     tracing::info!(bytes = 3, "read the file");   // shows in the supervisor's subscriber
+//!     3
+//! }
+//! # ppool::main! { fn main() -> Result<(), ppool::Error> {
+//! // tracing_subscriber::fmt::init();   // any subscriber, set before the pool is built
+//! let pool = ProcessPool::<load>::new(1)?;
+//! assert_eq!(pool.call("data.csv".into())?, 3);
+//! # Ok(()) } }
+//! ```
 //!
 //! # Feature flags
 //!
@@ -49,7 +78,9 @@
 //!
 //! # Minimum supported Rust version
 //!
-//! Rust 1.87. Raising it is a minor-version change, announced in the changelog.
+//! Rust 1.87 (stable), checked by `rust-version` in the manifest. It is raised only when a
+//! dependency or a language feature needs it, never in a patch release, and the changelog says
+//! so. The last two stable releases are always supported.
 
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
