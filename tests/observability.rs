@@ -229,3 +229,37 @@ fn events_from_a_remote_workers_entry_reach_the_subscriber() {
     assert!(task.contains("pool=observed-remote"), "{task}");
     assert_eq!(info.spans[1].0, "work");
 }
+
+/// An initializer that logs, then installs a subscriber of its own in the worker, as programs
+/// did before events were forwarded: both work, and its subscriber keeps the worker's events.
+#[pool_entry]
+fn own_logging(tag: String) -> Result<(), String> {
+    tracing::info!(%tag, "initializer warming up");
+    tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::default())
+        .map_err(|e| format!("the worker's own subscriber was refused: {e}"))
+}
+
+#[test]
+fn an_initializer_logs_and_may_install_its_own_subscriber() {
+    let _deadline = ppool_tests::deadline();
+    let collect = collector();
+    let pool = ProcessPool::<noisy>::builder()
+        .n_jobs(1)
+        .initializer::<own_logging>("w1".into())
+        .build()
+        .expect("the initializer's own subscriber is accepted");
+    assert_eq!(pool.call(9).unwrap(), 9);
+    let started = Instant::now();
+    while seen_with(collect, "tag=w1").is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the initializer's event was not forwarded"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    pool.join().unwrap();
+    assert!(
+        seen_with(collect, "working on 9").is_empty(),
+        "the worker's own subscriber got the entry's events"
+    );
+}

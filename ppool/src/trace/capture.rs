@@ -5,8 +5,8 @@ use super::{Record, SpanRecord, Value, level_byte};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io::Write;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
 use tracing::field::{Field, Visit};
 use tracing::level_filters::LevelFilter;
 use tracing::span::{Attributes, Id, Record as Values};
@@ -46,34 +46,35 @@ struct Who {
     pid: u32,
 }
 
-/// Installs the capturing subscriber for this process, for events up to `max` (a
-/// [`level_byte`]; 0 installs nothing). Once per process: later calls do nothing. An entry
-/// that installed a subscriber of its own keeps it.
-pub(crate) fn install(max: u8, pool: &str, worker: u32) {
-    static ONCE: OnceLock<()> = OnceLock::new();
-    let Some(level) = super::level_of(max) else {
-        return;
+/// The capturing subscriber for events up to `max` (a [`level_byte`]; 0: none).
+///
+/// The worker runs its initializer under it as the thread's default, and makes it the
+/// global default before the first task, unless the initializer installed a subscriber of its
+/// own, which then keeps the events.
+pub(crate) fn dispatch(max: u8, pool: &str, worker: u32) -> Option<tracing::Dispatch> {
+    let level = super::level_of(max)?;
+    let who = Who {
+        pool: pool.to_string(),
+        worker,
+        host: rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned(),
+        pid: std::process::id(),
     };
-    ONCE.get_or_init(|| {
-        let who = Who {
-            pool: pool.to_string(),
-            worker,
-            host: rustix::system::uname()
-                .nodename()
-                .to_string_lossy()
-                .into_owned(),
-            pid: std::process::id(),
-        };
-        let capture = Capture {
-            max: LevelFilter::from_level(level),
-            who,
-            spans: Mutex::new(HashMap::new()),
-            next: AtomicU64::new(1),
-        };
-        if tracing::subscriber::set_global_default(capture).is_ok() {
-            CAPTURING.store(true, Ordering::Relaxed);
-        }
-    });
+    Some(tracing::Dispatch::new(Capture {
+        max: LevelFilter::from_level(level),
+        who,
+        spans: Mutex::new(HashMap::new()),
+        next: AtomicU64::new(1),
+    }))
+}
+
+/// Makes `dispatch` the process's global default, if nothing else is.
+pub(crate) fn make_global(dispatch: tracing::Dispatch) {
+    if tracing::dispatcher::set_global_default(dispatch).is_ok() {
+        CAPTURING.store(true, Ordering::Relaxed);
+    }
 }
 
 /// A span this process has open.

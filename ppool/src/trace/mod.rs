@@ -90,10 +90,45 @@ pub(crate) enum Value {
     Error(Vec<String>),
 }
 
+/// The largest record, encoded: in hex, with the mark, its line stays below the 64 KiB at which
+/// the stderr forwarder cuts a line.
+pub(crate) const MAX_RECORD: usize = 24 * 1024;
+
+/// What a text value keeps of itself when a record is too large.
+const CUT_TEXT: usize = 2048;
+
 impl Record {
-    /// The record as one line: the mark, hex, and a newline.
+    /// The record as one line: the mark, hex, and a newline. A record too large for a line
+    /// is cut down first: long texts, then fields past the 16th and the spans' fields, then
+    /// every field but the message.
     pub(crate) fn to_line(&self) -> Option<Vec<u8>> {
-        let bytes = postcard::to_allocvec(self).ok()?;
+        let mut bytes = postcard::to_allocvec(self).ok()?;
+        if bytes.len() > MAX_RECORD {
+            let mut cut = self.clone();
+            let texts = cut
+                .fields
+                .iter_mut()
+                .chain(cut.spans.iter_mut().flat_map(|s| s.fields.iter_mut()));
+            for (_, value) in texts {
+                value.cut(CUT_TEXT);
+            }
+            bytes = postcard::to_allocvec(&cut).ok()?;
+            if bytes.len() > MAX_RECORD {
+                cut.fields.truncate(16);
+                for span in &mut cut.spans {
+                    span.fields.clear();
+                }
+                bytes = postcard::to_allocvec(&cut).ok()?;
+            }
+            if bytes.len() > MAX_RECORD {
+                cut.fields.retain(|(name, _)| name == "message");
+                cut.spans.truncate(8);
+                bytes = postcard::to_allocvec(&cut).ok()?;
+            }
+            if bytes.len() > MAX_RECORD {
+                return None;
+            }
+        }
         let mut line = Vec::with_capacity(MARK.len() + 2 * bytes.len() + 1);
         line.extend_from_slice(MARK);
         for b in bytes {
@@ -125,6 +160,28 @@ fn nibble(c: u8) -> Option<u8> {
         b'0'..=b'9' => Some(c - b'0'),
         b'a'..=b'f' => Some(c - b'a' + 10),
         _ => None,
+    }
+}
+
+impl Value {
+    /// Keeps at most `max` bytes of a text (on a character boundary), saying how much went.
+    fn cut(&mut self, max: usize) {
+        let cut = |text: &mut String| {
+            if text.len() > max {
+                let mut end = max;
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                let gone = text.len() - end;
+                text.truncate(end);
+                text.push_str(&format!("… ({gone} more bytes not forwarded)"));
+            }
+        };
+        match self {
+            Value::Str(t) | Value::Debug(t) => cut(t),
+            Value::Error(chain) => chain.iter_mut().for_each(cut),
+            _ => {}
+        }
     }
 }
 

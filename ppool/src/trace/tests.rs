@@ -66,3 +66,36 @@ fn levels_map_both_ways() {
     assert_eq!(filter_byte(tracing::level_filters::LevelFilter::OFF), 0);
     assert_eq!(filter_byte(tracing::level_filters::LevelFilter::DEBUG), 4);
 }
+
+#[test]
+fn a_record_too_large_for_a_line_is_cut_down_to_fit() {
+    let mut r = record();
+    r.fields
+        .push(("blob".into(), Value::Str("é".repeat(200_000))));
+    r.spans[0]
+        .fields
+        .push(("big".into(), Value::Debug("x".repeat(100_000))));
+    let line = r.to_line().unwrap();
+    assert!(line.len() < 64 * 1024, "{}", line.len());
+    let (_, hex) = split_marked(&line).unwrap();
+    let back = Record::from_hex(hex).unwrap();
+    let (_, blob) = back.fields.iter().find(|(n, _)| n == "blob").unwrap();
+    let Value::Str(blob) = blob else {
+        panic!("{blob:?}")
+    };
+    assert!(
+        blob.ends_with("more bytes not forwarded)"),
+        "{}",
+        &blob[blob.len() - 60..]
+    );
+    assert_eq!(back.fields[0], r.fields[0], "the message is whole");
+
+    // more fields than fit, each short: only the message is left
+    let mut many = record();
+    for i in 0..3000 {
+        many.fields
+            .push((format!("field{i}"), Value::Str("v".repeat(40))));
+    }
+    let line = many.to_line().unwrap();
+    assert!(line.len() < 64 * 1024, "{}", line.len());
+}

@@ -40,6 +40,8 @@ pub(crate) struct Session {
     pub(crate) out: FrameBuf,
     /// For the in-process transport: the worker this session stands for.
     in_process: Option<(usize, &'static str)>,
+    /// The subscriber that forwards entries' `tracing` events, until it is made global.
+    capture: Option<tracing::Dispatch>,
 }
 
 impl Session {
@@ -51,6 +53,7 @@ impl Session {
             max_frame,
             out: FrameBuf::default(),
             in_process: None,
+            capture: None,
         }
     }
 
@@ -75,6 +78,7 @@ impl Session {
         };
         match body.first().copied() {
             Some(kind::TASKS) => {
+                self.capture_globally();
                 let tasks = Tasks::parse(body).map_err(|e| e.to_string())?;
                 let spin = tasks.flags & protocol::FLAG_SPIN != 0;
                 let record = match tasks.entry {
@@ -91,7 +95,12 @@ impl Session {
             }
             Some(kind::INIT) => {
                 let out = &mut self.out;
-                as_worker(self.in_process, || exec::run_init(body, out));
+                let in_process = self.in_process;
+                let mut run = move || as_worker(in_process, || exec::run_init(body, out));
+                match &self.capture {
+                    Some(capture) => tracing::dispatcher::with_default(capture, run),
+                    None => run(),
+                }
                 Ok(Step::Answer { spin: false })
             }
             Some(kind::ON_EXIT) => {
@@ -108,6 +117,7 @@ impl Session {
                 Ok(Step::Quiet)
             }
             Some(kind::EXIT) => {
+                self.capture_globally();
                 let Some((hook, args)) = &self.on_exit else {
                     return Ok(Step::Exit { answer: false });
                 };
@@ -118,6 +128,14 @@ impl Session {
             }
             Some(k) => Err(format!("unexpected message kind {k}")),
             None => Err("an empty frame".into()),
+        }
+    }
+
+    /// Before the first task: the forwarding subscriber becomes the global default, unless
+    /// the initializer installed one of its own.
+    fn capture_globally(&mut self) {
+        if let Some(capture) = self.capture.take() {
+            crate::trace::capture::make_global(capture);
         }
     }
 
@@ -140,7 +158,8 @@ impl Session {
                         index: hello.worker as usize,
                         pool: hello.pool.to_string(),
                     });
-                    crate::trace::capture::install(hello.trace, hello.pool, hello.worker);
+                    self.capture =
+                        crate::trace::capture::dispatch(hello.trace, hello.pool, hello.worker);
                 }
                 Ok((record, ours, hello.token))
             });
