@@ -103,3 +103,18 @@ fn callbacks_all_arrive() {
     assert_eq!(done.load(Ordering::SeqCst), 200);
     let _ = Duration::ZERO;
 }
+
+/// An endless input: `map(1..)` streams (and `collect` asks for a size hint without
+/// overflowing it), in order, as far as it is read.
+#[test]
+fn map_over_an_endless_input() {
+    let _deadline = ppool_tests::deadline();
+    let pool = ProcessPool::<square>::new(2).unwrap();
+    let first: Vec<u64> = pool.map(1..).take(4).collect::<Result<_, _>>().unwrap();
+    assert_eq!(first, [1, 4, 9, 16]);
+    let stream = pool.map_unordered(0u64..);
+    assert_eq!(stream.size_hint().0, usize::MAX);
+    let mut got: Vec<u64> = stream.take(5).map(Result::unwrap).collect();
+    got.sort_unstable();
+    assert_eq!(got.len(), 5);
+}

@@ -13,6 +13,17 @@ use std::time::{Duration, Instant};
 ///
 /// Every task is already submitted when the batch is returned; dropping it does not cancel
 /// them.
+///
+/// ```
+/// # use ppool::{pool_entry, ProcessPool, Batch};
+/// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+/// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+/// let pool = ProcessPool::<square>::new(2)?;
+/// let batch: Batch<u64> = pool.batch(1..=3);        // running already
+/// // ... other work ...
+/// assert_eq!(batch.wait()?, [1, 4, 9]);
+/// # Ok(()) } }
+/// ```
 #[must_use = "a batch's results are only seen through `wait` or `wait_all`"]
 #[derive(Debug)]
 pub struct Batch<T> {
@@ -196,12 +207,34 @@ impl<T> Batch<T> {
     ///
     /// # Errors
     ///
-    /// The error of the first task (in input order) that failed.
+    /// The error of the first task (in input order) that failed: any that
+    /// [`call`](crate::ProcessPool::call) returns, in the same cases (the task's own
+    /// [`Error::Panicked`], [`Error::WorkerDied`], [`Error::Timeout`], [`Error::MemoryLimit`],
+    /// [`Error::Protocol`], [`Error::Codec`] or [`Error::ArgumentsTooLarge`]; or
+    /// [`Error::Closed`], [`Error::NotStarted`] when the pool could not run it). The other
+    /// tasks ran all the same; [`wait_all`](Self::wait_all) gives each one's result.
     pub fn wait(self) -> Result<Vec<T>> {
         self.results.wait()
     }
 
     /// Waits for every task; each task's own result, in input order.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool, Error};
+    /// # #[pool_entry] fn half(x: u64) -> u64 { assert!(x % 2 == 0, "{x} is odd"); x / 2 }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<half>::new(2)?;
+    /// let each = pool.batch([2, 3, 4]).wait_all();
+    /// assert_eq!(each[0], Ok(1));
+    /// assert!(matches!(each[1], Err(Error::Panicked { .. })));   // it fails alone
+    /// assert_eq!(each[2], Ok(2));
+    /// # Ok(()) } }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// It does not fail as a whole: each failed task's element is its error, any that
+    /// [`call`](crate::ProcessPool::call) returns, in the same cases.
     pub fn wait_all(self) -> Vec<Result<T>> {
         self.results.wait_all()
     }
@@ -226,12 +259,26 @@ impl<T> Batch<T> {
     ///
     /// # Errors
     ///
-    /// The first failed task's error, in input order, as for [`wait`](Self::wait).
+    /// `Some(Err(..))`: the first failed task's error, in input order, as for
+    /// [`wait`](Self::wait). `None` is not an error: the batch is still running.
     pub fn wait_timeout(&self, timeout: Duration) -> Option<Result<Vec<T>>> {
         self.results.wait_timeout(timeout)
     }
 
     /// True once every task has finished.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::new(2)?;
+    /// let batch = pool.batch(1..=3);
+    /// while !batch.is_done() {
+    ///     std::thread::sleep(std::time::Duration::from_millis(1));   // other work
+    /// }
+    /// assert_eq!(batch.wait()?, [1, 4, 9]);                            // without blocking
+    /// # Ok(()) } }
+    /// ```
     pub fn is_done(&self) -> bool {
         self.results.is_done()
     }
@@ -273,6 +320,28 @@ impl<T> IntoFuture for Batch<T> {
 }
 
 /// The future of a [`Batch`]: every result in input order, or the first error.
+///
+/// ```
+/// # use ppool::{pool_entry, ProcessPool, BatchFuture};
+/// # use std::future::{Future, IntoFuture};
+/// # use std::task::{Context, Poll, Waker};
+/// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+/// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+/// let pool = ProcessPool::<square>::new(2)?;
+/// let future: BatchFuture<u64> = pool.batch(1..=3).into_future();
+/// let mut future = std::pin::pin!(future);
+/// let mut cx = Context::from_waker(Waker::noop());    // a runtime would park, not spin
+/// let squares = loop {
+///     if let Poll::Ready(squares) = future.as_mut().poll(&mut cx) { break squares; }
+///     std::thread::sleep(std::time::Duration::from_millis(1));
+/// };
+/// assert_eq!(squares?, [1, 4, 9]);
+/// # Ok(()) } }
+/// ```
+///
+/// # Errors
+///
+/// It gives what [`Batch::wait`] gives: the first failed task's error, in input order.
 #[must_use = "futures do nothing unless awaited"]
 #[derive(Debug)]
 pub struct BatchFuture<T> {

@@ -91,7 +91,10 @@ impl Callbacks {
                 Some(tx)
             }
             Err(e) => {
-                tracing::warn!(error = &e as &dyn std::error::Error, "cannot start the callback thread; running callbacks in place");
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "cannot start the callback thread; running callbacks in place"
+                );
                 None
             }
         }

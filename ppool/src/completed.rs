@@ -24,6 +24,11 @@ use std::task::{Wake, Waker};
 /// The iterator waits for the next task to finish; it ends once every task has been yielded.
 /// A task whose result was already taken (by `wait_timeout`) is yielded with
 /// [`Error::AlreadyTaken`](crate::Error::AlreadyTaken).
+///
+/// # Errors
+///
+/// It does not fail itself: each task is yielded with what [`Task::wait`] gives, its result
+/// or its error, in the same cases.
 pub fn as_completed<T>(tasks: impl IntoIterator<Item = Task<T>>) -> AsCompleted<T> {
     let tasks: Vec<Option<Task<T>>> = tasks.into_iter().map(Some).collect();
     let ready = Arc::new(Ready::default());
@@ -46,6 +51,18 @@ pub fn as_completed<T>(tasks: impl IntoIterator<Item = Task<T>>) -> AsCompleted<
 }
 
 /// The iterator of [`as_completed`].
+///
+/// ```
+/// # use ppool::{pool_entry, ProcessPool, AsCompleted};
+/// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+/// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+/// let pool = ProcessPool::<square>::new(2)?;
+/// let done: AsCompleted<u64> = ppool::as_completed([pool.submit(2), pool.submit(3)]);
+/// let mut seen: Vec<(usize, ppool::Result<u64>)> = done.collect();  // in the order they end
+/// seen.sort_by_key(|(index, _)| *index);
+/// assert_eq!(seen, [(0, Ok(4)), (1, Ok(9))]);       // each result with its task's index
+/// # Ok(()) } }
+/// ```
 #[must_use = "an iterator does nothing unless iterated"]
 #[derive(Debug)]
 pub struct AsCompleted<T> {

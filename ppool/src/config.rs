@@ -8,6 +8,19 @@ use crate::error::Error;
 /// [`Error::InvalidConfig`] when the pool is built.
 ///
 /// Built from any integer or float, so `new(4)`, `new(-1)` and `new(0.5)` all work.
+///
+/// ```
+/// # use ppool::{pool_entry, ProcessPool, Error, NJobs};
+/// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+/// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+/// let pool = ProcessPool::<square>::new(NJobs::from(1))?;          // as `new(1)`
+/// assert_eq!(pool.n_jobs(), 1);
+/// let half = ProcessPool::<square>::builder().n_jobs(0.5).start(false).build()?;
+/// assert!(half.n_jobs() >= 1);                                     // half the CPUs, at least one
+/// let bad = ProcessPool::<square>::new(1.5);
+/// assert!(matches!(bad, Err(Error::InvalidConfig { setting: "n_jobs", .. })));
+/// # Ok(()) } }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct NJobs(Amount);
 

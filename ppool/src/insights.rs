@@ -108,6 +108,19 @@ impl Stats {
 /// What the workers of a pool have done, from [`ProcessPool::insights`](crate::ProcessPool::insights).
 ///
 /// Its `Display` is a table, one row per worker slot plus a total.
+///
+/// ```
+/// # use ppool::{pool_entry, ProcessPool};
+/// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+/// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+/// let pool = ProcessPool::<square>::new(1)?;
+/// pool.batch(0..10).wait()?;
+/// let insights: ppool::Insights = pool.insights();
+/// assert_eq!(insights.workers.len(), 1);              // one row per worker slot
+/// assert_eq!(insights.in_flight_tasks, 0);
+/// println!("{insights}");                             // the table
+/// # Ok(()) } }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
@@ -123,6 +136,18 @@ pub struct Insights {
 }
 
 /// What a worker slot is doing.
+///
+/// ```
+/// # use ppool::{pool_entry, ProcessPool, WorkerState};
+/// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+/// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+/// let pool = ProcessPool::<square>::new(1)?;
+/// let state = pool.insights().workers[0].state;
+/// assert!(matches!(state, WorkerState::Idle | WorkerState::Busy | WorkerState::Starting));
+/// pool.join()?;
+/// assert_eq!(pool.insights().workers[0].state, WorkerState::Stopped);
+/// # Ok(()) } }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
@@ -152,6 +177,19 @@ impl fmt::Display for WorkerState {
 }
 
 /// What one worker slot has done.
+///
+/// ```
+/// # use ppool::{pool_entry, ProcessPool};
+/// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+/// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+/// let pool = ProcessPool::<square>::new(1)?;
+/// assert_eq!(pool.call(3)?, 9);
+/// let worker = &pool.insights().workers[0];
+/// assert_eq!((worker.index, worker.host.as_str()), (0, "localhost"));
+/// assert_eq!(worker.tasks_done, 1);
+/// assert!(worker.pid.is_some());
+/// # Ok(()) } }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
@@ -186,11 +224,33 @@ pub struct WorkerInsights {
 
 impl Insights {
     /// Tasks finished by all workers.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::new(1)?;
+    /// assert_eq!(pool.batch(1..=5).wait()?.len(), 5);
+    /// assert_eq!(pool.insights().tasks_done(), 5);
+    /// # Ok(()) } }
+    /// ```
     pub fn tasks_done(&self) -> u64 {
         self.workers.iter().map(|w| w.tasks_done).sum()
     }
 
     /// Share of the workers' time spent running tasks, from 0 to 1.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::new(1)?;
+    /// pool.batch(0..100).wait()?;
+    /// let busy = pool.insights().utilization();
+    /// assert!((0.0..=1.0).contains(&busy));
+    /// println!("the worker was busy {:.1}% of the time", busy * 100.0);
+    /// # Ok(()) } }
+    /// ```
     pub fn utilization(&self) -> f64 {
         let total = self.uptime.as_secs_f64() * self.workers.len() as f64;
         if total == 0.0 {

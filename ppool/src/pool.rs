@@ -72,15 +72,37 @@ impl<F: Entry> ProcessPool<F> {
     /// A started pool of `n_jobs` workers: `-1` for every CPU, a count `n >= 1` (clamped to
     /// the CPUs), or a share `0.0 < f <= 1.0` of the CPUs.
     ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool, Error};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::new(2)?;
+    /// assert_eq!(pool.call(3)?, 9);
+    /// let none = ProcessPool::<square>::new(0);             // not a count of workers
+    /// assert!(matches!(none, Err(Error::InvalidConfig { setting: "n_jobs", .. })));
+    /// # Ok(()) } }
+    /// ```
+    ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for an `n_jobs` that is not allowed; [`Error::Spawn`] when a
-    /// worker cannot start.
+    /// [`Error::InvalidConfig`] for an `n_jobs` that is not allowed (see [`NJobs`]);
+    /// [`Error::DuplicateEntry`] when `F`'s name is not unique in the binary; [`Error::Spawn`]
+    /// when a worker cannot start.
     pub fn new(n_jobs: impl Into<NJobs>) -> Result<Self> {
         Self::builder().n_jobs(n_jobs).build()
     }
 
     /// A builder for a pool with more settings.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::builder().n_jobs(1).name("squares").build()?;
+    /// assert_eq!(pool.name(), "squares");
+    /// assert_eq!(pool.call(4)?, 16);
+    /// # Ok(()) } }
+    /// ```
     pub fn builder() -> Builder<F> {
         Builder::new()
     }
@@ -88,10 +110,22 @@ impl<F: Entry> ProcessPool<F> {
     /// Starts the workers of a pool built with `start(false)`. Starting a running pool does
     /// nothing.
     ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool, Error};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::builder().n_jobs(1).start(false).build()?;
+    /// assert!(matches!(pool.call(2), Err(Error::NotStarted)));
+    /// pool.start()?;
+    /// assert_eq!(pool.call(2)?, 4);
+    /// # Ok(()) } }
+    /// ```
+    ///
     /// # Errors
     ///
-    /// [`Error::Spawn`] when a worker cannot start (its initializer failed, say);
-    /// [`Error::Closed`] once the pool was joined or shut down.
+    /// [`Error::Spawn`] when a worker cannot start (its initializer failed or ran past
+    /// [`init_timeout`](Builder::init_timeout), say); [`Error::Closed`] once the pool was
+    /// joined or shut down.
     pub fn start(&self) -> Result<()> {
         self.core.start()
     }
@@ -99,10 +133,36 @@ impl<F: Entry> ProcessPool<F> {
     /// Runs one task and waits for its result. Call it from many threads at once to use every
     /// worker; a call made when a worker is idle drives that worker from the calling thread.
     ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool, Error};
+    /// # #[pool_entry] fn half(x: u64) -> u64 { assert!(x % 2 == 0, "{x} is odd"); x / 2 }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<half>::new(2)?;
+    /// assert_eq!(pool.call(8)?, 4);
+    /// assert!(matches!(pool.call(3), Err(Error::Panicked { .. })));   // that task only
+    /// assert_eq!(pool.call(6)?, 3);
+    /// # Ok(()) } }
+    /// ```
+    ///
     /// # Errors
     ///
-    /// The task's own failure ([`Error::Panicked`], [`Error::WorkerDied`], [`Error::Timeout`],
-    /// …), or why the pool could not run it ([`Error::Closed`], [`Error::NotStarted`]).
+    /// The task's own failure, which fails this task only:
+    /// - [`Error::Panicked`] when the entry panicked;
+    /// - [`Error::WorkerDied`] when its worker process died running it (once the
+    ///   [`retries`](Builder::retries), if any, are used up);
+    /// - [`Error::Timeout`] when it ran past the [`task_timeout`](Builder::task_timeout);
+    /// - [`Error::MemoryLimit`] when its worker grew past the
+    ///   [`worker_memory_limit`](Builder::worker_memory_limit);
+    /// - [`Error::Protocol`] when its worker sent a malformed frame;
+    /// - [`Error::Codec`] when the arguments or the result cannot be encoded or decoded;
+    /// - [`Error::ArgumentsTooLarge`] when the encoded arguments need a frame larger than the
+    ///   [`max_frame_size`](Builder::max_frame_size) (no worker is involved).
+    ///
+    /// Or why the pool could not run it: [`Error::Closed`] once the pool was joined or shut
+    /// down, or when [`shutdown`](ProcessPool::shutdown) stopped it before the task finished;
+    /// [`Error::NotStarted`] when it was built with [`start(false)`](Builder::start) and not
+    /// started yet; and, when no worker of the pool is running and none could be restarted,
+    /// the last worker failure (such as [`Error::Spawn`]).
     pub fn call(&self, args: F::Args) -> Result<F::Output> {
         self.view::<F>().call(args)
     }
@@ -112,6 +172,26 @@ impl<F: Entry> ProcessPool<F> {
     /// threads that drive workers: a callback may block on this pool (`call`, `wait`, even
     /// `join`) without stalling it. A panicking callback is caught and reported; the pool goes
     /// on.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::new(2)?;
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// pool.call_with(6, move |result| {
+    ///     let _ = tx.send(result);
+    /// });
+    /// assert_eq!(rx.recv().ok(), Some(Ok(36)));
+    /// # Ok(()) } }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// It does not fail itself: `callback` gets the task's error, any that
+    /// [`call`](Self::call) returns and in the same cases. A task refused at once (the pool is
+    /// closed or not started, the arguments cannot be encoded) still gets its callback, with
+    /// that error; once the pool is joined or shut down, callbacks run on the calling thread.
     pub fn call_with<C>(&self, args: F::Args, callback: C)
     where
         C: FnOnce(Result<F::Output>) + Send + 'static,
@@ -121,12 +201,46 @@ impl<F: Entry> ProcessPool<F> {
 
     /// Submits one task and returns at once; the [`Task`] gives its result later, and is also
     /// a `Future`.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::new(2)?;
+    /// let tasks: Vec<_> = (1..=3).map(|x| pool.submit(x)).collect();   // all running
+    /// let squares: Vec<u64> = tasks.into_iter().map(|t| t.wait()).collect::<Result<_, _>>()?;
+    /// assert_eq!(squares, [1, 4, 9]);
+    /// # Ok(()) } }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// It does not fail itself: the [`Task`] ends with the task's error, any that
+    /// [`call`](Self::call) returns and in the same cases, or with [`Error::Cancelled`] after
+    /// [`Task::cancel`].
     pub fn submit(&self, args: F::Args) -> Task<F::Output> {
         self.view::<F>().submit(args)
     }
 
     /// Submits every task of `tasks` now, in chunks; the [`Batch`] gives the results in input
     /// order.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::new(2)?;
+    /// let batch = pool.batch(vec![3, 1, 2]);             // every task is submitted
+    /// assert_eq!(batch.wait()?, [9, 1, 4]);              // results in input order
+    /// # Ok(()) } }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// It does not fail itself: each task that fails has the error [`call`](Self::call)
+    /// would return in its place, and fails alone (a task whose arguments cannot be encoded or
+    /// are too large does not keep the others of its chunk from running).
+    /// [`Batch::wait`] gives the first of them, [`Batch::wait_all`] each one.
     pub fn batch<I>(&self, tasks: I) -> Batch<F::Output>
     where
         I: IntoIterator<Item = F::Args>,
@@ -137,6 +251,24 @@ impl<F: Entry> ProcessPool<F> {
     /// A lazy stream of results in input order: tasks are taken from `tasks` only as room
     /// frees up, so memory stays bounded whatever the input's length. Dropping the iterator
     /// cancels the tasks not yet started.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::new(2)?;
+    /// let mut total = 0;
+    /// for square in pool.map(1..=100) {                 // tasks are read as room frees up
+    ///     total += square?;
+    /// }
+    /// assert_eq!(total, 338_350);
+    /// # Ok(()) } }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// It does not fail itself: it yields, in the failed task's place, the error
+    /// [`call`](Self::call) would return, and goes on with the next tasks.
     pub fn map<I>(&self, tasks: I) -> Map<'_, F, I::IntoIter>
     where
         I: IntoIterator<Item = F::Args>,
@@ -145,6 +277,22 @@ impl<F: Entry> ProcessPool<F> {
     }
 
     /// Like [`map`](Self::map), but yields results as they complete.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::new(2)?;
+    /// let mut squares: Vec<u64> = pool.map_unordered(1..=4).collect::<Result<_, _>>()?;
+    /// squares.sort();                                    // they came in any order
+    /// assert_eq!(squares, [1, 4, 9, 16]);
+    /// # Ok(()) } }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// It does not fail itself: it yields each failed task's error, as [`map`](Self::map)
+    /// does, when that task ends.
     pub fn map_unordered<I>(&self, tasks: I) -> Map<'_, F, I::IntoIter>
     where
         I: IntoIterator<Item = F::Args>,
@@ -194,28 +342,80 @@ impl<F: Entry> ProcessPool<F> {
     }
 
     /// The number of workers.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::new(1)?;
+    /// assert_eq!(pool.n_jobs(), 1);
+    /// # Ok(()) } }
+    /// ```
     pub fn n_jobs(&self) -> usize {
         self.core.settings().n_jobs
     }
 
     /// The pool's name, used for its threads and log lines.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::new(1)?;
+    /// assert_eq!(pool.name(), "square");                 // by default, the entry's name
+    /// # Ok(()) } }
+    /// ```
     pub fn name(&self) -> &str {
         &self.core.spec().pool
     }
 
     /// True while the workers are up.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::new(1)?;
+    /// assert!(pool.is_running());
+    /// pool.join()?;
+    /// assert!(!pool.is_running());
+    /// # Ok(()) } }
+    /// ```
     pub fn is_running(&self) -> bool {
         self.core.is_running()
     }
 
     /// The last worker failure seen (a death, timeout, memory limit, protocol error or failed
     /// restart), if any.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool, Error};
+    /// # #[pool_entry] fn quit(code: i32) { std::process::exit(code) }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<quit>::new(1)?;
+    /// assert_eq!(pool.detected_worker_error(), None);
+    /// assert!(matches!(pool.call(3), Err(Error::WorkerDied { .. })));   // it is replaced
+    /// assert!(matches!(pool.detected_worker_error(), Some(Error::WorkerDied { .. })));
+    /// # Ok(()) } }
+    /// ```
     pub fn detected_worker_error(&self) -> Option<Error> {
         self.core.last_error()
     }
 
     /// What each worker has done so far: tasks, busy and idle time, mean and longest task,
     /// restarts. Its `Display` is a table.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::new(1)?;
+    /// pool.batch(0..10).wait()?;
+    /// let insights = pool.insights();
+    /// assert_eq!(insights.tasks_done(), 10);
+    /// println!("{insights}");
+    /// # Ok(()) } }
+    /// ```
     pub fn insights(&self) -> Insights {
         self.core.insights()
     }
@@ -224,10 +424,26 @@ impl<F: Entry> ProcessPool<F> {
     /// that exited gracefully so far (at [`join`](Self::join) or when recycled). Workers that
     /// were killed or died do not run it.
     ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # #[pool_entry] fn goodbye(word: String) -> String { word }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::builder()
+    ///     .n_jobs(1)
+    ///     .worker_exit::<goodbye>("bye".to_string())
+    ///     .build()?;
+    /// assert_eq!(pool.call(3)?, 9);
+    /// pool.join()?;                                      // the hook runs in each worker
+    /// assert_eq!(pool.worker_exit_results::<goodbye>()?, [Ok("bye".to_string())]);
+    /// # Ok(()) } }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] when `E` is not this pool's worker-exit hook. Each hook's own
-    /// failure is in its element.
+    /// failure is in its element: [`Error::Panicked`] when the hook panicked,
+    /// [`Error::Codec`] when its result could not be encoded or decoded.
     pub fn worker_exit_results<E: Entry>(&self) -> Result<Vec<Result<E::Output>>> {
         match &self.core.spec().on_exit {
             Some((name, _)) if *name == E::NAME => {}
@@ -296,6 +512,19 @@ impl<F: Entry> ProcessPool<F> {
     }
 
     /// Stops now: kills the workers; tasks not finished end with [`Error::Closed`].
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool, Error};
+    /// # use std::time::Duration;
+    /// # #[pool_entry] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<nap>::new(1)?;
+    /// let slow = pool.submit(60_000);
+    /// pool.shutdown();                                   // does not wait for it
+    /// assert!(matches!(slow.wait(), Err(Error::Closed)));
+    /// assert!(matches!(pool.call(1), Err(Error::Closed)));
+    /// # Ok(()) } }
+    /// ```
     pub fn shutdown(&self) {
         self.core.shutdown();
     }
@@ -308,6 +537,18 @@ impl<F: Entry> ProcessPool<F> {
 
 /// A pool typed by one of the binary's entries: [`ProcessPool::entry`]. It has the pool's
 /// methods for running tasks, and shares its workers.
+///
+/// ```
+/// # use ppool::{pool_entry, ProcessPool};
+/// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+/// # #[pool_entry] fn add(a: i64, b: i64) -> i64 { a + b }
+/// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+/// let pool = ProcessPool::<square>::new(2)?;
+/// let adder = pool.entry::<add>();                   // the same workers, another entry
+/// assert_eq!(adder.call((2, 3))?, 5);
+/// assert_eq!(pool.call(3)?, 9);
+/// # Ok(()) } }
+/// ```
 pub struct EntryView<'p, G: Entry> {
     core: &'p Core,
     chunking: Arc<Chunking>,
@@ -333,6 +574,26 @@ impl<G: Entry> std::fmt::Debug for EntryView<'_, G> {
 impl<'p, G: Entry> EntryView<'p, G> {
     /// Runs one task and waits for its result. Call it from many threads at once to use every
     /// worker; a call made when a worker is idle drives that worker from the calling thread.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # #[pool_entry] fn add(a: i64, b: i64) -> i64 { a + b }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::new(2)?;
+    /// assert_eq!(pool.entry::<add>().call((-2, 5))?, 3);
+    /// # Ok(()) } }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Those of [`ProcessPool::call`], in the same cases: the task's own failure
+    /// ([`Error::Panicked`], [`Error::WorkerDied`], [`Error::Timeout`],
+    /// [`Error::MemoryLimit`], [`Error::Protocol`], [`Error::Codec`],
+    /// [`Error::ArgumentsTooLarge`]), or why the pool could not run it ([`Error::Closed`],
+    /// [`Error::NotStarted`], or the last worker failure when no worker is left). Also
+    /// [`Error::DuplicateEntry`] when `G`'s name is not unique in the binary, so that no
+    /// worker can tell which entry to run.
     pub fn call(&self, args: G::Args) -> Result<G::Output> {
         let slot = OneShot::new();
         let sink = Arc::clone(&slot);
@@ -354,6 +615,25 @@ impl<'p, G: Entry> EntryView<'p, G> {
     /// threads that drive workers: a callback may block on this pool (`call`, `wait`, even
     /// `join`) without stalling it. A panicking callback is caught and reported; the pool goes
     /// on.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # #[pool_entry] fn add(a: i64, b: i64) -> i64 { a + b }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::new(2)?;
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// pool.entry::<add>().call_with((4, 5), move |result| {
+    ///     let _ = tx.send(result);
+    /// });
+    /// assert_eq!(rx.recv().ok(), Some(Ok(9)));
+    /// # Ok(()) } }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// It does not fail itself: `callback` gets the task's error, any that
+    /// [`call`](Self::call) returns and in the same cases.
     pub fn call_with<C>(&self, args: G::Args, callback: C)
     where
         C: FnOnce(Result<G::Output>) + Send + 'static,
@@ -374,6 +654,23 @@ impl<'p, G: Entry> EntryView<'p, G> {
 
     /// Submits one task and returns at once; the [`Task`] gives its result later, and is also
     /// a `Future`.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # #[pool_entry] fn add(a: i64, b: i64) -> i64 { a + b }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::new(2)?;
+    /// let task = pool.entry::<add>().submit((20, 22));
+    /// assert_eq!(task.wait()?, 42);
+    /// # Ok(()) } }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// It does not fail itself: the [`Task`] ends with the task's error, any that
+    /// [`call`](Self::call) returns and in the same cases, or with [`Error::Cancelled`] after
+    /// [`Task::cancel`].
     pub fn submit(&self, args: G::Args) -> Task<G::Output> {
         let slot = OneShot::new();
         let sink = Arc::clone(&slot);
@@ -395,6 +692,23 @@ impl<'p, G: Entry> EntryView<'p, G> {
 
     /// Submits every task of `tasks` now, in chunks; the [`Batch`] gives the results in input
     /// order.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # #[pool_entry] fn add(a: i64, b: i64) -> i64 { a + b }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::new(2)?;
+    /// let sums = pool.entry::<add>().batch([(1, 1), (2, 2), (3, 3)]);
+    /// assert_eq!(sums.wait()?, [2, 4, 6]);
+    /// # Ok(()) } }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// It does not fail itself: each task that fails has the error [`call`](Self::call)
+    /// would return in its place, and fails alone. [`Batch::wait`] gives the first of them,
+    /// [`Batch::wait_all`] each one.
     pub fn batch<I>(&self, tasks: I) -> Batch<G::Output>
     where
         I: IntoIterator<Item = G::Args>,
@@ -452,6 +766,22 @@ impl<'p, G: Entry> EntryView<'p, G> {
     /// Runs the tasks of `tasks` as it is iterated, yielding results in input order. The input
     /// is read lazily and a bounded number of tasks is in flight, so an endless input runs in
     /// constant memory. Dropping the iterator cancels the tasks not yet started.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # #[pool_entry] fn add(a: i64, b: i64) -> i64 { a + b }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::new(2)?;
+    /// let sums = pool.entry::<add>().map((1..=3).map(|i| (i, 10)));
+    /// assert_eq!(sums.collect::<Result<Vec<i64>, _>>()?, [11, 12, 13]);
+    /// # Ok(()) } }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// It does not fail itself: it yields, in the failed task's place, the error
+    /// [`call`](Self::call) would return, and goes on with the next tasks.
     pub fn map<I>(&self, tasks: I) -> Map<'p, G, I::IntoIter>
     where
         I: IntoIterator<Item = G::Args>,
@@ -460,6 +790,24 @@ impl<'p, G: Entry> EntryView<'p, G> {
     }
 
     /// Like [`map`](Self::map), but yields results as they complete.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # #[pool_entry] fn add(a: i64, b: i64) -> i64 { a + b }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::new(2)?;
+    /// let mut sums: Vec<i64> = pool.entry::<add>().map_unordered([(1, 2), (3, 4)])
+    ///     .collect::<Result<_, _>>()?;
+    /// sums.sort();                                       // they came in any order
+    /// assert_eq!(sums, [3, 7]);
+    /// # Ok(()) } }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// It does not fail itself: it yields each failed task's error, as [`map`](Self::map)
+    /// does, when that task ends.
     pub fn map_unordered<I>(&self, tasks: I) -> Map<'p, G, I::IntoIter>
     where
         I: IntoIterator<Item = G::Args>,
@@ -482,6 +830,10 @@ impl<'p, G: Entry> EntryView<'p, G> {
 }
 
 /// Settings for a [`ProcessPool`]; see [`ProcessPool::builder`].
+///
+/// Each setting takes the builder and returns it, so settings chain; nothing is checked or
+/// started until [`build`](Builder::build), which refuses a setting that is not allowed with
+/// an [`Error::InvalidConfig`] naming it.
 ///
 /// ```
 /// # use ppool::{pool_entry, ProcessPool};
@@ -572,6 +924,9 @@ impl<F: Entry> Builder<F> {
 
     /// The number of workers: `-1` for every CPU (the default), a count `n >= 1` (clamped to
     /// the CPUs), or a share `0.0 < f <= 1.0` of the CPUs (at least one).
+    ///
+    /// [`build`](Self::build) refuses any other value with [`Error::InvalidConfig`] (see
+    /// [`NJobs`]). See [`Builder`] for an example.
     pub fn n_jobs(mut self, n_jobs: impl Into<NJobs>) -> Self {
         self.n_jobs = n_jobs.into();
         self.n_jobs_set = true;
@@ -581,6 +936,8 @@ impl<F: Entry> Builder<F> {
     /// Adds workers on other hosts (see [`Remote`]). A pool with remote hosts has local
     /// workers only if [`n_jobs`](Self::n_jobs) asks for them; [`ProcessPool::n_jobs`]
     /// counts them all.
+    ///
+    /// See [`Remote`] for an example.
     pub fn remote(mut self, remote: Remote) -> Self {
         self.remotes.push(remote);
         self
@@ -589,18 +946,26 @@ impl<F: Entry> Builder<F> {
     /// How long a remote host may stay silent before it counts as lost (default 30 s:
     /// generous, since a false alarm fails the tasks it held). Its agent and the pool ping
     /// each other about every second, so only a dead host or a cut link stays silent.
+    ///
+    /// [`build`](Self::build) refuses less than one second with [`Error::InvalidConfig`]. See
+    /// [`Remote`] for an example.
     pub fn host_timeout(mut self, timeout: Duration) -> Self {
         self.host_timeout = timeout;
         self
     }
 
     /// Names the pool's threads and log lines. Defaults to the entry's name.
+    ///
+    /// [`build`](Self::build) refuses an empty name, one longer than 4096 bytes or with a NUL
+    /// byte, with [`Error::InvalidConfig`]. See [`Builder`] for an example.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
     }
 
     /// Whether `build` starts the workers (the default), or [`ProcessPool::start`] will.
+    ///
+    /// See [`ProcessPool::start`] for an example.
     pub fn start(mut self, start: bool) -> Self {
         self.start = start;
         self
@@ -608,24 +973,36 @@ impl<F: Entry> Builder<F> {
 
     /// Runs tasks in this process, on one thread, through the same API: for debuggers and
     /// for readable panics.
+    ///
+    /// [`build`](Self::build) refuses it, with [`Error::InvalidConfig`], together with remote
+    /// hosts or the settings a process is needed for: `task_timeout`, `worker_memory_limit`,
+    /// `cpu_affinity` and `env`. See [`Builder`] for an example.
     pub fn debug(mut self, debug: bool) -> Self {
         self.debug = debug;
         self
     }
 
     /// Sets an environment variable for the workers.
+    ///
+    /// [`build`](Self::build) refuses an empty name, a name with `=` or NUL, or a value with
+    /// NUL, with [`Error::InvalidConfig`]. See [`Builder`] for an example.
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.env.push((key.into(), value.into()));
         self
     }
 
     /// Hides GPUs from the workers with `CUDA_VISIBLE_DEVICES=-1` (the default: true).
+    ///
+    /// See [`Builder`] for an example.
     pub fn disable_gpu(mut self, disable: bool) -> Self {
         self.disable_gpu = disable;
         self
     }
 
     /// Replaces a worker after it has run `n` tasks (`maxtasksperchild`).
+    ///
+    /// [`build`](Self::build) refuses `0` with [`Error::InvalidConfig`]. See [`Builder`] for an
+    /// example.
     pub fn max_tasks_per_worker(mut self, n: u64) -> Self {
         self.max_tasks_per_worker = Some(n);
         self
@@ -633,6 +1010,9 @@ impl<F: Entry> Builder<F> {
 
     /// Kills and replaces a worker whose task runs longer than `timeout`; the task fails
     /// with [`Error::Timeout`]. Unless a `chunk_size` is set, tasks then travel one by one.
+    ///
+    /// [`build`](Self::build) refuses a zero timeout with [`Error::InvalidConfig`]. See
+    /// [`Builder`] for an example.
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.task_timeout = Some(timeout);
         self
@@ -640,6 +1020,9 @@ impl<F: Entry> Builder<F> {
 
     /// Kills and replaces a worker whose resident memory grows past `bytes`; its task fails
     /// with [`Error::MemoryLimit`].
+    ///
+    /// [`build`](Self::build) refuses `0`, or a pool with remote hosts, with
+    /// [`Error::InvalidConfig`]. See [`Builder`] for an example.
     pub fn worker_memory_limit(mut self, bytes: u64) -> Self {
         self.memory_limit = Some(bytes);
         self
@@ -648,6 +1031,9 @@ impl<F: Entry> Builder<F> {
     /// How long a worker's initializer may run (default 5 minutes). A worker whose
     /// initializer runs longer is killed, and `build()` (or its replacement) fails with
     /// [`Error::Spawn`] saying so.
+    ///
+    /// [`build`](Self::build) refuses a zero timeout with [`Error::InvalidConfig`]. See
+    /// [`Builder`] for an example.
     pub fn init_timeout(mut self, timeout: Duration) -> Self {
         self.init_timeout = timeout;
         self
@@ -655,6 +1041,9 @@ impl<F: Entry> Builder<F> {
 
     /// How long a worker's exit hook (`worker_exit`) may run at `join` (default 60 s); a
     /// worker still in it then is killed, and its hook's result is missing.
+    ///
+    /// [`build`](Self::build) refuses a zero timeout with [`Error::InvalidConfig`]. See
+    /// [`Builder`] for an example.
     pub fn exit_timeout(mut self, timeout: Duration) -> Self {
         self.exit_timeout = timeout;
         self
@@ -662,18 +1051,26 @@ impl<F: Entry> Builder<F> {
 
     /// Runs a task again, up to `n` times on a fresh worker, when its worker died under it.
     /// Panics and timeouts are not retried. Default 0.
+    ///
+    /// See [`Builder`] for an example.
     pub fn retries(mut self, n: u32) -> Self {
         self.retries = n;
         self
     }
 
     /// Sends tasks of `batch` and `map` in chunks of `n` instead of the adaptive size.
+    ///
+    /// [`build`](Self::build) refuses `0` with [`Error::InvalidConfig`]; see
+    /// [`build`](Self::build) for an example.
     pub fn chunk_size(mut self, n: usize) -> Self {
         self.chunk_size = Some(n);
         self
     }
 
     /// The largest frame a worker may send or receive, in bytes (default 1 GiB).
+    ///
+    /// [`build`](Self::build) refuses less than 1 KiB or more than `u32::MAX` bytes with
+    /// [`Error::InvalidConfig`]. See [`Builder`] for an example.
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
         self.max_frame = bytes;
         self
@@ -681,6 +1078,12 @@ impl<F: Entry> Builder<F> {
 
     /// Runs the entry `E` with `args` once in every worker, replacements too, before its
     /// first task (`multiprocessing`'s `initializer` and `initargs`).
+    ///
+    /// [`build`](Self::build) fails with [`Error::Codec`] when `args` cannot be encoded, with
+    /// [`Error::InvalidConfig`] when they are larger than the
+    /// [`max_frame_size`](Self::max_frame_size), and with [`Error::Spawn`] when the initializer
+    /// panics, returns an `Err` or runs past the [`init_timeout`](Self::init_timeout). See
+    /// [`Builder`] for an example.
     pub fn initializer<E: Entry>(mut self, args: E::Args) -> Self {
         self.initializer = Some((E::NAME, encode_args::<E>(&args)));
         self
@@ -690,12 +1093,20 @@ impl<F: Entry> Builder<F> {
     /// [`join`](ProcessPool::join), or when recycled by `max_tasks_per_worker`), like mpire's
     /// `worker_exit`; collect what it returned with
     /// [`ProcessPool::worker_exit_results`].
+    ///
+    /// [`build`](Self::build) fails with [`Error::Codec`] when `args` cannot be encoded, and
+    /// with [`Error::InvalidConfig`] when they are larger than the
+    /// [`max_frame_size`](Self::max_frame_size). See [`ProcessPool::worker_exit_results`] for
+    /// an example.
     pub fn worker_exit<E: Entry>(mut self, args: E::Args) -> Self {
         self.on_exit = Some((E::NAME, encode_args::<E>(&args)));
         self
     }
 
     /// Pins worker `i` to CPU `cpus[i % cpus.len()]` (mpire's `cpu_ids`).
+    ///
+    /// [`build`](Self::build) refuses, with [`Error::InvalidConfig`], a CPU this process may
+    /// not run on, or a pool with remote hosts. See [`Builder`] for an example.
     pub fn cpu_affinity(mut self, cpus: impl IntoIterator<Item = usize>) -> Self {
         self.cpu_affinity = cpus.into_iter().collect();
         self
@@ -703,6 +1114,8 @@ impl<F: Entry> Builder<F> {
 
     /// Tags every line a worker writes to stderr with `[pool:index]` (the default: true).
     /// With `false`, workers write to this process's stderr directly.
+    ///
+    /// See [`Builder`] for an example.
     pub fn forward_stderr(mut self, forward: bool) -> Self {
         self.forward_stderr = forward;
         self
@@ -712,6 +1125,8 @@ impl<F: Entry> Builder<F> {
     /// memory is faster, and when a worker dies it tells exactly which task was running, so
     /// only that one fails; over pipes, every task of the dead worker's job that has no
     /// result yet fails (none runs twice either way, unless `retries` allows it).
+    ///
+    /// See [`Transport`] for an example.
     pub fn transport(mut self, transport: Transport) -> Self {
         self.transport = transport;
         self
@@ -720,6 +1135,8 @@ impl<F: Entry> Builder<F> {
     /// Draws a progress bar on stderr for every `batch` and `map` of the pool: done and total,
     /// rate and ETA. It stays off when stderr is not a terminal; see
     /// [`force_progress_bar`](Self::force_progress_bar).
+    ///
+    /// See [`Builder`] for an example.
     #[cfg(feature = "progress")]
     #[cfg_attr(docsrs, doc(cfg(feature = "progress")))]
     pub fn progress_bar(mut self, on: bool) -> Self {
@@ -732,6 +1149,8 @@ impl<F: Entry> Builder<F> {
     }
 
     /// Draws the progress bar even when stderr is not a terminal (as one line a second).
+    ///
+    /// See [`Builder`] for an example.
     #[cfg(feature = "progress")]
     #[cfg_attr(docsrs, doc(cfg(feature = "progress")))]
     pub fn force_progress_bar(mut self, on: bool) -> Self {
@@ -745,6 +1164,9 @@ impl<F: Entry> Builder<F> {
 
     /// The most tasks a `map` stream keeps submitted but not yet yielded. By default four
     /// chunks a worker.
+    ///
+    /// [`build`](Self::build) refuses `0` with [`Error::InvalidConfig`]. See [`Builder`] for an
+    /// example.
     pub fn stream_window(mut self, tasks: usize) -> Self {
         self.stream_window = Some(tasks);
         self
@@ -752,12 +1174,30 @@ impl<F: Entry> Builder<F> {
 
     /// Checks the settings and builds the pool (and starts it, unless `start(false)`).
     ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool, Error};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::builder().n_jobs(1).chunk_size(8).build()?;
+    /// assert_eq!(pool.batch(0..20).wait()?.len(), 20);
+    /// let bad = ProcessPool::<square>::builder().chunk_size(0).build();
+    /// assert!(matches!(bad, Err(Error::InvalidConfig { setting: "chunk_size", .. })));
+    /// # Ok(()) } }
+    /// ```
+    ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] naming the first setting that is not allowed;
-    /// [`Error::DuplicateEntry`] when an entry's name is not unique in the binary;
-    /// [`Error::Codec`] when the initializer's or exit hook's arguments cannot be encoded;
-    /// [`Error::Spawn`] when a worker cannot start.
+    /// - [`Error::InvalidConfig`] naming the first setting that is not allowed (each
+    ///   setting's documentation says what is refused), a [`Remote`] that is not complete
+    ///   (`ssh` and `command` hosts without [`workers`](Remote::workers), say), or
+    ///   [`Remote::slurm`] outside a Slurm allocation; no worker is started then;
+    /// - [`Error::DuplicateEntry`] when the name of `F`, of the initializer or of the exit
+    ///   hook is not unique in the binary;
+    /// - [`Error::Codec`] when the initializer's or exit hook's arguments cannot be encoded;
+    /// - [`Error::Spawn`] when a worker cannot start: its process cannot be started, its
+    ///   initializer panicked, returned an `Err` or ran past the
+    ///   [`init_timeout`](Self::init_timeout), or a remote host cannot be reached or runs
+    ///   another build of this program.
     pub fn build(self) -> Result<ProcessPool<F>> {
         if self.debug && !self.remotes.is_empty() {
             return Err(Error::config(

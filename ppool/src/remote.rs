@@ -58,6 +58,13 @@ impl Remote {
     /// A host reached with the system `ssh` client (`PPOOL_SSH` names another program), so
     /// that `~/.ssh/config`, agents, `ProxyJump` and Kerberos all apply. It runs with
     /// `BatchMode=yes`: a host that asks for a password fails instead of waiting.
+    ///
+    /// ```
+    /// # use ppool::Remote;
+    /// let node1 = Remote::ssh("node1").workers(8);
+    /// let node2 = Remote::ssh("me@node2.example.org").workers(4);  // a user, a full name
+    /// // Given to `ProcessPool::builder().remote(..)`, its `build()` reaches them.
+    /// ```
     pub fn ssh(host: impl Into<String>) -> Self {
         Remote::new(Kind::Ssh(host.into()))
     }
@@ -66,6 +73,12 @@ impl Remote {
     /// `salloc`), each reached with `srun -N1 -n1 -w NODE --overlap -u`; by default with one
     /// worker per CPU the allocation gave on that node. Submit with `--no-kill`, so that a
     /// lost node does not end the whole allocation.
+    ///
+    /// ```
+    /// # use ppool::Remote;
+    /// let every_node = Remote::slurm();                     // one worker per CPU given
+    /// let four_each = Remote::slurm().workers_per_node(4);
+    /// ```
     pub fn slurm() -> Self {
         Remote::new(Kind::Slurm)
     }
@@ -73,6 +86,13 @@ impl Remote {
     /// Any command that runs a program with its stdin and stdout forwarded: `PREFIX…
     /// <program> <agent arguments>` (`docker exec -i box`, `kubectl exec -i pod --`,
     /// `ip netns exec ns`, a site's own launcher).
+    ///
+    /// ```
+    /// # use ppool::Remote;
+    /// let container = Remote::command(["docker", "exec", "-i", "box"])
+    ///     .workers(2)
+    ///     .program("/app/bin/worker");                      // the path inside the container
+    /// ```
     pub fn command<I, S>(prefix: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -92,17 +112,44 @@ impl Remote {
 
     /// The number of workers on this host (for [`Remote::slurm`]: on each node). Required
     /// for `ssh` and `command` hosts.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool, Remote, Error};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let node = Remote::ssh("node1").workers(8);
+    /// // Without a count, `build` fails before it reaches the host:
+    /// let no_count = ProcessPool::<square>::builder().remote(Remote::ssh("node1")).build();
+    /// assert!(matches!(no_count, Err(Error::InvalidConfig { setting: "remote", .. })));
+    /// # Ok(()) } }
+    /// ```
+    ///
+    /// [`Builder::build`](crate::Builder::build) refuses `0`, or an `ssh` or `command` host
+    /// without it, with [`Error::InvalidConfig`] before it reaches any host.
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = Some(n);
         self
     }
 
     /// For [`Remote::slurm`]: the workers on each node, instead of one per CPU it was given.
+    ///
+    /// ```
+    /// # use ppool::Remote;
+    /// let two_each = Remote::slurm().workers_per_node(2);
+    /// ```
     pub fn workers_per_node(self, n: usize) -> Self {
         self.workers(n)
     }
 
     /// The path of the program on the host (default: this program's own absolute path).
+    ///
+    /// ```
+    /// # use ppool::Remote;
+    /// let node = Remote::ssh("node1").workers(8).program("/opt/myapp/bin/myapp");
+    /// ```
+    ///
+    /// [`Builder::build`](crate::Builder::build) refuses an empty path, or one given together
+    /// with [`copy_program(true)`](Self::copy_program), with [`Error::InvalidConfig`].
     pub fn program(mut self, path: impl Into<OsString>) -> Self {
         self.program = Some(path.into());
         self
@@ -113,6 +160,11 @@ impl Remote {
     /// program's filesystem. The copy is made by a command of its own over the same
     /// launcher (`sh -c 'cat > tmp && chmod && mv'`), never mixed into the pool's channel,
     /// and skipped when the host already has that build.
+    ///
+    /// ```
+    /// # use ppool::Remote;
+    /// let laptop_to_server = Remote::ssh("server").workers(4).copy_program(true);
+    /// ```
     pub fn copy_program(mut self, copy: bool) -> Self {
         self.copy_program = copy;
         self

@@ -31,6 +31,25 @@ pub(crate) struct StreamSource<'p> {
 
 /// The results of [`map`](crate::ProcessPool::map) (input order) or
 /// [`map_unordered`](crate::ProcessPool::map_unordered) (completion order), as an iterator.
+///
+/// ```
+/// # use ppool::{pool_entry, ProcessPool, Error};
+/// # #[pool_entry] fn half(x: u64) -> u64 { assert!(x % 2 == 0, "{x} is odd"); x / 2 }
+/// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+/// let pool = ProcessPool::<half>::new(2)?;
+/// let mut results = pool.map([2, 3, 4]);            // a Map: one result per task
+/// assert_eq!(results.next(), Some(Ok(1)));
+/// assert!(matches!(results.next(), Some(Err(Error::Panicked { .. }))));
+/// assert_eq!(results.next(), Some(Ok(2)));          // a failed task does not end it
+/// assert_eq!(results.next(), None);
+/// # Ok(()) } }
+/// ```
+///
+/// # Errors
+///
+/// Each item is one task's result: a failed task yields the error
+/// [`call`](crate::ProcessPool::call) would return for it, in the same cases, and the stream
+/// goes on with the next tasks.
 #[must_use = "a stream does nothing unless iterated"]
 pub struct Map<'p, F: Entry, I> {
     source: StreamSource<'p>,
@@ -237,8 +256,12 @@ impl<F: Entry, I: Iterator<Item = F::Args>> Iterator for Map<'_, F, I> {
         match &self.input {
             None => (outstanding, Some(outstanding)),
             Some(input) => {
+                // An endless input says `usize::MAX`: the sums saturate, never overflow.
                 let (lo, hi) = input.size_hint();
-                (outstanding + lo, hi.map(|h| h + outstanding))
+                (
+                    outstanding.saturating_add(lo),
+                    hi.and_then(|h| h.checked_add(outstanding)),
+                )
             }
         }
     }

@@ -181,11 +181,27 @@ impl<T> Task<T> {
 
     /// Waits for the result.
     ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool, Error};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::new(1)?;
+    /// assert_eq!(pool.submit(3).wait()?, 9);
+    /// pool.shutdown();
+    /// assert!(matches!(pool.submit(3).wait(), Err(Error::Closed)));
+    /// # Ok(()) } }
+    /// ```
+    ///
     /// # Errors
     ///
-    /// The task's own failure, [`Error::Cancelled`] after [`cancel`](Self::cancel),
-    /// [`Error::Closed`] when the pool stopped first, or [`Error::AlreadyTaken`] when the
-    /// result was already handed out.
+    /// The task's own failure, any that [`call`](crate::ProcessPool::call) returns in the
+    /// same cases ([`Error::Panicked`], [`Error::WorkerDied`], [`Error::Timeout`],
+    /// [`Error::MemoryLimit`], [`Error::Protocol`], [`Error::Codec`],
+    /// [`Error::ArgumentsTooLarge`]); [`Error::Cancelled`] after [`cancel`](Self::cancel);
+    /// [`Error::Closed`] when the pool was closed, or stopped before the task finished;
+    /// [`Error::NotStarted`] when the pool was built with `start(false)` and not started; or
+    /// [`Error::AlreadyTaken`] when [`wait_timeout`](Self::wait_timeout) already handed the
+    /// result out.
     pub fn wait(self) -> Result<T> {
         self.slot.take().unwrap_or_else(|| Err(taken()))
     }
@@ -193,6 +209,24 @@ impl<T> Task<T> {
     /// Waits at most `timeout`: `None` if the task has not finished by then (it goes on, and
     /// can be waited for again), else its result. The result is handed out once; after that,
     /// waiting again gives `Some(Err(Error::AlreadyTaken))`.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool, Error};
+    /// # use std::time::Duration;
+    /// # #[pool_entry] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<nap>::new(1)?;
+    /// let task = pool.submit(200);
+    /// assert_eq!(task.wait_timeout(Duration::from_millis(10)), None);      // still running
+    /// assert_eq!(task.wait_timeout(Duration::from_secs(60)), Some(Ok(200)));
+    /// assert_eq!(task.wait_timeout(Duration::ZERO), Some(Err(Error::AlreadyTaken)));
+    /// # Ok(()) } }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// `Some(Err(..))` with the errors of [`wait`](Self::wait), in the same cases; `None` is
+    /// not an error: the task is still running, or queued.
     pub fn wait_timeout(&self, timeout: Duration) -> Option<Result<T>> {
         match self.slot.take_timeout(timeout) {
             Err(()) => None,
@@ -201,6 +235,19 @@ impl<T> Task<T> {
     }
 
     /// True once the result is in (or the task failed).
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::new(1)?;
+    /// let task = pool.submit(4);
+    /// while !task.is_done() {
+    ///     std::thread::sleep(std::time::Duration::from_millis(1));   // other work
+    /// }
+    /// assert_eq!(task.wait()?, 16);                                    // without blocking
+    /// # Ok(()) } }
+    /// ```
     pub fn is_done(&self) -> bool {
         self.slot.is_set()
     }

@@ -96,7 +96,10 @@ pub(crate) fn forward_stderr(
     match spawned {
         Ok(thread) => Some(Forwarder { thread, stop }),
         Err(e) => {
-            tracing::warn!(error = &e as &dyn std::error::Error, "cannot forward a worker's stderr");
+            tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                "cannot forward a worker's stderr"
+            );
             None
         }
     }
