@@ -33,7 +33,7 @@ static TASKS: AtomicU64 = AtomicU64::new(0);
 pub(crate) fn task_starts(entry: &'static str) {
     if CAPTURING.load(Ordering::Relaxed) {
         let n = TASKS.fetch_add(1, Ordering::Relaxed);
-        TASK.with(|t| t.set(Some((entry, n))));
+        let _ = TASK.try_with(|t| t.set(Some((entry, n))));
     }
 }
 
@@ -153,7 +153,8 @@ impl Subscriber for Capture {
         let meta = event.metadata();
         let mut fields = Fields::default();
         event.record(&mut fields);
-        let stack: Vec<u64> = STACK.with(|s| s.borrow().clone());
+        // `try_with`: an event may come from a thread-local's destructor.
+        let stack: Vec<u64> = STACK.try_with(|s| s.borrow().clone()).unwrap_or_default();
         let spans = {
             let open = self.spans();
             stack
@@ -174,19 +175,21 @@ impl Subscriber for Capture {
             host: self.who.host.clone(),
             pid: self.who.pid,
             task: TASK
-                .with(Cell::get)
+                .try_with(Cell::get)
+                .ok()
+                .flatten()
                 .map(|(entry, n)| (entry.to_string(), n)),
         };
         self.write(&record);
     }
 
     fn enter(&self, span: &Id) {
-        STACK.with(|s| s.borrow_mut().push(span.into_u64()));
+        let _ = STACK.try_with(|s| s.borrow_mut().push(span.into_u64()));
     }
 
     fn exit(&self, span: &Id) {
         let id = span.into_u64();
-        STACK.with(|s| {
+        let _ = STACK.try_with(|s| {
             let mut stack = s.borrow_mut();
             if let Some(at) = stack.iter().rposition(|&x| x == id) {
                 stack.remove(at);

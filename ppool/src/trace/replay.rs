@@ -4,8 +4,8 @@
 //!
 //! `tracing` wants static metadata, so each distinct place in the workers' code gets one
 //! callsite, made once and kept (leaked) for the life of the program, as every callsite is.
-//! At most [`MAX_SITES`] are made; past that, records share one site whose fields carry
-//! their target and their fields as text.
+//! At most [`MAX_SITES`] are made; past that, records share one site per kind and level,
+//! target `ppool::worker`, whose `ppool.more_fields` carries their fields as text.
 
 use super::{Record, SpanRecord, Value, level_of};
 use std::collections::HashMap;
@@ -354,7 +354,7 @@ fn site(
 ) -> &'static Site {
     static SITES: OnceLock<Mutex<HashMap<Key, &'static Site>>> = OnceLock::new();
     let place = place.place();
-    let key = Key {
+    let mut key = Key {
         kind: kind.is_span(),
         name: name.to_string(),
         level: super::level_byte(level),
@@ -367,6 +367,20 @@ fn site(
     if let Some(site) = sites.get(&key) {
         return site;
     }
+    if sites.len() >= MAX_SITES {
+        // Full: the shared site of this kind and level (made once, past the limit).
+        key = Key {
+            kind: key.kind,
+            name: if key.kind { "span" } else { "event" }.to_string(),
+            level: key.level,
+            target: "ppool::worker".to_string(),
+            place: Place::default(),
+            fields: vec!["message".to_string(), "ppool.more_fields".to_string()],
+        };
+        if let Some(site) = sites.get(&key) {
+            return site;
+        }
+    }
     let site: &'static Site = Box::leak(Box::new(Site {
         meta: OnceLock::new(),
     }));
@@ -378,8 +392,8 @@ fn site(
             .into_boxed_slice(),
     );
     let meta = Metadata::new(
-        leak(name),
-        leak(target),
+        leak(&key.name),
+        leak(&key.target),
         level,
         key.place.file.as_deref().map(leak),
         key.place.line,
@@ -389,9 +403,7 @@ fn site(
     );
     let _ = site.meta.set(meta);
     tracing::callsite::register(site);
-    if sites.len() < MAX_SITES {
-        sites.insert(key, site);
-    }
+    sites.insert(key, site);
     site
 }
 
