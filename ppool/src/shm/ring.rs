@@ -1984,7 +1984,14 @@ mod tests {
         // Concurrent: the reader sees states in order, each one consistent.
         let (s, mut w) = both(64, 64);
         let jobs: u64 = if cfg!(miri) { 5 } else { 2000 };
+        // The writer starts once the reader has read once, so that the reads overlap the
+        // writes even when the machine runs the writer to its end in one time slice.
+        let reading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let go = std::sync::Arc::clone(&reading);
         let writer = std::thread::spawn(move || {
+            while !go.load(std::sync::atomic::Ordering::Acquire) {
+                std::thread::yield_now();
+            }
             for job in 1..=jobs {
                 for i in 0..(job % 7) as u32 + 1 {
                     w.progress.started(job, i);
@@ -1997,6 +2004,7 @@ mod tests {
         loop {
             let done = writer.is_finished();
             let p = s.progress.read().unwrap();
+            reading.store(true, std::sync::atomic::Ordering::Release);
             assert!(
                 p.finished <= p.started && p.started <= p.finished + 1,
                 "{p:?}"
