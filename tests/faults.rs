@@ -1101,6 +1101,7 @@ fn hello(magic: &[u8; 4], version: u32, build_id: u64, entry: &str) -> Vec<u8> {
         body.extend_from_slice(&(s.len() as u32).to_le_bytes());
         body.extend_from_slice(s.as_bytes());
     }
+    body.push(0); // no tracing forwarded
     body
 }
 
