@@ -307,3 +307,46 @@ fn a_batch_is_a_future() {
     let got = runtime.block_on(async { batch.await });
     assert_eq!(got, Ok(vec![0, 20, 40, 60, 80, 100]));
 }
+
+/// Writes `<dir>/<n>.start`, sleeps `ms`, writes `<dir>/<n>.done`.
+#[pool_entry]
+fn start_nap_done(dir: String, n: u32, ms: u64) -> u32 {
+    let dir = Path::new(&dir);
+    let _ = std::fs::write(dir.join(format!("{n}.start")), b"");
+    std::thread::sleep(Duration::from_millis(ms));
+    let _ = std::fs::write(dir.join(format!("{n}.done")), b"");
+    n
+}
+
+/// A cancel that lands just as a driver picks the task up (after it looked at the flag, before
+/// the watchdog knew the task ran) still stops it: a task whose `cancel` said `true` never
+/// finishes. Cancels are spread over the first ~200 µs after `submit`, where that window is.
+#[test]
+fn a_task_cancelled_as_it_is_picked_up_never_finishes() {
+    let _deadline = ppool_tests::deadline();
+    let dir = TempDir::new("cancel-race");
+    let pool = ProcessPool::<start_nap_done>::new(2).unwrap();
+    let mut cancelled = Vec::new();
+    for n in 0..300u32 {
+        let task = pool.submit((dir.arg(), n, 60));
+        let spin = Instant::now();
+        let wait = Duration::from_micros(u64::from(n * 37 % 200));
+        while spin.elapsed() < wait {
+            std::hint::spin_loop();
+        }
+        if task.cancel() {
+            assert_eq!(task.wait(), Err(Error::Cancelled), "task {n}");
+            cancelled.push(n);
+        }
+    }
+    // Anything still running would finish within its 60 ms.
+    std::thread::sleep(Duration::from_millis(300));
+    let finished: Vec<u32> = cancelled
+        .iter()
+        .copied()
+        .filter(|n| dir.path().join(format!("{n}.done")).exists())
+        .collect();
+    assert!(cancelled.len() > 250, "{} cancelled", cancelled.len());
+    assert!(finished.is_empty(), "cancelled yet ran to the end: {finished:?}");
+    assert_eq!(pool.call((dir.arg(), 9999, 0)), Ok(9999), "the pool goes on");
+}

@@ -96,8 +96,23 @@ impl Watch {
     }
 
     /// Slot `i` runs the job whose cancel flag is `flag`.
+    ///
+    /// A cancel that came after the driver looked at the flag, but before this, found no slot
+    /// running the job: the flag is looked at again here, under the lock that `cancel` takes,
+    /// so that one of the two always kills the worker.
     pub(crate) fn running(&self, i: usize, flag: Option<Arc<AtomicBool>>) {
-        self.lock().slots[i].running = flag;
+        let mut st = self.lock();
+        let slot = &mut st.slots[i];
+        let cancelled = flag
+            .as_ref()
+            .is_some_and(|f| f.load(std::sync::atomic::Ordering::Acquire));
+        slot.running = flag;
+        if cancelled && slot.verdict.is_none() {
+            slot.verdict = Some(Verdict::Cancelled);
+            if let Some(peer) = &slot.peer {
+                peer.kill();
+            }
+        }
     }
 
     /// Kills the worker that runs the job with cancel flag `flag`, if one does, and leaves the
@@ -171,5 +186,71 @@ impl Watch {
             }
             st = wait_timeout(&self.cv, st, wait);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ExitCause;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[derive(Debug, Default)]
+    struct Counted(AtomicUsize);
+
+    impl Peer for Counted {
+        fn pid(&self) -> u32 {
+            1
+        }
+        fn kill(&self) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+        fn wait_exit(&self, _: Duration) -> bool {
+            true
+        }
+        fn reap(&self) -> ExitCause {
+            ExitCause::Signal(9)
+        }
+        fn resident_bytes(&self) -> Option<u64> {
+            None
+        }
+    }
+
+    fn watched() -> (Watch, Arc<Counted>) {
+        let watch = Watch::new(2, None);
+        let peer = Arc::new(Counted::default());
+        watch.register(1, Arc::clone(&peer) as Arc<dyn Peer>);
+        (watch, peer)
+    }
+
+    #[test]
+    fn a_cancel_before_the_driver_says_the_job_runs_still_kills_its_worker() {
+        let (watch, peer) = watched();
+        let flag = Arc::new(AtomicBool::new(false));
+        // The canceller: the flag, then a look for a slot that runs the job (none yet).
+        flag.store(true, Ordering::Release);
+        watch.cancel(&flag);
+        assert_eq!(peer.0.load(Ordering::Relaxed), 0);
+        // The driver, which looked at the flag before it was set, now says the job runs.
+        watch.running(1, Some(Arc::clone(&flag)));
+        assert_eq!(peer.0.load(Ordering::Relaxed), 1, "killed");
+        assert_eq!(watch.unregister(1), Some(Verdict::Cancelled));
+    }
+
+    #[test]
+    fn a_cancel_after_the_driver_says_the_job_runs_kills_once() {
+        let (watch, peer) = watched();
+        let flag = Arc::new(AtomicBool::new(false));
+        watch.running(1, Some(Arc::clone(&flag)));
+        assert_eq!(peer.0.load(Ordering::Relaxed), 0);
+        flag.store(true, Ordering::Release);
+        watch.cancel(&flag);
+        watch.cancel(&flag);
+        assert_eq!(peer.0.load(Ordering::Relaxed), 1, "killed once");
+        assert_eq!(watch.unregister(1), Some(Verdict::Cancelled));
+        // another job's flag kills nothing
+        let other = Arc::new(AtomicBool::new(true));
+        watch.cancel(&other);
+        assert_eq!(peer.0.load(Ordering::Relaxed), 1);
     }
 }
