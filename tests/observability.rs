@@ -17,9 +17,10 @@ use tracing::{Event, Level, Metadata, Subscriber};
 
 ppool::test_support!();
 
-/// Logs at three levels, inside a span of its own, and records an error with a source.
+/// Logs at three levels, inside two spans of its own, and records an error with a source.
 #[pool_entry]
 fn noisy(n: u64) -> u64 {
+    let _outer = tracing::info_span!("job", kind = "square").entered();
     let _span = tracing::info_span!("work", n).entered();
     tracing::info!(n, doubled = n * 2, "working on {n}");
     tracing::debug!(n, "a detail the subscriber does not want");
@@ -56,7 +57,8 @@ struct Seen {
 #[derive(Default)]
 struct Collect {
     events: Mutex<Vec<Seen>>,
-    spans: Mutex<HashMap<u64, (String, String)>>,
+    /// Each span's name, fields and parent.
+    spans: Mutex<HashMap<u64, (String, String, Option<u64>)>>,
     next: AtomicU64,
 }
 
@@ -92,10 +94,17 @@ impl Subscriber for &'static Collect {
         let mut fields = String::new();
         attrs.record(&mut Text(&mut fields));
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        self.spans
-            .lock()
-            .unwrap()
-            .insert(id, (attrs.metadata().name().to_string(), fields));
+        // The parent, as subscribers such as tracing-subscriber's see it: the span current
+        // when this one was made, unless it names another.
+        let parent = match attrs.parent() {
+            Some(p) => Some(p.into_u64()),
+            None if attrs.is_contextual() => STACK.with(|s| s.borrow().last().copied()),
+            None => None,
+        };
+        self.spans.lock().unwrap().insert(
+            id,
+            (attrs.metadata().name().to_string(), fields, parent),
+        );
         Id::from_u64(id)
     }
     fn record(&self, _: &Id, _: &Record<'_>) {}
@@ -104,15 +113,22 @@ impl Subscriber for &'static Collect {
         let mut fields = String::new();
         event.record(&mut Text(&mut fields));
         let spans = self.spans.lock().unwrap();
-        let stack = STACK.with(|s| s.borrow().clone());
+        // The event's spans: the current one, then its parents.
+        let mut chain = Vec::new();
+        let mut at = STACK.with(|s| s.borrow().last().copied());
+        while let Some(id) = at {
+            let Some((name, fields, parent)) = spans.get(&id) else {
+                break;
+            };
+            chain.push((name.clone(), fields.clone()));
+            at = *parent;
+        }
+        chain.reverse();
         let seen = Seen {
             level: *event.metadata().level(),
             target: event.metadata().target().to_string(),
             fields,
-            spans: stack
-                .iter()
-                .filter_map(|id| spans.get(id).cloned())
-                .collect(),
+            spans: chain,
         };
         drop(spans);
         self.events.lock().unwrap().push(seen);
@@ -176,7 +192,7 @@ fn an_entrys_events_reach_the_supervisors_subscriber() {
         "{info:?}"
     );
     let names: Vec<&str> = info.spans.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["task", "work"], "{info:?}");
+    assert_eq!(names, ["task", "job", "work"], "{info:?}");
     let (_, task) = &info.spans[0];
     for tag in [
         "pool=observed".to_string(),
@@ -187,7 +203,8 @@ fn an_entrys_events_reach_the_supervisors_subscriber() {
     ] {
         assert!(task.contains(&tag), "{tag} not in the task span: {task}");
     }
-    assert!(info.spans[1].1.contains("n=5"), "{info:?}");
+    assert!(info.spans[1].1.contains("kind=\"square\""), "{info:?}");
+    assert!(info.spans[2].1.contains("n=5"), "{info:?}");
 
     let error = &seen_with(collect, "could not save")[0];
     assert_eq!(error.level, Level::ERROR);
@@ -227,7 +244,7 @@ fn events_from_a_remote_workers_entry_reach_the_subscriber() {
     let (name, task) = &info.spans[0];
     assert_eq!(name, "task");
     assert!(task.contains("pool=observed-remote"), "{task}");
-    assert_eq!(info.spans[1].0, "work");
+    assert_eq!(info.spans[2].0, "work");
 }
 
 /// An initializer that logs, then installs a subscriber of its own in the worker, as programs

@@ -34,10 +34,11 @@ fn emit_here(record: &Record) {
     };
     let entry = record.task.as_ref().map(|(e, _)| e.as_str());
     let task = record.task.as_ref().map(|(_, n)| *n);
-    let task_span = task_span(level, record, entry, task);
-    let _task = task_span.enter();
-    let spans: Vec<tracing::Span> = record.spans.iter().map(open_span).collect();
-    let entered: Vec<_> = spans.iter().map(tracing::Span::enter).collect();
+    // Each span is made inside the one before it, so that each has its parent.
+    let mut entered = vec![task_span(level, record, entry, task).entered()];
+    for span in &record.spans {
+        entered.push(open_span(span).entered());
+    }
     let site = site(
         Kind::EVENT,
         "event",
@@ -53,7 +54,10 @@ fn emit_here(record: &Record) {
             tracing::Event::dispatch(meta, values);
         });
     }
-    drop(entered);
+    // Left innermost first.
+    while let Some(span) = entered.pop() {
+        drop(span);
+    }
 }
 
 /// The `task` span around every forwarded event, at the event's level so that it shows
