@@ -350,3 +350,29 @@ fn a_task_cancelled_as_it_is_picked_up_never_finishes() {
     assert!(finished.is_empty(), "cancelled yet ran to the end: {finished:?}");
     assert_eq!(pool.call((dir.arg(), 9999, 0)), Ok(9999), "the pool goes on");
 }
+
+/// `join_timeout` does not wait past its timeout for a `call_with` callback that runs long:
+/// it says so, and a later `join` waits for it.
+#[test]
+fn join_timeout_does_not_wait_for_a_slow_callback() {
+    let _deadline = ppool_tests::deadline();
+    let dir = TempDir::new("join-timeout-callback");
+    let pool = ProcessPool::<mark_and_nap>::new(1).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    pool.call_with((dir.arg(), "cb".into(), 0), move |r| {
+        std::thread::sleep(Duration::from_millis(1500));
+        let _ = tx.send(r);
+    });
+    wait_for(&dir.path().join("cb"));
+    std::thread::sleep(Duration::from_millis(50));
+    let started = Instant::now();
+    let e = pool.join_timeout(Duration::from_millis(200)).unwrap_err();
+    assert!(started.elapsed() < Duration::from_millis(1000), "{:?}", started.elapsed());
+    assert!(
+        matches!(e, Error::JoinTimeout { callbacks: true, .. }),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("callbacks did not finish"), "{e}");
+    assert_eq!(pool.join(), Ok(()));
+    assert_eq!(rx.try_recv().ok(), Some(Ok(0)), "join waited for the callback");
+}

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{JoinHandle, ThreadId};
+use std::time::{Duration, Instant};
 
 /// A callback that runs when it is dropped, if nothing ran it before.
 struct Pending(Option<Box<dyn FnOnce() + Send>>);
@@ -103,6 +104,12 @@ impl Callbacks {
     /// Lets the queued callbacks run, then ends the thread and joins it (unless this is that
     /// thread: a callback that stops its pool; the thread then ends once it returns).
     pub(crate) fn close(&self) {
+        self.close_within(None);
+    }
+
+    /// [`close`](Self::close), waiting for the thread only until `deadline`: false if it was
+    /// still running callbacks then (it goes on, and a later `close` joins it).
+    pub(crate) fn close_within(&self, deadline: Option<Instant>) -> bool {
         self.closed.store(true, Ordering::Release);
         let mut thread = self.thread();
         let current = thread
@@ -110,13 +117,26 @@ impl Callbacks {
             .is_some_and(|(_, id)| *id == std::thread::current().id());
         let handle = if current { None } else { thread.take() };
         drop(thread);
-        if let Some((handle, _)) = handle {
+        if let Some((handle, id)) = handle {
             // Wakes the thread with an empty callback; it ends when the queue is empty.
             if let Some(Some(tx)) = self.queue.get() {
                 let _ = tx.send(Pending(None));
             }
+            if let Some(deadline) = deadline {
+                let mut pause = Duration::from_micros(200);
+                while !handle.is_finished() {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        *self.thread() = Some((handle, id));
+                        return false;
+                    }
+                    std::thread::sleep(pause.min(deadline - now));
+                    pause = (pause * 2).min(Duration::from_millis(10));
+                }
+            }
             let _ = handle.join();
         }
+        true
     }
 }
 

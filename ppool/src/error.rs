@@ -110,16 +110,19 @@ pub enum Error {
     #[error("the task was cancelled")]
     Cancelled,
 
-    /// [`join_timeout`](crate::ProcessPool::join_timeout) ran out before every task had
-    /// finished. The pool goes on finishing them, and refuses new ones; `join()` waits for the
-    /// rest, `shutdown()` stops now.
-    #[error(
-        "the pool did not finish its tasks within {timeout:?}; it goes on with them (join() waits for the rest, shutdown() stops now)"
-    )]
+    /// [`join_timeout`](crate::ProcessPool::join_timeout) ran out before the pool had stopped:
+    /// tasks were still queued or running, workers still stopping (their exit hooks), or
+    /// `call_with` callbacks still running. The pool goes on with them, and refuses new
+    /// tasks; `join()` waits for the rest, `shutdown()` stops now.
+    #[error("{}", join_timeout(*timeout, *unfinished, *callbacks))]
     #[non_exhaustive]
     JoinTimeout {
         /// The time that ran out.
         timeout: Duration,
+        /// The tasks still queued or running then.
+        unfinished: u64,
+        /// True when only `call_with` callbacks were left running.
+        callbacks: bool,
     },
 
     /// The pool was built with `start(false)` and [`start`](crate::ProcessPool::start) has not
@@ -209,6 +212,18 @@ pub enum Error {
         /// Where the second is defined (`file:line`).
         second: String,
     },
+}
+
+fn join_timeout(timeout: Duration, unfinished: u64, callbacks: bool) -> String {
+    let what = match (unfinished, callbacks) {
+        (_, true) => "its callbacks did not finish".to_string(),
+        (0, false) => "its workers did not stop".to_string(),
+        (1, false) => "1 task did not finish".to_string(),
+        (n, false) => format!("{n} tasks did not finish"),
+    };
+    format!(
+        "the pool did not stop within {timeout:?}: {what}; it goes on with them (join() waits for the rest, shutdown() stops now)"
+    )
 }
 
 fn at(location: &Option<String>) -> String {

@@ -369,7 +369,8 @@ impl<F: Entry> ProcessPool<F> {
         &self.core.spec().pool
     }
 
-    /// True while the workers are up.
+    /// True while the workers are up: the pool runs, or is still finishing its tasks after
+    /// [`join_timeout`](Self::join_timeout) ran out.
     ///
     /// ```
     /// # use ppool::{pool_entry, ProcessPool};
@@ -504,9 +505,11 @@ impl<F: Entry> ProcessPool<F> {
     ///
     /// # Errors
     ///
-    /// [`Error::JoinTimeout`] when tasks are still running or queued after `timeout`. The
-    /// pool is left joining: it refuses new tasks, goes on with those it has, and can be
-    /// joined again or shut down.
+    /// [`Error::JoinTimeout`] when the pool has not stopped after `timeout`: tasks are still
+    /// queued or running (it says how many), workers are still stopping (their
+    /// [`worker_exit`](Builder::worker_exit) hooks run, or they take a few milliseconds to
+    /// end), or `call_with` callbacks still run. The pool is left joining: it refuses new
+    /// tasks, goes on with those it has, and can be joined again or shut down.
     pub fn join_timeout(&self, timeout: Duration) -> Result<()> {
         self.core.join_timeout(timeout)
     }

@@ -102,9 +102,10 @@ impl Core {
         &self.shared.spec
     }
 
+    /// Workers are up: the pool runs, or is joining and still finishing its tasks.
     pub(crate) fn is_running(&self) -> bool {
         let st = self.shared.state();
-        st.phase == Phase::Running && st.any_alive()
+        matches!(st.phase, Phase::Running | Phase::Joining) && st.any_alive()
     }
 
     pub(crate) fn last_error(&self) -> Option<Error> {
@@ -252,6 +253,12 @@ impl Core {
 
     /// Finishes every queued job, then stops the workers.
     pub(crate) fn join(&self) -> Result<(), Error> {
+        self.join_until(None, Duration::ZERO)
+    }
+
+    /// [`join`](Self::join), giving up on the callback thread at `deadline` (it goes on with
+    /// the callbacks queued): `Error::JoinTimeout` for `timeout` then.
+    fn join_until(&self, deadline: Option<Instant>, timeout: Duration) -> Result<(), Error> {
         let shared = &self.shared;
         {
             let mut st = shared.state();
@@ -269,8 +276,15 @@ impl Core {
         let mut st = shared.state();
         st.phase = Phase::Closed;
         drop(st);
-        self.callbacks.close();
-        Ok(())
+        if self.callbacks.close_within(deadline) {
+            Ok(())
+        } else {
+            Err(Error::JoinTimeout {
+                timeout,
+                unfinished: 0,
+                callbacks: true,
+            })
+        }
     }
 
     /// [`join`](Self::join), if the drivers finish within `timeout`; else
@@ -297,11 +311,17 @@ impl Core {
                 .iter()
                 .any(|h| h.thread().id() != me && !h.is_finished());
             if !running {
-                return self.join();
+                return self.join_until(deadline, timeout);
             }
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
-                return Err(Error::JoinTimeout { timeout });
+                let insights = self.insights();
+                let unfinished = insights.queued_jobs as u64 + insights.in_flight_tasks;
+                return Err(Error::JoinTimeout {
+                    timeout,
+                    unfinished,
+                    callbacks: false,
+                });
             }
             let left = deadline.map_or(pause, |d| d.saturating_duration_since(now));
             std::thread::sleep(pause.min(left));
