@@ -28,7 +28,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// The entry panicked. The worker caught the panic and goes on serving.
     #[error(
-        "entry `{entry}` panicked on worker {worker}: {message}{}",
+        "entry `{entry}` panicked on worker {worker}: {}{}",
+        one_line(message),
         at(location)
     )]
     #[non_exhaustive]
@@ -133,7 +134,7 @@ pub enum Error {
     NotStarted,
 
     /// A builder setting is not allowed.
-    #[error("invalid pool setting `{setting}`: {message}")]
+    #[error("invalid pool setting `{setting}`: {}", one_line(message))]
     #[non_exhaustive]
     InvalidConfig {
         /// The setting, as named on the builder.
@@ -143,7 +144,7 @@ pub enum Error {
     },
 
     /// A worker could not be started, or its initializer failed.
-    #[error("could not start a worker: {message}")]
+    #[error("could not start a worker: {}", one_line(message))]
     #[non_exhaustive]
     Spawn {
         /// What went wrong.
@@ -156,7 +157,7 @@ pub enum Error {
 
     /// A frame from a worker was malformed, oversized or of another build. The worker has been
     /// replaced.
-    #[error("protocol error with worker {worker}: {message}")]
+    #[error("protocol error with worker {worker}: {}", one_line(message))]
     #[non_exhaustive]
     Protocol {
         /// The index of the worker.
@@ -166,7 +167,7 @@ pub enum Error {
     },
 
     /// A task's arguments or result could not be serialized or deserialized.
-    #[error("could not {action} for entry `{entry}`: {message}")]
+    #[error("could not {action} for entry `{entry}`: {}", one_line(message))]
     #[non_exhaustive]
     Codec {
         /// The entry's name.
@@ -212,6 +213,18 @@ pub enum Error {
         /// Where the second is defined (`file:line`).
         second: String,
     },
+}
+
+/// A text of the user's (a panic message, a serde error) on one line: each line break is
+/// written as `\n`, so that an error displays as one line; the field keeps the text as it is.
+fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains(['\n', '\r']) {
+        text.replace("\r\n", "\\n")
+            .replace(['\n', '\r'], "\\n")
+            .into()
+    } else {
+        text.into()
+    }
 }
 
 fn join_timeout(timeout: Duration, unfinished: u64, callbacks: bool) -> String {
@@ -398,5 +411,32 @@ mod tests {
         assert_eq!(io.kind(), std::io::ErrorKind::PermissionDenied);
         assert_eq!(e.clone(), e, "Error stays Clone and Eq");
         assert!(Error::spawn("no cause").source().is_none());
+    }
+
+    #[test]
+    fn every_error_displays_as_one_line() {
+        let panicked = Error::Panicked {
+            entry: "app::f".into(),
+            worker: 1,
+            message: "boom\nsecond line\r\nthird".into(),
+            location: Some("src/main.rs:3:5".into()),
+            backtrace: None,
+        };
+        let text = panicked.to_string();
+        assert!(!text.contains(['\n', '\r']), "{text}");
+        assert!(text.contains("boom\\nsecond line\\nthird"), "{text}");
+        let codec = Error::Codec {
+            entry: "app::f".into(),
+            action: "decode the result",
+            message: "my text\nwith a newline".into(),
+        };
+        assert_eq!(
+            codec.to_string(),
+            "could not decode the result for entry `app::f`: my text\\nwith a newline"
+        );
+        assert!(!Error::spawn("a\nb").to_string().contains('\n'));
+        if let Error::Panicked { message, .. } = panicked {
+            assert_eq!(message, "boom\nsecond line\r\nthird", "the field keeps the text");
+        }
     }
 }
