@@ -320,7 +320,11 @@ fn fail(
         memory_limit: shared.settings.memory_limit,
     };
     let error = recovery::classify(who, verdict, &cause, exit, closed);
-    if !closed {
+    let cancelled = matches!(verdict, Some(crate::watchdog::Verdict::Cancelled));
+    if !closed && cancelled {
+        // Killed on purpose, to cancel its task: not a failure of the worker.
+        tracing::debug!(pool = %shared.spec.pool, worker = i, pid, "worker killed to cancel its task");
+    } else if !closed {
         shared.stats.failed(i);
         tracing::warn!(pool = %shared.spec.pool, worker = i, pid, error = &error as &dyn std::error::Error, "worker failed");
         shared.set_last_error(error.clone());
