@@ -113,10 +113,17 @@ struct StartFailure {
 /// Waits for worker `i`'s answer to the greeting, and for its initializer.
 fn ready(spec: &WorkerSpec, i: usize, worker: Worker) -> Result<Conn, StartFailure> {
     let Worker { mut link, peer } = worker;
+    // How the worker ended is told only when it ended by itself (it died before answering):
+    // after a refusal, a failed initializer or a timeout it is this kill's SIGKILL.
     let fail = |why: &str, retry: bool| -> StartFailure {
+        let ended_by_itself = peer.wait_exit(Duration::ZERO);
         peer.kill();
         let cause = peer.reap();
-        let error = Error::spawn(format!("worker {i} (pid {}): {why} ({cause})", peer.pid()));
+        let error = if ended_by_itself && cause != crate::error::ExitCause::Unknown {
+            Error::spawn(format!("worker {i} (pid {}): {why} ({cause})", peer.pid()))
+        } else {
+            Error::spawn(format!("worker {i} (pid {}): {why}", peer.pid()))
+        };
         StartFailure { error, retry }
     };
     match link.wait_readable(Duration::ZERO, Some(READY_TIMEOUT)) {
