@@ -881,3 +881,22 @@ fn byte_fields_in_user_types_round_trip() {
             .all(|(a, b)| *a == !*b)
     );
 }
+
+/// A launcher that cannot even start: `Spawn` naming the host, with the system's error as its
+/// `source()`.
+#[test]
+fn a_launcher_that_cannot_start_is_spawn_with_the_io_error_as_source() {
+    use std::error::Error as _;
+    let _deadline = ppool_tests::deadline();
+    let e = ProcessPool::<double>::builder()
+        .remote(ppool::Remote::command(["/nonexistent/launcher"]).workers(1))
+        .build()
+        .unwrap_err();
+    assert!(matches!(e, Error::Spawn { .. }), "{e:?}");
+    assert!(e.to_string().contains("/nonexistent/launcher"), "{e}");
+    let io = e
+        .source()
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .expect("the io::Error beneath");
+    assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+}

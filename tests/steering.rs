@@ -199,6 +199,15 @@ fn a_batch_can_be_waited_for_with_a_timeout() {
     );
     let got = batch.wait_timeout(Duration::from_secs(60));
     assert_eq!(got.map(|r| r.unwrap()), Some(vec![1_500, 0]));
+    // Handed out once: after that, every way of waiting says so (never an empty `Ok`).
+    assert_eq!(
+        batch.wait_timeout(Duration::ZERO),
+        Some(Err(Error::AlreadyTaken))
+    );
+    assert_eq!(
+        batch.wait_all(),
+        [Err(Error::AlreadyTaken), Err(Error::AlreadyTaken)]
+    );
 }
 
 #[test]

@@ -47,6 +47,8 @@ struct GatherState<T> {
     missing: usize,
     /// The task awaiting the batch (`IntoFuture`), woken when the last result is in.
     waker: Option<Waker>,
+    /// The results were handed out (they are handed out once).
+    taken: bool,
 }
 
 impl<T> Gather<T> {
@@ -60,6 +62,7 @@ impl<T> Gather<T> {
                 filled: vec![false; len],
                 missing: len,
                 waker: None,
+                taken: false,
             }),
             done: Condvar::new(),
         })
@@ -101,8 +104,8 @@ impl<T> Gather<T> {
         }
     }
 
-    /// Waits for every result and takes them out.
-    fn take(&self) -> (Vec<Option<T>>, Vec<(usize, Error)>) {
+    /// Waits for every result and takes them out; `Err(len)` if they were taken already.
+    fn take(&self) -> Taken<T> {
         let mut st = self.lock();
         while st.missing > 0 {
             st = wait(&self.done, st);
@@ -110,10 +113,13 @@ impl<T> Gather<T> {
         Self::take_from(&mut st)
     }
 
-    fn take_from(st: &mut GatherState<T>) -> (Vec<Option<T>>, Vec<(usize, Error)>) {
+    fn take_from(st: &mut GatherState<T>) -> Taken<T> {
+        if std::mem::replace(&mut st.taken, true) {
+            return Err(st.filled.len());
+        }
         let mut errors = std::mem::take(&mut st.errors);
         errors.sort_by_key(|(i, _)| *i);
-        (std::mem::take(&mut st.values), errors)
+        Ok((std::mem::take(&mut st.values), errors))
     }
 
     /// The results if every one is in; else `cx`'s waker is kept, to be woken when they are.
@@ -126,8 +132,7 @@ impl<T> Gather<T> {
             }
             return Poll::Pending;
         }
-        let (values, errors) = Self::take_from(&mut st);
-        Poll::Ready(first_error(values, errors))
+        Poll::Ready(first_error(Self::take_from(&mut st)))
     }
 
     /// Waits at most `timeout` for every result; `None` if some are still missing then.
@@ -148,12 +153,14 @@ impl<T> Gather<T> {
     }
 
     fn wait(&self) -> Result<Vec<T>> {
-        let (values, errors) = self.take();
-        first_error(values, errors)
+        first_error(self.take())
     }
 
     fn wait_all(&self) -> Vec<Result<T>> {
-        let (values, errors) = self.take();
+        let (values, errors) = match self.take() {
+            Ok(taken) => taken,
+            Err(len) => return (0..len).map(|_| Err(Error::AlreadyTaken)).collect(),
+        };
         let mut errors = errors.into_iter().peekable();
         values
             .into_iter()
@@ -173,8 +180,16 @@ impl<T> Gather<T> {
     }
 }
 
-/// The values in input order, or the first error in input order.
-fn first_error<T>(values: Vec<Option<T>>, mut errors: Vec<(usize, Error)>) -> Result<Vec<T>> {
+/// A batch's results, taken out: the values by position and the errors; or, when they were
+/// taken before, how many tasks there were.
+type Taken<T> = std::result::Result<(Vec<Option<T>>, Vec<(usize, Error)>), usize>;
+
+/// The values in input order, or the first error in input order; `AlreadyTaken` the second
+/// time.
+fn first_error<T>(taken: Taken<T>) -> Result<Vec<T>> {
+    let Ok((values, mut errors)) = taken else {
+        return Err(Error::AlreadyTaken);
+    };
     if !errors.is_empty() {
         return Err(errors.swap_remove(0).1);
     }
@@ -241,7 +256,8 @@ impl<T> Batch<T> {
 
     /// Waits at most `timeout`: `None` if some task has not finished by then (the batch goes
     /// on, and can be waited for again), else what [`wait`](Self::wait) gives. The results are
-    /// handed out once: after that, waiting gives an empty vector.
+    /// handed out once: after that, waiting again gives [`Error::AlreadyTaken`] (for
+    /// [`wait_all`](Self::wait_all), one per task), as for a [`Task`](crate::Task).
     ///
     /// ```
     /// # use ppool::{pool_entry, ProcessPool};

@@ -198,10 +198,11 @@ impl Host {
                 Stdio::inherit()
             });
         let mut child = command.spawn().map_err(|e| {
-            spawn_error(format!(
-                "cannot run its launcher `{}`: {e}",
+            let why = format!(
+                "host {name}: cannot run its launcher `{}`: {e}",
                 argv[0].to_string_lossy()
-            ))
+            );
+            Error::spawn_io(why, e)
         })?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             let _ = child.kill();
