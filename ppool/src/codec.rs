@@ -70,13 +70,26 @@ pub fn decode<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T, String> 
     guarded("its Deserialize implementation", || {
         let mut inner = postcard::Deserializer::from_bytes(bytes);
         told::begin();
-        let value = T::deserialize(Tell(&mut inner, 1)).map_err(|_| told::text())?;
+        let value = T::deserialize(Tell(&mut inner, 1)).map_err(|_| explain(told::text()))?;
         let rest = inner.finalize().map_err(|e| e.to_string())?;
         if !rest.is_empty() {
             return Err(format!("{} unexpected bytes after the value", rest.len()));
         }
         Ok(value)
     })
+}
+
+/// postcard's answer to a type that needs a self-describing format, with what to do about it.
+fn explain(text: String) -> String {
+    if text == postcard::Error::WontImplement.to_string() {
+        format!(
+            "{text}: the type needs a self-describing format (`#[serde(untagged)]`, \
+             `#[serde(flatten)]`, `deserialize_any`), which postcard is not; use a tagged enum \
+             or plain fields, or send it as bytes of another format (`serde_json::to_vec`)"
+        )
+    } else {
+        text
+    }
 }
 
 fn write_varint(out: &mut Vec<u8>, mut v: u64) {

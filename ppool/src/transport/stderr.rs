@@ -127,7 +127,15 @@ fn write_tagged(tag: &str, lines: &[u8], dispatch: Option<&tracing::Dispatch>) {
         }
         match (dispatch, crate::trace::Record::from_hex(hex)) {
             (Some(dispatch), Some(record)) => crate::trace::replay::emit(dispatch, &record),
-            _ => {
+            // Not a record after all: the line as the worker wrote it, tagged.
+            (Some(_), None) => {
+                let mut err = io::stderr().lock();
+                let _ = err.write_all(tag.as_bytes());
+                let _ = err.write_all(crate::trace::MARK);
+                let _ = err.write_all(hex);
+            }
+            // A host agent passes records on as they are, for its pool to read.
+            (None, _) => {
                 let mut err = io::stderr().lock();
                 let _ = err.write_all(crate::trace::MARK);
                 let _ = err.write_all(hex);
