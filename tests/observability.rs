@@ -101,10 +101,10 @@ impl Subscriber for &'static Collect {
             None if attrs.is_contextual() => STACK.with(|s| s.borrow().last().copied()),
             None => None,
         };
-        self.spans.lock().unwrap().insert(
-            id,
-            (attrs.metadata().name().to_string(), fields, parent),
-        );
+        self.spans
+            .lock()
+            .unwrap()
+            .insert(id, (attrs.metadata().name().to_string(), fields, parent));
         Id::from_u64(id)
     }
     fn record(&self, _: &Id, _: &Record<'_>) {}

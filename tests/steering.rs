@@ -357,8 +357,15 @@ fn a_task_cancelled_as_it_is_picked_up_never_finishes() {
         .filter(|n| dir.path().join(format!("{n}.done")).exists())
         .collect();
     assert!(cancelled.len() > 250, "{} cancelled", cancelled.len());
-    assert!(finished.is_empty(), "cancelled yet ran to the end: {finished:?}");
-    assert_eq!(pool.call((dir.arg(), 9999, 0)), Ok(9999), "the pool goes on");
+    assert!(
+        finished.is_empty(),
+        "cancelled yet ran to the end: {finished:?}"
+    );
+    assert_eq!(
+        pool.call((dir.arg(), 9999, 0)),
+        Ok(9999),
+        "the pool goes on"
+    );
 }
 
 /// `join_timeout` does not wait past its timeout for a `call_with` callback that runs long:
@@ -377,12 +384,26 @@ fn join_timeout_does_not_wait_for_a_slow_callback() {
     std::thread::sleep(Duration::from_millis(50));
     let started = Instant::now();
     let e = pool.join_timeout(Duration::from_millis(200)).unwrap_err();
-    assert!(started.elapsed() < Duration::from_millis(1000), "{:?}", started.elapsed());
     assert!(
-        matches!(e, Error::JoinTimeout { callbacks: true, .. }),
+        started.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(
+            e,
+            Error::JoinTimeout {
+                callbacks: true,
+                ..
+            }
+        ),
         "{e:?}"
     );
     assert!(e.to_string().contains("callbacks did not finish"), "{e}");
     assert_eq!(pool.join(), Ok(()));
-    assert_eq!(rx.try_recv().ok(), Some(Ok(0)), "join waited for the callback");
+    assert_eq!(
+        rx.try_recv().ok(),
+        Some(Ok(0)),
+        "join waited for the callback"
+    );
 }

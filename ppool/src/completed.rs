@@ -97,6 +97,31 @@ impl Wake for Finished {
     }
 }
 
+impl<T> AsCompleted<T> {
+    /// Cancels every task not yielded yet, as [`Task::cancel`] does, and returns how many it
+    /// cancelled; they are still yielded, with [`Error::Cancelled`](crate::Error::Cancelled).
+    /// For "take the first result, cancel the rest":
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool, Error};
+    /// # #[pool_entry] fn nap(ms: u64) -> u64 { std::thread::sleep(std::time::Duration::from_millis(ms)); ms }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<nap>::new(2)?;
+    /// let mut done = ppool::as_completed([pool.submit(60_000), pool.submit(10)]);
+    /// assert_eq!(done.next(), Some((1, Ok(10))));      // the first to finish
+    /// assert_eq!(done.cancel_rest(), 1);               // the 60 s task's worker is killed
+    /// assert_eq!(done.next(), Some((0, Err(Error::Cancelled))));
+    /// # Ok(()) } }
+    /// ```
+    pub fn cancel_rest(&mut self) -> usize {
+        self.tasks
+            .iter()
+            .flatten()
+            .filter(|task| task.cancel())
+            .count()
+    }
+}
+
 impl<T> Iterator for AsCompleted<T> {
     type Item = (usize, Result<T>);
 

@@ -436,7 +436,10 @@ mod tests {
         );
         assert!(!Error::spawn("a\nb").to_string().contains('\n'));
         if let Error::Panicked { message, .. } = panicked {
-            assert_eq!(message, "boom\nsecond line\r\nthird", "the field keeps the text");
+            assert_eq!(
+                message, "boom\nsecond line\r\nthird",
+                "the field keeps the text"
+            );
         }
     }
 }

@@ -45,7 +45,11 @@
 //! pid, and the entry. Only the levels the subscriber wants are sent; without a subscriber
 //! nothing is installed in the workers and nothing is sent. Errors recorded as `&dyn Error`
 //! keep their chain of sources. It rides on the forwarded stderr, so
-//! [`Builder::forward_stderr(false)`](Builder::forward_stderr) turns it off.
+//! [`Builder::forward_stderr(false)`](Builder::forward_stderr) turns it off, and an event may
+//! show after the call that caused it has returned (a worker's events keep their order). An
+//! event is at most 24 KiB on its way: longer texts are cut to 2 KiB, saying how much was
+//! left out. An initializer that installs a subscriber of its own in the worker keeps it, and
+//! the worker's events then go there instead.
 //!
 //! ```
 //! use ppool::{pool_entry, ProcessPool};

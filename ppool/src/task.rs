@@ -155,6 +155,10 @@ impl<T> Task<T> {
     /// (and replaced). Either way it ends with [`Error::Cancelled`]. Returns `false` when the
     /// task had already finished, and changes nothing then.
     ///
+    /// In a [`debug`](crate::Builder::debug) pool, where tasks run in this process, a running
+    /// task cannot be killed: it ends with `Cancelled` at once, but its entry runs on to its
+    /// end, and the pool's next task waits for it.
+    ///
     /// ```
     /// # use ppool::{pool_entry, ProcessPool, Error};
     /// # use std::time::Duration;

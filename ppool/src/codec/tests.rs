@@ -156,5 +156,8 @@ fn a_message_swallowed_by_an_untagged_enum_does_not_leak_into_its_success() {
     // postcard's, not a stale text
     let e = decode::<Either>(&[7]).unwrap_err();
     assert!(!e.contains("even"), "{e}");
-    assert!(e.contains("self-describing") && e.contains("untagged"), "{e}");
+    assert!(
+        e.contains("self-describing") && e.contains("untagged"),
+        "{e}"
+    );
 }
