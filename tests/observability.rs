@@ -54,11 +54,13 @@ struct Seen {
     spans: Vec<(String, String)>,
 }
 
+/// A span's name, fields and parent.
+type SpanSeen = (String, String, Option<u64>);
+
 #[derive(Default)]
 struct Collect {
     events: Mutex<Vec<Seen>>,
-    /// Each span's name, fields and parent.
-    spans: Mutex<HashMap<u64, (String, String, Option<u64>)>>,
+    spans: Mutex<HashMap<u64, SpanSeen>>,
     next: AtomicU64,
 }
 
