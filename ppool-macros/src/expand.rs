@@ -62,6 +62,26 @@ fn expand(entry: &Entry) -> TokenStream {
     };
 
     let marker = marker(func, krate);
+    let failure = quote! {
+        fn failure(output: &Self::Output) -> ::core::option::Option<::std::string::String> {
+            #[allow(unused_imports)]
+            use #private::{ViaAny as _, ViaDebug as _, ViaDisplay as _};
+            (&&&#private::Probe(output)).failure()
+        }
+    };
+    let entry_impl = entry_impl(
+        ident,
+        &private,
+        &args_ty,
+        &output_ty,
+        quote! {
+            #[inline]
+            fn call(#bind: Self::Args) -> Self::Output {
+                #call
+            }
+            #failure
+        },
+    );
 
     quote! {
         #func
@@ -69,24 +89,7 @@ fn expand(entry: &Entry) -> TokenStream {
         #marker
 
         const _: () = {
-            #[automatically_derived]
-            impl #private::MadeByPoolEntry for #ident {}
-
-            #[automatically_derived]
-            impl #private::Entry for #ident {
-                type Args = #args_ty;
-                type Output = #output_ty;
-                const NAME: &'static str = ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident));
-                #[inline]
-                fn call(#bind: Self::Args) -> Self::Output {
-                    #call
-                }
-                fn failure(output: &Self::Output) -> ::core::option::Option<::std::string::String> {
-                    #[allow(unused_imports)]
-                    use #private::{ViaAny as _, ViaDebug as _, ViaDisplay as _};
-                    (&&&#private::Probe(output)).failure()
-                }
-            }
+            #entry_impl
 
             #[#private::linkme::distributed_slice(#private::ENTRIES)]
             #[linkme(crate = #private::linkme)]
@@ -95,6 +98,28 @@ fn expand(entry: &Entry) -> TokenStream {
                 ::core::line!(),
             );
         };
+    }
+}
+
+/// The sealing impl and the `Entry` impl of marker type `ident`, with `methods` in it.
+fn entry_impl(
+    ident: &syn::Ident,
+    private: &TokenStream,
+    args_ty: &TokenStream,
+    output_ty: &TokenStream,
+    methods: TokenStream,
+) -> TokenStream {
+    quote! {
+        #[automatically_derived]
+        impl #private::MadeByPoolEntry for #ident {}
+
+        #[automatically_derived]
+        impl #private::Entry for #ident {
+            type Args = #args_ty;
+            type Output = #output_ty;
+            const NAME: &'static str = ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident));
+            #methods
+        }
     }
 }
 
@@ -118,22 +143,23 @@ fn placeholder(func: &syn::ItemFn, krate: &syn::Path) -> TokenStream {
     let ident = &func.sig.ident;
     let private = quote!(#krate::__private);
     let marker = marker(func, krate);
+    let invalid = quote!(#private::InvalidEntry);
+    let entry_impl = entry_impl(
+        ident,
+        &private,
+        &invalid,
+        &invalid,
+        quote! {
+            fn call(_: Self::Args) -> Self::Output {
+                #private::InvalidEntry
+            }
+        },
+    );
     quote! {
         #marker
 
         const _: () = {
-            #[automatically_derived]
-            impl #private::MadeByPoolEntry for #ident {}
-
-            #[automatically_derived]
-            impl #private::Entry for #ident {
-                type Args = #private::InvalidEntry;
-                type Output = #private::InvalidEntry;
-                const NAME: &'static str = ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident));
-                fn call(_: Self::Args) -> Self::Output {
-                    #private::InvalidEntry
-                }
-            }
+            #entry_impl
         };
     }
 }

@@ -256,22 +256,30 @@ impl Core {
         self.join_until(None, Duration::ZERO)
     }
 
+    /// Moves a running pool to joining (new tasks are refused, the drivers finish what is
+    /// queued) and wakes the drivers; false for a pool never started, which is closed at once.
+    fn begin_joining(&self) -> bool {
+        let mut st = self.shared.state();
+        match st.phase {
+            Phase::NotStarted => {
+                st.phase = Phase::Closed;
+                return false;
+            }
+            Phase::Running => st.phase = Phase::Joining,
+            Phase::Joining | Phase::Closed => {}
+        }
+        drop(st);
+        self.shared.wake.notify_all();
+        true
+    }
+
     /// [`join`](Self::join), giving up on the callback thread at `deadline` (it goes on with
     /// the callbacks queued): `Error::JoinTimeout` for `timeout` then.
     fn join_until(&self, deadline: Option<Instant>, timeout: Duration) -> Result<(), Error> {
         let shared = &self.shared;
-        {
-            let mut st = shared.state();
-            match st.phase {
-                Phase::NotStarted => {
-                    st.phase = Phase::Closed;
-                    return Ok(());
-                }
-                Phase::Running => st.phase = Phase::Joining,
-                Phase::Joining | Phase::Closed => {}
-            }
+        if !self.begin_joining() {
+            return Ok(());
         }
-        shared.wake.notify_all();
         self.join_threads();
         let mut st = shared.state();
         st.phase = Phase::Closed;
@@ -292,18 +300,9 @@ impl Core {
     /// with the rest).
     pub(crate) fn join_timeout(&self, timeout: Duration) -> Result<(), Error> {
         let deadline = Instant::now().checked_add(timeout);
-        {
-            let mut st = self.shared.state();
-            match st.phase {
-                Phase::NotStarted => {
-                    st.phase = Phase::Closed;
-                    return Ok(());
-                }
-                Phase::Running => st.phase = Phase::Joining,
-                Phase::Joining | Phase::Closed => {}
-            }
+        if !self.begin_joining() {
+            return Ok(());
         }
-        self.shared.wake.notify_all();
         let me = std::thread::current().id();
         let mut pause = Duration::from_micros(200);
         loop {
