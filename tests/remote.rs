@@ -325,6 +325,23 @@ fn expect_hosts(rows: &[(&str, usize)]) -> BTreeMap<String, usize> {
     rows.iter().map(|&(h, n)| (h.to_string(), n)).collect()
 }
 
+/// The pool has exactly the workers of `rows` (host, count), and `n_jobs()` counts them all.
+fn assert_workers_on(pool: &ProcessPool<square_where>, rows: &[(&str, usize)]) {
+    assert_eq!(pool.n_jobs(), rows.iter().map(|&(_, n)| n).sum::<usize>());
+    assert_eq!(hosts(&pool.insights()), expect_hosts(rows));
+}
+
+/// `squares` tasks run, and every namespace of `namespaces`, and only they, ran some.
+fn assert_ran_on_exactly(pool: &ProcessPool<square_where>, squares: u64, namespaces: &[&str]) {
+    let ran = run_squares(pool, squares);
+    println!("tasks per namespace: {ran:?}");
+    assert_eq!(
+        ran.keys().map(String::as_str).collect::<BTreeSet<_>>(),
+        namespaces.iter().copied().collect::<BTreeSet<_>>(),
+        "these hosts, and only they, ran tasks"
+    );
+}
+
 /// Runs `squares` tasks of `square_where`, checks every result, and returns how many tasks
 /// each network namespace ran.
 fn run_squares(pool: &ProcessPool<square_where>, squares: u64) -> BTreeMap<String, u64> {
@@ -463,18 +480,8 @@ fn ssh_pool_on_two_hosts_runs_a_batch_on_both() {
         .remote(Remote::ssh(c.host(2)).workers(2))
         .build()
         .expect("a pool on node1 and node2");
-    assert_eq!(pool.n_jobs(), 4);
-    assert_eq!(
-        hosts(&pool.insights()),
-        expect_hosts(&[(c.host(1), 2), (c.host(2), 2)])
-    );
-    let ran = run_squares(&pool, 10_000);
-    println!("tasks per namespace: {ran:?}");
-    assert_eq!(
-        ran.keys().cloned().collect::<BTreeSet<_>>(),
-        BTreeSet::from([ns1, ns2]),
-        "both hosts, and only they, ran tasks"
-    );
+    assert_workers_on(&pool, &[(c.host(1), 2), (c.host(2), 2)]);
+    assert_ran_on_exactly(&pool, 10_000, &[&ns1, &ns2]);
 }
 
 /// The same two hosts reached through a command prefix (`ip netns exec <ns>`): four
@@ -492,18 +499,8 @@ fn command_prefix_pool_on_two_hosts_runs_a_batch_on_both() {
         .remote(Remote::command(p2).workers(2))
         .build()
         .expect("a pool on both namespaces");
-    assert_eq!(pool.n_jobs(), 4);
-    assert_eq!(
-        hosts(&pool.insights()),
-        expect_hosts(&[(h1.as_str(), 2), (h2.as_str(), 2)])
-    );
-    let ran = run_squares(&pool, 10_000);
-    println!("tasks per namespace: {ran:?}");
-    assert_eq!(
-        ran.keys().cloned().collect::<BTreeSet<_>>(),
-        BTreeSet::from([ns1, ns2]),
-        "both hosts, and only they, ran tasks"
-    );
+    assert_workers_on(&pool, &[(h1.as_str(), 2), (h2.as_str(), 2)]);
+    assert_ran_on_exactly(&pool, 10_000, &[&ns1, &ns2]);
 }
 
 /// A local worker beside a remote one: `n_jobs()` counts both, the insights name
@@ -518,11 +515,7 @@ fn local_and_remote_workers_in_one_pool() {
         .remote(Remote::ssh(c.host(1)).workers(1))
         .build()
         .expect("a pool with one local and one remote worker");
-    assert_eq!(pool.n_jobs(), 2);
-    assert_eq!(
-        hosts(&pool.insights()),
-        expect_hosts(&[("localhost", 1), (c.host(1), 1)])
-    );
+    assert_workers_on(&pool, &[("localhost", 1), (c.host(1), 1)]);
     let ran = run_squares(&pool, 2_000);
     println!("tasks per namespace: {ran:?}");
     let allowed = BTreeSet::from([here(), ns1]);
@@ -822,13 +815,8 @@ fn shell_noise_before_the_agent_is_skipped() {
         .remote(Remote::command(prefix).workers(2))
         .build()
         .expect("a pool on a host that prints noise first");
-    assert_eq!(pool.n_jobs(), 2);
-    assert_eq!(
-        hosts(&pool.insights()),
-        expect_hosts(&[(prefix.join(" ").as_str(), 2)])
-    );
-    let ran = run_squares(&pool, 1_000);
-    assert_eq!(ran.keys().collect::<Vec<_>>(), [&ns1]);
+    assert_workers_on(&pool, &[(prefix.join(" ").as_str(), 2)]);
+    assert_ran_on_exactly(&pool, 1_000, &[&ns1]);
 }
 
 /// Entries that print a lot on stdout, some of it bytes that look like frames, do not break

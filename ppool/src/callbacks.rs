@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{JoinHandle, ThreadId};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// A callback that runs when it is dropped, if nothing ran it before.
 struct Pending(Option<Box<dyn FnOnce() + Send>>);
@@ -122,17 +122,9 @@ impl Callbacks {
             if let Some(Some(tx)) = self.queue.get() {
                 let _ = tx.send(Pending(None));
             }
-            if let Some(deadline) = deadline {
-                let mut pause = Duration::from_micros(200);
-                while !handle.is_finished() {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        *self.thread() = Some((handle, id));
-                        return false;
-                    }
-                    std::thread::sleep(pause.min(deadline - now));
-                    pause = (pause * 2).min(Duration::from_millis(10));
-                }
+            if deadline.is_some() && !crate::sync::poll_until(deadline, || handle.is_finished()) {
+                *self.thread() = Some((handle, id));
+                return false;
             }
             let _ = handle.join();
         }

@@ -2,7 +2,7 @@
 //! since no critical section of the pool calls user code.
 
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Locks `m`, poisoned or not.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -23,4 +23,24 @@ pub(crate) fn wait_timeout<'a, T>(
     cv.wait_timeout(guard, timeout)
         .unwrap_or_else(PoisonError::into_inner)
         .0
+}
+
+/// Looks at `done` until it says true (then true), sleeping between looks from 200 µs up to
+/// 10 ms, or until `deadline` has passed (then false). For what has no wake-up to wait on,
+/// such as a thread ending.
+pub(crate) fn poll_until(deadline: Option<Instant>, mut done: impl FnMut() -> bool) -> bool {
+    let mut pause = Duration::from_micros(200);
+    loop {
+        if done() {
+            return true;
+        }
+        let now = Instant::now();
+        let left = match deadline {
+            Some(d) if now >= d => return false,
+            Some(d) => d - now,
+            None => pause,
+        };
+        std::thread::sleep(pause.min(left));
+        pause = (pause * 2).min(Duration::from_millis(10));
+    }
 }

@@ -304,28 +304,20 @@ impl Core {
             return Ok(());
         }
         let me = std::thread::current().id();
-        let mut pause = Duration::from_micros(200);
-        loop {
-            let running = lock(&self.threads)
+        let drivers_done = crate::sync::poll_until(deadline, || {
+            lock(&self.threads)
                 .iter()
-                .any(|h| h.thread().id() != me && !h.is_finished());
-            if !running {
-                return self.join_until(deadline, timeout);
-            }
-            let now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
-                let insights = self.insights();
-                let unfinished = insights.queued_jobs as u64 + insights.in_flight_tasks;
-                return Err(Error::JoinTimeout {
-                    timeout,
-                    unfinished,
-                    callbacks: false,
-                });
-            }
-            let left = deadline.map_or(pause, |d| d.saturating_duration_since(now));
-            std::thread::sleep(pause.min(left));
-            pause = (pause * 2).min(Duration::from_millis(10));
+                .all(|h| h.thread().id() == me || h.is_finished())
+        });
+        if drivers_done {
+            return self.join_until(deadline, timeout);
         }
+        let insights = self.insights();
+        Err(Error::JoinTimeout {
+            timeout,
+            unfinished: insights.queued_jobs as u64 + insights.in_flight_tasks,
+            callbacks: false,
+        })
     }
 
     /// Stops now: kills the workers; queued and running jobs end with `Error::Closed`.

@@ -44,7 +44,11 @@ fn emit_here(record: &Record) {
         "event",
         level,
         &record.target,
-        record,
+        Place {
+            module_path: record.module_path.clone(),
+            file: record.file.clone(),
+            line: record.line,
+        },
         &names(&record.fields),
     );
     let meta = site.metadata();
@@ -97,7 +101,7 @@ fn open_span(span: &SpanRecord) -> tracing::Span {
         &span.name,
         level,
         &span.target,
-        &Place::default(),
+        Place::default(),
         &names(&span.fields),
     );
     let meta = site.metadata();
@@ -353,11 +357,10 @@ fn site(
     name: &str,
     level: Level,
     target: &str,
-    place: &impl AsPlace,
+    place: Place,
     fields: &[&str],
 ) -> &'static Site {
     static SITES: OnceLock<Mutex<HashMap<Key, &'static Site>>> = OnceLock::new();
-    let place = place.place();
     let mut key = Key {
         kind: kind.is_span(),
         name: name.to_string(),
@@ -409,24 +412,4 @@ fn site(
     tracing::callsite::register(site);
     sites.insert(key, site);
     site
-}
-
-trait AsPlace {
-    fn place(&self) -> Place;
-}
-
-impl AsPlace for Place {
-    fn place(&self) -> Place {
-        self.clone()
-    }
-}
-
-impl AsPlace for Record {
-    fn place(&self) -> Place {
-        Place {
-            module_path: self.module_path.clone(),
-            file: self.file.clone(),
-            line: self.line,
-        }
-    }
 }

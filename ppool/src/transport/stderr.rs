@@ -112,35 +112,30 @@ pub(crate) fn forward_stderr(
 /// agent, whose pool reads its stderr), passed on untagged with the record at the start of
 /// its line. The text before a record (a line the entry had not ended) is a line of its own.
 fn write_tagged(tag: &str, lines: &[u8], dispatch: Option<&tracing::Dispatch>) {
+    use crate::trace::MARK;
     for line in Lines(lines) {
         let Some((before, hex)) = crate::trace::split_marked(line) else {
-            let mut err = io::stderr().lock();
-            let _ = err.write_all(tag.as_bytes());
-            let _ = err.write_all(line);
+            write_parts(&[tag.as_bytes(), line]);
             continue;
         };
         if !before.is_empty() {
-            let mut err = io::stderr().lock();
-            let _ = err.write_all(tag.as_bytes());
-            let _ = err.write_all(before);
-            let _ = err.write_all(b"\n");
+            write_parts(&[tag.as_bytes(), before, b"\n"]);
         }
         match (dispatch, crate::trace::Record::from_hex(hex)) {
             (Some(dispatch), Some(record)) => crate::trace::replay::emit(dispatch, &record),
             // Not a record after all: the line as the worker wrote it, tagged.
-            (Some(_), None) => {
-                let mut err = io::stderr().lock();
-                let _ = err.write_all(tag.as_bytes());
-                let _ = err.write_all(crate::trace::MARK);
-                let _ = err.write_all(hex);
-            }
+            (Some(_), None) => write_parts(&[tag.as_bytes(), MARK, hex]),
             // A host agent passes records on as they are, for its pool to read.
-            (None, _) => {
-                let mut err = io::stderr().lock();
-                let _ = err.write_all(crate::trace::MARK);
-                let _ = err.write_all(hex);
-            }
+            (None, _) => write_parts(&[MARK, hex]),
         }
+    }
+}
+
+/// Writes `parts` to our stderr, holding its lock, so that they stay together.
+fn write_parts(parts: &[&[u8]]) {
+    let mut err = io::stderr().lock();
+    for part in parts {
+        let _ = err.write_all(part);
     }
 }
 
