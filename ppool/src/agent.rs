@@ -7,7 +7,11 @@
 //! Threads: the main thread reads the pool's messages and feeds the workers; one thread per
 //! worker forwards its answers; a guard ends everything when the pool is gone (stdin at its
 //! end, a new parent, or nothing from the pool for the host timeout), killing the workers
-//! first.
+//! first. The guard also pings the pool when the stream to it is idle, so that a pool busy
+//! sending a large message still hears the host.
+//!
+//! Silence is counted in bytes: a large message still arriving is not silence, and neither
+//! is the time the main thread waits for room in a worker's ring.
 
 use crate::error::ExitCause;
 use crate::mux::{self, AgentHello, AgentReady, CONTROL, Control};
@@ -20,7 +24,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStringExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,6 +49,11 @@ pub(crate) fn run() -> ! {
     unsafe { std::env::remove_var(AGENT_ENV) };
     // SAFETY: sets SIGPIPE to "ignore"; a pool that went away is an EPIPE on a write.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    if let Some(why) = merged_streams() {
+        // Said on the merged stream, before the preamble: the pool quotes it as it gives up.
+        eprintln!("ppool host agent: {why}");
+        std::process::exit(EXIT_NO_POOL);
+    }
     let (mut input, output) = match private_stdio() {
         Ok(io) => io,
         Err(e) => fail_start(&format!("cannot take over its stdin and stdout: {e}")),
@@ -53,7 +62,7 @@ pub(crate) fn run() -> ! {
     if lock(&out).write_all(mux::PREAMBLE).is_err() {
         std::process::exit(EXIT_NO_POOL);
     }
-    let last_heard = Arc::new(AtomicU64::new(0));
+    let last_heard = Arc::new(Heard::default());
     let started = Instant::now();
     let peers: Arc<Mutex<HashMap<u32, Arc<ProcessPeer>>>> = Arc::default();
     let hello = Arc::new(Mutex::new(None::<Duration>));
@@ -64,6 +73,11 @@ pub(crate) fn run() -> ! {
         Arc::clone(&peers),
     );
 
+    let mut input = Counted {
+        input: &mut input,
+        heard: &last_heard,
+        started,
+    };
     let mut body = Vec::new();
     let greeting = match mux::read_message(&mut input, &mut body, 0) {
         Ok(CONTROL) => AgentHello::parse(&body),
@@ -83,7 +97,6 @@ pub(crate) fn run() -> ! {
     };
     let host_timeout = Duration::from_millis(greeting.host_timeout_ms.max(1000));
     *lock(&hello) = Some(host_timeout);
-    heard(&last_heard, started);
     let ready = AgentReady {
         exe: crate::relaunch::exe_identity().unwrap_or(0),
         build_id: crate::entry::build_id(),
@@ -112,6 +125,7 @@ pub(crate) fn run() -> ! {
         // Records from the workers pass through to the pool, which reads this stderr.
         dispatch: None,
     };
+    spawn_pinger(Arc::clone(&out), host_timeout);
     let mut txs: HashMap<u32, ShmTx> = HashMap::new();
     loop {
         let channel = match mux::read_message(&mut input, &mut body, config.max_frame) {
@@ -122,11 +136,14 @@ pub(crate) fn run() -> ! {
                 end(&peers, 3)
             }
         };
-        heard(&last_heard, started);
         if channel != CONTROL {
             if let Some(tx) = txs.get_mut(&channel) {
+                // Waiting for room in the worker's ring is not the pool's silence.
+                last_heard.delivering.store(true, Ordering::Relaxed);
                 // A worker that died takes no more; its forwarder says how it ended.
                 let _ = tx.send_body(&body);
+                last_heard.delivering.store(false, Ordering::Relaxed);
+                heard(&last_heard, started);
             }
             continue;
         }
@@ -143,7 +160,14 @@ pub(crate) fn run() -> ! {
                             let pid = peer.pid();
                             txs.insert(slot, tx);
                             lock(&peers).insert(slot, Arc::clone(&peer));
-                            forward(slot, rx, peer, Arc::clone(&out), Arc::clone(&peers));
+                            forward(
+                                slot,
+                                config.max_frame,
+                                rx,
+                                peer,
+                                Arc::clone(&out),
+                                Arc::clone(&peers),
+                            );
                             Control::Spawned { slot, pid }.encode()
                         }
                         Err(e) => Control::SpawnFailed {
@@ -177,6 +201,28 @@ pub(crate) fn run() -> ! {
             }
         }
     }
+}
+
+/// Why the agent cannot use its stdout, when its launcher made its stderr the same pipe or
+/// socket: every line written to stderr (by the agent or a worker) would break the stream.
+fn merged_streams() -> Option<&'static str> {
+    let out = std::io::stdout();
+    let err = std::io::stderr();
+    if rustix::termios::isatty(&out) {
+        return None;
+    }
+    let (Ok(a), Ok(b)) = (rustix::fs::fstat(&out), rustix::fs::fstat(&err)) else {
+        return None;
+    };
+    let kind = rustix::fs::FileType::from_raw_mode(a.st_mode);
+    let shared = matches!(
+        kind,
+        rustix::fs::FileType::Fifo | rustix::fs::FileType::Socket
+    ) && (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino);
+    shared.then_some(
+        "its stderr is the same pipe as its stdout (does the launcher merge them, as with \
+         `2>&1`?): the pool's stream needs stdout to itself",
+    )
 }
 
 /// Moves the channel off fds 0 and 1: stdout then points at stderr, so that an entry's
@@ -217,14 +263,91 @@ fn send(out: &Out, channel: u32, body: &[u8]) -> std::io::Result<()> {
     out.flush()
 }
 
-fn heard(last: &AtomicU64, started: Instant) {
-    last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+/// When the pool was last heard, in milliseconds since the agent started, and whether the
+/// main thread is busy handing a message to a worker (then nothing is read, and the pool's
+/// silence means nothing).
+#[derive(Debug, Default)]
+struct Heard {
+    at: AtomicU64,
+    delivering: AtomicBool,
+}
+
+fn heard(last: &Heard, started: Instant) {
+    last.at
+        .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+}
+
+/// The stream from the pool, marking the pool heard at every byte that comes.
+struct Counted<'a> {
+    input: &'a mut File,
+    heard: &'a Heard,
+    started: Instant,
+}
+
+impl std::io::Read for Counted<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.input.read(buf)?;
+        if n > 0 {
+            heard(self.heard, self.started);
+        }
+        Ok(n)
+    }
+}
+
+/// Pings the pool every quarter of the host timeout (at most every second) while the stream
+/// to it is idle: a writer busy with a large message is heard already.
+fn spawn_pinger(out: Out, host_timeout: Duration) {
+    let every = (host_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(1));
+    let spawned = std::thread::Builder::new()
+        .name("ppool-agent-ping".into())
+        .spawn(move || {
+            let mut nonce = 0u64;
+            loop {
+                std::thread::sleep(every);
+                nonce += 1;
+                let ping = Control::Ping(nonce).encode();
+                if let Ok(mut out) = out.try_lock() {
+                    if mux::write_message(&mut *out, CONTROL, &ping)
+                        .and_then(|()| out.flush())
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+    if spawned.is_err() {
+        eprintln!("ppool host agent: cannot start its ping thread");
+        std::process::exit(EXIT_NO_POOL);
+    }
+}
+
+/// Sends a worker's message; a RESULTS body larger than a frame (the outcomes of a job the
+/// ring gathered) goes as parts within a frame each, so the pool never reads a message
+/// larger than `mux::host_message_limit`.
+fn send_within(out: &Out, slot: u32, body: &[u8], max_frame: usize) -> std::io::Result<()> {
+    if body.len() <= max_frame {
+        return send(out, slot, body);
+    }
+    let mut frame = Vec::with_capacity(body.len() + 4);
+    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    frame.extend_from_slice(body);
+    match crate::protocol::split_results(&frame, max_frame) {
+        Some(parts) => {
+            for part in parts {
+                send(out, slot, part.get(4..).unwrap_or_default())?;
+            }
+            Ok(())
+        }
+        None => send(out, slot, body),
+    }
 }
 
 /// Forwards the answers of the worker in `slot` until it ends, then says how it ended and
 /// how far it got.
 fn forward(
     slot: u32,
+    max_frame: usize,
     mut rx: ShmRx,
     peer: Arc<ProcessPeer>,
     out: Out,
@@ -234,7 +357,7 @@ fn forward(
         .name(format!("ppool-agent-{slot}"))
         .spawn(move || {
             while let Ok(body) = rx.recv() {
-                if send(&out, slot, body).is_err() {
+                if send_within(&out, slot, body, max_frame).is_err() {
                     break;
                 }
                 rx.shrink_buffers();
@@ -260,7 +383,7 @@ fn forward(
 /// came in time, or nothing came from the pool for the host timeout.
 fn spawn_guard(
     started: Instant,
-    last_heard: Arc<AtomicU64>,
+    last_heard: Arc<Heard>,
     hello: Arc<Mutex<Option<Duration>>>,
     peers: Arc<Mutex<HashMap<u32, Arc<ProcessPeer>>>>,
 ) {
@@ -273,8 +396,12 @@ fn spawn_guard(
                 if rustix::process::getppid() != parent {
                     end(&peers, 0);
                 }
-                let silent =
-                    started.elapsed() - Duration::from_millis(last_heard.load(Ordering::Relaxed));
+                let silent = started
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(last_heard.at.load(Ordering::Relaxed)));
+                if last_heard.delivering.load(Ordering::Relaxed) {
+                    continue;
+                }
                 match *lock(&hello) {
                     None if started.elapsed() > GREETING_TIMEOUT => {
                         fail_start("no pool greeted it in time")

@@ -45,19 +45,35 @@ pub(crate) mod ctl {
     pub(crate) const PONG: u8 = 9;
 }
 
-/// Writes one message.
-pub(crate) fn write_message(out: &mut impl Write, channel: u32, body: &[u8]) -> io::Result<()> {
-    let len = u32::try_from(body.len())
-        .map_err(|_| io::Error::other(format!("a message of {} bytes", body.len())))?;
+/// The header of a message of `len` bytes on `channel`.
+pub(crate) fn header(channel: u32, len: usize) -> io::Result<[u8; 8]> {
+    let len =
+        u32::try_from(len).map_err(|_| io::Error::other(format!("a message of {len} bytes")))?;
     let mut header = [0u8; 8];
     header[..4].copy_from_slice(&len.to_le_bytes());
     header[4..].copy_from_slice(&channel.to_le_bytes());
-    out.write_all(&header)?;
+    Ok(header)
+}
+
+/// Writes one message.
+pub(crate) fn write_message(out: &mut impl Write, channel: u32, body: &[u8]) -> io::Result<()> {
+    out.write_all(&header(channel, body.len())?)?;
     out.write_all(body)
 }
 
+/// The largest body accepted on a worker's channel of a host stream, for a pool whose frames
+/// are at most `max_frame`: a frame, or a RESULTS part the agent cut to within a frame plus
+/// one outcome (itself within a frame).
+pub(crate) fn host_message_limit(max_frame: usize) -> usize {
+    max_frame
+        .saturating_mul(2)
+        .saturating_add(64 << 10)
+        .min(u32::MAX as usize)
+}
+
 /// Reads one message into `body`; its channel. A body above `max` (or, on [`CONTROL`],
-/// above [`CONTROL_MAX`]) is refused before it is read.
+/// above [`CONTROL_MAX`]) is refused before it is read, and the buffer grows only as the
+/// body's bytes arrive: a stray header that claims gigabytes costs nothing until they come.
 pub(crate) fn read_message(
     input: &mut impl Read,
     body: &mut Vec<u8>,
@@ -69,12 +85,43 @@ pub(crate) fn read_message(
     let channel = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
     let limit = if channel == CONTROL { CONTROL_MAX } else { max };
     if len > limit {
-        return Err(FrameError::TooLarge { len, max: limit });
+        return Err(match text_header(&header) {
+            Some(text) => stray_text(&text),
+            None => FrameError::TooLarge { len, max: limit },
+        });
     }
     body.clear();
-    body.resize(len, 0);
-    read_exact(input, body, false)?;
+    // What is reserved up front is bounded; past it, the buffer doubles as bytes arrive.
+    body.reserve(len.min(1 << 20));
+    let got = match Read::take(&mut *input, len as u64).read_to_end(body) {
+        Ok(got) => got,
+        Err(e) => return Err(FrameError::Io(e)),
+    };
+    if got < len {
+        return Err(match text_header(&header) {
+            Some(text) => stray_text(&text),
+            None => FrameError::Malformed(format!(
+                "the stream ended inside a message, after {got} of {len} bytes"
+            )),
+        });
+    }
     Ok(channel)
+}
+
+/// A message header that is printable text (a launcher or shell that wrote to the stream),
+/// as that text.
+fn text_header(header: &[u8; 8]) -> Option<String> {
+    header
+        .iter()
+        .all(|&b| b.is_ascii_graphic() || b == b' ' || b == b'\n' || b == b'\t' || b == b'\r')
+        .then(|| String::from_utf8_lossy(header).into_owned())
+}
+
+fn stray_text(text: &str) -> FrameError {
+    FrameError::Malformed(format!(
+        "text ({text:?}) where a message was due: something other than the host agent wrote to \
+         the stream (a launcher that prints to its stdout, or merges stderr into it?)"
+    ))
 }
 
 /// Fills `buf`; at a clean end before the first byte (if `at_start`), `Closed`.
@@ -413,6 +460,31 @@ mod tests {
             read_message(&mut &cut[..], &mut body, 100),
             Err(FrameError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn a_stray_header_costs_only_the_bytes_that_came_and_text_is_named() {
+        // A header that claims a gigabyte, and then the stream ends.
+        let mut stream = Vec::new();
+        stream.extend_from_slice(&(1u32 << 30).to_le_bytes());
+        stream.extend_from_slice(&3u32.to_le_bytes());
+        stream.extend_from_slice(b"only this");
+        let mut body = Vec::new();
+        assert!(matches!(
+            read_message(&mut stream.as_slice(), &mut body, usize::MAX),
+            Err(FrameError::Malformed(_))
+        ));
+        assert!(body.capacity() <= 1 << 21, "{}", body.capacity());
+        // Text where a header was due: refused or cut short, and named as text.
+        for limit in [100, usize::MAX] {
+            let text = b"Warning: the agent has ended\n";
+            match read_message(&mut &text[..], &mut body, limit) {
+                Err(FrameError::Malformed(why)) => assert!(why.contains("Warning:"), "{why}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(host_message_limit(1 << 30) <= u32::MAX as usize);
+        assert!(host_message_limit(1 << 20) >= 2 << 20);
     }
 
     #[test]

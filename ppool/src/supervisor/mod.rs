@@ -284,6 +284,8 @@ impl Core {
         let mut st = shared.state();
         st.phase = Phase::Closed;
         drop(st);
+        // Every worker was stopped: the hosts' agents end too, before `join` returns.
+        shared.launch.close();
         if self.callbacks.close_within(deadline) {
             Ok(())
         } else {
@@ -329,6 +331,7 @@ impl Core {
                 drop(st);
                 shared.watch.kill_all();
                 self.join_threads();
+                shared.launch.close();
                 self.callbacks.close();
                 return;
             }
@@ -355,6 +358,7 @@ impl Core {
         }
         shared.wake.notify_all();
         self.join_threads();
+        shared.launch.close();
         self.callbacks.close();
     }
 

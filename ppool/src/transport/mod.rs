@@ -108,6 +108,10 @@ pub(crate) trait Launch: Send + Sync + Debug {
     fn host(&self, _index: usize) -> String {
         "localhost".to_string()
     }
+
+    /// Ends what the launcher keeps beside its workers (remote hosts' agents), once every
+    /// worker was stopped; returns when it has ended. A worker started later starts it anew.
+    fn close(&self) {}
 }
 
 /// A started worker.

@@ -1,0 +1,564 @@
+//! One host: its agent, started through its launcher, and the connection the host's workers
+//! share ([`Conn`]). A reader thread takes the agent's messages apart into one inbox per
+//! worker; a heartbeat thread pings the agent and declares the host lost when nothing came
+//! from it for the host timeout, or its launcher ended; every write goes through the host's
+//! [`Outbox`], so no thread waits behind another's bytes.
+//!
+//! Silence is counted in bytes, not messages: a large message that is still arriving is not
+//! silence, however slow the link. The agent pings on its own too, so a host that is busy
+//! reading a large message from the pool is heard.
+//!
+//! A lost host is fenced: its outbox drops what it held, its launcher is stopped (SIGTERM,
+//! then SIGKILL), and every worker on it ends with [`ExitCause::Lost`]. No lock is held
+//! across a write or a wait for another thread.
+
+use super::command::{agent_command, install};
+use super::outbox::Outbox;
+use crate::error::{Error, ExitCause};
+use crate::mux::{self, AgentHello, AgentReady, CONTROL, Control};
+use crate::protocol::FrameError;
+use crate::remote::{HostSpec, Via};
+use crate::sync::{lock, wait_timeout};
+use crate::transport::LaunchConfig;
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read};
+use std::os::fd::OwnedFd;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+/// How long a launcher has to end by itself, and then on SIGTERM, before the next step.
+pub(super) const GRACE: Duration = Duration::from_secs(2);
+/// The least time an agent has to answer the greeting, and a worker to start.
+const ANSWER_MIN: Duration = Duration::from_secs(10);
+const SPAWN_MIN: Duration = Duration::from_secs(30);
+
+/// An agent on a host, reached through its launcher. Dropping it ends the agent.
+#[derive(Debug)]
+pub(super) struct Host {
+    pub(super) conn: Arc<Conn>,
+}
+
+/// What the host's threads share with its workers' links and peers.
+#[derive(Debug)]
+pub(super) struct Conn {
+    pub(super) name: String,
+    via: Via,
+    pub(super) outbox: Arc<Outbox>,
+    launcher: Mutex<Child>,
+    launcher_pid: u32,
+    pub(super) state: Mutex<HostState>,
+    pub(super) changed: Condvar,
+    epoch: Instant,
+    /// Milliseconds since `epoch` when a byte last came from the agent.
+    last_heard: AtomicU64,
+    next_slot: AtomicU32,
+    pub(super) host_timeout: Duration,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct HostState {
+    pub(super) slots: HashMap<u32, Inbox>,
+    /// Why the host was lost, once it was.
+    pub(super) lost: Option<String>,
+    /// The pool let go of it.
+    closed: bool,
+}
+
+/// What came from the agent for one worker.
+#[derive(Debug, Default)]
+pub(super) struct Inbox {
+    pub(super) frames: VecDeque<Vec<u8>>,
+    spawned: Option<Result<u32, String>>,
+    pub(super) exited: Option<(ExitCause, Option<(u64, u32)>)>,
+}
+
+/// `from + d`, or `None` (never) when that is past what an `Instant` holds.
+fn deadline(from: Instant, d: Duration) -> Option<Instant> {
+    from.checked_add(d)
+}
+
+impl Host {
+    /// Starts the agent on `spec`'s host and checks that it runs this very build.
+    pub(super) fn connect(
+        spec: &HostSpec,
+        config: &LaunchConfig,
+        host_timeout: Duration,
+    ) -> Result<Host, Error> {
+        let name = &spec.name;
+        let spawn_error = |why: String| Error::spawn(format!("host {name}: {why}"));
+        let copied = if spec.copy {
+            Some(install(spec, host_timeout)?)
+        } else {
+            None
+        };
+        let argv = agent_command(spec, copied.as_deref())?;
+        let mut command = Command::new(&argv[0]);
+        command
+            .args(&argv[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            // With `tracing` forwarded, the records of the host's workers come on it.
+            .stderr(if config.dispatch.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            });
+        let mut child = command.spawn().map_err(|e| {
+            let why = format!(
+                "host {name}: cannot run its launcher `{}`: {e}",
+                argv[0].to_string_lossy()
+            );
+            Error::spawn_io(why, e)
+        })?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(spawn_error("its launcher has no stdio".into()));
+        };
+        if let Some(stderr) = child.stderr.take() {
+            // Its thread ends when the launcher's stderr closes, after the launcher.
+            drop(crate::transport::stderr::forward_stderr(
+                stderr,
+                String::new(),
+                config.dispatch.clone(),
+            ));
+        }
+        let launcher_pid = child.id();
+        let (outbox, writer) = match Outbox::new(OwnedFd::from(stdin), name) {
+            Ok(made) => made,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(spawn_error(format!("cannot set up its stream: {e}")));
+            }
+        };
+        let conn = Arc::new(Conn {
+            name: name.clone(),
+            via: spec.via.clone(),
+            outbox,
+            launcher: Mutex::new(child),
+            launcher_pid,
+            state: Mutex::new(HostState::default()),
+            changed: Condvar::new(),
+            epoch: Instant::now(),
+            last_heard: AtomicU64::new(0),
+            next_slot: AtomicU32::new(0),
+            host_timeout,
+        });
+        // From here on, dropping `host` ends the launcher.
+        let host = Host {
+            conn: Arc::clone(&conn),
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name(format!("ppool-send-{name}"))
+            .spawn(writer)
+        {
+            return Err(spawn_error(format!("cannot start its writer thread: {e}")));
+        }
+        let hello = AgentHello {
+            version: mux::MUX_VERSION,
+            pool: config.pool.clone(),
+            max_frame: config.max_frame as u64,
+            host_timeout_ms: u64::try_from(host_timeout.as_millis()).unwrap_or(u64::MAX),
+            disable_gpu: config.disable_gpu,
+            forward_stderr: config.forward_stderr,
+            env: config
+                .env
+                .iter()
+                .map(|(k, v)| {
+                    use std::os::unix::ffi::OsStrExt;
+                    (k.as_bytes().to_vec(), v.as_bytes().to_vec())
+                })
+                .collect(),
+        };
+        // Sent at once: it waits in the pipe while the launcher logs in.
+        if let Err(e) = conn.outbox.post(CONTROL, &hello.encode()) {
+            let why = host.stop_and_explain(&format!("cannot greet its agent: {e}"));
+            return Err(spawn_error(why));
+        }
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let reader = Arc::clone(&conn);
+        let max = mux::host_message_limit(config.max_frame);
+        if let Err(e) = std::thread::Builder::new()
+            .name(format!("ppool-host-{name}"))
+            .spawn(move || read_agent(&reader, stdout, max, &ready_tx))
+        {
+            return Err(spawn_error(format!("cannot start its reader thread: {e}")));
+        }
+        // `recv_timeout` waits without limit when the timeout is past what an Instant holds.
+        let patience = host_timeout.max(ANSWER_MIN);
+        let ready = match ready_rx.recv_timeout(patience) {
+            Ok(Ok(ready)) => ready,
+            Ok(Err(why)) => return Err(spawn_error(host.stop_and_explain(&why))),
+            Err(_) => {
+                let why = format!("its agent did not answer within {patience:?}");
+                return Err(spawn_error(host.stop_and_explain(&why)));
+            }
+        };
+        let ours = (
+            crate::relaunch::exe_identity().map_err(|e| spawn_error(e.clone()))?,
+            crate::entry::build_id(),
+            crate::relaunch::target(),
+        );
+        if (ready.exe, ready.build_id, &ready.target) != (ours.0, ours.1, &ours.2) {
+            return Err(spawn_error(format!(
+                "its program {} is another build of this program (executable {:016x}, entry \
+                 table {:016x}, {}; this one is {:016x}, {:016x}, {})",
+                spec.program.to_string_lossy(),
+                ready.exe,
+                ready.build_id,
+                ready.target,
+                ours.0,
+                ours.1,
+                ours.2
+            )));
+        }
+        let beat = Arc::clone(&conn);
+        if let Err(e) = std::thread::Builder::new()
+            .name(format!("ppool-beat-{name}"))
+            .spawn(move || heartbeat(&beat))
+        {
+            return Err(spawn_error(format!(
+                "cannot start its heartbeat thread: {e}"
+            )));
+        }
+        Ok(host)
+    }
+
+    pub(super) fn is_lost(&self) -> bool {
+        lock(&self.conn.state).lost.is_some()
+    }
+
+    /// Stops the launcher after a failed start, and says why, with how it ended.
+    fn stop_and_explain(&self, why: &str) -> String {
+        self.conn.lose("the pool stopped it".into());
+        let status = lock(&self.conn.launcher).try_wait().ok().flatten();
+        match status {
+            Some(status) if !status.success() => format!("{why} (its launcher: {status})"),
+            _ => why.to_string(),
+        }
+    }
+
+    /// Asks the agent for a worker in a new slot, and waits until it runs; its slot.
+    pub(super) fn spawn(&self, index: usize, greeting: &[u8]) -> Result<(u32, u32), Error> {
+        let conn = &self.conn;
+        let name = &conn.name;
+        let slot = conn.next_slot.fetch_add(1, Ordering::Relaxed);
+        lock(&conn.state).slots.insert(slot, Inbox::default());
+        let index32 = u32::try_from(index).map_err(|_| Error::spawn("too many workers"))?;
+        let spawn = Control::Spawn {
+            slot,
+            index: index32,
+            greeting,
+        };
+        if let Err(e) = conn.outbox.post(CONTROL, &spawn.encode()) {
+            lock(&conn.state).slots.remove(&slot);
+            return Err(Error::spawn(format!(
+                "host {name}: cannot ask for worker {index}: {e}"
+            )));
+        }
+        let patience = conn.host_timeout.max(SPAWN_MIN);
+        let deadline = deadline(Instant::now(), patience);
+        let mut st = lock(&conn.state);
+        loop {
+            if let Some(inbox) = st.slots.get_mut(&slot)
+                && let Some(spawned) = inbox.spawned.take()
+            {
+                return match spawned {
+                    Ok(pid) => Ok((slot, pid)),
+                    Err(why) => {
+                        st.slots.remove(&slot);
+                        Err(Error::spawn(format!(
+                            "host {name}: worker {index} cannot start: {why}"
+                        )))
+                    }
+                };
+            }
+            if let Some(lost) = &st.lost {
+                return Err(Error::spawn(format!("host {name} was lost: {lost}")));
+            }
+            st = match deadline {
+                None => crate::sync::wait(&conn.changed, st),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        st.slots.remove(&slot);
+                        return Err(Error::spawn(format!(
+                            "host {name}: worker {index} did not start within {patience:?}"
+                        )));
+                    }
+                    wait_timeout(&conn.changed, st, deadline - now)
+                }
+            };
+        }
+    }
+}
+
+impl Drop for Host {
+    /// The pool let go of the host: see [`stop_all`].
+    fn drop(&mut self) {
+        stop_all(&[&self.conn]);
+    }
+}
+
+/// Ends the agents of `hosts` together: each is told there is no more (its stream ends, so it
+/// stops its workers and exits); a launcher still there after [`GRACE`] gets SIGTERM, and
+/// SIGKILL after another. Every launcher is reaped on return.
+pub(super) fn stop_all(hosts: &[&Conn]) {
+    for conn in hosts {
+        lock(&conn.state).closed = true;
+        conn.outbox.close();
+        conn.changed.notify_all();
+    }
+    let ended = |conn: &&Conn| {
+        lock(&conn.launcher)
+            .try_wait()
+            .map_or(true, |status| status.is_some())
+    };
+    let until = deadline(Instant::now(), GRACE);
+    crate::sync::poll_until(until, || hosts.iter().all(ended));
+    for conn in hosts {
+        conn.fence("the pool closed".into());
+        if !ended(conn) {
+            conn.signal_launcher(rustix::process::Signal::TERM);
+        }
+    }
+    let until = deadline(Instant::now(), GRACE);
+    crate::sync::poll_until(until, || hosts.iter().all(ended));
+    for conn in hosts {
+        let mut launcher = lock(&conn.launcher);
+        if launcher.try_wait().map_or(true, |s| s.is_none()) {
+            let _ = launcher.kill();
+            if conn.via == Via::Srun {
+                tracing::debug!(host = %conn.name, "srun did not end on SIGTERM; killed it");
+            }
+        }
+        let _ = launcher.wait();
+    }
+}
+
+impl Conn {
+    fn heard(&self) {
+        self.last_heard
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn silence(&self) -> Duration {
+        self.epoch.elapsed().saturating_sub(Duration::from_millis(
+            self.last_heard.load(Ordering::Relaxed),
+        ))
+    }
+
+    /// Marks the host lost (once), drops what its outbox held, and wakes every waiter; whether
+    /// this call did it.
+    fn fence(&self, why: String) -> bool {
+        {
+            let mut st = lock(&self.state);
+            if st.lost.is_some() {
+                return false;
+            }
+            if !st.closed {
+                tracing::warn!(host = %self.name, reason = %why, "host lost");
+            }
+            st.lost = Some(why);
+        }
+        self.outbox.kill();
+        self.changed.notify_all();
+        true
+    }
+
+    /// Declares the host lost: every worker on it ends, and its launcher is stopped. Runs on
+    /// the host's own threads (or a failed start's), never holding a lock across the wait.
+    pub(super) fn lose(&self, why: String) {
+        if !self.fence(why) {
+            return;
+        }
+        self.terminate_launcher();
+    }
+
+    fn signal_launcher(&self, signal: rustix::process::Signal) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.launcher_pid as i32) {
+            // Only while it is not reaped: its pid cannot be another process's yet.
+            let launcher = lock(&self.launcher);
+            let _ = rustix::process::kill_process(pid, signal);
+            drop(launcher);
+        }
+    }
+
+    /// SIGTERM to the launcher's pid (never its process group: for srun, that would leave
+    /// the step running), then SIGKILL after a grace period; reaped either way.
+    fn terminate_launcher(&self) {
+        let ended = || {
+            lock(&self.launcher)
+                .try_wait()
+                .map_or(true, |status| status.is_some())
+        };
+        if ended() {
+            return;
+        }
+        self.signal_launcher(rustix::process::Signal::TERM);
+        if crate::sync::poll_until(deadline(Instant::now(), GRACE), ended) {
+            return;
+        }
+        let mut launcher = lock(&self.launcher);
+        let _ = launcher.kill();
+        let _ = launcher.wait();
+        if self.via == Via::Srun {
+            tracing::debug!(host = %self.name, "srun did not end on SIGTERM; killed it");
+        }
+    }
+}
+
+/// The agent's stdout, marking the host heard at every byte that comes.
+struct Heard<'a> {
+    stdout: ChildStdout,
+    conn: &'a Conn,
+}
+
+impl Read for Heard<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.stdout.read(buf)?;
+        if n > 0 {
+            self.conn.heard();
+        }
+        Ok(n)
+    }
+}
+
+/// The reader thread: the preamble and the agent's answer to the greeting, sent to `ready`,
+/// then every message, each to its worker's inbox, until the stream ends.
+fn read_agent(
+    conn: &Conn,
+    stdout: ChildStdout,
+    max_message: usize,
+    ready: &mpsc::Sender<Result<AgentReady, String>>,
+) {
+    let mut input = Heard { stdout, conn };
+    match mux::skip_to_preamble(&mut input) {
+        Ok(noise) if !noise.is_empty() => {
+            tracing::info!(
+                host = %conn.name,
+                noise = %mux::quote(&noise),
+                "skipped output before the host agent's preamble"
+            );
+        }
+        Ok(_) => {}
+        Err(why) => {
+            let _ = ready.send(Err(why));
+            return;
+        }
+    }
+    let mut body = Vec::new();
+    let answer = match mux::read_message(&mut input, &mut body, 0) {
+        Ok(CONTROL) => AgentReady::parse(&body).map_err(|e| format!("a bad answer: {e}")),
+        Ok(channel) => Err(format!("a message for worker {channel} before its answer")),
+        Err(FrameError::Closed) => Err("its agent ended before it answered".into()),
+        Err(e) => Err(format!("its agent's answer: {e}")),
+    };
+    let ok = answer.is_ok();
+    let _ = ready.send(answer);
+    if !ok {
+        return;
+    }
+    loop {
+        let channel = match mux::read_message(&mut input, &mut body, max_message) {
+            Ok(channel) => channel,
+            Err(FrameError::Closed) => {
+                conn.lose("its launcher closed the stream".into());
+                return;
+            }
+            Err(e) => {
+                conn.lose(format!("its stream broke: {e}"));
+                return;
+            }
+        };
+        if channel != CONTROL {
+            if channel >= conn.next_slot.load(Ordering::Relaxed) {
+                // Slots are allotted in order: this one never was. The bytes are not the
+                // agent's, and nothing after them can be trusted.
+                conn.lose(format!(
+                    "its stream broke: a message for worker slot {channel}, which it never had \
+                     (did something else write to the stream?)"
+                ));
+                return;
+            }
+            let mut st = lock(&conn.state);
+            if let Some(inbox) = st.slots.get_mut(&channel) {
+                inbox.frames.push_back(std::mem::take(&mut body));
+                drop(st);
+                conn.changed.notify_all();
+            }
+            continue;
+        }
+        let control = match Control::parse(&body) {
+            Ok(control) => control,
+            Err(e) => {
+                conn.lose(format!("a bad control message: {e}"));
+                return;
+            }
+        };
+        let mut st = lock(&conn.state);
+        match control {
+            Control::Spawned { slot, pid } => {
+                if let Some(inbox) = st.slots.get_mut(&slot) {
+                    inbox.spawned = Some(Ok(pid));
+                }
+            }
+            Control::SpawnFailed { slot, why } => {
+                if let Some(inbox) = st.slots.get_mut(&slot) {
+                    inbox.spawned = Some(Err(why.to_string()));
+                }
+            }
+            Control::Exited {
+                slot,
+                cause,
+                progress,
+            } => {
+                if let Some(inbox) = st.slots.get_mut(&slot) {
+                    inbox.exited = Some((cause, progress));
+                }
+            }
+            // The agent pings to be heard; hearing it is the point.
+            Control::Ping(_) | Control::Pong(_) => continue,
+            other => {
+                drop(st);
+                conn.lose(format!("an unexpected {other:?} from its agent"));
+                return;
+            }
+        }
+        drop(st);
+        conn.changed.notify_all();
+    }
+}
+
+/// The heartbeat thread: pings the agent when the stream is idle, and declares the host lost
+/// when nothing came from it for the host timeout or its launcher has ended.
+fn heartbeat(conn: &Conn) {
+    let every = (conn.host_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(1));
+    let mut nonce = 0u64;
+    loop {
+        std::thread::sleep(every);
+        {
+            let st = lock(&conn.state);
+            if st.lost.is_some() || st.closed {
+                return;
+            }
+        }
+        let exited = lock(&conn.launcher).try_wait().ok().flatten();
+        if let Some(status) = exited {
+            conn.lose(format!("its launcher exited ({status})"));
+            return;
+        }
+        let silent = conn.silence();
+        if silent > conn.host_timeout {
+            conn.lose(format!("nothing came from it for {silent:?}"));
+            return;
+        }
+        // Bytes already on their way are as good as a ping.
+        nonce += 1;
+        conn.outbox
+            .post_if_idle(CONTROL, &Control::Ping(nonce).encode());
+    }
+}

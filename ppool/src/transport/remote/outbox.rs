@@ -1,0 +1,353 @@
+//! The writing half of a host's stream. Any thread posts a message and returns at once; no
+//! thread ever waits behind another's bytes, and none holds a lock across a write that can
+//! block.
+//!
+//! The stream is non-blocking. A message posted while nothing is queued or being written is
+//! written at once by the thread that posts it, as far as the pipe takes it (a round trip
+//! costs no thread hop); the rest, and every message posted meanwhile, is queued for the
+//! host's writer thread, which waits for room with `poll` and looks at the `dead` flag between
+//! waits. So a host that stops reading stalls only its writer thread, and only until the host
+//! is declared lost: then the queue is dropped and the writer ends.
+//!
+//! Invariants:
+//! 1. At most one thread writes at a time: the one that set `writing` (a poster or the writer
+//!    thread). Every other message goes to the back of the queue, and a poster's unwritten
+//!    rest goes to its front, so messages leave in the order they were posted and are never
+//!    interleaved.
+//! 2. Only the writer thread closes the stream, and only once no poster writes (`writing` is
+//!    false) and the queue is empty (closing) or dropped (dead).
+
+use crate::mux;
+use crate::sync::{lock, wait};
+use crate::transport::sigpipe::{block_sigpipe_on_this_thread, without_sigpipe};
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, IoSlice, Write};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// How often a writer waiting for room looks whether the host was declared lost.
+const LOOK_EVERY: Duration = Duration::from_millis(100);
+
+/// The messages on their way to a host.
+#[derive(Debug)]
+pub(super) struct Outbox {
+    state: Mutex<State>,
+    /// Wakes the writer thread: a message queued, the stream free again, closing, dead.
+    wake: Condvar,
+    /// The stream, for posters; `None` once the writer thread closed it.
+    stream: Mutex<Option<File>>,
+    /// Mirrors `State::dead`, for a writer waiting for room.
+    dead: AtomicBool,
+    host: String,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Messages (header and body) still to write; the first may be the rest of one that a
+    /// poster began.
+    queue: VecDeque<Vec<u8>>,
+    /// A thread is writing (invariant 1).
+    writing: bool,
+    /// No more messages: the writer ends once the queue is written.
+    closing: bool,
+    /// The host is lost: the queue is dropped and the writer ends now.
+    dead: bool,
+}
+
+/// Why a post was refused.
+fn gone(host: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        format!("host {host} is lost or closed"),
+    )
+}
+
+impl Outbox {
+    /// An outbox over `stream` (the launcher's stdin), and the writer thread's body.
+    pub(super) fn new(
+        stream: OwnedFd,
+        host: &str,
+    ) -> io::Result<(Arc<Outbox>, impl FnOnce() + Send + 'static)> {
+        rustix::io::ioctl_fionbio(&stream, true)?;
+        let own = File::from(stream);
+        let theirs = own.try_clone()?;
+        let outbox = Arc::new(Outbox {
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+            stream: Mutex::new(Some(theirs)),
+            dead: AtomicBool::new(false),
+            host: host.to_string(),
+        });
+        let writer = Arc::clone(&outbox);
+        Ok((outbox, move || writer.run(own)))
+    }
+
+    /// Posts one message; it is written now or by the writer thread, in order. An error
+    /// means it will never be written: the host is lost or closed.
+    pub(super) fn post(&self, channel: u32, body: &[u8]) -> io::Result<()> {
+        let header = mux::header(channel, body.len())?;
+        let mut st = lock(&self.state);
+        if st.dead || st.closing {
+            return Err(gone(&self.host));
+        }
+        if st.writing || !st.queue.is_empty() {
+            st.queue.push_back([&header[..], body].concat());
+            drop(st);
+            self.wake.notify_one();
+            return Ok(());
+        }
+        st.writing = true;
+        drop(st);
+        let written = self.write_now(&header, body);
+        let mut st = lock(&self.state);
+        st.writing = false;
+        match written {
+            Ok(n) if n == header.len() + body.len() => {}
+            Ok(n) => {
+                // Invariant 1: nobody wrote meanwhile, so the rest goes first.
+                let mut rest = Vec::with_capacity(header.len() + body.len() - n);
+                if n < header.len() {
+                    rest.extend_from_slice(&header[n..]);
+                    rest.extend_from_slice(body);
+                } else {
+                    rest.extend_from_slice(&body[n - header.len()..]);
+                }
+                st.queue.push_front(rest);
+            }
+            Err(e) => {
+                st.dead = true;
+                st.queue.clear();
+                self.dead.store(true, Ordering::Release);
+                drop(st);
+                self.wake.notify_one();
+                return Err(e);
+            }
+        }
+        let more = !st.queue.is_empty();
+        drop(st);
+        if more {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Posts a message only if the stream is idle (nothing queued, nobody writing): for
+    /// heartbeats, which bytes already on their way make needless. Whether it was posted.
+    pub(super) fn post_if_idle(&self, channel: u32, body: &[u8]) -> bool {
+        {
+            let st = lock(&self.state);
+            if st.writing || !st.queue.is_empty() || st.dead || st.closing {
+                return false;
+            }
+        }
+        self.post(channel, body).is_ok()
+    }
+
+    /// Writes as much of `header` and `body` as the stream takes without blocking, on the
+    /// caller's thread; how much it wrote.
+    fn write_now(&self, header: &[u8], body: &[u8]) -> io::Result<usize> {
+        let stream = lock(&self.stream);
+        let Some(mut file) = stream.as_ref() else {
+            return Err(gone(&self.host));
+        };
+        let total = header.len() + body.len();
+        let mut done = 0;
+        while done < total {
+            let slices = if done < header.len() {
+                [IoSlice::new(&header[done..]), IoSlice::new(body)]
+            } else {
+                [
+                    IoSlice::new(&body[done - header.len()..]),
+                    IoSlice::new(&[]),
+                ]
+            };
+            match without_sigpipe(|| file.write_vectored(&slices)) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+
+    /// No more messages: the writer writes what is queued, then closes the stream (the agent
+    /// reads its end).
+    pub(super) fn close(&self) {
+        lock(&self.state).closing = true;
+        self.wake.notify_one();
+    }
+
+    /// The host is lost: what is queued is dropped and the writer closes the stream now.
+    pub(super) fn kill(&self) {
+        {
+            let mut st = lock(&self.state);
+            st.dead = true;
+            st.queue.clear();
+        }
+        self.dead.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// The writer thread: writes queued messages until the outbox closes or dies, then
+    /// closes the stream (invariant 2).
+    fn run(&self, mut own: File) {
+        block_sigpipe_on_this_thread();
+        loop {
+            let mut st = lock(&self.state);
+            let message = loop {
+                if st.dead {
+                    break None;
+                }
+                if !st.writing {
+                    if let Some(message) = st.queue.pop_front() {
+                        break Some(message);
+                    }
+                    if st.closing {
+                        break None;
+                    }
+                }
+                st = wait(&self.wake, st);
+            };
+            let Some(bytes) = message else {
+                break;
+            };
+            st.writing = true;
+            drop(st);
+            let written = self.write_waiting(&mut own, &bytes);
+            let mut st = lock(&self.state);
+            st.writing = false;
+            if written.is_err() {
+                st.dead = true;
+                st.queue.clear();
+                self.dead.store(true, Ordering::Release);
+            }
+        }
+        // Both descriptors of the stream go, so that the agent reads its end.
+        lock(&self.stream).take();
+        drop(own);
+    }
+
+    /// Writes `bytes`, waiting for room as long as the host is not declared lost.
+    fn write_waiting(&self, file: &mut File, bytes: &[u8]) -> io::Result<()> {
+        let mut at = 0;
+        while at < bytes.len() {
+            if self.dead.load(Ordering::Acquire) {
+                return Err(gone(&self.host));
+            }
+            match file.write(&bytes[at..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => at += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let mut fds = [rustix::event::PollFd::new(
+                        &*file,
+                        rustix::event::PollFlags::OUT,
+                    )];
+                    let timeout = rustix::event::Timespec::try_from(LOOK_EVERY).ok();
+                    match rustix::event::poll(&mut fds, timeout.as_ref()) {
+                        Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn outbox() -> (
+        Arc<Outbox>,
+        std::io::PipeReader,
+        std::thread::JoinHandle<()>,
+    ) {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        let (outbox, run) = Outbox::new(OwnedFd::from(writer), "test").expect("outbox");
+        let thread = std::thread::spawn(run);
+        (outbox, reader, thread)
+    }
+
+    /// Reads every message until the stream ends: `(channel, body)`.
+    fn read_all(mut reader: std::io::PipeReader) -> Vec<(u32, Vec<u8>)> {
+        let mut got = Vec::new();
+        let mut body = Vec::new();
+        loop {
+            match mux::read_message(&mut reader, &mut body, usize::MAX) {
+                Ok(channel) => got.push((channel, std::mem::take(&mut body))),
+                Err(_) => return got,
+            }
+        }
+    }
+
+    #[test]
+    fn messages_from_many_threads_arrive_whole_and_in_each_posters_order() {
+        let (outbox, reader, thread) = outbox();
+        let reading = std::thread::spawn(move || read_all(reader));
+        let posters: Vec<_> = (0..4u32)
+            .map(|t| {
+                let outbox = Arc::clone(&outbox);
+                std::thread::spawn(move || {
+                    for i in 0..200u32 {
+                        // Some larger than a pipe holds, so that writes are cut.
+                        let len = if i % 50 == 0 { 200_000 } else { 10 };
+                        let body = vec![(i % 251) as u8; len];
+                        outbox.post(t, &body).expect("post");
+                    }
+                })
+            })
+            .collect();
+        for p in posters {
+            p.join().expect("poster");
+        }
+        outbox.close();
+        thread.join().expect("writer");
+        let got = reading.join().expect("reader");
+        assert_eq!(got.len(), 800);
+        for t in 0..4u32 {
+            let mine: Vec<&Vec<u8>> = got
+                .iter()
+                .filter(|(c, _)| *c == t)
+                .map(|(_, b)| b)
+                .collect();
+            assert_eq!(mine.len(), 200);
+            for (i, body) in mine.iter().enumerate() {
+                let len = if i % 50 == 0 { 200_000 } else { 10 };
+                assert_eq!(body.len(), len);
+                assert!(body.iter().all(|&b| b == (i % 251) as u8));
+            }
+        }
+    }
+
+    #[test]
+    fn a_reader_that_stops_stalls_only_the_writer_and_a_kill_ends_it() {
+        let (outbox, mut reader, thread) = outbox();
+        // Nobody reads: the first post fills the pipe and the rest is queued.
+        outbox.post(1, &vec![7u8; 4 << 20]).expect("post");
+        let started = std::time::Instant::now();
+        for _ in 0..10 {
+            outbox.post(2, b"small").expect("a post never waits");
+        }
+        assert!(
+            !outbox.post_if_idle(mux::CONTROL, b"ping"),
+            "a ping waits for an idle stream"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        outbox.kill();
+        thread.join().expect("the writer ends on kill");
+        assert!(outbox.post(3, b"late").is_err());
+        // The stream is closed: the reader reaches its end after what was written.
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).expect("read");
+        assert!(rest.len() < (4 << 20) + 8 + 10 * 13);
+    }
+}

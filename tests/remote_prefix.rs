@@ -1,0 +1,451 @@
+//! Remote workers through local command prefixes: every host is a host agent started on this
+//! machine by a command such as `env PPOOL_PREFIX_TAG=… <program>`, exactly as ssh or srun
+//! would start it, so these tests need no root and no cluster. They cover what a launcher can
+//! do to a pool: stop reading, relay slowly, hang, print on the stream, and what a pool must do
+//! to its hosts: end their agents on `join`, and never leave a caller's thread changed.
+//!
+//! Each test tags its hosts with a value of its own in `PPOOL_PREFIX_TAG`, and finds their
+//! agents and workers by it in `/proc`.
+
+use ppool::{Error, ExitCause, ProcessPool, Remote, pool_entry};
+use std::time::{Duration, Instant};
+
+ppool::test_support!();
+
+const TAG: &str = "PPOOL_PREFIX_TAG";
+const RELAY: &str = env!("CARGO_BIN_EXE_ppool-test-relay");
+
+/// The length of what it was given.
+#[pool_entry]
+fn length(bytes: Vec<u8>) -> usize {
+    bytes.len()
+}
+
+/// `n` bytes, each `b`.
+#[pool_entry]
+fn make(n: usize, b: u8) -> Vec<u8> {
+    vec![b; n]
+}
+
+/// Sleeps `ms`, then returns it.
+#[pool_entry]
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// Writes a line to stderr, then returns `x`.
+#[pool_entry]
+fn say(x: u64) -> u64 {
+    eprintln!("a line from task {x}");
+    x
+}
+
+/// The prefix `env PPOOL_PREFIX_TAG=<tag>`.
+fn tagged(tag: &str) -> Vec<String> {
+    vec!["env".into(), format!("{TAG}={tag}")]
+}
+
+/// The processes whose environment holds `PPOOL_PREFIX_TAG=<tag>`, as `(pid, parent)`.
+fn with_tag(tag: &str) -> Vec<(u32, u32)> {
+    let needle = format!("{TAG}={tag}");
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if !environ
+            .split(|&b| b == 0)
+            .any(|var| var == needle.as_bytes())
+        {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("?");
+        if state == "Z" {
+            // A zombie has ended; its parent reaps it.
+            continue;
+        }
+        let parent = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        found.push((pid, parent));
+    }
+    found
+}
+
+/// The agents of `tag`'s hosts: its processes whose parent is this test process.
+fn agents(tag: &str) -> Vec<u32> {
+    let me = std::process::id();
+    with_tag(tag)
+        .into_iter()
+        .filter(|&(_, parent)| parent == me)
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+fn signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) with a pid this test found among its own children.
+    unsafe { libc::kill(pid as libc::pid_t, signal) };
+}
+
+/// Waits up to `limit` for `done`; whether it came.
+fn within(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
+/// Runs `f` on a thread of its own and gives its result, or `None` if it did not return
+/// within `limit` (the thread is left behind: the test then fails on that).
+fn returns_within<T: Send + 'static>(
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).ok()
+}
+
+/// Item: a host that stops reading while a large message is written to it is lost within its
+/// host timeout; the call fails with `Lost`, and `cancel`, `insights` and `shutdown` return.
+#[test]
+fn a_host_that_stops_reading_a_large_message_is_lost_and_nothing_waits_behind_it() {
+    let _deadline = ppool_tests::deadline();
+    let tag = "stops-reading";
+    let pool = std::sync::Arc::new(
+        ProcessPool::<length>::builder()
+            .remote(Remote::command(tagged(tag)).workers(2))
+            .host_timeout(Duration::from_secs(2))
+            .build()
+            .expect("the pool starts"),
+    );
+    assert_eq!(pool.call(vec![1; 10]).expect("a call"), 10);
+    let agent = agents(tag);
+    assert_eq!(agent.len(), 1, "one agent: {agent:?}");
+    signal(agent[0], libc::SIGSTOP);
+    let big = pool.submit(vec![1u8; 16 << 20]);
+    let other = pool.submit(vec![2u8; 16 << 20]);
+    // The stream is full and nobody reads it: a cancel must not wait behind those bytes.
+    let cancelled = returns_within(Duration::from_secs(5), move || other.cancel());
+    assert_eq!(cancelled, Some(true), "cancel waited behind a stuck write");
+    let p = std::sync::Arc::clone(&pool);
+    assert!(
+        returns_within(Duration::from_secs(5), move || p.insights()).is_some(),
+        "insights waited behind a stuck write"
+    );
+    let outcome = returns_within(Duration::from_secs(30), move || big.wait());
+    match outcome {
+        Some(Err(Error::WorkerDied {
+            cause: ExitCause::Lost,
+            ..
+        })) => {}
+        other => panic!("the call on a stopped host: {other:?}"),
+    }
+    signal(agent[0], libc::SIGCONT);
+    let p = std::sync::Arc::clone(&pool);
+    assert!(
+        returns_within(Duration::from_secs(15), move || p.shutdown()).is_some(),
+        "shutdown hung"
+    );
+    assert!(
+        within(Duration::from_secs(10), || with_tag(tag).is_empty()),
+        "processes of the lost host are left: {:?}",
+        with_tag(tag)
+    );
+}
+
+/// Item: a cancel while a host receives a large transfer returns at once; the transfer goes
+/// on and its task succeeds.
+#[test]
+fn cancel_does_not_wait_for_a_transfer_in_progress() {
+    let _deadline = ppool_tests::deadline();
+    let tag = "cancel-during-transfer";
+    // 2 MB/s: a 12 MiB argument takes about 6 s to cross.
+    let mut prefix = vec![RELAY.to_string(), "2000000".into(), "--".into()];
+    prefix.extend(tagged(tag));
+    let pool = ProcessPool::<length>::builder()
+        .remote(Remote::command(prefix).workers(2))
+        .host_timeout(Duration::from_secs(2))
+        .build()
+        .expect("the pool starts");
+    let big = pool.submit(vec![7u8; 12 << 20]);
+    std::thread::sleep(Duration::from_millis(300));
+    let small = pool.submit(vec![1u8; 4]);
+    let started = Instant::now();
+    small.cancel();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "cancel took {took:?} behind a transfer"
+    );
+    assert!(matches!(small.wait(), Err(Error::Cancelled)));
+    assert_eq!(big.wait().expect("the large task"), 12 << 20);
+    pool.join().expect("join");
+}
+
+/// Item: a healthy but slow link is not a lost host, however long one message takes to
+/// cross it: progress on a message is not silence, either way.
+#[test]
+fn a_slow_link_is_not_a_lost_host() {
+    let _deadline = ppool_tests::deadline();
+    let tag = "slow-link";
+    // 3 MB/s, host timeout 2 s: each 12 MiB message takes about 4 s.
+    let mut prefix = vec![RELAY.to_string(), "3000000".into(), "--".into()];
+    prefix.extend(tagged(tag));
+    let pool = ProcessPool::<length>::builder()
+        .remote(Remote::command(prefix).workers(1))
+        .host_timeout(Duration::from_secs(2))
+        .build()
+        .expect("the pool starts");
+    assert_eq!(
+        pool.call(vec![1u8; 12 << 20]).expect("a large argument"),
+        12 << 20
+    );
+    let results = pool.entry::<make>();
+    let back = results.call((12 << 20, 5)).expect("a large result");
+    assert_eq!(back.len(), 12 << 20);
+    assert!(back.iter().all(|&b| b == 5));
+    pool.join().expect("join");
+}
+
+/// Item: `copy_program(true)` through a launcher that hangs fails `build()` with a reason
+/// instead of hanging.
+#[test]
+fn copying_through_a_hanging_launcher_fails_the_build() {
+    let _deadline = ppool_tests::deadline();
+    let started = Instant::now();
+    let built = ProcessPool::<length>::builder()
+        .remote(
+            Remote::command(["sh", "-c", "exec sleep 1000"])
+                .workers(1)
+                .copy_program(true),
+        )
+        .host_timeout(Duration::from_secs(1))
+        .build();
+    match built {
+        Err(Error::Spawn {
+            message: reason, ..
+        }) => {
+            assert!(reason.contains("copy"), "{reason}");
+        }
+        other => panic!("a hanging copy: {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+/// Item: `Duration::MAX` means "no limit" for every timeout of a remote pool: it builds,
+/// runs, and joins.
+#[test]
+fn unbounded_timeouts_work_with_remote_hosts() {
+    let _deadline = ppool_tests::deadline();
+    let tag = "unbounded";
+    let pool = ProcessPool::<nap>::builder()
+        .remote(Remote::command(tagged(tag)).workers(2))
+        .host_timeout(Duration::MAX)
+        .init_timeout(Duration::MAX)
+        .exit_timeout(Duration::MAX)
+        .build()
+        .expect("a remote pool with unbounded timeouts");
+    assert_eq!(
+        pool.batch([1, 2, 3]).wait().expect("a batch"),
+        vec![1, 2, 3]
+    );
+    pool.join().expect("join");
+    assert!(with_tag(tag).is_empty(), "{:?}", with_tag(tag));
+}
+
+/// The peak resident memory of this process, in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Item: text on the launcher's stdout (after the agent ended, in the middle of the stream, or
+/// stderr merged into it) costs no memory, and a host whose stream it broke is lost with an
+/// error that says what came.
+#[test]
+fn text_on_the_stream_allocates_nothing_and_says_what_came() {
+    let _deadline = ppool_tests::deadline();
+    let before = peak_rss();
+    // After the agent exits.
+    let after_exit = ProcessPool::<nap>::builder()
+        .remote(
+            Remote::command([
+                "sh",
+                "-c",
+                "\"$@\"; echo 'Warning: the agent has ended'; sleep 1",
+                "sh",
+                "env",
+                &format!("{TAG}=after-exit"),
+            ])
+            .workers(1),
+        )
+        .build()
+        .expect("the pool starts");
+    assert_eq!(after_exit.call(1).expect("a call"), 1);
+    after_exit.join().expect("join");
+    // In the middle of the stream: the start fails, or the host is lost later, and either
+    // way the error quotes what came.
+    let mid = ProcessPool::<nap>::builder()
+        .remote(
+            Remote::command([
+                "sh",
+                "-c",
+                "\"$@\" & sleep 2; echo 'Warning: a launcher speaks'; wait",
+                "sh",
+                "env",
+                &format!("{TAG}=mid-stream"),
+            ])
+            .workers(1),
+        )
+        .build();
+    let said = match mid {
+        Err(e) => e.to_string(),
+        Ok(mid) => {
+            std::thread::sleep(Duration::from_millis(2500));
+            let lost = mid.call(1);
+            assert!(
+                matches!(
+                    lost,
+                    Err(Error::WorkerDied {
+                        cause: ExitCause::Lost,
+                        ..
+                    }) | Err(Error::Spawn { .. })
+                        | Err(Error::Closed)
+                ),
+                "a call after text broke the stream: {lost:?}"
+            );
+            mid.detected_worker_error()
+                .map_or_else(String::new, |e| e.to_string())
+        }
+    };
+    assert!(
+        said.contains("Warning:"),
+        "the error does not say what came: {said}"
+    );
+    // stderr merged into stdout: the agent sees it and says so.
+    let merged = ProcessPool::<say>::builder()
+        .remote(
+            Remote::command([
+                "sh",
+                "-c",
+                "exec \"$@\" 2>&1",
+                "sh",
+                "env",
+                &format!("{TAG}=merged"),
+            ])
+            .workers(1),
+        )
+        .build();
+    match merged {
+        Err(Error::Spawn { message, .. }) => {
+            assert!(message.contains("same pipe as its stdout"), "{message}");
+        }
+        other => panic!("stderr merged into the stream: {other:?}"),
+    }
+    let grown = peak_rss().saturating_sub(before);
+    assert!(
+        grown < 256 << 20,
+        "the peak resident memory grew by {grown} bytes"
+    );
+    for tag in ["after-exit", "mid-stream", "merged"] {
+        assert!(
+            within(Duration::from_secs(10), || with_tag(tag).is_empty()),
+            "{tag}: {:?}",
+            with_tag(tag)
+        );
+    }
+}
+
+/// Item: `join()` and `shutdown()` end the hosts' agents and reap their launchers before they
+/// return, not when the pool value is dropped.
+#[test]
+fn join_and_shutdown_end_the_agents() {
+    let _deadline = ppool_tests::deadline();
+    for (tag, join) in [("join-ends", true), ("shutdown-ends", false)] {
+        let pool = ProcessPool::<nap>::builder()
+            .remote(Remote::command(tagged(&format!("{tag}-a"))).workers(2))
+            .remote(Remote::command(tagged(&format!("{tag}-b"))).workers(2))
+            .build()
+            .expect("the pool starts");
+        assert_eq!(pool.batch([1, 2, 3, 4]).wait().expect("a batch").len(), 4);
+        assert_eq!(agents(&format!("{tag}-a")).len(), 1);
+        if join {
+            pool.join().expect("join");
+        } else {
+            pool.shutdown();
+        }
+        for host in ["a", "b"] {
+            let left = with_tag(&format!("{tag}-{host}"));
+            assert!(left.is_empty(), "{tag}: processes left: {left:?}");
+        }
+        // The pool value still lives here: nothing waited for its drop.
+        assert!(!pool.is_running());
+    }
+}
+
+/// The signals blocked on the calling thread, from `/proc/thread-self/status`.
+fn blocked_here() -> u64 {
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0)
+}
+
+/// Item: a remote pool's `build`, `call` and `cancel` leave SIGPIPE as they found it on the
+/// caller's thread.
+#[test]
+fn a_callers_thread_keeps_its_signal_mask() {
+    let _deadline = ppool_tests::deadline();
+    let mask = std::thread::spawn(|| {
+        let before = blocked_here();
+        let pool = ProcessPool::<nap>::builder()
+            .remote(Remote::command(tagged("mask")).workers(1))
+            .build()
+            .expect("the pool starts");
+        assert_eq!(pool.call(1).expect("a call"), 1);
+        let t = pool.submit(2_000);
+        std::thread::sleep(Duration::from_millis(100));
+        t.cancel();
+        let after = blocked_here();
+        pool.join().expect("join");
+        (before, after)
+    })
+    .join()
+    .expect("the thread");
+    let pipe = 1u64 << (libc::SIGPIPE - 1);
+    assert_eq!(mask.0 & pipe, 0, "SIGPIPE was blocked before");
+    assert_eq!(
+        mask.1 & pipe,
+        0,
+        "the pool left SIGPIPE blocked on the caller's thread"
+    );
+}
