@@ -282,3 +282,24 @@ fn an_initializer_logs_and_may_install_its_own_subscriber() {
         "the worker's own subscriber got the entry's events"
     );
 }
+
+/// Without a subscriber, a line that carries a record's mark is a line like any other, tagged
+/// with the pool and the worker.
+#[test]
+fn marked_lines_keep_their_tag_without_a_subscriber() {
+    let _deadline = ppool_tests::deadline();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ppool-test-observe"))
+        .arg("marked")
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    for expected in [
+        "[plain:0] \x01ppool-trace:00ff",
+        "[plain:0] text first\x01ppool-trace:zz",
+    ] {
+        assert!(lines.contains(&expected), "no {expected:?} in {lines:?}");
+    }
+}

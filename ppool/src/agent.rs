@@ -110,6 +110,7 @@ pub(crate) fn run() -> ! {
     if send(&out, CONTROL, &ready.encode()).is_err() {
         std::process::exit(0);
     }
+    crate::trace::pass_records_on();
     let config = LaunchConfig {
         transport: Transport::SharedMemory,
         pool: greeting.pool.clone(),

@@ -9,15 +9,31 @@
 //! fields and spans, inside a `task` span tagged with the pool, the worker, its host and pid.
 //!
 //! Without a subscriber nothing is installed in the workers and nothing is written: the cost
-//! is nil. The records are postcard, written in hex so that a line never holds a newline.
+//! is nil, and a local worker's line that looks like a record is a line like any other. The
+//! records are postcard, written in hex so that a line never holds a newline.
 
 pub(crate) mod capture;
 pub(crate) mod replay;
 
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// What starts a forwarded record on a line of a worker's stderr.
 pub(crate) const MARK: &[u8] = b"\x01ppool-trace:";
+
+/// Set in a host agent: the records of its workers are passed on for its pool.
+static PASS_ON: AtomicBool = AtomicBool::new(false);
+
+/// Makes this process pass its workers' records on to the pool that reads its stderr,
+/// instead of showing them as lines: called by a host agent before it starts workers.
+pub(crate) fn pass_records_on() {
+    PASS_ON.store(true, Ordering::Relaxed);
+}
+
+/// Whether this process passes its workers' records on (see [`pass_records_on`]).
+pub(crate) fn passes_records_on() -> bool {
+    PASS_ON.load(Ordering::Relaxed)
+}
 
 /// A level as one byte: 1 ERROR .. 5 TRACE; 0, as a most verbose level, is off.
 pub(crate) fn level_byte(level: tracing::Level) -> u8 {

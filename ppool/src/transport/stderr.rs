@@ -108,13 +108,21 @@ pub(crate) fn forward_stderr(
 /// Writes whole lines to our stderr, each prefixed with `tag`. A line ends at `\n`, or at
 /// `\r` (a progress line that redraws itself).
 ///
-/// A line that carries a `tracing` record is re-emitted to `dispatch`, or, without one (a host
-/// agent, whose pool reads its stderr), passed on untagged with the record at the start of
-/// its line. The text before a record (a line the entry had not ended) is a line of its own.
+/// A line that carries a `tracing` record is re-emitted to `dispatch`, or, without one in a
+/// host agent (whose pool reads its stderr), passed on untagged with the record at the start
+/// of its line. The text before a record (a line the entry had not ended) is a line of its
+/// own. Without a subscriber and outside a host agent, nothing takes records: such a line is
+/// tagged like any other.
 fn write_tagged(tag: &str, lines: &[u8], dispatch: Option<&tracing::Dispatch>) {
     use crate::trace::MARK;
+    let wanted = dispatch.is_some() || crate::trace::passes_records_on();
     for line in Lines(lines) {
-        let Some((before, hex)) = crate::trace::split_marked(line) else {
+        let marked = if wanted {
+            crate::trace::split_marked(line)
+        } else {
+            None
+        };
+        let Some((before, hex)) = marked else {
             write_parts(&[tag.as_bytes(), line]);
             continue;
         };
