@@ -303,3 +303,37 @@ fn marked_lines_keep_their_tag_without_a_subscriber() {
         assert!(lines.contains(&expected), "no {expected:?} in {lines:?}");
     }
 }
+
+/// A subscriber that panics on a forwarded event is reported once, and the worker's later
+/// lines, events and calls are as if it had not.
+#[test]
+fn a_subscriber_that_panics_does_not_end_forwarding() {
+    let _deadline = ppool_tests::deadline();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ppool-test-observe"))
+        .arg("panicky")
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("panics: 2\n"), "{stdout}\n{stderr}");
+    for step in 0..=3 {
+        assert!(
+            stdout.contains(&format!("call {step}: Ok({step})\n")),
+            "{stdout}\n{stderr}"
+        );
+        assert!(
+            stdout.contains(&format!("chatter event {step}")),
+            "{stdout}\n{stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("[panicky:0] chatter line {step}\n")),
+            "{stderr}"
+        );
+    }
+    let reports = stderr
+        .matches("[panicky:0] ppool: the subscriber panicked on a forwarded event")
+        .count();
+    assert_eq!(reports, 1, "{stderr}");
+}

@@ -1,5 +1,8 @@
 //! Forwarding a worker's stderr to ours, each line tagged with the pool and the worker. A
 //! line that carries a forwarded `tracing` record goes to the pool's subscriber instead.
+//!
+//! A subscriber that panics on an event does not end the forwarding: the first such panic of
+//! each forwarder is reported with a line on our stderr, and the event is left out.
 
 use std::io::{self, Write};
 use std::sync::Arc;
@@ -38,6 +41,7 @@ pub(crate) fn forward_stderr(
             super::sigpipe::block_sigpipe_on_this_thread();
             let mut stderr = stderr;
             let mut pending: Vec<u8> = Vec::new();
+            let mut reported = false;
             let mut buf = vec![0u8; 64 * 1024];
             let mut reads_after_stop = 0;
             loop {
@@ -78,19 +82,19 @@ pub(crate) fn forward_stderr(
                     .rposition(|&b| b == b'\n' || b == b'\r')
                     .map(|at| scanned + at + 1);
                 if let Some(end) = end {
-                    write_tagged(&tag, &pending[..end], dispatch.as_ref());
+                    write_tagged(&tag, &pending[..end], dispatch.as_ref(), &mut reported);
                     pending.drain(..end);
                 }
                 while pending.len() >= FORWARD_LINE_CAP {
                     // A line this long without an end is forwarded in pieces of the cap.
                     let mut piece: Vec<u8> = pending.drain(..FORWARD_LINE_CAP).collect();
                     piece.push(b'\n');
-                    write_tagged(&tag, &piece, dispatch.as_ref());
+                    write_tagged(&tag, &piece, dispatch.as_ref(), &mut reported);
                 }
             }
             if !pending.is_empty() {
                 pending.push(b'\n');
-                write_tagged(&tag, &pending, dispatch.as_ref());
+                write_tagged(&tag, &pending, dispatch.as_ref(), &mut reported);
             }
         });
     match spawned {
@@ -112,8 +116,14 @@ pub(crate) fn forward_stderr(
 /// host agent (whose pool reads its stderr), passed on untagged with the record at the start
 /// of its line. The text before a record (a line the entry had not ended) is a line of its
 /// own. Without a subscriber and outside a host agent, nothing takes records: such a line is
-/// tagged like any other.
-fn write_tagged(tag: &str, lines: &[u8], dispatch: Option<&tracing::Dispatch>) {
+/// tagged like any other. `reported`: whether a panic of the subscriber was reported (see
+/// [`emit`]).
+fn write_tagged(
+    tag: &str,
+    lines: &[u8],
+    dispatch: Option<&tracing::Dispatch>,
+    reported: &mut bool,
+) {
     use crate::trace::MARK;
     let wanted = dispatch.is_some() || crate::trace::passes_records_on();
     for line in Lines(lines) {
@@ -130,13 +140,43 @@ fn write_tagged(tag: &str, lines: &[u8], dispatch: Option<&tracing::Dispatch>) {
             write_parts(&[tag.as_bytes(), before, b"\n"]);
         }
         match (dispatch, crate::trace::Record::from_hex(hex)) {
-            (Some(dispatch), Some(record)) => crate::trace::replay::emit(dispatch, &record),
+            (Some(dispatch), Some(record)) => emit(tag, dispatch, &record, reported),
             // Not a record after all: the line as the worker wrote it, tagged.
             (Some(_), None) => write_parts(&[tag.as_bytes(), MARK, hex]),
             // A host agent passes records on as they are, for its pool to read.
             (None, _) => write_parts(&[MARK, hex]),
         }
     }
+}
+
+/// Re-emits `record` to `dispatch`. A panic of the subscriber leaves the event out and the
+/// forwarding goes on; the first (`reported` says whether there was one) is reported on our
+/// stderr, as a line (a `tracing` event could panic it again).
+fn emit(
+    tag: &str,
+    dispatch: &tracing::Dispatch,
+    record: &crate::trace::Record,
+    reported: &mut bool,
+) {
+    let emitted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        crate::trace::replay::emit(dispatch, record)
+    }));
+    let Err(panic) = emitted else {
+        return;
+    };
+    if std::mem::replace(reported, true) {
+        return;
+    }
+    let message = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message");
+    let report = format!(
+        "{tag}ppool: the subscriber panicked on a forwarded event ({message}); the later \
+         events read here still go to it, and its panics on them are not reported\n"
+    );
+    write_parts(&[report.as_bytes()]);
 }
 
 /// Writes `parts` to our stderr, holding its lock, so that they stay together.
