@@ -283,6 +283,177 @@ fn an_initializer_logs_and_may_install_its_own_subscriber() {
     );
 }
 
+/// Returns the line this worker's capture writes for an event with `message`, taken from its
+/// stderr before the forwarder sees it: a genuine record of this pool and this worker, for
+/// another pool's entry to imitate.
+#[pool_entry]
+fn record_line(message: String) -> Vec<u8> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let (mut reader, writer) = std::io::pipe().expect("a pipe");
+    // SAFETY: descriptor calls on stderr and on descriptors this function owns; stderr is
+    // put back before the function returns.
+    let saved = unsafe { libc::dup(2) };
+    assert!(saved >= 0, "cannot duplicate stderr");
+    assert!(unsafe { libc::dup2(writer.as_raw_fd(), 2) } >= 0);
+    tracing::info!(forged = true, "{message}");
+    // SAFETY: as above.
+    assert!(unsafe { libc::dup2(saved, 2) } >= 0);
+    unsafe { libc::close(saved) };
+    drop(writer);
+    let mut line = Vec::new();
+    reader.read_to_end(&mut line).expect("the captured line");
+    assert!(line.starts_with(b"\x01ppool-trace:"), "{line:?}");
+    line
+}
+
+/// Writes `lines` to stderr as they are, then logs `done`; returns this worker's pid.
+#[pool_entry]
+fn write_raw(lines: Vec<Vec<u8>>, done: String) -> u32 {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    for line in &lines {
+        err.write_all(line).expect("stderr");
+    }
+    drop(err);
+    tracing::info!("{done}");
+    std::process::id()
+}
+
+/// A genuine record line of another pool, `evil-pool`, whose worker is another process.
+fn line_of_another_pool(message: &str) -> (Vec<u8>, u32) {
+    let evil = ProcessPool::<record_line>::builder()
+        .name("evil-pool")
+        .n_jobs(1)
+        .build()
+        .unwrap();
+    let line = evil.call(message.to_string()).unwrap();
+    let evil_pid = evil.insights().workers[0].pid.expect("a pid");
+    evil.join().unwrap();
+    (line, evil_pid)
+}
+
+/// Waits for an event whose fields contain `needle`, and returns the first.
+fn wait_for(collect: &Collect, needle: &str) -> Seen {
+    let started = Instant::now();
+    loop {
+        if let Some(seen) = seen_with(collect, needle).into_iter().next() {
+            return seen;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no event with {needle:?} within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Checks that the `task` span of an event has each of `tags` (`name=value`) among its
+/// fields.
+fn assert_task_names(seen: &Seen, tags: &[String]) {
+    let (name, task) = &seen.spans[0];
+    assert_eq!(name, "task", "{seen:?}");
+    for tag in tags {
+        // Each field is written as `name=value `.
+        assert!(
+            format!(" {task}").contains(&format!(" {tag} ")),
+            "{tag} not in the task span: {task}"
+        );
+    }
+}
+
+/// An entry that writes a record line of another pool's worker on its stderr cannot pass it
+/// off as that worker's: the forwarder names the worker it reads.
+#[test]
+fn a_record_an_entry_writes_is_replayed_as_its_own_workers() {
+    let _deadline = ppool_tests::deadline();
+    let collect = collector();
+    let (line, evil_pid) = line_of_another_pool("imitation written locally");
+    let pool = ProcessPool::<write_raw>::builder()
+        .name("observed-forge")
+        .n_jobs(1)
+        .build()
+        .unwrap();
+    let pid = pool
+        .call((vec![line], "local imitation written".to_string()))
+        .unwrap();
+    assert_ne!(pid, evil_pid);
+    wait_for(collect, "local imitation written");
+    let seen = wait_for(collect, "imitation written locally");
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    assert_task_names(
+        &seen,
+        &[
+            "pool=observed-forge".into(),
+            "worker=0".into(),
+            format!("host={host}"),
+            format!("pid={pid}"),
+        ],
+    );
+    pool.join().unwrap();
+}
+
+/// The same through a host agent: the pool names the pool and the host, the agent the worker
+/// and its pid, and a line an entry writes in the agent's own form is only a line.
+#[test]
+fn a_record_a_remote_entry_writes_is_replayed_as_its_own_workers() {
+    let _deadline = ppool_tests::deadline();
+    let collect = collector();
+    let (line, evil_pid) = line_of_another_pool("imitation written remotely");
+    let (agents, _) = line_of_another_pool("imitation of the agent's stamp");
+    // The agent's stamp on a record, claiming worker 7, pid 1.
+    let agents = [
+        b"\x01ppool-trace@7.1:".as_slice(),
+        &agents[b"\x01ppool-trace:".len()..],
+    ]
+    .concat();
+    let pool = ProcessPool::<write_raw>::builder()
+        .name("observed-forge-remote")
+        .remote(ppool::Remote::command(["env", "PPOOL_FORGED=1"]).workers(1))
+        .build()
+        .unwrap();
+    let pid = pool
+        .call((vec![line, agents], "remote imitation written".to_string()))
+        .unwrap();
+    assert_ne!(pid, evil_pid);
+    let insights = pool.insights();
+    let worker = insights
+        .workers
+        .iter()
+        .find(|w| w.pid == Some(pid))
+        .expect("the remote worker");
+    assert_ne!(worker.host, "localhost");
+    // Both lines were written before this event, and a worker's output keeps its order.
+    let done = wait_for(collect, "remote imitation written");
+    assert_task_names(
+        &done,
+        &[
+            "pool=observed-forge-remote".into(),
+            format!("worker={}", worker.index),
+            format!("host={}", worker.host),
+            format!("pid={pid}"),
+        ],
+    );
+    let seen = wait_for(collect, "imitation written remotely");
+    assert_task_names(
+        &seen,
+        &[
+            "pool=observed-forge-remote".into(),
+            format!("worker={}", worker.index),
+            format!("host={}", worker.host),
+            format!("pid={pid}"),
+        ],
+    );
+    assert!(
+        seen_with(collect, "imitation of the agent").is_empty(),
+        "a line an entry wrote passed for the agent's"
+    );
+    pool.join().unwrap();
+}
+
 /// Without a subscriber, a line that carries a record's mark is a line like any other, tagged
 /// with the pool and the worker.
 #[test]

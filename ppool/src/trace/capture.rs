@@ -37,34 +37,15 @@ pub(crate) fn task_starts(entry: &'static str) {
     }
 }
 
-/// Who this worker is, for every record.
-#[derive(Debug, Clone)]
-struct Who {
-    pool: String,
-    worker: u32,
-    host: String,
-    pid: u32,
-}
-
 /// The capturing subscriber for events up to `max` (a [`level_byte`]; 0: none).
 ///
 /// The worker runs its initializer under it as the thread's default, and makes it the
 /// global default before the first task, unless the initializer installed a subscriber of its
 /// own, which then keeps the events.
-pub(crate) fn dispatch(max: u8, pool: &str, worker: u32) -> Option<tracing::Dispatch> {
+pub(crate) fn dispatch(max: u8) -> Option<tracing::Dispatch> {
     let level = super::level_of(max)?;
-    let who = Who {
-        pool: pool.to_string(),
-        worker,
-        host: rustix::system::uname()
-            .nodename()
-            .to_string_lossy()
-            .into_owned(),
-        pid: std::process::id(),
-    };
     Some(tracing::Dispatch::new(Capture {
         max: LevelFilter::from_level(level),
-        who,
         spans: Mutex::new(HashMap::new()),
         next: AtomicU64::new(1),
     }))
@@ -89,7 +70,6 @@ struct Open {
 #[derive(Debug)]
 struct Capture {
     max: LevelFilter,
-    who: Who,
     spans: Mutex<HashMap<u64, Open>>,
     next: AtomicU64,
 }
@@ -170,10 +150,6 @@ impl Subscriber for Capture {
             line: meta.line(),
             fields: fields.0,
             spans,
-            pool: self.who.pool.clone(),
-            worker: self.who.worker,
-            host: self.who.host.clone(),
-            pid: self.who.pid,
             task: TASK
                 .try_with(Cell::get)
                 .ok()

@@ -3,10 +3,20 @@
 //! Workers never run `main`, so a subscriber installed there does not exist in them. When the
 //! supervisor has one, the greeting tells each worker the most verbose level it wants; the
 //! worker then installs [`capture::Capture`], which writes each enabled event, with its spans,
-//! as one marked line on the worker's stderr. The supervisor's stderr forwarder (local
-//! workers, or a remote host's launcher) recognizes the mark and hands the line to
-//! [`replay::emit`], which re-emits the event to the pool's subscriber with its level, target,
-//! fields and spans, inside a `task` span tagged with the pool, the worker, its host and pid.
+//! as one marked line on the worker's stderr. The supervisor's stderr forwarder recognizes the
+//! mark and hands the record to [`replay::emit`], which re-emits the event to the pool's
+//! subscriber with its level, target, fields and spans, inside a `task` span tagged with the
+//! pool, the worker, its host and pid.
+//!
+//! A record says what happened, never who it came from: an entry can write any line on its
+//! stderr, a record's imitation included. Who it came from ([`Origin`]) is what the reader of
+//! the stderr knows. For a local worker that is the supervisor's forwarder, which knows the
+//! worker it started. On another host, the host agent's forwarder of each worker passes the
+//! worker's records on as [`stamped`] lines, which name the worker and its pid, and the pool
+//! reading the agent's stderr adds its own name and the host's. It takes a record only from a
+//! line that starts with the stamp (the rest of a line cut for its length does not start
+//! one), and every line the agent passes on from a worker starts with the worker's tag
+//! instead, so an entry cannot stamp a line itself.
 //!
 //! Without a subscriber nothing is installed in the workers and nothing is written: the cost
 //! is nil, and a local worker's line that looks like a record is a line like any other. The
@@ -21,11 +31,31 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// What starts a forwarded record on a line of a worker's stderr.
 pub(crate) const MARK: &[u8] = b"\x01ppool-trace:";
 
-/// Set in a host agent: the records of its workers are passed on for its pool.
+/// What starts a record a host agent passes on, stamped with the worker it came from: the
+/// line is this, the worker's index, `.`, its pid, `:`, and the record's hex (see
+/// [`stamped`]).
+pub(crate) const STAMP: &[u8] = b"\x01ppool-trace@";
+
+/// Who a record came from: what the reader of a worker's stderr knows, never what the record
+/// says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Origin {
+    /// The pool's name.
+    pub(crate) pool: String,
+    /// The worker's index in the pool.
+    pub(crate) worker: u64,
+    /// This machine's name (`uname`) for a local worker; for a remote one, its host's name as
+    /// the pool was given it (as in its insights).
+    pub(crate) host: String,
+    /// The worker's process id, on its host.
+    pub(crate) pid: u32,
+}
+
+/// Set in a host agent: the records of its workers are passed on for its pool, stamped.
 static PASS_ON: AtomicBool = AtomicBool::new(false);
 
-/// Makes this process pass its workers' records on to the pool that reads its stderr,
-/// instead of showing them as lines: called by a host agent before it starts workers.
+/// Makes this process pass its workers' records on, [`stamped`], to the pool that reads its
+/// stderr, instead of showing them as lines: called by a host agent before it starts workers.
 pub(crate) fn pass_records_on() {
     PASS_ON.store(true, Ordering::Relaxed);
 }
@@ -33,6 +63,28 @@ pub(crate) fn pass_records_on() {
 /// Whether this process passes its workers' records on (see [`pass_records_on`]).
 pub(crate) fn passes_records_on() -> bool {
     PASS_ON.load(Ordering::Relaxed)
+}
+
+/// A record's hex (what follows [`MARK`]), stamped by a host agent with the worker it read it
+/// from: one line, for the pool that reads the agent's stderr.
+pub(crate) fn stamped(worker: u64, pid: u32, hex: &[u8]) -> Vec<u8> {
+    let hex = hex.trim_ascii_end();
+    let mut line = Vec::with_capacity(STAMP.len() + 32 + hex.len());
+    line.extend_from_slice(STAMP);
+    line.extend_from_slice(format!("{worker}.{pid}:").as_bytes());
+    line.extend_from_slice(hex);
+    line.push(b'\n');
+    line
+}
+
+/// Reads a line [`stamped`] by a host agent: the worker, its pid and the record's hex. Only a
+/// line that starts with the stamp is one.
+pub(crate) fn read_stamped(line: &[u8]) -> Option<(u64, u32, &[u8])> {
+    let rest = line.strip_prefix(STAMP)?;
+    let colon = rest.iter().position(|&b| b == b':')?;
+    let (who, hex) = (&rest[..colon], &rest[colon + 1..]);
+    let (worker, pid) = std::str::from_utf8(who).ok()?.split_once('.')?;
+    Some((worker.parse().ok()?, pid.parse().ok()?, hex))
 }
 
 /// A level as one byte: 1 ERROR .. 5 TRACE; 0, as a most verbose level, is off.
@@ -62,7 +114,7 @@ fn level_of(byte: u8) -> Option<tracing::Level> {
     })
 }
 
-/// One event from inside a worker.
+/// One event from inside a worker: what happened, not who it came from (see [`Origin`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Record {
     pub(crate) level: u8,
@@ -73,10 +125,6 @@ pub(crate) struct Record {
     pub(crate) fields: Vec<(String, Value)>,
     /// The spans it happened in, outermost first.
     pub(crate) spans: Vec<SpanRecord>,
-    pub(crate) pool: String,
-    pub(crate) worker: u32,
-    pub(crate) host: String,
-    pub(crate) pid: u32,
     /// The entry running, and how many tasks this worker had started before it.
     pub(crate) task: Option<(String, u64)>,
 }

@@ -1,13 +1,14 @@
 //! The supervisor's end: each record from a worker becomes an event of the pool's subscriber,
 //! with the record's own level, target, place and fields, inside the spans it happened in,
-//! all inside a `task` span tagged with the pool, the worker, its host and pid.
+//! all inside a `task` span tagged with the pool, the worker, its host and pid: the record's
+//! [`Origin`], as the forwarder that read it knows it.
 //!
 //! `tracing` wants static metadata, so each distinct place in the workers' code gets one
 //! callsite, made once and kept (leaked) for the life of the program, as every callsite is.
 //! At most [`MAX_SITES`] are made; past that, records share one site per kind and level,
 //! target `ppool::worker`, whose `ppool.more_fields` carries their fields as text.
 
-use super::{Record, SpanRecord, Value, level_of};
+use super::{Origin, Record, SpanRecord, Value, level_of};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Mutex, OnceLock};
@@ -23,19 +24,19 @@ const MAX_SITES: usize = 4096;
 /// The most fields a callsite can carry (`tracing`'s own limit for a value set).
 const MAX_FIELDS: usize = 32;
 
-/// Re-emits `record` to `dispatch`.
-pub(crate) fn emit(dispatch: &Dispatch, record: &Record) {
-    tracing::dispatcher::with_default(dispatch, || emit_here(record));
+/// Re-emits `record`, which came from `origin`, to `dispatch`.
+pub(crate) fn emit(dispatch: &Dispatch, record: &Record, origin: &Origin) {
+    tracing::dispatcher::with_default(dispatch, || emit_here(record, origin));
 }
 
-fn emit_here(record: &Record) {
+fn emit_here(record: &Record, origin: &Origin) {
     let Some(level) = level_of(record.level) else {
         return;
     };
     let entry = record.task.as_ref().map(|(e, _)| e.as_str());
     let task = record.task.as_ref().map(|(_, n)| *n);
     // Each span is made inside the one before it, so that each has its parent.
-    let mut entered = vec![task_span(level, record, entry, task).entered()];
+    let mut entered = vec![task_span(level, origin, entry, task).entered()];
     for span in &record.spans {
         entered.push(open_span(span).entered());
     }
@@ -66,17 +67,17 @@ fn emit_here(record: &Record) {
 
 /// The `task` span around every forwarded event, at the event's level so that it shows
 /// wherever the event does.
-fn task_span(level: Level, r: &Record, entry: Option<&str>, task: Option<u64>) -> tracing::Span {
+fn task_span(level: Level, o: &Origin, entry: Option<&str>, task: Option<u64>) -> tracing::Span {
     macro_rules! at {
         ($level:expr) => {
             tracing::span!(
                 target: "ppool::worker",
                 $level,
                 "task",
-                pool = %r.pool,
-                worker = r.worker,
-                host = %r.host,
-                pid = r.pid,
+                pool = %o.pool,
+                worker = o.worker,
+                host = %o.host,
+                pid = o.pid,
                 entry,
                 task,
             )

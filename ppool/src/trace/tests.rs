@@ -21,10 +21,6 @@ fn record() -> Record {
             level: 3,
             fields: vec![("dir".into(), Value::Str("/data\n".into()))],
         }],
-        pool: "p".into(),
-        worker: 1,
-        host: "h".into(),
-        pid: 7,
         task: Some(("app::work".into(), 12)),
     }
 }
@@ -98,4 +94,16 @@ fn a_record_too_large_for_a_line_is_cut_down_to_fit() {
     }
     let line = many.to_line().unwrap();
     assert!(line.len() < 64 * 1024, "{}", line.len());
+}
+
+#[test]
+fn a_stamp_names_the_worker_and_pid_and_must_start_the_line() {
+    let line = stamped(12, 4242, b"00ff\n");
+    assert_eq!(line, b"\x01ppool-trace@12.4242:00ff\n");
+    assert_eq!(read_stamped(&line), Some((12, 4242, &b"00ff\n"[..])));
+    assert_eq!(read_stamped(&line[1..]), None);
+    assert_eq!(read_stamped(&[b" ".as_slice(), &line].concat()), None);
+    assert_eq!(read_stamped(b"\x01ppool-trace@x.1:00\n"), None);
+    assert_eq!(read_stamped(b"\x01ppool-trace@1:00\n"), None);
+    assert_eq!(read_stamped(b"\x01ppool-trace@1.2\n"), None);
 }

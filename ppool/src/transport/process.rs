@@ -3,7 +3,7 @@
 //! that kills and reaps it through a pidfd. Shared by the pipe and shared-memory kinds.
 
 use super::poll::Pidfd;
-use super::stderr::{Forwarder, forward_stderr};
+use super::stderr::{Forwarder, Source, forward_stderr};
 use super::{LaunchConfig, Peer};
 use crate::error::{Error, ExitCause};
 use crate::sync::lock;
@@ -62,8 +62,8 @@ pub(super) fn spawn(
     let pid = child.id();
     let pidfd = Arc::new(Pidfd::open(pid));
     let stderr = child.stderr.take().and_then(|stderr| {
-        let tag = format!("[{}:{index}] ", config.pool);
-        forward_stderr(stderr, tag, config.dispatch.clone())
+        let (pool, dispatch) = (config.pool.clone(), config.dispatch.clone());
+        forward_stderr(stderr, Source::Worker { pool, index, pid }, dispatch)
     });
     Ok(Arc::new(ProcessPeer {
         pid,

@@ -1,9 +1,25 @@
 //! Forwarding a worker's stderr to ours, each line tagged with the pool and the worker. A
-//! line that carries a forwarded `tracing` record goes to the pool's subscriber instead.
+//! line that carries a forwarded `tracing` record goes to the pool's subscriber instead, as an
+//! event of the worker the forwarder reads, whatever the record holds (see `crate::trace`).
+//!
+//! Three kinds of forwarder, by what reads what:
+//! - the supervisor, a local worker's stderr: records go to the pool's subscriber, with the
+//!   worker's origin; without a subscriber, a line with a record's mark is tagged like any
+//!   other;
+//! - a host agent, its worker's stderr: records are passed on [`stamped`] with the worker and
+//!   its pid, for the pool, and every other line is tagged. (The agent cannot tell whether its
+//!   pool wants records: without a subscriber, where its workers write none, an imitation of
+//!   one that an entry writes reaches the pool's stderr stamped, untagged.)
+//! - the supervisor, a host agent's stderr: lines pass as the agent wrote them (its workers'
+//!   come tagged), and only a line that starts with the agent's stamp is a record, of the pool
+//!   and that host. The rest of a line cut for its length never starts one.
 //!
 //! A subscriber that panics on an event does not end the forwarding: the first such panic of
 //! each forwarder is reported with a line on our stderr, and the event is left out.
+//!
+//! [`stamped`]: crate::trace::stamped
 
+use crate::trace::{Origin, Record};
 use std::io::{self, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,22 +32,36 @@ pub(crate) struct Forwarder {
     stop: Arc<AtomicBool>,
 }
 
+/// Whose stderr a forwarder reads.
+#[derive(Debug, Clone)]
+pub(crate) enum Source {
+    /// Worker `index` of `pool`, process `pid`, which this process started.
+    Worker {
+        pool: String,
+        index: usize,
+        pid: u32,
+    },
+    /// The host agent of `host`, which runs workers of `pool` there.
+    Agent { pool: String, host: String },
+}
+
 /// The longest piece of a line without an end that the forwarder holds before it writes it.
 const FORWARD_LINE_CAP: usize = 64 * 1024;
 
 /// How long the forwarder waits for output before it looks at its stop flag.
 const FORWARD_POLL: Duration = Duration::from_millis(100);
 
-/// Copies a worker's stderr to ours line by line, each line tagged with `tag`, until the
-/// pipe closes or, once the worker is reaped, until nothing more is waiting (a process the
-/// worker started may hold the pipe open).
+/// Copies the stderr of `source` to ours line by line (see the module's docs), records to
+/// `dispatch`, until the pipe closes or, once the worker is reaped, until nothing more is
+/// waiting (a process the worker started may hold the pipe open).
 pub(crate) fn forward_stderr(
     stderr: std::process::ChildStderr,
-    tag: String,
+    source: Source,
     dispatch: Option<tracing::Dispatch>,
 ) -> Option<Forwarder> {
     let stop = Arc::new(AtomicBool::new(false));
     let stopped = Arc::clone(&stop);
+    let mut sink = Sink::new(source, dispatch);
     let spawned = std::thread::Builder::new()
         .name("ppool-stderr".into())
         .spawn(move || {
@@ -40,8 +70,7 @@ pub(crate) fn forward_stderr(
             // kill the program through this thread.
             super::sigpipe::block_sigpipe_on_this_thread();
             let mut stderr = stderr;
-            let mut pending: Vec<u8> = Vec::new();
-            let mut reported = false;
+            let mut pending = Pending::default();
             let mut buf = vec![0u8; 64 * 1024];
             let mut reads_after_stop = 0;
             loop {
@@ -74,28 +103,9 @@ pub(crate) fn forward_stderr(
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(_) => break,
                 };
-                let scanned = pending.len();
-                pending.extend_from_slice(&buf[..n]);
-                // Only the new bytes are scanned, so a long line costs linear time.
-                let end = pending[scanned..]
-                    .iter()
-                    .rposition(|&b| b == b'\n' || b == b'\r')
-                    .map(|at| scanned + at + 1);
-                if let Some(end) = end {
-                    write_tagged(&tag, &pending[..end], dispatch.as_ref(), &mut reported);
-                    pending.drain(..end);
-                }
-                while pending.len() >= FORWARD_LINE_CAP {
-                    // A line this long without an end is forwarded in pieces of the cap.
-                    let mut piece: Vec<u8> = pending.drain(..FORWARD_LINE_CAP).collect();
-                    piece.push(b'\n');
-                    write_tagged(&tag, &piece, dispatch.as_ref(), &mut reported);
-                }
+                pending.push(&buf[..n], |lines, continued| sink.write(lines, continued));
             }
-            if !pending.is_empty() {
-                pending.push(b'\n');
-                write_tagged(&tag, &pending, dispatch.as_ref(), &mut reported);
-            }
+            pending.finish(|lines, continued| sink.write(lines, continued));
         });
     match spawned {
         Ok(thread) => Some(Forwarder { thread, stop }),
@@ -109,57 +119,164 @@ pub(crate) fn forward_stderr(
     }
 }
 
-/// Writes whole lines to our stderr, each prefixed with `tag`. A line ends at `\n`, or at
-/// `\r` (a progress line that redraws itself).
-///
-/// A line that carries a `tracing` record is re-emitted to `dispatch`, or, without one in a
-/// host agent (whose pool reads its stderr), passed on untagged with the record at the start
-/// of its line. The text before a record (a line the entry had not ended) is a line of its
-/// own. Without a subscriber and outside a host agent, nothing takes records: such a line is
-/// tagged like any other. `reported`: whether a panic of the subscriber was reported (see
-/// [`emit`]).
-fn write_tagged(
-    tag: &str,
-    lines: &[u8],
-    dispatch: Option<&tracing::Dispatch>,
-    reported: &mut bool,
-) {
-    use crate::trace::MARK;
-    let wanted = dispatch.is_some() || crate::trace::passes_records_on();
-    for line in Lines(lines) {
-        let marked = if wanted {
-            crate::trace::split_marked(line)
-        } else {
-            None
-        };
-        let Some((before, hex)) = marked else {
-            write_parts(&[tag.as_bytes(), line]);
-            continue;
-        };
-        if !before.is_empty() {
-            write_parts(&[tag.as_bytes(), before, b"\n"]);
+/// What a forwarder has read of lines it has not written yet.
+#[derive(Debug, Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    /// Whether `bytes` begin inside a line: the rest of one cut for its length.
+    continued: bool,
+}
+
+impl Pending {
+    /// Adds `new`, and hands `out` what is ready: the whole lines, then pieces of a line too
+    /// long to wait for its end, each with whether it begins inside a line.
+    fn push(&mut self, new: &[u8], mut out: impl FnMut(&[u8], bool)) {
+        let scanned = self.bytes.len();
+        self.bytes.extend_from_slice(new);
+        // Only the new bytes are scanned, so a long line costs linear time.
+        let end = self.bytes[scanned..]
+            .iter()
+            .rposition(|&b| b == b'\n' || b == b'\r')
+            .map(|at| scanned + at + 1);
+        if let Some(end) = end {
+            out(&self.bytes[..end], self.continued);
+            self.bytes.drain(..end);
+            self.continued = false;
         }
-        match (dispatch, crate::trace::Record::from_hex(hex)) {
-            (Some(dispatch), Some(record)) => emit(tag, dispatch, &record, reported),
-            // Not a record after all: the line as the worker wrote it, tagged.
-            (Some(_), None) => write_parts(&[tag.as_bytes(), MARK, hex]),
-            // A host agent passes records on as they are, for its pool to read.
-            (None, _) => write_parts(&[MARK, hex]),
+        while self.bytes.len() >= FORWARD_LINE_CAP {
+            // A line this long without an end is forwarded in pieces of the cap.
+            let mut piece: Vec<u8> = self.bytes.drain(..FORWARD_LINE_CAP).collect();
+            piece.push(b'\n');
+            out(&piece, self.continued);
+            self.continued = true;
+        }
+    }
+
+    /// Hands `out` what is left, a line without its end, once nothing more comes.
+    fn finish(&mut self, mut out: impl FnMut(&[u8], bool)) {
+        if !self.bytes.is_empty() {
+            self.bytes.push(b'\n');
+            out(&self.bytes, self.continued);
+            self.bytes.clear();
         }
     }
 }
 
-/// Re-emits `record` to `dispatch`. A panic of the subscriber leaves the event out and the
-/// forwarding goes on; the first (`reported` says whether there was one) is reported on our
-/// stderr, as a line (a `tracing` event could panic it again).
+/// Where a forwarder writes what it read.
+struct Sink {
+    /// Who the records come from. On a host agent's stderr, only the pool and the host: each
+    /// record's stamp names the worker and its pid.
+    origin: Origin,
+    /// Whether this reads a host agent's stderr.
+    agent: bool,
+    /// `[pool:index] `, before each line of a worker's (an agent's lines come tagged).
+    tag: String,
+    /// The pool's subscriber, which gets the records.
+    dispatch: Option<tracing::Dispatch>,
+    /// In a host agent: records are passed on, stamped, for the pool that reads our stderr.
+    pass_on: bool,
+    /// Whether a panic of the subscriber was reported.
+    reported: bool,
+}
+
+impl Sink {
+    fn new(source: Source, dispatch: Option<tracing::Dispatch>) -> Sink {
+        let (origin, agent, tag) = match source {
+            Source::Worker { pool, index, pid } => {
+                let tag = format!("[{pool}:{index}] ");
+                let origin = Origin {
+                    pool,
+                    worker: index as u64,
+                    host: rustix::system::uname()
+                        .nodename()
+                        .to_string_lossy()
+                        .into_owned(),
+                    pid,
+                };
+                (origin, false, tag)
+            }
+            Source::Agent { pool, host } => {
+                let origin = Origin {
+                    pool,
+                    worker: 0,
+                    host,
+                    pid: 0,
+                };
+                (origin, true, String::new())
+            }
+        };
+        Sink {
+            pass_on: !agent && dispatch.is_none() && crate::trace::passes_records_on(),
+            origin,
+            agent,
+            tag,
+            dispatch,
+            reported: false,
+        }
+    }
+
+    /// Writes whole lines; the first begins inside a line if `continued`. A line ends at
+    /// `\n`, or at `\r` (a progress line that redraws itself).
+    fn write(&mut self, lines: &[u8], continued: bool) {
+        for (i, line) in Lines(lines).enumerate() {
+            if self.agent {
+                self.agent_line(line, continued && i == 0);
+            } else {
+                self.worker_line(line);
+            }
+        }
+    }
+
+    /// A line of a worker's, tagged. A record in it is re-emitted, or passed on, on a line of
+    /// its own, after the text before it (a line the entry had not ended) if any; without a
+    /// subscriber to take it, it is part of the line.
+    fn worker_line(&mut self, line: &[u8]) {
+        let wanted = self.dispatch.is_some() || self.pass_on;
+        let record = crate::trace::split_marked(line)
+            .filter(|_| wanted)
+            .and_then(|(before, hex)| Some((before, hex, Record::from_hex(hex)?)));
+        let Some((before, hex, record)) = record else {
+            write_parts(&[self.tag.as_bytes(), line]);
+            return;
+        };
+        if !before.is_empty() {
+            write_parts(&[self.tag.as_bytes(), before, b"\n"]);
+        }
+        match &self.dispatch {
+            Some(dispatch) => emit(dispatch, &record, &self.origin, &mut self.reported, false),
+            None => {
+                let stamped = crate::trace::stamped(self.origin.worker, self.origin.pid, hex);
+                write_parts(&[&stamped]);
+            }
+        }
+    }
+
+    /// A line of a host agent's: as it is, unless it starts with the agent's stamp on a
+    /// record (the rest of a line cut for its length does not start a line).
+    fn agent_line(&mut self, line: &[u8], continued: bool) {
+        let record = self.dispatch.as_ref().zip(agents_record(line, continued));
+        let Some((dispatch, (worker, pid, record))) = record else {
+            write_parts(&[line]);
+            return;
+        };
+        self.origin.worker = worker;
+        self.origin.pid = pid;
+        emit(dispatch, &record, &self.origin, &mut self.reported, true);
+    }
+}
+
+/// Re-emits `record` to `dispatch`. A panic of the subscriber leaves the event out; the first
+/// (`reported` says whether there was one) is reported on our stderr, as a line (a `tracing`
+/// event could panic it again). `agent`: the record came through a host agent.
 fn emit(
-    tag: &str,
     dispatch: &tracing::Dispatch,
-    record: &crate::trace::Record,
+    record: &Record,
+    origin: &Origin,
     reported: &mut bool,
+    agent: bool,
 ) {
     let emitted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        crate::trace::replay::emit(dispatch, record)
+        crate::trace::replay::emit(dispatch, record, origin)
     }));
     let Err(panic) = emitted else {
         return;
@@ -172,11 +289,28 @@ fn emit(
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("a panic without a message");
+    let whose = if agent {
+        format!("the workers of host {}", origin.host)
+    } else {
+        "this worker".to_string()
+    };
     let report = format!(
-        "{tag}ppool: the subscriber panicked on a forwarded event ({message}); the later \
-         events read here still go to it, and its panics on them are not reported\n"
+        "[{}:{}] ppool: the subscriber panicked on a forwarded event ({message}); the later \
+         events of {whose} still go to it, and its panics on them are not reported\n",
+        origin.pool, origin.worker
     );
     write_parts(&[report.as_bytes()]);
+}
+
+/// The record on a line of a host agent's, with the worker and the pid its stamp names. Only
+/// a line that starts with the stamp has one; the rest of a line cut for its length does not
+/// start a line, even if it starts with the stamp.
+fn agents_record(line: &[u8], continued: bool) -> Option<(u64, u32, Record)> {
+    if continued {
+        return None;
+    }
+    let (worker, pid, hex) = crate::trace::read_stamped(line)?;
+    Some((worker, pid, Record::from_hex(hex)?))
 }
 
 /// Writes `parts` to our stderr, holding its lock, so that they stay together.
@@ -219,7 +353,73 @@ impl Forwarder {
 
 #[cfg(test)]
 mod tests {
-    use super::Lines;
+    use super::{FORWARD_LINE_CAP, Lines, Pending, agents_record};
+    use crate::trace::{MARK, Record, stamped};
+
+    /// A record's line as a worker writes it, and its hex.
+    fn record_line() -> (Vec<u8>, Vec<u8>) {
+        let record = Record {
+            level: 3,
+            target: "app".into(),
+            module_path: None,
+            file: None,
+            line: None,
+            fields: Vec::new(),
+            spans: Vec::new(),
+            task: None,
+        };
+        let line = record.to_line().unwrap();
+        let hex = line[MARK.len()..].to_vec();
+        (line, hex)
+    }
+
+    /// What `Pending` hands on for `reads`: each piece, with whether it begins inside a line.
+    fn pieces(reads: &[&[u8]]) -> Vec<(Vec<u8>, bool)> {
+        let mut pending = Pending::default();
+        let mut out = Vec::new();
+        for read in reads {
+            pending.push(read, |piece, continued| {
+                out.push((piece.to_vec(), continued))
+            });
+        }
+        pending.finish(|piece, continued| out.push((piece.to_vec(), continued)));
+        out
+    }
+
+    #[test]
+    fn the_pieces_of_a_line_cut_for_its_length_begin_inside_it() {
+        let long = vec![b'x'; FORWARD_LINE_CAP + 10];
+        let out = pieces(&[&long, b"y\nnext\n", b"last"]);
+        let flags: Vec<bool> = out.iter().map(|(_, continued)| *continued).collect();
+        assert_eq!(flags, [false, true, false]);
+        assert_eq!(out[0].0.len(), FORWARD_LINE_CAP + 1);
+        assert_eq!(out[1].0, [vec![b'x'; 10], b"y\nnext\n".to_vec()].concat());
+        assert_eq!(out[2].0, b"last\n");
+
+        let out = pieces(&[b"a\rb", b"c\n"]);
+        assert_eq!(out, [(b"a\r".to_vec(), false), (b"bc\n".to_vec(), false)]);
+    }
+
+    #[test]
+    fn only_a_line_that_starts_with_the_agents_stamp_has_a_record() {
+        let (_, hex) = record_line();
+        let line = stamped(3, 4242, &hex);
+        let (worker, pid, _) = agents_record(&line, false).expect("a stamped record");
+        assert_eq!((worker, pid), (3, 4242));
+        assert!(
+            agents_record(&line, true).is_none(),
+            "the rest of a cut line"
+        );
+        let tagged = [b"[p:0] ".as_slice(), &line].concat();
+        assert!(agents_record(&tagged, false).is_none(), "a worker's line");
+        let (unstamped, _) = record_line();
+        assert!(
+            agents_record(&unstamped, false).is_none(),
+            "a worker's record"
+        );
+        let bad = stamped(3, 4242, b"zz\n");
+        assert!(agents_record(&bad, false).is_none(), "not a record");
+    }
 
     #[test]
     fn lines_end_at_newlines_and_lone_carriage_returns_and_crlf_is_one_end() {

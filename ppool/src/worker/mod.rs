@@ -158,8 +158,7 @@ impl Session {
                         index: hello.worker as usize,
                         pool: hello.pool.to_string(),
                     });
-                    self.capture =
-                        crate::trace::capture::dispatch(hello.trace, hello.pool, hello.worker);
+                    self.capture = crate::trace::capture::dispatch(hello.trace);
                 }
                 Ok((record, ours, hello.token))
             });

@@ -119,9 +119,10 @@ impl Host {
         };
         if let Some(stderr) = child.stderr.take() {
             // Its thread ends when the launcher's stderr closes, after the launcher.
+            let (pool, host) = (config.pool.clone(), name.clone());
             drop(crate::transport::stderr::forward_stderr(
                 stderr,
-                String::new(),
+                crate::transport::stderr::Source::Agent { pool, host },
                 config.dispatch.clone(),
             ));
         }
