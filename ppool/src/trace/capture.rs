@@ -13,7 +13,8 @@ use tracing::span::{Attributes, Id, Record as Values};
 use tracing::subscriber::Interest;
 use tracing::{Event, Metadata, Subscriber};
 
-/// Set once [`install`] has put the subscriber in place: only then is the running task noted.
+/// Set once [`make_global`] has put the subscriber in place: only then is the running task
+/// noted.
 static CAPTURING: AtomicBool = AtomicBool::new(false);
 
 thread_local! {

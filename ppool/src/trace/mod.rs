@@ -2,11 +2,11 @@
 //!
 //! Workers never run `main`, so a subscriber installed there does not exist in them. When the
 //! supervisor has one, the greeting tells each worker the most verbose level it wants; the
-//! worker then installs [`capture::Capture`], which writes each enabled event, with its spans,
-//! as one marked line on the worker's stderr. The supervisor's stderr forwarder recognizes the
-//! mark and hands the record to [`replay::emit`], which re-emits the event to the pool's
-//! subscriber with its level, target, fields and spans, inside a `task` span tagged with the
-//! pool, the worker, its host and pid.
+//! worker then installs the subscriber of [`capture::dispatch`], which writes each enabled
+//! event, with its spans, as one marked line on the worker's stderr. The supervisor's stderr
+//! forwarder recognizes the mark and hands the record to [`replay::emit`], which re-emits the
+//! event to the pool's subscriber with its level, target, fields and spans, inside a `task`
+//! span tagged with the pool, the worker, its host and pid.
 //!
 //! A record says what happened, never who it came from: an entry can write any line on its
 //! stderr, a record's imitation included. Who it came from ([`Origin`]) is what the reader of
