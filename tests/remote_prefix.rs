@@ -4,6 +4,11 @@
 //! do to a pool: stop reading, relay slowly, hang, print on the stream, and what a pool must do
 //! to its hosts: end their agents on `join`, and never leave a caller's thread changed.
 //!
+//! They also cover the remote path as a user meets it (calls, batches, streams, cancel, an
+//! agent killed mid-batch with and without retries, shell noise, another build, bad
+//! settings), so that every `cargo test --workspace` runs it, root or not; the ssh and Slurm
+//! tests of `tests/remote.rs` need the test cluster.
+//!
 //! Each test tags its hosts with a value of its own in `PPOOL_PREFIX_TAG`, and finds their
 //! agents and workers by it in `/proc`.
 
@@ -448,4 +453,243 @@ fn a_callers_thread_keeps_its_signal_mask() {
         0,
         "the pool left SIGPIPE blocked on the caller's thread"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The remote path as a user meets it, on hosts anyone can start.
+// ---------------------------------------------------------------------------------------------
+
+/// A `ppool::main!` program of another build than this test binary (other entries).
+const OTHER_BUILD: &str = env!("CARGO_BIN_EXE_ppool-test-supervisor");
+
+/// `x * x`, and the value of `PPOOL_PREFIX_TAG` where it ran: which host it was.
+#[pool_entry]
+fn square_where(x: u64) -> (u64, String) {
+    (x * x, std::env::var(TAG).unwrap_or_default())
+}
+
+/// Appends `i` to the file `log` (one `write` of a whole line, `O_APPEND`), sleeps `ms`, and
+/// returns `i`.
+#[pool_entry]
+fn log_then_sleep(log: String, i: u64, ms: u64) -> u64 {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&log)
+        .unwrap_or_else(|e| panic!("cannot open the log {log}: {e}"));
+    file.write_all(format!("{i}\n").as_bytes())
+        .expect("the log takes a line");
+    drop(file);
+    std::thread::sleep(Duration::from_millis(ms));
+    i
+}
+
+fn two_hosts(tag: &str) -> ppool::Builder<square_where> {
+    ProcessPool::<square_where>::builder()
+        .remote(Remote::command(tagged(&format!("{tag}-a"))).workers(2))
+        .remote(Remote::command(tagged(&format!("{tag}-b"))).workers(2))
+}
+
+/// `call`, a batch, both streams and a cancel on two command-prefix hosts: every result right,
+/// and both hosts used.
+#[test]
+fn calls_batches_streams_and_cancel_on_two_hosts() {
+    let _deadline = ppool_tests::deadline();
+    let pool = two_hosts("use").build().expect("the pool starts");
+    assert_eq!(pool.n_jobs(), 4);
+    assert_eq!(pool.call(7).expect("a call").0, 49);
+    let batch = pool.batch(0..2_000u64).wait().expect("a batch");
+    assert_eq!(
+        batch.iter().map(|r| r.0).collect::<Vec<_>>(),
+        (0..2_000u64).map(|x| x * x).collect::<Vec<_>>()
+    );
+    let hosts: std::collections::BTreeSet<&str> = batch.iter().map(|r| r.1.as_str()).collect();
+    assert_eq!(
+        hosts.into_iter().collect::<Vec<_>>(),
+        vec!["use-a", "use-b"],
+        "the batch did not run on both hosts"
+    );
+    let ordered: Vec<u64> = pool
+        .map(0..500u64)
+        .map(|r| r.expect("a streamed result").0)
+        .collect();
+    assert_eq!(ordered, (0..500u64).map(|x| x * x).collect::<Vec<_>>());
+    let mut unordered: Vec<u64> = pool
+        .map_unordered(0..500u64)
+        .map(|r| r.expect("a streamed result").0)
+        .collect();
+    unordered.sort_unstable();
+    assert_eq!(unordered, ordered);
+    let naps = pool.entry::<nap>();
+    let long = naps.submit(30_000);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(long.cancel());
+    assert!(matches!(long.wait(), Err(Error::Cancelled)));
+    assert_eq!(pool.call(3).expect("the pool goes on").0, 9);
+    let workers = pool.insights();
+    let named: Vec<String> = workers.workers.iter().map(|w| w.host.clone()).collect();
+    assert!(
+        named
+            .iter()
+            .all(|h| h.contains("use-a") || h.contains("use-b")),
+        "{named:?}"
+    );
+    pool.join().expect("join");
+}
+
+/// The lines of a log: the task indices written, each as often as it ran.
+fn log_lines(path: &std::path::Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect()
+}
+
+/// A host whose agent is SIGKILLed in the middle of a batch: under `retries(0)` only the
+/// tasks it held fail, with `Lost`, and no task runs twice; under `retries(2)` every task
+/// succeeds. The other host serves on, and nothing of the killed host is left.
+#[test]
+fn an_agent_killed_mid_batch_fails_only_its_tasks() {
+    let _deadline = ppool_tests::deadline();
+    for retries in [0, 2] {
+        let tag = format!("killed-{retries}");
+        let dir = ppool_tests::TempDir::new("remote-killed");
+        let log = dir.path().join("log");
+        let pool = ProcessPool::<log_then_sleep>::builder()
+            .remote(Remote::command(tagged(&format!("{tag}-a"))).workers(2))
+            .remote(Remote::command(tagged(&format!("{tag}-b"))).workers(2))
+            .retries(retries)
+            .build()
+            .expect("the pool starts");
+        let path = log.to_string_lossy().into_owned();
+        let batch = pool.batch((0..40u64).map(|i| (path.clone(), i, 100)));
+        std::thread::sleep(Duration::from_millis(350));
+        let victim = agents(&format!("{tag}-a"));
+        assert_eq!(victim.len(), 1, "{victim:?}");
+        let its_workers: Vec<u32> = with_tag(&format!("{tag}-a"))
+            .into_iter()
+            .filter(|&(_, parent)| parent == victim[0])
+            .map(|(pid, _)| pid)
+            .collect();
+        assert_eq!(its_workers.len(), 2, "{its_workers:?}");
+        signal(victim[0], libc::SIGKILL);
+        let results = batch.wait_all();
+        assert_eq!(results.len(), 40);
+        let lost = results
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r,
+                    Err(Error::WorkerDied {
+                        cause: ExitCause::Lost,
+                        ..
+                    })
+                )
+            })
+            .count();
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        if retries == 0 {
+            assert!(lost >= 1, "no task of the killed host failed");
+            assert_eq!(ok + lost, 40, "{results:?}");
+            let mut ran = log_lines(&log);
+            let all = ran.len();
+            ran.sort_unstable();
+            ran.dedup();
+            assert_eq!(ran.len(), all, "a task ran twice without retries");
+        } else {
+            assert_eq!(ok, 40, "{results:?}");
+        }
+        for (i, r) in results.iter().enumerate() {
+            if let Ok(v) = r {
+                assert_eq!(*v, i as u64);
+            }
+        }
+        // Its workers end by themselves once their agent is gone (the pool may have started
+        // a new agent there since: the host's launcher still works).
+        let alive = |pid: &u32| {
+            with_tag(&format!("{tag}-a"))
+                .iter()
+                .any(|&(p, _)| p == *pid)
+        };
+        assert!(
+            within(Duration::from_secs(10), || !its_workers.iter().any(alive)),
+            "workers of the killed agent are left"
+        );
+        pool.join().expect("join");
+    }
+}
+
+/// Text a login shell prints before the agent starts is skipped; a host whose program is
+/// another build is refused with an error that names it.
+#[test]
+fn shell_noise_is_skipped_and_another_build_is_refused() {
+    let _deadline = ppool_tests::deadline();
+    let noisy = [
+        "sh",
+        "-c",
+        "echo login noise; echo more noise; exec \"$@\"",
+        "sh",
+        "env",
+        "PPOOL_PREFIX_TAG=noisy",
+    ];
+    let pool = ProcessPool::<square_where>::builder()
+        .remote(Remote::command(noisy).workers(2))
+        .build()
+        .expect("a pool on a host that prints noise first");
+    assert_eq!(pool.batch(0..100u64).wait().expect("a batch").len(), 100);
+    pool.join().expect("join");
+    let other = ProcessPool::<square_where>::builder()
+        .remote(
+            Remote::command(tagged("other-build"))
+                .workers(1)
+                .program(OTHER_BUILD),
+        )
+        .host_timeout(Duration::from_secs(5))
+        .build();
+    match other {
+        Err(Error::Spawn { message, .. }) => {
+            assert!(message.contains("another build"), "{message}");
+            assert!(
+                message.contains("other-build"),
+                "the host is not named: {message}"
+            );
+        }
+        other => panic!("a host of another build: {other:?}"),
+    }
+    assert!(within(Duration::from_secs(10), || with_tag("other-build")
+        .is_empty()));
+}
+
+/// Settings that cannot work are `InvalidConfig` before anything starts.
+#[test]
+fn bad_remote_settings_are_invalid_config() {
+    let _deadline = ppool_tests::deadline();
+    let cases = [
+        ("workers(0)", Remote::command(tagged("bad")).workers(0)),
+        (
+            "an empty prefix",
+            Remote::command(Vec::<String>::new()).workers(1),
+        ),
+        ("an empty ssh host", Remote::ssh("").workers(1)),
+    ];
+    for (what, remote) in cases {
+        match ProcessPool::<square_where>::builder()
+            .remote(remote)
+            .build()
+        {
+            Err(Error::InvalidConfig { .. }) => {}
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    match ProcessPool::<square_where>::builder()
+        .remote(Remote::command(tagged("bad")).workers(1))
+        .debug(true)
+        .build()
+    {
+        Err(Error::InvalidConfig { .. }) => {}
+        other => panic!("debug mode with remote hosts: {other:?}"),
+    }
+    assert!(with_tag("bad").is_empty());
 }
