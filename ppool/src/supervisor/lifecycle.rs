@@ -50,10 +50,13 @@ pub(super) fn register(shared: &Shared, i: usize, conn: &Conn) {
 /// Starts every worker at once, then waits for each to be ready.
 pub(super) fn start_all(shared: &Shared) -> Result<Vec<Conn>, Error> {
     let n = shared.settings.n_jobs;
-    let mut started = Vec::with_capacity(n);
-    for i in 0..n {
-        started.push(shared.launch.start(i, &greeting(&shared.spec, i))?);
-    }
+    let greetings: Vec<Vec<u8>> = (0..n).map(|i| greeting(&shared.spec, i)).collect();
+    // Every host at once: a remote pool's start costs its slowest host, not their sum.
+    let started = shared
+        .launch
+        .start_many(0, &greetings)
+        .into_iter()
+        .collect::<Result<Vec<_>, Error>>()?;
     let mut conns = Vec::with_capacity(n);
     for (i, worker) in started.into_iter().enumerate() {
         let conn = ready(&shared.spec, i, worker).map_err(|f| f.error)?;

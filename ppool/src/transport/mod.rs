@@ -104,6 +104,16 @@ pub(crate) trait Launch: Send + Sync + Debug {
     /// Starts worker `index` and sends it `greeting` (HELLO and the frames that follow it).
     fn start(&self, index: usize, greeting: &[u8]) -> Result<Worker, Error>;
 
+    /// Starts workers `first..first + greetings.len()`, each with its greeting, as many at
+    /// once as the kind allows (remote hosts all together); one result per worker, in order.
+    fn start_many(&self, first: usize, greetings: &[Vec<u8>]) -> Vec<Result<Worker, Error>> {
+        greetings
+            .iter()
+            .enumerate()
+            .map(|(k, greeting)| self.start(first + k, greeting))
+            .collect()
+    }
+
     /// The name of the host worker `index` runs on.
     fn host(&self, _index: usize) -> String {
         "localhost".to_string()

@@ -242,58 +242,94 @@ impl Host {
         }
     }
 
-    /// Asks the agent for a worker in a new slot, and waits until it runs; its slot.
-    pub(super) fn spawn(&self, index: usize, greeting: &[u8]) -> Result<(u32, u32), Error> {
+    /// Asks the agent for a worker in a new slot for each `(index, greeting)`, all at once,
+    /// and waits until they run: each one's slot and pid, or why it did not start.
+    pub(super) fn spawn_many(&self, workers: &[(usize, &[u8])]) -> Vec<Result<(u32, u32), Error>> {
         let conn = &self.conn;
         let name = &conn.name;
-        let slot = conn.next_slot.fetch_add(1, Ordering::Relaxed);
-        lock(&conn.state).slots.insert(slot, Inbox::default());
-        let index32 = u32::try_from(index).map_err(|_| Error::spawn("too many workers"))?;
-        let spawn = Control::Spawn {
-            slot,
-            index: index32,
-            greeting,
-        };
-        if let Err(e) = conn.outbox.post(CONTROL, &spawn.encode()) {
-            lock(&conn.state).slots.remove(&slot);
-            return Err(Error::spawn(format!(
-                "host {name}: cannot ask for worker {index}: {e}"
-            )));
+        let mut asked: Vec<Result<u32, Error>> = Vec::with_capacity(workers.len());
+        for &(index, greeting) in workers {
+            let Ok(index32) = u32::try_from(index) else {
+                asked.push(Err(Error::spawn("too many workers")));
+                continue;
+            };
+            let slot = conn.next_slot.fetch_add(1, Ordering::Relaxed);
+            lock(&conn.state).slots.insert(slot, Inbox::default());
+            let spawn = Control::Spawn {
+                slot,
+                index: index32,
+                greeting,
+            };
+            match conn.outbox.post(CONTROL, &spawn.encode()) {
+                Ok(()) => asked.push(Ok(slot)),
+                Err(e) => {
+                    lock(&conn.state).slots.remove(&slot);
+                    asked.push(Err(Error::spawn(format!(
+                        "host {name}: cannot ask for worker {index}: {e}"
+                    ))));
+                }
+            }
         }
         let patience = conn.host_timeout.max(SPAWN_MIN);
         let deadline = deadline(Instant::now(), patience);
+        let mut answers: Vec<Option<Result<(u32, u32), Error>>> = asked
+            .iter()
+            .map(|a| a.as_ref().err().map(|e| Err(e.clone())))
+            .collect();
         let mut st = lock(&conn.state);
         loop {
-            if let Some(inbox) = st.slots.get_mut(&slot)
-                && let Some(spawned) = inbox.spawned.take()
-            {
-                return match spawned {
-                    Ok(pid) => Ok((slot, pid)),
-                    Err(why) => {
-                        st.slots.remove(&slot);
-                        Err(Error::spawn(format!(
-                            "host {name}: worker {index} cannot start: {why}"
-                        )))
-                    }
+            for ((k, slot), answer) in asked.iter().enumerate().zip(answers.iter_mut()) {
+                let (Ok(slot), None) = (slot, &answer) else {
+                    continue;
                 };
+                let index = workers[k].0;
+                if let Some(spawned) = st
+                    .slots
+                    .get_mut(slot)
+                    .and_then(|inbox| inbox.spawned.take())
+                {
+                    *answer = Some(match spawned {
+                        Ok(pid) => Ok((*slot, pid)),
+                        Err(why) => {
+                            st.slots.remove(slot);
+                            Err(Error::spawn(format!(
+                                "host {name}: worker {index} cannot start: {why}"
+                            )))
+                        }
+                    });
+                } else if let Some(lost) = &st.lost {
+                    *answer = Some(Err(Error::spawn(format!("host {name} was lost: {lost}"))));
+                }
             }
-            if let Some(lost) = &st.lost {
-                return Err(Error::spawn(format!("host {name} was lost: {lost}")));
+            if answers.iter().all(Option::is_some) {
+                break;
             }
             st = match deadline {
                 None => crate::sync::wait(&conn.changed, st),
                 Some(deadline) => {
                     let now = Instant::now();
                     if now >= deadline {
-                        st.slots.remove(&slot);
-                        return Err(Error::spawn(format!(
-                            "host {name}: worker {index} did not start within {patience:?}"
-                        )));
+                        for ((k, slot), answer) in asked.iter().enumerate().zip(answers.iter_mut())
+                        {
+                            if let (Ok(slot), None) = (slot, &answer) {
+                                st.slots.remove(slot);
+                                *answer = Some(Err(Error::spawn(format!(
+                                    "host {name}: worker {} did not start within {patience:?}",
+                                    workers[k].0
+                                ))));
+                            }
+                        }
+                        break;
                     }
                     wait_timeout(&conn.changed, st, deadline - now)
                 }
             };
         }
+        drop(st);
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| Err(Error::spawn(format!("host {name}: no answer")))))
+            .collect()
     }
 }
 

@@ -98,12 +98,99 @@ impl Remotes {
 
     /// Starts remote worker `i` as pool worker `index`.
     pub(crate) fn start(&self, i: usize, index: usize, greeting: &[u8]) -> Result<Worker, Error> {
-        let entry = self
-            .entry(i)
-            .ok_or_else(|| Error::spawn(format!("internal: no host for worker {index}")))?;
+        let mut started = self.start_many(i, index, &[greeting.to_vec()]);
+        started
+            .pop()
+            .unwrap_or_else(|| Err(Error::spawn(format!("no host for worker {index}"))))
+    }
+
+    /// Starts remote workers `i..` as pool workers `index..`, one greeting each: every host
+    /// at once, on a thread of its own, and every worker of a host at once.
+    pub(crate) fn start_many(
+        &self,
+        i: usize,
+        index: usize,
+        greetings: &[Vec<u8>],
+    ) -> Vec<Result<Worker, Error>> {
+        // Consecutive workers of one host form a group.
+        let mut groups: Vec<(&HostEntry, Vec<(usize, &[u8])>)> = Vec::new();
+        let mut results: Vec<Option<Result<Worker, Error>>> = Vec::new();
+        for (k, greeting) in greetings.iter().enumerate() {
+            results.push(None);
+            match self.entry(i + k) {
+                None => {
+                    results[k] = Some(Err(Error::spawn(format!(
+                        "no host for worker {}",
+                        index + k
+                    ))));
+                }
+                Some(entry) => match groups.last_mut() {
+                    Some((last, members)) if std::ptr::eq(*last, entry) => {
+                        members.push((index + k, greeting.as_slice()));
+                    }
+                    _ => groups.push((entry, vec![(index + k, greeting.as_slice())])),
+                },
+            }
+        }
+        let started: Vec<Vec<Result<Worker, Error>>> = if groups.len() == 1 {
+            groups
+                .iter()
+                .map(|(entry, members)| self.start_on(entry, members))
+                .collect()
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = groups
+                    .iter()
+                    .map(|(entry, members)| {
+                        std::thread::Builder::new()
+                            .name("ppool-host-start".into())
+                            .spawn_scoped(scope, move || self.start_on(entry, members))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .zip(&groups)
+                    .map(|(handle, (entry, members))| {
+                        let failed = |why: String| {
+                            members
+                                .iter()
+                                .map(|_| {
+                                    Err(Error::spawn(format!("host {}: {why}", entry.spec.name)))
+                                })
+                                .collect()
+                        };
+                        match handle {
+                            Ok(handle) => handle
+                                .join()
+                                .unwrap_or_else(|_| failed("its start panicked".into())),
+                            Err(e) => failed(format!("cannot start a thread: {e}")),
+                        }
+                    })
+                    .collect()
+            })
+        };
+        let mut each = started.into_iter().flatten();
+        for slot in &mut results {
+            if slot.is_none() {
+                *slot = each.next();
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::spawn("a worker was not started"))))
+            .collect()
+    }
+
+    /// Starts `members` on `entry`'s host, its agent first if it has none running.
+    fn start_on(
+        &self,
+        entry: &HostEntry,
+        members: &[(usize, &[u8])],
+    ) -> Vec<Result<Worker, Error>> {
         let name = &entry.spec.name;
+        let refuse = |e: Error| members.iter().map(|_| Err(e.clone())).collect();
         if entry.failures.load(Ordering::Relaxed) >= SET_ASIDE_AFTER {
-            return Err(Error::spawn(format!(
+            return refuse(Error::spawn(format!(
                 "host {name} is set aside: it failed to start {SET_ASIDE_AFTER} times in a row"
             )));
         }
@@ -123,15 +210,21 @@ impl Remotes {
                         if failures >= SET_ASIDE_AFTER {
                             tracing::warn!(host = %name, error = &e as &dyn std::error::Error, "host set aside");
                         }
-                        return Err(e);
+                        return refuse(e);
                     }
                 },
             }
         };
-        match host.spawn(index, greeting) {
-            Ok((slot, pid)) => {
-                entry.failures.store(0, Ordering::Relaxed);
-                Ok(Worker {
+        let spawned = host.spawn_many(members);
+        if spawned.iter().any(Result::is_ok) {
+            entry.failures.store(0, Ordering::Relaxed);
+        } else {
+            entry.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        spawned
+            .into_iter()
+            .map(|r| {
+                r.map(|(slot, pid)| Worker {
                     link: Box::new(RemoteLink {
                         conn: Arc::clone(&host.conn),
                         slot,
@@ -143,12 +236,8 @@ impl Remotes {
                         pid,
                     }),
                 })
-            }
-            Err(e) => {
-                entry.failures.fetch_add(1, Ordering::Relaxed);
-                Err(e)
-            }
-        }
+            })
+            .collect()
     }
 }
 
@@ -173,6 +262,20 @@ impl Launch for Mixed {
             None => self.local.host(index),
             Some(i) => self.remote.host_name(i),
         }
+    }
+
+    fn start_many(&self, first: usize, greetings: &[Vec<u8>]) -> Vec<Result<Worker, Error>> {
+        let local = self
+            .local_workers
+            .saturating_sub(first)
+            .min(greetings.len());
+        let mut started = self.local.start_many(first, &greetings[..local]);
+        let next = first + local;
+        if local < greetings.len() {
+            let i = next - self.local_workers;
+            started.extend(self.remote.start_many(i, next, &greetings[local..]));
+        }
+        started
     }
 
     fn close(&self) {
