@@ -26,6 +26,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// A worker to start: its pool index and its greeting.
+type Member<'a> = (usize, &'a [u8]);
+
 /// Failed starts in a row after which a host is set aside.
 const SET_ASIDE_AFTER: u32 = 3;
 
@@ -113,7 +116,7 @@ impl Remotes {
         greetings: &[Vec<u8>],
     ) -> Vec<Result<Worker, Error>> {
         // Consecutive workers of one host form a group.
-        let mut groups: Vec<(&HostEntry, Vec<(usize, &[u8])>)> = Vec::new();
+        let mut groups: Vec<(&HostEntry, Vec<Member<'_>>)> = Vec::new();
         let mut results: Vec<Option<Result<Worker, Error>>> = Vec::new();
         for (k, greeting) in greetings.iter().enumerate() {
             results.push(None);
