@@ -46,14 +46,20 @@ fn say(x: u64) -> u64 {
     x
 }
 
-/// The prefix `env PPOOL_PREFIX_TAG=<tag>`.
+/// `PPOOL_PREFIX_TAG=<tag>.<this process's pid>`: tests run at once in other processes
+/// (another checkout, say) never see each other's hosts.
+fn env_tag(tag: &str) -> String {
+    format!("{TAG}={tag}.{}", std::process::id())
+}
+
+/// The prefix `env PPOOL_PREFIX_TAG=<tag>.<pid>`.
 fn tagged(tag: &str) -> Vec<String> {
-    vec!["env".into(), format!("{TAG}={tag}")]
+    vec!["env".into(), env_tag(tag)]
 }
 
 /// The processes whose environment holds `PPOOL_PREFIX_TAG=<tag>`, as `(pid, parent)`.
 fn with_tag(tag: &str) -> Vec<(u32, u32)> {
-    let needle = format!("{TAG}={tag}");
+    let needle = env_tag(tag);
     let mut found = Vec::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return found;
@@ -307,7 +313,7 @@ fn text_on_the_stream_allocates_nothing_and_says_what_came() {
                 "\"$@\"; echo 'Warning: the agent has ended'; sleep 1",
                 "sh",
                 "env",
-                &format!("{TAG}=after-exit"),
+                &env_tag("after-exit"),
             ])
             .workers(1),
         )
@@ -325,7 +331,7 @@ fn text_on_the_stream_allocates_nothing_and_says_what_came() {
                 "\"$@\" & sleep 2; echo 'Warning: a launcher speaks'; wait",
                 "sh",
                 "env",
-                &format!("{TAG}=mid-stream"),
+                &env_tag("mid-stream"),
             ])
             .workers(1),
         )
@@ -363,7 +369,7 @@ fn text_on_the_stream_allocates_nothing_and_says_what_came() {
                 "exec \"$@\" 2>&1",
                 "sh",
                 "env",
-                &format!("{TAG}=merged"),
+                &env_tag("merged"),
             ])
             .workers(1),
         )
@@ -462,10 +468,13 @@ fn a_callers_thread_keeps_its_signal_mask() {
 /// A `ppool::main!` program of another build than this test binary (other entries).
 const OTHER_BUILD: &str = env!("CARGO_BIN_EXE_ppool-test-supervisor");
 
-/// `x * x`, and the value of `PPOOL_PREFIX_TAG` where it ran: which host it was.
+/// `x * x`, and the value of `PPOOL_PREFIX_TAG` where it ran (without the pid): which host it
+/// was.
 #[pool_entry]
 fn square_where(x: u64) -> (u64, String) {
-    (x * x, std::env::var(TAG).unwrap_or_default())
+    let tag = std::env::var(TAG).unwrap_or_default();
+    let host = tag.rsplit_once('.').map_or(tag.as_str(), |(host, _)| host);
+    (x * x, host.to_string())
 }
 
 /// Appends `i` to the file `log` (one `write` of a whole line, `O_APPEND`), sleeps `ms`, and
@@ -632,7 +641,7 @@ fn shell_noise_is_skipped_and_another_build_is_refused() {
         "echo login noise; echo more noise; exec \"$@\"",
         "sh",
         "env",
-        "PPOOL_PREFIX_TAG=noisy",
+        &env_tag("noisy"),
     ];
     let pool = ProcessPool::<square_where>::builder()
         .remote(Remote::command(noisy).workers(2))

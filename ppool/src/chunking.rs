@@ -50,18 +50,23 @@ impl Chunking {
             .map_or(1, |n| (n as usize).clamp(1, self.cap))
     }
 
-    /// The chunk size for `len` tasks on `workers` workers: at least four chunks a worker, so
-    /// the load stays balanced, and no more work per chunk than the target once known.
+    /// The chunk size for `len` tasks on `workers` workers: four chunks a worker, so the load
+    /// stays balanced, but, once the tasks' duration is known, no more work per chunk than the
+    /// target and no less than an eighth of it. Below that, a chunk costs more to send than to
+    /// run, and spreading tiny tasks over more workers (a thousand of them on many hosts,
+    /// say) only adds messages: a few workers do them faster.
     pub(crate) fn for_len(&self, len: usize, workers: usize) -> usize {
         if let Some(n) = self.fixed {
             return n;
         }
         let balanced = len.div_ceil(4 * workers.max(1)).max(1);
         let per_task = self.nanos_per_task.load(Ordering::Relaxed);
-        let by_time = TARGET_NANOS
-            .checked_div(per_task)
-            .map_or(self.cap, |n| (n as usize).max(1));
-        balanced.min(by_time).min(self.cap)
+        let Some(by_time) = TARGET_NANOS.checked_div(per_task) else {
+            return balanced.min(self.cap);
+        };
+        let by_time = (by_time as usize).max(1);
+        let floor = (by_time / 8).max(1);
+        balanced.clamp(floor, by_time).min(self.cap)
     }
 
     /// Learns from a chunk of `count` tasks that kept a worker busy `busy_nanos`.

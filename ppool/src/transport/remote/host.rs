@@ -1,8 +1,9 @@
 //! One host: its agent, started through its launcher, and the connection the host's workers
-//! share ([`Conn`]). A reader thread takes the agent's messages apart into one inbox per
-//! worker; a heartbeat thread pings the agent and declares the host lost when nothing came
-//! from it for the host timeout, or its launcher ended; every write goes through the host's
-//! [`Outbox`], so no thread waits behind another's bytes.
+//! share ([`Conn`]). Two threads per host: a reader takes the agent's messages apart into one
+//! inbox per worker, and keeps the heartbeat between reads (it pings the agent and declares
+//! the host lost when nothing came from it for the host timeout, or its launcher ended);
+//! every write goes through the host's [`Outbox`] and its writer thread, so no thread waits
+//! behind another's bytes. A message for one worker wakes that worker's driver alone.
 //!
 //! Silence is counted in bytes, not messages: a large message that is still arriving is not
 //! silence, however slow the link. The agent pings on its own too, so a host that is busy
@@ -33,6 +34,14 @@ pub(super) const GRACE: Duration = Duration::from_secs(2);
 /// The least time an agent has to answer the greeting, and a worker to start.
 const ANSWER_MIN: Duration = Duration::from_secs(10);
 const SPAWN_MIN: Duration = Duration::from_secs(30);
+
+/// A worker the agent started: its slot, its pid there, and its inbox's bell.
+#[derive(Debug)]
+pub(super) struct Spawned {
+    pub(super) slot: u32,
+    pub(super) pid: u32,
+    pub(super) bell: Arc<Condvar>,
+}
 
 /// An agent on a host, reached through its launcher. Dropping it ends the agent.
 #[derive(Debug)]
@@ -66,9 +75,11 @@ pub(super) struct HostState {
     closed: bool,
 }
 
-/// What came from the agent for one worker.
+/// What came from the agent for one worker, and the bell that wakes whoever waits for it
+/// (only its own driver: a frame for one worker wakes no other).
 #[derive(Debug, Default)]
 pub(super) struct Inbox {
+    pub(super) bell: Arc<Condvar>,
     pub(super) frames: VecDeque<Vec<u8>>,
     spawned: Option<Result<u32, String>>,
     pub(super) exited: Option<(ExitCause, Option<(u64, u32)>)>,
@@ -216,15 +227,6 @@ impl Host {
                 ours.2
             )));
         }
-        let beat = Arc::clone(&conn);
-        if let Err(e) = std::thread::Builder::new()
-            .name(format!("ppool-beat-{name}"))
-            .spawn(move || heartbeat(&beat))
-        {
-            return Err(spawn_error(format!(
-                "cannot start its heartbeat thread: {e}"
-            )));
-        }
         Ok(host)
     }
 
@@ -244,7 +246,7 @@ impl Host {
 
     /// Asks the agent for a worker in a new slot for each `(index, greeting)`, all at once,
     /// and waits until they run: each one's slot and pid, or why it did not start.
-    pub(super) fn spawn_many(&self, workers: &[(usize, &[u8])]) -> Vec<Result<(u32, u32), Error>> {
+    pub(super) fn spawn_many(&self, workers: &[(usize, &[u8])]) -> Vec<Result<Spawned, Error>> {
         let conn = &self.conn;
         let name = &conn.name;
         let mut asked: Vec<Result<u32, Error>> = Vec::with_capacity(workers.len());
@@ -272,7 +274,7 @@ impl Host {
         }
         let patience = conn.host_timeout.max(SPAWN_MIN);
         let deadline = deadline(Instant::now(), patience);
-        let mut answers: Vec<Option<Result<(u32, u32), Error>>> = asked
+        let mut answers: Vec<Option<Result<Spawned, Error>>> = asked
             .iter()
             .map(|a| a.as_ref().err().map(|e| Err(e.clone())))
             .collect();
@@ -283,13 +285,17 @@ impl Host {
                     continue;
                 };
                 let index = workers[k].0;
-                if let Some(spawned) = st
+                if let Some((spawned, bell)) = st
                     .slots
                     .get_mut(slot)
-                    .and_then(|inbox| inbox.spawned.take())
+                    .and_then(|inbox| Some((inbox.spawned.take()?, Arc::clone(&inbox.bell))))
                 {
                     *answer = Some(match spawned {
-                        Ok(pid) => Ok((*slot, pid)),
+                        Ok(pid) => Ok(Spawned {
+                            slot: *slot,
+                            pid,
+                            bell,
+                        }),
                         Err(why) => {
                             st.slots.remove(slot);
                             Err(Error::spawn(format!(
@@ -347,7 +353,7 @@ pub(super) fn stop_all(hosts: &[&Conn]) {
     for conn in hosts {
         lock(&conn.state).closed = true;
         conn.outbox.close();
-        conn.changed.notify_all();
+        conn.ring_all();
     }
     let ended = |conn: &&Conn| {
         lock(&conn.launcher)
@@ -402,8 +408,18 @@ impl Conn {
             st.lost = Some(why);
         }
         self.outbox.kill();
-        self.changed.notify_all();
+        self.ring_all();
         true
+    }
+
+    /// Wakes every waiter of the host: a change that concerns all its workers (lost, closed).
+    fn ring_all(&self) {
+        let st = lock(&self.state);
+        for inbox in st.slots.values() {
+            inbox.bell.notify_all();
+        }
+        drop(st);
+        self.changed.notify_all();
     }
 
     /// Declares the host lost: every worker on it ends, and its launcher is stopped. Runs on
@@ -448,19 +464,83 @@ impl Conn {
     }
 }
 
-/// The agent's stdout, marking the host heard at every byte that comes.
+/// The agent's stdout, marking the host heard at every byte that comes; once the agent has
+/// answered (`beating`), each read also keeps the heartbeat (see [`Heard::beat`]), so the
+/// host needs no thread for it.
 struct Heard<'a> {
     stdout: ChildStdout,
     conn: &'a Conn,
+    beating: bool,
+    every: Duration,
+    last_beat: Instant,
+    nonce: u64,
+}
+
+impl Heard<'_> {
+    /// The heartbeat: declares the host lost when its launcher has ended or nothing came from
+    /// it for the host timeout, and pings the agent when the stream to it is idle (bytes
+    /// already on their way are as good as a ping). An error once the host is lost.
+    fn beat(&mut self) -> io::Result<()> {
+        self.last_beat = Instant::now();
+        let closed = {
+            let st = lock(&self.conn.state);
+            if st.lost.is_some() {
+                return Err(io::Error::other("the host is lost"));
+            }
+            st.closed
+        };
+        if closed {
+            // Read on until the agent ends: it may still say how its workers ended.
+            return Ok(());
+        }
+        let exited = lock(&self.conn.launcher).try_wait().ok().flatten();
+        if let Some(status) = exited {
+            self.conn.lose(format!("its launcher exited ({status})"));
+            return Err(io::Error::other("the host is lost"));
+        }
+        let silent = self.conn.silence();
+        if silent > self.conn.host_timeout {
+            self.conn
+                .lose(format!("nothing came from it for {silent:?}"));
+            return Err(io::Error::other("the host is lost"));
+        }
+        self.nonce += 1;
+        self.conn
+            .outbox
+            .post_if_idle(CONTROL, &Control::Ping(self.nonce).encode());
+        Ok(())
+    }
 }
 
 impl Read for Heard<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.stdout.read(buf)?;
-        if n > 0 {
-            self.conn.heard();
+        loop {
+            if self.beating && self.last_beat.elapsed() >= self.every {
+                self.beat()?;
+            }
+            let wait = self.every.saturating_sub(self.last_beat.elapsed());
+            let wait = rustix::event::Timespec::try_from(wait).ok();
+            let mut fds = [rustix::event::PollFd::new(
+                &self.stdout,
+                rustix::event::PollFlags::IN,
+            )];
+            match rustix::event::poll(&mut fds, wait.as_ref()) {
+                Ok(0) | Err(rustix::io::Errno::INTR) => {
+                    if !self.beating {
+                        // Before the answer, the start's own deadline bounds the wait.
+                        self.last_beat = Instant::now();
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let n = self.stdout.read(buf)?;
+            if n > 0 {
+                self.conn.heard();
+            }
+            return Ok(n);
         }
-        Ok(n)
     }
 }
 
@@ -472,7 +552,15 @@ fn read_agent(
     max_message: usize,
     ready: &mpsc::Sender<Result<AgentReady, String>>,
 ) {
-    let mut input = Heard { stdout, conn };
+    let every = (conn.host_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(1));
+    let mut input = Heard {
+        stdout,
+        conn,
+        beating: false,
+        every,
+        last_beat: Instant::now(),
+        nonce: 0,
+    };
     match mux::skip_to_preamble(&mut input) {
         Ok(noise) if !noise.is_empty() => {
             tracing::info!(
@@ -499,6 +587,7 @@ fn read_agent(
     if !ok {
         return;
     }
+    input.beating = true;
     loop {
         let channel = match mux::read_message(&mut input, &mut body, max_message) {
             Ok(channel) => channel,
@@ -524,8 +613,7 @@ fn read_agent(
             let mut st = lock(&conn.state);
             if let Some(inbox) = st.slots.get_mut(&channel) {
                 inbox.frames.push_back(std::mem::take(&mut body));
-                drop(st);
-                conn.changed.notify_all();
+                inbox.bell.notify_all();
             }
             continue;
         }
@@ -555,6 +643,7 @@ fn read_agent(
             } => {
                 if let Some(inbox) = st.slots.get_mut(&slot) {
                     inbox.exited = Some((cause, progress));
+                    inbox.bell.notify_all();
                 }
             }
             // The agent pings to be heard; hearing it is the point.
@@ -567,35 +656,5 @@ fn read_agent(
         }
         drop(st);
         conn.changed.notify_all();
-    }
-}
-
-/// The heartbeat thread: pings the agent when the stream is idle, and declares the host lost
-/// when nothing came from it for the host timeout or its launcher has ended.
-fn heartbeat(conn: &Conn) {
-    let every = (conn.host_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(1));
-    let mut nonce = 0u64;
-    loop {
-        std::thread::sleep(every);
-        {
-            let st = lock(&conn.state);
-            if st.lost.is_some() || st.closed {
-                return;
-            }
-        }
-        let exited = lock(&conn.launcher).try_wait().ok().flatten();
-        if let Some(status) = exited {
-            conn.lose(format!("its launcher exited ({status})"));
-            return;
-        }
-        let silent = conn.silence();
-        if silent > conn.host_timeout {
-            conn.lose(format!("nothing came from it for {silent:?}"));
-            return;
-        }
-        // Bytes already on their way are as good as a ping.
-        nonce += 1;
-        conn.outbox
-            .post_if_idle(CONTROL, &Control::Ping(nonce).encode());
     }
 }

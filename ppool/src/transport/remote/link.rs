@@ -8,7 +8,7 @@ use crate::protocol::{self, FrameError};
 use crate::sync::{lock, wait_timeout};
 use crate::transport::{Link, Peer, Started};
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar};
 use std::time::{Duration, Instant};
 
 /// What a host's worker may hold unanswered: what its shared-memory ring on the host takes.
@@ -18,6 +18,8 @@ const BUDGET: usize = 256 << 10;
 #[derive(Debug)]
 pub(super) struct RemoteLink {
     pub(super) conn: Arc<Conn>,
+    /// Rung when something comes for this worker, or the host is lost.
+    pub(super) bell: Arc<Condvar>,
     pub(super) slot: u32,
     pub(super) body: Vec<u8>,
 }
@@ -34,13 +36,13 @@ impl RemoteLink {
                 return true;
             }
             match deadline {
-                None => st = crate::sync::wait(&self.conn.changed, st),
+                None => st = crate::sync::wait(&self.bell, st),
                 Some(deadline) => {
                     let now = Instant::now();
                     if now >= deadline {
                         return false;
                     }
-                    st = wait_timeout(&self.conn.changed, st, deadline - now);
+                    st = wait_timeout(&self.bell, st, deadline - now);
                 }
             }
         }
@@ -82,7 +84,7 @@ impl Link for RemoteLink {
             if inbox.exited.is_some() || lost {
                 return Err(FrameError::Closed);
             }
-            st = crate::sync::wait(&self.conn.changed, st);
+            st = crate::sync::wait(&self.bell, st);
         }
     }
 
@@ -117,6 +119,7 @@ impl Link for RemoteLink {
 #[derive(Debug)]
 pub(super) struct RemotePeer {
     pub(super) conn: Arc<Conn>,
+    pub(super) bell: Arc<Condvar>,
     pub(super) slot: u32,
     pub(super) pid: u32,
 }
@@ -141,13 +144,13 @@ impl RemotePeer {
                 None => {}
             }
             st = match deadline {
-                None => crate::sync::wait(&self.conn.changed, st),
+                None => crate::sync::wait(&self.bell, st),
                 Some(deadline) => {
                     let now = Instant::now();
                     if now >= deadline {
                         return None;
                     }
-                    wait_timeout(&self.conn.changed, st, deadline - now)
+                    wait_timeout(&self.bell, st, deadline - now)
                 }
             };
         }

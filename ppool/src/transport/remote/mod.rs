@@ -227,16 +227,18 @@ impl Remotes {
         spawned
             .into_iter()
             .map(|r| {
-                r.map(|(slot, pid)| Worker {
+                r.map(|spawned| Worker {
                     link: Box::new(RemoteLink {
                         conn: Arc::clone(&host.conn),
-                        slot,
+                        bell: Arc::clone(&spawned.bell),
+                        slot: spawned.slot,
                         body: Vec::new(),
                     }),
                     peer: Arc::new(RemotePeer {
                         conn: Arc::clone(&host.conn),
-                        slot,
-                        pid,
+                        bell: spawned.bell,
+                        slot: spawned.slot,
+                        pid: spawned.pid,
                     }),
                 })
             })
