@@ -838,6 +838,29 @@ impl<'p, G: Entry> EntryView<'p, G> {
 /// started until [`build`](Builder::build), which refuses a setting that is not allowed with
 /// an [`Error::InvalidConfig`] naming it.
 ///
+/// # Timeouts
+///
+/// Every timeout setting ([`task_timeout`](Self::task_timeout),
+/// [`init_timeout`](Self::init_timeout), [`exit_timeout`](Self::exit_timeout),
+/// [`host_timeout`](Self::host_timeout)) follows one rule: a duration too large to add to the
+/// current time, such as `Duration::MAX`, means **no limit** (a task that never times out, an
+/// initializer or exit hook waited for as long as it runs). Zero, and for `host_timeout`
+/// anything under a second, is refused with [`Error::InvalidConfig`].
+///
+/// ```
+/// # use ppool::{pool_entry, ProcessPool};
+/// # use std::time::Duration;
+/// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+/// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+/// let pool = ProcessPool::<square>::builder()
+///     .n_jobs(1)
+///     .task_timeout(Duration::MAX)    // no limit, as if unset
+///     .exit_timeout(Duration::MAX)    // wait for the exit hook, however long it runs
+///     .build()?;
+/// assert_eq!(pool.call(3)?, 9);
+/// # Ok(()) } }
+/// ```
+///
 /// ```
 /// # use ppool::{pool_entry, ProcessPool};
 /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
@@ -950,8 +973,9 @@ impl<F: Entry> Builder<F> {
     /// generous, since a false alarm fails the tasks it held). Its agent and the pool ping
     /// each other about every second, so only a dead host or a cut link stays silent.
     ///
-    /// [`build`](Self::build) refuses less than one second with [`Error::InvalidConfig`]. See
-    /// [`Remote`] for an example.
+    /// [`build`](Self::build) refuses less than one second with [`Error::InvalidConfig`];
+    /// `Duration::MAX` means no limit (see [Timeouts](Builder#timeouts)). See [`Remote`] for an
+    /// example.
     pub fn host_timeout(mut self, timeout: Duration) -> Self {
         self.host_timeout = timeout;
         self
@@ -1014,8 +1038,9 @@ impl<F: Entry> Builder<F> {
     /// Kills and replaces a worker whose task runs longer than `timeout`; the task fails
     /// with [`Error::Timeout`]. Unless a `chunk_size` is set, tasks then travel one by one.
     ///
-    /// [`build`](Self::build) refuses a zero timeout with [`Error::InvalidConfig`]. See
-    /// [`Builder`] for an example.
+    /// [`build`](Self::build) refuses a zero timeout with [`Error::InvalidConfig`];
+    /// `Duration::MAX` means no limit (see [Timeouts](Builder#timeouts)). See [`Builder`] for an
+    /// example.
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.task_timeout = Some(timeout);
         self
@@ -1035,8 +1060,9 @@ impl<F: Entry> Builder<F> {
     /// initializer runs longer is killed, and `build()` (or its replacement) fails with
     /// [`Error::Spawn`] saying so.
     ///
-    /// [`build`](Self::build) refuses a zero timeout with [`Error::InvalidConfig`]. See
-    /// [`Builder`] for an example.
+    /// [`build`](Self::build) refuses a zero timeout with [`Error::InvalidConfig`];
+    /// `Duration::MAX` means no limit (see [Timeouts](Builder#timeouts)). See [`Builder`] for an
+    /// example.
     pub fn init_timeout(mut self, timeout: Duration) -> Self {
         self.init_timeout = timeout;
         self
@@ -1045,8 +1071,9 @@ impl<F: Entry> Builder<F> {
     /// How long a worker's exit hook (`worker_exit`) may run at `join` (default 60 s); a
     /// worker still in it then is killed, and its hook's result is missing.
     ///
-    /// [`build`](Self::build) refuses a zero timeout with [`Error::InvalidConfig`]. See
-    /// [`Builder`] for an example.
+    /// [`build`](Self::build) refuses a zero timeout with [`Error::InvalidConfig`];
+    /// `Duration::MAX` means no limit (see [Timeouts](Builder#timeouts)). See [`Builder`] for an
+    /// example.
     pub fn exit_timeout(mut self, timeout: Duration) -> Self {
         self.exit_timeout = timeout;
         self

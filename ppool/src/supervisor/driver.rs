@@ -275,8 +275,11 @@ fn arm(shared: &Shared, i: usize, job: &Job) {
         shared.watch.running(i, job.cancelled.clone());
     }
     if let Some(timeout) = shared.settings.task_timeout {
-        let deadline = Instant::now() + timeout.saturating_mul(job.count.max(1));
-        shared.watch.arm(i, Some(deadline));
+        // A chunk has the timeout once per task; one too large for a deadline is no limit.
+        let limit = timeout.saturating_mul(job.count.max(1));
+        shared
+            .watch
+            .arm(i, crate::sync::deadline(Instant::now(), limit));
     } else if shared.settings.memory_limit.is_some() {
         shared.watch.arm(i, None);
     }

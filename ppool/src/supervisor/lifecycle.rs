@@ -84,7 +84,7 @@ pub(super) fn replace(shared: &Shared, i: usize) -> Slot {
         match started {
             Err(f) if f.retry && tries < START_RETRIES => {
                 tracing::warn!(pool = %shared.spec.pool, worker = i, error = &f.error as &dyn std::error::Error, "a replacement worker died while it started; trying again");
-                std::thread::sleep(START_RETRY_PAUSE * (1 << tries));
+                std::thread::sleep(START_RETRY_PAUSE.saturating_mul(1 << tries));
                 tries += 1;
             }
             other => break other.map_err(|f| f.error),
@@ -153,7 +153,8 @@ fn ready(spec: &WorkerSpec, i: usize, worker: Worker) -> Result<Conn, StartFailu
     }
     if let Some((name, _)) = &spec.initializer {
         let limit = spec.init_timeout;
-        match link.wait_readable(Duration::ZERO, Some(limit)) {
+        // A timeout too large for a deadline is no limit.
+        match link.wait_readable(Duration::ZERO, crate::sync::limit(limit)) {
             Ok(true) => {}
             Ok(false) => {
                 let why = format!(
@@ -205,9 +206,10 @@ fn exit(link: &mut dyn Link, peer: &dyn Peer, hook: Option<Duration>) -> Option<
     protocol::write_exit(&mut frame);
     let mut exited = None;
     if link.send(&[frame.finish()]).is_ok() {
+        // A timeout too large for a deadline is no limit.
         if let Some(limit) = hook
             && link
-                .wait_readable(Duration::ZERO, Some(limit))
+                .wait_readable(Duration::ZERO, crate::sync::limit(limit))
                 .unwrap_or(false)
         {
             if let Ok(body) = link.recv() {

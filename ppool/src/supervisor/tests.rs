@@ -446,6 +446,30 @@ fn a_task_past_its_timeout_fails_with_timeout_and_the_others_run() {
     assert!(matches!(got[1].1, Err(Error::Timeout { .. })), "{got:?}");
 }
 
+/// Defect: `task_timeout(Duration::MAX)` made the driver thread panic on `Instant + Duration`
+/// as it armed the watchdog, holding its slot busy for good: the job got `Closed`, the next
+/// one waited forever.
+#[test]
+fn a_task_timeout_too_large_for_a_deadline_is_no_limit() {
+    for timeout in [Duration::MAX, Duration::from_secs(u64::MAX)] {
+        let mut s = settings(1);
+        s.task_timeout = Some(timeout);
+        let (core, _script) = core(s);
+        let (tx, rx) = mpsc::channel();
+        core.submit(job(&["a"], &tx));
+        core.submit(job(&["b", "c"], &tx));
+        let got = collect(&rx, 2);
+        assert_eq!(
+            got[0].1.as_ref().ok(),
+            Some(&vec!["a".to_string()]),
+            "{got:?}"
+        );
+        let bc = vec!["b".to_string(), "c".to_string()];
+        assert_eq!(got[1].1.as_ref().ok(), Some(&bc), "{got:?}");
+        core.join().expect("join");
+    }
+}
+
 #[test]
 fn a_worker_over_its_memory_limit_fails_its_task_with_memory_limit() {
     let mut s = settings(1);

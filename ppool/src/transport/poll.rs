@@ -58,13 +58,14 @@ impl Pidfd {
         let Some(fd) = &self.fd else {
             return false;
         };
-        let deadline = std::time::Instant::now() + timeout;
+        // A timeout too large for a deadline is no limit.
+        let deadline = crate::sync::deadline(std::time::Instant::now(), timeout);
         loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let wait = Timespec::try_from(left).ok();
+            let left = crate::sync::left(deadline);
+            let wait = left.and_then(|l| Timespec::try_from(l).ok());
             let mut fds = [PollFd::new(fd, PollFlags::IN)];
             match rustix::event::poll(&mut fds, wait.as_ref()) {
-                Ok(0) if left.is_zero() => return false,
+                Ok(0) if left.is_some_and(|l| l.is_zero()) => return false,
                 Ok(0) | Err(rustix::io::Errno::INTR) => {}
                 Ok(_) => return true,
                 Err(_) => return false,
@@ -115,9 +116,9 @@ pub(crate) fn wait(
     timeout: Option<Duration>,
 ) -> io::Result<Ready> {
     use rustix::event::{PollFd, PollFlags, Timespec};
-    let deadline = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
+    let deadline = timeout.and_then(|t| crate::sync::deadline(std::time::Instant::now(), t));
     loop {
-        let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        let left = crate::sync::left(deadline);
         let wait = left.and_then(|l| Timespec::try_from(l).ok());
         let process = pidfd.borrow();
         let mut fds = [

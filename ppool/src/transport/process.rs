@@ -137,7 +137,8 @@ impl Peer for ProcessPeer {
             self.reap();
             return true;
         }
-        let deadline = Instant::now() + timeout;
+        // A timeout too large for a deadline is no limit.
+        let deadline = crate::sync::deadline(Instant::now(), timeout);
         let mut pause = Duration::from_micros(20);
         loop {
             let mut state = lock(&self.state);
@@ -149,12 +150,12 @@ impl Peer for ProcessPeer {
                     self.reaped(&mut state, ExitCause::from_status(status));
                     return true;
                 }
-                Ok(None) if Instant::now() < deadline => {}
+                Ok(None) if deadline.is_none_or(|d| Instant::now() < d) => {}
                 Ok(None) | Err(_) => return false,
             }
             drop(state);
             std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(5));
+            pause = pause.saturating_mul(2).min(Duration::from_millis(5));
         }
     }
 
