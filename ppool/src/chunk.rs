@@ -149,10 +149,7 @@ pub(crate) fn single<F: Entry>(
     let mut chunk = ChunkEncoder::new(max);
     match chunk.push::<F>(args) {
         Ok(None) => Ok(chunk.into_job(deliver, None)),
-        Ok(Some(_)) => Err((
-            Error::spawn("internal: a task overflowed an empty chunk"),
-            deliver,
-        )),
+        Ok(Some(_)) => Err((Error::internal("a task overflowed an empty chunk"), deliver)),
         Err(e) => Err((e, deliver)),
     }
 }

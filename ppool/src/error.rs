@@ -202,6 +202,19 @@ pub enum Error {
         name: String,
     },
 
+    /// Something ppool itself got wrong: an invariant of the pool did not hold (a bug in
+    /// ppool, to be reported). The task, or the start-up, that met it fails with this error;
+    /// the pool goes on (a worker involved was killed and replaced).
+    #[error(
+        "internal error in ppool (a bug; please report it): {}",
+        one_line(what)
+    )]
+    #[non_exhaustive]
+    Internal {
+        /// What went wrong.
+        what: String,
+    },
+
     /// Two entries of this binary have the same name, so neither can be used safely.
     #[error("two pool entries are named `{name}`: one at {first}, one at {second}; rename one")]
     #[non_exhaustive]
@@ -375,6 +388,11 @@ impl Error {
         }
     }
 
+    /// A broken invariant of ppool itself (see [`Error::Internal`]).
+    pub(crate) fn internal(what: impl Into<String>) -> Self {
+        Error::Internal { what: what.into() }
+    }
+
     pub(crate) fn config(setting: &'static str, message: impl Into<String>) -> Self {
         Error::InvalidConfig {
             setting,
@@ -435,6 +453,12 @@ mod tests {
             "could not decode the result for entry `app::f`: my text\\nwith a newline"
         );
         assert!(!Error::spawn("a\nb").to_string().contains('\n'));
+        let internal = Error::internal("a slot held\ntwo workers");
+        assert_eq!(
+            internal.to_string(),
+            "internal error in ppool (a bug; please report it): a slot held\\ntwo workers"
+        );
+        assert!(!internal.is_worker_failure());
         if let Error::Panicked { message, .. } = panicked {
             assert_eq!(
                 message, "boom\nsecond line\r\nthird",

@@ -32,16 +32,43 @@ pub(super) enum Driver {
     Thread,
 }
 
-/// Drives worker `i`: sends `first` (and, from the slot's thread, more queued jobs ahead of
-/// need), delivers results as they come, and handles the worker's failure. Returns what the
-/// slot holds afterwards.
-pub(super) fn run(
+/// [`run`], caught: should it panic (a bug in ppool), the worker it drove is killed and the
+/// slot is left `Vacant`, for its driver thread to refill, so that the pool goes on with all
+/// its workers instead of losing the slot (and whoever waits for it) for good. The jobs it
+/// held end with `Error::Internal` as their deliveries are dropped.
+pub(super) fn run_caught(
     shared: &Shared,
     i: usize,
-    mut conn: Box<Conn>,
+    conn: Box<Conn>,
     first: Job,
     driver: Driver,
 ) -> Slot {
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run(shared, i, conn, first, driver)
+    }));
+    let payload = match ran {
+        Ok(slot) => return slot,
+        Err(payload) => payload,
+    };
+    if let Some(peer) = shared.watch.peer(i) {
+        peer.kill();
+    }
+    // The last reference to the process goes here: it is reaped.
+    shared.watch.unregister(i);
+    let error = Error::internal(format!(
+        "the thread driving worker {i} panicked: {}",
+        crate::panics::message(payload.as_ref())
+    ));
+    tracing::error!(pool = %shared.spec.pool, worker = i, error = &error as &dyn std::error::Error, "a pool thread failed; its worker is replaced");
+    shared.stats.failed(i);
+    shared.set_last_error(error);
+    Slot::Vacant
+}
+
+/// Drives worker `i`: sends `first` (and, from the slot's thread, more queued jobs ahead of
+/// need), delivers results as they come, and handles the worker's failure. Returns what the
+/// slot holds afterwards.
+fn run(shared: &Shared, i: usize, mut conn: Box<Conn>, first: Job, driver: Driver) -> Slot {
     let top_up = driver == Driver::Thread;
     let mut sent: VecDeque<Sent> = VecDeque::new();
     let mut sent_bytes = 0usize;
@@ -64,7 +91,9 @@ pub(super) fn run(
             } else if let Some((protocol::BROKEN_ENTRY, name)) = job.entry {
                 let why = crate::entry::index_of(name).err();
                 job.deliver.send(Err(why.unwrap_or_else(|| {
-                    Error::spawn(format!("entry `{name}` has no index in this binary"))
+                    Error::internal(format!(
+                        "entry `{name}` was found, yet its job was sent without its index"
+                    ))
                 })));
             } else if job.frame.len() - 4 > shared.spec.max_frame {
                 // The typed layer keeps chunks within the limit; this is a single task above it.

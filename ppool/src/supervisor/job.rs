@@ -13,7 +13,8 @@ pub(crate) type Delivery<'a> = Result<(Results<'a>, usize), Error>;
 /// Where a job's outcome goes: called once, on whichever thread drove the job.
 ///
 /// A `Deliver` dropped without being called (a job forgotten on some path) delivers
-/// [`Error::Closed`] as it goes, so that nobody waits forever for a result that will not come.
+/// [`Error::Closed`] as it goes, so that nobody waits forever for a result that will not come;
+/// dropped by a pool thread that panicked (a bug in ppool), [`Error::Internal`].
 /// A handler that panics is caught: it loses its own result, never the thread that called it.
 pub(crate) struct Deliver(Option<Handler>);
 
@@ -49,7 +50,12 @@ fn call_handler(handler: Handler, delivery: Delivery<'_>) {
 impl Drop for Deliver {
     fn drop(&mut self) {
         if let Some(handler) = self.0.take() {
-            call_handler(handler, Err(Error::Closed));
+            let error = if std::thread::panicking() {
+                Error::internal("the pool thread that drove this task panicked")
+            } else {
+                Error::Closed
+            };
+            call_handler(handler, Err(error));
         }
     }
 }

@@ -50,7 +50,7 @@ use crate::error::Error;
 use crate::insights::{Insights, WorkerState};
 use crate::sync::{lock, wait};
 use crate::transport::Launch;
-use driver::{Driver, run};
+use driver::{Driver, run_caught};
 use lifecycle::{register, replace, retire, start_all};
 use state::{Phase, Shared, Slot, State};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -234,7 +234,7 @@ impl Core {
             unreachable!("slot {i} was idle")
         };
         drop(st);
-        let back = run(shared, i, conn, job, Driver::Caller);
+        let back = run_caught(shared, i, conn, job, Driver::Caller);
         put_back(shared, i, back);
     }
 
@@ -527,7 +527,7 @@ fn drive(shared: &Shared, i: usize) {
                     unreachable!("slot {i} was idle")
                 };
                 drop(st);
-                let back = run(shared, i, conn, job, Driver::Thread);
+                let back = run_caught(shared, i, conn, job, Driver::Thread);
                 put_back(shared, i, back);
                 st = shared.state();
                 continue;

@@ -181,6 +181,8 @@ impl FakeLink {
                             self.answers.push_back(vec![kind::RESULTS, 1, 2, 3]);
                             return Ok(());
                         }
+                        // Stands for a bug of the supervisor's own: its thread panics.
+                        b"bug" => panic!("a bug in the thread that drives the worker"),
                         _ => {
                             let _ = Outcome::write_ok(&mut out, |v| {
                                 v.extend_from_slice(args);
@@ -468,6 +470,37 @@ fn a_task_timeout_too_large_for_a_deadline_is_no_limit() {
         assert_eq!(got[1].1.as_ref().ok(), Some(&bc), "{got:?}");
         core.join().expect("join");
     }
+}
+
+/// A panic in a thread that drives a worker (a bug) fails the jobs it held with
+/// `Error::Internal`, and the pool goes on with a fresh worker in that slot.
+#[test]
+fn a_panicking_driver_fails_its_job_as_internal_and_the_slot_is_refilled() {
+    let (core, script) = core(settings(1));
+    let (tx, rx) = mpsc::channel();
+    core.submit(job(&["bug"], &tx));
+    let got = collect(&rx, 1);
+    assert!(matches!(got[0].1, Err(Error::Internal { .. })), "{got:?}");
+    for name in ["after", "and after"] {
+        core.submit(job(&[name], &tx));
+        let got = collect(&rx, 1);
+        assert_eq!(
+            got[0].1.as_ref().ok(),
+            Some(&vec![name.to_string()]),
+            "{got:?}"
+        );
+    }
+    assert_eq!(
+        script.started.load(Ordering::SeqCst),
+        2,
+        "the slot was refilled"
+    );
+    assert!(
+        lock(&script.peers)[0].is_dead(),
+        "the first worker was killed"
+    );
+    assert!(matches!(core.last_error(), Some(Error::Internal { .. })));
+    core.join().expect("join");
 }
 
 #[test]

@@ -62,7 +62,7 @@ pub(crate) fn spawn(
     let mut region = Region::create(layout).map_err(shm_error)?;
     let memfd = region
         .take_fd()
-        .ok_or_else(|| Error::spawn("internal: a fresh region without its memfd"))?;
+        .ok_or_else(|| Error::internal(format!("worker {index}'s fresh region has no memfd")))?;
     let channel = ChannelDesc::Shm {
         fd: memfd.as_raw_fd(),
         max_frame: config.max_frame,
@@ -259,7 +259,7 @@ impl ShmTx {
                 rest = next;
             }
             if !rest.is_empty() {
-                return Err(io::Error::other("internal: a frame cut short"));
+                return Err(io::Error::other("a frame cut short (a bug in ppool)"));
             }
         }
         Ok(())
