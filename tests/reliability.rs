@@ -1,17 +1,22 @@
-//! Reliability of the supervisor against settings at their extremes, with real worker
-//! processes.
+//! Reliability of the supervisor against settings at their extremes and against entries that
+//! break their worker's channel, with real worker processes.
 //!
 //! - Every duration setting at zero, one nanosecond and `Duration::MAX`: it works (a call
 //!   succeeds, `join()` returns, the exit hooks' results are there) or it is a clear
 //!   `InvalidConfig`; nothing panics, nothing hangs. A duration too large to add to the
 //!   current time means "no limit".
+//! - An entry that scribbles over its worker's progress word (the shared-memory transport's
+//!   account of which task runs) never gets the next, innocent task blamed for its worker's
+//!   death: a job the worker never took out of its channel never started.
 //!
 //! Every wait a defect could make endless is bounded: the scenario runs on a helper thread
 //! that is given up on, and every test has a deadline. No test asserts speed.
 
-use ppool::{Error, ProcessPool, pool_entry};
+use ppool::{Error, ExitCause, ProcessPool, pool_entry};
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 ppool::test_support!();
 
@@ -253,5 +258,177 @@ fn join_timeout_and_waits_at_zero_one_nanosecond_and_max() {
             pool.join().expect("join after join_timeout");
             assert_eq!(task.wait().expect("the task submitted before"), 25);
         }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// An entry scribbles over its worker's progress word
+// ---------------------------------------------------------------------------------------------
+
+/// The layout the shared-memory transport documents: 128-byte control lines, the progress
+/// word on the second, then the job ring's lines (its tail first, then its head, then its
+/// bells: the data bell and the reader's sleeping flag).
+const PROGRESS_LINE: usize = 128;
+const JOB_TAIL: usize = 2 * 128;
+const JOB_DATA_BELL: usize = 4 * 128;
+const JOB_READER_SLEEPING: usize = 4 * 128 + 4;
+
+/// What `scrawl` does to its worker's shared memory before it returns.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+enum Scrawl {
+    /// Nothing: an innocent task.
+    Nothing,
+    /// Writes garbage over the progress word.
+    Progress,
+    /// Once the worker waits for its next job (its answer is out): writes garbage over the
+    /// progress word and on past it, over the job ring's tail, and wakes the worker.
+    ProgressAndJobTail,
+}
+
+/// The address where this worker mapped its shared-memory region (from `/proc/self/maps`).
+fn region() -> usize {
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps");
+    let line = maps
+        .lines()
+        .find(|l| l.contains("memfd:ppool-shm"))
+        .expect("this worker's channel is not shared memory");
+    let start = line.split('-').next().expect("an address range");
+    usize::from_str_radix(start, 16).expect("a hex address")
+}
+
+/// Garbage over the words of the region in `range`.
+fn garble(base: usize, range: std::ops::Range<usize>) {
+    for at in range.step_by(8) {
+        // SAFETY: an 8-aligned word of the live mapping, which both processes only access as
+        // atomics; this is the worker breaking the protocol on purpose.
+        let word = unsafe { &*((base + at) as *const AtomicU64) };
+        word.store(0xA5A5_A5A5_A5A5_A5A5, Ordering::SeqCst);
+    }
+}
+
+/// A 4-byte word of the region.
+fn word32(base: usize, at: usize) -> &'static AtomicU32 {
+    // SAFETY: as for `garble`; the mapping lives as long as the worker.
+    unsafe { &*((base + at) as *const AtomicU32) }
+}
+
+#[pool_entry]
+fn scrawl(what: Scrawl) -> u32 {
+    match what {
+        Scrawl::Nothing => {}
+        Scrawl::Progress => garble(region(), PROGRESS_LINE..PROGRESS_LINE + 128),
+        Scrawl::ProgressAndJobTail => {
+            let base = region();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                while word32(base, JOB_READER_SLEEPING).load(Ordering::SeqCst) == 0 {
+                    if started.elapsed() > Duration::from_secs(20) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                garble(base, PROGRESS_LINE..JOB_TAIL + 8);
+                let bell = word32(base, JOB_DATA_BELL);
+                bell.fetch_add(1, Ordering::SeqCst);
+                let _ = rustix::thread::futex::wake(
+                    bell,
+                    rustix::thread::futex::Flags::empty(),
+                    u32::MAX,
+                );
+            });
+        }
+    }
+    std::process::id()
+}
+
+/// Gone, or a zombie nobody reaped yet.
+fn is_gone(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    matches!(state, None | Some("Z" | "X"))
+}
+
+fn wait_gone(pid: u32) {
+    let started = Instant::now();
+    while !is_gone(pid) {
+        assert!(started.elapsed() < LIMIT, "worker {pid} still runs");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn scrawl_pool() -> ProcessPool<scrawl> {
+    ProcessPool::<scrawl>::builder()
+        .n_jobs(1)
+        .build()
+        .expect("a pool of one worker")
+}
+
+/// An innocent task after the worker died idle: it runs on a fresh worker, unblamed.
+fn assert_innocent_runs(pool: &ProcessPool<scrawl>, dead: u32, what: &str) {
+    for _ in 0..3 {
+        match pool.call(Scrawl::Nothing) {
+            Ok(pid) => assert_ne!(pid, dead, "{what}: the dead worker answered"),
+            Err(e) => panic!("{what}: an innocent task was blamed for its worker's death: {e}"),
+        }
+    }
+}
+
+/// Defect: a task that scribbled over its worker's progress word got `Ok`, and when the worker
+/// then died idle, the next, innocent task, sent to it but never read, was blamed
+/// (`WorkerDied`) instead of being sent again: the progress word could not be read, so the
+/// link said "cannot tell", and recovery counted the job as started.
+#[test]
+fn a_job_sent_to_a_worker_whose_progress_word_is_garbage_and_that_died_idle_runs_elsewhere() {
+    let _deadline = ppool_tests::deadline();
+    within(LIMIT, "progress word garbage, worker killed idle", || {
+        let pool = scrawl_pool();
+        let pid = pool
+            .call(Scrawl::Progress)
+            .expect("the scribbling task itself");
+        // Killed while idle (as the OOM killer or an operator might): the pool has not seen it.
+        let pid_t = rustix::process::Pid::from_raw(pid as i32).expect("a pid");
+        rustix::process::kill_process(pid_t, rustix::process::Signal::KILL).expect("kill");
+        wait_gone(pid);
+        assert_innocent_runs(&pool, pid, "killed idle");
+        assert!(
+            matches!(
+                pool.detected_worker_error(),
+                Some(Error::WorkerDied { pid: p, cause: ExitCause::Signal(9), .. }) if p == pid
+            ),
+            "the death is still reported: {:?}",
+            pool.detected_worker_error()
+        );
+        pool.join().expect("join");
+    });
+}
+
+/// Defect, as reported: the scribbling task got `Ok`, and the next, innocent task got
+/// `WorkerDied { Code(3) }`. The garbage went on past the progress word over the job ring's
+/// tail: the worker, idle, read that tail, found it impossible ("corrupt shared memory") and
+/// exited with code 3, the next job still unread in its ring; with the progress word garbage,
+/// that job was counted as started and blamed.
+#[test]
+fn a_task_that_scribbles_over_the_progress_word_and_past_it_gets_no_innocent_task_blamed() {
+    let _deadline = ppool_tests::deadline();
+    within(LIMIT, "progress word and job tail garbage", || {
+        let pool = scrawl_pool();
+        let pid = pool
+            .call(Scrawl::ProgressAndJobTail)
+            .expect("the scribbling task itself");
+        wait_gone(pid);
+        assert_innocent_runs(&pool, pid, "exit 3 on a corrupt job ring");
+        assert!(
+            matches!(
+                pool.detected_worker_error(),
+                Some(Error::WorkerDied { pid: p, cause: ExitCause::Code(3), .. }) if p == pid
+            ),
+            "the worker's failure is still reported: {:?}",
+            pool.detected_worker_error()
+        );
+        pool.join().expect("join");
     });
 }

@@ -109,10 +109,14 @@
 //!    `FUTEX_WAIT` return at once. A producer's quiet pushes store `tail` with Release only
 //!    and skip the flag; the [`Producer::notify`] that ends a run of them issues a SeqCst
 //!    fence, then loads the flag, so the wake-up is late by at most the run, never lost.
-//!    Likewise a consumer publishes `head` only every quarter ring, and whenever it finds
-//!    the ring empty (before any wait): a producer short of room waits at most that long. Waits take
-//!    timeouts so that the caller can check that the peer is alive; a spurious or hostile
-//!    bell only makes a wait return early.
+//!    Likewise a consumer publishes `head` only every quarter ring, whenever it finds the ring
+//!    empty (before any wait), and when told to ([`Consumer::publish_head`]): a producer short
+//!    of room waits at most that long. A worker publishes its job ring's `head` once it has
+//!    taken a whole frame, before it acts on it, so that a frame whose last record lies beyond
+//!    the published `head` was never handed over (how the supervisor knows, whatever the
+//!    progress word says, that a job did not start). Waits take timeouts so that the caller
+//!    can check that the peer is alive; a spurious or hostile bell only makes a wait return
+//!    early.
 //! 7. **Progress.** The writer fills the slot `select` does not name, then publishes `select`
 //!    (Release). A reader retries (a bounded number of times) until the slot `select` names
 //!    reads the same even `seq = 2 × select` before and after its fields. A writer that dies
@@ -987,7 +991,6 @@ impl Producer {
         })
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
     /// Bytes published that the consumer has not freed yet (records, headers and padding).
     pub(crate) fn unread(&mut self) -> Result<u64, RingError> {
         refresh_head(&self.ring, self.tail, &mut self.head, Ordering::Acquire)?;
@@ -998,6 +1001,11 @@ impl Producer {
     /// Rings the consumer's bell, whether or not it sleeps: its wait returns.
     pub(crate) fn wake(&self) {
         ring_bell(self.ring.bell(DATA_BELL));
+    }
+
+    /// Bytes published so far: where the next record goes, counted from the ring's start.
+    pub(crate) fn written(&self) -> u64 {
+        self.tail
     }
 
     /// Whether `size` bytes are free at the tail, padding to the start first if needed.
@@ -1205,6 +1213,12 @@ impl Consumer {
         wait_on(ring, DATA_BELL, READER_SLEEPING, spin, timeout, |order| {
             Ok(ring.word(TAIL).load(order) != head)
         })
+    }
+
+    /// Publishes how far it has read now, rather than at the next quarter ring or empty ring
+    /// (invariant 6), and rings the producer if it sleeps.
+    pub(crate) fn publish_head(&mut self) {
+        self.release();
     }
 
     /// Loads the producer's tail and checks it against invariant 3: between the last tail

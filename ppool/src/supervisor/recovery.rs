@@ -6,9 +6,10 @@
 //! The rule users rely on: with `retries(0)`, a task that has started never starts again.
 //! For the jobs a failed worker held, in the order they were sent:
 //! - the pool is closing: every task without a result ends with `Error::Closed`;
-//! - the worker started none of the first job's tasks (it died idle, or nothing reached it):
-//!   the job is *bounced*, queued again at the front with no blame, up to [`MAX_BOUNCES`]
-//!   times;
+//! - the worker started none of the first job's tasks (it died idle, or nothing reached it;
+//!   a link that sees the job was never taken from the channel says so whatever the worker
+//!   wrote about its progress, so this never depends on the entry's good manners): the job is
+//!   *bounced*, queued again at the front with no blame, up to [`MAX_BOUNCES`] times;
 //! - otherwise, of the first job: the results that came are delivered; the tasks that started
 //!   and did not finish (the one that was running; where the link cannot tell which started,
 //!   every task without a result) end with the error, or, if the worker died and the job has

@@ -5,6 +5,11 @@
 //! and record number, and anything wrong is a protocol error for that worker. A worker's
 //! death is seen through its pidfd, looked at between waits of at most [`DEATH_CHECK`]; its
 //! published results are still read after it, so none is lost.
+//!
+//! How far a dead worker got into a job is told by two things it wrote: how far it read the
+//! job ring (it publishes that before it acts on a frame, see `crate::shm`), and the progress
+//! word. A job whose last record it had not read was never handed over, whatever the progress
+//! word says: an entry that scribbles over the word cannot get the next, innocent job blamed.
 
 use super::poll::Pidfd;
 use super::process::{self, ProcessPeer};
@@ -15,6 +20,7 @@ use crate::shm::{
     self, Assembler, Consumer, Layout, Producer, ProgressReader, Region, RingError, SupervisorEnd,
 };
 use crate::worker::bootstrap::ChannelDesc;
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -78,6 +84,7 @@ pub(crate) fn spawn(
     let mut tx = ShmTx {
         jobs,
         pidfd: Arc::clone(&peer.pidfd),
+        sent_jobs: VecDeque::new(),
     };
     let rx = ShmRx {
         results,
@@ -131,7 +138,14 @@ struct ShmLink {
 pub(crate) struct ShmTx {
     jobs: Producer,
     pidfd: Arc<Pidfd>,
+    /// The latest jobs sent, oldest first: each job's id and where its last record ends in
+    /// the job ring (a byte count since the ring's start).
+    sent_jobs: VecDeque<(u64, u64)>,
 }
+
+/// How many of the latest jobs [`ShmTx`] remembers the place of: far more than a worker ever
+/// holds unanswered.
+const SENT_JOBS_KEPT: usize = 256;
 
 /// The half that receives answers, and reads the progress word.
 #[derive(Debug)]
@@ -212,6 +226,17 @@ impl ShmRx {
     }
 }
 
+/// The job id of a TASKS body, if it is one.
+fn tasks_job(body: &[u8]) -> Option<u64> {
+    // The frame's offsets count its 4-byte length header, which a body goes without.
+    let at = protocol::TASKS_JOB_OFFSET - 4;
+    if body.first() != Some(&protocol::kind::TASKS) {
+        return None;
+    }
+    let id: [u8; 8] = body.get(at..at + 8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(id))
+}
+
 fn frame_error(e: RingError) -> FrameError {
     match e {
         RingError::Io(e) => FrameError::Io(e),
@@ -238,12 +263,33 @@ impl ShmTx {
     /// Sends one frame's body.
     pub(crate) fn send_body(&mut self, body: &[u8]) -> io::Result<()> {
         let mut wait = wait_room(&self.pidfd);
-        shm::push_item(&mut self.jobs, shm::ITEM_FRAME, body, false, &mut wait).map_err(|(e, _)| {
-            match e {
+        shm::push_item(&mut self.jobs, shm::ITEM_FRAME, body, false, &mut wait).map_err(
+            |(e, _)| match e {
                 RingError::Io(e) => e,
                 e => io::Error::other(e.to_string()),
+            },
+        )?;
+        if let Some(job) = tasks_job(body) {
+            if self.sent_jobs.len() == SENT_JOBS_KEPT {
+                self.sent_jobs.pop_front();
             }
-        })
+            self.sent_jobs.push_back((job, self.jobs.written()));
+        }
+        Ok(())
+    }
+
+    /// Whether the worker never took job `job` out of the job ring: its last record lies
+    /// beyond what the worker says it read. A worker publishes that before it acts on a
+    /// frame, so such a job never started. False when it cannot tell (the job is not among
+    /// the latest sent, or the worker's read position is not a valid one).
+    pub(crate) fn never_taken(&mut self, job: u64) -> bool {
+        let Some(&(_, end)) = self.sent_jobs.iter().rev().find(|(j, _)| *j == job) else {
+            return false;
+        };
+        match self.jobs.unread() {
+            Ok(unread) => self.jobs.written() - unread < end,
+            Err(_) => false,
+        }
     }
 
     /// Sends finished frames (see [`Link::send`]).
@@ -423,8 +469,12 @@ impl Link for ShmLink {
         self.tx.budget()
     }
 
-    /// The progress word says which tasks of the job started.
+    /// None started if the worker never took the job out of the job ring (whatever the
+    /// progress word says); else the progress word says which did.
     fn started(&mut self, job: u64, _sent_bytes: usize) -> Started {
+        if self.tx.never_taken(job) {
+            return Started::None;
+        }
         match self.rx.progress() {
             Some((j, started)) if j == job => Started::Upto(started),
             Some(_) => Started::None,
@@ -436,5 +486,58 @@ impl Link for ShmLink {
     /// is left.
     fn shrink_buffers(&mut self) {
         self.rx.shrink_buffers();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::FrameBuf;
+    use crate::shm::Region;
+
+    fn tasks_frame(job: u64) -> Vec<u8> {
+        let mut frame = FrameBuf::default();
+        protocol::start_tasks(&mut frame, job, 1);
+        frame.bytes(b"task");
+        frame.take()
+    }
+
+    /// Job 7 and job 8 sent to a worker's ring, and the worker's end of it.
+    fn two_jobs_sent() -> (ShmTx, crate::shm::WorkerEnd) {
+        let layout = Layout::new(4096, 4096).expect("layout");
+        let (sup, worker) = Region::heap(layout).expect("region").into_both();
+        let mut tx = ShmTx {
+            jobs: sup.jobs,
+            pidfd: Arc::new(Pidfd::open(std::process::id())),
+            sent_jobs: VecDeque::new(),
+        };
+        let (seven, eight) = (tasks_frame(7), tasks_frame(8));
+        tx.send(&[&seven, &eight]).expect("send");
+        (tx, worker)
+    }
+
+    #[test]
+    fn a_job_the_worker_never_took_out_of_the_ring_never_started() {
+        let (mut tx, mut worker) = two_jobs_sent();
+        assert!(tx.never_taken(7) && tx.never_taken(8));
+        // The worker takes job 7 and says so, as it does before it acts on a frame.
+        let mut asm = Assembler::new(1 << 20);
+        let (mut body, mut spare) = (Vec::new(), Vec::new());
+        let got = asm.pop(&mut worker.jobs, &mut body, &mut spare);
+        assert_eq!(got.expect("pop"), Some(shm::ITEM_FRAME));
+        assert_eq!(tasks_job(&body), Some(7));
+        worker.jobs.publish_head();
+        assert!(!tx.never_taken(7), "taken: it may have started");
+        assert!(tx.never_taken(8));
+        // A job it does not remember is not known to be untaken.
+        assert!(!tx.never_taken(99));
+    }
+
+    #[test]
+    fn only_tasks_frames_carry_a_job() {
+        assert_eq!(tasks_job(&tasks_frame(42)[4..]), Some(42));
+        assert_eq!(tasks_job(&[protocol::kind::TASKS, 1, 2]), None);
+        assert_eq!(tasks_job(&[protocol::kind::EXIT]), None);
+        assert_eq!(tasks_job(&[]), None);
     }
 }

@@ -4,9 +4,10 @@
 //! - [`PipeChannel`]: two pipes. Nothing tells the supervisor that a task started, so a job's
 //!   outcomes go out together at its end, or in partial frames every [`FLUSH_EVERY`] while
 //!   its tasks are long, which keeps the results of finished tasks should a later one crash.
-//! - [`ShmChannel`]: a shared-memory region. The progress word says which task runs, and each
-//!   outcome is published into the result ring the moment its task ends, without a system
-//!   call; the supervisor is woken once, at the job's end.
+//! - [`ShmChannel`]: a shared-memory region. How far the job ring was read is published as
+//!   each frame is taken (a job never taken never started), the progress word says which task
+//!   runs, and each outcome is published into the result ring the moment its task ends,
+//!   without a system call; the supervisor is woken once, at the job's end.
 
 use super::exec::{Publish, Published};
 use super::{AnswerFrames, GREETING_MAX};
@@ -141,7 +142,12 @@ impl Channel for ShmChannel {
                 .pop(&mut self.end.jobs, body, &mut self.spare)
                 .map_err(ring_error)?;
             match popped {
-                Some(shm::ITEM_FRAME) => return Ok(()),
+                Some(shm::ITEM_FRAME) => {
+                    // Before acting on the frame: the supervisor then knows that a job whose
+                    // records lie beyond what was read never started, whatever else it sees.
+                    self.end.jobs.publish_head();
+                    return Ok(());
+                }
                 Some(_) => return Err(FrameError::Malformed("an outcome sent to a worker".into())),
                 None => {
                     self.end
