@@ -157,7 +157,8 @@ impl Watch {
         while !st.stop {
             let now = Instant::now();
             let mut next: Option<Instant> = None;
-            for slot in st.slots.iter_mut() {
+            let mut sample = Vec::new();
+            for (i, slot) in st.slots.iter_mut().enumerate() {
                 let (Some(peer), true, None) = (slot.peer.as_ref(), slot.busy, slot.verdict) else {
                     continue;
                 };
@@ -169,13 +170,35 @@ impl Watch {
                     }
                     next = Some(next.map_or(deadline, |n| n.min(deadline)));
                 }
-                if let Some(limit) = self.memory_limit {
-                    if let Some(rss) = peer.resident_bytes() {
-                        if rss > limit {
-                            slot.verdict = Some(Verdict::Memory { rss });
-                            peer.kill();
-                        }
+                if self.memory_limit.is_some() {
+                    sample.push((i, Arc::clone(peer)));
+                }
+            }
+            if let Some(limit) = self.memory_limit
+                && !sample.is_empty()
+            {
+                // Reading a process's memory (a file of /proc, which waits for that process's
+                // memory map) is done without the lock, which every job's driver takes.
+                drop(st);
+                let over: Vec<(usize, Arc<dyn Peer>, u64)> = sample
+                    .into_iter()
+                    .filter_map(|(i, peer)| {
+                        let rss = peer.resident_bytes()?;
+                        (rss > limit).then_some((i, peer, rss))
+                    })
+                    .collect();
+                st = self.lock();
+                for (i, peer, rss) in over {
+                    let slot = &mut st.slots[i];
+                    // Only if it still runs the same job on the same process.
+                    let same = slot.peer.as_ref().is_some_and(|p| Arc::ptr_eq(p, &peer));
+                    if same && slot.busy && slot.verdict.is_none() {
+                        slot.verdict = Some(Verdict::Memory { rss });
+                        peer.kill();
                     }
+                }
+                if st.stop {
+                    break;
                 }
             }
             let mut wait = next.map_or(Duration::from_secs(3600), |n| {
@@ -214,6 +237,68 @@ mod tests {
         fn resident_bytes(&self) -> Option<u64> {
             None
         }
+    }
+
+    /// A process whose memory reading blocks until the test lets it go.
+    #[derive(Debug, Default)]
+    struct SlowMemory {
+        reading: std::sync::Mutex<bool>,
+        changed: Condvar,
+        released: AtomicBool,
+    }
+
+    impl Peer for SlowMemory {
+        fn pid(&self) -> u32 {
+            2
+        }
+        fn kill(&self) {}
+        fn wait_exit(&self, _: Duration) -> bool {
+            true
+        }
+        fn reap(&self) -> ExitCause {
+            ExitCause::Signal(9)
+        }
+        fn resident_bytes(&self) -> Option<u64> {
+            *lock(&self.reading) = true;
+            self.changed.notify_all();
+            while !self.released.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Some(1)
+        }
+    }
+
+    #[test]
+    fn a_slow_memory_reading_does_not_hold_up_the_drivers() {
+        let watch = Arc::new(Watch::new(2, Some(1 << 40)));
+        let peer = Arc::new(SlowMemory::default());
+        watch.register(0, Arc::clone(&peer) as Arc<dyn Peer>);
+        watch.arm(0, None);
+        let thread = {
+            let watch = Arc::clone(&watch);
+            std::thread::spawn(move || watch.run())
+        };
+        // The watchdog is now inside the reading.
+        let mut reading = lock(&peer.reading);
+        while !*reading {
+            reading = crate::sync::wait(&peer.changed, reading);
+        }
+        drop(reading);
+        // A driver arms and disarms the other slot meanwhile.
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let watch = Arc::clone(&watch);
+            std::thread::spawn(move || {
+                watch.arm(1, None);
+                watch.disarm(1);
+                let _ = tx.send(());
+            });
+        }
+        let done = rx.recv_timeout(Duration::from_secs(10));
+        peer.released.store(true, Ordering::SeqCst);
+        assert!(done.is_ok(), "the driver waited for the memory reading");
+        watch.stop();
+        thread.join().expect("the watchdog thread");
     }
 
     fn watched() -> (Watch, Arc<Counted>) {
