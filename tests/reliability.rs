@@ -5,6 +5,8 @@
 //!   succeeds, `join()` returns, the exit hooks' results are there) or it is a clear
 //!   `InvalidConfig`; nothing panics, nothing hangs. A duration too large to add to the
 //!   current time means "no limit".
+//! - `shutdown()` stops now, even while a worker runs its exit hook or a replacement its
+//!   initializer, without a limit on either.
 //! - An entry that scribbles over its worker's progress word (the shared-memory transport's
 //!   account of which task runs) never gets the next, innocent task blamed for its worker's
 //!   death: a job the worker never took out of its channel never started.
@@ -13,7 +15,9 @@
 //! that is given up on, and every test has a deadline. No test asserts speed.
 
 use ppool::{Error, ExitCause, ProcessPool, pool_entry};
+use ppool_tests::TempDir;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -259,6 +263,115 @@ fn join_timeout_and_waits_at_zero_one_nanosecond_and_max() {
             assert_eq!(task.wait().expect("the task submitted before"), 25);
         }
     });
+}
+
+// ---------------------------------------------------------------------------------------------
+// shutdown() stops now, whatever a worker's hook is doing
+// ---------------------------------------------------------------------------------------------
+
+/// An exit hook that says it runs (a file `lingering-<pid>` in `dir`), then runs for an hour.
+#[pool_entry]
+fn linger(dir: String) -> u32 {
+    let _ = std::fs::write(format!("{dir}/lingering-{}", std::process::id()), b"");
+    std::thread::sleep(Duration::from_secs(3600));
+    std::process::id()
+}
+
+/// An initializer that, once `dir` holds a file `hang`, says it runs (a file
+/// `starting-<pid>`), then runs for an hour.
+#[pool_entry]
+fn hang_once_told(dir: String) {
+    if std::path::Path::new(&dir).join("hang").exists() {
+        let _ = std::fs::write(format!("{dir}/starting-{}", std::process::id()), b"");
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+#[pool_entry]
+fn exit_with(code: i32) -> u32 {
+    std::process::exit(code)
+}
+
+/// The pid in the name of the first file of `dir` that starts with `prefix`, once there is
+/// one.
+fn pid_file(dir: &TempDir, prefix: &str) -> u32 {
+    let started = Instant::now();
+    loop {
+        let found = dir
+            .files()
+            .iter()
+            .find_map(|f| f.strip_prefix(prefix).and_then(|p| p.parse().ok()));
+        if let Some(pid) = found {
+            return pid;
+        }
+        assert!(started.elapsed() < LIMIT, "no {prefix} file in {dir:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Defect: a worker retiring at `join` was out of `shutdown`'s reach while its exit hook ran,
+/// so a `shutdown()` meanwhile waited for the hook: up to `exit_timeout`, and for ever under
+/// `exit_timeout(Duration::MAX)`.
+#[test]
+fn shutdown_during_join_kills_a_worker_in_its_exit_hook_even_without_an_exit_timeout() {
+    let _deadline = ppool_tests::deadline();
+    let dir = TempDir::new("linger");
+    let pool = Arc::new(
+        ProcessPool::<square>::builder()
+            .n_jobs(1)
+            .worker_exit::<linger>(dir.arg())
+            .exit_timeout(Duration::MAX)
+            .build()
+            .expect("a pool"),
+    );
+    assert_eq!(pool.call(2).expect("a call"), 4);
+    let joining = {
+        let pool = Arc::clone(&pool);
+        std::thread::spawn(move || pool.join())
+    };
+    let pid = pid_file(&dir, "lingering-");
+    let stopping = Arc::clone(&pool);
+    within(LIMIT, "shutdown while an exit hook runs", move || {
+        stopping.shutdown()
+    });
+    wait_gone(pid);
+    let joined = within(LIMIT, "the join under way", move || joining.join());
+    joined.expect("join's thread").expect("join");
+    let results = pool.worker_exit_results::<linger>().expect("the hook");
+    assert!(results.is_empty(), "the hook was killed: {results:?}");
+}
+
+/// Defect: a replacement worker was out of `shutdown`'s reach until it was ready, so a
+/// `shutdown()` while its initializer ran waited for the initializer: up to `init_timeout`,
+/// and for ever under `init_timeout(Duration::MAX)`.
+#[test]
+fn shutdown_kills_a_replacement_in_its_initializer_even_without_an_init_timeout() {
+    let _deadline = ppool_tests::deadline();
+    let dir = TempDir::new("hang-init");
+    let pool = Arc::new(
+        ProcessPool::<exit_with>::builder()
+            .n_jobs(1)
+            .initializer::<hang_once_told>(dir.arg())
+            .init_timeout(Duration::MAX)
+            .build()
+            .expect("a pool"),
+    );
+    std::fs::write(dir.path().join("hang"), b"").expect("the file that says hang");
+    match pool.call(7) {
+        Err(Error::WorkerDied {
+            cause: ExitCause::Code(7),
+            ..
+        }) => {}
+        other => panic!("expected the worker to die with code 7, got {other:?}"),
+    }
+    // Its replacement is now in its initializer, for an hour.
+    let pid = pid_file(&dir, "starting-");
+    let stopping = Arc::clone(&pool);
+    within(LIMIT, "shutdown while a replacement starts", move || {
+        stopping.shutdown()
+    });
+    wait_gone(pid);
+    assert!(!pool.is_running());
 }
 
 // ---------------------------------------------------------------------------------------------

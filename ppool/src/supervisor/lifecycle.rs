@@ -74,13 +74,22 @@ pub(super) fn replace(shared: &Shared, i: usize) -> Slot {
     shared.stats.restarted(i);
     let started = loop {
         if shared.state().phase == Phase::Closed {
+            shared.watch.unregister(i);
             return Slot::Retired;
         }
         let started = shared
             .launch
             .start(i, &greeting(&shared.spec, i))
             .map_err(|error| StartFailure { error, retry: true })
-            .and_then(|worker| ready(&shared.spec, i, worker));
+            .and_then(|worker| {
+                // Registered while it starts, which lasts as long as its initializer:
+                // `shutdown` kills it (it closes the pool, then kills what is registered).
+                shared.watch.register(i, Arc::clone(&worker.peer));
+                if shared.state().phase == Phase::Closed {
+                    worker.peer.kill();
+                }
+                ready(&shared.spec, i, worker)
+            });
         match started {
             Err(f) if f.retry && tries < START_RETRIES => {
                 tracing::warn!(pool = %shared.spec.pool, worker = i, error = &f.error as &dyn std::error::Error, "a replacement worker died while it started; trying again");
@@ -97,6 +106,7 @@ pub(super) fn replace(shared: &Shared, i: usize) -> Slot {
             Slot::Idle(Box::new(conn))
         }
         Err(e) => {
+            shared.watch.unregister(i);
             tracing::error!(pool = %shared.spec.pool, worker = i, error = &e as &dyn std::error::Error, "cannot replace worker");
             shared.set_last_error(e);
             Slot::Dead

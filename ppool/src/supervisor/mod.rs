@@ -500,8 +500,9 @@ fn drive(shared: &Shared, i: usize) {
             let wanted = st.phase == Phase::Running || !st.queue.is_empty();
             drop(st);
             if let Slot::Recycle(conn) = slot {
-                shared.watch.unregister(i);
+                // Still registered while its exit hook runs: `shutdown` kills it.
                 retire(shared, i, *conn);
+                shared.watch.unregister(i);
             }
             let back = if wanted {
                 replace(shared, i)
@@ -537,8 +538,9 @@ fn drive(shared: &Shared, i: usize) {
                     unreachable!("slot {i} was idle")
                 };
                 drop(st);
-                shared.watch.unregister(i);
+                // Still registered while its exit hook runs: `shutdown` kills it.
                 retire(shared, i, *conn);
+                shared.watch.unregister(i);
                 shared.wake.notify_all();
                 return;
             }
