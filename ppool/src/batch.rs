@@ -137,7 +137,7 @@ impl<T> Gather<T> {
 
     /// Waits at most `timeout` for every result; `None` if some are still missing then.
     fn wait_timeout(&self, timeout: Duration) -> Option<Result<Vec<T>>> {
-        let deadline = Instant::now().checked_add(timeout);
+        let deadline = crate::sync::deadline(Instant::now(), timeout);
         let mut st = self.lock();
         while st.missing > 0 {
             let left = deadline.map_or(Duration::from_secs(3600), |d| {

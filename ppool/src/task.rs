@@ -90,7 +90,7 @@ impl<T> OneShot<T> {
 
     /// Waits up to `timeout`; `Err(())` if the value is not set by then.
     pub(crate) fn take_timeout(&self, timeout: Duration) -> Result<Option<T>, ()> {
-        let deadline = Instant::now().checked_add(timeout);
+        let deadline = crate::sync::deadline(Instant::now(), timeout);
         let mut cell = self.lock();
         while !cell.done {
             let left = match deadline {

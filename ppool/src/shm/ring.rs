@@ -789,7 +789,8 @@ fn wait_on(
         return Ok(true);
     }
     let start = Instant::now();
-    let deadline = timeout.and_then(|t| start.checked_add(t));
+    // A timeout too large for a deadline is no limit.
+    let deadline = timeout.and_then(|t| crate::sync::deadline(start, t));
     let spin = timeout.map_or(spin, |t| spin.min(t));
     if !spin.is_zero() {
         loop {

@@ -301,7 +301,7 @@ impl Core {
     /// `Error::JoinTimeout`, with the pool still joining (it refuses new tasks and goes on
     /// with the rest).
     pub(crate) fn join_timeout(&self, timeout: Duration) -> Result<(), Error> {
-        let deadline = Instant::now().checked_add(timeout);
+        let deadline = crate::sync::deadline(Instant::now(), timeout);
         if !self.begin_joining() {
             return Ok(());
         }
