@@ -35,7 +35,8 @@ struct State {
     stop: bool,
 }
 
-/// The processes of a pool, as the watchdog and `shutdown` see them.
+/// The processes of a pool, as the watchdog and `shutdown` see them: each slot's process from
+/// the moment it exists (a replacement still starting) until it is gone (a worker retiring).
 #[derive(Debug)]
 pub(crate) struct Watch {
     state: Mutex<State>,

@@ -1,5 +1,6 @@
 //! Driving one worker: send it jobs (several ahead when they are short, in one write), read
-//! its results in order and deliver them, and, when it fails, apply `recovery`'s plan.
+//! its results in order and deliver them, and, when it fails, apply `recovery`'s plan. A
+//! panic while driving it (a bug) is caught: the worker is killed and the slot refilled.
 
 use super::job::{Job, Sent};
 use super::recovery::{self, Failed, Fate};

@@ -31,7 +31,14 @@
 //!
 //! When a worker fails, the jobs it held are settled by the rules in `recovery` (bounce a job
 //! the worker never took, split a chunk to find its culprit, retry under `retries`, fail the
-//! rest), which are pure functions with their own tests.
+//! rest), which are pure functions with their own tests. Should the thread that drives a
+//! worker panic (a bug in ppool), the worker is killed, the jobs it held end with
+//! `Error::Internal`, and the slot is refilled like any other: the pool never loses a slot to
+//! a panic.
+//!
+//! `shutdown` kills every process the watchdog's registry holds: a worker is in it from the
+//! moment its process exists (a replacement still in its initializer) until it is gone (a
+//! worker in its exit hook), so that `shutdown` never waits for a hook or an initializer.
 
 mod driver;
 mod job;
