@@ -169,8 +169,9 @@ fn init_timeout_at_zero_one_nanosecond_and_max() {
     calls_then_join(pool, "init_timeout(MAX)", false);
 }
 
-/// Defect (its local part): `exit_timeout(Duration::MAX)` was to panic a pool thread during
-/// `join()`, which returned `Ok` with no exit hook's result.
+/// Defect: `exit_timeout(Duration::MAX)` was reported to panic a pool thread during `join()`,
+/// which then returned `Ok` with no exit hook's result. Every hook's result must be there, the
+/// wait for it unlimited (the links are now handed "no limit", never a huge duration).
 #[test]
 fn exit_timeout_at_zero_one_nanosecond_and_max() {
     let _deadline = ppool_tests::deadline();
