@@ -104,7 +104,7 @@ impl Remotes {
         let mut started = self.start_many(i, index, &[greeting.to_vec()]);
         started
             .pop()
-            .unwrap_or_else(|| Err(Error::spawn(format!("no host for worker {index}"))))
+            .unwrap_or_else(|| Err(Error::internal(format!("no host for worker {index}"))))
     }
 
     /// Starts remote workers `i..` as pool workers `index..`, one greeting each: every host
@@ -122,7 +122,7 @@ impl Remotes {
             results.push(None);
             match self.entry(i + k) {
                 None => {
-                    results[k] = Some(Err(Error::spawn(format!(
+                    results[k] = Some(Err(Error::internal(format!(
                         "no host for worker {}",
                         index + k
                     ))));
@@ -180,7 +180,7 @@ impl Remotes {
         }
         results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(Error::spawn("a worker was not started"))))
+            .map(|r| r.unwrap_or_else(|| Err(Error::internal("a worker was not started"))))
             .collect()
     }
 
