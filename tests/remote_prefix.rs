@@ -360,6 +360,11 @@ fn text_on_the_stream_allocates_nothing_and_says_what_came() {
         said.contains("Warning:"),
         "the error does not say what came: {said}"
     );
+    let grown = peak_rss().saturating_sub(before);
+    assert!(
+        grown < 256 << 20,
+        "the peak resident memory grew by {grown} bytes"
+    );
     // stderr merged into stdout: the agent sees it and says so.
     let merged = ProcessPool::<say>::builder()
         .remote(
@@ -380,11 +385,6 @@ fn text_on_the_stream_allocates_nothing_and_says_what_came() {
         }
         other => panic!("stderr merged into the stream: {other:?}"),
     }
-    let grown = peak_rss().saturating_sub(before);
-    assert!(
-        grown < 256 << 20,
-        "the peak resident memory grew by {grown} bytes"
-    );
     for tag in ["after-exit", "mid-stream", "merged"] {
         assert!(
             within(Duration::from_secs(10), || with_tag(tag).is_empty()),

@@ -41,6 +41,7 @@
 //! worker in its exit hook), so that `shutdown` never waits for a hook or an initializer.
 
 mod driver;
+mod idle;
 mod job;
 mod lifecycle;
 mod recovery;
@@ -55,7 +56,7 @@ use std::time::{Duration, Instant};
 use crate::callbacks::Callbacks;
 use crate::error::Error;
 use crate::insights::{Insights, WorkerState};
-use crate::sync::{lock, wait};
+use crate::sync::lock;
 use crate::transport::Launch;
 use driver::{Driver, run_caught};
 use lifecycle::{register, replace, retire, start_all};
@@ -123,7 +124,7 @@ impl Core {
         let (states, queued): (Vec<WorkerState>, usize) = {
             let st = self.shared.state();
             let states = st
-                .slots
+                .slots()
                 .iter()
                 .map(|s| match s {
                     Slot::Idle(_) => WorkerState::Idle,
@@ -168,7 +169,7 @@ impl Core {
         let conns = start_all(shared)?;
         for (i, conn) in conns.into_iter().enumerate() {
             register(shared, i, &conn);
-            st.slots[i] = Slot::Idle(Box::new(conn));
+            st.put(i, Slot::Idle(Box::new(conn)));
         }
         st.phase = Phase::Running;
         drop(st);
@@ -229,15 +230,16 @@ impl Core {
         let Some((mut st, job)) = self.admit(job) else {
             return;
         };
+        // The idle worker the placement rule picks (see `idle`).
         let idle = if shared.settings.debug || !st.queue.is_empty() {
             None
         } else {
-            st.slots.iter().position(|s| matches!(s, Slot::Idle(_)))
+            st.idle.pop()
         };
         let Some(i) = idle else {
             return enqueue(shared, st, job);
         };
-        let Slot::Idle(conn) = std::mem::replace(&mut st.slots[i], Slot::Busy) else {
+        let Slot::Idle(conn) = st.put(i, Slot::Busy) else {
             unreachable!("slot {i} was idle")
         };
         drop(st);
@@ -276,7 +278,7 @@ impl Core {
             Phase::Joining | Phase::Closed => {}
         }
         drop(st);
-        self.shared.wake.notify_all();
+        self.shared.ring_all();
         true
     }
 
@@ -345,11 +347,13 @@ impl Core {
             st.phase = Phase::Closed;
             let queued: Vec<Job> = st.queue.drain(..).collect();
             let mut idle = Vec::new();
-            for (i, slot) in st.slots.iter_mut().enumerate() {
-                match std::mem::replace(slot, Slot::Retired) {
+            for i in 0..st.slots().len() {
+                if matches!(st.slot(i), Slot::Busy) {
+                    continue;
+                }
+                match st.put(i, Slot::Retired) {
                     Slot::Idle(conn) | Slot::Recycle(conn) => idle.push((i, conn)),
-                    Slot::Busy => *slot = Slot::Busy,
-                    Slot::Vacant | Slot::Dead | Slot::Retired => {}
+                    _ => {}
                 }
             }
             (queued, idle)
@@ -363,7 +367,7 @@ impl Core {
         for job in queued {
             job.deliver.send(Err(Error::Closed));
         }
-        shared.wake.notify_all();
+        shared.ring_all();
         self.join_threads();
         shared.launch.close();
         self.callbacks.close();
@@ -428,15 +432,11 @@ fn spawn_thread(
         .map_err(|e| Error::spawn_io(format!("cannot start a pool thread: {e}"), e))
 }
 
-/// Queues a job and wakes the drivers if one of them is idle: busy drivers come back to the
-/// queue by themselves.
+/// Queues a job and wakes the driver of the idle worker the placement rule picks, if one is
+/// idle: one job, one wake-up. Busy drivers come back to the queue by themselves.
 fn enqueue(shared: &Shared, mut st: MutexGuard<'_, State>, job: Job) {
     st.queue.push_back(job);
-    let idle = st.slots.iter().any(|s| matches!(s, Slot::Idle(_)));
-    drop(st);
-    if idle {
-        shared.wake.notify_all();
-    }
+    shared.summon(&mut st);
 }
 
 /// Why the pool cannot take a job now, if it cannot.
@@ -449,22 +449,24 @@ fn refusal(shared: &Shared, st: &State) -> Option<Error> {
     }
 }
 
-/// Puts a slot back after a thread drove it, and wakes whoever waits for work or for the end.
+/// Puts a slot back after a thread drove it, and wakes whoever needs to know: its own driver
+/// when it has work to take or a worker to replace; every driver only when the pool stops, or
+/// its last worker went, or a joining pool's last job ended.
 fn put_back(shared: &Shared, i: usize, back: Slot) {
     let mut st = shared.state();
     let closed = st.phase == Phase::Closed;
     let vacated = matches!(back, Slot::Vacant | Slot::Recycle(_));
     let dropped = match back {
         Slot::Idle(conn) | Slot::Recycle(conn) if closed => {
-            st.slots[i] = Slot::Retired;
+            st.put(i, Slot::Retired);
             Some(conn)
         }
         Slot::Vacant if closed => {
-            st.slots[i] = Slot::Retired;
+            st.put(i, Slot::Retired);
             None
         }
         other => {
-            st.slots[i] = other;
+            st.put(i, other);
             None
         }
     };
@@ -473,12 +475,28 @@ fn put_back(shared: &Shared, i: usize, back: Slot) {
     } else {
         Vec::new()
     };
-    // Drivers only care when there is work, or when the pool is stopping.
-    let wake =
-        !st.queue.is_empty() || st.phase != Phase::Running || !orphaned.is_empty() || vacated;
+    let everyone = closed
+        || !orphaned.is_empty()
+        || (st.phase == Phase::Joining && !st.any_busy() && st.queue.is_empty());
+    let takes = matches!(st.slot(i), Slot::Idle(_)) && !st.queue.is_empty();
+    let own = vacated || takes;
+    if own {
+        // Its driver takes the work (or refills the slot); it is not idle for others.
+        st.idle.remove(i);
+    }
+    // Jobs waiting while other workers sleep idle (put back by a failed worker's recovery,
+    // say): wake as many of those as there are jobs beyond what this slot takes.
+    let waiting = st.queue.len().saturating_sub(usize::from(takes));
+    if !everyone {
+        for _ in 0..waiting.min(st.idle.len()) {
+            shared.summon(&mut st);
+        }
+    }
     drop(st);
-    if wake {
-        shared.wake.notify_all();
+    if everyone {
+        shared.ring_all();
+    } else if own {
+        shared.ring(i);
     }
     if let Some(conn) = dropped {
         shared.watch.unregister(i);
@@ -501,8 +519,8 @@ fn drive(shared: &Shared, i: usize) {
         if st.phase == Phase::Closed {
             break;
         }
-        if matches!(st.slots[i], Slot::Vacant | Slot::Recycle(_)) {
-            let slot = std::mem::replace(&mut st.slots[i], Slot::Busy);
+        if matches!(st.slot(i), Slot::Vacant | Slot::Recycle(_)) {
+            let slot = st.put(i, Slot::Busy);
             // While joining with nothing left to do, a replacement would only be stopped.
             let wanted = st.phase == Phase::Running || !st.queue.is_empty();
             drop(st);
@@ -517,11 +535,10 @@ fn drive(shared: &Shared, i: usize) {
                 Slot::Retired
             };
             put_back(shared, i, back);
-            shared.wake.notify_all();
             st = shared.state();
             continue;
         }
-        if matches!(st.slots[i], Slot::Dead | Slot::Retired) {
+        if matches!(st.slot(i), Slot::Dead | Slot::Retired) {
             if st.phase == Phase::Joining && st.queue.is_empty() {
                 break;
             }
@@ -529,9 +546,9 @@ fn drive(shared: &Shared, i: usize) {
                 break;
             }
         }
-        if matches!(st.slots[i], Slot::Idle(_)) {
+        if matches!(st.slot(i), Slot::Idle(_)) {
             if let Some(job) = st.queue.pop_front() {
-                let Slot::Idle(conn) = std::mem::replace(&mut st.slots[i], Slot::Busy) else {
+                let Slot::Idle(conn) = st.put(i, Slot::Busy) else {
                     unreachable!("slot {i} was idle")
                 };
                 drop(st);
@@ -541,17 +558,18 @@ fn drive(shared: &Shared, i: usize) {
                 continue;
             }
             if st.phase == Phase::Joining && !st.any_busy() {
-                let Slot::Idle(conn) = std::mem::replace(&mut st.slots[i], Slot::Retired) else {
+                let Slot::Idle(conn) = st.put(i, Slot::Retired) else {
                     unreachable!("slot {i} was idle")
                 };
                 drop(st);
                 // Still registered while its exit hook runs: `shutdown` kills it.
                 retire(shared, i, *conn);
                 shared.watch.unregister(i);
-                shared.wake.notify_all();
                 return;
             }
+            // Summoned for a job another took: idle for the next one again.
+            st.idle.push(i);
         }
-        st = wait(&shared.wake, st);
+        st = shared.sleep(i, st);
     }
 }

@@ -1,5 +1,6 @@
 //! The supervisor's state: its settings, its slots and queue, and what its threads share.
 
+use super::idle::IdleSet;
 use super::job::Job;
 use crate::error::Error;
 use crate::insights::Stats;
@@ -78,22 +79,63 @@ pub(crate) enum Phase {
 pub(crate) struct State {
     pub(crate) phase: Phase,
     pub(crate) queue: VecDeque<Job>,
-    pub(crate) slots: Vec<Slot>,
+    /// Changed only through [`State::put`], which keeps the counts and the idle set.
+    slots: Vec<Slot>,
+    /// The idle workers no driver was summoned for (see `idle`).
+    pub(crate) idle: IdleSet,
+    /// Slots that have, or will soon have, a worker: `Idle`, `Busy`, `Vacant`, `Recycle`.
+    alive: usize,
+    /// `Busy` slots.
+    busy: usize,
 }
 
 impl State {
-    /// Whether any slot has, or will soon have, a worker.
+    /// Whether any slot has, or will soon have, a worker. O(1).
     pub(crate) fn any_alive(&self) -> bool {
-        self.slots.iter().any(|s| {
-            matches!(
-                s,
-                Slot::Idle(_) | Slot::Busy | Slot::Vacant | Slot::Recycle(_)
-            )
-        })
+        self.alive > 0
     }
 
+    /// Whether a thread drives a worker. O(1).
     pub(crate) fn any_busy(&self) -> bool {
-        self.slots.iter().any(|s| matches!(s, Slot::Busy))
+        self.busy > 0
+    }
+
+    /// Slot `i`.
+    pub(crate) fn slot(&self, i: usize) -> &Slot {
+        &self.slots[i]
+    }
+
+    /// Every slot, in order.
+    pub(crate) fn slots(&self) -> &[Slot] {
+        &self.slots
+    }
+
+    /// Puts `slot` in slot `i` and returns what it held, keeping the counts, and the idle set:
+    /// a worker that becomes idle joins it, one that stops being idle leaves it.
+    pub(crate) fn put(&mut self, i: usize, slot: Slot) -> Slot {
+        let old = std::mem::replace(&mut self.slots[i], slot);
+        let (alive, busy) = (old.alive(), matches!(old, Slot::Busy));
+        self.alive -= usize::from(alive);
+        self.busy -= usize::from(busy);
+        if matches!(old, Slot::Idle(_)) {
+            self.idle.remove(i);
+        }
+        let new = &self.slots[i];
+        self.alive += usize::from(new.alive());
+        self.busy += usize::from(matches!(new, Slot::Busy));
+        if matches!(new, Slot::Idle(_)) {
+            self.idle.push(i);
+        }
+        old
+    }
+}
+
+impl Slot {
+    fn alive(&self) -> bool {
+        matches!(
+            self,
+            Slot::Idle(_) | Slot::Busy | Slot::Vacant | Slot::Recycle(_)
+        )
     }
 }
 
@@ -104,7 +146,8 @@ pub(crate) struct Shared {
     /// A timeout or memory limit is set, so the watchdog runs and jobs are armed.
     pub(crate) watchdog: bool,
     pub(crate) state: Mutex<State>,
-    pub(crate) wake: Condvar,
+    /// One bell per slot, that its driver thread sleeps on (see `idle`).
+    bells: Vec<Condvar>,
     pub(crate) watch: Watch,
     last_error: Mutex<Option<Error>>,
     next_job: AtomicU64,
@@ -124,8 +167,11 @@ impl Shared {
                 phase: Phase::NotStarted,
                 queue: VecDeque::new(),
                 slots: (0..slots).map(|_| Slot::Dead).collect(),
+                idle: IdleSet::new((0..slots).map(|i| launch.is_local(i)).collect()),
+                alive: 0,
+                busy: 0,
             }),
-            wake: Condvar::new(),
+            bells: (0..slots).map(|_| Condvar::new()).collect(),
             last_error: Mutex::new(None),
             next_job: AtomicU64::new(1),
             job_nanos: AtomicU64::new(0),
@@ -140,6 +186,31 @@ impl Shared {
 
     pub(crate) fn state(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
+    }
+
+    /// Slot `i`'s driver thread sleeps until rung: `st` is released meanwhile.
+    pub(crate) fn sleep<'a>(&self, i: usize, st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        crate::sync::wait(&self.bells[i], st)
+    }
+
+    /// Wakes slot `i`'s driver thread.
+    pub(crate) fn ring(&self, i: usize) {
+        self.bells[i].notify_one();
+    }
+
+    /// Wakes every driver thread: the pool's phase changed, or its last worker went.
+    pub(crate) fn ring_all(&self) {
+        for bell in &self.bells {
+            bell.notify_one();
+        }
+    }
+
+    /// Takes the idle worker the next job goes to out of the idle set and wakes its driver,
+    /// if there is one idle.
+    pub(crate) fn summon(&self, st: &mut State) {
+        if let Some(i) = st.idle.pop() {
+            self.ring(i);
+        }
     }
 
     /// The last worker failure seen.

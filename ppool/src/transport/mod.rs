@@ -114,6 +114,11 @@ pub(crate) trait Launch: Send + Sync + Debug {
             .collect()
     }
 
+    /// Whether worker `index` runs on this machine (the placement rule prefers those).
+    fn is_local(&self, _index: usize) -> bool {
+        true
+    }
+
     /// The name of the host worker `index` runs on.
     fn host(&self, _index: usize) -> String {
         "localhost".to_string()

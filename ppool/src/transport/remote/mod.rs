@@ -262,6 +262,10 @@ impl Launch for Mixed {
         }
     }
 
+    fn is_local(&self, index: usize) -> bool {
+        index < self.local_workers
+    }
+
     fn host(&self, index: usize) -> String {
         match index.checked_sub(self.local_workers) {
             None => self.local.host(index),
