@@ -16,6 +16,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import resource
 import sys
 import threading
 import time
@@ -241,6 +242,155 @@ def map_rss(args, out, notes):
     out[f"mp.Pool.imap chunksize={args.chunk}"] = growth
 
 
+# ---- remote_scale: mp.Pool(N) at the worker counts of ppool's remote_scale ----
+
+def nap_pid(ms):
+    """Sleeps `ms` milliseconds; returns the worker's pid."""
+    time.sleep(ms / 1000.0)
+    return os.getpid()
+
+
+def inc(x):
+    return x + 1
+
+
+def emit(obj):
+    """One JSON line on stdout, flushed at once, so that a run cut short keeps its figures."""
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def cpu_seconds():
+    """User + system CPU time of this process alone (RUSAGE_SELF: not its children)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def thread_count():
+    return len(os.listdir("/proc/self/task"))
+
+
+def remote_scale(args, _out, _notes):
+    """Start, first wave, efficiency with sleeping tasks and tiny-task rate of one
+    fork Pool(N), printed as JSON lines (see ppool-bench/src/metrics/remote_scale.rs)."""
+    try:
+        remote_scale_steps(args)
+    except Exception as err:  # the row's error; what was measured so far stays
+        emit({"error": f"{err!r}"})
+
+
+def remote_scale_steps(args):
+    n = args.workers
+    nap_ms = args.nap_ms
+    ctx = multiprocessing.get_context("fork")
+    emit({"at": "start"})
+    start = time.perf_counter()
+    pool = ctx.Pool(n)
+    emit({"values": {"start ms": (time.perf_counter() - start) * 1e3, "workers": n}})
+    threads = thread_count()
+
+    emit({"at": "first wave"})
+    lock = threading.Lock()
+    first = {}
+    done = threading.Event()
+    answered = [0]
+    failures = []
+
+    def on_result(pid):
+        now = time.perf_counter()
+        with lock:
+            first.setdefault(pid, now)
+            answered[0] += 1
+            if answered[0] == n:
+                done.set()
+
+    def on_error(err):
+        with lock:
+            failures.append(repr(err))
+            answered[0] += 1
+            if answered[0] == n:
+                done.set()
+
+    wave_start = time.perf_counter()
+    for _ in range(n):
+        pool.apply_async(nap_pid, (nap_ms,), callback=on_result, error_callback=on_error)
+    if not done.wait(timeout=args.wave_timeout):
+        raise RuntimeError(f"first wave: {answered[0]} of {n} tasks answered in time")
+    if failures:
+        raise RuntimeError(f"first wave: {len(failures)} tasks failed: {failures[0]}")
+    last_first = max(first.values())
+    emit({"values": {
+        "first wave ms": (last_first - wave_start) * 1e3,
+        "workers used": len(first),
+    }})
+    threads = max(threads, thread_count())
+
+    emit({"at": "sleeping tasks"})
+    tasks = args.waves * n
+    cpu0 = cpu_seconds()
+    start = time.perf_counter()
+    pids = pool.map(nap_pid, [nap_ms] * tasks)
+    wall = time.perf_counter() - start
+    cpu = cpu_seconds() - cpu0
+    if len(pids) != tasks:
+        raise RuntimeError("sleeping tasks: map returned a wrong count")
+    ideal = args.waves * nap_ms / 1000.0
+    emit({"values": {
+        "efficiency %": 100.0 * ideal / wall,
+        "sleep cpu us/task": cpu / tasks * 1e6,
+        "sleep workers used": len(set(pids)),
+    }})
+    threads = max(threads, thread_count())
+
+    emit({"at": "tiny tasks"})
+    count = 20_000
+    while True:
+        chunk, extra = divmod(count, n * 4)  # what map picks with no chunksize
+        chunk += 1 if extra else 0
+        cpu0 = cpu_seconds()
+        start = time.perf_counter()
+        result = pool.map(inc, range(count))
+        wall = time.perf_counter() - start
+        cpu = cpu_seconds() - cpu0
+        if len(result) != count or result[-1] != count:
+            raise RuntimeError("tiny tasks: map returned wrong results")
+        if wall >= args.min_secs or count >= args.max_tiny:
+            break
+        count = min(args.max_tiny, max(count * 2, int(count * 1.3 * args.min_secs / wall)))
+    emit({"values": {
+        "tiny tasks/s": count / wall,
+        "tiny cpu us/task": cpu / count * 1e6,
+        "tiny tasks": count,
+        "tiny chunksize": chunk,
+    }})
+    threads = max(threads, thread_count())
+
+    rss = [status_kib_of(p.pid, "VmRSS") for p in pool._pool]
+    rss = [r for r in rss if r is not None]
+    values = {"threads": threads}
+    if rss:
+        values["rss per worker MiB"] = sum(rss) / len(rss) / 1024
+    values["parent rss MiB"] = status_kib("VmRSS") / 1024
+    emit({"values": values})
+
+    emit({"at": "join"})
+    start = time.perf_counter()
+    pool.close()
+    pool.join()
+    emit({"values": {"join ms": (time.perf_counter() - start) * 1e3}})
+
+
+def status_kib_of(pid, field):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("metric")
@@ -251,6 +401,11 @@ def main():
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--target-ms", type=float, default=10.0)
     parser.add_argument("--chunk", type=int, default=1000)
+    parser.add_argument("--nap-ms", type=float, default=50.0)
+    parser.add_argument("--waves", type=int, default=4)
+    parser.add_argument("--min-secs", type=float, default=1.0)
+    parser.add_argument("--max-tiny", type=int, default=50_000_000)
+    parser.add_argument("--wave-timeout", type=float, default=600.0)
     args = parser.parse_args()
 
     metrics = {
@@ -261,6 +416,7 @@ def main():
         "cpu_scaling": cpu_scaling,
         "startup_code": startup_code,
         "map_rss": map_rss,
+        "remote_scale": remote_scale,
     }
     if args.metric not in metrics:
         parser.error(f"unknown metric {args.metric}")

@@ -22,7 +22,7 @@ const ANCHOR_COLOR: RGBColor = RGBColor(0x75, 0x70, 0xb3);
 pub(crate) fn write_svg(path: &Path, info: &RunInfo, metrics: &[MetricResult]) -> BenchResult<()> {
     let shown: Vec<&MetricResult> = metrics
         .iter()
-        .filter(|m| m.contenders.iter().any(|c| c.summary().is_some()))
+        .filter(|m| !m.mixed_units && m.contenders.iter().any(|c| c.summary().is_some()))
         .collect();
     let rows = shown.len().div_ceil(COLUMNS).max(1);
     let height = HEADER + PANEL_HEIGHT * u32::try_from(rows)?;

@@ -29,6 +29,8 @@ pub(crate) const STARTUP: &str = "--startup-child";
 pub(crate) const MAP_RSS: &str = "--map-rss-child";
 /// Sync round trips of ppool and the raw pipe (run under `taskset`), prints JSON.
 pub(crate) const PINNED_RTT: &str = "--pinned-rtt-child";
+/// ppool: one size of `remote_scale`, figures as JSON lines as they are measured.
+pub(crate) const REMOTE_SCALE: &str = "--remote-scale-child";
 
 /// Runs the child mode named by `args[0]`, if any; `Ok(true)` when one ran.
 pub(crate) fn dispatch(args: &[String]) -> BenchResult<bool> {
@@ -44,6 +46,7 @@ pub(crate) fn dispatch(args: &[String]) -> BenchResult<bool> {
         STARTUP => ppool_side::startup_child()?,
         MAP_RSS => ppool_side::map_rss_child(count_arg(args)?)?,
         PINNED_RTT => metrics::latency::pinned_child(count_arg(args)?)?,
+        REMOTE_SCALE => metrics::remote_scale::child(&args[1..])?,
         _ => return Ok(false),
     }
     Ok(true)
@@ -134,6 +137,93 @@ fn run_child(cmd: &mut Command, capture: bool, limit: Duration) -> BenchResult<(
         return Err(format!("{program:?} exited with {status}").into());
     }
     Ok((elapsed, out?))
+}
+
+/// How a run of [`run_lines`] went.
+#[derive(Debug)]
+pub(crate) struct Lines {
+    /// Every line the child printed on stdout, in order.
+    pub(crate) lines: Vec<String>,
+    /// `Ok` if it exited with 0 within its limit; else what happened.
+    pub(crate) end: Result<(), String>,
+}
+
+/// Runs `cmd` in a process group of its own (stdin closed, stderr inherited), collecting its
+/// stdout lines as they come and handing each to `on_line` (for progress). If it has not
+/// exited after `limit`, the whole group (the child and everything it started that stayed
+/// in its group) is killed; the lines printed until then are kept.
+pub(crate) fn run_lines(
+    cmd: &mut Command,
+    limit: Duration,
+    mut on_line: impl FnMut(&str),
+) -> BenchResult<Lines> {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .process_group(0);
+    let deadline = Instant::now() + limit;
+    let mut child = cmd.spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (line_tx, line_rx) = mpsc::channel::<String>();
+    // Not joined: a grandchild outside the group could keep the pipe open.
+    thread::spawn(move || {
+        for line in io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let kill_group = |child: &std::process::Child| {
+        if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    };
+    let mut lines = Vec::new();
+    let mut timed_out = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match line_rx.recv_timeout(left) {
+            Ok(line) => {
+                on_line(&line);
+                lines.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                timed_out = true;
+                break;
+            }
+        }
+    }
+    // Stdout closed (or time is up): wait for the exit within what is left of the limit.
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if timed_out || Instant::now() >= deadline {
+            break None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    if timed_out || status.is_none() {
+        // Whatever of the group is still there (it may be only what the child left behind).
+        kill_group(&child);
+    }
+    let end = match status {
+        Some(status) if status.success() && !timed_out => Ok(()),
+        Some(status) if !timed_out => Err(format!("exited with {status}")),
+        _ => {
+            if status.is_none() {
+                child.wait()?;
+            }
+            Err(format!(
+                "timed out after {limit:?}; killed with its process group"
+            ))
+        }
+    };
+    Ok(Lines { lines, end })
 }
 
 fn reexec_twice() -> BenchResult<()> {

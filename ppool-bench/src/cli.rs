@@ -23,7 +23,7 @@ pub(crate) const METRICS: &[(&str, &str)] = &[
     ("ssh_bulk", "tiny tasks in bulk on other hosts over ssh"),
     (
         "remote_scale",
-        "remote workers by count: start-up and tiny-task throughput",
+        "remote workers by count (4x4, 16x16, 64x16 agents x workers) beside mp.Pool(N)",
     ),
     ("cpu_scaling", "CPU scaling, 200 x ~10 ms tasks"),
     (

@@ -13,6 +13,7 @@ mod cli;
 mod kernel;
 mod metrics;
 mod ppool_side;
+mod procs;
 mod report;
 mod results;
 mod stats;
@@ -39,6 +40,7 @@ const PYTHON_METRICS: &[&str] = &[
     "cpu_scaling",
     "startup",
     "map_rss",
+    "remote_scale",
 ];
 
 ppool::main! {

@@ -103,16 +103,6 @@ impl SquarePool {
         Ok(SquarePool(pool))
     }
 
-    /// `workers` remote workers on one host agent started through a command prefix here; the
-    /// pool returns once each has answered a task.
-    pub(crate) fn on_prefix(workers: usize) -> BenchResult<SquarePool> {
-        let pool = ProcessPool::<square>::builder()
-            .remote(Remote::command(["sh", "-c", "exec \"$@\"", "sh"]).workers(workers))
-            .build()?;
-        pool.batch(0..workers as u64 * 4).wait()?;
-        Ok(SquarePool(pool))
-    }
-
     /// A pool of `workers` workers on each of `hosts`, over ssh, and none here.
     pub(crate) fn on_hosts(hosts: &[String], workers: usize) -> BenchResult<SquarePool> {
         let mut builder = ProcessPool::<square>::builder();

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 
 use crate::BenchResult;
-use crate::results::MetricResult;
+use crate::results::{Cell, MetricResult, Table};
 
 /// Facts about the run that go into both outputs.
 #[derive(Debug, Clone)]
@@ -48,6 +48,13 @@ pub(crate) fn table(info: &RunInfo, metrics: &[MetricResult]) -> String {
     );
     for m in metrics {
         let _ = writeln!(out, "\n[{}] {}", m.id, m.title);
+        if let Some(t) = &m.table {
+            write_table(&mut out, t);
+            for note in &m.notes {
+                let _ = writeln!(out, "  note: {note}");
+            }
+            continue;
+        }
         let _ = writeln!(
             out,
             "  unit: {} ({} is better); last column: ppool/anchor, {}",
@@ -86,6 +93,82 @@ pub(crate) fn table(info: &RunInfo, metrics: &[MetricResult]) -> String {
         }
     }
     out
+}
+
+/// A metric's own table of medians: quantities down, configurations across; `err` marks a
+/// value missing from a configuration that failed, `-` one that does not apply.
+fn write_table(out: &mut String, t: &Table) {
+    let label_width = t
+        .rows
+        .iter()
+        .map(|r| r.label.len())
+        .max()
+        .unwrap_or(0)
+        .max(8);
+    let width = t
+        .columns
+        .iter()
+        .map(|c| c.name.len() + usize::from(c.error.is_some()))
+        .max()
+        .unwrap_or(0)
+        .max(8);
+    let mut line = format!("  {:<label_width$}", "median");
+    for c in &t.columns {
+        let name = if c.error.is_some() {
+            format!("{}*", c.name)
+        } else {
+            c.name.clone()
+        };
+        let _ = write!(line, " {name:>width$}");
+    }
+    let _ = writeln!(out, "{line}");
+    for row in &t.rows {
+        let mut line = format!("  {:<label_width$}", row.label);
+        for (c, cell) in t.columns.iter().zip(&row.cells) {
+            let text = match cell {
+                // Counts read better without decimals.
+                Cell::Value(v) if v.fract() == 0.0 && v.abs() < 1e4 => format!("{v:.0}"),
+                Cell::Value(v) => fmt_value(*v),
+                Cell::Missing if c.error.is_some() => "err".to_owned(),
+                Cell::Missing | Cell::NotApplicable => "-".to_owned(),
+            };
+            let _ = write!(line, " {text:>width$}");
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    for c in t.columns.iter().filter(|c| c.error.is_some()) {
+        let _ = writeln!(
+            out,
+            "  * {}: {}",
+            c.name,
+            c.error.as_deref().unwrap_or_default()
+        );
+    }
+}
+
+fn table_json(t: &Table) -> Value {
+    let columns: Vec<Value> = t
+        .columns
+        .iter()
+        .map(|c| json!({"name": c.name, "error": c.error}))
+        .collect();
+    let rows: Vec<Value> = t
+        .rows
+        .iter()
+        .map(|r| {
+            let medians: Vec<Value> = r
+                .cells
+                .iter()
+                .map(|cell| match cell {
+                    Cell::Value(v) => json!(v),
+                    Cell::Missing => Value::Null,
+                    Cell::NotApplicable => json!("n/a"),
+                })
+                .collect();
+            json!({"quantity": r.label, "medians": medians})
+        })
+        .collect();
+    json!({"columns": columns, "rows": rows})
 }
 
 /// The JSON document written to `results/latest.json`.
@@ -135,6 +218,7 @@ fn metric_json(m: &MetricResult) -> Value {
         "ratios": ratios,
         "ratio_meaning": m.ratio_meaning(),
         "notes": m.notes,
+        "table": m.table.as_ref().map(table_json),
     })
 }
 
@@ -176,5 +260,58 @@ mod tests {
         assert!(text.contains("ppool call") && text.contains("2.00") && text.contains("hello"));
         let json = to_json(&info, &[m]);
         assert_eq!(json["metrics"][0]["ratios"][0]["ppool_over_anchor"], 2.0);
+    }
+
+    #[test]
+    fn a_metric_table_replaces_the_contender_list() {
+        use crate::results::{Column, TableRow};
+        let mut m = MetricResult::new("remote_scale", "t", "mixed", Better::Higher);
+        m.mixed_units = true;
+        m.record("ppool 4x4: start ms", 12.0);
+        m.record("mp.Pool(16): start ms", 60.0);
+        m.table = Some(Table {
+            columns: vec![
+                Column {
+                    name: "ppool 4x4".into(),
+                    error: None,
+                },
+                Column {
+                    name: "ppool 64x16".into(),
+                    error: Some("build failed".into()),
+                },
+            ],
+            rows: vec![
+                TableRow {
+                    label: "start ms".into(),
+                    cells: vec![Cell::Value(12.0), Cell::Missing],
+                },
+                TableRow {
+                    label: "chunksize".into(),
+                    cells: vec![Cell::NotApplicable, Cell::NotApplicable],
+                },
+            ],
+        });
+        let info = RunInfo {
+            quick: false,
+            reps: 1,
+            cpus: 2,
+        };
+        let text = table(&info, std::slice::from_ref(&m));
+        assert!(
+            text.contains("ppool 64x16*") && text.contains("err"),
+            "{text}"
+        );
+        assert!(text.contains("start ms") && text.contains(" 12 "), "{text}");
+        assert!(text.contains("* ppool 64x16: build failed"), "{text}");
+        assert!(!text.contains("mp.Pool(16): start ms"), "{text}");
+        let json = to_json(&info, &[m]);
+        assert!(
+            json["metrics"][0]["ratios"]
+                .as_array()
+                .is_some_and(Vec::is_empty)
+        );
+        assert_eq!(json["metrics"][0]["table"]["rows"][0]["medians"][0], 12.0);
+        assert_eq!(json["metrics"][0]["table"]["rows"][1]["medians"][0], "n/a");
+        assert_eq!(json["metrics"][0]["contenders"][1]["samples"][0], 60.0);
     }
 }

@@ -44,6 +44,43 @@ pub(crate) struct MetricResult {
     pub(crate) better: Better,
     pub(crate) contenders: Vec<Contender>,
     pub(crate) notes: Vec<String>,
+    /// Set when the contenders measure different quantities in different units: no
+    /// ppool/anchor ratios and no chart panel.
+    pub(crate) mixed_units: bool,
+    /// A table of medians the metric prints instead of its list of contenders.
+    pub(crate) table: Option<Table>,
+}
+
+/// Medians laid out by the metric: one column per configuration, one row per quantity.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Table {
+    pub(crate) columns: Vec<Column>,
+    pub(crate) rows: Vec<TableRow>,
+}
+
+/// One configuration measured (a pool of one size).
+#[derive(Debug, Clone)]
+pub(crate) struct Column {
+    pub(crate) name: String,
+    /// Why this configuration produced no data or only part of it.
+    pub(crate) error: Option<String>,
+}
+
+/// One quantity: a median per column.
+#[derive(Debug, Clone)]
+pub(crate) struct TableRow {
+    pub(crate) label: String,
+    pub(crate) cells: Vec<Cell>,
+}
+
+/// One median of a [`Table`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Cell {
+    Value(f64),
+    /// Not measured: its configuration failed first.
+    Missing,
+    /// The quantity does not exist for this configuration.
+    NotApplicable,
 }
 
 impl MetricResult {
@@ -60,7 +97,17 @@ impl MetricResult {
             better,
             contenders: Vec::new(),
             notes: Vec::new(),
+            mixed_units: false,
+            table: None,
         }
+    }
+
+    /// The samples of contender `name`, if it has any.
+    pub(crate) fn samples(&self, name: &str) -> Option<&[f64]> {
+        self.contenders
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.samples.as_slice())
     }
 
     /// Adds one sample to the contender `name`, creating it on first use.
@@ -94,6 +141,9 @@ impl MetricResult {
 
     /// `ppool median / anchor median` for each anchor with data.
     pub(crate) fn ratios(&self) -> Vec<Ratio> {
+        if self.mixed_units {
+            return Vec::new();
+        }
         let Some(ppool) = self.ppool().find_map(|c| c.summary()) else {
             return Vec::new();
         };
@@ -110,6 +160,9 @@ impl MetricResult {
 
     /// How to read `ppool_over_anchor` for this metric.
     pub(crate) fn ratio_meaning(&self) -> &'static str {
+        if self.mixed_units {
+            return "no ratios: the contenders measure different quantities";
+        }
         match self.better {
             Better::Lower => "ratio < 1 means ppool is better",
             Better::Higher => "ratio > 1 means ppool is better",

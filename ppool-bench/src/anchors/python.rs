@@ -100,6 +100,13 @@ impl PythonEnv {
         Ok(out)
     }
 
+    /// The command `anchors.py METRIC ARGS...`, for a caller that reads its output itself.
+    pub(crate) fn command(&self, metric: &str, args: &[String]) -> Command {
+        let mut cmd = Command::new(&self.python);
+        cmd.arg(&self.script).arg(metric).args(args);
+        cmd
+    }
+
     /// A command running the interpreter (for timing `python -c ...` processes).
     pub(crate) fn interpreter(&self) -> Command {
         Command::new(&self.python)

@@ -8,6 +8,7 @@ pub(crate) mod codec;
 pub(crate) mod latency;
 pub(crate) mod process;
 pub(crate) mod remote;
+pub(crate) mod remote_scale;
 pub(crate) mod scaling;
 pub(crate) mod throughput;
 
@@ -42,7 +43,7 @@ pub(crate) fn run_metric(id: &str, ctx: &Ctx) -> BenchResult<MetricResult> {
         "echo_100mb" => throughput::echo_100mb(ctx),
         "ssh_rtt" => remote::ssh_rtt(ctx),
         "ssh_bulk" => remote::ssh_bulk(ctx),
-        "remote_scale" => remote::remote_scale(ctx),
+        "remote_scale" => remote_scale::remote_scale(ctx),
         "cpu_scaling" => scaling::cpu_scaling(ctx),
         "startup" => process::startup(ctx),
         "map_rss" => process::map_rss(ctx),
