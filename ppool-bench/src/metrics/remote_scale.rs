@@ -100,6 +100,7 @@ const ROWS: &[(&str, &str, For)] = &[
     ("RSS per agent, MiB", "rss per agent MiB", For::Ppool),
     ("join, ms", "join ms", For::Both),
     ("processes left after join", "left after join", For::Ppool),
+    ("whole run of the size, s", "run s", For::Both),
 ];
 
 /// The sizes to run: [`SIZES_ENV`] if set, else by `--quick`.
@@ -194,7 +195,8 @@ pub(crate) fn remote_scale(ctx: &Ctx) -> MetricResult {
     m.note(format!(
         "RSS: mean VmRSS; agents = children of the supervisor carrying {RUN_VAR}, workers = \
          their children (mp: the pool's worker processes). left after join: processes still \
-         carrying {RUN_VAR} right after join() returned (should be 0)"
+         carrying {RUN_VAR} right after join() returned (should be 0). whole run: the \
+         size's process from start to exit, build and join included"
     ));
     let python = match &ctx.python {
         Ok(env) => Some(env),
@@ -356,6 +358,7 @@ fn run_mp(
 fn run_child(name: &str, cmd: &mut std::process::Command, limit: Duration) -> Outcome {
     let mut step = String::from("start");
     let mut out = Outcome::default();
+    let started = Instant::now();
     let lines = children::run_lines(cmd, limit, |line| {
         let json = serde_json::from_str::<Value>(line).unwrap_or_default();
         if let Some(at) = json.get("at").and_then(Value::as_str) {
@@ -366,6 +369,8 @@ fn run_child(name: &str, cmd: &mut std::process::Command, limit: Duration) -> Ou
         Ok(lines) => lines,
         Err(e) => return Outcome::failed(format!("cannot run: {e}")),
     };
+    out.values
+        .push(("run s".to_owned(), started.elapsed().as_secs_f64()));
     for line in &lines.lines {
         let Ok(json) = serde_json::from_str::<Value>(line) else {
             continue;
