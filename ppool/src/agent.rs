@@ -43,12 +43,11 @@ type Out = Arc<Mutex<File>>;
 
 /// Serves as a host agent; never returns.
 pub(crate) fn run() -> ! {
-    // The workers it starts must not take themselves for agents.
-    // SAFETY: this runs first thing in `main` (or in the worker test of a test binary),
-    // before this process starts any thread that could read the environment meanwhile.
-    unsafe { std::env::remove_var(AGENT_ENV) };
-    // SAFETY: sets SIGPIPE to "ignore"; a pool that went away is an EPIPE on a write.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    // The workers it starts must not take themselves for agents. This runs first thing in
+    // `main` (or in the worker test of a test binary), before any thread of ours.
+    crate::worker::bootstrap::remove_var_before_threads(AGENT_ENV);
+    // A pool that went away is an EPIPE on a write.
+    crate::transport::ignore_sigpipe();
     if let Some(why) = merged_streams() {
         // Said on the merged stream, before the preamble: the pool quotes it as it gives up.
         eprintln!("ppool host agent: {why}");

@@ -87,6 +87,12 @@
 //! so. The last two stable releases are always supported.
 
 #![deny(missing_docs)]
+// Unsafe code lives in five modules only, each allowed where it is declared and each with
+// its invariants in its docs: `shm` (the shared-memory mapping), `transport::process`
+// (spawning a worker), `transport::sigpipe` (signal masks and dispositions),
+// `worker::bootstrap` (the inherited descriptors and environment) and `worker::exec` (a
+// fork inside an entry).
+#![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_debug_implementations)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
@@ -118,6 +124,7 @@ mod protocol;
 mod readiness;
 mod relaunch;
 mod remote;
+#[allow(unsafe_code)]
 mod shm;
 mod stream;
 mod supervisor;

@@ -19,16 +19,18 @@
 mod in_process;
 mod pipe;
 mod poll;
+#[allow(unsafe_code)]
 mod process;
 mod remote;
 mod shm;
+#[allow(unsafe_code)]
 mod sigpipe;
 mod stderr;
 
 pub(crate) use process::ProcessPeer;
 pub(crate) use remote::{Mixed, Remotes};
 pub(crate) use shm::{ShmRx, ShmTx, spawn as spawn_shm_worker};
-pub(crate) use sigpipe::block_sigpipe_on_this_thread;
+pub(crate) use sigpipe::{block_sigpipe_on_this_thread, ignore_sigpipe};
 
 use crate::error::{Error, ExitCause};
 use crate::protocol::FrameError;

@@ -1,6 +1,12 @@
 //! Local worker processes: this very binary, started again as a worker that inherits the
 //! descriptors of its channel (named in one environment variable), and the [`ProcessPeer`]
 //! that kills and reaps it through a pidfd. Shared by the pipe and shared-memory kinds.
+//!
+//! # Unsafe code
+//! One block: the `pre_exec` closure, which runs in the child between `fork` and `exec`.
+//! Invariant: it only makes async-signal-safe system calls (`fcntl`, `sched_setaffinity`),
+//! allocates nothing and takes no lock, so it cannot deadlock on a lock another thread of the
+//! supervisor held at the fork.
 
 use super::poll::Pidfd;
 use super::stderr::{Forwarder, Source, forward_stderr};

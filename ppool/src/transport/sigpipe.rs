@@ -4,13 +4,26 @@
 //! `prog | head` ends quietly), and a write to the pipe of a dead worker would then kill the
 //! whole program. Every write blocks the signal on its thread for the duration of the call and
 //! consumes a `SIGPIPE` it raised, so only `EPIPE` is seen. The pool's own threads block it
-//! once for good.
+//! once for good; a user's thread never keeps it blocked after a call returns.
+//!
+//! # Unsafe code
+//! `sigset_t` values are plain data that are valid zeroed, and the `sig*` calls only read and
+//! write the sets passed to them; a disposition is only ever set to "ignore" (no handler runs),
+//! and only in a worker or host agent, never in the user's program.
 
 use std::io;
 
 thread_local! {
     /// `SIGPIPE` is blocked on this thread for good (the pool's own threads).
     static SIGPIPE_BLOCKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Sets the disposition of `SIGPIPE` to "ignore" for the whole process: for a worker or a host
+/// agent, whose peer going away must be an `EPIPE` on the next write, never a signal. Never
+/// called in a user's program (the supervisor), whose disposition is its own.
+pub(crate) fn ignore_sigpipe() {
+    // SAFETY: sets a disposition, no handler: no code of ours runs in signal context.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 }
 
 /// Blocks `SIGPIPE` on the calling thread, one of the pool's own, for the rest of its life: its

@@ -1,6 +1,13 @@
 //! How a worker process finds its channel: the two pipe descriptors a pool let it inherit,
 //! named in one environment variable, and the guard thread that ends it when nobody greets
 //! it or when its supervisor goes away.
+//!
+//! # Unsafe code
+//! - Descriptors named in the environment are borrowed only for `fstat`, and owned only once
+//!   `fstat` says they are open and of the kind the channel needs; nothing else in the process
+//!   owns them (they were inherited for this purpose alone).
+//! - The environment is changed only by [`remove_var_before_threads`], first thing in `main`
+//!   of a worker or host agent, before any thread exists that could read it meanwhile.
 
 use crate::shm::Region;
 use rustix::fs::FileType;
@@ -109,9 +116,7 @@ impl ChannelDesc {
     /// make a worker.
     pub(crate) fn from_env() -> Result<(Opened, usize), String> {
         let value = std::env::var(CHANNEL_ENV).map_err(|_| format!("{CHANNEL_ENV} is not set"))?;
-        // SAFETY: this runs first thing in `main` (or in the worker test of a test binary),
-        // before this process starts any thread that could read the environment meanwhile.
-        unsafe { std::env::remove_var(CHANNEL_ENV) };
+        remove_var_before_threads(CHANNEL_ENV);
         let desc = Self::parse(&value)?;
         let opened = match desc {
             ChannelDesc::Pipes {
@@ -183,6 +188,14 @@ pub(crate) fn hand_started(why: &str) -> ! {
          ({why}). Run the program without `{WORKER_ARG}` to use it normally."
     );
     std::process::exit(EXIT_NO_CHANNEL)
+}
+
+/// Removes `name` from the environment. Only for the first thing a worker or host agent does
+/// in `main` (or in the worker test of a test binary), before it starts any thread.
+pub(crate) fn remove_var_before_threads(name: &str) {
+    // SAFETY: called only as its doc says: no other thread of this process exists yet that
+    // could read or write the environment meanwhile.
+    unsafe { std::env::remove_var(name) };
 }
 
 /// Watches, on its own thread, that the greeting comes in time and that the supervisor (this

@@ -1,6 +1,11 @@
 //! Running tasks inside a worker: the entry, its panics caught and recorded as data, its
 //! results appended to a RESULTS frame; the initializer and the worker-exit hook. Shared by
 //! worker processes and the in-process (debug) transport.
+//!
+//! # Unsafe code
+//! A fork handler installed with `pthread_atfork`, which only stores to an atomic (what may run
+//! in the child of a `fork`), and `_exit` in a forked child that came back from an entry, so
+//! that it runs none of the exit handlers and flushes none of the buffers its parent owns.
 
 use crate::entry::{self, CodecFailure, EntryRecord};
 use crate::protocol::{self, FrameBuf, FrameError, Outcome, Tasks};

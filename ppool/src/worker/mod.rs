@@ -2,8 +2,10 @@
 //! the initializer, tasks, the exit hook), and [`serve`] runs one over a byte stream until it
 //! is told to stop or the supervisor goes away. The in-process transport runs a session too.
 
+#[allow(unsafe_code)]
 pub(crate) mod bootstrap;
 mod channel;
+#[allow(unsafe_code)]
 pub(crate) mod exec;
 
 use crate::entry::{self, EntryRecord};
@@ -224,8 +226,7 @@ impl AnswerFrames<'_> {
 /// Serves as a worker process; never returns.
 pub(crate) fn enter() -> ! {
     // A supervisor that went away is an `EPIPE` on the next write, never a signal.
-    // SAFETY: sets the disposition of SIGPIPE to "ignore"; no handler code is involved.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    crate::transport::ignore_sigpipe();
     let (opened, max_frame) = match ChannelDesc::from_env() {
         Ok(channel) => channel,
         Err(why) => bootstrap::hand_started(&why),
