@@ -702,3 +702,43 @@ fn bad_remote_settings_are_invalid_config() {
     }
     assert!(with_tag("bad").is_empty());
 }
+
+/// A thousand workers over 64 hosts (agents on this machine) start, run a batch and a stream,
+/// and `join` leaves no process of any host. The times are printed, not asserted.
+#[test]
+fn a_thousand_workers_on_sixty_four_hosts() {
+    let _deadline = ppool_tests::deadline_secs(300);
+    let mut builder = ProcessPool::<square_where>::builder();
+    let hosts: usize = std::env::var("BIG_HOSTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let per: usize = std::env::var("BIG_PER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
+    for h in 0..hosts {
+        builder = builder.remote(Remote::command(tagged(&format!("big-{h}"))).workers(per));
+    }
+    let started = Instant::now();
+    let pool = builder.build().expect("1024 workers start");
+    println!("built 64 x 16 in {:?}", started.elapsed());
+    assert_eq!(pool.n_jobs(), hosts * per);
+    let started = Instant::now();
+    let batch = pool.batch(0..20_000u64).wait().expect("a batch");
+    println!("a batch of 20000 in {:?}", started.elapsed());
+    assert_eq!(batch.len(), 20_000);
+    assert!(
+        batch
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.0 == (i as u64) * (i as u64))
+    );
+    let streamed = pool.map(0..5_000u64).filter(|r| r.is_ok()).count();
+    assert_eq!(streamed, 5_000);
+    let started = Instant::now();
+    pool.join().expect("join");
+    println!("joined in {:?}", started.elapsed());
+    let left: usize = (0..64).map(|h| with_tag(&format!("big-{h}")).len()).sum();
+    assert_eq!(left, 0, "processes left after join");
+}

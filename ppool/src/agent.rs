@@ -35,6 +35,11 @@ const GREETING_TIMEOUT: Duration = Duration::from_secs(20);
 const GUARD_EVERY: Duration = Duration::from_millis(250);
 /// How long the workers have to end on SIGTERM before they are killed.
 const END_GRACE: Duration = Duration::from_secs(2);
+/// How often an idle forwarder looks whether its worker died. A death wakes nothing here (the
+/// worker's ring is what a forwarder waits on), so this bounds how late it is reported; the
+/// pool's own local workers are looked at every few milliseconds, but a host may hold hundreds
+/// of idle workers, each of whose checks is a wake-up.
+const FORWARD_DEATH_CHECK: Duration = Duration::from_millis(100);
 /// Exit code of an agent that no pool greeted.
 const EXIT_NO_POOL: i32 = 2;
 
@@ -157,6 +162,7 @@ pub(crate) fn run() -> ! {
                     match crate::transport::spawn_shm_worker(&config, index as usize, greeting) {
                         Ok((tx, mut rx, peer)) => {
                             rx.hand_over_partials();
+                            rx.check_death_every(FORWARD_DEATH_CHECK);
                             let pid = peer.pid();
                             txs.insert(slot, tx);
                             lock(&peers).insert(slot, Arc::clone(&peer));

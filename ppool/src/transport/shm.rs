@@ -97,6 +97,7 @@ pub(crate) fn spawn(
         returned: Returned::Nothing,
         dead: false,
         partials: false,
+        death_check: DEATH_CHECK,
     };
     if let Err(e) = tx.send(&[greeting]) {
         peer.kill();
@@ -168,6 +169,8 @@ pub(crate) struct ShmRx {
     /// are published for now (for a host agent, so that the pool keeps them if the host is
     /// lost).
     partials: bool,
+    /// How long a wait for the worker's records may go before its pidfd is looked at.
+    death_check: Duration,
 }
 
 impl ShmRx {
@@ -177,7 +180,7 @@ impl ShmRx {
         let mut spin = spin;
         loop {
             let left = timeout.map(|t| t.saturating_sub(started.elapsed()));
-            let slice = left.map_or(DEATH_CHECK, |l| l.min(DEATH_CHECK));
+            let slice = left.map_or(self.death_check, |l| l.min(self.death_check));
             if self.results.wait_readable(spin, Some(slice))? {
                 return Ok(true);
             }
@@ -346,7 +349,7 @@ impl ShmRx {
             if !self.partials
                 && self
                     .results
-                    .wait_readable(Duration::ZERO, Some(DEATH_CHECK))
+                    .wait_readable(Duration::ZERO, Some(self.death_check))
                     .map_err(frame_error)?
             {
                 continue;
@@ -399,6 +402,13 @@ impl ShmRx {
     /// are published for now, instead of once the job is done.
     pub(crate) fn hand_over_partials(&mut self) {
         self.partials = true;
+    }
+
+    /// Looks at the worker's pidfd at most every `every` while it waits, instead of every
+    /// [`DEATH_CHECK`]: for a host agent, whose hundreds of idle forwarders would otherwise
+    /// wake hundreds of times a second each. A death is then reported up to `every` later.
+    pub(crate) fn check_death_every(&mut self, every: Duration) {
+        self.death_check = every;
     }
 
     /// The outcomes gathered so far, as a partial RESULTS frame of `job`.
