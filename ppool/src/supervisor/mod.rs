@@ -8,7 +8,9 @@
 //!
 //! # Slots
 //!
-//! Each worker has a slot, and each slot a driver thread. A slot is
+//! Each worker has a slot, and each slot a driver thread, which sleeps on a bell of its own:
+//! a queued job wakes the one idle worker's driver that the placement rule of `idle` picks,
+//! never all of them. A slot is
 //! - `Idle`: its worker waits for work; any thread may take it (its driver for the queue, a
 //!   caller for one `call`) and mark it `Busy` while it drives it;
 //! - `Vacant`: its worker failed and was reaped; only the slot's driver thread refills it, so
@@ -29,9 +31,10 @@
 //!
 //! # Failures
 //!
-//! When a worker fails, the jobs it held are settled by the rules in `recovery` (bounce a job
-//! the worker never took, split a chunk to find its culprit, retry under `retries`, fail the
-//! rest), which are pure functions with their own tests. Should the thread that drives a
+//! When a worker fails, the jobs it held are settled by the rules in `recovery` (deliver the
+//! outcomes that came, fail or retry the task that was running, run the tasks that never
+//! started elsewhere, re-send a job none of whose tasks started), which are pure functions
+//! with their own tests. Should the thread that drives a
 //! worker panic (a bug in ppool), the worker is killed, the jobs it held end with
 //! `Error::Internal`, and the slot is refilled like any other: the pool never loses a slot to
 //! a panic.
@@ -39,6 +42,9 @@
 //! `shutdown` kills every process the watchdog's registry holds: a worker is in it from the
 //! moment its process exists (a replacement still in its initializer) until it is gone (a
 //! worker in its exit hook), so that `shutdown` never waits for a hook or an initializer.
+//!
+//! How a job's outcomes travel from the queue to the caller, and how recovery counts them
+//! (sent ahead, started, published, lost), is told in `supervisor/README.md` beside this file.
 
 mod driver;
 mod idle;
