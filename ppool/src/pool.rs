@@ -15,7 +15,7 @@ use crate::remote::{self, Remote};
 use crate::stream::{Map, StreamSource};
 use crate::supervisor::{Core, Deliver, Delivery, Settings, WorkerSpec};
 use crate::task::{OneShot, Task};
-use crate::transport::{self, LaunchConfig, Mixed, Remotes, Transport};
+use crate::transport::{self, LaunchConfig, Transport};
 use std::ffi::OsString;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -1437,21 +1437,8 @@ impl<F: Entry> Builder<F> {
             forward_stderr: self.forward_stderr,
             dispatch: (trace > 0).then_some(dispatch),
         };
-        let (launch, all_jobs): (Box<dyn transport::Launch>, usize) = if hosts.is_empty() {
-            (transport::launcher(config, self.debug), n_jobs)
-        } else {
-            let remote = Remotes::new(config.clone(), self.host_timeout, hosts);
-            let all = n_jobs + remote.workers();
-            let local = transport::launcher(config, false);
-            (
-                Box::new(Mixed {
-                    local,
-                    local_workers: n_jobs,
-                    remote,
-                }),
-                all,
-            )
-        };
+        let (launch, all_jobs) =
+            transport::launcher(config, self.debug, n_jobs, self.host_timeout, hosts);
         let settings = Settings {
             n_jobs: all_jobs,
             debug: self.debug,

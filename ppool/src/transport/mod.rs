@@ -28,7 +28,6 @@ mod sigpipe;
 mod stderr;
 
 pub(crate) use process::ProcessPeer;
-pub(crate) use remote::{Mixed, Remotes};
 pub(crate) use shm::{ShmRx, ShmTx, spawn as spawn_shm_worker};
 pub(crate) use sigpipe::{block_sigpipe_on_this_thread, ignore_sigpipe};
 
@@ -184,14 +183,38 @@ pub(crate) struct LaunchConfig {
     pub(crate) dispatch: Option<tracing::Dispatch>,
 }
 
-/// The launcher for a pool's workers: in this process (debug mode), or local processes.
-pub(crate) fn launcher(config: LaunchConfig, debug: bool) -> Box<dyn Launch> {
-    if debug {
-        Box::new(in_process::InProcess::new(config.max_frame))
-    } else {
-        match config.transport {
-            Transport::SharedMemory => Box::new(shm::SharedMemory::new(config)),
-            Transport::Pipes => Box::new(pipe::Pipes::new(config)),
+/// The launcher for a pool's workers, and how many workers it starts in all: first
+/// `local_workers` in this process (debug mode) or as local processes, then those of the
+/// remote `hosts`, if any, each host silent for `host_timeout` counting as lost.
+pub(crate) fn launcher(
+    config: LaunchConfig,
+    debug: bool,
+    local_workers: usize,
+    host_timeout: Duration,
+    hosts: Vec<crate::remote::HostSpec>,
+) -> (Box<dyn Launch>, usize) {
+    fn local(config: LaunchConfig, debug: bool) -> Box<dyn Launch> {
+        if debug {
+            Box::new(in_process::InProcess::new(config.max_frame))
+        } else {
+            match config.transport {
+                Transport::SharedMemory => Box::new(shm::SharedMemory::new(config)),
+                Transport::Pipes => Box::new(pipe::Pipes::new(config)),
+            }
         }
     }
+    if hosts.is_empty() {
+        return (local(config, debug), local_workers);
+    }
+    let remote = remote::Remotes::new(config.clone(), host_timeout, hosts);
+    let all = local_workers + remote.workers();
+    let local = local(config, false);
+    (
+        Box::new(remote::Mixed {
+            local,
+            local_workers,
+            remote,
+        }),
+        all,
+    )
 }
