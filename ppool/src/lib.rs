@@ -105,6 +105,7 @@ compile_error!(
 
 mod agent;
 mod batch;
+mod builder;
 mod callbacks;
 mod chunk;
 mod chunking;
@@ -136,12 +137,13 @@ mod watchdog;
 mod worker;
 
 pub use batch::{Batch, BatchFuture};
+pub use builder::Builder;
 pub use completed::{AsCompleted, as_completed};
 pub use config::NJobs;
 pub use entry::{Entry, Portable};
 pub use error::{Cause, Error, ExitCause, Result};
 pub use insights::{Insights, WorkerInsights, WorkerState};
-pub use pool::{Builder, EntryView, ProcessPool};
+pub use pool::{EntryView, ProcessPool};
 pub use remote::Remote;
 pub use stream::Map;
 pub use task::Task;
