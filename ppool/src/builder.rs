@@ -1,14 +1,14 @@
-//! The [`Builder`] of a [`ProcessPool`]: it gathers the settings, checks them, and assembles
-//! the pool.
+//! The [`Builder`] of a [`ProcessPool`]: it gathers the settings, has them checked by
+//! [`Config::validate`](crate::config::Config::validate), and assembles the pool from what
+//! passed.
 
 use crate::chunking::Chunking;
-use crate::config::{self, NJobs};
-use crate::entry::{self, Entry};
+use crate::config::{Config, NJobs, ThisProcess};
+use crate::entry::Entry;
 use crate::error::{Error, Result};
 use crate::pool::ProcessPool;
 use crate::progress;
-use crate::protocol::DEFAULT_MAX_FRAME;
-use crate::remote::{self, Remote};
+use crate::remote::Remote;
 use crate::supervisor::{Core, Settings, WorkerSpec};
 use crate::transport::{self, LaunchConfig, Transport};
 use std::ffi::OsString;
@@ -61,31 +61,7 @@ use std::time::Duration;
 /// ```
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct Builder<F: Entry> {
-    n_jobs: NJobs,
-    name: Option<String>,
-    start: bool,
-    debug: bool,
-    env: Vec<(OsString, OsString)>,
-    disable_gpu: bool,
-    max_tasks_per_worker: Option<u64>,
-    task_timeout: Option<Duration>,
-    memory_limit: Option<u64>,
-    retries: u32,
-    chunk_size: Option<usize>,
-    max_frame: usize,
-    initializer: Option<(&'static str, Result<Vec<u8>, Error>)>,
-    on_exit: Option<(&'static str, Result<Vec<u8>, Error>)>,
-    cpu_affinity: Vec<usize>,
-    forward_stderr: bool,
-    transport: Transport,
-    /// `n_jobs` was called: with remote hosts, local workers are only started if it was.
-    n_jobs_set: bool,
-    remotes: Vec<Remote>,
-    host_timeout: Duration,
-    init_timeout: Duration,
-    exit_timeout: Duration,
-    progress: progress::Mode,
-    stream_window: Option<usize>,
+    config: Config,
     _entry: PhantomData<fn() -> F>,
 }
 
@@ -93,10 +69,10 @@ impl<F: Entry> std::fmt::Debug for Builder<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Builder")
             .field("entry", &F::NAME)
-            .field("n_jobs", &self.n_jobs)
-            .field("name", &self.name)
-            .field("start", &self.start)
-            .field("debug", &self.debug)
+            .field("n_jobs", &self.config.n_jobs)
+            .field("name", &self.config.name)
+            .field("start", &self.config.start)
+            .field("debug", &self.config.debug)
             .finish_non_exhaustive()
     }
 }
@@ -104,30 +80,7 @@ impl<F: Entry> std::fmt::Debug for Builder<F> {
 impl<F: Entry> Builder<F> {
     pub(crate) fn new() -> Self {
         Builder {
-            n_jobs: NJobs::from(-1),
-            name: None,
-            start: true,
-            debug: false,
-            env: Vec::new(),
-            disable_gpu: true,
-            max_tasks_per_worker: None,
-            task_timeout: None,
-            memory_limit: None,
-            retries: 0,
-            chunk_size: None,
-            max_frame: DEFAULT_MAX_FRAME,
-            initializer: None,
-            on_exit: None,
-            cpu_affinity: Vec::new(),
-            forward_stderr: true,
-            transport: Transport::default(),
-            n_jobs_set: false,
-            remotes: Vec::new(),
-            host_timeout: DEFAULT_HOST_TIMEOUT,
-            init_timeout: DEFAULT_INIT_TIMEOUT,
-            exit_timeout: DEFAULT_EXIT_TIMEOUT,
-            progress: progress::Mode::Off,
-            stream_window: None,
+            config: Config::default(),
             _entry: PhantomData,
         }
     }
@@ -138,8 +91,8 @@ impl<F: Entry> Builder<F> {
     /// [`build`](Self::build) refuses any other value with [`Error::InvalidConfig`] (see
     /// [`NJobs`]). See [`Builder`] for an example.
     pub fn n_jobs(mut self, n_jobs: impl Into<NJobs>) -> Self {
-        self.n_jobs = n_jobs.into();
-        self.n_jobs_set = true;
+        self.config.n_jobs = n_jobs.into();
+        self.config.n_jobs_set = true;
         self
     }
 
@@ -149,7 +102,7 @@ impl<F: Entry> Builder<F> {
     ///
     /// See [`Remote`] for an example.
     pub fn remote(mut self, remote: Remote) -> Self {
-        self.remotes.push(remote);
+        self.config.remotes.push(remote);
         self
     }
 
@@ -161,7 +114,7 @@ impl<F: Entry> Builder<F> {
     /// `Duration::MAX` means no limit (see [Timeouts](Builder#timeouts)). See [`Remote`] for an
     /// example.
     pub fn host_timeout(mut self, timeout: Duration) -> Self {
-        self.host_timeout = timeout;
+        self.config.host_timeout = timeout;
         self
     }
 
@@ -170,7 +123,7 @@ impl<F: Entry> Builder<F> {
     /// [`build`](Self::build) refuses an empty name, one longer than 4096 bytes or with a NUL
     /// byte, with [`Error::InvalidConfig`]. See [`Builder`] for an example.
     pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
+        self.config.name = Some(name.into());
         self
     }
 
@@ -178,7 +131,7 @@ impl<F: Entry> Builder<F> {
     ///
     /// See [`ProcessPool::start`] for an example.
     pub fn start(mut self, start: bool) -> Self {
-        self.start = start;
+        self.config.start = start;
         self
     }
 
@@ -189,7 +142,7 @@ impl<F: Entry> Builder<F> {
     /// hosts or the settings a process is needed for: `task_timeout`, `worker_memory_limit`,
     /// `cpu_affinity` and `env`. See [`Builder`] for an example.
     pub fn debug(mut self, debug: bool) -> Self {
-        self.debug = debug;
+        self.config.debug = debug;
         self
     }
 
@@ -198,7 +151,7 @@ impl<F: Entry> Builder<F> {
     /// [`build`](Self::build) refuses an empty name, a name with `=` or NUL, or a value with
     /// NUL, with [`Error::InvalidConfig`]. See [`Builder`] for an example.
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
-        self.env.push((key.into(), value.into()));
+        self.config.env.push((key.into(), value.into()));
         self
     }
 
@@ -206,7 +159,7 @@ impl<F: Entry> Builder<F> {
     ///
     /// See [`Builder`] for an example.
     pub fn disable_gpu(mut self, disable: bool) -> Self {
-        self.disable_gpu = disable;
+        self.config.disable_gpu = disable;
         self
     }
 
@@ -215,7 +168,7 @@ impl<F: Entry> Builder<F> {
     /// [`build`](Self::build) refuses `0` with [`Error::InvalidConfig`]. See [`Builder`] for an
     /// example.
     pub fn max_tasks_per_worker(mut self, n: u64) -> Self {
-        self.max_tasks_per_worker = Some(n);
+        self.config.max_tasks_per_worker = Some(n);
         self
     }
 
@@ -226,7 +179,7 @@ impl<F: Entry> Builder<F> {
     /// `Duration::MAX` means no limit (see [Timeouts](Builder#timeouts)). See [`Builder`] for an
     /// example.
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
-        self.task_timeout = Some(timeout);
+        self.config.task_timeout = Some(timeout);
         self
     }
 
@@ -236,7 +189,7 @@ impl<F: Entry> Builder<F> {
     /// [`build`](Self::build) refuses `0`, or a pool with remote hosts, with
     /// [`Error::InvalidConfig`]. See [`Builder`] for an example.
     pub fn worker_memory_limit(mut self, bytes: u64) -> Self {
-        self.memory_limit = Some(bytes);
+        self.config.memory_limit = Some(bytes);
         self
     }
 
@@ -248,7 +201,7 @@ impl<F: Entry> Builder<F> {
     /// `Duration::MAX` means no limit (see [Timeouts](Builder#timeouts)). See [`Builder`] for an
     /// example.
     pub fn init_timeout(mut self, timeout: Duration) -> Self {
-        self.init_timeout = timeout;
+        self.config.init_timeout = timeout;
         self
     }
 
@@ -259,7 +212,7 @@ impl<F: Entry> Builder<F> {
     /// `Duration::MAX` means no limit (see [Timeouts](Builder#timeouts)). See [`Builder`] for an
     /// example.
     pub fn exit_timeout(mut self, timeout: Duration) -> Self {
-        self.exit_timeout = timeout;
+        self.config.exit_timeout = timeout;
         self
     }
 
@@ -268,7 +221,7 @@ impl<F: Entry> Builder<F> {
     ///
     /// See [`Builder`] for an example.
     pub fn retries(mut self, n: u32) -> Self {
-        self.retries = n;
+        self.config.retries = n;
         self
     }
 
@@ -277,7 +230,7 @@ impl<F: Entry> Builder<F> {
     /// [`build`](Self::build) refuses `0` with [`Error::InvalidConfig`]; see
     /// [`build`](Self::build) for an example.
     pub fn chunk_size(mut self, n: usize) -> Self {
-        self.chunk_size = Some(n);
+        self.config.chunk_size = Some(n);
         self
     }
 
@@ -286,7 +239,7 @@ impl<F: Entry> Builder<F> {
     /// [`build`](Self::build) refuses less than 1 KiB or more than `u32::MAX` bytes with
     /// [`Error::InvalidConfig`]. See [`Builder`] for an example.
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
-        self.max_frame = bytes;
+        self.config.max_frame = bytes;
         self
     }
 
@@ -299,7 +252,7 @@ impl<F: Entry> Builder<F> {
     /// panics, returns an `Err` or runs past the [`init_timeout`](Self::init_timeout). See
     /// [`Builder`] for an example.
     pub fn initializer<E: Entry>(mut self, args: E::Args) -> Self {
-        self.initializer = Some((E::NAME, encode_args::<E>(&args)));
+        self.config.initializer = Some((E::NAME, encode_args::<E>(&args)));
         self
     }
 
@@ -313,7 +266,7 @@ impl<F: Entry> Builder<F> {
     /// [`max_frame_size`](Self::max_frame_size). See [`ProcessPool::worker_exit_results`] for
     /// an example.
     pub fn worker_exit<E: Entry>(mut self, args: E::Args) -> Self {
-        self.on_exit = Some((E::NAME, encode_args::<E>(&args)));
+        self.config.on_exit = Some((E::NAME, encode_args::<E>(&args)));
         self
     }
 
@@ -322,7 +275,7 @@ impl<F: Entry> Builder<F> {
     /// [`build`](Self::build) refuses, with [`Error::InvalidConfig`], a CPU this process may
     /// not run on, or a pool with remote hosts. See [`Builder`] for an example.
     pub fn cpu_affinity(mut self, cpus: impl IntoIterator<Item = usize>) -> Self {
-        self.cpu_affinity = cpus.into_iter().collect();
+        self.config.cpu_affinity = cpus.into_iter().collect();
         self
     }
 
@@ -331,7 +284,7 @@ impl<F: Entry> Builder<F> {
     ///
     /// See [`Builder`] for an example.
     pub fn forward_stderr(mut self, forward: bool) -> Self {
-        self.forward_stderr = forward;
+        self.config.forward_stderr = forward;
         self
     }
 
@@ -342,7 +295,7 @@ impl<F: Entry> Builder<F> {
     ///
     /// See [`Transport`] for an example.
     pub fn transport(mut self, transport: Transport) -> Self {
-        self.transport = transport;
+        self.config.transport = transport;
         self
     }
 
@@ -354,7 +307,7 @@ impl<F: Entry> Builder<F> {
     #[cfg(feature = "progress")]
     #[cfg_attr(docsrs, doc(cfg(feature = "progress")))]
     pub fn progress_bar(mut self, on: bool) -> Self {
-        self.progress = if on {
+        self.config.progress = if on {
             progress::Mode::Auto
         } else {
             progress::Mode::Off
@@ -368,7 +321,7 @@ impl<F: Entry> Builder<F> {
     #[cfg(feature = "progress")]
     #[cfg_attr(docsrs, doc(cfg(feature = "progress")))]
     pub fn force_progress_bar(mut self, on: bool) -> Self {
-        self.progress = if on {
+        self.config.progress = if on {
             progress::Mode::Forced
         } else {
             progress::Mode::Off
@@ -382,7 +335,7 @@ impl<F: Entry> Builder<F> {
     /// [`build`](Self::build) refuses `0` with [`Error::InvalidConfig`]. See [`Builder`] for an
     /// example.
     pub fn stream_window(mut self, tasks: usize) -> Self {
-        self.stream_window = Some(tasks);
+        self.config.stream_window = Some(tasks);
         self
     }
 
@@ -413,249 +366,66 @@ impl<F: Entry> Builder<F> {
     ///   [`init_timeout`](Self::init_timeout), or a remote host cannot be reached or runs
     ///   another build of this program.
     pub fn build(self) -> Result<ProcessPool<F>> {
-        if self.debug && !self.remotes.is_empty() {
-            return Err(Error::config(
-                "remote",
-                "debug mode runs tasks in this process; it has no remote workers",
-            ));
-        }
-        if !self.remotes.is_empty() {
-            for (set, setting) in [
-                (self.memory_limit.is_some(), "worker_memory_limit"),
-                (!self.cpu_affinity.is_empty(), "cpu_affinity"),
-            ] {
-                if set {
-                    return Err(Error::config(
-                        setting,
-                        "is not supported yet in a pool with remote hosts",
-                    ));
-                }
-            }
-        }
-        for (timeout, setting) in [
-            (self.init_timeout, "init_timeout"),
-            (self.exit_timeout, "exit_timeout"),
-        ] {
-            if timeout.is_zero() {
-                return Err(Error::config(setting, "must be longer than zero"));
-            }
-        }
-        if self.host_timeout < Duration::from_secs(1) {
-            return Err(Error::config("host_timeout", "must be at least one second"));
-        }
-        let hosts = if self.remotes.is_empty() {
-            Vec::new()
-        } else {
-            let program = crate::relaunch::program_path()?.into_os_string();
-            remote::plan(
-                &self.remotes,
-                &program,
-                self.host_timeout,
-                &mut remote::read_allocation,
-            )?
-        };
-        let n_jobs = if !hosts.is_empty() && !self.n_jobs_set {
-            0
-        } else if self.debug {
-            // The count is checked as for processes, though debug mode runs one worker.
-            self.n_jobs.resolve(config::cpus())?;
-            for (set, setting) in [
-                (self.task_timeout.is_some(), "task_timeout"),
-                (self.memory_limit.is_some(), "worker_memory_limit"),
-                (!self.cpu_affinity.is_empty(), "cpu_affinity"),
-                (!self.env.is_empty(), "env"),
-            ] {
-                if set {
-                    return Err(Error::config(
-                        setting,
-                        "cannot be honoured in debug mode, where tasks run in this process; \
-                         leave it unset with debug(true)",
-                    ));
-                }
-            }
-            1
-        } else {
-            self.n_jobs.resolve(config::cpus())?
-        };
-        let name = self
-            .name
-            .unwrap_or_else(|| F::NAME.rsplit("::").next().unwrap_or(F::NAME).to_string());
-        if name.is_empty() || name.contains('\0') || name.len() > MAX_NAME {
-            return Err(Error::config(
-                "name",
-                format!("must be 1 to {MAX_NAME} bytes, with no NUL byte"),
-            ));
-        }
-        for (key, value) in &self.env {
-            let k = key.as_encoded_bytes();
-            if k.is_empty()
-                || k.contains(&b'=')
-                || k.contains(&0)
-                || value.as_encoded_bytes().contains(&0)
-            {
-                return Err(Error::config(
-                    "env",
-                    format!("{key:?} is not a valid variable name (empty, or with `=` or NUL)"),
-                ));
-            }
-        }
-        if self.max_tasks_per_worker == Some(0) {
-            return Err(Error::config("max_tasks_per_worker", "must be at least 1"));
-        }
-        if self.task_timeout.is_some_and(|t| t.is_zero()) {
-            return Err(Error::config("task_timeout", "must be longer than zero"));
-        }
-        if self.memory_limit == Some(0) {
-            return Err(Error::config(
-                "worker_memory_limit",
-                "must be more than zero bytes",
-            ));
-        }
-        if self.chunk_size == Some(0) {
-            return Err(Error::config("chunk_size", "must be at least 1"));
-        }
-        if self.stream_window == Some(0) {
-            return Err(Error::config("stream_window", "must be at least 1"));
-        }
-        if let Some(&cpu) = self
-            .cpu_affinity
-            .iter()
-            .find(|&&c| c >= rustix::thread::CpuSet::MAX_CPU)
-        {
-            return Err(Error::config(
-                "cpu_affinity",
-                format!(
-                    "CPU {cpu} is out of range (at most {})",
-                    rustix::thread::CpuSet::MAX_CPU - 1
-                ),
-            ));
-        }
-        if !self.cpu_affinity.is_empty() {
-            if let Ok(allowed) = rustix::thread::sched_getaffinity(None) {
-                if let Some(&cpu) = self.cpu_affinity.iter().find(|&&c| !allowed.is_set(c)) {
-                    let usable: Vec<String> = (0..rustix::thread::CpuSet::MAX_CPU)
-                        .filter(|&c| allowed.is_set(c))
-                        .map(|c| c.to_string())
-                        .collect();
-                    return Err(Error::config(
-                        "cpu_affinity",
-                        format!(
-                            "CPU {cpu} is not one this process may run on (it may use CPUs {})",
-                            usable.join(", ")
-                        ),
-                    ));
-                }
-            }
-        }
-        if self.max_frame < 1024 || self.max_frame > u32::MAX as usize {
-            return Err(Error::config(
-                "max_frame_size",
-                format!("must be between 1 KiB and {} bytes", u32::MAX),
-            ));
-        }
-        entry::find(F::NAME)?;
-        let initializer = match self.initializer {
-            None => None,
-            Some((name, encoded)) => {
-                entry::find(name)?;
-                Some((name, encoded?))
-            }
-        };
-        let on_exit = match self.on_exit {
-            None => None,
-            Some((name, encoded)) => {
-                entry::find(name)?;
-                Some((name, encoded?))
-            }
-        };
-        for (hook, setting) in [(&initializer, "initializer"), (&on_exit, "worker_exit")] {
-            if let Some((name, args)) = hook {
-                // Its frame: a kind byte, then the entry's name and the arguments, each with a
-                // 4-byte length.
-                let size = 9 + name.len() + args.len();
-                if size > self.max_frame {
-                    return Err(Error::config(
-                        setting,
-                        format!(
-                            "its arguments need a frame of {size} bytes, more than the pool's \
-                             max_frame_size of {} bytes",
-                            self.max_frame
-                        ),
-                    ));
-                }
-            }
-        }
-        let chunk_size = match (self.chunk_size, self.task_timeout) {
-            (Some(n), _) => Some(n),
-            (None, Some(_)) => Some(1),
-            (None, None) => None,
-        };
-        let chunking = Arc::new(Chunking::new(chunk_size, self.max_tasks_per_worker));
-        // The subscriber of the thread that builds the pool (its own, or the global one) gets
-        // the events of the entries, up to the most verbose level it wants.
-        let dispatch = tracing::dispatcher::get_default(tracing::Dispatch::clone);
-        let has_subscriber = !dispatch.is::<tracing::subscriber::NoSubscriber>();
-        let trace = if has_subscriber && self.forward_stderr && !self.debug {
-            crate::trace::filter_byte(tracing::level_filters::LevelFilter::current())
-        } else {
-            0
-        };
+        let v = self.config.validate(F::NAME, &ThisProcess)?;
+        let chunking = Arc::new(Chunking::new(v.chunk_size, v.max_tasks_per_worker));
+        let (trace, dispatch) = forwarded_events(v.forward_stderr && !v.debug);
         let spec = WorkerSpec {
-            pool: name.clone(),
+            pool: v.name.clone(),
             entry: F::NAME,
-            max_frame: self.max_frame,
-            initializer,
-            on_exit,
-            init_timeout: self.init_timeout,
-            exit_timeout: self.exit_timeout,
+            max_frame: v.max_frame,
+            initializer: v.initializer,
+            on_exit: v.on_exit,
+            init_timeout: v.init_timeout,
+            exit_timeout: v.exit_timeout,
             token: random_token(),
             trace,
         };
         let config = LaunchConfig {
-            transport: self.transport,
-            pool: name,
-            max_frame: self.max_frame,
-            env: self.env,
-            disable_gpu: self.disable_gpu,
-            cpu_affinity: self.cpu_affinity,
-            forward_stderr: self.forward_stderr,
-            dispatch: (trace > 0).then_some(dispatch),
+            transport: v.transport,
+            pool: v.name,
+            max_frame: v.max_frame,
+            env: v.env,
+            disable_gpu: v.disable_gpu,
+            cpu_affinity: v.cpu_affinity,
+            forward_stderr: v.forward_stderr,
+            dispatch,
         };
-        let (launch, all_jobs) =
-            transport::launcher(config, self.debug, n_jobs, self.host_timeout, hosts);
+        let (launch, n_jobs) =
+            transport::launcher(config, v.debug, v.local_workers, v.host_timeout, v.hosts);
         let settings = Settings {
-            n_jobs: all_jobs,
-            debug: self.debug,
-            max_tasks_per_worker: self.max_tasks_per_worker,
-            task_timeout: self.task_timeout,
-            memory_limit: self.memory_limit,
-            retries: self.retries,
+            n_jobs,
+            debug: v.debug,
+            max_tasks_per_worker: v.max_tasks_per_worker,
+            task_timeout: v.task_timeout,
+            memory_limit: v.memory_limit,
+            retries: v.retries,
         };
         let pool = ProcessPool::assemble(
             Core::new(spec, settings, launch),
             chunking,
-            self.stream_window,
-            self.progress,
+            v.stream_window,
+            v.progress,
         );
-        if self.start {
+        if v.start {
             pool.start()?;
         }
         Ok(pool)
     }
 }
 
-/// The longest pool name: it travels in every worker's greeting, which a worker accepts up to
-/// 64 KiB before it knows its pool.
-const MAX_NAME: usize = 4096;
-
-/// How long an initializer may run, unless `init_timeout` says otherwise.
-const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// How long an exit hook may run, unless `exit_timeout` says otherwise.
-const DEFAULT_EXIT_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// How long a remote host may stay silent, unless `host_timeout` says otherwise.
-const DEFAULT_HOST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The `tracing` events of the entries go to the subscriber of the thread that builds the pool
+/// (its own, or the global one), up to the most verbose level it wants, when `forward` allows
+/// it and there is a subscriber: that level (0: none are sent), and the subscriber.
+fn forwarded_events(forward: bool) -> (u8, Option<tracing::Dispatch>) {
+    let dispatch = tracing::dispatcher::get_default(tracing::Dispatch::clone);
+    let has_subscriber = !dispatch.is::<tracing::subscriber::NoSubscriber>();
+    let trace = if has_subscriber && forward {
+        crate::trace::filter_byte(tracing::level_filters::LevelFilter::current())
+    } else {
+        0
+    };
+    (trace, (trace > 0).then_some(dispatch))
+}
 
 fn encode_args<E: Entry>(args: &E::Args) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();

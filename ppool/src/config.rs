@@ -1,6 +1,11 @@
-//! Pool settings that need checking: the number of workers.
+//! Pool settings and their checks: the number of workers ([`NJobs`]), and every setting of a
+//! builder as plain data ([`Config`]), checked by [`Config::validate`].
 
 use crate::error::Error;
+
+mod validate;
+
+pub(crate) use validate::{Config, ThisProcess};
 
 /// How many workers a pool has, as given to [`ProcessPool::new`](crate::ProcessPool::new) or
 /// [`Builder::n_jobs`](crate::Builder::n_jobs): `-1` for every CPU, a count `n >= 1` (clamped to
