@@ -494,6 +494,13 @@ fn log_then_sleep(log: String, i: u64, ms: u64) -> u64 {
     i
 }
 
+/// Sleeps `ms`, then says where it ran, as `square_where` does.
+#[pool_entry]
+fn nap_where(ms: u64) -> String {
+    std::thread::sleep(Duration::from_millis(ms));
+    square_where(0).1
+}
+
 fn two_hosts(tag: &str) -> ppool::Builder<square_where> {
     ProcessPool::<square_where>::builder()
         .remote(Remote::command(tagged(&format!("{tag}-a"))).workers(2))
@@ -513,11 +520,21 @@ fn calls_batches_streams_and_cancel_on_two_hosts() {
         batch.iter().map(|r| r.0).collect::<Vec<_>>(),
         (0..2_000u64).map(|x| x * x).collect::<Vec<_>>()
     );
-    let hosts: std::collections::BTreeSet<&str> = batch.iter().map(|r| r.1.as_str()).collect();
+    // Four calls at once, each holding a worker for a while, take all four: both hosts.
+    let slow: Vec<String> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| pool.entry::<nap_where>().call(500).expect("a slow call")))
+            .collect();
+        calls
+            .into_iter()
+            .map(|c| c.join().expect("a caller"))
+            .collect()
+    });
+    let hosts: std::collections::BTreeSet<&str> = slow.iter().map(String::as_str).collect();
     assert_eq!(
         hosts.into_iter().collect::<Vec<_>>(),
         vec!["use-a", "use-b"],
-        "the batch did not run on both hosts"
+        "four slow calls at once on four idle workers did not use both hosts"
     );
     let ordered: Vec<u64> = pool
         .map(0..500u64)
