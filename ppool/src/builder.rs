@@ -2,13 +2,13 @@
 //! [`Config::validate`](crate::config::Config::validate), and assembles the pool from what
 //! passed.
 
-use crate::chunking::Chunking;
+use crate::chunk::size::Chunking;
 use crate::config::{Config, NJobs, ThisProcess};
 use crate::entry::Entry;
 use crate::error::{Error, Result};
+use crate::hosts::Remote;
 use crate::pool::ProcessPool;
-use crate::progress;
-use crate::remote::Remote;
+use crate::progress_bar;
 use crate::supervisor::{Core, Settings, WorkerSpec};
 use crate::transport::{self, LaunchConfig, Transport};
 use std::ffi::OsString;
@@ -308,9 +308,9 @@ impl<F: Entry> Builder<F> {
     #[cfg_attr(docsrs, doc(cfg(feature = "progress")))]
     pub fn progress_bar(mut self, on: bool) -> Self {
         self.config.progress = if on {
-            progress::Mode::Auto
+            progress_bar::Mode::Auto
         } else {
-            progress::Mode::Off
+            progress_bar::Mode::Off
         };
         self
     }
@@ -322,9 +322,9 @@ impl<F: Entry> Builder<F> {
     #[cfg_attr(docsrs, doc(cfg(feature = "progress")))]
     pub fn force_progress_bar(mut self, on: bool) -> Self {
         self.config.progress = if on {
-            progress::Mode::Forced
+            progress_bar::Mode::Forced
         } else {
-            progress::Mode::Off
+            progress_bar::Mode::Off
         };
         self
     }
@@ -391,7 +391,7 @@ impl<F: Entry> Builder<F> {
             dispatch,
         };
         let (launch, n_jobs) =
-            transport::launcher(config, v.debug, v.local_workers, v.host_timeout, v.hosts);
+            transport::compose(config, v.debug, v.local_workers, v.host_timeout, v.hosts);
         let settings = Settings {
             n_jobs,
             debug: v.debug,

@@ -24,7 +24,7 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, St
         Ok(result) => result,
         Err(payload) => Err(format!(
             "{what} panicked: {}",
-            crate::panics::message(payload.as_ref())
+            crate::error::panic_message(payload.as_ref())
         )),
     }
 }

@@ -31,7 +31,7 @@ use std::task::{Wake, Waker};
 /// or its error, in the same cases.
 pub fn as_completed<T>(tasks: impl IntoIterator<Item = Task<T>>) -> AsCompleted<T> {
     let tasks: Vec<Option<Task<T>>> = tasks.into_iter().map(Some).collect();
-    let ready = Arc::new(Ready::default());
+    let ready = Arc::new(FinishOrder::default());
     for (index, task) in tasks.iter().enumerate() {
         if let Some(task) = task {
             let waker = Waker::from(Arc::new(Finished {
@@ -67,18 +67,18 @@ pub fn as_completed<T>(tasks: impl IntoIterator<Item = Task<T>>) -> AsCompleted<
 #[derive(Debug)]
 pub struct AsCompleted<T> {
     tasks: Vec<Option<Task<T>>>,
-    ready: Arc<Ready>,
+    ready: Arc<FinishOrder>,
     left: usize,
 }
 
 /// The indices of finished tasks, in the order they finished.
 #[derive(Debug, Default)]
-struct Ready {
+struct FinishOrder {
     queue: Mutex<VecDeque<usize>>,
     changed: Condvar,
 }
 
-impl Ready {
+impl FinishOrder {
     fn push(&self, index: usize) {
         lock(&self.queue).push_back(index);
         self.changed.notify_one();
@@ -88,7 +88,7 @@ impl Ready {
 /// Wakes the iterator when task `index` finishes.
 struct Finished {
     index: usize,
-    ready: Arc<Ready>,
+    ready: Arc<FinishOrder>,
 }
 
 impl Wake for Finished {

@@ -3,14 +3,14 @@
 
 use crate::batch::{Batch, Gather};
 use crate::builder::Builder;
+use crate::chunk::size::Chunking;
 use crate::chunk::{self, ChunkEncoder, Target};
-use crate::chunking::Chunking;
 use crate::config::NJobs;
 use crate::entry::{self, Entry};
 use crate::error::{Error, Result};
 use crate::insights::Insights;
 use crate::outcome;
-use crate::progress::{self, Progress};
+use crate::progress_bar::{self, Bar};
 use crate::protocol;
 use crate::stream::{Map, StreamSource};
 use crate::supervisor::{Core, Deliver, Delivery};
@@ -51,7 +51,7 @@ pub struct ProcessPool<F: Entry> {
     core: Core,
     chunking: Arc<Chunking>,
     stream_window: Option<usize>,
-    progress: progress::Mode,
+    progress: progress_bar::Mode,
     _entry: PhantomData<fn() -> F>,
 }
 
@@ -72,7 +72,7 @@ impl<F: Entry> ProcessPool<F> {
         core: Core,
         chunking: Arc<Chunking>,
         stream_window: Option<usize>,
-        progress: progress::Mode,
+        progress: progress_bar::Mode,
     ) -> Self {
         ProcessPool {
             core,
@@ -570,7 +570,7 @@ pub struct EntryView<'p, G: Entry> {
     core: &'p Core,
     chunking: Arc<Chunking>,
     stream_window: Option<usize>,
-    progress: progress::Mode,
+    progress: progress_bar::Mode,
     name: &'p str,
     n_jobs: usize,
     max_frame: usize,
@@ -732,7 +732,7 @@ impl<'p, G: Entry> EntryView<'p, G> {
     {
         let tasks: Vec<G::Args> = tasks.into_iter().collect();
         let gather = Gather::new(tasks.len());
-        let progress = Progress::start(self.progress, Some(tasks.len() as u64), self.name);
+        let progress = Bar::start(self.progress, Some(tasks.len() as u64), self.name);
         let size = self.chunking.for_len(tasks.len(), self.n_jobs).max(1);
         let mut start = 0usize;
         let mut chunk = ChunkEncoder::new(self.max_frame);
@@ -769,7 +769,7 @@ impl<'p, G: Entry> EntryView<'p, G> {
         chunk: ChunkEncoder,
         gather: &Arc<Gather<G::Output>>,
         start: usize,
-        progress: &Progress,
+        progress: &Bar,
     ) {
         let start = start as u64;
         let to = Target {

@@ -18,7 +18,7 @@ pub(crate) const TEST_FN: &str = "__ppool_worker";
 /// `ppool::test_support!`.
 #[doc(hidden)]
 #[derive(Debug)]
-pub enum Launcher {
+pub enum Reentry {
     /// The binary's `main` is wrapped in `ppool::main!`.
     Main,
     /// A libtest binary with `ppool::test_support!()` in this module.
@@ -30,7 +30,7 @@ pub enum Launcher {
 
 #[doc(hidden)]
 #[linkme::distributed_slice]
-pub static LAUNCHERS: [Launcher];
+pub static LAUNCHERS: [Reentry];
 
 /// This very program. On Linux `/proc/self/exe` names the file that is running even after a
 /// rebuild replaced it on disk, so workers are always of the same build as their pool.
@@ -62,10 +62,10 @@ pub(crate) fn worker_args() -> Result<Vec<OsString>, Error> {
     let launcher = pick_launcher(&LAUNCHERS)?;
     let mut command: Vec<OsString> = Vec::new();
     match launcher {
-        Launcher::Main => {
+        Reentry::Main => {
             command.push(WORKER_ARG.into());
         }
-        Launcher::Test { module } => {
+        Reentry::Test { module } => {
             let path = match module.split_once("::") {
                 Some((_crate, rest)) => format!("{rest}::{TEST_FN}"),
                 None => TEST_FN.to_string(),
@@ -86,14 +86,14 @@ pub(crate) fn worker_args() -> Result<Vec<OsString>, Error> {
 /// The launcher to use: `ppool::main!` if the binary has it, else its one `test_support!`.
 /// Two `test_support!` in one binary would start workers through an arbitrary one of them, so
 /// that is an error naming both.
-fn pick_launcher(launchers: &'static [Launcher]) -> Result<&'static Launcher, Error> {
-    if let Some(main) = launchers.iter().find(|l| matches!(l, Launcher::Main)) {
+fn pick_launcher(launchers: &'static [Reentry]) -> Result<&'static Reentry, Error> {
+    if let Some(main) = launchers.iter().find(|l| matches!(l, Reentry::Main)) {
         return Ok(main);
     }
     let mut tests = launchers.iter();
     match (tests.next(), tests.next()) {
         (Some(one), None) => Ok(one),
-        (Some(Launcher::Test { module: a }), Some(Launcher::Test { module: b })) => {
+        (Some(Reentry::Test { module: a }), Some(Reentry::Test { module: b })) => {
             Err(Error::spawn(format!(
                 "this test binary has two `ppool::test_support!()`, in `{a}` and in `{b}`; \
                  keep one per test crate"
@@ -141,19 +141,19 @@ pub(crate) fn target() -> String {
 mod tests {
     use super::*;
 
-    static ONE: [Launcher; 1] = [Launcher::Test { module: "a::b" }];
-    static TWO: [Launcher; 2] = [
-        Launcher::Test { module: "a::b" },
-        Launcher::Test { module: "a::c" },
+    static ONE: [Reentry; 1] = [Reentry::Test { module: "a::b" }];
+    static TWO: [Reentry; 2] = [
+        Reentry::Test { module: "a::b" },
+        Reentry::Test { module: "a::c" },
     ];
-    static MAIN_AND_TEST: [Launcher; 2] = [Launcher::Test { module: "a::b" }, Launcher::Main];
+    static MAIN_AND_TEST: [Reentry; 2] = [Reentry::Test { module: "a::b" }, Reentry::Main];
 
     #[test]
     fn main_wins_one_test_hook_serves_and_two_are_an_error() {
-        assert!(matches!(pick_launcher(&MAIN_AND_TEST), Ok(Launcher::Main)));
+        assert!(matches!(pick_launcher(&MAIN_AND_TEST), Ok(Reentry::Main)));
         assert!(matches!(
             pick_launcher(&ONE),
-            Ok(Launcher::Test { module: "a::b" })
+            Ok(Reentry::Test { module: "a::b" })
         ));
         let e = pick_launcher(&TWO).map(|_| ()).unwrap_err();
         assert!(

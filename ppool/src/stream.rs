@@ -2,11 +2,11 @@
 //! tasks in flight, so an endless input runs in constant memory. Dropping the stream cancels
 //! what has not started.
 
+use crate::chunk::size::Chunking;
 use crate::chunk::{self, ChunkEncoder, Put, Sink, Target};
-use crate::chunking::Chunking;
 use crate::entry::Entry;
 use crate::error::{Error, Result};
-use crate::progress::{self, Progress};
+use crate::progress_bar::{self, Bar};
 use crate::supervisor::Core;
 use crate::sync::{lock, wait};
 use std::collections::VecDeque;
@@ -23,7 +23,7 @@ pub(crate) struct StreamSource<'p> {
     pub(crate) window: Option<usize>,
     pub(crate) n_jobs: usize,
     pub(crate) max_frame: usize,
-    pub(crate) progress: progress::Mode,
+    pub(crate) progress: progress_bar::Mode,
     pub(crate) name: &'p str,
     /// Another entry than the pool's own (see `Job::entry`).
     pub(crate) entry: Option<(u32, &'static str)>,
@@ -55,17 +55,17 @@ pub struct Map<'p, F: Entry, I> {
     source: StreamSource<'p>,
     _entry: PhantomData<fn() -> F>,
     input: Option<I>,
-    results: Arc<Results<F::Output>>,
+    results: Arc<Arrivals<F::Output>>,
     cancelled: Arc<AtomicBool>,
     ordered: bool,
     /// Tasks taken from the input.
     submitted: u64,
-    /// Results handed out.
+    /// Arrivals handed out.
     yielded: u64,
     /// A task taken from the input that did not fit the last chunk's frame: the next chunk's
     /// first.
     carry: Option<ChunkEncoder>,
-    progress: Progress,
+    progress: Bar,
 }
 
 impl<F: Entry, I> std::fmt::Debug for Map<'_, F, I> {
@@ -79,7 +79,7 @@ impl<F: Entry, I> std::fmt::Debug for Map<'_, F, I> {
     }
 }
 
-struct Results<T> {
+struct Arrivals<T> {
     state: Mutex<ResultsState<T>>,
     ready: Condvar,
     ordered: bool,
@@ -93,7 +93,7 @@ struct ResultsState<T> {
     arrived: VecDeque<Result<T>>,
 }
 
-impl<T> Results<T> {
+impl<T> Arrivals<T> {
     fn lock(&self) -> MutexGuard<'_, ResultsState<T>> {
         lock(&self.state)
     }
@@ -105,13 +105,13 @@ impl<'p, F: Entry, I: Iterator<Item = F::Args>> Map<'p, F, I> {
             (lo, Some(hi)) if lo == hi => Some(lo as u64),
             _ => None,
         };
-        let progress = Progress::start(source.progress, total, source.name);
+        let progress = Bar::start(source.progress, total, source.name);
         Map {
             progress,
             source,
             _entry: PhantomData,
             input: Some(input),
-            results: Arc::new(Results {
+            results: Arc::new(Arrivals {
                 state: Mutex::new(ResultsState {
                     pending: VecDeque::new(),
                     base: 0,
@@ -196,7 +196,7 @@ impl<'p, F: Entry, I: Iterator<Item = F::Args>> Map<'p, F, I> {
     }
 }
 
-impl<T: Send + 'static> Sink<T> for Results<T> {
+impl<T: Send + 'static> Sink<T> for Arrivals<T> {
     fn fill(&self, start: u64, each: &mut dyn FnMut(Put<'_, T>)) {
         let mut st = self.lock();
         each(&mut |k, r| put(&mut st, self.ordered, start + k as u64, r));

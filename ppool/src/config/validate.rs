@@ -8,9 +8,9 @@
 use super::{NJobs, cpus};
 use crate::entry;
 use crate::error::Error;
-use crate::progress;
+use crate::hosts::{self, Allocation, HostSpec, Remote};
+use crate::progress_bar;
 use crate::protocol::DEFAULT_MAX_FRAME;
-use crate::remote::{self, Allocation, HostSpec, Remote};
 use crate::transport::Transport;
 use rustix::thread::CpuSet;
 use std::ffi::OsString;
@@ -59,7 +59,7 @@ pub(crate) struct Config {
     pub(crate) host_timeout: Duration,
     pub(crate) init_timeout: Duration,
     pub(crate) exit_timeout: Duration,
-    pub(crate) progress: progress::Mode,
+    pub(crate) progress: progress_bar::Mode,
     pub(crate) stream_window: Option<usize>,
 }
 
@@ -89,7 +89,7 @@ impl Default for Config {
             host_timeout: DEFAULT_HOST_TIMEOUT,
             init_timeout: DEFAULT_INIT_TIMEOUT,
             exit_timeout: DEFAULT_EXIT_TIMEOUT,
-            progress: progress::Mode::Off,
+            progress: progress_bar::Mode::Off,
             stream_window: None,
         }
     }
@@ -124,7 +124,7 @@ pub(crate) struct Validated {
     pub(crate) host_timeout: Duration,
     pub(crate) init_timeout: Duration,
     pub(crate) exit_timeout: Duration,
-    pub(crate) progress: progress::Mode,
+    pub(crate) progress: progress_bar::Mode,
     pub(crate) stream_window: Option<usize>,
 }
 
@@ -165,7 +165,7 @@ impl World for ThisProcess {
     }
 
     fn allocation(&self) -> Result<Allocation, Error> {
-        remote::read_allocation()
+        hosts::read_allocation()
     }
 
     fn entry(&self, name: &str) -> Result<(), Error> {
@@ -303,7 +303,7 @@ impl Config {
             return Ok(Vec::new());
         }
         let program = world.program()?;
-        remote::plan(&self.remotes, &program, self.host_timeout, &mut || {
+        hosts::plan(&self.remotes, &program, self.host_timeout, &mut || {
             world.allocation()
         })
     }

@@ -4,7 +4,7 @@
 
 use super::job::{Job, Sent};
 use super::recovery::{self, Failed, Fate};
-use super::state::{Conn, Phase, Shared, Slot};
+use super::state::{Conn, Inner, Phase, Slot};
 use crate::error::Error;
 use crate::protocol::{self, FrameError, Results, ResultsMerge};
 use crate::transport::Started;
@@ -38,7 +38,7 @@ pub(super) enum Driver {
 /// its workers instead of losing the slot (and whoever waits for it) for good. The jobs it
 /// held end with `Error::Internal` as their deliveries are dropped.
 pub(super) fn run_caught(
-    shared: &Shared,
+    shared: &Inner,
     i: usize,
     conn: Box<Conn>,
     first: Job,
@@ -58,7 +58,7 @@ pub(super) fn run_caught(
     shared.watch.unregister(i);
     let error = Error::internal(format!(
         "the thread driving worker {i} panicked: {}",
-        crate::panics::message(payload.as_ref())
+        crate::error::panic_message(payload.as_ref())
     ));
     tracing::error!(pool = %shared.spec.pool, worker = i, error = &error as &dyn std::error::Error, "a pool thread failed; its worker is replaced");
     shared.stats.failed(i);
@@ -69,7 +69,7 @@ pub(super) fn run_caught(
 /// Drives worker `i`: sends `first` (and, from the slot's thread, more queued jobs ahead of
 /// need), delivers results as they come, and handles the worker's failure. Returns what the
 /// slot holds afterwards.
-fn run(shared: &Shared, i: usize, mut conn: Box<Conn>, first: Job, driver: Driver) -> Slot {
+fn run(shared: &Inner, i: usize, mut conn: Box<Conn>, first: Job, driver: Driver) -> Slot {
     let top_up = driver == Driver::Thread;
     let mut sent: VecDeque<Sent> = VecDeque::new();
     let mut sent_bytes = 0usize;
@@ -238,7 +238,7 @@ fn fits(got: u32, part: &Results<'_>, count: u32) -> bool {
 
 /// The next queued job for a worker that already holds `sent_bytes` of jobs, if it has room.
 fn take_more(
-    shared: &Shared,
+    shared: &Inner,
     conn: &Conn,
     sent: &VecDeque<Sent>,
     sent_bytes: usize,
@@ -278,7 +278,7 @@ fn take_more(
 /// How long to spin for a worker's answer: only when jobs are short, so the answer is due
 /// within the spin, and never on a single CPU, where the spin would keep the worker from
 /// answering.
-fn spin_limit(shared: &Shared) -> Duration {
+fn spin_limit(shared: &Inner) -> Duration {
     const LIMIT: Duration = Duration::from_micros(50);
     static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     let cpus = *CPUS.get_or_init(crate::config::cpus);
@@ -289,7 +289,7 @@ fn spin_limit(shared: &Shared) -> Duration {
 }
 
 /// How many jobs one worker may hold: many tiny ones, or a couple of short ones.
-fn pipeline_depth(shared: &Shared) -> usize {
+fn pipeline_depth(shared: &Inner) -> usize {
     if shared.settings.task_timeout.is_some() {
         // A job sent ahead would wait behind the running one and eat into its own deadline.
         return 1;
@@ -300,7 +300,7 @@ fn pipeline_depth(shared: &Shared) -> usize {
     }
 }
 
-fn arm(shared: &Shared, i: usize, job: &Job) {
+fn arm(shared: &Inner, i: usize, job: &Job) {
     if job.cancel_kills {
         shared.watch.running(i, job.cancelled.clone());
     }
@@ -317,7 +317,7 @@ fn arm(shared: &Shared, i: usize, job: &Job) {
 
 /// Marks a worker that reached `max_tasks_per_worker` for its driver thread to retire and
 /// replace, so that whoever drove its last job is not kept waiting for that.
-fn recycle_if_due(shared: &Shared, conn: Box<Conn>) -> Slot {
+fn recycle_if_due(shared: &Inner, conn: Box<Conn>) -> Slot {
     match shared.settings.max_tasks_per_worker {
         Some(max) if conn.tasks_done >= max => Slot::Recycle(conn),
         _ => Slot::Idle(conn),
@@ -328,7 +328,7 @@ fn recycle_if_due(shared: &Shared, conn: Box<Conn>) -> Slot {
 /// in `merge`: gather the facts, classify the failure, apply the plan for its jobs, and leave
 /// the slot to be refilled by its driver thread, after everyone has their answer.
 fn fail(
-    shared: &Shared,
+    shared: &Inner,
     i: usize,
     conn: Conn,
     mut sent: VecDeque<Sent>,
@@ -353,7 +353,10 @@ fn fail(
         memory_limit: shared.settings.memory_limit,
     };
     let error = recovery::classify(who, verdict, &cause, exit, closed);
-    let cancelled = matches!(verdict, Some(crate::watchdog::Verdict::Cancelled));
+    let cancelled = matches!(
+        verdict,
+        Some(crate::supervisor::watchdog::Verdict::Cancelled)
+    );
     if !closed && cancelled {
         // Killed on purpose, to cancel its task: not a failure of the worker.
         tracing::debug!(pool = %shared.spec.pool, worker = i, pid, "worker killed to cancel its task");

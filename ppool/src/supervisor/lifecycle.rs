@@ -1,7 +1,7 @@
 //! A worker's life seen from the supervisor, the same for every transport: greet it and wait
 //! for it to be ready, register it with the watchdog, retire it gracefully, replace it.
 
-use super::state::{Conn, Phase, Shared, Slot, WorkerSpec};
+use super::state::{Conn, Inner, Phase, Slot, WorkerSpec};
 use crate::entry;
 use crate::error::Error;
 use crate::protocol::{self, FrameBuf, Hello, Ready};
@@ -43,12 +43,12 @@ pub(super) fn greeting(spec: &WorkerSpec, index: usize) -> Vec<u8> {
 }
 
 /// Lets the watchdog and `shutdown` see slot `i`'s process.
-pub(super) fn register(shared: &Shared, i: usize, conn: &Conn) {
+pub(super) fn register(shared: &Inner, i: usize, conn: &Conn) {
     shared.watch.register(i, Arc::clone(&conn.peer));
 }
 
 /// Starts every worker at once, then waits for each to be ready.
-pub(super) fn start_all(shared: &Shared) -> Result<Vec<Conn>, Error> {
+pub(super) fn start_all(shared: &Inner) -> Result<Vec<Conn>, Error> {
     let n = shared.settings.n_jobs;
     let greetings: Vec<Vec<u8>> = (0..n).map(|i| greeting(&shared.spec, i)).collect();
     // Every host at once: a remote pool's start costs its slowest host, not their sum.
@@ -69,7 +69,7 @@ pub(super) fn start_all(shared: &Shared) -> Result<Vec<Conn>, Error> {
 /// Starts a replacement for slot `i`, or marks it dead. A replacement that died while it
 /// started (killed from outside, say) is tried again, a few times with a pause; one that
 /// refused, timed out, or whose initializer failed is not, so nothing loops restarting.
-pub(super) fn replace(shared: &Shared, i: usize) -> Slot {
+pub(super) fn replace(shared: &Inner, i: usize) -> Slot {
     let mut tries = 0;
     shared.stats.restarted(i);
     let started = loop {
@@ -195,7 +195,7 @@ fn ready(spec: &WorkerSpec, i: usize, worker: Worker) -> Result<Conn, StartFailu
 }
 
 /// Stops worker `i` gracefully, keeping what its exit hook returned; kills it if it lingers.
-pub(super) fn retire(shared: &Shared, i: usize, conn: Conn) {
+pub(super) fn retire(shared: &Inner, i: usize, conn: Conn) {
     let Conn { mut link, peer, .. } = conn;
     let pid = peer.pid();
     let hook = shared

@@ -46,6 +46,7 @@
 //! How a job's outcomes travel from the queue to the caller, and how recovery counts them
 //! (sent ahead, started, published, lost), is told in `supervisor/README.md` beside this file.
 
+pub(crate) mod callbacks;
 mod driver;
 mod idle;
 mod job;
@@ -54,25 +55,26 @@ mod recovery;
 mod state;
 #[cfg(test)]
 mod tests;
+pub(crate) mod watchdog;
 
 pub(crate) use job::{Deliver, Delivery, Job, Split};
 pub(crate) use state::{Settings, WorkerSpec};
 use std::time::{Duration, Instant};
 
-use crate::callbacks::Callbacks;
 use crate::error::Error;
 use crate::insights::{Insights, WorkerState};
+use crate::supervisor::callbacks::Callbacks;
 use crate::sync::lock;
 use crate::transport::Launch;
 use driver::{Driver, run_caught};
 use lifecycle::{register, replace, retire, start_all};
-use state::{Phase, Shared, Slot, State};
+use state::{Inner, Phase, Slot, State};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 /// The untyped pool.
 pub(crate) struct Core {
-    shared: Arc<Shared>,
+    shared: Arc<Inner>,
     /// The driver threads.
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// The watchdog thread, stopped only once the drivers are done.
@@ -92,7 +94,7 @@ impl std::fmt::Debug for Core {
 
 impl Core {
     pub(crate) fn new(spec: WorkerSpec, settings: Settings, launch: Box<dyn Launch>) -> Self {
-        let shared = Shared::new(spec, settings, launch);
+        let shared = Inner::new(spec, settings, launch);
         let callbacks = Callbacks::new(&shared.spec.pool);
         Core {
             shared: Arc::new(shared),
@@ -405,7 +407,7 @@ impl Core {
 /// Cancels one job: see [`Core::canceller`].
 #[derive(Debug)]
 pub(crate) struct Canceller {
-    shared: std::sync::Weak<Shared>,
+    shared: std::sync::Weak<Inner>,
     flag: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -440,13 +442,13 @@ fn spawn_thread(
 
 /// Queues a job and wakes the driver of the idle worker the placement rule picks, if one is
 /// idle: one job, one wake-up. Busy drivers come back to the queue by themselves.
-fn enqueue(shared: &Shared, mut st: MutexGuard<'_, State>, job: Job) {
+fn enqueue(shared: &Inner, mut st: MutexGuard<'_, State>, job: Job) {
     st.queue.push_back(job);
     shared.summon(&mut st);
 }
 
 /// Why the pool cannot take a job now, if it cannot.
-fn refusal(shared: &Shared, st: &State) -> Option<Error> {
+fn refusal(shared: &Inner, st: &State) -> Option<Error> {
     match st.phase {
         Phase::NotStarted => Some(Error::NotStarted),
         Phase::Joining | Phase::Closed => Some(Error::Closed),
@@ -458,7 +460,7 @@ fn refusal(shared: &Shared, st: &State) -> Option<Error> {
 /// Puts a slot back after a thread drove it, and wakes whoever needs to know: its own driver
 /// when it has work to take or a worker to replace; every driver only when the pool stops, or
 /// its last worker went, or a joining pool's last job ended.
-fn put_back(shared: &Shared, i: usize, back: Slot) {
+fn put_back(shared: &Inner, i: usize, back: Slot) {
     let mut st = shared.state();
     let closed = st.phase == Phase::Closed;
     let vacated = matches!(back, Slot::Vacant | Slot::Recycle(_));
@@ -517,7 +519,7 @@ fn put_back(shared: &Shared, i: usize, back: Slot) {
 }
 
 /// The loop of slot `i`'s driver thread.
-fn drive(shared: &Shared, i: usize) {
+fn drive(shared: &Inner, i: usize) {
     let _span =
         tracing::debug_span!("ppool_worker", pool = %shared.spec.pool, worker = i).entered();
     let mut st = shared.state();

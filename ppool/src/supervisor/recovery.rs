@@ -23,8 +23,8 @@
 use super::job::{Job, Sent};
 use crate::error::{Error, ExitCause};
 use crate::protocol::FrameError;
+use crate::supervisor::watchdog::Verdict;
 use crate::transport::Started;
-use crate::watchdog::Verdict;
 use std::collections::VecDeque;
 use std::time::Duration;
 

@@ -4,9 +4,9 @@ use super::idle::IdleSet;
 use super::job::Job;
 use crate::error::Error;
 use crate::insights::Stats;
+use crate::supervisor::watchdog::Watch;
 use crate::sync::lock;
 use crate::transport::{Launch, Link, Peer};
-use crate::watchdog::Watch;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -139,7 +139,7 @@ impl Slot {
     }
 }
 
-pub(crate) struct Shared {
+pub(crate) struct Inner {
     pub(crate) spec: WorkerSpec,
     pub(crate) settings: Settings,
     pub(crate) launch: Box<dyn Launch>,
@@ -158,10 +158,10 @@ pub(crate) struct Shared {
     exit_results: Mutex<Vec<Vec<u8>>>,
 }
 
-impl Shared {
+impl Inner {
     pub(crate) fn new(spec: WorkerSpec, settings: Settings, launch: Box<dyn Launch>) -> Self {
         let slots = settings.n_jobs;
-        Shared {
+        Inner {
             watch: Watch::new(slots, settings.memory_limit),
             state: Mutex::new(State {
                 phase: Phase::NotStarted,

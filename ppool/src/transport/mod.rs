@@ -21,6 +21,7 @@ mod pipe;
 mod poll;
 #[allow(unsafe_code)]
 mod process;
+pub(crate) mod readiness;
 mod remote;
 mod shm;
 #[allow(unsafe_code)]
@@ -186,12 +187,12 @@ pub(crate) struct LaunchConfig {
 /// The launcher for a pool's workers, and how many workers it starts in all: first
 /// `local_workers` in this process (debug mode) or as local processes, then those of the
 /// remote `hosts`, if any, each host silent for `host_timeout` counting as lost.
-pub(crate) fn launcher(
+pub(crate) fn compose(
     config: LaunchConfig,
     debug: bool,
     local_workers: usize,
     host_timeout: Duration,
-    hosts: Vec<crate::remote::HostSpec>,
+    hosts: Vec<crate::hosts::HostSpec>,
 ) -> (Box<dyn Launch>, usize) {
     fn local(config: LaunchConfig, debug: bool) -> Box<dyn Launch> {
         if debug {

@@ -109,9 +109,9 @@ impl Link for PipeLink {
             return Ok(true);
         }
         let fd = self.rx.get_ref().as_fd();
-        crate::readiness::spin_until_readable(fd, spin);
+        crate::transport::readiness::spin_until_readable(fd, spin);
         let ready = poll::wait(fd, rustix::event::PollFlags::IN, &self.pidfd, timeout)?;
-        Ok(ready != poll::Ready::TimedOut)
+        Ok(ready != poll::Woke::TimedOut)
     }
 
     /// Less than the pipe holds, so that sending never blocks while the worker is blocked

@@ -98,7 +98,7 @@ impl Pidfd {
 
 /// What a wait on a pipe end saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Ready {
+pub(crate) enum Woke {
     /// The pipe is ready (or at its end).
     Pipe,
     /// The worker process ended and the pipe is not ready.
@@ -114,7 +114,7 @@ pub(crate) fn wait(
     flags: rustix::event::PollFlags,
     pidfd: &Pidfd,
     timeout: Option<Duration>,
-) -> io::Result<Ready> {
+) -> io::Result<Woke> {
     use rustix::event::{PollFd, PollFlags, Timespec};
     let deadline = timeout.and_then(|t| crate::sync::deadline(std::time::Instant::now(), t));
     loop {
@@ -130,14 +130,14 @@ pub(crate) fn wait(
             wait.as_ref(),
         );
         match n {
-            Ok(0) if left.is_some_and(|l| l.is_zero()) => return Ok(Ready::TimedOut),
+            Ok(0) if left.is_some_and(|l| l.is_zero()) => return Ok(Woke::TimedOut),
             Ok(0) => {}
             Ok(_) => {
                 if !fds[0].revents().is_empty() {
-                    return Ok(Ready::Pipe);
+                    return Ok(Woke::Pipe);
                 }
                 if process.is_some() && !fds[1].revents().is_empty() {
-                    return Ok(Ready::Exited);
+                    return Ok(Woke::Exited);
                 }
             }
             Err(rustix::io::Errno::INTR) => {}
@@ -177,7 +177,7 @@ impl Read for WatchedReader {
                 other => return other,
             }
             let flags = rustix::event::PollFlags::IN;
-            if wait(self.pipe.as_fd(), flags, &self.pidfd, None)? == Ready::Exited {
+            if wait(self.pipe.as_fd(), flags, &self.pidfd, None)? == Woke::Exited {
                 // What the worker wrote before it died is still in the pipe: take it first.
                 return match (&self.pipe).read(buf) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
@@ -215,7 +215,7 @@ pub(crate) fn write_all_vectored(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 let flags = rustix::event::PollFlags::OUT;
-                if wait(pipe.as_fd(), flags, pidfd, None)? == Ready::Exited {
+                if wait(pipe.as_fd(), flags, pidfd, None)? == Woke::Exited {
                     return Err(io::Error::new(
                         io::ErrorKind::BrokenPipe,
                         "the worker ended while its pipe was full",

@@ -111,7 +111,7 @@ pub(crate) fn install_panic_hook() {
             if !IN_TASK.with(Cell::get) {
                 return previous(info);
             }
-            let message = crate::panics::message(info.payload());
+            let message = crate::error::panic_message(info.payload());
             let location = info.location().map(|l| l.to_string()).unwrap_or_default();
             let backtrace = if trace {
                 std::backtrace::Backtrace::force_capture().to_string()
@@ -141,7 +141,7 @@ fn catch_task<R>(f: impl FnOnce() -> R) -> Result<R, TaskPanic> {
         LAST_PANIC
             .with(|p| p.borrow_mut().take())
             .unwrap_or_else(|| TaskPanic {
-                message: crate::panics::message(payload.as_ref()),
+                message: crate::error::panic_message(payload.as_ref()),
                 ..TaskPanic::default()
             })
     })

@@ -703,13 +703,13 @@ fn accepted_settings_pass_through_unchanged() {
         retries: 3,
         forward_stderr: false,
         transport: Transport::Pipes,
-        progress: progress::Mode::Forced,
+        progress: progress_bar::Mode::Forced,
         ..Config::default()
     });
     assert!(!v.start && !v.disable_gpu && !v.forward_stderr && !v.debug);
     assert_eq!(v.retries, 3);
     assert_eq!(v.transport, Transport::Pipes);
-    assert_eq!(v.progress, progress::Mode::Forced);
+    assert_eq!(v.progress, progress_bar::Mode::Forced);
     assert_eq!(v.max_frame, DEFAULT_MAX_FRAME);
     assert_eq!(v.init_timeout, DEFAULT_INIT_TIMEOUT);
     assert_eq!(v.exit_timeout, DEFAULT_EXIT_TIMEOUT);

@@ -3,7 +3,7 @@
 //! launcher that hangs is killed and named in the error, never waited for forever.
 
 use crate::error::Error;
-use crate::remote::{HostSpec, Via, shell_quote};
+use crate::hosts::{HostSpec, Via, shell_quote};
 use crate::transport::sigpipe::without_sigpipe;
 use std::ffi::OsString;
 use std::io::{self, Write};
@@ -35,7 +35,7 @@ pub(super) fn agent_command(spec: &HostSpec, copied: Option<&str>) -> Result<Vec
 
 /// `spec`'s launcher followed by `words`, quoted for the host's shell where ssh needs it.
 fn launch_words(spec: &HostSpec, words: Vec<OsString>) -> Vec<OsString> {
-    let mut argv = spec.launcher.clone();
+    let mut argv = spec.prefix.clone();
     match spec.via {
         Via::Ssh => argv.extend(
             words

@@ -16,9 +16,9 @@
 use super::command::{agent_command, install};
 use super::outbox::Outbox;
 use crate::error::{Error, ExitCause};
+use crate::hosts::{HostSpec, Via};
 use crate::mux::{self, AgentHello, AgentReady, CONTROL, Control};
 use crate::protocol::FrameError;
-use crate::remote::{HostSpec, Via};
 use crate::sync::{lock, wait_timeout};
 use crate::transport::LaunchConfig;
 use std::collections::{HashMap, VecDeque};

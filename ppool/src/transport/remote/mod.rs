@@ -18,7 +18,7 @@ mod outbox;
 
 use super::{Launch, LaunchConfig, Worker};
 use crate::error::Error;
-use crate::remote::HostSpec;
+use crate::hosts::HostSpec;
 use crate::sync::lock;
 use host::Host;
 use link::{RemoteLink, RemotePeer};

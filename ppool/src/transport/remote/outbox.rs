@@ -34,18 +34,18 @@ const LOOK_EVERY: Duration = Duration::from_millis(100);
 /// The messages on their way to a host.
 #[derive(Debug)]
 pub(super) struct Outbox {
-    state: Mutex<State>,
+    state: Mutex<Pending>,
     /// Wakes the writer thread: a message queued, the stream free again, closing, dead.
     wake: Condvar,
     /// The stream, for posters; `None` once the writer thread closed it.
     stream: Mutex<Option<File>>,
-    /// Mirrors `State::dead`, for a writer waiting for room.
+    /// Mirrors `Pending::dead`, for a writer waiting for room.
     dead: AtomicBool,
     host: String,
 }
 
 #[derive(Debug, Default)]
-struct State {
+struct Pending {
     /// Messages (header and body) still to write; the first may be the rest of one that a
     /// poster began.
     queue: VecDeque<Vec<u8>>,
@@ -75,7 +75,7 @@ impl Outbox {
         let own = File::from(stream);
         let theirs = own.try_clone()?;
         let outbox = Arc::new(Outbox {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(Pending::default()),
             wake: Condvar::new(),
             stream: Mutex::new(Some(theirs)),
             dead: AtomicBool::new(false),

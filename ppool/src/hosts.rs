@@ -187,7 +187,7 @@ pub(crate) struct HostSpec {
     pub(crate) via: Via,
     /// The launcher's command line up to the program (`ssh … host`, `srun … -w node`, the
     /// prefix).
-    pub(crate) launcher: Vec<OsString>,
+    pub(crate) prefix: Vec<OsString>,
     /// The program's path there.
     pub(crate) program: OsString,
     pub(crate) workers: usize,
@@ -243,7 +243,7 @@ pub(crate) fn plan(
                 hosts.push(HostSpec {
                     name: host.clone(),
                     via: Via::Ssh,
-                    launcher: ssh_launcher(host, host_timeout),
+                    prefix: ssh_launcher(host, host_timeout),
                     program,
                     workers,
                     copy: remote.copy_program,
@@ -267,7 +267,7 @@ pub(crate) fn plan(
                 hosts.push(HostSpec {
                     name,
                     via: Via::Command,
-                    launcher: prefix.clone(),
+                    prefix: prefix.clone(),
                     program,
                     workers,
                     copy: remote.copy_program,
@@ -279,7 +279,7 @@ pub(crate) fn plan(
                     hosts.push(HostSpec {
                         name: node.clone(),
                         via: Via::Srun,
-                        launcher: srun_launcher(node),
+                        prefix: srun_launcher(node),
                         program: program.clone(),
                         workers: remote.workers.unwrap_or(*cpus).max(1),
                         copy: remote.copy_program,
@@ -473,14 +473,14 @@ mod tests {
         let workers: Vec<usize> = hosts.iter().map(|h| h.workers).collect();
         assert_eq!(workers, [3, 1, 2, 4]);
         assert_eq!(hosts[1].program, OsString::from("/app"));
-        assert_eq!(hosts[0].launcher.last(), Some(&OsString::from("me@h")));
-        assert!(hosts[0].launcher.contains(&OsString::from("BatchMode=yes")));
+        assert_eq!(hosts[0].prefix.last(), Some(&OsString::from("me@h")));
+        assert!(hosts[0].prefix.contains(&OsString::from("BatchMode=yes")));
         assert!(
             hosts[0]
-                .launcher
+                .prefix
                 .contains(&OsString::from("ServerAliveInterval=3"))
         );
-        assert!(hosts[2].launcher.contains(&OsString::from("--overlap")));
+        assert!(hosts[2].prefix.contains(&OsString::from("--overlap")));
     }
 
     #[test]

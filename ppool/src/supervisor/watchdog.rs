@@ -30,7 +30,7 @@ struct SlotWatch {
 }
 
 #[derive(Debug)]
-struct State {
+struct Watched {
     slots: Vec<SlotWatch>,
     stop: bool,
 }
@@ -39,7 +39,7 @@ struct State {
 /// the moment it exists (a replacement still starting) until it is gone (a worker retiring).
 #[derive(Debug)]
 pub(crate) struct Watch {
-    state: Mutex<State>,
+    state: Mutex<Watched>,
     cv: Condvar,
     memory_limit: Option<u64>,
 }
@@ -51,13 +51,13 @@ impl Watch {
     pub(crate) fn new(slots: usize, memory_limit: Option<u64>) -> Self {
         let slots = (0..slots).map(|_| SlotWatch::default()).collect();
         Watch {
-            state: Mutex::new(State { slots, stop: false }),
+            state: Mutex::new(Watched { slots, stop: false }),
             cv: Condvar::new(),
             memory_limit,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, Watched> {
         lock(&self.state)
     }
 

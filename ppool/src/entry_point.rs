@@ -101,7 +101,7 @@ macro_rules! main {
         const _: () = {
             #[$crate::__private::linkme::distributed_slice($crate::__private::LAUNCHERS)]
             #[linkme(crate = $crate::__private::linkme)]
-            static LAUNCHER: $crate::__private::Launcher = $crate::__private::Launcher::Main;
+            static LAUNCHER: $crate::__private::Reentry = $crate::__private::Reentry::Main;
         };
     };
     ($(#[$attr:meta])* $vis:vis fn main() $(-> $ret:ty)? $body:block) => {
@@ -115,7 +115,7 @@ macro_rules! main {
         const _: () = {
             #[$crate::__private::linkme::distributed_slice($crate::__private::LAUNCHERS)]
             #[linkme(crate = $crate::__private::linkme)]
-            static LAUNCHER: $crate::__private::Launcher = $crate::__private::Launcher::Main;
+            static LAUNCHER: $crate::__private::Reentry = $crate::__private::Reentry::Main;
         };
     };
 }
@@ -149,7 +149,7 @@ macro_rules! test_support {
         const _: () = {
             #[$crate::__private::linkme::distributed_slice($crate::__private::LAUNCHERS)]
             #[linkme(crate = $crate::__private::linkme)]
-            static LAUNCHER: $crate::__private::Launcher = $crate::__private::Launcher::Test {
+            static LAUNCHER: $crate::__private::Reentry = $crate::__private::Reentry::Test {
                 module: ::core::module_path!(),
             };
         };

@@ -15,20 +15,20 @@ pub(crate) enum Mode {
 
 /// One bar, or nothing.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Progress {
+pub(crate) struct Bar {
     #[cfg(feature = "progress")]
     bar: Option<indicatif::ProgressBar>,
 }
 
 #[cfg(feature = "progress")]
-impl Progress {
+impl Bar {
     pub(crate) fn start(mode: Mode, total: Option<u64>, name: &str) -> Self {
         use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
         use std::io::IsTerminal;
         let terminal = std::io::stderr().is_terminal();
         let target = match mode {
-            Mode::Off => return Progress { bar: None },
-            Mode::Auto if !terminal => return Progress { bar: None },
+            Mode::Off => return Bar { bar: None },
+            Mode::Auto if !terminal => return Bar { bar: None },
             Mode::Auto => ProgressDrawTarget::stderr(),
             Mode::Forced if terminal => ProgressDrawTarget::stderr(),
             Mode::Forced => ProgressDrawTarget::term_like_with_hz(Box::new(Lines), 1),
@@ -47,7 +47,7 @@ impl Progress {
             bar.set_style(style);
         }
         bar.set_prefix(name.to_string());
-        Progress { bar: Some(bar) }
+        Bar { bar: Some(bar) }
     }
 
     /// `n` more tasks are done.
@@ -68,9 +68,9 @@ impl Progress {
 }
 
 #[cfg(not(feature = "progress"))]
-impl Progress {
+impl Bar {
     pub(crate) fn start(_mode: Mode, _total: Option<u64>, _name: &str) -> Self {
-        Progress {}
+        Bar {}
     }
 
     pub(crate) fn inc(&self, _n: u64) {}

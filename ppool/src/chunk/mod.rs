@@ -1,11 +1,13 @@
 //! Chunks of one entry's tasks: encoded into one job's frame within the frame limit, and
 //! submitted with one path for `batch` and `map`, whose results go to a [`Sink`].
 
-use crate::chunking::Chunking;
+pub(crate) mod size;
+
+use crate::chunk::size::Chunking;
 use crate::entry::Entry;
 use crate::error::{Error, Result};
 use crate::outcome;
-use crate::progress::Progress;
+use crate::progress_bar::Bar;
 use crate::protocol::{self, FrameBuf};
 use crate::supervisor::{Core, Deliver, Delivery, Job, Split};
 use std::sync::Arc;
@@ -171,7 +173,7 @@ pub(crate) fn submit<F: Entry, S: Sink<F::Output>>(
     chunk: ChunkEncoder,
     sink: &Arc<S>,
     start: u64,
-    progress: &Progress,
+    progress: &Bar,
     cancelled: Option<Arc<AtomicBool>>,
 ) {
     let Target {
