@@ -10,15 +10,19 @@
 
 #![no_main]
 
-// The rings are crate-private and need only std and rustix, so they are compiled straight
-// into this crate.
+// The shared-memory module is crate-private and needs only std, rustix and the crate's
+// `sync` helpers, so they are compiled straight into this crate, at the same paths.
+#[allow(dead_code, unreachable_pub, unused_imports)]
+#[rustfmt::skip]
+#[path = "../../ppool/src/shm/mod.rs"]
+mod shm;
 #[allow(dead_code, unreachable_pub)]
 #[rustfmt::skip]
-#[path = "../../ppool/src/shm/ring.rs"]
-mod ring;
+#[path = "../../ppool/src/sync.rs"]
+mod sync;
 
 use libfuzzer_sys::fuzz_target;
-use ring::{Layout, Region};
+use shm::{Layout, Region};
 use std::time::Duration;
 
 fuzz_target!(|data: &[u8]| {
