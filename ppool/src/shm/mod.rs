@@ -1,6 +1,6 @@
 //! Shared memory between the supervisor and one local worker: the rings and the progress word
-//! (`ring`, which holds all the unsafe code), and, over them, how frames and task outcomes
-//! travel as tagged records (this module, safe code only).
+//! (`ring`, over `mapping`, which holds all the unsafe code), and, over them, how frames and
+//! task outcomes travel as tagged records (this module, safe code only).
 //!
 //! Every record starts with a tag byte: the kind of item it carries ([`ITEM_FRAME`], a frame
 //! body as `protocol` defines it, or [`ITEM_OUTCOME`], one task's outcome as a RESULTS body
@@ -9,6 +9,7 @@
 //! parallel: the producer writes the next piece while the consumer copies the last one out.
 //! Items never interleave: a ring has one producer, which writes an item's pieces in a row.
 
+mod mapping;
 mod ring;
 
 pub(crate) use ring::{
