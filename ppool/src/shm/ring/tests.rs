@@ -1,0 +1,852 @@
+use super::*;
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, RawFd};
+
+const ZERO: Duration = Duration::ZERO;
+
+/// SplitMix64: a small, seedable generator.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn both(job: usize, result: usize) -> (SupervisorEnd, WorkerEnd) {
+    Region::heap(Layout::new(job, result).unwrap())
+        .unwrap()
+        .into_both()
+}
+
+/// `len` pseudo-random bytes, made 8 at a time (cheap under Miri).
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = Rng(seed);
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        v.extend_from_slice(&rng.next().to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+#[test]
+fn layout_separates_lines_and_checks_sizes() {
+    let l = Layout::new(64, 1 << 20).unwrap();
+    assert_eq!(l.job_ring_bytes(), 64);
+    assert_eq!(l.result_data, 2 * PAGE);
+    assert_eq!(l.region_bytes(), 2 * PAGE + (1 << 20));
+    let l = Layout::new(1 << 16, 128).unwrap();
+    assert_eq!(l.result_data, PAGE + (1 << 16));
+    assert_eq!(l.region_bytes(), 2 * PAGE + (1 << 16));
+    for bad in [0, 1, 32, 63, 65, 100, 3 << 10, MAX_RING * 2] {
+        assert!(
+            matches!(Layout::new(bad, 64), Err(RingError::Layout(_))),
+            "{bad}"
+        );
+        assert!(
+            matches!(Layout::new(64, bad), Err(RingError::Layout(_))),
+            "{bad}"
+        );
+    }
+    assert!(Layout::new(MAX_RING, MAX_RING).is_ok());
+    // Every word that one side writes often has a line of its own.
+    let lines = [
+        H_MAGIC,
+        PROGRESS,
+        JOB_CONTROL + TAIL,
+        JOB_CONTROL + HEAD,
+        JOB_CONTROL + DATA_BELL,
+        RESULT_CONTROL + TAIL,
+        RESULT_CONTROL + HEAD,
+        RESULT_CONTROL + DATA_BELL,
+    ]
+    .map(|off| off / LINE);
+    for (i, a) in lines.iter().enumerate() {
+        assert!(lines[i + 1..].iter().all(|b| b != a), "line {a} shared");
+    }
+}
+
+#[test]
+fn header_round_trip_and_rejections() {
+    let region = Region::heap(Layout::new(256, 512).unwrap()).unwrap();
+    assert_eq!(read_header(&region.map).unwrap(), region.layout());
+    assert!(region.fd().is_none());
+    for (off, value, what) in [
+        (H_MAGIC, 0, "magic"),
+        (H_VERSION, 2, "version"),
+        (H_JOB_BYTES, 100, "sizes"),
+        (H_JOB_BYTES, 8192, "region"),
+        (H_RESULT_BYTES, 1 << 40, "sizes"),
+        (H_REGION_BYTES, 4 * PAGE as u64, "region"),
+    ] {
+        let region = Region::heap(Layout::new(256, 512).unwrap()).unwrap();
+        region.map.u64_at(off).store(value, Ordering::Relaxed);
+        let e = read_header(&region.map).unwrap_err();
+        assert!(matches!(e, RingError::Corrupt(_)), "{what}: {e}");
+    }
+}
+
+/// Pushes `data` on an empty ring, pops it and checks it came back whole.
+fn round_trip(p: &mut Producer, c: &mut Consumer, data: &[u8]) {
+    round_trip_parts(p, c, &[data]);
+}
+
+/// Pushes the record made of `parts` on an empty ring, pops it and checks it.
+fn round_trip_parts(p: &mut Producer, c: &mut Consumer, parts: &[&[u8]]) {
+    let data = parts.concat();
+    let mut out = vec![0xAA; 3];
+    if !p.try_push(parts).unwrap() {
+        // A pad went out first; it frees the rest of the ring once popped.
+        assert_eq!(c.try_pop(&mut out).unwrap(), None);
+        assert!(p.try_push(parts).unwrap(), "len {}", data.len());
+    }
+    assert_eq!(c.try_pop(&mut out).unwrap(), Some(data.len()));
+    assert_eq!(out, data);
+    assert_eq!(c.try_pop(&mut out).unwrap(), None);
+}
+
+#[test]
+fn round_trips_of_every_size() {
+    let (mut s, mut w) = both(256, 512);
+    assert_eq!(s.jobs.max_record(), 248);
+    for len in 0..=s.jobs.max_record() {
+        round_trip(&mut s.jobs, &mut w.jobs, &pattern(len, len as u64));
+    }
+    for len in 0..=w.results.max_record() {
+        let data = pattern(len, 7 + len as u64);
+        let cut = len / 3;
+        round_trip_parts(
+            &mut w.results,
+            &mut s.results,
+            &[&data[..cut], &[], &data[cut..]],
+        );
+    }
+    // push_with encodes in place, and is not called without room.
+    assert!(
+        s.jobs
+            .try_push_with(5, |b| b.copy_from_slice(b"hello"))
+            .unwrap()
+    );
+    let mut out = Vec::new();
+    assert_eq!(w.jobs.try_pop(&mut out).unwrap(), Some(5));
+    assert_eq!(out, b"hello");
+}
+
+#[test]
+fn exactly_the_free_space() {
+    let (mut s, mut w) = both(256, 256);
+    let mut out = Vec::new();
+    // A whole-ring record fits an empty ring at position 0, and then nothing does.
+    assert!(s.jobs.try_push(&[&[1; 248]]).unwrap());
+    assert!(!s.jobs.try_push(&[]).unwrap());
+    assert!(!s.jobs.try_push_with(0, |_| panic!("no room")).unwrap());
+    assert_eq!(s.jobs.unread().unwrap(), 256);
+    assert_eq!(w.jobs.try_pop(&mut out).unwrap(), Some(248));
+    assert_eq!(s.jobs.unread().unwrap(), 0);
+    // Three records of 64 bytes leave exactly 64 before the end.
+    for i in 0..3 {
+        assert!(s.jobs.try_push(&[&[i; 56]]).unwrap());
+    }
+    assert!(s.jobs.try_push(&[&[3; 49]]).unwrap());
+    assert!(!s.jobs.try_push(&[]).unwrap());
+    for i in 0..3 {
+        assert_eq!(w.jobs.try_pop(&mut out).unwrap(), Some(56));
+        assert_eq!(out, [i; 56]);
+    }
+    assert_eq!(w.jobs.try_pop(&mut out).unwrap(), Some(49));
+    assert_eq!(w.jobs.try_pop(&mut out).unwrap(), None);
+    // TooLarge says so, and says what to do.
+    let e = s.jobs.try_push(&[&[0; 249]]).unwrap_err();
+    assert!(
+        matches!(e, RingError::TooLarge { len: 249, max: 248 }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("memfd"));
+    assert!(matches!(
+        s.jobs.wait_writable(1000, ZERO, Some(ZERO)),
+        Err(RingError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn a_large_record_wraps_in_two_steps() {
+    let (mut s, mut w) = both(256, 256);
+    let mut out = Vec::new();
+    round_trip(&mut s.jobs, &mut w.jobs, &[0; 96]); // position 104
+    // 200 bytes fit neither the 152 left nor the 104 at the start: a pad goes out.
+    assert!(!s.jobs.try_push(&[&[5; 200]]).unwrap());
+    assert_eq!(s.jobs.ring.pos(s.jobs.tail), 0);
+    let pad = s.jobs.ring.read_header(104);
+    assert_eq!(pad as u32, PAD);
+    assert!(!s.jobs.wait_writable(200, ZERO, Some(ZERO)).unwrap());
+    assert_eq!(w.jobs.try_pop(&mut out).unwrap(), None);
+    assert!(s.jobs.wait_writable(200, ZERO, Some(ZERO)).unwrap());
+    assert!(s.jobs.try_push(&[&[5; 200]]).unwrap());
+    assert_eq!(w.jobs.try_pop(&mut out).unwrap(), Some(200));
+    assert_eq!(out, [5; 200]);
+}
+
+#[test]
+fn wrap_around_at_every_offset() {
+    let cap = 256;
+    let all = [0, 1, 7, 8, 9, 31, 100, 120, 127, 128, 129, 200, 247, 248];
+    // Under Miri: every offset still, fewer sizes and steps.
+    let lens: &[usize] = if cfg!(miri) {
+        &[0, 1, 9, 129, 248]
+    } else {
+        &all
+    };
+    let steps = if cfg!(miri) { 16 } else { 400 };
+    for start in (0..cap).step_by(8) {
+        for (k, &first) in lens.iter().enumerate() {
+            let (mut s, mut w) = both(cap, 64);
+            if start > 0 {
+                round_trip(&mut s.jobs, &mut w.jobs, &vec![1; start - 8]);
+            }
+            assert_eq!(s.jobs.ring.pos(s.jobs.tail), start);
+            round_trip(&mut s.jobs, &mut w.jobs, &pattern(first, first as u64));
+            // Then a random mix against a model of the queue.
+            let mut rng = Rng((start * 100 + k) as u64);
+            let mut model = VecDeque::new();
+            let mut out = Vec::new();
+            let mut n = 0u64;
+            for _ in 0..steps {
+                if rng.below(2) == 0 {
+                    let data = pattern(lens[rng.below(lens.len())], n);
+                    n += 1;
+                    if s.jobs.try_push(&[&data]).unwrap() {
+                        model.push_back(data);
+                    }
+                } else {
+                    match w.jobs.try_pop(&mut out).unwrap() {
+                        Some(len) => {
+                            let want = model.pop_front().unwrap();
+                            assert_eq!((len, &out), (want.len(), &want));
+                        }
+                        None => assert!(model.is_empty()),
+                    }
+                }
+            }
+            while let Some(want) = model.pop_front() {
+                assert_eq!(w.jobs.try_pop(&mut out).unwrap(), Some(want.len()));
+                assert_eq!(out, want);
+            }
+            assert_eq!(w.jobs.try_pop(&mut out).unwrap(), None);
+        }
+    }
+}
+
+/// Streams `n` checksummed records from one thread to another through a `ring`-byte ring.
+fn stream(n: u64, ring: usize, spin: Duration) {
+    let (mut s, mut w) = both(ring, 64);
+    let max = s.jobs.max_record();
+    let size = move |i: u64| {
+        let r = (i.wrapping_mul(0x9E37_79B9) >> 7) as usize;
+        if i.is_multiple_of(97) {
+            16 + r % (max - 15)
+        } else {
+            16 + r % 200
+        }
+    };
+    let producer = std::thread::spawn(move || {
+        let mut rec = Vec::new();
+        for i in 0..n {
+            rec.clear();
+            rec.extend_from_slice(&i.to_le_bytes());
+            rec.extend_from_slice(&[0; 8]);
+            rec.extend(pattern(size(i) - 16, i));
+            let sum = fnv(&rec[16..]);
+            rec[8..16].copy_from_slice(&sum.to_le_bytes());
+            let mut waits = 0;
+            while !s.jobs.try_push(&[&rec[..8], &rec[8..]]).unwrap() {
+                if !s
+                    .jobs
+                    .wait_writable(rec.len(), spin, Some(Duration::from_secs(1)))
+                    .unwrap()
+                {
+                    waits += 1;
+                    assert!(waits < 30, "the consumer stopped");
+                }
+            }
+        }
+    });
+    let mut out = Vec::new();
+    let mut i = 0;
+    let mut waits = 0;
+    while i < n {
+        match w.jobs.try_pop(&mut out).unwrap() {
+            Some(len) => {
+                assert_eq!(len, size(i));
+                assert_eq!(out[..8], i.to_le_bytes());
+                assert_eq!(out[8..16], fnv(&out[16..]).to_le_bytes());
+                i += 1;
+            }
+            None => {
+                if !w
+                    .jobs
+                    .wait_readable(spin, Some(Duration::from_secs(1)))
+                    .unwrap()
+                {
+                    waits += 1;
+                    assert!(waits < 30, "the producer stopped");
+                }
+            }
+        }
+    }
+    producer.join().unwrap();
+    assert_eq!(w.jobs.try_pop(&mut out).unwrap(), None);
+}
+
+const STREAM: u64 = if cfg!(miri) { 200 } else { 100_000 };
+
+#[test]
+fn two_threads_spinning() {
+    stream(STREAM, 4096, Duration::from_millis(5));
+}
+
+#[test]
+fn two_threads_sleeping() {
+    stream(STREAM, 4096, ZERO);
+}
+
+#[test]
+fn two_threads_small_ring() {
+    stream(STREAM / 4, 256, Duration::from_micros(20));
+}
+
+#[test]
+fn waits_time_out_and_wake_ups_arrive() {
+    let (mut s, mut w) = both(256, 256);
+    let t = Instant::now();
+    assert!(
+        !w.jobs
+            .wait_readable(Duration::from_millis(1), Some(Duration::from_millis(20)))
+            .unwrap()
+    );
+    assert!(t.elapsed() >= Duration::from_millis(20));
+    assert!(s.jobs.try_push(&[&[0; 248]]).unwrap());
+    let t = Instant::now();
+    assert!(
+        !s.jobs
+            .wait_writable(1, ZERO, Some(Duration::from_millis(20)))
+            .unwrap()
+    );
+    assert!(t.elapsed() >= Duration::from_millis(20));
+    assert!(w.jobs.wait_readable(ZERO, Some(ZERO)).unwrap());
+    let mut out = Vec::new();
+    assert_eq!(w.jobs.try_pop(&mut out).unwrap(), Some(248));
+
+    // An explicit wake ends a sleep with nothing to read.
+    let sleeper = std::thread::spawn(move || {
+        let t = Instant::now();
+        let woke = w
+            .jobs
+            .wait_readable(ZERO, Some(Duration::from_secs(20)))
+            .unwrap();
+        (woke, t.elapsed(), w)
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    s.jobs.wake();
+    let (woke, took, mut w) = sleeper.join().unwrap();
+    assert!(woke && took < Duration::from_secs(20));
+    assert_eq!(w.jobs.try_pop(&mut out).unwrap(), None);
+
+    // A producer sleeping on a full ring wakes when the consumer frees space.
+    assert!(w.results.try_push(&[&[1; 248]]).unwrap());
+    let sleeper = std::thread::spawn(move || {
+        let ready = w
+            .results
+            .wait_writable(100, ZERO, Some(Duration::from_secs(20)))
+            .unwrap();
+        (ready, w.results.try_push(&[&[2; 100]]).unwrap())
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(s.results.try_pop(&mut out).unwrap(), Some(248));
+    assert_eq!(sleeper.join().unwrap(), (true, true));
+    assert_eq!(s.results.try_pop(&mut out).unwrap(), Some(100));
+}
+
+#[test]
+fn a_producer_dead_mid_record_shows_nothing() {
+    let (s, mut w) = both(256, 256);
+    let ring = &s.jobs.ring;
+    // A header and half a payload, never published.
+    ring.write_header(0, 1 << 32 | 100);
+    ring.map.write(ring.data + 8, &[7; 50]);
+    let mut out = vec![1, 2, 3];
+    assert_eq!(w.jobs.try_pop(&mut out).unwrap(), None);
+    assert_eq!(out, [1, 2, 3]);
+    assert!(
+        !w.jobs
+            .wait_readable(ZERO, Some(Duration::from_millis(5)))
+            .unwrap()
+    );
+}
+
+#[test]
+fn bad_indices_are_corrupt() {
+    let mut out = Vec::new();
+    type Scribble = Box<dyn Fn(&Ring)>;
+    let tail_cases: [(&str, Scribble); 5] = [
+        (
+            "beyond the capacity",
+            Box::new(|r| r.word(TAIL).store(520, Ordering::SeqCst)),
+        ),
+        (
+            "far beyond",
+            Box::new(|r| r.word(TAIL).store(u64::MAX - 7, Ordering::SeqCst)),
+        ),
+        (
+            "misaligned",
+            Box::new(|r| r.word(TAIL).store(68, Ordering::SeqCst)),
+        ),
+        (
+            "backwards",
+            Box::new(|r| r.word(TAIL).store(8, Ordering::SeqCst)),
+        ),
+        // A tail published ahead of its record: the bytes there are a stale lap's.
+        (
+            "stale",
+            Box::new(|r| r.word(TAIL).store(64 * 6, Ordering::SeqCst)),
+        ),
+    ];
+    for (what, scribble) in tail_cases {
+        let (mut s, mut w) = both(256, 256);
+        for _ in 0..4 {
+            round_trip(&mut s.jobs, &mut w.jobs, &[3; 56]);
+        }
+        // Head = tail = 256: one lap done.
+        assert!(s.jobs.try_push(&[&[4; 56]]).unwrap());
+        scribble(&s.jobs.ring);
+        // The stale case first returns the one real record.
+        let e = (0..2).find_map(|_| w.jobs.try_pop(&mut out).err());
+        assert!(matches!(e, Some(RingError::Corrupt(_))), "{what}: {e:?}");
+    }
+    // Bad records within a good tail.
+    let record_cases: [(&str, u64); 5] = [
+        ("wrong number", 9 << 32 | 8),
+        ("zero", 0),
+        ("too long", 1 << 32 | 249),
+        ("past the tail", 1 << 32 | 64),
+        ("a pad at 0", 1 << 32 | u64::from(PAD)),
+    ];
+    for (what, word) in record_cases {
+        let (mut s, mut w) = both(256, 256);
+        assert!(s.jobs.try_push(&[&[1; 8]]).unwrap());
+        s.jobs.ring.write_header(0, word);
+        let e = w.jobs.try_pop(&mut out).unwrap_err();
+        assert!(matches!(e, RingError::Corrupt(_)), "{what}: {e}");
+    }
+    // A record straddling the end, and a pad longer than what was published.
+    let (mut s, mut w) = both(256, 256);
+    round_trip(&mut s.jobs, &mut w.jobs, &[0; 184]); // position 192
+    assert!(s.jobs.try_push(&[&[1; 56]]).unwrap());
+    s.jobs.ring.write_header(192, 2 << 32 | 60);
+    assert!(matches!(
+        w.jobs.try_pop(&mut out),
+        Err(RingError::Corrupt(_))
+    ));
+    let (mut s2, mut w2) = both(256, 256);
+    round_trip(&mut s2.jobs, &mut w2.jobs, &[0; 184]);
+    s2.jobs.ring.word(TAIL).store(192 + 32, Ordering::SeqCst);
+    s2.jobs.ring.write_header(192, 2 << 32 | u64::from(PAD));
+    assert!(matches!(
+        w2.jobs.try_pop(&mut out),
+        Err(RingError::Corrupt(_))
+    ));
+    // The producer checks the consumer's head the same way.
+    for head in [8u64, 300, 4, u64::MAX - 7] {
+        let (mut s, mut w) = both(256, 256);
+        round_trip(&mut s.jobs, &mut w.jobs, &[0; 56]);
+        for _ in 0..3 {
+            assert!(s.jobs.try_push(&[&[1; 56]]).unwrap());
+        }
+        assert_eq!(s.jobs.unread().unwrap(), 192); // it has seen head 64
+        s.jobs.ring.word(HEAD).store(head, Ordering::SeqCst);
+        // One more record fits what the producer knows to be free; the next one makes
+        // it look at the head.
+        let e = (0..2).find_map(|_| s.jobs.try_push(&[&[1; 56]]).err());
+        assert!(
+            matches!(e, Some(RingError::Corrupt(_))),
+            "head {head}: {e:?}"
+        );
+        assert!(matches!(s.jobs.unread(), Err(RingError::Corrupt(_))));
+    }
+}
+
+/// Overwrites bytes at `off` the way this process may: control words through atomics
+/// (invariant 1), data bytes through copies.
+fn scribble(map: &Mapping, off: usize, bytes: &[u8]) {
+    for (i, &byte) in bytes.iter().enumerate() {
+        let at = off + i;
+        if at < DATA_START {
+            let word = map.u64_at(at & !7);
+            let mut v = word.load(Ordering::Relaxed).to_ne_bytes();
+            v[at & 7] = byte;
+            word.store(u64::from_ne_bytes(v), Ordering::Relaxed);
+        } else {
+            map.write(at, &[byte]);
+        }
+    }
+}
+
+#[test]
+fn scribbles_give_errors_or_records_never_panics() {
+    let rounds = if cfg!(miri) { 40 } else { 4000 };
+    let mut rng = Rng(42);
+    let mut out = Vec::new();
+    let (mut seen_ok, mut seen_err) = (0, 0);
+    for round in 0..rounds {
+        let (mut s, mut w) = both(256, 512);
+        // Some traffic, to leave records, pads and laps behind.
+        for i in 0..rng.below(12) {
+            let data = pattern(rng.below(200), i as u64);
+            let _ = s.jobs.try_push(&[&data]).unwrap();
+            let _ = w.results.try_push(&[&data]).unwrap();
+            if rng.below(3) > 0 {
+                let _ = w.jobs.try_pop(&mut out).unwrap();
+                let _ = s.results.try_pop(&mut out).unwrap();
+            }
+        }
+        let started = rng.below(5) as u32;
+        w.progress.started(round, started);
+        if rng.below(2) == 0 {
+            w.progress.finished(round, started);
+        }
+        // Scribble: a few bytes anywhere, or anywhere in the control lines.
+        let map = Arc::clone(&s.jobs.ring.map);
+        let len = map.len();
+        for _ in 0..1 + rng.below(8) {
+            let off = match rng.below(3) {
+                0 => rng.below(len),
+                1 => rng.below(DATA_START),
+                _ => (JOB_CONTROL + rng.below(6) * LINE + rng.below(16)) & !7,
+            };
+            let n = (1 + rng.below(8)).min(len - off);
+            scribble(&map, off, &pattern(n, rng.next()));
+        }
+        // Every reader must answer with a value or an error.
+        for _ in 0..20 {
+            match w.jobs.try_pop(&mut out) {
+                Ok(Some(n)) => {
+                    assert!(n <= 248 && out.len() == n);
+                    seen_ok += 1;
+                }
+                Ok(None) => break,
+                Err(RingError::Corrupt(_)) => {
+                    seen_err += 1;
+                    break;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        for _ in 0..20 {
+            match s.results.try_pop(&mut out) {
+                Ok(Some(n)) => assert!(n <= 504 && out.len() == n),
+                Ok(None) | Err(RingError::Corrupt(_)) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        for p in [&mut s.jobs, &mut w.results] {
+            let _ = p.try_push(&[&[1; 100]]);
+            let _ = p.unread();
+            let _ = p.wait_writable(8, ZERO, Some(ZERO));
+        }
+        let _ = w.jobs.wait_readable(ZERO, Some(ZERO));
+        let _ = s
+            .results
+            .wait_readable(Duration::from_micros(1), Some(ZERO));
+        if let Ok(p) = s.progress.read() {
+            assert!(p.finished <= p.started);
+        }
+        if let Ok(layout) = read_header(&map) {
+            assert_eq!(layout.region_bytes(), len);
+        }
+    }
+    assert!(seen_ok > 0 && seen_err > 0, "{seen_ok} {seen_err}");
+}
+
+#[test]
+fn progress_reads_are_never_torn() {
+    let (s, mut w) = both(64, 64);
+    assert_eq!(s.progress.read().unwrap(), Progress::default());
+    w.progress.started(5, 0);
+    assert_eq!(s.progress.read().unwrap().running(), Some(0));
+    w.progress.finished(5, 0);
+    w.progress.started(5, 1);
+    let p = s.progress.read().unwrap();
+    assert_eq!(
+        (p.job, p.started, p.finished, p.running()),
+        (5, 2, 1, Some(1))
+    );
+    w.progress.finished(5, 1);
+    assert_eq!(s.progress.read().unwrap().running(), None);
+    w.progress.started(6, 0);
+    assert_eq!(
+        s.progress.read().unwrap(),
+        Progress {
+            job: 6,
+            started: 1,
+            finished: 0
+        }
+    );
+    // A writer dead mid-update (the slot it was filling is half written) shows the
+    // previous state.
+    let next = PROGRESS + P_SLOTS + ((w.progress.version + 1) & 1) as usize * P_SLOT_BYTES;
+    let map = &w.progress.map;
+    map.u64_at(next + S_SEQ)
+        .store((w.progress.version + 1) * 2 - 1, Ordering::Relaxed);
+    map.u64_at(next + S_JOB).store(99, Ordering::Relaxed);
+    assert_eq!(s.progress.read().unwrap().job, 6);
+    // An inconsistent word is an error, not a loop.
+    map.u64_at(PROGRESS + P_SELECT)
+        .store(12345, Ordering::Relaxed);
+    assert!(matches!(s.progress.read(), Err(RingError::Corrupt(_))));
+
+    // Concurrent: the reader sees states in order, each one consistent.
+    let (s, mut w) = both(64, 64);
+    let jobs: u64 = if cfg!(miri) { 5 } else { 2000 };
+    // The writer starts once the reader has read once, so that the reads overlap the
+    // writes even when the machine runs the writer to its end in one time slice.
+    let reading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let go = std::sync::Arc::clone(&reading);
+    let writer = std::thread::spawn(move || {
+        while !go.load(std::sync::atomic::Ordering::Acquire) {
+            std::thread::yield_now();
+        }
+        for job in 1..=jobs {
+            for i in 0..(job % 7) as u32 + 1 {
+                w.progress.started(job, i);
+                w.progress.finished(job, i);
+            }
+        }
+    });
+    let mut last = Progress::default();
+    let mut reads = 0u64;
+    loop {
+        let done = writer.is_finished();
+        let p = s.progress.read().unwrap();
+        reading.store(true, std::sync::atomic::Ordering::Release);
+        assert!(
+            p.finished <= p.started && p.started <= p.finished + 1,
+            "{p:?}"
+        );
+        assert!(
+            p.job <= jobs && p.started <= (p.job % 7) as u32 + 1,
+            "{p:?}"
+        );
+        assert!(
+            (p.job, p.finished) >= (last.job, last.finished),
+            "{p:?} after {last:?}"
+        );
+        last = p;
+        reads += 1;
+        if done {
+            break;
+        }
+    }
+    writer.join().unwrap();
+    assert_eq!(s.progress.read().unwrap().job, jobs);
+    assert!(reads > 1);
+}
+
+/// Kills and reaps a forked child if the test fails before it exits.
+struct Child(libc::pid_t);
+
+impl Child {
+    fn wait(mut self) -> i32 {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child, with a valid pointer.
+        let r = unsafe { libc::waitpid(self.0, &mut status, 0) };
+        assert_eq!(r, self.0);
+        self.0 = 0;
+        assert!(libc::WIFEXITED(status), "status {status}");
+        libc::WEXITSTATUS(status)
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            // SAFETY: signals and reaps our own child.
+            unsafe {
+                libc::kill(self.0, libc::SIGKILL);
+                libc::waitpid(self.0, std::ptr::null_mut(), 0);
+            }
+        }
+    }
+}
+
+/// Forks; the child runs `child` and leaves with its code through `_exit`, without
+/// running destructors or returning to the test harness.
+fn fork(child: impl FnOnce() -> Result<(), String>) -> Child {
+    // SAFETY: the child only makes system calls and allocates (glibc's malloc is fork
+    // safe), then leaves with `_exit`; it never returns into the test harness.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)) {
+            Ok(Ok(())) => 0,
+            Ok(Err(_)) => 1,
+            Err(_) => 2,
+        };
+        // SAFETY: ends the child at once, as intended.
+        unsafe { libc::_exit(code) };
+    }
+    Child(pid)
+}
+
+const FORK_RECORDS: u64 = 20_000;
+
+fn child_side(fd: RawFd) -> Result<(), String> {
+    let e = |e: RingError| e.to_string();
+    // SAFETY: `fd` is the inherited memfd, open for the child's whole life.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) }
+        .try_clone_to_owned()
+        .map_err(|e| e.to_string())?;
+    let mut w = Region::from_fd(fd).map_err(e)?.worker();
+    let spin = Duration::from_micros(50);
+    let long = Some(Duration::from_secs(10));
+    for i in 0..FORK_RECORDS {
+        let rec = pattern((i % 300) as usize, i);
+        w.progress.started(1, i as u32);
+        while !w.results.try_push(&[&i.to_le_bytes(), &rec]).map_err(e)? {
+            if !w
+                .results
+                .wait_writable(rec.len() + 8, spin, long)
+                .map_err(e)?
+            {
+                return Err("the parent stopped reading".into());
+            }
+        }
+        w.progress.finished(1, i as u32);
+    }
+    // Sleep (no spin) until the parent's ping, answer pong.
+    let mut out = Vec::new();
+    loop {
+        match w.jobs.try_pop(&mut out).map_err(e)? {
+            Some(_) if out == b"ping" => break,
+            Some(_) => return Err("not a ping".into()),
+            None => {
+                if !w.jobs.wait_readable(ZERO, long).map_err(e)? {
+                    return Err("no ping".into());
+                }
+            }
+        }
+    }
+    if !w.results.try_push(&[b"pong"]).map_err(e)? {
+        return Err("no room for pong".into());
+    }
+    // Die in the middle of a task.
+    for i in 0..3 {
+        w.progress.started(2, i);
+        w.progress.finished(2, i);
+    }
+    w.progress.started(2, 3);
+    Ok(())
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "Miri cannot fork or map a memfd")]
+fn a_forked_child_maps_the_inherited_fd() {
+    let region = Region::create(Layout::new(1 << 12, 1 << 14).unwrap()).unwrap();
+    let fd = region.fd().unwrap().as_raw_fd();
+    let child = fork(move || child_side(fd));
+    let mut s = region.supervisor();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < FORK_RECORDS {
+        match s.results.try_pop(&mut out).unwrap() {
+            Some(len) => {
+                assert_eq!(len, 8 + (i % 300) as usize);
+                assert_eq!(out[..8], i.to_le_bytes());
+                assert_eq!(out[8..], pattern((i % 300) as usize, i));
+                i += 1;
+            }
+            None => assert!(
+                s.results
+                    .wait_readable(Duration::from_micros(50), Some(Duration::from_secs(10)))
+                    .unwrap()
+            ),
+        }
+    }
+    // Let the child fall asleep on the job ring's bell, then wake it across processes.
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(s.jobs.try_push(&[b"ping"]).unwrap());
+    let t = Instant::now();
+    loop {
+        if s.results.try_pop(&mut out).unwrap().is_some() {
+            break;
+        }
+        assert!(
+            s.results
+                .wait_readable(ZERO, Some(Duration::from_secs(10)))
+                .unwrap()
+        );
+    }
+    assert_eq!(out, b"pong");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(child.wait(), 0);
+    // It died running task 3 of job 2.
+    let p = s.progress.read().unwrap();
+    assert_eq!((p.job, p.finished, p.running()), (2, 3, Some(3)));
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "Miri cannot map a memfd")]
+fn from_fd_checks_what_it_maps() {
+    // Two mappings of one memfd in one process see the same memory.
+    let mut region = Region::create(Layout::new(256, 256).unwrap()).unwrap();
+    let fd = region.fd().unwrap().try_clone_to_owned().unwrap();
+    let other = Region::from_fd(fd).unwrap();
+    assert_eq!(other.layout(), region.layout());
+    assert!(region.take_fd().is_some() && region.fd().is_none());
+    let mut s = region.supervisor();
+    let mut w = other.worker();
+    round_trip(&mut s.jobs, &mut w.jobs, b"across mappings");
+    round_trip(&mut w.results, &mut s.results, b"and back");
+
+    let memfd = |len: u64, seal: bool| {
+        let fd = rustix::fs::memfd_create("t", MemfdFlags::ALLOW_SEALING).unwrap();
+        rustix::fs::ftruncate(&fd, len).unwrap();
+        if seal {
+            rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK).unwrap();
+        }
+        fd
+    };
+    let unsealed = memfd(3 * PAGE as u64, false);
+    let e = Region::from_fd(unsealed).unwrap_err();
+    assert!(e.to_string().contains("sealed"), "{e}");
+    let (r, _w) = std::io::pipe().unwrap();
+    let e = Region::from_fd(OwnedFd::from(r)).unwrap_err();
+    assert!(matches!(e, RingError::Corrupt(_)), "{e}");
+    assert!(matches!(
+        Region::from_fd(memfd(100, true)),
+        Err(RingError::Corrupt(_))
+    ));
+    // The right size, but zeros: no magic.
+    let e = Region::from_fd(memfd(3 * PAGE as u64, true)).unwrap_err();
+    assert!(e.to_string().contains("magic"), "{e}");
+    // A header whose sizes do not match the file.
+    let fd = memfd(4 * PAGE as u64, true);
+    let map = Mapping::map(fd.as_fd(), 4 * PAGE).unwrap();
+    write_header(&map, &Layout::new(256, 256).unwrap());
+    drop(map);
+    let e = Region::from_fd(fd).unwrap_err();
+    assert!(e.to_string().contains("region"), "{e}");
+}
