@@ -296,3 +296,6 @@ impl Drop for Mapping {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

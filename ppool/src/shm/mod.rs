@@ -10,11 +10,13 @@
 //! Items never interleave: a ring has one producer, which writes an item's pieces in a row.
 
 mod mapping;
+mod region;
 mod ring;
+#[cfg(test)]
+mod testing;
 
-pub(crate) use ring::{
-    Consumer, Layout, Producer, ProgressReader, Region, RingError, SupervisorEnd, WorkerEnd,
-};
+pub(crate) use region::{Layout, Region, RingError, SupervisorEnd, WorkerEnd};
+pub(crate) use ring::{Consumer, Producer, ProgressReader};
 
 /// A frame body.
 pub(crate) const ITEM_FRAME: u8 = 1;

@@ -1,69 +1,29 @@
-//! Shared-memory rings between the supervisor and one worker.
-//!
-//! One `memfd` per worker, mapped `MAP_SHARED` by both processes, holds:
-//!
-//! - the **job ring** (supervisor → worker) and the **result ring** (worker → supervisor):
-//!   single-producer single-consumer byte rings of variable-length records, each carrying one
-//!   frame body (see `protocol`);
-//! - the **progress word**: the worker publishes the job and the task it starts and finishes,
-//!   so that when it dies the supervisor can tell which task was running, which finished and
-//!   which never started;
-//! - **doorbells**: a `u32` futex word per direction and ring. A waiting side spins for a
-//!   caller-chosen time, then says it sleeps (a flag) and sleeps with `FUTEX_WAIT` (shared,
-//!   not private: two processes). The other side bumps the word and calls `FUTEX_WAKE` only
-//!   when the flag says someone sleeps, so the fast path makes no system call.
+//! The rings of a region: the **job ring** (supervisor → worker) and the **result ring**
+//! (worker → supervisor), single-producer single-consumer byte rings of variable-length
+//! records, each carrying one frame body (see `protocol`); and their **doorbells**: a `u32`
+//! futex word per direction and ring. A waiting side spins for a caller-chosen time, then
+//! says it sleeps (a flag) and sleeps with `FUTEX_WAIT` (shared, not private: two
+//! processes). The other side bumps the word and calls `FUTEX_WAKE` only when the flag says
+//! someone sleeps, so the fast path makes no system call.
 //!
 //! Records larger than a ring's [`Producer::max_record`] are not this module's job: they go
 //! through a memfd of their own, and [`Producer::try_push`] refuses them with
 //! [`RingError::TooLarge`].
 //!
-//! # Use
-//!
-//! The supervisor builds a [`Layout`], then [`Region::create`]; it hands
-//! [`Region::take_fd`] to the worker (the memfd is close-on-exec: clear the flag in the child,
-//! as for the pipes) and keeps [`Region::supervisor`]. The worker maps the inherited
-//! descriptor with [`Region::from_fd`], which validates the header, and keeps
-//! [`Region::worker`]. A region serves one worker process for its whole life: a replacement
-//! worker gets a fresh region, since both sides start their indices at zero.
-//!
 //! After any [`RingError::Corrupt`], the ring is unusable (its state is not advanced past the
 //! bad record) and the peer is to be treated as broken.
 //!
-//! # Memory layout
+//! # Records
 //!
-//! Offsets are in bytes from the start of the region, which is page aligned (`mmap`) or
-//! 4096-byte aligned (heap regions). Integers are native-endian (both processes run on the
-//! same machine) and each one is accessed as an atomic of its own size at an offset that is a
-//! multiple of that size.
-//!
-//! | offset | bytes | content | written by |
-//! |---|---|---|---|
-//! | 0 | 128 | header: `magic: u64` @0, `version: u64` @8, `job_ring_bytes: u64` @16, `result_ring_bytes: u64` @24, `region_bytes: u64` @32 | the creator, before sharing |
-//! | 128 | 128 | progress: `select: u64` @0, slot 0 = `{seq, job, counts}: 3 × u64` @16, slot 1 @40 | worker |
-//! | 256 | 128 | job ring, producer line: `tail: u64` @0 | supervisor |
-//! | 384 | 128 | job ring, consumer line: `head: u64` @0 | worker |
-//! | 512 | 128 | job ring, bell line: `data_bell: u32` @0, `reader_sleeping: u32` @4, `space_bell: u32` @8, `writer_sleeping: u32` @12 | both, rarely |
-//! | 640 | 384 | result ring: the same three lines (tail @640, head @768, bells @896) | worker / supervisor |
-//! | 4096 | J | job ring data, `J = job_ring_bytes` | supervisor |
-//! | 4096 + ⌈J⌉ | R | result ring data, `R = result_ring_bytes` | worker |
-//!
-//! where `⌈x⌉` rounds up to a multiple of 4096, and the region is `4096 + ⌈J⌉ + ⌈R⌉` bytes.
-//! Both ring sizes are powers of two between [`MIN_RING`] and [`MAX_RING`].
-//!
-//! Lines are 128 bytes, not 64: x86's adjacent-line prefetcher pulls 64-byte lines in pairs,
-//! and some ARM cores have 128-byte lines. So the producer's `tail` (written on every push),
-//! the consumer's `head` (written on every pop) and the bells (written only around sleeps)
-//! never share a line: the producer's check of `reader_sleeping` after each push hits its own
-//! cache, and the two sides' index stores do not bounce one line between the cores.
-//!
-//! **Records.** A ring's `head` and `tail` are byte counts since the start (`u64`, so they
-//! never wrap in practice); a position in the data is the count modulo the capacity. A record
-//! starts at a multiple of 8 with an 8-byte header word `seq << 32 | len`, then `len` payload
-//! bytes, then padding to the next multiple of 8: it takes `8 + ⌈len⌉₈` bytes. `seq` numbers
-//! the records (pads included) 1, 2, …, `u32::MAX`, 1, … — never 0, so zeroed memory is never
-//! a valid header. A record never straddles the end of the ring: when it does not fit in what
-//! is left before the end, the producer writes a pad there (`len = u32::MAX`), which covers
-//! the rest of the ring, and the record goes to position 0.
+//! A ring's `head` and `tail` are byte counts since the start (`u64`, so they never wrap in
+//! practice); a position in the data is the count modulo the capacity. A record starts at a
+//! multiple of 8 with an 8-byte header word `seq << 32 | len`, then `len` payload bytes, then
+//! padding to the next multiple of 8: it takes `8 + ⌈len⌉₈` bytes. `seq` numbers the records
+//! (pads included) 1, 2, …, `u32::MAX`, 1, … — never 0, so zeroed memory is never a valid
+//! header. A record never straddles the end of the ring: when it does not fit in what is left
+//! before the end, the producer writes a pad there (`len = u32::MAX`), which covers the rest
+//! of the ring, and the record goes to position 0. Where each ring's indices, bells and data
+//! lie in the region is `region`'s layout.
 //!
 //! **Progress.** Two slots, each a seqlock: slot `v & 1` holds version `v` with
 //! `seq = 2v` once complete (`2v - 1` while being written), the job, and
@@ -71,59 +31,20 @@
 //!
 //! # Invariants
 //!
-//! The numbered invariants that this file cites, with what the `unsafe` code relies on, are
-//! listed in `mapping`, which holds all the `unsafe` code of the shared-memory transport.
+//! The numbered invariants cited here are listed in `mapping`, which holds all the `unsafe`
+//! code of the shared-memory transport.
 
-use std::fmt;
-use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant};
 
-use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::thread::futex;
 
-use super::mapping::{DATA_START, Mapping, PAGE};
-
-/// The smallest ring, in bytes.
-pub(crate) const MIN_RING: usize = 64;
-/// The largest ring, in bytes (a record's length must fit the header's 32 bits).
-pub(crate) const MAX_RING: usize = 1 << 31;
-/// The version of this layout, in the header; bumped whenever the layout changes.
-pub(crate) const SHM_VERSION: u64 = 1;
-
-/// The first word of a region.
-const MAGIC: u64 = u64::from_le_bytes(*b"PPLSHM\x00\x01");
-/// The unit of separation between words that different sides write.
-const LINE: usize = 128;
-
-/// Header fields, from the start of the region.
-const H_MAGIC: usize = 0;
-const H_VERSION: usize = 8;
-const H_JOB_BYTES: usize = 16;
-const H_RESULT_BYTES: usize = 24;
-const H_REGION_BYTES: usize = 32;
-
-/// The progress line, and its fields within it.
-const PROGRESS: usize = LINE;
-const P_SELECT: usize = 0;
-const P_SLOTS: usize = 16;
-const P_SLOT_BYTES: usize = 24;
-const S_SEQ: usize = 0;
-const S_JOB: usize = 8;
-const S_COUNTS: usize = 16;
-
-/// The control lines of each ring, from the start of the region.
-const JOB_CONTROL: usize = 2 * LINE;
-const RESULT_CONTROL: usize = 5 * LINE;
-/// Words within a ring's control lines.
-const TAIL: usize = 0;
-const HEAD: usize = LINE;
-const DATA_BELL: usize = 2 * LINE;
-const READER_SLEEPING: usize = 2 * LINE + 4;
-const SPACE_BELL: usize = 2 * LINE + 8;
-const WRITER_SLEEPING: usize = 2 * LINE + 12;
+use super::mapping::Mapping;
+use super::region::{
+    DATA_BELL, HEAD, P_SELECT, P_SLOT_BYTES, P_SLOTS, PROGRESS, READER_SLEEPING, RingError,
+    S_COUNTS, S_JOB, S_SEQ, SPACE_BELL, TAIL, WRITER_SLEEPING, corrupt,
+};
 
 /// The bytes of a record's header word.
 const RECORD_HEADER: usize = 8;
@@ -134,324 +55,10 @@ const PROGRESS_TRIES: u32 = 1000;
 /// Spin iterations between two looks at the clock.
 const SPIN_BATCH: u32 = 64;
 
-const _: () = {
-    assert!(P_SLOTS + 2 * P_SLOT_BYTES <= LINE);
-    assert!(RESULT_CONTROL + 3 * LINE <= DATA_START);
-    assert!(JOB_CONTROL + 3 * LINE <= RESULT_CONTROL);
-    assert!(H_REGION_BYTES + 8 <= LINE);
-};
-
-/// What went wrong with a region or a ring.
-#[derive(Debug)]
-pub(crate) enum RingError {
-    /// A record of `len` bytes can never fit this ring, whose records hold at most `max`
-    /// bytes; such records go through a memfd of their own.
-    TooLarge {
-        /// The record's length.
-        len: usize,
-        /// The ring's largest record.
-        max: usize,
-    },
-    /// The shared memory breaks an invariant: the peer is broken, died in an impossible
-    /// state, or is hostile. The ring is unusable from then on.
-    Corrupt(String),
-    /// The sizes asked for cannot make a layout.
-    Layout(String),
-    /// A system call failed.
-    Io(io::Error),
-}
-
-impl fmt::Display for RingError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RingError::TooLarge { len, max } => write!(
-                f,
-                "a record of {len} bytes is larger than the ring's {max}-byte limit \
-                 (larger records go through a memfd of their own)"
-            ),
-            RingError::Corrupt(m) => write!(f, "corrupt shared memory: {m}"),
-            RingError::Layout(m) => write!(f, "bad shared-memory layout: {m}"),
-            RingError::Io(e) => write!(f, "shared memory: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for RingError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            RingError::Io(e) => Some(e),
-            _ => None,
-        }
-    }
-}
-
-impl From<io::Error> for RingError {
-    fn from(e: io::Error) -> Self {
-        RingError::Io(e)
-    }
-}
-
-impl From<rustix::io::Errno> for RingError {
-    fn from(e: rustix::io::Errno) -> Self {
-        RingError::Io(e.into())
-    }
-}
-
-fn corrupt(what: impl Into<String>) -> RingError {
-    RingError::Corrupt(what.into())
-}
-
-/// `n` rounded up to a multiple of 8 (`n` at most [`MAX_RING`]).
+/// `n` rounded up to a multiple of 8 (`n` at most [`MAX_RING`](super::region::MAX_RING)).
 fn round8(n: usize) -> usize {
     (n + 7) & !7
 }
-
-/// The offsets of a region, computed from its two ring sizes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Layout {
-    job_ring: usize,
-    result_ring: usize,
-    result_data: usize,
-    region: usize,
-}
-
-impl Layout {
-    /// The layout of a region with a job ring of `job_ring_bytes` and a result ring of
-    /// `result_ring_bytes`: each a power of two between [`MIN_RING`] and [`MAX_RING`].
-    pub(crate) fn new(job_ring_bytes: usize, result_ring_bytes: usize) -> Result<Self, RingError> {
-        for (what, n) in [("job", job_ring_bytes), ("result", result_ring_bytes)] {
-            if !n.is_power_of_two() || !(MIN_RING..=MAX_RING).contains(&n) {
-                return Err(RingError::Layout(format!(
-                    "the {what} ring's {n} bytes are not a power of two between \
-                     {MIN_RING} and {MAX_RING}"
-                )));
-            }
-        }
-        let too_big = || RingError::Layout("the region does not fit the address space".into());
-        let result_data = job_ring_bytes
-            .checked_next_multiple_of(PAGE)
-            .and_then(|j| j.checked_add(DATA_START))
-            .ok_or_else(too_big)?;
-        let region = result_ring_bytes
-            .checked_next_multiple_of(PAGE)
-            .and_then(|r| r.checked_add(result_data))
-            .filter(|&n| n <= isize::MAX as usize)
-            .ok_or_else(too_big)?;
-        Ok(Layout {
-            job_ring: job_ring_bytes,
-            result_ring: result_ring_bytes,
-            result_data,
-            region,
-        })
-    }
-
-    #[cfg_attr(not(test), allow(dead_code))]
-    /// The job ring's capacity in bytes.
-    pub(crate) fn job_ring_bytes(&self) -> usize {
-        self.job_ring
-    }
-
-    #[cfg_attr(not(test), allow(dead_code))]
-    /// The region's size in bytes.
-    pub(crate) fn region_bytes(&self) -> usize {
-        self.region
-    }
-}
-
-/// Writes the header of a fresh region.
-fn write_header(map: &Mapping, layout: &Layout) {
-    map.u64_at(H_MAGIC).store(MAGIC, Ordering::Relaxed);
-    map.u64_at(H_VERSION).store(SHM_VERSION, Ordering::Relaxed);
-    map.u64_at(H_JOB_BYTES)
-        .store(layout.job_ring as u64, Ordering::Relaxed);
-    map.u64_at(H_RESULT_BYTES)
-        .store(layout.result_ring as u64, Ordering::Relaxed);
-    map.u64_at(H_REGION_BYTES)
-        .store(layout.region as u64, Ordering::Relaxed);
-}
-
-/// Validates the header of a region of `map.len()` bytes and returns its layout.
-fn read_header(map: &Mapping) -> Result<Layout, RingError> {
-    if map.len() < DATA_START {
-        return Err(corrupt(format!(
-            "a {}-byte region is smaller than its header",
-            map.len()
-        )));
-    }
-    let word = |off| map.u64_at(off).load(Ordering::Relaxed);
-    if word(H_MAGIC) != MAGIC {
-        return Err(corrupt("not a ppool shared-memory region (bad magic)"));
-    }
-    let version = word(H_VERSION);
-    if version != SHM_VERSION {
-        return Err(corrupt(format!(
-            "shared-memory layout version {version}, this build has {SHM_VERSION}"
-        )));
-    }
-    let size = |off| {
-        usize::try_from(word(off)).map_err(|_| corrupt("a ring size beyond the address space"))
-    };
-    let layout = Layout::new(size(H_JOB_BYTES)?, size(H_RESULT_BYTES)?)
-        .map_err(|e| corrupt(format!("the header's ring sizes: {e}")))?;
-    let claimed = word(H_REGION_BYTES);
-    if claimed != layout.region as u64 || layout.region != map.len() {
-        return Err(corrupt(format!(
-            "the header's sizes make a {}-byte region; it claims {claimed} and has {}",
-            layout.region,
-            map.len()
-        )));
-    }
-    Ok(layout)
-}
-
-/// A region of shared memory: the header, the progress word and both rings of one worker.
-#[derive(Debug)]
-pub(crate) struct Region {
-    map: Mapping,
-    layout: Layout,
-    fd: Option<OwnedFd>,
-}
-
-impl Region {
-    /// Creates a memfd of `layout.region_bytes()` bytes, seals its size, maps it and writes
-    /// the header. The descriptor is close-on-exec.
-    pub(crate) fn create(layout: Layout) -> Result<Region, RingError> {
-        let fd =
-            rustix::fs::memfd_create("ppool-shm", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
-        rustix::fs::ftruncate(&fd, layout.region as u64)?;
-        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
-        let map = Mapping::map(fd.as_fd(), layout.region)?;
-        write_header(&map, &layout);
-        Ok(Region {
-            map,
-            layout,
-            fd: Some(fd),
-        })
-    }
-
-    /// Maps a region that another process created, passed as `fd`. Refuses a descriptor that
-    /// is not sealed against shrinking, a size out of range, and a header that does not match
-    /// the size or this build's layout.
-    pub(crate) fn from_fd(fd: OwnedFd) -> Result<Region, RingError> {
-        let seals = rustix::fs::fcntl_get_seals(&fd)
-            .map_err(|e| corrupt(format!("not a sealed memfd: {e}")))?;
-        if !seals.contains(SealFlags::SHRINK) {
-            return Err(corrupt("the memfd is not sealed against shrinking"));
-        }
-        let size = rustix::fs::fstat(&fd)?.st_size;
-        let largest = Layout::new(MAX_RING, MAX_RING).map_or(isize::MAX as usize, |l| l.region);
-        let len = usize::try_from(size)
-            .ok()
-            .filter(|&n| (DATA_START..=largest).contains(&n))
-            .ok_or_else(|| corrupt(format!("a region of {size} bytes")))?;
-        let map = Mapping::map(fd.as_fd(), len)?;
-        let layout = read_header(&map)?;
-        Ok(Region {
-            map,
-            layout,
-            fd: Some(fd),
-        })
-    }
-
-    #[cfg_attr(not(test), allow(dead_code))]
-    /// A region in zeroed heap memory, for both ends in one process (tests, Miri, which
-    /// cannot map a memfd, or an in-process transport). It has no descriptor.
-    pub(crate) fn heap(layout: Layout) -> Result<Region, RingError> {
-        let map = Mapping::heap(layout.region)?;
-        write_header(&map, &layout);
-        Ok(Region {
-            map,
-            layout,
-            fd: None,
-        })
-    }
-
-    #[cfg_attr(not(test), allow(dead_code))]
-    /// The region's layout.
-    pub(crate) fn layout(&self) -> Layout {
-        self.layout
-    }
-
-    #[cfg_attr(not(test), allow(dead_code))]
-    /// The memfd, unless taken or a heap region.
-    pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
-        self.fd.as_ref().map(|fd| fd.as_fd())
-    }
-
-    /// Takes the memfd out, to hand it to the worker; the mapping stays.
-    pub(crate) fn take_fd(&mut self) -> Option<OwnedFd> {
-        self.fd.take()
-    }
-
-    /// The supervisor's end: it produces jobs, consumes results and reads progress.
-    pub(crate) fn supervisor(self) -> SupervisorEnd {
-        self.into_both().0
-    }
-
-    /// The worker's end: it consumes jobs, produces results and writes progress.
-    pub(crate) fn worker(self) -> WorkerEnd {
-        self.into_both().1
-    }
-
-    /// Both ends, for a region whose two sides live in this process.
-    pub(crate) fn into_both(self) -> (SupervisorEnd, WorkerEnd) {
-        let map = Arc::new(self.map);
-        let ring = |control, data, cap| Ring {
-            map: Arc::clone(&map),
-            control,
-            data,
-            cap,
-        };
-        let job = || ring(JOB_CONTROL, DATA_START, self.layout.job_ring);
-        let result = || {
-            ring(
-                RESULT_CONTROL,
-                self.layout.result_data,
-                self.layout.result_ring,
-            )
-        };
-        let supervisor = SupervisorEnd {
-            jobs: Producer::new(job()),
-            results: Consumer::new(result()),
-            progress: ProgressReader {
-                map: Arc::clone(&map),
-            },
-        };
-        let worker = WorkerEnd {
-            jobs: Consumer::new(job()),
-            results: Producer::new(result()),
-            progress: ProgressWriter {
-                map: Arc::clone(&map),
-                version: 0,
-                state: Progress::default(),
-            },
-        };
-        (supervisor, worker)
-    }
-}
-
-/// What the supervisor holds of a region.
-#[derive(Debug)]
-pub(crate) struct SupervisorEnd {
-    /// Sends jobs (TASKS frames and the like) to the worker.
-    pub(crate) jobs: Producer,
-    /// Receives the worker's results.
-    pub(crate) results: Consumer,
-    /// The worker's progress.
-    pub(crate) progress: ProgressReader,
-}
-
-/// What the worker holds of a region.
-#[derive(Debug)]
-pub(crate) struct WorkerEnd {
-    /// Receives jobs from the supervisor.
-    pub(crate) jobs: Consumer,
-    /// Sends results to the supervisor.
-    pub(crate) results: Producer,
-    /// Where the worker tells which task it runs.
-    pub(crate) progress: ProgressWriter,
-}
-
 /// One ring's place in a mapping.
 #[derive(Debug)]
 struct Ring {
@@ -490,6 +97,23 @@ impl Ring {
         debug_assert!(pos + RECORD_HEADER <= self.cap);
         self.map.write(self.data + pos, &word.to_ne_bytes());
     }
+}
+
+/// Both halves of the ring whose control lines start at `control` in `map` and whose `cap`
+/// bytes of data (a power of two) start at `data`.
+pub(super) fn pair(
+    map: &Arc<Mapping>,
+    control: usize,
+    data: usize,
+    cap: usize,
+) -> (Producer, Consumer) {
+    let ring = || Ring {
+        map: Arc::clone(map),
+        control,
+        data,
+        cap,
+    };
+    (Producer::new(ring()), Consumer::new(ring()))
 }
 
 /// The next record number after `seq`: never 0.
@@ -1021,6 +645,14 @@ pub(crate) struct ProgressWriter {
 }
 
 impl ProgressWriter {
+    pub(super) fn new(map: Arc<Mapping>) -> Self {
+        ProgressWriter {
+            map,
+            version: 0,
+            state: Progress::default(),
+        }
+    }
+
     /// Tells that task `index` of `job` starts (tasks of a job run in order).
     pub(crate) fn started(&mut self, job: u64, index: u32) {
         self.switch_job(job);
@@ -1077,6 +709,10 @@ pub(crate) struct ProgressReader {
 }
 
 impl ProgressReader {
+    pub(super) fn new(map: Arc<Mapping>) -> Self {
+        ProgressReader { map }
+    }
+
     /// The worker's latest progress. Never torn: a worker that died mid-update shows its
     /// previous state. An error when the word is inconsistent, or keeps changing for longer
     /// than an honest worker could make it.
