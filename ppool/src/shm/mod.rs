@@ -10,13 +10,15 @@
 //! Items never interleave: a ring has one producer, which writes an item's pieces in a row.
 
 mod mapping;
+mod progress;
 mod region;
 mod ring;
 #[cfg(test)]
 mod testing;
 
+pub(crate) use progress::ProgressReader;
 pub(crate) use region::{Layout, Region, RingError, SupervisorEnd, WorkerEnd};
-pub(crate) use ring::{Consumer, Producer, ProgressReader};
+pub(crate) use ring::{Consumer, Producer};
 
 /// A frame body.
 pub(crate) const ITEM_FRAME: u8 = 1;

@@ -37,8 +37,8 @@
 //! never share a line: the producer's check of `reader_sleeping` after each push hits its own
 //! cache, and the two sides' index stores do not bounce one line between the cores.
 //!
-//! The records in the rings' data, and the progress line's slots, are `ring`'s business.
-//! The numbered invariants cited here are listed in `mapping`.
+//! The records in the rings' data are `ring`'s business, and the progress line's slots
+//! `progress`'s. The numbered invariants cited here are listed in `mapping`.
 
 use std::fmt;
 use std::io;
@@ -49,7 +49,8 @@ use std::sync::atomic::Ordering;
 use rustix::fs::{MemfdFlags, SealFlags};
 
 use super::mapping::{DATA_START, Mapping, PAGE};
-use super::ring::{self, Consumer, Producer, ProgressReader, ProgressWriter};
+use super::progress::{ProgressReader, ProgressWriter};
+use super::ring::{self, Consumer, Producer};
 
 /// The smallest ring, in bytes.
 pub(crate) const MIN_RING: usize = 64;

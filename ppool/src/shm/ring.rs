@@ -25,10 +25,6 @@
 //! of the ring, and the record goes to position 0. Where each ring's indices, bells and data
 //! lie in the region is `region`'s layout.
 //!
-//! **Progress.** Two slots, each a seqlock: slot `v & 1` holds version `v` with
-//! `seq = 2v` once complete (`2v - 1` while being written), the job, and
-//! `counts = started | finished << 32`; `select = v` names the latest complete slot.
-//!
 //! # Invariants
 //!
 //! The numbered invariants cited here are listed in `mapping`, which holds all the `unsafe`
@@ -42,16 +38,13 @@ use rustix::thread::futex;
 
 use super::mapping::Mapping;
 use super::region::{
-    DATA_BELL, HEAD, P_SELECT, P_SLOT_BYTES, P_SLOTS, PROGRESS, READER_SLEEPING, RingError,
-    S_COUNTS, S_JOB, S_SEQ, SPACE_BELL, TAIL, WRITER_SLEEPING, corrupt,
+    DATA_BELL, HEAD, READER_SLEEPING, RingError, SPACE_BELL, TAIL, WRITER_SLEEPING, corrupt,
 };
 
 /// The bytes of a record's header word.
 const RECORD_HEADER: usize = 8;
 /// The `len` of a pad record.
 const PAD: u32 = u32::MAX;
-/// Reads of the progress word before a reader gives up on a writer that keeps changing it.
-const PROGRESS_TRIES: u32 = 1000;
 /// Spin iterations between two looks at the clock.
 const SPIN_BATCH: u32 = 64;
 
@@ -59,6 +52,7 @@ const SPIN_BATCH: u32 = 64;
 fn round8(n: usize) -> usize {
     (n + 7) & !7
 }
+
 /// One ring's place in a mapping.
 #[derive(Debug)]
 struct Ring {
@@ -610,145 +604,6 @@ impl Consumer {
             self.ring.word(HEAD).store(self.head, Ordering::SeqCst);
             ring_if_sleeping(&self.ring, WRITER_SLEEPING, SPACE_BELL);
         }
-    }
-}
-
-/// Where a worker is in its current job.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Progress {
-    /// The job.
-    pub(crate) job: u64,
-    /// One more than the index of the last task that started (0: none): as tasks run in
-    /// order, tasks `started..` never did.
-    pub(crate) started: u32,
-    /// One more than the index of the last task that finished (0: none): tasks `..finished`
-    /// did, and their results went out before. Never more than `started`.
-    pub(crate) finished: u32,
-}
-
-impl Progress {
-    #[cfg_attr(not(test), allow(dead_code))]
-    /// The task that started last and did not finish, if any.
-    pub(crate) fn running(&self) -> Option<u32> {
-        (self.started > self.finished).then(|| self.started - 1)
-    }
-}
-
-/// The worker's side of the progress word.
-#[derive(Debug)]
-pub(crate) struct ProgressWriter {
-    map: Arc<Mapping>,
-    /// The version last published.
-    version: u64,
-    /// What was last published.
-    state: Progress,
-}
-
-impl ProgressWriter {
-    pub(super) fn new(map: Arc<Mapping>) -> Self {
-        ProgressWriter {
-            map,
-            version: 0,
-            state: Progress::default(),
-        }
-    }
-
-    /// Tells that task `index` of `job` starts (tasks of a job run in order).
-    pub(crate) fn started(&mut self, job: u64, index: u32) {
-        self.switch_job(job);
-        self.state.started = index.saturating_add(1);
-        self.state.finished = self.state.finished.min(self.state.started);
-        self.publish();
-    }
-
-    #[cfg_attr(not(test), allow(dead_code))]
-    /// Tells that task `index` of `job` finished.
-    pub(crate) fn finished(&mut self, job: u64, index: u32) {
-        self.switch_job(job);
-        self.state.finished = index.saturating_add(1);
-        self.state.started = self.state.started.max(self.state.finished);
-        self.publish();
-    }
-
-    /// Starts counting afresh for a job other than the current one.
-    fn switch_job(&mut self, job: u64) {
-        if job != self.state.job {
-            self.state = Progress {
-                job,
-                ..Progress::default()
-            };
-        }
-    }
-
-    /// Writes the state into the slot `select` does not name, then names it (invariant 7).
-    fn publish(&mut self) {
-        let version = self.version.wrapping_add(1);
-        let slot = PROGRESS + P_SLOTS + (version & 1) as usize * P_SLOT_BYTES;
-        let seq = self.map.u64_at(slot + S_SEQ);
-        seq.store(version.wrapping_mul(2).wrapping_sub(1), Ordering::Relaxed);
-        fence(Ordering::Release);
-        self.map
-            .u64_at(slot + S_JOB)
-            .store(self.state.job, Ordering::Relaxed);
-        let counts = u64::from(self.state.started) | u64::from(self.state.finished) << 32;
-        self.map
-            .u64_at(slot + S_COUNTS)
-            .store(counts, Ordering::Relaxed);
-        seq.store(version.wrapping_mul(2), Ordering::Release);
-        self.map
-            .u64_at(PROGRESS + P_SELECT)
-            .store(version, Ordering::Release);
-        self.version = version;
-    }
-}
-
-/// The supervisor's side of the progress word.
-#[derive(Debug)]
-pub(crate) struct ProgressReader {
-    map: Arc<Mapping>,
-}
-
-impl ProgressReader {
-    pub(super) fn new(map: Arc<Mapping>) -> Self {
-        ProgressReader { map }
-    }
-
-    /// The worker's latest progress. Never torn: a worker that died mid-update shows its
-    /// previous state. An error when the word is inconsistent, or keeps changing for longer
-    /// than an honest worker could make it.
-    pub(crate) fn read(&self) -> Result<Progress, RingError> {
-        for attempt in 0..PROGRESS_TRIES {
-            let version = self.map.u64_at(PROGRESS + P_SELECT).load(Ordering::Acquire);
-            let slot = PROGRESS + P_SLOTS + (version & 1) as usize * P_SLOT_BYTES;
-            let seq = self.map.u64_at(slot + S_SEQ);
-            let before = seq.load(Ordering::Acquire);
-            let job = self.map.u64_at(slot + S_JOB).load(Ordering::Relaxed);
-            let counts = self.map.u64_at(slot + S_COUNTS).load(Ordering::Relaxed);
-            fence(Ordering::Acquire);
-            let after = seq.load(Ordering::Relaxed);
-            if before == after && before == version.wrapping_mul(2) {
-                let progress = Progress {
-                    job,
-                    started: counts as u32,
-                    finished: (counts >> 32) as u32,
-                };
-                if progress.finished > progress.started {
-                    return Err(corrupt(format!(
-                        "progress says {} tasks finished of {} started",
-                        progress.finished, progress.started
-                    )));
-                }
-                return Ok(progress);
-            }
-            if attempt < 64 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
-        }
-        Err(corrupt(format!(
-            "the progress word stayed inconsistent over {PROGRESS_TRIES} reads"
-        )))
     }
 }
 
