@@ -148,8 +148,8 @@ impl Mapping {
         })
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
     /// `len` zeroed bytes of heap, aligned like a page.
+    #[cfg(test)]
     pub(super) fn heap(len: usize) -> io::Result<Mapping> {
         let layout = std::alloc::Layout::from_size_align(len, PAGE).map_err(io::Error::other)?;
         if len == 0 {

@@ -33,8 +33,8 @@ pub(crate) struct Progress {
 }
 
 impl Progress {
-    #[cfg_attr(not(test), allow(dead_code))]
     /// The task that started last and did not finish, if any.
+    #[cfg(test)]
     pub(crate) fn running(&self) -> Option<u32> {
         (self.started > self.finished).then(|| self.started - 1)
     }
@@ -68,8 +68,8 @@ impl ProgressWriter {
         self.publish();
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
     /// Tells that task `index` of `job` finished.
+    #[cfg(test)]
     pub(crate) fn finished(&mut self, job: u64, index: u32) {
         self.switch_job(job);
         self.state.finished = index.saturating_add(1);

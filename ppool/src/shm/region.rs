@@ -42,7 +42,7 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -197,14 +197,14 @@ impl Layout {
         })
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
     /// The job ring's capacity in bytes.
+    #[cfg(test)]
     pub(crate) fn job_ring_bytes(&self) -> usize {
         self.job_ring
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
     /// The region's size in bytes.
+    #[cfg(test)]
     pub(crate) fn region_bytes(&self) -> usize {
         self.region
     }
@@ -305,9 +305,9 @@ impl Region {
         })
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
-    /// A region in zeroed heap memory, for both ends in one process (tests, Miri, which
-    /// cannot map a memfd, or an in-process transport). It has no descriptor.
+    /// A region in zeroed heap memory, for both ends in one process in tests (and under
+    /// Miri, which cannot map a memfd). It has no descriptor.
+    #[cfg(test)]
     pub(crate) fn heap(layout: Layout) -> Result<Region, RingError> {
         let map = Mapping::heap(layout.region)?;
         write_header(&map, &layout);
@@ -318,15 +318,15 @@ impl Region {
         })
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
     /// The region's layout.
+    #[cfg(test)]
     pub(crate) fn layout(&self) -> Layout {
         self.layout
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
     /// The memfd, unless taken or a heap region.
-    pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
+    #[cfg(test)]
+    pub(crate) fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         self.fd.as_ref().map(|fd| fd.as_fd())
     }
 

@@ -214,9 +214,6 @@ pub(crate) struct Producer {
     head: u64,
     /// The next record's number.
     seq: u32,
-    /// Where [`Producer::try_push_with`] lets the caller encode.
-    #[cfg_attr(not(test), allow(dead_code))]
-    scratch: Vec<u8>,
 }
 
 impl Producer {
@@ -226,7 +223,6 @@ impl Producer {
             tail: 0,
             head: 0,
             seq: 1,
-            scratch: Vec::new(),
         }
     }
 
@@ -304,32 +300,6 @@ impl Producer {
         ring_if_sleeping(&self.ring, READER_SLEEPING, DATA_BELL);
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
-    /// Appends one record of `len` bytes that `fill` writes. `fill` gets a local buffer
-    /// holding stale bytes, all of which it is to overwrite, and is called only when the
-    /// record fits now; false (and `fill` not called): no room now.
-    pub(crate) fn try_push_with(
-        &mut self,
-        len: usize,
-        fill: impl FnOnce(&mut [u8]),
-    ) -> Result<bool, RingError> {
-        let size = self.record_size(len)?;
-        if !self.room(size, Ordering::Acquire)? {
-            return Ok(false);
-        }
-        if self.scratch.len() < len {
-            self.scratch.resize(len, 0);
-        }
-        let buf = &mut self.scratch[..len];
-        fill(buf);
-        let pos = self.ring.pos(self.tail);
-        self.ring
-            .map
-            .write(self.ring.data + pos + RECORD_HEADER, buf);
-        self.commit(pos, len, size);
-        Ok(true)
-    }
-
     /// Waits until a record of `len` bytes fits: spins for at most `spin`, then sleeps until
     /// `timeout` (`None`: no limit). True: try to push now (the consumer may also have rung
     /// its space bell); false: the time ran out.
@@ -358,8 +328,8 @@ impl Producer {
         Ok(self.tail - self.head)
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
     /// Rings the consumer's bell, whether or not it sleeps: its wait returns.
+    #[cfg(test)]
     pub(crate) fn wake(&self) {
         ring_bell(self.ring.bell(DATA_BELL));
     }
@@ -470,11 +440,11 @@ impl Consumer {
         }
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
     /// Takes the next record out, copying it into `out` (replacing its contents), and returns
     /// its length; `None` (and `out` untouched) when none is published. Every record is
     /// checked as invariant 5 says; a bad one is [`RingError::Corrupt`] and leaves the ring
     /// where it was.
+    #[cfg(test)]
     pub(crate) fn try_pop(&mut self, out: &mut Vec<u8>) -> Result<Option<usize>, RingError> {
         self.pop_with(|map, off, len| {
             out.clear();
@@ -483,10 +453,11 @@ impl Consumer {
         })
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
     /// Takes the next record out as a tag (its first byte) and the rest, which is appended
-    /// to the buffer `out` picks for the tag; returns the tag and the length appended. An
-    /// empty record is [`RingError::Corrupt`]. Otherwise as [`Consumer::try_pop`].
+    /// to the buffer `out` picks for the tag; returns the tag and the length appended, or
+    /// `None` (and no buffer touched) when none is published. Every record is checked as
+    /// invariant 5 says; a bad one, or an empty one, is [`RingError::Corrupt`] and leaves the
+    /// ring where it was.
     pub(crate) fn try_pop_tagged_into<'a>(
         &mut self,
         out: impl FnOnce(u8) -> &'a mut Vec<u8>,
@@ -560,7 +531,7 @@ impl Consumer {
 
     /// Waits until a record may be read: spins for at most `spin`, then sleeps until
     /// `timeout` (`None`: no limit). True: try to pop now (the producer may also have rung
-    /// with [`Producer::wake`]); false: the time ran out.
+    /// its data bell); false: the time ran out.
     pub(crate) fn wait_readable(
         &mut self,
         spin: Duration,
