@@ -102,7 +102,8 @@ const _: () = {
 #[derive(Debug)]
 pub(crate) enum RingError {
     /// A record of `len` bytes can never fit this ring, whose records hold at most `max`
-    /// bytes; such records go through a memfd of their own.
+    /// bytes; items are cut into records small enough before they reach a ring (see
+    /// [`push_item`](super::push_item)).
     TooLarge {
         /// The record's length.
         len: usize,
@@ -124,7 +125,7 @@ impl fmt::Display for RingError {
             RingError::TooLarge { len, max } => write!(
                 f,
                 "a record of {len} bytes is larger than the ring's {max}-byte limit \
-                 (larger records go through a memfd of their own)"
+                 (larger items are to be cut into records first)"
             ),
             RingError::Corrupt(m) => write!(f, "corrupt shared memory: {m}"),
             RingError::Layout(m) => write!(f, "bad shared-memory layout: {m}"),

@@ -6,9 +6,10 @@
 //! processes). The other side bumps the word and calls `FUTEX_WAKE` only when the flag says
 //! someone sleeps, so the fast path makes no system call.
 //!
-//! Records larger than a ring's [`Producer::max_record`] are not this module's job: they go
-//! through a memfd of their own, and [`Producer::try_push`] refuses them with
-//! [`RingError::TooLarge`].
+//! A record holds at most a ring's [`Producer::max_record`] bytes, and [`Producer::try_push`]
+//! refuses a larger one with [`RingError::TooLarge`]. Larger items never come here whole:
+//! [`push_item`](super::push_item) cuts every item into records of at most a quarter of the
+//! ring.
 //!
 //! After any [`RingError::Corrupt`], the ring is unusable (its state is not advanced past the
 //! bad record) and the peer is to be treated as broken.
