@@ -38,7 +38,8 @@
 //! cache, and the two sides' index stores do not bounce one line between the cores.
 //!
 //! The records in the rings' data are `ring`'s business, and the progress line's slots
-//! `progress`'s. The numbered invariants cited here are listed in `mapping`.
+//! `progress`'s. This module upholds invariants 8 (the header is read once), 9 (the size is
+//! sealed) and 10 (regions start fresh), listed with the others in `mapping`.
 
 use std::fmt;
 use std::io;
