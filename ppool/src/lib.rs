@@ -88,7 +88,7 @@
 
 #![deny(missing_docs)]
 // Unsafe code lives in five modules only, each allowed where it is declared and each with
-// its invariants in its docs: `shm` (the shared-memory mapping), `transport::process`
+// its invariants in its docs: `shm::mapping` (the shared-memory mapping), `transport::process`
 // (spawning a worker), `transport::sigpipe` (signal masks and dispositions),
 // `worker::bootstrap` (the inherited descriptors and environment) and `worker::exec` (a
 // fork inside an entry).
@@ -121,7 +121,6 @@ mod pool;
 mod progress_bar;
 mod protocol;
 mod relaunch;
-#[allow(unsafe_code)]
 mod shm;
 mod stream;
 mod supervisor;

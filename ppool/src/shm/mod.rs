@@ -5,8 +5,9 @@
 //! and a progress word. The modules:
 //!
 //! - `mapping`: the memory of a region, and all the `unsafe` code of `shm` (the mapping, the
-//!   copies in and out of it, the atomics on its control words); its docs list the numbered
-//!   invariants that code relies on, and which module upholds each;
+//!   copies in and out of it, the atomics on its control words), the only module of `shm`
+//!   where the crate allows it; its docs list the numbered invariants that code relies on,
+//!   and which module upholds each;
 //! - `region`: the layout of a region and its header, the memfd and its seals, and the ends
 //!   that the two sides make of a region ([`SupervisorEnd`], [`WorkerEnd`]);
 //! - `ring`: the job ring and the result ring, single-producer single-consumer rings of
@@ -29,6 +30,7 @@
 //! parallel: the producer writes the next piece while the consumer copies the last one out.
 //! Items never interleave: a ring has one producer, which writes an item's pieces in a row.
 
+#[allow(unsafe_code)]
 mod mapping;
 mod progress;
 mod region;
