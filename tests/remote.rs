@@ -1,9 +1,9 @@
 //! Workers on other hosts, with real processes on the test cluster of `.ci/cluster`: two ssh
-//! hosts in network namespaces (`node1`, `node2`) whose links can be cut, and a one-node
-//! Slurm. Pools over `Remote::ssh`, `Remote::command` and `Remote::slurm`; a host cut in the
-//! middle of a batch, with and without retries; a supervisor SIGKILLed; hosts that cannot be
-//! reached, that print noise before the agent starts, or that run another build; a host agent
-//! started by hand.
+//! hosts in network namespaces (`node1`, `node2`) whose links can be cut, which are also the
+//! two nodes of a Slurm cluster. Pools over `Remote::ssh`, `Remote::command` and
+//! `Remote::slurm`; a host cut in the middle of a batch, with and without retries; a
+//! supervisor SIGKILLed; hosts that cannot be reached, that print noise before the agent
+//! starts, or that run another build; a host agent started by hand.
 //!
 //! Every test skips (it prints `skipped: <why>` and passes) unless the cluster's environment
 //! is present: as root, `bash .ci/cluster/up`, then source `<state>/env`, as `.ci/run` does.
@@ -969,8 +969,9 @@ fn hand_typed_host_agent_exits_with_a_message() {
 // Slurm
 // ---------------------------------------------------------------------------------------------
 
-/// The test Slurm's node name, or `None` (having printed why the test skips).
-fn slurm() -> Option<String> {
+/// The test Slurm's node names, in the order of the hosts, or `None` (having printed why the
+/// test skips).
+fn slurm() -> Option<Vec<String>> {
     if std::env::var("PPOOL_TEST_SLURM").ok().as_deref() != Some("1") {
         println!(
             "skipped: PPOOL_TEST_SLURM is not 1, so there is no test Slurm \
@@ -982,12 +983,13 @@ fn slurm() -> Option<String> {
         std::env::var_os("SLURM_CONF").is_some(),
         "PPOOL_TEST_SLURM=1 but SLURM_CONF is not set: source the cluster's whole env file"
     );
-    Some(std::env::var("PPOOL_TEST_SLURM_NODE").expect("PPOOL_TEST_SLURM_NODE"))
+    let nodes = std::env::var("PPOOL_TEST_SLURM_NODES").expect("PPOOL_TEST_SLURM_NODES");
+    Some(nodes.split_whitespace().map(String::from).collect())
 }
 
 /// Run by `slurm_pool_runs_on_the_allocation` inside `salloc`: a `Remote::slurm()` pool
-/// with one worker per CPU of the allocation runs a batch of 1,000 on the Slurm node, then
-/// prints `SLURM OK`.
+/// with one worker per CPU of the allocation runs a batch of 1,000 on the allocation's one
+/// node, then prints `SLURM OK`.
 #[test]
 #[ignore = "run by slurm_pool_runs_on_the_allocation"]
 fn inner_slurm_pool() {
@@ -995,11 +997,13 @@ fn inner_slurm_pool() {
     if !is_inner("slurm", "slurm_pool_runs_on_the_allocation") {
         return;
     }
-    let Some(node) = slurm() else { return };
+    let Some(nodes) = slurm() else { return };
     assert!(
         std::env::var_os("SLURM_JOB_ID").is_some(),
         "not inside an allocation"
     );
+    let node = std::env::var("SLURM_JOB_NODELIST").expect("SLURM_JOB_NODELIST");
+    assert!(nodes.contains(&node), "{node} is not one of {nodes:?}");
     let pool = ProcessPool::<square_where>::builder()
         .remote(Remote::slurm())
         .build()
@@ -1022,12 +1026,12 @@ fn inner_slurm_pool() {
     println!("SLURM OK");
 }
 
-/// A `Remote::slurm()` pool inside `salloc -N1 -n2 --no-kill` runs a batch on the Slurm
-/// node and names it in the insights (the checks run in `inner_slurm_pool`).
+/// A `Remote::slurm()` pool inside `salloc -N1 -n2 --no-kill` runs a batch on the node of
+/// the allocation and names it in the insights (the checks run in `inner_slurm_pool`).
 #[test]
 fn slurm_pool_runs_on_the_allocation() {
     let _deadline = ppool_tests::deadline();
-    let Some(_node) = slurm() else { return };
+    let Some(_nodes) = slurm() else { return };
     let _turn = turn();
     let exe = std::env::current_exe().expect("this test binary");
     let started = Instant::now();

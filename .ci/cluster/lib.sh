@@ -7,6 +7,9 @@ NS_PREFIX=ppool-n
 SUBNET_PREFIX=10.231
 SLURMCTLD_PORT=16817            # non-default ports: no clash with a system Slurm
 SLURMD_PORT=16818
+# slurmctld's address, on the root namespace's loopback: every host reaches it through its own
+# veth (a route inside each namespace), so it stays reachable from one host while another is cut.
+CTLD_ADDR="${SUBNET_PREFIX}.0.1"
 
 log()  { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die()  { printf '[cluster] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -16,6 +19,22 @@ veth_root() { echo "ppool-v$1r"; }      # end in the root namespace
 veth_ns()   { echo "ppool-v$1n"; }      # end inside ppool-n$n
 ip_root()   { echo "${SUBNET_PREFIX}.$1.1"; }
 ip_ns()     { echo "${SUBNET_PREFIX}.$1.2"; }
+slurm_node() { echo "node$1"; }         # the Slurm node that host n is (its slurmd runs in ppool-n$n)
+
+# Static ARP both ways between host n and the root namespace, and the route to slurmctld
+# inside its namespace. Setting the veth inside the namespace down (`cut`) drops both from the
+# namespace, so `heal` calls this again after `up` did.
+wire_host() {
+    local n="$1" ns vr vn mac_r mac_n
+    ns="$(ns_name "$n")" vr="$(veth_root "$n")" vn="$(veth_ns "$n")"
+    mac_r="$(cat "/sys/class/net/$vr/address")"
+    mac_n="$(ip netns exec "$ns" cat "/sys/class/net/$vn/address")"
+    # Static ARP: during a `cut`, ARP would otherwise fail after ~3 s and turn the silent
+    # drop into EHOSTUNREACH ("No route to host").
+    ip neigh replace "$(ip_ns "$n")" lladdr "$mac_n" dev "$vr" nud permanent &&
+        ip netns exec "$ns" ip neigh replace "$(ip_root "$n")" lladdr "$mac_r" dev "$vn" nud permanent &&
+        ip netns exec "$ns" ip route replace "$CTLD_ADDR/32" via "$(ip_root "$n")" dev "$vn"
+}
 
 check_node_arg() {
     local n="${1:-}"
