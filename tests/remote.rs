@@ -1,15 +1,27 @@
-//! Workers on other hosts, with real processes on the test cluster of `.ci/cluster`: two ssh
-//! hosts in network namespaces (`node1`, `node2`) whose links can be cut, which are also the
+//! Workers on other hosts, with real processes on the test cluster of `.ci/cluster`: two hosts
+//! in network namespaces (`node1`, `node2`) whose links can be cut, reached over ssh and as the
 //! two nodes of a Slurm cluster. Pools over `Remote::ssh`, `Remote::command` and
 //! `Remote::slurm`; a host cut in the middle of a batch, with and without retries; a
 //! supervisor SIGKILLed; hosts that cannot be reached, that print noise before the agent
-//! starts, or that run another build; a host agent started by hand.
+//! starts, or that run another build; bad settings; a host agent started by hand.
 //!
-//! Every test skips (it prints `skipped: <why>` and passes) unless the cluster's environment
-//! is present: as root, `bash .ci/cluster/up`, then source `<state>/env`, as `.ci/run` does.
-//! The tests that use the cluster take turns (one lock): a cut host, or a process one test
-//! leaves behind, would disturb another. A task tells which host ran it by its network
-//! namespace (`/proc/self/ns/net`), which differs per host.
+//! The tests that need the cluster are `#[ignore]`d, so a plain `cargo test` lists them as
+//! ignored instead of passing them unrun. To run them, as root:
+//!
+//! ```sh
+//! bash .ci/cluster/up && . /tmp/ppool-cluster/env   # or $PPOOL_CLUSTER_STATE/env
+//! cargo test -p ppool-tests --test remote -- --ignored --test-threads=1
+//! bash .ci/cluster/down
+//! ```
+//!
+//! Run that way without the cluster's environment, each of them fails, saying so. The tests
+//! that use the cluster take turns (one lock): a cut host, or a process one test leaves
+//! behind, would disturb another. A task tells which host ran it by its network namespace
+//! (`/proc/self/ns/net`), which differs per host.
+//!
+//! A Slurm test runs twice: as itself, which runs this test binary again, inside `salloc`,
+//! for that one test (with `PPOOL_REMOTE_TEST_INNER` naming it), and checks that it passed;
+//! and there, inside the allocation, where it builds its pool and does its checks.
 //!
 //! The only time bounds asserted are those that are the point (a lost host is given up, and
 //! a host's processes stop, within seconds rather than never); they are generous.
@@ -34,7 +46,14 @@ const HELPER: &str = env!("CARGO_BIN_EXE_ppool-test-supervisor");
 /// The file `log_then_sleep` appends to.
 const LOG_ENV: &str = "PPOOL_REMOTE_TEST_LOG";
 
-/// Set by an outer test for the `#[ignore]`d inner test it runs in a child process.
+/// A host name that does not resolve.
+const NOWHERE: &str = "ppool-no-such-host.invalid";
+
+/// A launcher program that does not exist.
+const NO_LAUNCHER: &str = "ppool-no-such-launcher";
+
+/// Set, to the test's name, in the child process in which a test runs again (inside
+/// `salloc`, or as the supervisor that the test SIGKILLs).
 const INNER_ENV: &str = "PPOOL_REMOTE_TEST_INNER";
 
 // ---------------------------------------------------------------------------------------------
@@ -115,15 +134,16 @@ struct Cluster {
     _turn: MutexGuard<'static, ()>,
 }
 
-/// The cluster, or `None` (having printed why the test skips) when its environment is not
-/// set. A partial environment is a broken setup, not a reason to skip: it fails the test.
-fn cluster() -> Option<Cluster> {
+/// How to bring the cluster up, for the message of a test that finds it missing.
+const HOW_TO_RUN: &str = "this test needs the test cluster of .ci/cluster: as root, \
+    `bash .ci/cluster/up`, then source its env file (/tmp/ppool-cluster/env, or \
+    $PPOOL_CLUSTER_STATE/env), then `cargo test -p ppool-tests --test remote -- --ignored`";
+
+/// The cluster, from its environment; fails the test when that is not set (the test was run
+/// without the cluster: it cannot pass without running), or only partly.
+fn cluster() -> Cluster {
     let Ok(hosts) = std::env::var("PPOOL_TEST_SSH_HOSTS") else {
-        println!(
-            "skipped: PPOOL_TEST_SSH_HOSTS is not set, so the test cluster is not up \
-             (as root: `bash .ci/cluster/up`, then source its env file)"
-        );
-        return None;
+        panic!("PPOOL_TEST_SSH_HOSTS is not set, so the test cluster is not up: {HOW_TO_RUN}");
     };
     let var = |key: &str| {
         std::env::var(key).unwrap_or_else(|_| {
@@ -142,13 +162,13 @@ fn cluster() -> Option<Cluster> {
         hosts.len() >= 2 && netns.len() == hosts.len(),
         "expected two or more hosts, each with a namespace: hosts {hosts:?}, namespaces {netns:?}"
     );
-    Some(Cluster {
+    Cluster {
         hosts,
         netns,
         cut: var("PPOOL_TEST_CUT"),
         heal: var("PPOOL_TEST_HEAL"),
         _turn: turn(),
-    })
+    }
 }
 
 /// The turn of the calling test on the cluster (and on Slurm).
@@ -423,18 +443,23 @@ fn wait_exit(child: &mut Child, timeout: Duration, what: &str) -> ExitStatus {
     }
 }
 
-/// Starts `--exact <test> --ignored --nocapture` of this test binary, with `INNER_ENV` set
-/// to `inner`, in its own process group, stdout and stderr piped.
-fn start_inner(test: &str, inner: &str) -> Child {
+/// The arguments that run `test` alone, ignored or not, with its output shown.
+fn only(test: &str) -> [&str; 5] {
+    [
+        "--exact",
+        test,
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]
+}
+
+/// Starts `test` again in a child process of this test binary, with `INNER_ENV` set to its
+/// name, in its own process group, stdout and stderr piped.
+fn start_inner(test: &str) -> Child {
     Command::new(std::env::current_exe().expect("this test binary"))
-        .args([
-            "--exact",
-            test,
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(INNER_ENV, inner)
+        .args(only(test))
+        .env(INNER_ENV, test)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -455,13 +480,10 @@ impl Drop for KillGroup {
     }
 }
 
-/// True in the child an outer test started for `inner`; otherwise says the test skips.
-fn is_inner(inner: &str, outer: &str) -> bool {
-    if std::env::var(INNER_ENV).ok().as_deref() == Some(inner) {
-        return true;
-    }
-    println!("skipped: this test runs only inside `{outer}`");
-    false
+/// True in the child process in which `test` runs again (see [`start_inner`] and
+/// [`in_allocation`]).
+fn is_inner(test: &str) -> bool {
+    std::env::var(INNER_ENV).ok().as_deref() == Some(test)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -471,9 +493,10 @@ fn is_inner(inner: &str, outer: &str) -> bool {
 /// Two ssh hosts with two workers each and none local make four workers; a batch of 10,000
 /// tasks comes back right, both hosts ran some of it, and the insights name both hosts.
 #[test]
+#[ignore = "needs the test cluster: as root, bash .ci/cluster/up and source its env file"]
 fn ssh_pool_on_two_hosts_runs_a_batch_on_both() {
     let _deadline = ppool_tests::deadline();
-    let Some(c) = cluster() else { return };
+    let c = cluster();
     let (ns1, ns2) = (c.ns_id(1), c.ns_id(2));
     let pool = ProcessPool::<square_where>::builder()
         .remote(Remote::ssh(c.host(1)).workers(2))
@@ -487,9 +510,10 @@ fn ssh_pool_on_two_hosts_runs_a_batch_on_both() {
 /// The same two hosts reached through a command prefix (`ip netns exec <ns>`): four
 /// workers, a correct batch run on both, and each host named by its prefix joined by spaces.
 #[test]
+#[ignore = "needs the test cluster: as root, bash .ci/cluster/up and source its env file"]
 fn command_prefix_pool_on_two_hosts_runs_a_batch_on_both() {
     let _deadline = ppool_tests::deadline();
-    let Some(c) = cluster() else { return };
+    let c = cluster();
     let (ns1, ns2) = (c.ns_id(1), c.ns_id(2));
     let p1 = ["ip", "netns", "exec", c.ns(1)];
     let p2 = ["ip", "netns", "exec", c.ns(2)];
@@ -506,9 +530,10 @@ fn command_prefix_pool_on_two_hosts_runs_a_batch_on_both() {
 /// A local worker beside a remote one: `n_jobs()` counts both, the insights name
 /// `localhost` and the ssh host, and the tasks run only there.
 #[test]
+#[ignore = "needs the test cluster: as root, bash .ci/cluster/up and source its env file"]
 fn local_and_remote_workers_in_one_pool() {
     let _deadline = ppool_tests::deadline();
-    let Some(c) = cluster() else { return };
+    let c = cluster();
     let ns1 = c.ns_id(1);
     let pool = ProcessPool::<square_where>::builder()
         .n_jobs(1)
@@ -529,9 +554,10 @@ fn local_and_remote_workers_in_one_pool() {
 /// by a command of its own, and the host's workers run the copy; a second pool finds it there
 /// and copies nothing.
 #[test]
+#[ignore = "needs the test cluster: as root, bash .ci/cluster/up and source its env file"]
 fn copy_program_puts_the_build_on_the_host_once_and_runs_it() {
     let _deadline = ppool_tests::deadline();
-    let Some(c) = cluster() else { return };
+    let c = cluster();
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
     let cache = std::path::Path::new(&home).join(".cache/ppool");
     let _ = std::fs::remove_dir_all(&cache);
@@ -635,9 +661,10 @@ fn cut_mid_batch(c: &Cluster, retries: u32) -> CutRun {
 /// `Ok` task did run, the pool goes on with the other host, and once the host is healed its
 /// agent and workers are gone.
 #[test]
+#[ignore = "needs the test cluster: as root, bash .ci/cluster/up and source its env file"]
 fn a_host_cut_mid_batch_fails_only_its_tasks_and_runs_nothing_twice() {
     let _deadline = ppool_tests::deadline();
-    let Some(c) = cluster() else { return };
+    let c = cluster();
     let r = cut_mid_batch(&c, 0);
     let mut lost = Vec::new();
     for (i, result) in (0u64..).zip(&r.results) {
@@ -668,9 +695,10 @@ fn a_host_cut_mid_batch_fails_only_its_tasks_and_runs_nothing_twice() {
 /// With `retries(3)`, the same cut loses nothing: every task ends `Ok` with its own value
 /// and ran at least once.
 #[test]
+#[ignore = "needs the test cluster: as root, bash .ci/cluster/up and source its env file"]
 fn a_host_cut_mid_batch_with_retries_loses_no_task() {
     let _deadline = ppool_tests::deadline();
-    let Some(c) = cluster() else { return };
+    let c = cluster();
     let r = cut_mid_batch(&c, 3);
     for (i, result) in (0u64..).zip(&r.results) {
         assert_eq!(result, &Ok(i), "task {i}");
@@ -682,39 +710,33 @@ fn a_host_cut_mid_batch_with_retries_loses_no_task() {
 // The supervisor is SIGKILLed
 // ---------------------------------------------------------------------------------------------
 
-/// Run by `hosts_clean_up_when_the_supervisor_is_sigkilled` in a child: a pool on node1 and
-/// node2 whose workers have all answered, then `READY`, then a long sleep.
-#[test]
-#[ignore = "run by hosts_clean_up_when_the_supervisor_is_sigkilled"]
-fn inner_supervisor_for_kill() {
-    let _deadline = ppool_tests::deadline();
-    if !is_inner("kill", "hosts_clean_up_when_the_supervisor_is_sigkilled") {
-        return;
-    }
-    let Some(c) = cluster() else { return };
-    let pool = ProcessPool::<netns>::builder()
-        .remote(Remote::ssh(c.host(1)).workers(2))
-        .remote(Remote::ssh(c.host(2)).workers(2))
-        .build()
-        .expect("a pool on node1 and node2");
-    pool.call(()).expect("a call");
-    pool.batch(vec![(); 4 * pool.n_jobs()])
-        .wait()
-        .expect("every worker answers");
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "READY");
-    let _ = out.flush();
-    drop(out);
-    std::thread::sleep(Duration::from_secs(60));
-}
-
 /// A supervisor SIGKILLed with a pool on node1 and node2: within 15 s no agent or worker of
-/// it is left on either host.
+/// it is left on either host. The supervisor is this test run again in a child process: a
+/// pool on node1 and node2 whose workers have all answered, then `READY`, then a long sleep.
 #[test]
+#[ignore = "needs the test cluster: as root, bash .ci/cluster/up and source its env file"]
 fn hosts_clean_up_when_the_supervisor_is_sigkilled() {
+    const TEST: &str = "hosts_clean_up_when_the_supervisor_is_sigkilled";
     let _deadline = ppool_tests::deadline();
-    let Some(c) = cluster() else { return };
-    let mut child = start_inner("inner_supervisor_for_kill", "kill");
+    let c = cluster();
+    if is_inner(TEST) {
+        let pool = ProcessPool::<netns>::builder()
+            .remote(Remote::ssh(c.host(1)).workers(2))
+            .remote(Remote::ssh(c.host(2)).workers(2))
+            .build()
+            .expect("a pool on node1 and node2");
+        pool.call(()).expect("a call");
+        pool.batch(vec![(); 4 * pool.n_jobs()])
+            .wait()
+            .expect("every worker answers");
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "READY");
+        let _ = out.flush();
+        drop(out);
+        std::thread::sleep(Duration::from_secs(60));
+        panic!("the supervisor was not killed within 60 s of READY");
+    }
+    let mut child = start_inner(TEST);
     // Whatever else the child started (ssh clients) is in its group: it all goes at the end.
     let _group = KillGroup(child.id() as i32);
     let stdout = lines(child.stdout.take().expect("stdout"));
@@ -764,10 +786,10 @@ fn hosts_clean_up_when_the_supervisor_is_sigkilled() {
 /// A host that does not resolve fails the build with `Error::Spawn` naming it in under 30 s;
 /// so does a host whose link is cut at build time, in under 20 s.
 #[test]
+#[ignore = "needs the test cluster: as root, bash .ci/cluster/up and source its env file"]
 fn unreachable_hosts_fail_the_build_with_an_error_naming_them() {
     let _deadline = ppool_tests::deadline();
-    let Some(c) = cluster() else { return };
-    const NOWHERE: &str = "ppool-no-such-host.invalid";
+    let c = cluster();
     let started = Instant::now();
     let e = build_err(
         ProcessPool::<netns>::builder()
@@ -797,9 +819,10 @@ fn unreachable_hosts_fail_the_build_with_an_error_naming_them() {
 /// A host whose login prints text before the agent starts (here `sh -c 'echo ...; exec
 /// "$@"'` in the prefix) still works: the noise is skipped.
 #[test]
+#[ignore = "needs the test cluster: as root, bash .ci/cluster/up and source its env file"]
 fn shell_noise_before_the_agent_is_skipped() {
     let _deadline = ppool_tests::deadline();
-    let Some(c) = cluster() else { return };
+    let c = cluster();
     let ns1 = c.ns_id(1);
     let prefix = [
         "ip",
@@ -822,9 +845,10 @@ fn shell_noise_before_the_agent_is_skipped() {
 /// Entries that print a lot on stdout, some of it bytes that look like frames, do not break
 /// the channel over ssh: every result is right and the pool goes on.
 #[test]
+#[ignore = "needs the test cluster: as root, bash .ci/cluster/up and source its env file"]
 fn println_in_an_entry_does_not_break_results_over_ssh() {
     let _deadline = ppool_tests::deadline();
-    let Some(c) = cluster() else { return };
+    let c = cluster();
     let pool = ProcessPool::<chatty>::builder()
         .remote(Remote::ssh(c.host(1)).workers(1))
         .remote(Remote::ssh(c.host(2)).workers(1))
@@ -838,9 +862,10 @@ fn println_in_an_entry_does_not_break_results_over_ssh() {
 /// A host whose program is of another build (other entries) fails the build with
 /// `Error::Spawn` that names the host and says "another build".
 #[test]
+#[ignore = "needs the test cluster: as root, bash .ci/cluster/up and source its env file"]
 fn a_host_running_another_build_is_refused() {
     let _deadline = ppool_tests::deadline();
-    let Some(c) = cluster() else { return };
+    let c = cluster();
     let started = Instant::now();
     let e = build_err(
         ProcessPool::<netns>::builder()
@@ -861,20 +886,17 @@ fn a_host_running_another_build_is_refused() {
 }
 
 /// Settings that cannot work are refused with `Error::InvalidConfig` before anything
-/// starts: no workers on a host, an empty host name, an empty command prefix, and Slurm
-/// outside an allocation (checked only when this process is not in one).
+/// starts: no workers on a host, an empty host name, an empty command prefix, a memory limit,
+/// and Slurm outside an allocation (checked only when this process is not in one). Nothing
+/// is reached, so this test needs no cluster: the hosts named do not exist.
 #[test]
 fn bad_remote_settings_are_invalid_config() {
     let _deadline = ppool_tests::deadline();
-    let Some(c) = cluster() else { return };
     let mut cases = vec![
-        (
-            "workers(0) on an ssh host",
-            Remote::ssh(c.host(1)).workers(0),
-        ),
+        ("workers(0) on an ssh host", Remote::ssh(NOWHERE).workers(0)),
         (
             "workers(0) on a command host",
-            Remote::command(["ip", "netns", "exec", c.ns(1)]).workers(0),
+            Remote::command([NO_LAUNCHER]).workers(0),
         ),
         ("an empty ssh host", Remote::ssh("").workers(1)),
         (
@@ -884,7 +906,7 @@ fn bad_remote_settings_are_invalid_config() {
     ];
     let limited = build_err(
         ProcessPool::<netns>::builder()
-            .remote(Remote::ssh(c.host(1)).workers(1))
+            .remote(Remote::ssh(NOWHERE).workers(1))
             .worker_memory_limit(1 << 30)
             .build(),
         "a memory limit with remote hosts",
@@ -916,11 +938,10 @@ fn bad_remote_settings_are_invalid_config() {
 
 /// A host agent command line typed by hand (`PPOOL_HOST_AGENT=1 <program> --ppool-worker`,
 /// stdin at /dev/null or garbage) says so on stderr, mentioning ppool, and exits non-zero
-/// within 10 s.
+/// within 10 s. It runs here, so this test needs no cluster.
 #[test]
 fn hand_typed_host_agent_exits_with_a_message() {
     let _deadline = ppool_tests::deadline();
-    let Some(_c) = cluster() else { return };
     let inputs: [Option<&[u8]>; 3] = [
         None,
         Some(&b"\x05\0\0\0garbage on stdin\n\xff\xfe"[..]),
@@ -969,88 +990,174 @@ fn hand_typed_host_agent_exits_with_a_message() {
 // Slurm
 // ---------------------------------------------------------------------------------------------
 
-/// The test Slurm's node names, in the order of the hosts, or `None` (having printed why the
-/// test skips).
-fn slurm() -> Option<Vec<String>> {
+/// The test Slurm: its nodes, `node1` and `node2`, are host 1 and host 2 (their slurmds run
+/// in those hosts' network namespaces).
+#[derive(Debug)]
+struct Slurm {
+    /// The node names, in the order of the hosts.
+    nodes: Vec<String>,
+}
+
+impl Slurm {
+    /// The name of the Slurm node that host `n` is (1 or 2, as the scripts count).
+    fn node(&self, n: usize) -> &str {
+        &self.nodes[n - 1]
+    }
+}
+
+/// The test Slurm, from the cluster's environment; fails the test when that is not set.
+fn slurm() -> Slurm {
     if std::env::var("PPOOL_TEST_SLURM").ok().as_deref() != Some("1") {
-        println!(
-            "skipped: PPOOL_TEST_SLURM is not 1, so there is no test Slurm \
-             (as root: `bash .ci/cluster/up`, then source its env file)"
-        );
-        return None;
+        panic!("PPOOL_TEST_SLURM is not 1, so there is no test Slurm: {HOW_TO_RUN}");
     }
     assert!(
         std::env::var_os("SLURM_CONF").is_some(),
         "PPOOL_TEST_SLURM=1 but SLURM_CONF is not set: source the cluster's whole env file"
     );
-    let nodes = std::env::var("PPOOL_TEST_SLURM_NODES").expect("PPOOL_TEST_SLURM_NODES");
-    Some(nodes.split_whitespace().map(String::from).collect())
+    let nodes: Vec<String> = std::env::var("PPOOL_TEST_SLURM_NODES")
+        .expect("PPOOL_TEST_SLURM_NODES: source the cluster's whole env file")
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    assert_eq!(nodes.len(), 2, "two Slurm nodes: {nodes:?}");
+    Slurm { nodes }
 }
 
-/// Run by `slurm_pool_runs_on_the_allocation` inside `salloc`: a `Remote::slurm()` pool
-/// with one worker per CPU of the allocation runs a batch of 1,000 on the allocation's one
-/// node, then prints `SLURM OK`.
-#[test]
-#[ignore = "run by slurm_pool_runs_on_the_allocation"]
-fn inner_slurm_pool() {
-    let _deadline = ppool_tests::deadline();
-    if !is_inner("slurm", "slurm_pool_runs_on_the_allocation") {
-        return;
+/// The deadline of a Slurm test: the usual one inside the allocation, and twice that for the
+/// test that waits for the allocation and then for the test inside it.
+fn slurm_deadline(test: &str) -> ppool_tests::Deadline {
+    let secs = std::env::var(ppool_tests::DEADLINE_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&s: &u64| s > 0)
+        .unwrap_or(ppool_tests::DEFAULT_DEADLINE_SECS);
+    ppool_tests::deadline_secs(if is_inner(test) { secs } else { 2 * secs })
+}
+
+/// `sinfo`'s `NODE STATE` lines, and whether every node answers and can take a job (not
+/// down, drained, silent or still completing a job: a node that missed a ping while it was
+/// cut is `idle*` until it answers again, and a job that ran on it completes only then).
+fn slurm_nodes_ready() -> (bool, String) {
+    let out = bounded(20, "sinfo", &["-h", "-N", "-o", "%N %T"]);
+    let listing = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let ready = out.status.success()
+        && !listing.is_empty()
+        && listing.lines().all(|line| {
+            let state = line.split_whitespace().nth(1).unwrap_or("");
+            ["idle", "mixed", "allocated"].contains(&state)
+        });
+    (ready, format!("{listing} ({})", text(&out)))
+}
+
+/// Runs the calling test, `test`, inside `salloc <salloc_args> --no-kill`: this test binary
+/// again, for that test alone, with `INNER_ENV` naming it; checks that it passed there, and
+/// returns `None` (the test is done). Inside the allocation, returns the cluster and the
+/// Slurm for the test to build its pool and do its checks.
+fn in_allocation(test: &str, salloc_args: &[&str]) -> Option<(Cluster, Slurm)> {
+    let c = cluster();
+    let s = slurm();
+    if is_inner(test) {
+        assert!(
+            std::env::var_os("SLURM_JOB_ID").is_some(),
+            "{INNER_ENV} is set but SLURM_JOB_ID is not: not inside an allocation"
+        );
+        return Some((c, s));
     }
-    let Some(nodes) = slurm() else { return };
+    // A node cut by an earlier test may still be marked silent, or completing that test's
+    // job: wait until both take jobs.
+    let waited = Instant::now();
+    let (mut ready, mut listing) = slurm_nodes_ready();
+    while !ready && waited.elapsed() < Duration::from_secs(90) {
+        std::thread::sleep(Duration::from_millis(500));
+        (ready, listing) = slurm_nodes_ready();
+    }
     assert!(
-        std::env::var_os("SLURM_JOB_ID").is_some(),
-        "not inside an allocation"
+        ready,
+        "the Slurm nodes do not all take jobs 90 s on: {listing}"
     );
-    let node = std::env::var("SLURM_JOB_NODELIST").expect("SLURM_JOB_NODELIST");
-    assert!(nodes.contains(&node), "{node} is not one of {nodes:?}");
+    let started = Instant::now();
+    let out = Command::new("timeout")
+        .args(["--kill-after=5", "120", "salloc"])
+        .args(salloc_args)
+        .args(["--no-kill", "-J", "ppool-remote-test"])
+        .arg(std::env::current_exe().expect("this test binary"))
+        .args(only(test))
+        .env(INNER_ENV, test)
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run salloc");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!(
+        "salloc {salloc_args:?}: {:?} after {:?}; the test inside printed:\n{}\n{}",
+        out.status,
+        started.elapsed(),
+        stdout.trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    assert_ne!(out.status.code(), Some(124), "salloc hangs");
+    // salloc exits as the test binary did; the summary says the one test ran, and passed.
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "the test inside the allocation did not pass (its output is above)"
+    );
+    None
+}
+
+/// The CPUs of each node of the allocation, from `SLURM_JOB_CPUS_PER_NODE` (`2(x2)`, `4,2`).
+fn cpus_per_node() -> Vec<usize> {
+    let value = std::env::var("SLURM_JOB_CPUS_PER_NODE").expect("SLURM_JOB_CPUS_PER_NODE");
+    let mut cpus = Vec::new();
+    for part in value.split(',') {
+        let (n, times) = match part.split_once("(x") {
+            Some((n, times)) => (n, times.trim_end_matches(')')),
+            None => (part, "1"),
+        };
+        let n: usize = n.parse().expect("a CPU count");
+        let times: usize = times.parse().expect("a repeat count");
+        cpus.extend(std::iter::repeat_n(n, times));
+    }
+    cpus
+}
+
+/// The nodes of the allocation, in order, by `scontrol show hostnames`.
+fn allocated_nodes() -> Vec<String> {
+    let list = std::env::var("SLURM_JOB_NODELIST").expect("SLURM_JOB_NODELIST");
+    let out = bounded(20, "scontrol", &["show", "hostnames", &list]);
+    assert!(
+        out.status.success(),
+        "scontrol show hostnames: {}",
+        text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+/// A `Remote::slurm()` pool inside a one-node allocation (`salloc -N1 -n2`) has one worker
+/// per CPU given there, names that node in the insights, and runs a batch there and only
+/// there: the other node of the cluster runs nothing.
+#[test]
+#[ignore = "needs the test cluster: as root, bash .ci/cluster/up and source its env file"]
+fn slurm_pool_runs_on_the_allocation() {
+    const TEST: &str = "slurm_pool_runs_on_the_allocation";
+    let _deadline = slurm_deadline(TEST);
+    let Some((c, s)) = in_allocation(TEST, &["-N1", "-n2"]) else {
+        return;
+    };
+    let nodes = allocated_nodes();
+    let cpus = cpus_per_node();
+    assert_eq!(nodes.len(), 1, "one node: {nodes:?}");
+    let n = 1 + s
+        .nodes
+        .iter()
+        .position(|node| *node == nodes[0])
+        .unwrap_or_else(|| panic!("{nodes:?} is not one of the cluster's nodes {s:?}"));
     let pool = ProcessPool::<square_where>::builder()
         .remote(Remote::slurm())
         .build()
         .expect("a pool on the allocation");
-    let cpus = std::env::var("SLURM_JOB_CPUS_PER_NODE").unwrap_or_default();
-    println!(
-        "n_jobs {} for SLURM_JOB_CPUS_PER_NODE={cpus}",
-        pool.n_jobs()
-    );
-    match cpus.trim().parse::<usize>() {
-        Ok(cpus) => assert_eq!(pool.n_jobs(), cpus, "one worker per CPU given"),
-        Err(_) => assert!(pool.n_jobs() >= 1),
-    }
-    assert_eq!(
-        hosts(&pool.insights()),
-        expect_hosts(&[(node.as_str(), pool.n_jobs())])
-    );
-    let ran = run_squares(&pool, 1_000);
-    println!("tasks per namespace: {ran:?}");
-    println!("SLURM OK");
-}
-
-/// A `Remote::slurm()` pool inside `salloc -N1 -n2 --no-kill` runs a batch on the node of
-/// the allocation and names it in the insights (the checks run in `inner_slurm_pool`).
-#[test]
-fn slurm_pool_runs_on_the_allocation() {
-    let _deadline = ppool_tests::deadline();
-    let Some(_nodes) = slurm() else { return };
-    let _turn = turn();
-    let exe = std::env::current_exe().expect("this test binary");
-    let started = Instant::now();
-    let out = Command::new("timeout")
-        .args(["--kill-after=5", "100", "salloc", "-N1", "-n2", "--no-kill"])
-        .args(["-J", "ppool-remote-test"])
-        .arg(&exe)
-        .args(["--exact", "inner_slurm_pool", "--ignored", "--nocapture"])
-        .arg("--test-threads=1")
-        .env(INNER_ENV, "slurm")
-        .stdin(Stdio::null())
-        .output()
-        .expect("cannot run salloc");
-    println!("salloc: {:?} after {:?}", out.status, started.elapsed());
-    assert_ne!(out.status.code(), Some(124), "salloc hangs: {}", text(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("SLURM OK"),
-        "{}",
-        text(&out)
-    );
+    println!("n_jobs {} for {nodes:?} with CPUs {cpus:?}", pool.n_jobs());
+    assert_workers_on(&pool, &[(s.node(n), cpus[0])]);
+    assert_ran_on_exactly(&pool, 1_000, &[&c.ns_id(n)]);
 }
