@@ -80,9 +80,9 @@ fn square_where(x: u64) -> (u64, String) {
     (x * x, here())
 }
 
-/// Appends `i` to the log named by `$PPOOL_REMOTE_TEST_LOG` (one `write` of a whole line,
-/// `O_APPEND`: lines from several hosts never interleave), sleeps `ms` milliseconds, and
-/// returns `i`.
+/// Appends `i` and the network namespace it runs in to the log named by
+/// `$PPOOL_REMOTE_TEST_LOG` (one `write` of a whole line, `O_APPEND`: lines from several hosts
+/// never interleave), sleeps `ms` milliseconds, and returns `i`.
 #[pool_entry]
 fn log_then_sleep(i: u64, ms: u64) -> u64 {
     let path = std::env::var(LOG_ENV).expect("the log's path in the environment");
@@ -91,7 +91,7 @@ fn log_then_sleep(i: u64, ms: u64) -> u64 {
         .create(true)
         .open(&path)
         .unwrap_or_else(|e| panic!("cannot open the log {path}: {e}"));
-    log.write_all(format!("{i}\n").as_bytes())
+    log.write_all(format!("{i} {}\n", here()).as_bytes())
         .expect("the log takes a line");
     drop(log);
     std::thread::sleep(Duration::from_millis(ms));
@@ -391,13 +391,16 @@ fn spawn_message(e: &Error) -> &str {
     }
 }
 
-/// How many times each index is in the log.
-fn runs(log: &std::path::Path) -> HashMap<u64, u32> {
+/// Where each index ran, once per line of the log: `i` ran `runs[&i].len()` times.
+fn runs(log: &std::path::Path) -> HashMap<u64, Vec<String>> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    let mut runs = HashMap::new();
+    let mut runs: HashMap<u64, Vec<String>> = HashMap::new();
     for line in text.lines() {
-        let i: u64 = line.parse().expect("a whole line in the log");
-        *runs.entry(i).or_insert(0) += 1;
+        let (i, ns) = line
+            .split_once(' ')
+            .unwrap_or_else(|| panic!("not a whole line in the log: {line:?}"));
+        let i: u64 = i.parse().expect("an index in the log");
+        runs.entry(i).or_default().push(ns.to_string());
     }
     runs
 }
@@ -602,30 +605,62 @@ fn copy_program_puts_the_build_on_the_host_once_and_runs_it() {
 struct CutRun {
     /// One result per task, in order.
     results: Vec<Result<u64, Error>>,
-    /// How many times each index is in the log, once node1 has none of our processes left.
-    runs: HashMap<u64, u32>,
+    /// Where each index ran (see [`runs`]), once host 1 has none of our processes left.
+    runs: HashMap<u64, Vec<String>>,
+    /// The indexes of the workers that were on host 1, the cut one.
+    cut_workers: BTreeSet<usize>,
+    /// The network namespace of host 1.
+    cut_ns: String,
+    /// The network namespace of host 2, which stays.
+    kept_ns: String,
 }
 
 /// The index of the task run after the cut.
 const AFTER: u64 = 1_000_000;
 
-/// Runs 200 tasks of about 50 ms on node1 and node2 (two workers each, `host_timeout` 3 s,
-/// `retries(retries)`) and cuts node1 0.5 s into the batch. Checks that the pool goes on
-/// with node2, then heals node1 and checks that within 15 s none of our processes is left
-/// there; only then reads the log, so that a task node1 ran late still shows.
-fn cut_mid_batch(c: &Cluster, retries: u32) -> CutRun {
+/// Runs 200 tasks of about 50 ms on a pool over `remotes` (two workers on each of host 1 and
+/// host 2, where the insights name them `cut_host` and `kept_host`; `host_timeout` 3 s,
+/// `retries(retries)`) and cuts host 1 0.5 s into the batch. Checks that the pool goes on
+/// with host 2 alone, then heals host 1 and checks that within 15 s none of our processes is
+/// left there; only then reads the log, so that a task host 1 ran late still shows.
+fn cut_mid_batch(
+    c: &Cluster,
+    remotes: Vec<Remote>,
+    (cut_host, kept_host): (&str, &str),
+    retries: u32,
+) -> CutRun {
     const TASKS: u64 = 200;
     let dir = TempDir::new("remote-cut");
     let log = dir.path().join("log");
-    let ns2 = c.ns_id(2);
-    let pool = ProcessPool::<log_then_sleep>::builder()
-        .remote(Remote::ssh(c.host(1)).workers(2))
-        .remote(Remote::ssh(c.host(2)).workers(2))
+    let (cut_ns, kept_ns) = (c.ns_id(1), c.ns_id(2));
+    let mut builder = ProcessPool::<log_then_sleep>::builder()
         .host_timeout(Duration::from_secs(3))
         .retries(retries)
-        .env(LOG_ENV, &log)
-        .build()
-        .expect("a pool on node1 and node2");
+        .env(LOG_ENV, &log);
+    for remote in remotes {
+        builder = builder.remote(remote);
+    }
+    let pool = builder.build().expect("a pool on host 1 and host 2");
+    let workers = pool.insights().workers;
+    let on = |host: &str| -> BTreeSet<usize> {
+        workers
+            .iter()
+            .filter(|w| w.host == host)
+            .map(|w| w.index)
+            .collect()
+    };
+    let cut_workers = on(cut_host);
+    assert_eq!(
+        cut_workers.len(),
+        2,
+        "two workers on {cut_host}: {workers:?}"
+    );
+    assert_eq!(
+        on(kept_host).len(),
+        2,
+        "two workers on {kept_host}: {workers:?}"
+    );
+    assert_eq!(workers.len(), 4, "no worker elsewhere: {workers:?}");
     // Declared after the pool, so that it heals before the pool is dropped.
     let mut healer = c.healer(1);
     let cutter = {
@@ -638,58 +673,127 @@ fn cut_mid_batch(c: &Cluster, retries: u32) -> CutRun {
     let started = Instant::now();
     let results = pool.batch((0..TASKS).map(|i| (i, 50))).wait_all();
     let took = started.elapsed();
-    cutter.join().expect("cutting node1");
-    println!("retries({retries}): the batch took {took:?} with node1 cut after 0.5 s");
+    cutter.join().expect("cutting host 1");
+    println!("retries({retries}): the batch took {took:?} with {cut_host} cut after 0.5 s");
     assert_eq!(results.len() as u64, TASKS, "every task has one result");
-    // The pool goes on, with node2 only.
+    // The pool goes on, with host 2 only.
     assert_eq!(pool.call((AFTER, 0)), Ok(AFTER));
-    assert_eq!(pool.entry::<netns>().call(()), Ok(ns2));
+    assert_eq!(pool.entry::<netns>().call(()), Ok(kept_ns.clone()));
     healer.heal();
     let left = left_behind(&[c.ns(1).to_string()], Duration::from_secs(15));
     assert!(
         left.is_empty(),
-        "15 s after node1 healed, processes of ours are still there: {left:?}"
+        "15 s after {cut_host} healed, processes of ours are still there: {left:?}"
+    );
+    let runs = runs(&log);
+    assert_eq!(
+        runs.get(&AFTER),
+        Some(&vec![kept_ns.clone()]),
+        "the task after the cut ran once, on {kept_host}"
     );
     CutRun {
         results,
-        runs: runs(&log),
+        runs,
+        cut_workers,
+        cut_ns,
+        kept_ns,
     }
 }
 
-/// With `retries(0)`, a host cut mid-batch: every task has one result, either its own value
-/// or `WorkerDied` with `ExitCause::Lost` (at least one is lost), no task ran twice, every
-/// `Ok` task did run, the pool goes on with the other host, and once the host is healed its
-/// agent and workers are gone.
+impl CutRun {
+    /// With `retries(0)`: every task has one result, either its own value or `WorkerDied`
+    /// with `ExitCause::Lost` from a worker of the cut host (at least one); no task ran
+    /// twice; every `Ok` task did run; a lost task never ran on the host that stayed, and
+    /// every task that ran there is `Ok`.
+    fn assert_only_the_cut_hosts_tasks_failed(&self) {
+        let mut lost = Vec::new();
+        for (i, result) in (0u64..).zip(&self.results) {
+            let ran = self.runs.get(&i).map_or(&[][..], Vec::as_slice);
+            match result {
+                Ok(v) => {
+                    assert_eq!(*v, i, "task {i} got another task's result");
+                    assert!(!ran.is_empty(), "task {i} is Ok but never ran");
+                }
+                Err(Error::WorkerDied {
+                    cause: ExitCause::Lost,
+                    worker,
+                    ..
+                }) => {
+                    assert!(
+                        self.cut_workers.contains(worker),
+                        "task {i} lost on worker {worker}, which was not on the cut host \
+                         (its workers: {:?})",
+                        self.cut_workers
+                    );
+                    assert!(
+                        ran.iter().all(|ns| *ns == self.cut_ns),
+                        "task {i} is lost with the cut host, but ran in {ran:?}"
+                    );
+                    lost.push(i);
+                }
+                Err(e) => panic!("task {i}: expected Ok or a lost host, got {e:?} ({e})"),
+            }
+            if ran.contains(&self.kept_ns) {
+                assert!(
+                    result.is_ok(),
+                    "task {i} ran on the host that stayed: {result:?}"
+                );
+            }
+        }
+        println!("{} tasks lost with the cut host: {lost:?}", lost.len());
+        assert!(!lost.is_empty(), "no task was lost with the cut host");
+        let mut twice: Vec<(u64, &Vec<String>)> = self
+            .runs
+            .iter()
+            .filter(|(_, ran)| ran.len() > 1)
+            .map(|(&i, ran)| (i, ran))
+            .collect();
+        twice.sort_unstable();
+        assert!(
+            twice.is_empty(),
+            "tasks that ran twice, and where: {twice:?}"
+        );
+        let kept = self
+            .runs
+            .values()
+            .filter(|ran| ran[0] == self.kept_ns)
+            .count();
+        let cut = self
+            .runs
+            .values()
+            .filter(|ran| ran[0] == self.cut_ns)
+            .count();
+        println!("tasks run on the cut host: {cut}, on the other: {kept}");
+    }
+
+    /// With `retries(n)`: every task ends `Ok` with its own value and ran at least once.
+    fn assert_no_task_was_lost(&self) {
+        for (i, result) in (0u64..).zip(&self.results) {
+            assert_eq!(result, &Ok(i), "task {i}");
+            assert!(self.runs.contains_key(&i), "task {i} is Ok but never ran");
+        }
+    }
+}
+
+/// Host 1 and host 2 over ssh, two workers each.
+fn ssh_pair(c: &Cluster) -> Vec<Remote> {
+    vec![
+        Remote::ssh(c.host(1)).workers(2),
+        Remote::ssh(c.host(2)).workers(2),
+    ]
+}
+
+/// With `retries(0)`, a host cut mid-batch: only tasks it held fail, each with `WorkerDied`
+/// and `ExitCause::Lost` (at least one), no task ran twice, every `Ok` task did run, the
+/// pool goes on with the other host, and once the host is healed its agent and workers are
+/// gone.
 #[test]
 #[ignore = "needs the test cluster: as root, bash .ci/cluster/up and source its env file"]
 fn a_host_cut_mid_batch_fails_only_its_tasks_and_runs_nothing_twice() {
     let _deadline = ppool_tests::deadline();
     let c = cluster();
-    let r = cut_mid_batch(&c, 0);
-    let mut lost = Vec::new();
-    for (i, result) in (0u64..).zip(&r.results) {
-        match result {
-            Ok(v) => {
-                assert_eq!(*v, i, "task {i} got another task's result");
-                assert!(r.runs.contains_key(&i), "task {i} is Ok but never ran");
-            }
-            Err(Error::WorkerDied {
-                cause: ExitCause::Lost,
-                ..
-            }) => lost.push(i),
-            Err(e) => panic!("task {i}: expected Ok or a lost host, got {e:?} ({e})"),
-        }
-    }
-    println!("{} tasks lost with node1: {lost:?}", lost.len());
-    assert!(!lost.is_empty(), "no task was lost with the cut host");
-    let mut twice: Vec<u64> = r
-        .runs
-        .iter()
-        .filter(|&(_, &n)| n > 1)
-        .map(|(&i, _)| i)
-        .collect();
-    twice.sort_unstable();
-    assert!(twice.is_empty(), "tasks that ran twice: {twice:?}");
+    let hosts = (c.host(1), c.host(2));
+    cut_mid_batch(&c, ssh_pair(&c), hosts, 0).assert_only_the_cut_hosts_tasks_failed();
 }
 
 /// With `retries(3)`, the same cut loses nothing: every task ends `Ok` with its own value
@@ -699,11 +803,8 @@ fn a_host_cut_mid_batch_fails_only_its_tasks_and_runs_nothing_twice() {
 fn a_host_cut_mid_batch_with_retries_loses_no_task() {
     let _deadline = ppool_tests::deadline();
     let c = cluster();
-    let r = cut_mid_batch(&c, 3);
-    for (i, result) in (0u64..).zip(&r.results) {
-        assert_eq!(result, &Ok(i), "task {i}");
-        assert!(r.runs.contains_key(&i), "task {i} is Ok but never ran");
-    }
+    let hosts = (c.host(1), c.host(2));
+    cut_mid_batch(&c, ssh_pair(&c), hosts, 3).assert_no_task_was_lost();
 }
 
 // ---------------------------------------------------------------------------------------------
