@@ -1,9 +1,9 @@
 //! Workers on other hosts, with real processes on the test cluster of `.ci/cluster`: two hosts
 //! in network namespaces (`node1`, `node2`) whose links can be cut, reached over ssh and as the
 //! two nodes of a Slurm cluster. Pools over `Remote::ssh`, `Remote::command` and
-//! `Remote::slurm`; a host cut in the middle of a batch, with and without retries; a
-//! supervisor SIGKILLed; hosts that cannot be reached, that print noise before the agent
-//! starts, or that run another build; bad settings; a host agent started by hand.
+//! `Remote::slurm`; a host (or Slurm node) cut in the middle of a batch, with and without
+//! retries; a supervisor SIGKILLed; hosts that cannot be reached, that print noise before the
+//! agent starts, or that run another build; bad settings; a host agent started by hand.
 //!
 //! The tests that need the cluster are `#[ignore]`d, so a plain `cargo test` lists them as
 //! ignored instead of passing them unrun. To run them, as root:
@@ -1261,4 +1261,65 @@ fn slurm_pool_runs_on_the_allocation() {
     println!("n_jobs {} for {nodes:?} with CPUs {cpus:?}", pool.n_jobs());
     assert_workers_on(&pool, &[(s.node(n), cpus[0])]);
     assert_ran_on_exactly(&pool, 1_000, &[&c.ns_id(n)]);
+}
+
+/// A `Remote::slurm()` pool inside a two-node allocation (`salloc -N2
+/// --ntasks-per-node=2`) has one worker per CPU given on each node, names both nodes in the
+/// insights, and runs a batch on both: each node's tasks ran in its own network namespace.
+#[test]
+#[ignore = "needs the test cluster: as root, bash .ci/cluster/up and source its env file"]
+fn slurm_pool_runs_on_both_nodes_of_the_allocation() {
+    const TEST: &str = "slurm_pool_runs_on_both_nodes_of_the_allocation";
+    let _deadline = slurm_deadline(TEST);
+    let Some((c, s)) = in_allocation(TEST, &["-N2", "--ntasks-per-node=2"]) else {
+        return;
+    };
+    let nodes = allocated_nodes();
+    let cpus = cpus_per_node();
+    assert_eq!(nodes, s.nodes, "both nodes, in order");
+    assert_eq!(cpus.len(), 2, "CPUs of each node: {cpus:?}");
+    let pool = ProcessPool::<square_where>::builder()
+        .remote(Remote::slurm())
+        .build()
+        .expect("a pool on the allocation");
+    println!("n_jobs {} for {nodes:?} with CPUs {cpus:?}", pool.n_jobs());
+    assert_workers_on(&pool, &[(s.node(1), cpus[0]), (s.node(2), cpus[1])]);
+    assert_ran_on_exactly(&pool, 10_000, &[&c.ns_id(1), &c.ns_id(2)]);
+}
+
+/// Slurm nodes 1 and 2 of a two-node allocation, two workers each.
+fn slurm_pair() -> Vec<Remote> {
+    vec![Remote::slurm().workers_per_node(2)]
+}
+
+/// With `retries(0)`, a Slurm node cut in the middle of a batch, inside a two-node
+/// allocation: only the tasks that node held fail, each with `WorkerDied` and
+/// `ExitCause::Lost` from one of its workers; no task runs twice; the pool goes on with the
+/// other node; and once the node is healed, no process of ours is left on it.
+#[test]
+#[ignore = "needs the test cluster: as root, bash .ci/cluster/up and source its env file"]
+fn a_slurm_node_cut_mid_batch_fails_only_its_tasks_and_runs_nothing_twice() {
+    const TEST: &str = "a_slurm_node_cut_mid_batch_fails_only_its_tasks_and_runs_nothing_twice";
+    let _deadline = slurm_deadline(TEST);
+    let Some((c, s)) = in_allocation(TEST, &["-N2", "--ntasks-per-node=2"]) else {
+        return;
+    };
+    assert_eq!(allocated_nodes(), s.nodes, "both nodes, in order");
+    let nodes = (s.node(1), s.node(2));
+    cut_mid_batch(&c, slurm_pair(), nodes, 0).assert_only_the_cut_hosts_tasks_failed();
+}
+
+/// With `retries(3)`, the same cut of a Slurm node loses nothing: every task ends `Ok` with
+/// its own value and ran at least once.
+#[test]
+#[ignore = "needs the test cluster: as root, bash .ci/cluster/up and source its env file"]
+fn a_slurm_node_cut_mid_batch_with_retries_loses_no_task() {
+    const TEST: &str = "a_slurm_node_cut_mid_batch_with_retries_loses_no_task";
+    let _deadline = slurm_deadline(TEST);
+    let Some((c, s)) = in_allocation(TEST, &["-N2", "--ntasks-per-node=2"]) else {
+        return;
+    };
+    assert_eq!(allocated_nodes(), s.nodes, "both nodes, in order");
+    let nodes = (s.node(1), s.node(2));
+    cut_mid_batch(&c, slurm_pair(), nodes, 3).assert_no_task_was_lost();
 }
