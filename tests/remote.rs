@@ -80,6 +80,13 @@ fn square_where(x: u64) -> (u64, String) {
     (x * x, here())
 }
 
+/// Sleeps `ms` milliseconds, then says where it ran: a call that holds its worker a while.
+#[pool_entry]
+fn nap_where(ms: u64) -> String {
+    std::thread::sleep(Duration::from_millis(ms));
+    here()
+}
+
 /// Appends `i` and the network namespace it runs in to the log named by
 /// `$PPOOL_REMOTE_TEST_LOG` (one `write` of a whole line, `O_APPEND`: lines from several hosts
 /// never interleave), sleeps `ms` milliseconds, and returns `i`.
@@ -351,14 +358,33 @@ fn assert_workers_on(pool: &ProcessPool<square_where>, rows: &[(&str, usize)]) {
     assert_eq!(hosts(&pool.insights()), expect_hosts(rows));
 }
 
-/// `squares` tasks run, and every namespace of `namespaces`, and only they, ran some.
+/// `squares` tasks run right, only in `namespaces`; and one slow call per worker at once,
+/// which takes every worker, runs in every namespace of `namespaces` and only there. (A
+/// batch of tiny tasks may rightly stay on a few workers, so it cannot show that every host
+/// takes work.)
 fn assert_ran_on_exactly(pool: &ProcessPool<square_where>, squares: u64, namespaces: &[&str]) {
+    let want: BTreeSet<&str> = namespaces.iter().copied().collect();
     let ran = run_squares(pool, squares);
     println!("tasks per namespace: {ran:?}");
+    let batch: BTreeSet<&str> = ran.keys().map(String::as_str).collect();
+    assert!(
+        batch.is_subset(&want),
+        "the batch ran in {batch:?}, not only in {want:?}"
+    );
+    let slow: Vec<String> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..pool.n_jobs())
+            .map(|_| s.spawn(|| pool.entry::<nap_where>().call(500).expect("a slow call")))
+            .collect();
+        calls
+            .into_iter()
+            .map(|call| call.join().expect("a caller"))
+            .collect()
+    });
+    println!("one slow call per worker at once ran in: {slow:?}");
     assert_eq!(
-        ran.keys().map(String::as_str).collect::<BTreeSet<_>>(),
-        namespaces.iter().copied().collect::<BTreeSet<_>>(),
-        "these hosts, and only they, ran tasks"
+        slow.iter().map(String::as_str).collect::<BTreeSet<_>>(),
+        want,
+        "one slow call per worker at once: these hosts, and only they, ran one"
     );
 }
 
@@ -494,7 +520,8 @@ fn is_inner(test: &str) -> bool {
 // ---------------------------------------------------------------------------------------------
 
 /// Two ssh hosts with two workers each and none local make four workers; a batch of 10,000
-/// tasks comes back right, both hosts ran some of it, and the insights name both hosts.
+/// tasks comes back right, one slow call per worker at once runs on both hosts, and the
+/// insights name both hosts.
 #[test]
 #[ignore = "needs the test cluster: as root, bash .ci/cluster/up and source its env file"]
 fn ssh_pool_on_two_hosts_runs_a_batch_on_both() {
@@ -511,7 +538,8 @@ fn ssh_pool_on_two_hosts_runs_a_batch_on_both() {
 }
 
 /// The same two hosts reached through a command prefix (`ip netns exec <ns>`): four
-/// workers, a correct batch run on both, and each host named by its prefix joined by spaces.
+/// workers, a correct batch, slow calls at once on both, and each host named by its prefix
+/// joined by spaces.
 #[test]
 #[ignore = "needs the test cluster: as root, bash .ci/cluster/up and source its env file"]
 fn command_prefix_pool_on_two_hosts_runs_a_batch_on_both() {
@@ -1264,8 +1292,9 @@ fn slurm_pool_runs_on_the_allocation() {
 }
 
 /// A `Remote::slurm()` pool inside a two-node allocation (`salloc -N2
-/// --ntasks-per-node=2`) has one worker per CPU given on each node, names both nodes in the
-/// insights, and runs a batch on both: each node's tasks ran in its own network namespace.
+/// --ntasks-per-node=2`) has one worker per CPU given on each node and names both nodes in
+/// the insights; a batch of 10,000 comes back right, and one slow call per worker at once
+/// runs on both nodes: in both nodes' network namespaces, and nowhere else.
 #[test]
 #[ignore = "needs the test cluster: as root, bash .ci/cluster/up and source its env file"]
 fn slurm_pool_runs_on_both_nodes_of_the_allocation() {
