@@ -277,6 +277,8 @@ fn unbounded_timeouts_work_with_remote_hosts() {
         .host_timeout(Duration::MAX)
         .init_timeout(Duration::MAX)
         .exit_timeout(Duration::MAX)
+        .task_timeout(Duration::MAX)
+        .worker_exit::<nap>(1)
         .build()
         .expect("a remote pool with unbounded timeouts");
     assert_eq!(
@@ -284,6 +286,10 @@ fn unbounded_timeouts_work_with_remote_hosts() {
         vec![1, 2, 3]
     );
     pool.join().expect("join");
+    // Each worker's exit hook ran, without a limit, and its result came back.
+    let hooks = pool.worker_exit_results::<nap>().expect("the exit hooks");
+    assert_eq!(hooks.len(), 2, "{hooks:?}");
+    assert!(hooks.iter().all(|h| h == &Ok(1)), "{hooks:?}");
     assert!(with_tag(tag).is_empty(), "{:?}", with_tag(tag));
 }
 
