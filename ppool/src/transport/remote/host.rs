@@ -23,8 +23,8 @@ use crate::sync::{lock, wait_timeout};
 use crate::transport::LaunchConfig;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
-use std::os::fd::OwnedFd;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -467,8 +467,8 @@ impl Conn {
 /// The agent's stdout, marking the host heard at every byte that comes; once the agent has
 /// answered (`beating`), each read also keeps the heartbeat (see [`Heard::beat`]), so the
 /// host needs no thread for it.
-struct Heard<'a> {
-    stdout: ChildStdout,
+struct Heard<'a, S> {
+    stdout: S,
     conn: &'a Conn,
     beating: bool,
     every: Duration,
@@ -476,7 +476,7 @@ struct Heard<'a> {
     nonce: u64,
 }
 
-impl Heard<'_> {
+impl<S> Heard<'_, S> {
     /// The heartbeat: declares the host lost when its launcher has ended or nothing came from
     /// it for the host timeout, and pings the agent when the stream to it is idle (bytes
     /// already on their way are as good as a ping). An error once the host is lost.
@@ -512,7 +512,7 @@ impl Heard<'_> {
     }
 }
 
-impl Read for Heard<'_> {
+impl<S: Read + AsFd> Read for Heard<'_, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             if self.beating && self.last_beat.elapsed() >= self.every {
@@ -548,7 +548,7 @@ impl Read for Heard<'_> {
 /// then every message, each to its worker's inbox, until the stream ends.
 fn read_agent(
     conn: &Conn,
-    stdout: ChildStdout,
+    stdout: impl Read + AsFd,
     max_message: usize,
     ready: &mpsc::Sender<Result<AgentReady, String>>,
 ) {
@@ -658,3 +658,6 @@ fn read_agent(
         conn.changed.notify_all();
     }
 }
+
+#[cfg(test)]
+mod tests;
