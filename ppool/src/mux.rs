@@ -57,8 +57,23 @@ pub(crate) fn header(channel: u32, len: usize) -> io::Result<[u8; 8]> {
 
 /// Writes one message.
 pub(crate) fn write_message(out: &mut impl Write, channel: u32, body: &[u8]) -> io::Result<()> {
-    out.write_all(&header(channel, body.len())?)?;
-    out.write_all(body)
+    write_parts(out, channel, &[body])
+}
+
+/// Writes one message whose body is `parts`, one after another: in one write while it is
+/// small, else part by part (not to copy a large body).
+pub(crate) fn write_parts(out: &mut impl Write, channel: u32, parts: &[&[u8]]) -> io::Result<()> {
+    const GATHER_BELOW: usize = 64 << 10;
+    let len = parts.iter().map(|p| p.len()).sum();
+    let header = header(channel, len)?;
+    if len < GATHER_BELOW && parts.len() > 1 {
+        let mut message = Vec::with_capacity(header.len() + len);
+        message.extend_from_slice(&header);
+        parts.iter().for_each(|p| message.extend_from_slice(p));
+        return out.write_all(&message);
+    }
+    out.write_all(&header)?;
+    parts.iter().try_for_each(|p| out.write_all(p))
 }
 
 /// The largest body accepted on a worker's channel of a host stream, for a pool whose frames
