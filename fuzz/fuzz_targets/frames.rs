@@ -57,6 +57,9 @@ fn exercise(body: &[u8], f: &mut FrameBuf) {
         r.write(f);
         assert_eq!(&f.finish()[4..], body);
     }
+    if let Ok(h) = TasksHeader::read(body) {
+        assert_eq!(h.encode()[..], body[..TasksHeader::LEN]);
+    }
     if let Ok(mut t) = Tasks::parse(body) {
         for _ in 0..t.count {
             if t.next_args().is_err() {
@@ -64,15 +67,14 @@ fn exercise(body: &[u8], f: &mut FrameBuf) {
             }
         }
     }
-    if let Ok(r) = Results::parse(body) {
+    if let Ok((header, raw)) = ResultsHeader::parse(body) {
+        let r = Results::from_parts(header.count, header.busy_nanos, header.max_task_nanos, raw);
         let outcomes: Vec<_> = r.outcomes().collect();
-        assert_eq!(outcomes.len(), r.count as usize);
-        start_results(f, r.job, r.count);
+        assert_eq!(outcomes.len(), header.count as usize);
+        header.start(f);
         for o in &outcomes {
             write_outcome(f, o);
         }
-        set_busy(f, r.busy_nanos);
-        set_max_task(f, r.max_task_nanos);
         assert_eq!(&f.finish()[4..], body);
     }
     if let Ok(done) = parse_init_done(body) {

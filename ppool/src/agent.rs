@@ -15,9 +15,11 @@
 
 use crate::error::ExitCause;
 use crate::mux::{self, AgentHello, AgentReady, CONTROL, Control};
-use crate::protocol::FrameError;
+use crate::protocol::{FrameError, ResultsHeader};
 use crate::sync::lock;
-use crate::transport::{LaunchConfig, Peer, ProcessPeer, ShmRx, ShmTx, Transport};
+use crate::transport::{
+    Incoming, JobEnd, LaunchConfig, Peer, ProcessPeer, ShmRx, ShmTx, Transport,
+};
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::File;
@@ -328,25 +330,41 @@ fn spawn_pinger(out: Out, host_timeout: Duration) {
     }
 }
 
-/// Sends a worker's message; a RESULTS body larger than a frame (the outcomes of a job the
-/// ring gathered) goes as parts within a frame each, so the pool never reads a message
-/// larger than `mux::host_message_limit`.
-fn send_within(out: &Out, slot: u32, body: &[u8], max_frame: usize) -> std::io::Result<()> {
-    if body.len() <= max_frame {
-        return send(out, slot, body);
-    }
-    let mut frame = Vec::with_capacity(body.len() + 4);
-    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    frame.extend_from_slice(body);
-    match crate::protocol::split_results(&frame, max_frame) {
-        Some(parts) => {
-            for part in parts {
-                send(out, slot, part.get(4..).unwrap_or_default())?;
-            }
-            Ok(())
+/// Sends a run of `count` outcomes of `job` as it is, behind a RESULTS header: marked as
+/// followed by more unless it carries the job's `end`. A run larger than a frame (outcomes
+/// the ring gathered while the stream was busy) goes as several, each within a frame, so the
+/// pool never reads a message larger than `mux::host_message_limit`.
+fn send_run(
+    out: &Out,
+    slot: u32,
+    (job, count, raw, end): (u64, u32, &[u8], Option<JobEnd>),
+    max_frame: usize,
+) -> std::io::Result<()> {
+    let header = |count: u32, end: Option<JobEnd>| {
+        let mut header = ResultsHeader::run(job, count);
+        if let Some(end) = end {
+            header.busy_nanos = end.busy_nanos;
+            header.max_task_nanos = end.max_task_nanos;
+            header.more = false;
         }
-        None => send(out, slot, body),
+        header.encode()
+    };
+    let send_one = |count: u32, raw: &[u8], end: Option<JobEnd>| {
+        let mut out = lock(out);
+        mux::write_parts(&mut *out, slot, &[&header(count, end), raw])?;
+        out.flush()
+    };
+    if ResultsHeader::LEN + raw.len() <= max_frame {
+        return send_one(count, raw, end);
     }
+    let Some(runs) = crate::protocol::cut_outcomes(raw, count, max_frame) else {
+        return send_one(count, raw, end);
+    };
+    let last = runs.len() - 1;
+    for (k, (count, raw)) in runs.into_iter().enumerate() {
+        send_one(count, raw, if k == last { end } else { None })?;
+    }
+    Ok(())
 }
 
 /// Forwards the answers of the worker in `slot` until it ends, then says how it ended and
@@ -362,8 +380,17 @@ fn forward(
     let spawned = std::thread::Builder::new()
         .name(format!("ppool-agent-{slot}"))
         .spawn(move || {
-            while let Ok(body) = rx.recv() {
-                if send_within(&out, slot, body, max_frame).is_err() {
+            while let Ok(incoming) = rx.recv() {
+                let sent = match incoming {
+                    Incoming::Outcomes {
+                        job,
+                        count,
+                        raw,
+                        end,
+                    } => send_run(&out, slot, (job, count, raw, end), max_frame),
+                    Incoming::Frame(body) => send(&out, slot, body),
+                };
+                if sent.is_err() {
                     break;
                 }
                 rx.shrink_buffers();

@@ -19,7 +19,7 @@ pub(crate) const NOISE_MAX: usize = 64 * 1024;
 /// The channel of control messages.
 pub(crate) const CONTROL: u32 = u32::MAX;
 /// The version of the control messages, checked in the agent's greeting.
-pub(crate) const MUX_VERSION: u32 = 1;
+pub(crate) const MUX_VERSION: u32 = 2;
 /// The largest control message accepted (a greeting's environment included).
 pub(crate) const CONTROL_MAX: usize = 16 << 20;
 
@@ -77,8 +77,8 @@ pub(crate) fn write_parts(out: &mut impl Write, channel: u32, parts: &[&[u8]]) -
 }
 
 /// The largest body accepted on a worker's channel of a host stream, for a pool whose frames
-/// are at most `max_frame`: a frame, or a RESULTS part the agent cut to within a frame plus
-/// one outcome (itself within a frame).
+/// are at most `max_frame`: a frame, or a run of outcomes the agent forwards behind a RESULTS
+/// header, cut to within a frame (with room to spare should a worker misjudge one outcome).
 pub(crate) fn host_message_limit(max_frame: usize) -> usize {
     max_frame
         .saturating_mul(2)

@@ -10,7 +10,7 @@
 use std::io::{self, Read};
 
 /// Bumped whenever the frame layout changes.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 /// The first bytes of a handshake, to recognise a ppool peer.
 pub(crate) const MAGIC: [u8; 4] = *b"PPL\x01";
 /// The default largest frame, in bytes.
@@ -223,6 +223,11 @@ impl FrameBuf {
     /// The bytes so far, header included (its length is filled in by `finish`).
     pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.buf
+    }
+
+    /// The body so far, after the length header: where a header is stored.
+    pub(crate) fn body_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[4..]
     }
 
     /// Appends bytes that are already encoded fields.
@@ -491,16 +496,6 @@ impl Outcome<'_> {
     }
 }
 
-/// The header of a TASKS frame: the job id and the number of tasks. Each task follows as a
-/// length-prefixed block.
-pub(crate) fn start_tasks(f: &mut FrameBuf, job: u64, count: u32) {
-    f.start(kind::TASKS)
-        .u64(job)
-        .u32(count)
-        .u8(0)
-        .u32(POOL_ENTRY);
-}
-
 /// The entry of a TASKS frame that means "the pool's own entry" (named in HELLO); any other
 /// value is an index into the binary's entry table, the same in every process of one build.
 pub(crate) const POOL_ENTRY: u32 = u32::MAX;
@@ -509,41 +504,77 @@ pub(crate) const POOL_ENTRY: u32 = u32::MAX;
 /// job is never sent.
 pub(crate) const BROKEN_ENTRY: u32 = u32::MAX - 1;
 
-/// Offset of the entry index inside a TASKS frame (header included).
-const TASKS_ENTRY_OFFSET: usize = 18;
-
-/// Sets the entry whose tasks a finished TASKS frame holds.
-pub(crate) fn set_entry(frame: &mut [u8], entry: u32) {
-    frame[TASKS_ENTRY_OFFSET..TASKS_ENTRY_OFFSET + 4].copy_from_slice(&entry.to_le_bytes());
-}
-
-/// The bytes of a TASKS frame before its first task, length header included.
-pub(crate) const TASKS_HEADER: usize = 22;
-
-/// Offset of the flags byte inside a TASKS frame (header included).
-pub(crate) const TASKS_FLAGS_OFFSET: usize = 17;
 /// TASKS flag: a caller waits for this job and will likely send the next one at once, so the
 /// worker should spin for it rather than sleep.
 pub(crate) const FLAG_SPIN: u8 = 1;
 
-/// Sets or clears flags on a finished TASKS frame.
-pub(crate) fn set_flags(frame: &mut [u8], flags: u8) {
-    frame[TASKS_FLAGS_OFFSET] = flags;
+/// The header of a TASKS body: the kind byte, then the job id, the number of tasks, the
+/// flags and the entry. Each task follows as a length-prefixed block.
+///
+/// Headers are read and written at the start of a body (the kind byte at 0), never at an
+/// offset of a whole frame: one convention for every header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TasksHeader {
+    pub(crate) job: u64,
+    pub(crate) count: u32,
+    pub(crate) flags: u8,
+    /// [`POOL_ENTRY`], or an index into the entry table.
+    pub(crate) entry: u32,
 }
 
-/// Offset of the job id inside a TASKS frame (header included), so a dispatcher can stamp it.
-pub(crate) const TASKS_JOB_OFFSET: usize = 5;
-/// Offset of the task count inside a TASKS frame (header included).
-pub(crate) const TASKS_COUNT_OFFSET: usize = 13;
+impl TasksHeader {
+    /// Its bytes, at the start of a TASKS body.
+    pub(crate) const LEN: usize = 1 + 8 + 4 + 1 + 4;
 
-/// Stamps a job id into a finished TASKS frame.
-pub(crate) fn stamp_job(frame: &mut [u8], job: u64) {
-    frame[TASKS_JOB_OFFSET..TASKS_JOB_OFFSET + 8].copy_from_slice(&job.to_le_bytes());
-}
+    /// A job of `count` tasks of the pool's own entry, without flags.
+    pub(crate) fn new(job: u64, count: u32) -> Self {
+        TasksHeader {
+            job,
+            count,
+            flags: 0,
+            entry: POOL_ENTRY,
+        }
+    }
 
-/// Sets the task count of a TASKS frame being built.
-pub(crate) fn set_count(f: &mut FrameBuf, count: u32) {
-    f.buf[TASKS_COUNT_OFFSET..TASKS_COUNT_OFFSET + 4].copy_from_slice(&count.to_le_bytes());
+    /// Starts a TASKS frame with this header; the tasks follow.
+    pub(crate) fn start(&self, f: &mut FrameBuf) {
+        f.start(kind::TASKS);
+        f.buf.extend_from_slice(&self.encode()[1..]);
+    }
+
+    /// The header's bytes.
+    pub(crate) fn encode(&self) -> [u8; Self::LEN] {
+        let mut h = [0u8; Self::LEN];
+        h[0] = kind::TASKS;
+        h[1..9].copy_from_slice(&self.job.to_le_bytes());
+        h[9..13].copy_from_slice(&self.count.to_le_bytes());
+        h[13] = self.flags;
+        h[14..18].copy_from_slice(&self.entry.to_le_bytes());
+        h
+    }
+
+    /// Overwrites the header at the start of `body`, a TASKS body at least [`Self::LEN`]
+    /// bytes long.
+    pub(crate) fn store(&self, body: &mut [u8]) {
+        body[..Self::LEN].copy_from_slice(&self.encode());
+    }
+
+    /// Reads the header at the start of a TASKS body.
+    pub(crate) fn read(body: &[u8]) -> Result<Self, FrameError> {
+        Self::read_fields(&mut Fields::new(body))
+    }
+
+    fn read_fields(fields: &mut Fields<'_>) -> Result<Self, FrameError> {
+        if fields.u8("kind")? != kind::TASKS {
+            return Err(malformed("expected TASKS"));
+        }
+        Ok(TasksHeader {
+            job: fields.u64("job id")?,
+            count: fields.u32("task count")?,
+            flags: fields.u8("flags")?,
+            entry: fields.u32("entry")?,
+        })
+    }
 }
 
 /// A parsed TASKS body: iterate the encoded arguments.
@@ -560,13 +591,12 @@ pub(crate) struct Tasks<'a> {
 impl<'a> Tasks<'a> {
     pub(crate) fn parse(body: &'a [u8]) -> Result<Self, FrameError> {
         let mut fields = Fields::new(body);
-        if fields.u8("kind")? != kind::TASKS {
-            return Err(malformed("expected TASKS"));
-        }
-        let job = fields.u64("job id")?;
-        let count = fields.u32("task count")?;
-        let flags = fields.u8("flags")?;
-        let entry = fields.u32("entry")?;
+        let TasksHeader {
+            job,
+            count,
+            flags,
+            entry,
+        } = TasksHeader::read_fields(&mut fields)?;
         Ok(Tasks {
             job,
             count,
@@ -582,67 +612,158 @@ impl<'a> Tasks<'a> {
     }
 }
 
-/// Offsets inside a RESULTS frame (length header included), after the job id: the number of
-/// outcomes in this frame, the job's busy time and longest task (in the last frame of the
-/// job), and whether more frames of the same job follow.
-const RESULTS_COUNT_OFFSET: usize = 13;
-const RESULTS_BUSY_OFFSET: usize = 17;
-const RESULTS_MAX_TASK_OFFSET: usize = 25;
-const RESULTS_MORE_OFFSET: usize = 33;
-/// The bytes of a RESULTS body before its first outcome.
-pub(crate) const RESULTS_HEADER_BODY: usize = RESULTS_MORE_OFFSET + 1 - 4;
-
-/// The header of a RESULTS frame.
-pub(crate) fn start_results(f: &mut FrameBuf, job: u64, count: u32) {
-    f.start(kind::RESULTS)
-        .u64(job)
-        .u32(count)
-        .u64(0)
-        .u64(0)
-        .u8(0);
+/// The header of a RESULTS body: the kind byte, then the job id, the number of outcomes that
+/// follow, the job's busy time and longest task (in nanoseconds, in the frame that ends the
+/// job), and whether more frames of the same job follow (its outcomes came in several runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ResultsHeader {
+    pub(crate) job: u64,
+    pub(crate) count: u32,
+    pub(crate) busy_nanos: u64,
+    pub(crate) max_task_nanos: u64,
+    pub(crate) more: bool,
 }
 
-/// Stamps the time the worker was busy with the job, in nanoseconds.
-pub(crate) fn set_busy(f: &mut FrameBuf, nanos: u64) {
-    f.buf[RESULTS_BUSY_OFFSET..RESULTS_BUSY_OFFSET + 8].copy_from_slice(&nanos.to_le_bytes());
+impl ResultsHeader {
+    /// Its bytes, at the start of a RESULTS body.
+    pub(crate) const LEN: usize = 1 + 8 + 4 + 8 + 8 + 1;
+
+    /// A run of `count` outcomes of `job`, followed by more (no timing: that comes at the
+    /// job's end).
+    pub(crate) fn run(job: u64, count: u32) -> Self {
+        ResultsHeader {
+            job,
+            count,
+            busy_nanos: 0,
+            max_task_nanos: 0,
+            more: true,
+        }
+    }
+
+    /// Starts a RESULTS frame with this header; the outcomes follow.
+    pub(crate) fn start(&self, f: &mut FrameBuf) {
+        f.start(kind::RESULTS);
+        f.buf.extend_from_slice(&self.encode()[1..]);
+    }
+
+    /// The header's bytes.
+    pub(crate) fn encode(&self) -> [u8; Self::LEN] {
+        let mut h = [0u8; Self::LEN];
+        h[0] = kind::RESULTS;
+        h[1..9].copy_from_slice(&self.job.to_le_bytes());
+        h[9..13].copy_from_slice(&self.count.to_le_bytes());
+        h[13..21].copy_from_slice(&self.busy_nanos.to_le_bytes());
+        h[21..29].copy_from_slice(&self.max_task_nanos.to_le_bytes());
+        h[29] = u8::from(self.more);
+        h
+    }
+
+    /// Overwrites the header at the start of `body`, a RESULTS body at least [`Self::LEN`]
+    /// bytes long.
+    pub(crate) fn store(&self, body: &mut [u8]) {
+        body[..Self::LEN].copy_from_slice(&self.encode());
+    }
+
+    /// Reads the header at the start of a RESULTS body, without looking at its outcomes.
+    #[cfg(test)]
+    pub(crate) fn read(body: &[u8]) -> Result<Self, FrameError> {
+        Self::read_fields(&mut Fields::new(body))
+    }
+
+    fn read_fields(fields: &mut Fields<'_>) -> Result<Self, FrameError> {
+        let kind = fields.u8("kind")?;
+        if kind != kind::RESULTS {
+            return Err(malformed(format!(
+                "expected RESULTS, got message kind {kind}"
+            )));
+        }
+        Ok(ResultsHeader {
+            job: fields.u64("job id")?,
+            count: fields.u32("result count")?,
+            busy_nanos: fields.u64("busy time")?,
+            max_task_nanos: fields.u64("longest task")?,
+            more: match fields.u8("more flag")? {
+                0 => false,
+                1 => true,
+                m => return Err(malformed(format!("bad more flag {m}"))),
+            },
+        })
+    }
+
+    /// Parses a RESULTS body: its header and its outcomes' bytes, checked to hold exactly
+    /// `count` well-formed outcomes, so that consumers can iterate without failing halfway.
+    pub(crate) fn parse(body: &[u8]) -> Result<(Self, &[u8]), FrameError> {
+        let mut fields = Fields::new(body);
+        let header = Self::read_fields(&mut fields)?;
+        check_outcomes(fields.rest, header.count)?;
+        Ok((header, fields.rest))
+    }
 }
 
-/// Stamps the longest single task of the job, in nanoseconds.
-pub(crate) fn set_max_task(f: &mut FrameBuf, nanos: u64) {
-    f.buf[RESULTS_MAX_TASK_OFFSET..RESULTS_MAX_TASK_OFFSET + 8]
-        .copy_from_slice(&nanos.to_le_bytes());
+/// Checks that `raw` holds exactly `count` well-formed outcomes, one after another.
+pub(crate) fn check_outcomes(raw: &[u8], count: u32) -> Result<(), FrameError> {
+    let mut check = Outcomes {
+        fields: Fields::new(raw),
+        left: count,
+    };
+    for _ in 0..count {
+        check.next_outcome()?;
+    }
+    check.fields.end()
+}
+
+/// Cuts a run of `count` well-formed outcomes into runs whose RESULTS bodies are each within
+/// `max` bytes, in order: each run's outcome count and bytes. An outcome larger than that
+/// alone goes in a run of its own (a worker keeps every outcome within a frame). `None` if
+/// `raw` does not hold `count` outcomes.
+pub(crate) fn cut_outcomes(raw: &[u8], count: u32, max: usize) -> Option<Vec<(u32, &[u8])>> {
+    let mut outcomes = Outcomes {
+        fields: Fields::new(raw),
+        left: count,
+    };
+    let mut runs = Vec::new();
+    let (mut start, mut end, mut in_run) = (0usize, 0usize, 0u32);
+    for _ in 0..count {
+        let len = outcomes.next_raw().ok()?.len();
+        if in_run > 0 && ResultsHeader::LEN + (end - start) + len > max {
+            runs.push((in_run, &raw[start..end]));
+            (start, in_run) = (end, 0);
+        }
+        end += len;
+        in_run += 1;
+    }
+    outcomes.fields.end().ok()?;
+    runs.push((in_run, &raw[start..end]));
+    Some(runs)
 }
 
 /// Cuts a finished RESULTS frame whose body is larger than `max` into frames that are each
-/// within it, in order, every one but the last marked as followed by more. Each outcome must
-/// fit a frame of its own (the worker makes sure). `None` when the frame fits already.
+/// within it, in order, every one but the last marked as followed by more; the last keeps the
+/// timing. A worker uses it for an answer larger than a frame (each outcome fits a frame of
+/// its own: the worker makes sure). `None` when the frame fits already.
 pub(crate) fn split_results(frame: &[u8], max: usize) -> Option<Vec<Vec<u8>>> {
     let body = frame.get(4..)?;
     if body.len() <= max {
         return None;
     }
-    let results = Results::parse(body).ok()?;
-    let mut outcomes = results.outcomes();
-    let mut frames = Vec::new();
+    let (header, raw) = ResultsHeader::parse(body).ok()?;
+    let runs = cut_outcomes(raw, header.count, max)?;
+    let last = runs.len() - 1;
     let mut part = FrameBuf::default();
-    let mut in_part = 0u32;
-    start_results(&mut part, results.job, 0);
-    for _ in 0..results.count {
-        let raw = outcomes.next_raw().ok()?;
-        if in_part > 0 && part.len() - 4 + raw.len() > max {
-            set_more(&mut part, in_part);
-            frames.push(part.take());
-            start_results(&mut part, results.job, 0);
-            in_part = 0;
-        }
-        part.append_raw(raw);
-        in_part += 1;
-    }
-    part.buf[RESULTS_COUNT_OFFSET..RESULTS_COUNT_OFFSET + 4]
-        .copy_from_slice(&in_part.to_le_bytes());
-    set_busy(&mut part, results.busy_nanos);
-    set_max_task(&mut part, results.max_task_nanos);
-    frames.push(part.take());
+    let frames = runs
+        .into_iter()
+        .enumerate()
+        .map(|(k, (count, raw))| {
+            let run = if k == last {
+                ResultsHeader { count, ..header }
+            } else {
+                ResultsHeader::run(header.job, count)
+            };
+            run.start(&mut part);
+            part.append_raw(raw);
+            part.take()
+        })
+        .collect();
     Some(frames)
 }
 
@@ -655,168 +776,44 @@ pub(crate) fn split_frame(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((body, &bytes[4 + len..]))
 }
 
-/// Writes a RESULTS header into the first [`RESULTS_HEADER_BODY`] bytes of a body.
-pub(crate) fn write_results_header(
-    head: &mut [u8],
-    job: u64,
-    count: u32,
-    busy_nanos: u64,
-    max_task_nanos: u64,
-    more: bool,
-) {
-    let at = |offset: usize| offset - 4;
-    head[0] = kind::RESULTS;
-    head[1..9].copy_from_slice(&job.to_le_bytes());
-    head[at(RESULTS_COUNT_OFFSET)..at(RESULTS_COUNT_OFFSET) + 4]
-        .copy_from_slice(&count.to_le_bytes());
-    head[at(RESULTS_BUSY_OFFSET)..at(RESULTS_BUSY_OFFSET) + 8]
-        .copy_from_slice(&busy_nanos.to_le_bytes());
-    head[at(RESULTS_MAX_TASK_OFFSET)..at(RESULTS_MAX_TASK_OFFSET) + 8]
-        .copy_from_slice(&max_task_nanos.to_le_bytes());
-    head[at(RESULTS_MORE_OFFSET)] = u8::from(more);
-}
-
-/// A RESULTS body of the one outcome `raw` (its bytes as a RESULTS body holds them).
-pub(crate) fn single_results(job: u64, raw: &[u8]) -> Vec<u8> {
-    let mut body = vec![0; RESULTS_HEADER_BODY];
-    write_results_header(&mut body, job, 1, 0, 0, false);
-    body.extend_from_slice(raw);
-    body
-}
-
-/// Sets the number of outcomes in a RESULTS frame being built.
-pub(crate) fn set_results_count(f: &mut FrameBuf, count: u32) {
-    f.buf[RESULTS_COUNT_OFFSET..RESULTS_COUNT_OFFSET + 4].copy_from_slice(&count.to_le_bytes());
-}
-
-/// Marks a partial RESULTS frame of `count` outcomes as followed by more.
-pub(crate) fn set_more(f: &mut FrameBuf, count: u32) {
-    f.buf[RESULTS_COUNT_OFFSET..RESULTS_COUNT_OFFSET + 4].copy_from_slice(&count.to_le_bytes());
-    f.buf[RESULTS_MORE_OFFSET] = 1;
-}
-
-/// Joins the RESULTS bodies of one job that came in several frames back into one body.
-#[derive(Debug, Default)]
-pub(crate) struct ResultsMerge {
-    body: Vec<u8>,
-    count: u32,
-}
-
-impl ResultsMerge {
-    /// Adds a partial frame's outcomes.
-    pub(crate) fn add(&mut self, part: &Results<'_>) {
-        if self.body.is_empty() {
-            let mut header = FrameBuf::default();
-            start_results(&mut header, part.job, 0);
-            self.body.extend_from_slice(&header.buf[4..]);
-        }
-        self.body.extend_from_slice(part.body);
-        self.count += part.count;
-    }
-
-    /// Outcomes gathered so far.
-    pub(crate) fn count(&self) -> u32 {
-        self.count
-    }
-
-    /// The body of the outcomes gathered so far, as one RESULTS body of job `job`; the
-    /// merge is empty again after. `None` if nothing was gathered.
-    pub(crate) fn take_partial(&mut self, job: u64) -> Option<Vec<u8>> {
-        if self.body.is_empty() {
-            return None;
-        }
-        let mut body = std::mem::take(&mut self.body);
-        write_results_header(&mut body, job, self.count, 0, 0, false);
-        self.count = 0;
-        Some(body)
-    }
-
-    /// Whether a partial frame was added.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.body.is_empty()
-    }
-
-    /// The whole job's body, given its last frame; the merge is empty again after.
-    pub(crate) fn finish(&mut self, last: &Results<'_>) -> Vec<u8> {
-        self.add(last);
-        let mut body = std::mem::take(&mut self.body);
-        let at = |offset: usize| offset - 4;
-        body[at(RESULTS_COUNT_OFFSET)..at(RESULTS_COUNT_OFFSET) + 4]
-            .copy_from_slice(&self.count.to_le_bytes());
-        body[at(RESULTS_BUSY_OFFSET)..at(RESULTS_BUSY_OFFSET) + 8]
-            .copy_from_slice(&last.busy_nanos.to_le_bytes());
-        body[at(RESULTS_MAX_TASK_OFFSET)..at(RESULTS_MAX_TASK_OFFSET) + 8]
-            .copy_from_slice(&last.max_task_nanos.to_le_bytes());
-        body[at(RESULTS_MORE_OFFSET)] = 0;
-        self.count = 0;
-        body
-    }
-}
-
-/// A parsed RESULTS body: the job id, the busy time, then `count` outcomes.
+/// The outcomes of one job, as `deliver` sees them: its timing, and its `count` outcomes'
+/// bytes, one after another, as a worker wrote them.
 #[derive(Debug, Clone)]
 pub(crate) struct Results<'a> {
-    pub(crate) job: u64,
     pub(crate) count: u32,
     pub(crate) busy_nanos: u64,
     pub(crate) max_task_nanos: u64,
-    /// More frames of this job follow (its results were larger than one frame).
-    pub(crate) more: bool,
-    body: &'a [u8],
+    raw: &'a [u8],
 }
 
 impl<'a> Results<'a> {
-    /// Parses the header and checks that every outcome is well formed, so that consumers can
-    /// iterate without failing halfway.
-    pub(crate) fn parse(body: &'a [u8]) -> Result<Self, FrameError> {
-        let mut fields = Fields::new(body);
-        if fields.u8("kind")? != kind::RESULTS {
-            return Err(malformed(format!(
-                "expected RESULTS, got message kind {}",
-                body[0]
-            )));
-        }
-        let job = fields.u64("job id")?;
-        let count = fields.u32("result count")?;
-        let busy_nanos = fields.u64("busy time")?;
-        let max_task_nanos = fields.u64("longest task")?;
-        let more = match fields.u8("more flag")? {
-            0 => false,
-            1 => true,
-            m => return Err(malformed(format!("bad more flag {m}"))),
-        };
-        let start = body.len() - fields.rest.len();
-        let results = Results {
-            job,
+    /// The outcomes `raw` of a job: `count` of them, checked to be well formed already
+    /// (by [`ResultsHeader::parse`] or [`check_outcomes`]); an ill-formed one ends the
+    /// iteration early.
+    pub(crate) fn from_parts(
+        count: u32,
+        busy_nanos: u64,
+        max_task_nanos: u64,
+        raw: &'a [u8],
+    ) -> Self {
+        Results {
             count,
             busy_nanos,
             max_task_nanos,
-            more,
-            body: &body[start..],
-        };
-        let mut check = results.outcomes();
-        for _ in 0..count {
-            check.next_outcome()?;
+            raw,
         }
-        check.fields.end()?;
-        Ok(results)
-    }
-
-    /// The bytes of its outcomes, at the end of its body.
-    pub(crate) fn outcome_bytes(&self) -> usize {
-        self.body.len()
     }
 
     /// The outcomes, in task order.
     pub(crate) fn outcomes(&self) -> Outcomes<'a> {
         Outcomes {
-            fields: Fields::new(self.body),
+            fields: Fields::new(self.raw),
             left: self.count,
         }
     }
 }
 
-/// Iterates the outcomes of a RESULTS frame.
+/// Iterates the outcomes of a job.
 #[derive(Debug, Clone)]
 pub(crate) struct Outcomes<'a> {
     fields: Fields<'a>,
@@ -858,7 +855,7 @@ impl<'a> Iterator for Outcomes<'a> {
             return None;
         }
         self.left -= 1;
-        // `Results::parse` validated every outcome already.
+        // The outcomes were checked as they came (`ResultsHeader::parse`, `check_outcomes`).
         self.next_outcome().ok()
     }
 }

@@ -8,7 +8,7 @@ use crate::entry::Entry;
 use crate::error::{Error, Result};
 use crate::outcome;
 use crate::progress_bar::Bar;
-use crate::protocol::{self, FrameBuf};
+use crate::protocol::{self, FrameBuf, TasksHeader};
 use crate::supervisor::{Core, Deliver, Delivery, Job, Split};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -34,7 +34,7 @@ pub(crate) struct ChunkEncoder {
 impl ChunkEncoder {
     pub(crate) fn new(max: usize) -> Self {
         let mut frame = FrameBuf::default();
-        protocol::start_tasks(&mut frame, 0, 0);
+        TasksHeader::new(0, 0).start(&mut frame);
         ChunkEncoder {
             frame,
             count: 0,
@@ -61,7 +61,7 @@ impl ChunkEncoder {
             return Ok(None);
         }
         let task = at..self.frame.len();
-        let alone = protocol::TASKS_HEADER + task.len();
+        let alone = 4 + TasksHeader::LEN + task.len();
         if alone - 4 > self.max {
             self.frame.truncate(at);
             return Err(Error::ArgumentsTooLarge {
@@ -83,7 +83,7 @@ impl ChunkEncoder {
 
     /// The job, with `deliver` for its results.
     pub(crate) fn into_job(mut self, deliver: Deliver, cancelled: Option<Arc<AtomicBool>>) -> Job {
-        protocol::set_count(&mut self.frame, self.count);
+        TasksHeader::new(0, self.count).store(self.frame.body_mut());
         Job {
             count: self.count,
             frame: self.frame.take(),
@@ -135,7 +135,7 @@ pub(crate) fn split_frame(frame: &[u8]) -> Vec<Vec<u8>> {
             return Vec::new();
         };
         let mut one = FrameBuf::default();
-        protocol::start_tasks(&mut one, 0, 1);
+        TasksHeader::new(0, 1).start(&mut one);
         one.bytes(args);
         frames.push(one.take());
     }

@@ -23,6 +23,73 @@ const CAP_BOUND: usize = RESERVE_CAP + (64 << 10);
 
 type Parser = fn(&[u8]) -> Result<(), FrameError>;
 
+fn start_tasks(f: &mut FrameBuf, job: u64, count: u32) {
+    TasksHeader::new(job, count).start(f);
+}
+
+fn set_count(f: &mut FrameBuf, count: u32) {
+    let mut header = TasksHeader::read(f.body_mut()).unwrap();
+    header.count = count;
+    header.store(f.body_mut());
+}
+
+fn stamp_job(frame: &mut [u8], job: u64) {
+    let mut header = TasksHeader::read(&frame[4..]).unwrap();
+    header.job = job;
+    header.store(&mut frame[4..]);
+}
+
+fn start_results(f: &mut FrameBuf, job: u64, count: u32) {
+    ResultsHeader {
+        more: false,
+        ..ResultsHeader::run(job, count)
+    }
+    .start(f);
+}
+
+fn patch_results(f: &mut FrameBuf, patch: impl FnOnce(&mut ResultsHeader)) {
+    let mut header = ResultsHeader::read(f.body_mut()).unwrap();
+    patch(&mut header);
+    header.store(f.body_mut());
+}
+
+fn set_busy(f: &mut FrameBuf, nanos: u64) {
+    patch_results(f, |h| h.busy_nanos = nanos);
+}
+
+fn set_max_task(f: &mut FrameBuf, nanos: u64) {
+    patch_results(f, |h| h.max_task_nanos = nanos);
+}
+
+/// A RESULTS body parsed: its header and a view of its outcomes.
+#[derive(Debug)]
+struct Parsed<'a> {
+    job: u64,
+    count: u32,
+    busy_nanos: u64,
+    max_task_nanos: u64,
+    more: bool,
+    raw: &'a [u8],
+}
+
+impl<'a> Parsed<'a> {
+    fn outcomes(&self) -> Outcomes<'a> {
+        Results::from_parts(self.count, self.busy_nanos, self.max_task_nanos, self.raw).outcomes()
+    }
+}
+
+fn parse_results(body: &[u8]) -> Result<Parsed<'_>, FrameError> {
+    let (h, raw) = ResultsHeader::parse(body)?;
+    Ok(Parsed {
+        job: h.job,
+        count: h.count,
+        busy_nanos: h.busy_nanos,
+        max_task_nanos: h.max_task_nanos,
+        more: h.more,
+        raw,
+    })
+}
+
 fn frame(build: impl FnOnce(&mut FrameBuf)) -> Vec<u8> {
     let mut f = FrameBuf::default();
     build(&mut f);
@@ -267,12 +334,17 @@ fn tasks_round_trip() {
     let mut fr = f.take();
     stamp_job(&mut fr, 0x0102_0304_0506_0708);
     assert_eq!(
-        fr[TASKS_JOB_OFFSET..TASKS_JOB_OFFSET + 8],
-        0x0102_0304_0506_0708u64.to_le_bytes()
+        TasksHeader::read(body(&fr)).unwrap(),
+        TasksHeader {
+            job: 0x0102_0304_0506_0708,
+            count: 4,
+            flags: 0,
+            entry: POOL_ENTRY
+        }
     );
     assert_eq!(
-        fr[TASKS_COUNT_OFFSET..TASKS_COUNT_OFFSET + 4],
-        4u32.to_le_bytes()
+        fr[4..4 + TasksHeader::LEN],
+        TasksHeader::read(body(&fr)).unwrap().encode()
     );
 
     let mut tasks = Tasks::parse(body(&fr)).unwrap();
@@ -315,7 +387,7 @@ fn results_round_trip() {
     set_max_task(&mut f, u64::MAX);
     let fr = f.take();
 
-    let results = Results::parse(body(&fr)).unwrap();
+    let results = parse_results(body(&fr)).unwrap();
     assert_eq!(
         (
             results.job,
@@ -351,7 +423,7 @@ fn results_round_trip() {
     assert_eq!(results.outcomes().count(), 5);
 
     let fr = frame(|f| start_results(f, 1, 0));
-    let results = Results::parse(body(&fr)).unwrap();
+    let results = parse_results(body(&fr)).unwrap();
     assert_eq!((results.busy_nanos, results.max_task_nanos), (0, 0));
     assert_eq!(results.outcomes().next(), None);
 }
@@ -452,7 +524,7 @@ fn back_to_back_frames_through_slices_cursors_and_trickles() {
     assert_eq!(parse_init_done(&bodies[4]).unwrap(), Ok(()));
     assert!(parse_init_done(&bodies[5]).unwrap().is_err());
     assert_eq!(Tasks::parse(&bodies[6]).unwrap().count, 2);
-    assert_eq!(Results::parse(&bodies[7]).unwrap().outcomes().count(), 3);
+    assert_eq!(parse_results(&bodies[7]).unwrap().outcomes().count(), 3);
     assert_eq!(bodies[8], [kind::EXIT]);
     assert!(parse_on_exit(&bodies[9]).is_ok());
     assert!(parse_exited(&bodies[10]).is_ok());
@@ -681,7 +753,7 @@ fn wrong_kinds_and_empty_bodies() {
         (&[kind::HELLO], |b| Hello::parse(b).map(drop)),
         (&[kind::READY, kind::REFUSE], |b| Ready::parse(b).map(drop)),
         (&[kind::TASKS], |b| Tasks::parse(b).map(drop)),
-        (&[kind::RESULTS], |b| Results::parse(b).map(drop)),
+        (&[kind::RESULTS], |b| parse_results(b).map(drop)),
         (&[kind::INIT_DONE], |b| parse_init_done(b).map(drop)),
         (&[kind::INIT], |b| parse_init(b).map(drop)),
         (&[kind::ON_EXIT], |b| parse_on_exit(b).map(drop)),
@@ -717,7 +789,7 @@ fn trailing_bytes_are_refused() {
         (3, |b| parse_init(b).map(drop)),
         (4, |b| parse_init_done(b).map(drop)),
         (5, |b| parse_init_done(b).map(drop)),
-        (7, |b| Results::parse(b).map(drop)),
+        (7, |b| parse_results(b).map(drop)),
         (9, |b| parse_on_exit(b).map(drop)),
         (10, |b| parse_exited(b).map(drop)),
     ];
@@ -782,7 +854,7 @@ fn strings_must_be_utf8() {
         };
         start_results(&mut f, 1, 1);
         outcome(&mut f);
-        assert_malformed(Results::parse(&f.take()[4..]), needle);
+        assert_malformed(parse_results(&f.take()[4..]), needle);
         start_exited(&mut f);
         outcome(&mut f);
         assert_malformed(parse_exited(&f.take()[4..]), needle);
@@ -790,7 +862,7 @@ fn strings_must_be_utf8() {
     // Values are bytes, not strings.
     start_results(&mut f, 1, 1);
     f.u8(OUTCOME_OK).bytes(&bad);
-    Results::parse(&f.take()[4..]).unwrap();
+    parse_results(&f.take()[4..]).unwrap();
 }
 
 #[test]
@@ -803,15 +875,15 @@ fn results_count_must_match_the_outcomes() {
             }
         })
     };
-    Results::parse(body(&build(2, 2))).unwrap();
-    assert_malformed(Results::parse(body(&build(3, 2))), "outcome tag");
-    assert_malformed(Results::parse(body(&build(u32::MAX, 2))), "outcome tag");
-    assert_malformed(Results::parse(body(&build(1, 2))), "unexpected bytes");
-    assert_malformed(Results::parse(body(&build(0, 1))), "unexpected bytes");
+    parse_results(body(&build(2, 2))).unwrap();
+    assert_malformed(parse_results(body(&build(3, 2))), "outcome tag");
+    assert_malformed(parse_results(body(&build(u32::MAX, 2))), "outcome tag");
+    assert_malformed(parse_results(body(&build(1, 2))), "unexpected bytes");
+    assert_malformed(parse_results(body(&build(0, 1))), "unexpected bytes");
     // A header cut short.
     let fr = build(0, 0);
     for cut in 1..body(&fr).len() {
-        malformed_msg(Results::parse(&body(&fr)[..cut]));
+        malformed_msg(parse_results(&body(&fr)[..cut]));
     }
     // EXITED holds exactly one outcome.
     let fr = frame(start_exited);
@@ -827,7 +899,7 @@ fn unknown_outcome_tags_are_refused() {
             f.u8(tag).str("a").str("b");
         });
         let needle = format!("unknown outcome tag {tag}");
-        assert_malformed(Results::parse(body(&fr)), &needle);
+        assert_malformed(parse_results(body(&fr)), &needle);
         let fr = frame(|f| {
             start_exited(f);
             f.u8(tag).str("a").str("b");
@@ -852,7 +924,7 @@ fn inner_lengths_past_the_end_are_refused() {
         } else {
             "needs"
         };
-        assert_malformed(Results::parse(body(&fr)), wanted);
+        assert_malformed(parse_results(body(&fr)), wanted);
         let fr = frame(|f| {
             start_tasks(f, 1, 1);
             f.u32(claim);
@@ -1175,7 +1247,7 @@ fn decode(body: &[u8]) -> Result<Msg, FrameError> {
             Ok(Msg::Tasks { job: t.job, args })
         }
         kind::RESULTS => {
-            let r = Results::parse(body)?;
+            let r = parse_results(body)?;
             Ok(Msg::Results {
                 job: r.job,
                 busy: r.busy_nanos,
@@ -1246,7 +1318,7 @@ fn exercise(body: &[u8], f: &mut FrameBuf, stats: &mut Stats) {
             stats.parsed[2] += 1;
         }
     }
-    if let Ok(r) = Results::parse(body) {
+    if let Ok(r) = parse_results(body) {
         let outcomes: Vec<_> = r.outcomes().collect();
         assert_eq!(outcomes.len(), r.count as usize, "RESULTS yields its count");
         start_results(f, r.job, r.count);
@@ -1256,7 +1328,7 @@ fn exercise(body: &[u8], f: &mut FrameBuf, stats: &mut Stats) {
         set_busy(f, r.busy_nanos);
         set_max_task(f, r.max_task_nanos);
         if r.more {
-            f.buf[RESULTS_MORE_OFFSET] = 1;
+            patch_results(f, |h| h.more = true);
         }
         assert_eq!(&f.finish()[4..], body, "RESULTS re-encodes differently");
         stats.parsed[3] += 1;
@@ -1552,26 +1624,63 @@ fn results_larger_than_a_frame_split_into_frames_within_it_and_merge_back() {
         5,
         "two outcomes of 1006 bytes per 2500-byte frame"
     );
-    let mut merge = ResultsMerge::default();
-    let mut merged = None;
+    let (mut count, mut raw) = (0, Vec::new());
     for (n, part) in parts.iter().enumerate() {
         assert!(part.len() - 4 <= max, "part {n} is within the limit");
-        let r = Results::parse(&part[4..]).unwrap();
+        let r = parse_results(&part[4..]).unwrap();
         assert_eq!(r.job, 7);
         assert_eq!(r.more, n + 1 < parts.len());
         if r.more {
-            merge.add(&r);
+            assert_eq!(
+                (r.busy_nanos, r.max_task_nanos),
+                (0, 0),
+                "timing comes last"
+            );
         } else {
-            merged = Some(merge.finish(&r));
+            assert_eq!((r.busy_nanos, r.max_task_nanos), (123, 45));
         }
+        count += r.count;
+        raw.extend_from_slice(r.raw);
     }
-    let merged = merged.expect("a last part");
+    let whole = parse_results(&whole[4..]).unwrap();
     assert_eq!(
-        merged,
-        whole[4..],
-        "the parts join back into the very frame"
+        (count, &raw[..]),
+        (whole.count, whole.raw),
+        "the runs are the outcomes, in order"
     );
-    assert!(merge.is_empty());
+}
+
+#[test]
+fn outcomes_cut_into_runs_within_a_frame() {
+    let mut f = FrameBuf::default();
+    start_results(&mut f, 1, 3);
+    for len in [10, 3000, 10] {
+        Outcome::write_ok(&mut f, |out| {
+            out.extend(std::iter::repeat_n(1u8, len));
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+    }
+    let fr = f.take();
+    let r = parse_results(body(&fr)).unwrap();
+    let runs = cut_outcomes(r.raw, 3, 100).unwrap();
+    let counts: Vec<u32> = runs.iter().map(|(n, _)| *n).collect();
+    assert_eq!(counts, [1, 1, 1], "the large one alone, in order");
+    let joined: Vec<u8> = runs
+        .iter()
+        .flat_map(|(_, raw)| raw.iter().copied())
+        .collect();
+    assert_eq!(joined, r.raw);
+    let runs = cut_outcomes(r.raw, 3, 1 << 20).unwrap();
+    assert_eq!(runs, [(3, r.raw)], "all in one when they fit");
+    assert!(
+        cut_outcomes(r.raw, 2, 1 << 20).is_none(),
+        "a count that does not match"
+    );
+    assert!(
+        cut_outcomes(r.raw, 4, 1 << 20).is_none(),
+        "a count that does not match"
+    );
 }
 
 #[test]

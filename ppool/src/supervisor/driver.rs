@@ -6,8 +6,8 @@ use super::job::{Job, Sent};
 use super::recovery::{self, Failed, Fate};
 use super::state::{Conn, Inner, Phase, Slot};
 use crate::error::Error;
-use crate::protocol::{self, FrameError, Results, ResultsMerge};
-use crate::transport::Started;
+use crate::protocol::{self, FrameError, Results, TasksHeader};
+use crate::transport::{Incoming, Started};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -75,9 +75,8 @@ fn run(shared: &Inner, i: usize, mut conn: Box<Conn>, first: Job, driver: Driver
     let mut sent_bytes = 0usize;
     let mut sent_tasks = 0u64;
     let mut next = Some(first);
-    // The parts of a job whose results came in several frames, and the whole once joined.
-    let mut merge = ResultsMerge::default();
-    let mut merged_body: Vec<u8>;
+    // The outcomes of the oldest job sent that came in runs before its end.
+    let mut gathered = Gathered::default();
     // A write that failed: the worker gets nothing more, and what it answered before is
     // still read, so that no finished job is taken for unstarted and run again.
     let mut send_failed: Option<std::io::Error> = None;
@@ -108,16 +107,8 @@ fn run(shared: &Inner, i: usize, mut conn: Box<Conn>, first: Job, driver: Driver
                 }));
             } else {
                 let id = shared.next_job_id();
-                protocol::stamp_job(&mut job.frame, id);
-                if let Some((index, _)) = job.entry {
-                    protocol::set_entry(&mut job.frame, index);
-                }
-                let flags = if !top_up && !spin_limit(shared).is_zero() {
-                    protocol::FLAG_SPIN
-                } else {
-                    0
-                };
-                protocol::set_flags(&mut job.frame, flags);
+                let spin = !top_up && !spin_limit(shared).is_zero();
+                stamp(&mut job, id, spin);
                 sent_bytes += job.frame.len();
                 sent_tasks += u64::from(job.count);
                 shared.stats.sent(u64::from(job.count));
@@ -161,11 +152,11 @@ fn run(shared: &Inner, i: usize, mut conn: Box<Conn>, first: Job, driver: Driver
         if !top_up && !spin.is_zero() {
             // A caller drives this worker and waits: spin for the answer, as it is due soon.
             if let Err(e) = conn.link.wait_readable(spin, None) {
-                return fail(shared, i, *conn, sent, &mut merge, FrameError::Io(e));
+                return fail(shared, i, *conn, sent, &mut gathered, FrameError::Io(e));
             }
         }
-        let body = match conn.link.recv() {
-            Ok(body) => body,
+        let incoming = match conn.link.recv() {
+            Ok(incoming) => incoming,
             Err(e) => {
                 let cause = match (send_failed.take(), e) {
                     (Some(sent_error), FrameError::Closed | FrameError::Io(_)) => {
@@ -173,34 +164,46 @@ fn run(shared: &Inner, i: usize, mut conn: Box<Conn>, first: Job, driver: Driver
                     }
                     (_, e) => e,
                 };
-                return fail(shared, i, *conn, sent, &mut merge, cause);
+                return fail(shared, i, *conn, sent, &mut gathered, cause);
             }
         };
-        let results = match Results::parse(body) {
-            Ok(r) if r.job == id && fits(merge.count(), &r, count) => r,
-            Ok(r) => {
+        let (raw, end) = match incoming {
+            Incoming::Outcomes {
+                job,
+                count: n,
+                raw,
+                end,
+            } if job == id && fits(gathered.count, n, end.is_some(), count) => {
+                let Some(end) = end else {
+                    // Not all of them yet: keep this run and read the next.
+                    gathered.add(n, raw);
+                    continue;
+                };
+                (raw, end)
+            }
+            Incoming::Outcomes { job, count: n, .. } => {
                 let e = FrameError::Malformed(format!(
-                    "results for job {} ({} tasks) while job {id} ({count} tasks) was running",
-                    r.job, r.count
+                    "{n} results for job {job} while job {id} ({count} tasks, {} in) was running",
+                    gathered.count
                 ));
-                return fail(shared, i, *conn, sent, &mut merge, e);
+                return fail(shared, i, *conn, sent, &mut gathered, e);
             }
-            Err(e) => return fail(shared, i, *conn, sent, &mut merge, e),
+            Incoming::Frame(body) => {
+                let e = FrameError::Malformed(format!(
+                    "expected RESULTS, got message kind {}",
+                    body.first().copied().unwrap_or_default()
+                ));
+                return fail(shared, i, *conn, sent, &mut gathered, e);
+            }
         };
-        if results.more {
-            // Results larger than one frame: keep this part and read the next.
-            merge.add(&results);
-            continue;
-        }
-        let results = if merge.is_empty() {
-            results
+        // One run is the whole job: it is delivered from the link's buffer, as it came.
+        let raw = if gathered.count == 0 {
+            raw
         } else {
-            merged_body = merge.finish(&results);
-            match Results::parse(&merged_body) {
-                Ok(r) => r,
-                Err(e) => return fail(shared, i, *conn, sent, &mut merge, e),
-            }
+            gathered.raw.extend_from_slice(raw);
+            &gathered.raw
         };
+        let results = Results::from_parts(count, end.busy_nanos, end.max_task_nanos, raw);
         let Some(done) = sent.pop_front() else { break };
         if shared.watchdog || done.job.cancel_kills {
             shared.watch.disarm(i);
@@ -216,6 +219,7 @@ fn run(shared: &Inner, i: usize, mut conn: Box<Conn>, first: Job, driver: Driver
         shared.stats.settled(u64::from(count));
         shared.observe_job(results.busy_nanos);
         done.job.deliver.send(Ok((results, i)));
+        gathered.clear();
         conn.link.shrink_buffers();
         conn.tasks_done += u64::from(count);
         if top_up && sent.len() < pipeline_depth(shared) && send_failed.is_none() {
@@ -224,16 +228,54 @@ fn run(shared: &Inner, i: usize, mut conn: Box<Conn>, first: Job, driver: Driver
     }
     if let Some(e) = send_failed {
         // Every job it held was answered before it went: the slot still needs a new worker.
-        return fail(shared, i, *conn, sent, &mut merge, FrameError::Send(e));
+        return fail(shared, i, *conn, sent, &mut gathered, FrameError::Send(e));
     }
     recycle_if_due(shared, conn)
 }
 
-/// Whether a results frame of `part.count` outcomes, after `got` of the same job already,
-/// fits a job of `count` tasks: within it, and, unless more frames follow, completing it.
-fn fits(got: u32, part: &Results<'_>, count: u32) -> bool {
-    let total = u64::from(got) + u64::from(part.count);
-    total <= u64::from(count) && (part.more || total == u64::from(count))
+/// Whether a run of `n` outcomes, after `got` of the same job already, fits a job of `count`
+/// tasks: within it, and, if it carries the job's end, completing it.
+fn fits(got: u32, n: u32, ends: bool, count: u32) -> bool {
+    let total = u64::from(got) + u64::from(n);
+    total <= u64::from(count) && (!ends || total == u64::from(count))
+}
+
+/// Stamps a job's frame with its id, its entry and its flags as it is sent.
+fn stamp(job: &mut Job, id: u64, spin: bool) {
+    let Some(body) = job.frame.get_mut(4..) else {
+        return;
+    };
+    let Ok(mut header) = TasksHeader::read(body) else {
+        // Not a frame of ours: the worker refuses it, and the job fails with it.
+        return;
+    };
+    header.job = id;
+    if let Some((index, _)) = job.entry {
+        header.entry = index;
+    }
+    header.flags = if spin { protocol::FLAG_SPIN } else { 0 };
+    header.store(body);
+}
+
+/// The outcomes of the oldest job sent that came before its end, in runs: how many (the
+/// outcomes recovery keeps, should the worker fail under it) and their records.
+#[derive(Debug, Default)]
+struct Gathered {
+    count: u32,
+    raw: Vec<u8>,
+}
+
+impl Gathered {
+    fn add(&mut self, n: u32, raw: &[u8]) {
+        self.count += n;
+        self.raw.extend_from_slice(raw);
+    }
+
+    fn clear(&mut self) {
+        self.count = 0;
+        self.raw.clear();
+        protocol::shrink(&mut self.raw);
+    }
 }
 
 /// The next queued job for a worker that already holds `sent_bytes` of jobs, if it has room.
@@ -324,15 +366,15 @@ fn recycle_if_due(shared: &Inner, conn: Box<Conn>) -> Slot {
     }
 }
 
-/// Worker `i` failed while it held `sent`, with the results of the first job's first tasks
-/// in `merge`: gather the facts, classify the failure, apply the plan for its jobs, and leave
+/// Worker `i` failed while it held `sent`, with the outcomes of the first job's first tasks
+/// in `gathered`: gather the facts, classify the failure, apply the plan for its jobs, and leave
 /// the slot to be refilled by its driver thread, after everyone has their answer.
 fn fail(
     shared: &Inner,
     i: usize,
     conn: Conn,
     mut sent: VecDeque<Sent>,
-    merge: &mut ResultsMerge,
+    gathered: &mut Gathered,
     cause: FrameError,
 ) -> Slot {
     let verdict = shared.watch.unregister(i);
@@ -383,13 +425,13 @@ fn fail(
         };
         let facts = recovery::HeadFacts {
             count: head.job.count,
-            kept: merge.count(),
+            kept: gathered.count,
             started,
             attempts: head.job.attempts,
             bounces: head.job.bounces,
         };
         let fate = recovery::fate(facts, &error, closed, shared.settings.retries);
-        apply_fate(head, fate, merge, &error, i, &mut requeue);
+        apply_fate(head, fate, gathered, &error, i, &mut requeue);
     }
     drop(link);
     let plan = recovery::plan_rest(sent, closed, started, &error, shared.settings.retries);
@@ -421,12 +463,12 @@ fn end_whole(mut job: Job, retry: bool, error: &Error, requeue: &mut Vec<Job>) {
 fn apply_fate(
     head: Sent,
     fate: Fate,
-    merge: &mut ResultsMerge,
+    gathered: &Gathered,
     error: &Error,
     worker: usize,
     requeue: &mut Vec<Job>,
 ) {
-    let Sent { mut job, id } = head;
+    let Sent { mut job, .. } = head;
     let (kept, ran, retry) = match fate {
         Fate::Bounce => {
             job.bounces += 1;
@@ -449,12 +491,7 @@ fn apply_fate(
         Some(split) => split(&job.frame),
         None => Vec::new(),
     };
-    let partial = merge.take_partial(id);
-    let results = partial
-        .as_deref()
-        .map(protocol::Results::parse)
-        .and_then(Result::ok);
-    let short = kept > 0 && results.as_ref().is_none_or(|r| r.count < kept);
+    let short = gathered.count < kept;
     if pieces.len() != count as usize || short {
         // Nothing to cut along: what ran and what did not are one, and nothing may run twice.
         return end_whole(job, retry, error, requeue);
@@ -468,19 +505,12 @@ fn apply_fate(
         ..
     } = job;
     deliver.disarm();
-    let mut outcomes = results.map(|r| r.outcomes());
+    // Each kept outcome goes to its task as it came, a job's results of its own.
+    let mut outcomes = Results::from_parts(gathered.count, 0, 0, &gathered.raw).outcomes();
     for (k, (frame, deliver)) in (0u32..).zip(pieces) {
         if k < kept {
-            let raw = outcomes.as_mut().map(|o| o.next_raw());
-            let body = match raw {
-                Some(Ok(raw)) => protocol::single_results(id, raw),
-                _ => {
-                    deliver.send(Err(error.clone()));
-                    continue;
-                }
-            };
-            match protocol::Results::parse(&body) {
-                Ok(one) => deliver.send(Ok((one, worker))),
+            match outcomes.next_raw() {
+                Ok(raw) => deliver.send(Ok((Results::from_parts(1, 0, 0, raw), worker))),
                 Err(_) => deliver.send(Err(error.clone())),
             }
             continue;

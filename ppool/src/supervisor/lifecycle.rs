@@ -149,7 +149,7 @@ fn ready(spec: &WorkerSpec, i: usize, worker: Worker) -> Result<Conn, StartFailu
     }
     let answer = match link.recv() {
         Err(e) => Err((e.to_string(), true)),
-        Ok(body) => match Ready::parse(body) {
+        Ok(incoming) => match incoming.frame().and_then(Ready::parse) {
             Ok(Ready::Ok {
                 build_id, token, ..
             }) if build_id == entry::build_id() && token == spec.token => Ok(()),
@@ -175,7 +175,10 @@ fn ready(spec: &WorkerSpec, i: usize, worker: Worker) -> Result<Conn, StartFailu
             Err(e) => return Err(fail(&format!("cannot wait for it: {e}"), false)),
         }
         let done = match link.recv() {
-            Ok(body) => protocol::parse_init_done(body).map_err(|e| (e.to_string(), false)),
+            Ok(incoming) => incoming
+                .frame()
+                .and_then(protocol::parse_init_done)
+                .map_err(|e| (e.to_string(), false)),
             Err(e) => Err((
                 format!("its initializer `{name}` did not finish: {e}"),
                 true,
@@ -222,7 +225,7 @@ fn exit(link: &mut dyn Link, peer: &dyn Peer, hook: Option<Duration>) -> Option<
                 .wait_readable(Duration::ZERO, crate::sync::limit(limit))
                 .unwrap_or(false)
         {
-            if let Ok(body) = link.recv() {
+            if let Ok(Ok(body)) = link.recv().map(|incoming| incoming.frame()) {
                 exited = Some(body.to_vec());
             }
         }

@@ -1,8 +1,9 @@
 //! The supervisor's recovery rules, driven through a whole [`Core`] with scripted fake
 //! workers: no process is started. A fake worker answers the greeting, and answers each task
 //! by what its arguments say: `ok`, `panic`, `crash` (dies while running it), `hang` (runs
-//! until killed), `grow` (hangs with a resident memory above any limit) or `garbage` (answers
-//! with a malformed frame). A test can also kill a worker while it is idle. Like a worker on
+//! until killed), `grow` (hangs with a resident memory above any limit), `garbage` (answers
+//! with a malformed frame) or `flush` (sends the outcomes so far, its own included, as a run
+//! ahead of the job's end, as a pipe worker does with long tasks). A test can also kill a worker while it is idle. Like a worker on
 //! shared memory, a fake one publishes each task's start and outcome as it goes, so that
 //! when it dies mid-job the supervisor sees which tasks finished and which one was running.
 //! The script counts how often each task ran.
@@ -14,10 +15,12 @@ use super::recovery::{self, Failed, Fate, HeadFacts, MAX_BOUNCES};
 use super::{Core, Settings, WorkerSpec};
 use crate::entry;
 use crate::error::{Error, ExitCause};
-use crate::protocol::{self, FrameBuf, FrameError, Hello, Outcome, Ready, Results, Tasks, kind};
+use crate::protocol::{
+    FrameBuf, FrameError, Hello, Outcome, Ready, ResultsHeader, Tasks, TasksHeader, kind,
+};
 use crate::supervisor::watchdog::Verdict;
 use crate::sync::lock;
-use crate::transport::{Launch, Link, Peer, Started, Worker};
+use crate::transport::{Incoming, Launch, Link, Peer, Started, Worker};
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -148,7 +151,8 @@ impl FakeLink {
             }
             kind::TASKS => {
                 let mut tasks = Tasks::parse(body).map_err(|e| io::Error::other(e.to_string()))?;
-                protocol::start_results(&mut out, tasks.job, tasks.count);
+                ResultsHeader::run(tasks.job, 0).start(&mut out);
+                let mut in_frame = 0;
                 for k in 0..tasks.count {
                     let args = tasks
                         .next_args()
@@ -161,8 +165,8 @@ impl FakeLink {
                         b"panic" => Outcome::write_panicked(&mut out, "boom", "here:1:1"),
                         b"crash" => {
                             // Dies running this task: what finished before it was published.
-                            if k > 0 {
-                                protocol::set_more(&mut out, k);
+                            if in_frame > 0 {
+                                ResultsHeader::run(tasks.job, in_frame).store(out.body_mut());
                                 self.answers.push_back(out.finish()[4..].to_vec());
                             }
                             self.peer.die(ExitCause::Signal(6));
@@ -190,7 +194,22 @@ impl FakeLink {
                             });
                         }
                     }
+                    in_frame += 1;
+                    if args == b"flush" {
+                        ResultsHeader::run(tasks.job, in_frame).store(out.body_mut());
+                        self.answers.push_back(out.finish()[4..].to_vec());
+                        ResultsHeader::run(tasks.job, 0).start(&mut out);
+                        in_frame = 0;
+                    }
                 }
+                let end = ResultsHeader {
+                    job: tasks.job,
+                    count: in_frame,
+                    busy_nanos: 0,
+                    max_task_nanos: 0,
+                    more: false,
+                };
+                end.store(out.body_mut());
             }
             kind::EXIT => {
                 self.peer.die(ExitCause::Code(0));
@@ -221,14 +240,14 @@ impl Link for FakeLink {
         Ok(())
     }
 
-    fn recv(&mut self) -> Result<&[u8], FrameError> {
+    fn recv(&mut self) -> Result<Incoming<'_>, FrameError> {
         if self.peer.idle_death.load(Ordering::SeqCst) {
             self.peer.die(ExitCause::Signal(9));
         }
         match self.answers.pop_front() {
             Some(body) => {
                 self.body = body;
-                Ok(&self.body)
+                Incoming::from_body(&self.body)
             }
             None => Err(FrameError::Closed),
         }
@@ -267,7 +286,7 @@ fn describe(outcome: Outcome<'_>) -> String {
 /// fails under it.
 fn job(tasks: &[&str], tx: &mpsc::Sender<(Vec<String>, Got)>) -> Job {
     let mut frame = FrameBuf::default();
-    protocol::start_tasks(&mut frame, 0, tasks.len() as u32);
+    TasksHeader::new(0, tasks.len() as u32).start(&mut frame);
     for t in tasks {
         frame.bytes(t.as_bytes());
     }
@@ -391,6 +410,50 @@ fn a_crash_mid_chunk_fails_the_culprit_alone_keeps_what_finished_and_runs_the_re
         script.started.load(Ordering::SeqCst),
         2,
         "the first worker died with the culprit; the second ran what never started"
+    );
+}
+
+#[test]
+fn a_job_whose_outcomes_come_in_runs_is_delivered_whole_in_order() {
+    let (core, _script) = core(settings(1));
+    let (tx, rx) = mpsc::channel();
+    // The second job's end comes alone, after its last run.
+    core.submit(job(&["a", "flush", "b", "c"], &tx));
+    core.submit(job(&["d", "flush"], &tx));
+    let got = collect(&rx, 2);
+    let want = |names: &[&str]| Some(names.iter().map(|n| n.to_string()).collect::<Vec<_>>());
+    assert_eq!(
+        got[0].1.as_ref().ok().cloned(),
+        want(&["a", "flush", "b", "c"])
+    );
+    assert_eq!(got[1].1.as_ref().ok().cloned(), want(&["d", "flush"]));
+}
+
+#[test]
+fn a_crash_after_runs_keeps_the_outcomes_of_every_run() {
+    let (core, script) = core(settings(1));
+    let (tx, rx) = mpsc::channel();
+    core.submit(job(&["a", "flush", "b", "crash", "c"], &tx));
+    let got = collect(&rx, 5);
+    let by_name: Vec<(&str, Option<Vec<String>>)> = got
+        .iter()
+        .map(|(names, got)| (names[0].as_str(), got.as_ref().ok().cloned()))
+        .collect();
+    let ok = |v: &str| Some(vec![v.to_string()]);
+    assert_eq!(
+        by_name,
+        [
+            ("a", ok("a")),
+            ("b", ok("b")),
+            ("c", ok("c")),
+            ("crash", None),
+            ("flush", ok("flush")),
+        ]
+    );
+    let runs = lock(&script.runs).clone();
+    assert!(
+        runs.values().all(|&n| n == 1),
+        "no task ran twice: {runs:?}"
     );
 }
 
@@ -790,31 +853,4 @@ fn classify_puts_the_watchdog_first_and_the_channel_second() {
         c(Some(Verdict::Timeout), &bad, true),
         Error::Closed
     ));
-}
-
-#[test]
-fn the_merged_results_of_a_split_answer_parse_as_one() {
-    // The driver accepts results in parts; the fake workers answer in one frame, so check
-    // the joining on its own here.
-    let mut f = FrameBuf::default();
-    protocol::start_results(&mut f, 1, 2);
-    for v in [b"x", b"y"] {
-        let _ = Outcome::write_ok(&mut f, |o| {
-            o.extend_from_slice(v);
-            Ok::<(), ()>(())
-        });
-    }
-    let whole = f.finish().to_vec();
-    let parts = protocol::split_results(&whole, 40).expect("split");
-    let mut merge = protocol::ResultsMerge::default();
-    let mut joined = Vec::new();
-    for part in &parts {
-        let r = Results::parse(&part[4..]).expect("part");
-        if r.more {
-            merge.add(&r);
-        } else {
-            joined = merge.finish(&r);
-        }
-    }
-    assert_eq!(joined, whole[4..]);
 }

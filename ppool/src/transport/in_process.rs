@@ -2,7 +2,7 @@
 //! drives it, so tasks can be stepped through in a debugger and their panics show up in place.
 //! The supervisor speaks to it exactly as to a worker process: greeting, tasks, exit.
 
-use super::{Launch, Link, Peer, Started, Worker};
+use super::{Incoming, Launch, Link, Peer, Started, Worker};
 use crate::error::{Error, ExitCause};
 use crate::protocol::FrameError;
 use crate::worker::exec::KeepAll;
@@ -88,9 +88,9 @@ impl Link for InProcessLink {
         Ok(())
     }
 
-    fn recv(&mut self) -> Result<&[u8], FrameError> {
+    fn recv(&mut self) -> Result<Incoming<'_>, FrameError> {
         self.body = self.answers.pop_front().ok_or(FrameError::Closed)?;
-        Ok(&self.body)
+        Incoming::from_body(&self.body)
     }
 
     fn wait_readable(&mut self, _spin: Duration, _timeout: Option<Duration>) -> io::Result<bool> {

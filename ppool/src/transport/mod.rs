@@ -33,7 +33,7 @@ pub(crate) use shm::{ShmRx, ShmTx, spawn as spawn_shm_worker};
 pub(crate) use sigpipe::{block_sigpipe_on_this_thread, ignore_sigpipe};
 
 use crate::error::{Error, ExitCause};
-use crate::protocol::FrameError;
+use crate::protocol::{self, FrameError};
 use std::ffi::OsString;
 use std::fmt::Debug;
 use std::io;
@@ -47,8 +47,9 @@ pub(crate) trait Link: Send + Debug {
     /// worker: it was gone before the first one.
     fn send(&mut self, frames: &[&[u8]]) -> io::Result<()>;
 
-    /// Receives one frame; its body stays valid until the next call.
-    fn recv(&mut self) -> Result<&[u8], FrameError>;
+    /// Receives what the worker sent next: a run of outcomes of one job (perhaps with the
+    /// job's end), or another frame. What it borrows stays valid until the next call.
+    fn recv(&mut self) -> Result<Incoming<'_>, FrameError>;
 
     /// Spins for at most `spin` (only where a CPU is free for it), then waits at most
     /// `timeout` (`None`: no limit) until a frame can be read or the worker has ended; false
@@ -66,6 +67,62 @@ pub(crate) trait Link: Send + Debug {
 
     /// Gives back the memory of buffers that one big frame grew.
     fn shrink_buffers(&mut self);
+}
+
+/// What a worker sent, as a link hands it to the supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Incoming<'a> {
+    /// The next `count` outcomes of job `job`, in task order, their records one after
+    /// another as the worker wrote them (`raw`, checked to hold exactly `count` well-formed
+    /// outcomes), and, when they are its last, the job's end. A job's outcomes come in one
+    /// run or several; the run that carries the end may be empty.
+    Outcomes {
+        job: u64,
+        count: u32,
+        raw: &'a [u8],
+        end: Option<JobEnd>,
+    },
+    /// Any other frame's body (READY, INIT_DONE, EXITED).
+    Frame(&'a [u8]),
+}
+
+/// The end of a job: every outcome came, and how long it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct JobEnd {
+    /// How long the worker was busy with the job.
+    pub(crate) busy_nanos: u64,
+    /// Its longest task.
+    pub(crate) max_task_nanos: u64,
+}
+
+impl<'a> Incoming<'a> {
+    /// What a frame's body holds: a RESULTS body is a run (the job's end with it unless it
+    /// says more follow), anything else a frame.
+    pub(crate) fn from_body(body: &'a [u8]) -> Result<Self, FrameError> {
+        if body.first() != Some(&protocol::kind::RESULTS) {
+            return Ok(Incoming::Frame(body));
+        }
+        let (header, raw) = protocol::ResultsHeader::parse(body)?;
+        Ok(Incoming::Outcomes {
+            job: header.job,
+            count: header.count,
+            raw,
+            end: (!header.more).then_some(JobEnd {
+                busy_nanos: header.busy_nanos,
+                max_task_nanos: header.max_task_nanos,
+            }),
+        })
+    }
+
+    /// The frame, where one is expected and not outcomes.
+    pub(crate) fn frame(self) -> Result<&'a [u8], FrameError> {
+        match self {
+            Incoming::Frame(body) => Ok(body),
+            Incoming::Outcomes { job, .. } => Err(FrameError::Malformed(format!(
+                "results for job {job} where no job was sent"
+            ))),
+        }
+    }
 }
 
 /// How far a dead worker got into the oldest job it held, as its link tells.

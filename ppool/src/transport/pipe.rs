@@ -2,7 +2,7 @@
 //! the supervisor drives its own ends non-blocking, watched with a pidfd.
 
 use super::poll::{self, Pidfd, WatchedReader};
-use super::{Launch, LaunchConfig, Link, Peer, Started, Worker, process};
+use super::{Incoming, Launch, LaunchConfig, Link, Peer, Started, Worker, process};
 use crate::error::Error;
 use crate::protocol::{self, FrameError, FrameReader};
 use crate::worker::bootstrap::ChannelDesc;
@@ -99,9 +99,10 @@ impl Link for PipeLink {
         }
     }
 
-    fn recv(&mut self) -> Result<&[u8], FrameError> {
+    /// Each RESULTS frame is a run; the last of a job carries its end.
+    fn recv(&mut self) -> Result<Incoming<'_>, FrameError> {
         self.rx.read(&mut self.body)?;
-        Ok(&self.body)
+        Incoming::from_body(&self.body)
     }
 
     fn wait_readable(&mut self, spin: Duration, timeout: Option<Duration>) -> io::Result<bool> {

@@ -13,9 +13,9 @@
 
 use super::poll::Pidfd;
 use super::process::{self, ProcessPeer};
-use super::{Launch, LaunchConfig, Link, Peer, Started, Worker};
+use super::{Incoming, JobEnd, Launch, LaunchConfig, Link, Peer, Started, Worker};
 use crate::error::Error;
-use crate::protocol::{self, FrameError, Results};
+use crate::protocol::{self, FrameError, ResultsHeader, TasksHeader};
 use crate::shm::{
     self, Assembler, Consumer, Layout, Producer, ProgressReader, Region, RingError, SupervisorEnd,
 };
@@ -92,7 +92,7 @@ pub(crate) fn spawn(
         pidfd: Arc::clone(&peer.pidfd),
         assembler: Assembler::new(config.max_frame),
         body: Vec::new(),
-        results_body: Vec::new(),
+        raw: Vec::new(),
         outcomes: 0,
         returned: Returned::Nothing,
         dead: false,
@@ -123,8 +123,10 @@ enum Next {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Returned {
     Nothing,
+    /// A frame, or a run that was all in it.
     Frame,
-    Results,
+    /// The outcome records gathered, and the frame that ended them, if any.
+    Outcomes,
 }
 
 /// The supervisor's end of a worker's region: the sending half and the receiving half.
@@ -157,16 +159,16 @@ pub(crate) struct ShmRx {
     assembler: Assembler,
     /// The frame being received.
     body: Vec<u8>,
-    /// The RESULTS body being gathered from outcomes published one by one: room for its
-    /// header, then the outcomes.
-    results_body: Vec<u8>,
-    /// Outcomes in `results_body`.
+    /// The outcome records published one by one since the last run was handed over, as
+    /// they are, one after another.
+    raw: Vec<u8>,
+    /// Outcomes in `raw`.
     outcomes: u32,
     returned: Returned,
     /// The worker was seen dead and everything it published was read.
     dead: bool,
-    /// Hand over the outcomes gathered so far, as a partial RESULTS frame, whenever no more
-    /// are published for now (for a host agent, so that the pool keeps them if the host is
+    /// Hand over the outcomes gathered so far, as a run without the job's end, whenever no
+    /// more are published for now (for a host agent, so that the pool keeps them if the host is
     /// lost).
     partials: bool,
     /// How long a wait for the worker's records may go before its pidfd is looked at.
@@ -194,50 +196,58 @@ impl ShmRx {
         }
     }
 
-    /// The frame whose last piece came, merged with the outcomes that came before it when it
-    /// ends a job.
-    fn complete(&mut self) -> Result<&[u8], FrameError> {
+    /// The frame whose last piece came. A RESULTS frame ends the run of the outcome records
+    /// that came before it (and holds more outcomes, should a worker put some in it).
+    fn complete(&mut self) -> Result<Incoming<'_>, FrameError> {
+        if self.body.first() != Some(&protocol::kind::RESULTS) {
+            if self.outcomes > 0 {
+                return Err(FrameError::Malformed(format!(
+                    "a frame of kind {:?} after outcomes, instead of their RESULTS",
+                    self.body.first()
+                )));
+            }
+            self.returned = Returned::Frame;
+            return Ok(Incoming::Frame(&self.body));
+        }
+        let (header, tail) = ResultsHeader::parse(&self.body)?;
+        let end = (!header.more).then_some(JobEnd {
+            busy_nanos: header.busy_nanos,
+            max_task_nanos: header.max_task_nanos,
+        });
         if self.outcomes == 0 {
             self.returned = Returned::Frame;
-            return Ok(&self.body);
+            return Ok(Incoming::Outcomes {
+                job: header.job,
+                count: header.count,
+                raw: tail,
+                end,
+            });
         }
-        let last = Results::parse(&self.body)?;
         let count = self
             .outcomes
-            .checked_add(last.count)
+            .checked_add(header.count)
             .ok_or_else(|| FrameError::Malformed("more outcomes than a job holds".into()))?;
-        protocol::write_results_header(
-            &mut self.results_body[..protocol::RESULTS_HEADER_BODY],
-            last.job,
+        protocol::check_outcomes(&self.raw, self.outcomes)?;
+        self.raw.extend_from_slice(tail);
+        self.returned = Returned::Outcomes;
+        Ok(Incoming::Outcomes {
+            job: header.job,
             count,
-            last.busy_nanos,
-            last.max_task_nanos,
-            last.more,
-        );
-        let first_outcome = self.body.len() - last.outcome_bytes();
-        self.results_body
-            .extend_from_slice(&self.body[first_outcome..]);
-        self.returned = Returned::Results;
-        Ok(&self.results_body)
+            raw: &self.raw,
+            end,
+        })
     }
 
-    /// The outcomes of a dead worker's last job, as a partial RESULTS frame of the job its
-    /// progress word names.
-    fn salvage(&mut self) -> Result<&[u8], FrameError> {
+    /// The outcomes of a dead worker's last job, as a run of the job its progress word names.
+    fn salvage(&mut self) -> Result<Incoming<'_>, FrameError> {
         let progress = self.progress.read().map_err(frame_error)?;
-        Ok(self.partial(progress.job))
+        self.run(progress.job)
     }
 }
 
 /// The job id of a TASKS body, if it is one.
 fn tasks_job(body: &[u8]) -> Option<u64> {
-    // The frame's offsets count its 4-byte length header, which a body goes without.
-    let at = protocol::TASKS_JOB_OFFSET - 4;
-    if body.first() != Some(&protocol::kind::TASKS) {
-        return None;
-    }
-    let id: [u8; 8] = body.get(at..at + 8)?.try_into().ok()?;
-    Some(u64::from_le_bytes(id))
+    TasksHeader::read(body).ok().map(|header| header.job)
 }
 
 fn frame_error(e: RingError) -> FrameError {
@@ -322,18 +332,15 @@ impl ShmTx {
 
 impl ShmRx {
     /// Receives one frame (see [`Link::recv`]).
-    pub(crate) fn recv(&mut self) -> Result<&[u8], FrameError> {
+    pub(crate) fn recv(&mut self) -> Result<Incoming<'_>, FrameError> {
         match std::mem::replace(&mut self.returned, Returned::Nothing) {
             Returned::Nothing => {}
             Returned::Frame => self.body.clear(),
-            Returned::Results => {
-                self.results_body.clear();
+            Returned::Outcomes => {
+                self.raw.clear();
                 self.outcomes = 0;
                 self.body.clear();
             }
-        }
-        if self.results_body.is_empty() {
-            self.results_body.resize(protocol::RESULTS_HEADER_BODY, 0);
         }
         loop {
             if self.dead {
@@ -375,7 +382,7 @@ impl ShmRx {
                 match self.next_item()? {
                     Next::Frame => return self.complete(),
                     Next::Outcome => continue,
-                    Next::Empty => return Ok(self.partial(progress.job)),
+                    Next::Empty => return self.run(progress.job),
                 }
             }
             self.wait(Duration::ZERO, None).map_err(frame_error)?;
@@ -386,7 +393,7 @@ impl ShmRx {
     fn next_item(&mut self) -> Result<Next, FrameError> {
         let popped = self
             .assembler
-            .pop(&mut self.results, &mut self.body, &mut self.results_body)
+            .pop(&mut self.results, &mut self.body, &mut self.raw)
             .map_err(frame_error)?;
         match popped {
             Some(shm::ITEM_FRAME) => Ok(Next::Frame),
@@ -398,8 +405,8 @@ impl ShmRx {
         }
     }
 
-    /// Hands over the outcomes gathered so far as partial RESULTS frames whenever no more
-    /// are published for now, instead of once the job is done.
+    /// Hands over the outcomes gathered so far as a run whenever no more are published for
+    /// now, instead of once the job is done.
     pub(crate) fn hand_over_partials(&mut self) {
         self.partials = true;
     }
@@ -411,18 +418,16 @@ impl ShmRx {
         self.death_check = every;
     }
 
-    /// The outcomes gathered so far, as a partial RESULTS frame of `job`.
-    fn partial(&mut self, job: u64) -> &[u8] {
-        protocol::write_results_header(
-            &mut self.results_body[..protocol::RESULTS_HEADER_BODY],
+    /// The outcomes gathered so far, as a run of `job` without its end.
+    fn run(&mut self, job: u64) -> Result<Incoming<'_>, FrameError> {
+        protocol::check_outcomes(&self.raw, self.outcomes)?;
+        self.returned = Returned::Outcomes;
+        Ok(Incoming::Outcomes {
             job,
-            self.outcomes,
-            0,
-            0,
-            true,
-        );
-        self.returned = Returned::Results;
-        &self.results_body
+            count: self.outcomes,
+            raw: &self.raw,
+            end: None,
+        })
     }
 
     fn count_outcome(&mut self) -> Result<(), FrameError> {
@@ -456,7 +461,7 @@ impl ShmRx {
     /// See [`Link::shrink_buffers`].
     pub(crate) fn shrink_buffers(&mut self) {
         protocol::shrink(&mut self.body);
-        protocol::shrink(&mut self.results_body);
+        protocol::shrink(&mut self.raw);
     }
 }
 
@@ -465,7 +470,7 @@ impl Link for ShmLink {
         self.tx.send(frames)
     }
 
-    fn recv(&mut self) -> Result<&[u8], FrameError> {
+    fn recv(&mut self) -> Result<Incoming<'_>, FrameError> {
         self.rx.recv()
     }
 
@@ -507,7 +512,7 @@ mod tests {
 
     fn tasks_frame(job: u64) -> Vec<u8> {
         let mut frame = FrameBuf::default();
-        protocol::start_tasks(&mut frame, job, 1);
+        TasksHeader::new(job, 1).start(&mut frame);
         frame.bytes(b"task");
         frame.take()
     }

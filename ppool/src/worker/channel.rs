@@ -11,7 +11,7 @@
 
 use super::exec::{Publish, Published};
 use super::{AnswerFrames, GREETING_MAX};
-use crate::protocol::{self, FrameBuf, FrameError, FrameReader};
+use crate::protocol::{FrameBuf, FrameError, FrameReader, ResultsHeader};
 use crate::shm::{self, Assembler, Producer, Region, RingError, WorkerEnd};
 use std::io::{self, PipeReader, PipeWriter, Write};
 use std::os::fd::AsFd;
@@ -84,7 +84,7 @@ impl Publish for PipeChannel {
 
     fn finished(
         &mut self,
-        _: u64,
+        job: u64,
         _: u32,
         out: &mut FrameBuf,
         _: usize,
@@ -94,7 +94,7 @@ impl Publish for PipeChannel {
         if out.len() - 4 > self.max_frame || self.flushed.elapsed() < FLUSH_EVERY {
             return Published::Kept;
         }
-        protocol::set_more(out, in_frame);
+        ResultsHeader::run(job, in_frame).store(out.body_mut());
         if let Err(e) = self.writer.write_all(out.finish()) {
             super::supervisor_gone(&e);
         }

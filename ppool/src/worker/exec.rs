@@ -8,7 +8,7 @@
 //! that it runs none of the exit handlers and flushes none of the buffers its parent owns.
 
 use crate::entry::{self, CodecFailure, EntryRecord};
-use crate::protocol::{self, FrameBuf, FrameError, Outcome, Tasks};
+use crate::protocol::{self, FrameBuf, FrameError, Outcome, ResultsHeader, Tasks};
 use std::cell::{Cell, RefCell};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -201,7 +201,7 @@ pub(crate) fn run_tasks(
     publish: &mut dyn Publish,
 ) -> Result<(), FrameError> {
     let started = Instant::now();
-    protocol::start_results(out, tasks.job, 0);
+    ResultsHeader::run(tasks.job, 0).start(out);
     let mut in_frame = 0u32;
     // Reading the clock costs about as much as a tiny task: time each task only while they
     // are long enough for it to matter, and the rest of a chunk of tiny ones as a whole.
@@ -221,7 +221,7 @@ pub(crate) fn run_tasks(
                 in_frame -= 1;
             }
             Published::Flushed => {
-                protocol::start_results(out, tasks.job, 0);
+                ResultsHeader::run(tasks.job, 0).start(out);
                 in_frame = 0;
             }
         }
@@ -232,7 +232,6 @@ pub(crate) fn run_tasks(
             timed += 1;
         }
     }
-    protocol::set_results_count(out, in_frame);
     let now = if timed == tasks.count {
         last
     } else {
@@ -243,8 +242,14 @@ pub(crate) fn run_tasks(
         // The tasks not timed one by one: their mean stands in for their longest.
         longest = longest.max((now - last) / untimed);
     }
-    protocol::set_busy(out, (now - started).as_nanos() as u64);
-    protocol::set_max_task(out, longest.as_nanos() as u64);
+    let end = ResultsHeader {
+        job: tasks.job,
+        count: in_frame,
+        busy_nanos: (now - started).as_nanos() as u64,
+        max_task_nanos: longest.as_nanos() as u64,
+        more: false,
+    };
+    end.store(out.body_mut());
     Ok(())
 }
 
@@ -255,7 +260,7 @@ pub(crate) fn run_one(record: &EntryRecord, args: &[u8], out: &mut FrameBuf, max
     match catch_task(|| Outcome::write_ok(out, |value| (record.run)(args, value))) {
         Ok(Ok(())) => {
             // A result the channel cannot carry, even in a frame of its own, fails alone.
-            if protocol::RESULTS_HEADER_BODY + (out.len() - at) > max {
+            if ResultsHeader::LEN + (out.len() - at) > max {
                 let size = out.len() - at;
                 out.truncate(at);
                 let message = format!(

@@ -6,7 +6,7 @@ use crate::error::ExitCause;
 use crate::mux::{CONTROL, Control};
 use crate::protocol::{self, FrameError};
 use crate::sync::{lock, wait_timeout};
-use crate::transport::{Link, Peer, Started};
+use crate::transport::{Incoming, Link, Peer, Started};
 use std::io;
 use std::sync::{Arc, Condvar};
 use std::time::{Duration, Instant};
@@ -70,7 +70,8 @@ impl Link for RemoteLink {
         Ok(())
     }
 
-    fn recv(&mut self) -> Result<&[u8], FrameError> {
+    /// Each RESULTS message the agent forwarded is a run; the last of a job carries its end.
+    fn recv(&mut self) -> Result<Incoming<'_>, FrameError> {
         let mut st = lock(&self.conn.state);
         loop {
             let lost = st.lost.is_some();
@@ -79,7 +80,7 @@ impl Link for RemoteLink {
             };
             if let Some(frame) = inbox.frames.pop_front() {
                 self.body = frame;
-                return Ok(&self.body);
+                return Incoming::from_body(&self.body);
             }
             if inbox.exited.is_some() || lost {
                 return Err(FrameError::Closed);
