@@ -238,11 +238,11 @@ impl Core {
         let Some((mut st, job)) = self.admit(job) else {
             return;
         };
-        // The idle worker the placement rule picks (see `idle`).
+        // The idle worker the placement rule picks for a caller: the warmest (see `idle`).
         let idle = if shared.settings.debug || !st.queue.is_empty() {
             None
         } else {
-            st.idle.pop()
+            st.idle.pop_warm()
         };
         let Some(i) = idle else {
             return enqueue(shared, st, job);
@@ -444,7 +444,11 @@ fn spawn_thread(
 /// idle: one job, one wake-up. Busy drivers come back to the queue by themselves.
 fn enqueue(shared: &Inner, mut st: MutexGuard<'_, State>, job: Job) {
     st.queue.push_back(job);
-    shared.summon(&mut st);
+    let summoned = shared.summon(&mut st);
+    drop(st);
+    if let Some(i) = summoned {
+        shared.ring(i);
+    }
 }
 
 /// Why the pool cannot take a job now, if it cannot.
@@ -495,9 +499,10 @@ fn put_back(shared: &Inner, i: usize, back: Slot) {
     // Jobs waiting while other workers sleep idle (put back by a failed worker's recovery,
     // say): wake as many of those as there are jobs beyond what this slot takes.
     let waiting = st.queue.len().saturating_sub(usize::from(takes));
+    let mut summoned = Vec::new();
     if !everyone {
         for _ in 0..waiting.min(st.idle.len()) {
-            shared.summon(&mut st);
+            summoned.extend(shared.summon(&mut st));
         }
     }
     drop(st);
@@ -505,6 +510,9 @@ fn put_back(shared: &Inner, i: usize, back: Slot) {
         shared.ring_all();
     } else if own {
         shared.ring(i);
+    }
+    for j in summoned {
+        shared.ring(j);
     }
     if let Some(conn) = dropped {
         shared.watch.unregister(i);

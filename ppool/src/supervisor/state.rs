@@ -205,12 +205,11 @@ impl Inner {
         }
     }
 
-    /// Takes the idle worker the next job goes to out of the idle set and wakes its driver,
-    /// if there is one idle.
-    pub(crate) fn summon(&self, st: &mut State) {
-        if let Some(i) = st.idle.pop() {
-            self.ring(i);
-        }
+    /// Takes the idle worker the next job goes to out of the idle set, if there is one idle;
+    /// ring its bell once the state is unlocked, so that its driver does not wake into a
+    /// lock still held.
+    pub(crate) fn summon(&self, st: &mut State) -> Option<usize> {
+        st.idle.pop()
     }
 
     /// The last worker failure seen.
