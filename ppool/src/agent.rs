@@ -54,7 +54,7 @@ pub(crate) fn run() -> ! {
     // `main` (or in the worker test of a test binary), before any thread of ours.
     crate::worker::bootstrap::remove_var_before_threads(AGENT_ENV);
     // A pool that went away is an EPIPE on a write.
-    crate::transport::ignore_sigpipe();
+    crate::worker::bootstrap::ignore_sigpipe();
     if let Some(why) = merged_streams() {
         // Said on the merged stream, before the preamble: the pool quotes it as it gives up.
         eprintln!("ppool host agent: {why}");

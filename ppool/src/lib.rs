@@ -89,7 +89,7 @@
 #![deny(missing_docs)]
 // Unsafe code lives in five modules only, each allowed where it is declared and each with
 // its invariants in its docs: `shm::mapping` (the shared-memory mapping), `transport::process`
-// (spawning a worker), `transport::sigpipe` (signal masks and dispositions),
+// (spawning a worker), `transport::sigpipe` (signal masks),
 // `worker::bootstrap` (the inherited descriptors and environment) and `worker::exec` (a
 // fork inside an entry).
 #![deny(unsafe_code)]
@@ -105,7 +105,6 @@ compile_error!(
 
 mod agent;
 mod batch;
-mod builder;
 mod chunk;
 mod codec;
 mod completed;
@@ -131,13 +130,13 @@ mod transport;
 mod worker;
 
 pub use batch::{Batch, BatchFuture};
-pub use builder::Builder;
 pub use completed::{AsCompleted, as_completed};
 pub use config::NJobs;
 pub use entry::{Entry, Portable};
 pub use error::{Cause, Error, ExitCause, Result};
 pub use hosts::Remote;
 pub use insights::{Insights, WorkerInsights, WorkerState};
+pub use pool::Builder;
 pub use pool::{EntryView, ProcessPool};
 pub use stream::Map;
 pub use task::Task;

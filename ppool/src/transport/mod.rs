@@ -21,7 +21,6 @@ mod pipe;
 mod poll;
 #[allow(unsafe_code)]
 mod process;
-pub(crate) mod readiness;
 mod remote;
 mod shm;
 #[allow(unsafe_code)]
@@ -30,7 +29,7 @@ mod stderr;
 
 pub(crate) use process::ProcessPeer;
 pub(crate) use shm::{ShmRx, ShmTx, spawn as spawn_shm_worker};
-pub(crate) use sigpipe::{block_sigpipe_on_this_thread, ignore_sigpipe};
+pub(crate) use sigpipe::block_sigpipe_on_this_thread;
 
 use crate::error::{Error, ExitCause};
 use crate::protocol::{self, FrameError};

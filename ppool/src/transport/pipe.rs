@@ -110,7 +110,7 @@ impl Link for PipeLink {
             return Ok(true);
         }
         let fd = self.rx.get_ref().as_fd();
-        crate::transport::readiness::spin_until_readable(fd, spin);
+        crate::worker::readiness::spin_until_readable(fd, spin);
         let ready = poll::wait(fd, rustix::event::PollFlags::IN, &self.pidfd, timeout)?;
         Ok(ready != poll::Woke::TimedOut)
     }

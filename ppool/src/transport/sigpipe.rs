@@ -8,22 +8,14 @@
 //!
 //! # Unsafe code
 //! `sigset_t` values are plain data that are valid zeroed, and the `sig*` calls only read and
-//! write the sets passed to them; a disposition is only ever set to "ignore" (no handler runs),
-//! and only in a worker or host agent, never in the user's program.
+//! write the sets passed to them. (A worker or host agent sets the disposition to "ignore":
+//! `worker::bootstrap::ignore_sigpipe`.)
 
 use std::io;
 
 thread_local! {
     /// `SIGPIPE` is blocked on this thread for good (the pool's own threads).
     static SIGPIPE_BLOCKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Sets the disposition of `SIGPIPE` to "ignore" for the whole process: for a worker or a host
-/// agent, whose peer going away must be an `EPIPE` on the next write, never a signal. Never
-/// called in a user's program (the supervisor), whose disposition is its own.
-pub(crate) fn ignore_sigpipe() {
-    // SAFETY: sets a disposition, no handler: no code of ours runs in signal context.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 }
 
 /// Blocks `SIGPIPE` on the calling thread, one of the pool's own, for the rest of its life: its

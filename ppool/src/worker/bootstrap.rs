@@ -8,6 +8,7 @@
 //!   owns them (they were inherited for this purpose alone).
 //! - The environment is changed only by [`remove_var_before_threads`], first thing in `main`
 //!   of a worker or host agent, before any thread exists that could read it meanwhile.
+//! - [`ignore_sigpipe`] sets a disposition, never a handler, and only in a worker or agent.
 
 use crate::shm::Region;
 use rustix::fs::FileType;
@@ -188,6 +189,14 @@ pub(crate) fn hand_started(why: &str) -> ! {
          ({why}). Run the program without `{WORKER_ARG}` to use it normally."
     );
     std::process::exit(EXIT_NO_CHANNEL)
+}
+
+/// Sets the disposition of `SIGPIPE` to "ignore" for the whole process: for a worker or a host
+/// agent, whose peer going away must be an `EPIPE` on the next write, never a signal. Never
+/// called in a user's program (the supervisor), whose disposition is its own.
+pub(crate) fn ignore_sigpipe() {
+    // SAFETY: sets a disposition, no handler: no code of ours runs in signal context.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 }
 
 /// Removes `name` from the environment. Only for the first thing a worker or host agent does

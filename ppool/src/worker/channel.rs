@@ -61,7 +61,7 @@ impl PipeChannel {
 impl Channel for PipeChannel {
     fn recv(&mut self, body: &mut Vec<u8>, spin: bool) -> Result<(), FrameError> {
         if spin && !self.reader.has_buffered() {
-            crate::transport::readiness::spin_until_readable(self.reader.get_ref().as_fd(), SPIN);
+            crate::worker::readiness::spin_until_readable(self.reader.get_ref().as_fd(), SPIN);
         }
         self.reader.read(body)
     }

@@ -7,6 +7,7 @@ pub(crate) mod bootstrap;
 mod channel;
 #[allow(unsafe_code)]
 pub(crate) mod exec;
+pub(crate) mod readiness;
 
 use crate::entry::{self, EntryRecord};
 use crate::protocol::{self, FrameBuf, FrameError, Hello, Ready, Tasks, kind};
@@ -226,7 +227,7 @@ impl AnswerFrames<'_> {
 /// Serves as a worker process; never returns.
 pub(crate) fn enter() -> ! {
     // A supervisor that went away is an `EPIPE` on the next write, never a signal.
-    crate::transport::ignore_sigpipe();
+    bootstrap::ignore_sigpipe();
     let (opened, max_frame) = match ChannelDesc::from_env() {
         Ok(channel) => channel,
         Err(why) => bootstrap::hand_started(&why),

@@ -2,7 +2,8 @@
 //! [`Builder`], the only generic layer; everything beneath it moves bytes.
 
 use crate::batch::{Batch, Gather};
-use crate::builder::Builder;
+pub(crate) mod builder;
+
 use crate::chunk::size::Chunking;
 use crate::chunk::{self, ChunkEncoder, Target};
 use crate::config::NJobs;
@@ -15,6 +16,7 @@ use crate::protocol;
 use crate::stream::{Map, StreamSource};
 use crate::supervisor::{Core, Deliver, Delivery};
 use crate::task::{OneShot, Task};
+pub use builder::Builder;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
