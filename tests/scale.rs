@@ -1,0 +1,95 @@
+//! A pool of a thousand workers over 64 hosts, each host a host agent started on this
+//! machine through a command prefix: it starts, runs a batch and a stream, and `join` leaves
+//! no process of any host. In a binary of its own, so that its thousand processes do not
+//! disturb the measurements of other tests (the peak memory of `remote_prefix`'s).
+
+use ppool::{ProcessPool, Remote, pool_entry};
+use std::time::Instant;
+
+ppool::test_support!();
+
+const TAG: &str = "PPOOL_SCALE_TAG";
+
+/// `x * x`, and the host it ran on (the value of `PPOOL_SCALE_TAG`).
+#[pool_entry]
+fn square_where(x: u64) -> (u64, String) {
+    (x * x, std::env::var(TAG).unwrap_or_default())
+}
+
+/// `PPOOL_SCALE_TAG=<tag>.<this process's pid>`.
+fn env_tag(tag: &str) -> String {
+    format!("{TAG}={tag}.{}", std::process::id())
+}
+
+fn tagged(tag: &str) -> Vec<String> {
+    vec!["env".into(), env_tag(tag)]
+}
+
+/// The processes alive whose environment holds `PPOOL_SCALE_TAG=<tag>.<pid>`.
+fn with_tag(tag: &str) -> Vec<u32> {
+    let needle = env_tag(tag);
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                stat.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true);
+        if !zombie
+            && environ
+                .split(|&b| b == 0)
+                .any(|var| var == needle.as_bytes())
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// A thousand workers over 64 hosts (agents on this machine) start, run a batch and a stream,
+/// and `join` leaves no process of any host. The times are printed, not asserted.
+#[test]
+fn a_thousand_workers_on_sixty_four_hosts() {
+    let _deadline = ppool_tests::deadline_secs(300);
+    let mut builder = ProcessPool::<square_where>::builder();
+    let (hosts, per) = (64, 16);
+    for h in 0..hosts {
+        builder = builder.remote(Remote::command(tagged(&format!("big-{h}"))).workers(per));
+    }
+    let started = Instant::now();
+    let pool = builder.build().expect("1024 workers start");
+    println!("built 64 x 16 in {:?}", started.elapsed());
+    assert_eq!(pool.n_jobs(), hosts * per);
+    let started = Instant::now();
+    let batch = pool.batch(0..20_000u64).wait().expect("a batch");
+    println!("a batch of 20000 in {:?}", started.elapsed());
+    assert_eq!(batch.len(), 20_000);
+    assert!(
+        batch
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.0 == (i as u64) * (i as u64))
+    );
+    let streamed = pool.map(0..5_000u64).filter(|r| r.is_ok()).count();
+    assert_eq!(streamed, 5_000);
+    let started = Instant::now();
+    pool.join().expect("join");
+    println!("joined in {:?}", started.elapsed());
+    let left: usize = (0..64).map(|h| with_tag(&format!("big-{h}")).len()).sum();
+    assert_eq!(left, 0, "processes left after join");
+}
