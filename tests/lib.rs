@@ -49,9 +49,8 @@ impl Drop for TempDir {
     }
 }
 
-/// `(pid, state)` of every process whose parent is this one.
-pub fn children() -> Vec<(u32, char)> {
-    let me = std::process::id();
+/// `(pid, state, parent)` of every process there is, read from `/proc`.
+fn processes() -> Vec<(u32, char, u32)> {
     let mut found = Vec::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return found;
@@ -73,12 +72,39 @@ pub fn children() -> Vec<(u32, char)> {
         };
         let mut fields = rest.split_whitespace();
         let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
-        if fields.next().and_then(|p| p.parse::<u32>().ok()) == Some(me) {
-            found.push((pid, state));
-        }
+        let parent = fields
+            .next()
+            .and_then(|p| p.parse::<u32>().ok())
+            .unwrap_or(0);
+        found.push((pid, state, parent));
     }
     found.sort_unstable();
     found
+}
+
+/// `(pid, state)` of every process whose parent is this one.
+pub fn children() -> Vec<(u32, char)> {
+    let me = std::process::id();
+    processes()
+        .into_iter()
+        .filter(|&(_, _, parent)| parent == me)
+        .map(|(pid, state, _)| (pid, state))
+        .collect()
+}
+
+/// `(pid, parent)` of every live process (zombies left out: they have ended) whose
+/// environment holds `var` (`NAME=value`) exactly: how a test finds the host agents and
+/// workers it tagged.
+pub fn processes_with_env(var: &str) -> Vec<(u32, u32)> {
+    processes()
+        .into_iter()
+        .filter(|&(_, state, _)| state != 'Z')
+        .filter(|&(pid, _, _)| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == var.as_bytes()))
+        })
+        .map(|(pid, _, parent)| (pid, parent))
+        .collect()
 }
 
 /// How many file descriptors this process has open.

@@ -57,46 +57,10 @@ fn tagged(tag: &str) -> Vec<String> {
     vec!["env".into(), env_tag(tag)]
 }
 
-/// The processes whose environment holds `PPOOL_PREFIX_TAG=<tag>`, as `(pid, parent)`.
+/// The live processes whose environment holds `PPOOL_PREFIX_TAG=<tag>.<pid>`, as
+/// `(pid, parent)`.
 fn with_tag(tag: &str) -> Vec<(u32, u32)> {
-    let needle = env_tag(tag);
-    let mut found = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        if !environ
-            .split(|&b| b == 0)
-            .any(|var| var == needle.as_bytes())
-        {
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let mut fields = rest.split_whitespace();
-        let state = fields.next().unwrap_or("?");
-        if state == "Z" {
-            // A zombie has ended; its parent reaps it.
-            continue;
-        }
-        let parent = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-        found.push((pid, parent));
-    }
-    found
+    ppool_tests::processes_with_env(&env_tag(tag))
 }
 
 /// The agents of `tag`'s hosts: its processes whose parent is this test process.

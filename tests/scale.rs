@@ -25,40 +25,9 @@ fn tagged(tag: &str) -> Vec<String> {
     vec!["env".into(), env_tag(tag)]
 }
 
-/// The processes alive whose environment holds `PPOOL_SCALE_TAG=<tag>.<pid>`.
-fn with_tag(tag: &str) -> Vec<u32> {
-    let needle = env_tag(tag);
-    let mut found = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|stat| {
-                stat.rsplit_once(')')
-                    .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-            })
-            .unwrap_or(true);
-        if !zombie
-            && environ
-                .split(|&b| b == 0)
-                .any(|var| var == needle.as_bytes())
-        {
-            found.push(pid);
-        }
-    }
-    found
+/// The live processes whose environment holds `PPOOL_SCALE_TAG=<tag>.<pid>`.
+fn with_tag(tag: &str) -> Vec<(u32, u32)> {
+    ppool_tests::processes_with_env(&env_tag(tag))
 }
 
 /// A thousand workers over 64 hosts (agents on this machine) start, run a batch and a stream,
