@@ -24,34 +24,13 @@ use std::time::{Duration, Instant};
 
 ppool::test_support!();
 
+use ppool_tests::within;
+
 const SECOND: Duration = Duration::from_secs(1);
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// Runs `f` on a helper thread and waits at most `limit` for it; panics naming `what` if it
-/// has not returned by then (the thread is given up on; it may be stuck for good).
-fn within<T: Send + 'static>(
-    limit: Duration,
-    what: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::Builder::new()
-        .name(format!("within: {what}"))
-        .spawn(move || {
-            let _ = tx.send(f());
-        })
-        .expect("cannot start a helper thread");
-    match rx.recv_timeout(limit) {
-        Ok(value) => value,
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            panic!("{what}: no answer within {limit:?}; it hangs")
-        }
-        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what}: the helper thread panicked"),
-    }
-}
 
 /// Like [`within`], and also says how long `f` took.
 fn timed<T: Send + 'static>(

@@ -275,6 +275,42 @@ mod monitor {
     }
 }
 
+/// Runs `f` on a helper thread and waits at most `limit` for it; panics naming `what` if it
+/// has not returned by then (the thread is given up on; it may be stuck for good).
+pub fn within<T: Send + 'static>(
+    limit: std::time::Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    use std::sync::mpsc;
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name(format!("within: {what}"))
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .expect("cannot start a helper thread");
+    match rx.recv_timeout(limit) {
+        Ok(value) => value,
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{what}: no answer within {limit:?}; it hangs")
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what}: the helper thread panicked"),
+    }
+}
+
+/// `VAR=<tag>.<this process's pid>`: a value by which a test tags the hosts it starts through
+/// a command prefix (`env VAR=…`), and finds them again with [`processes_with_env`], never
+/// seeing those of another test process.
+pub fn env_tag(var: &str, tag: &str) -> String {
+    format!("{var}={tag}.{}", std::process::id())
+}
+
+/// The command prefix `env VAR=<tag>.<pid>` (see [`env_tag`]).
+pub fn tagged_prefix(var: &str, tag: &str) -> Vec<String> {
+    vec!["env".into(), env_tag(var, tag)]
+}
+
 #[cfg(test)]
 mod tests {
     use std::process::{Command, Output, Stdio};

@@ -19,38 +19,16 @@ use ppool_tests::TempDir;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 ppool::test_support!();
+
+use ppool_tests::within;
 
 /// A bound for what should take well under a second; a defect means "never".
 const LIMIT: Duration = Duration::from_secs(60);
 
 const NANO: Duration = Duration::from_nanos(1);
-
-/// Runs `f` on a helper thread and waits at most `limit` for it; panics naming `what` if it
-/// has not returned by then (the thread is given up on; it may be stuck for good).
-fn within<T: Send + 'static>(
-    limit: Duration,
-    what: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::Builder::new()
-        .name(format!("within: {what}"))
-        .spawn(move || {
-            let _ = tx.send(f());
-        })
-        .expect("cannot start a helper thread");
-    match rx.recv_timeout(limit) {
-        Ok(value) => value,
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            panic!("{what}: no answer within {limit:?}; it hangs")
-        }
-        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what}: the helper thread panicked"),
-    }
-}
 
 #[pool_entry]
 fn square(x: u64) -> u64 {

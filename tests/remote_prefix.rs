@@ -46,15 +46,14 @@ fn say(x: u64) -> u64 {
     x
 }
 
-/// `PPOOL_PREFIX_TAG=<tag>.<this process's pid>`: tests run at once in other processes
-/// (another checkout, say) never see each other's hosts.
+/// `PPOOL_PREFIX_TAG=<tag>.<this process's pid>`.
 fn env_tag(tag: &str) -> String {
-    format!("{TAG}={tag}.{}", std::process::id())
+    ppool_tests::env_tag(TAG, tag)
 }
 
 /// The prefix `env PPOOL_PREFIX_TAG=<tag>.<pid>`.
 fn tagged(tag: &str) -> Vec<String> {
-    vec!["env".into(), env_tag(tag)]
+    ppool_tests::tagged_prefix(TAG, tag)
 }
 
 /// The live processes whose environment holds `PPOOL_PREFIX_TAG=<tag>.<pid>`, as

@@ -16,13 +16,12 @@ fn square_where(x: u64) -> (u64, String) {
     (x * x, std::env::var(TAG).unwrap_or_default())
 }
 
-/// `PPOOL_SCALE_TAG=<tag>.<this process's pid>`.
 fn env_tag(tag: &str) -> String {
-    format!("{TAG}={tag}.{}", std::process::id())
+    ppool_tests::env_tag(TAG, tag)
 }
 
 fn tagged(tag: &str) -> Vec<String> {
-    vec!["env".into(), env_tag(tag)]
+    ppool_tests::tagged_prefix(TAG, tag)
 }
 
 /// The live processes whose environment holds `PPOOL_SCALE_TAG=<tag>.<pid>`.

@@ -137,7 +137,6 @@ impl Host {
                 config.dispatch.clone(),
             ));
         }
-        let launcher_pid = child.id();
         let (outbox, writer) = match Outbox::new(OwnedFd::from(stdin), name) {
             Ok(made) => made,
             Err(e) => {
@@ -146,19 +145,13 @@ impl Host {
                 return Err(spawn_error(format!("cannot set up its stream: {e}")));
             }
         };
-        let conn = Arc::new(Conn {
-            name: name.clone(),
-            via: spec.via.clone(),
+        let conn = Arc::new(Conn::new(
+            name,
+            spec.via.clone(),
             outbox,
-            launcher: Mutex::new(child),
-            launcher_pid,
-            state: Mutex::new(HostState::default()),
-            changed: Condvar::new(),
-            epoch: Instant::now(),
-            last_heard: AtomicU64::new(0),
-            next_slot: AtomicU32::new(0),
+            child,
             host_timeout,
-        });
+        ));
         // From here on, dropping `host` ends the launcher.
         let host = Host {
             conn: Arc::clone(&conn),
@@ -383,6 +376,29 @@ pub(super) fn stop_all(hosts: &[&Conn]) {
 }
 
 impl Conn {
+    /// A connection over `outbox` to the agent that `launcher` runs.
+    fn new(
+        name: &str,
+        via: Via,
+        outbox: Arc<Outbox>,
+        launcher: Child,
+        host_timeout: Duration,
+    ) -> Conn {
+        Conn {
+            name: name.to_string(),
+            via,
+            outbox,
+            launcher_pid: launcher.id(),
+            launcher: Mutex::new(launcher),
+            state: Mutex::new(HostState::default()),
+            changed: Condvar::new(),
+            epoch: Instant::now(),
+            last_heard: AtomicU64::new(0),
+            next_slot: AtomicU32::new(0),
+            host_timeout,
+        }
+    }
+
     fn heard(&self) {
         self.last_heard
             .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -513,10 +529,24 @@ impl<S> Heard<'_, S> {
 }
 
 impl<S: Read + AsFd> Read for Heard<'_, S> {
+    /// The stream is non-blocking (see `read_agent`): a read that finds bytes costs one
+    /// system call, and only an empty stream is waited for with `poll`, whose timeout keeps
+    /// the heartbeat.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             if self.beating && self.last_beat.elapsed() >= self.every {
                 self.beat()?;
+            }
+            match self.stdout.read(buf) {
+                Ok(n) => {
+                    if n > 0 {
+                        self.conn.heard();
+                    }
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
             }
             let wait = self.every.saturating_sub(self.last_beat.elapsed());
             let wait = rustix::event::Timespec::try_from(wait).ok();
@@ -535,11 +565,6 @@ impl<S: Read + AsFd> Read for Heard<'_, S> {
                 Ok(_) => {}
                 Err(e) => return Err(e.into()),
             }
-            let n = self.stdout.read(buf)?;
-            if n > 0 {
-                self.conn.heard();
-            }
-            return Ok(n);
         }
     }
 }
@@ -553,6 +578,10 @@ fn read_agent(
     ready: &mpsc::Sender<Result<AgentReady, String>>,
 ) {
     let every = (conn.host_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(1));
+    if let Err(e) = rustix::io::ioctl_fionbio(&stdout, true) {
+        let _ = ready.send(Err(format!("cannot set up its stream: {e}")));
+        return;
+    }
     let mut input = Heard {
         stdout,
         conn,

@@ -16,20 +16,13 @@ fn scripted(host_timeout: Duration) -> (Arc<Conn>, std::io::PipeWriter, std::io:
     let (to_agent_r, to_agent_w) = std::io::pipe().expect("pipe");
     let (outbox, writer) = Outbox::new(OwnedFd::from(to_agent_w), "scripted").expect("outbox");
     std::thread::spawn(writer);
-    let launcher_pid = launcher.id();
-    let conn = Arc::new(Conn {
-        name: "scripted".into(),
-        via: Via::Command,
+    let conn = Arc::new(Conn::new(
+        "scripted",
+        Via::Command,
         outbox,
-        launcher: Mutex::new(launcher),
-        launcher_pid,
-        state: Mutex::new(HostState::default()),
-        changed: Condvar::new(),
-        epoch: Instant::now(),
-        last_heard: AtomicU64::new(0),
-        next_slot: AtomicU32::new(0),
+        launcher,
         host_timeout,
-    });
+    ));
     let (from_agent_r, from_agent_w) = std::io::pipe().expect("pipe");
     let (ready_tx, _ready_rx) = mpsc::channel();
     let reader = Arc::clone(&conn);
