@@ -31,6 +31,9 @@ pub(super) enum Driver {
     Caller,
     /// The slot's own thread, working through the queue: it sends short jobs ahead.
     Thread,
+    /// The worker's host's reader, as each message comes (see `events`): it sends short jobs
+    /// ahead, and never waits.
+    Event,
 }
 
 /// [`run`], caught: should it panic (a bug in ppool), the worker it drove is killed and the
@@ -44,9 +47,13 @@ pub(super) fn run_caught(
     first: Job,
     driver: Driver,
 ) -> Slot {
-    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        run(shared, i, conn, first, driver)
-    }));
+    caught(shared, i, || run(shared, i, conn, first, driver))
+}
+
+/// Runs `drive`, which drives worker `i` and returns what its slot then holds; should it
+/// panic (a bug in ppool), kills the worker and returns `Vacant`.
+pub(super) fn caught(shared: &Inner, i: usize, drive: impl FnOnce() -> Slot) -> Slot {
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(drive));
     let payload = match ran {
         Ok(slot) => return slot,
         Err(payload) => payload,
@@ -66,26 +73,88 @@ pub(super) fn run_caught(
     Slot::Vacant
 }
 
-/// Drives worker `i`: sends `first` (and, from the slot's thread, more queued jobs ahead of
-/// need), delivers results as they come, and handles the worker's failure. Returns what the
-/// slot holds afterwards.
+/// Drives worker `i` from this thread: sends `first` (and, from the slot's thread, more
+/// queued jobs ahead of need), delivers results as they come, and handles the worker's
+/// failure. Returns what the slot holds afterwards.
 fn run(shared: &Inner, i: usize, mut conn: Box<Conn>, first: Job, driver: Driver) -> Slot {
-    let top_up = driver == Driver::Thread;
-    let mut sent: VecDeque<Sent> = VecDeque::new();
-    let mut sent_bytes = 0usize;
-    let mut sent_tasks = 0u64;
-    let mut next = Some(first);
-    // The outcomes of the oldest job sent that came in runs before its end.
-    let mut gathered = Gathered::default();
-    // A write that failed: the worker gets nothing more, and what it answered before is
-    // still read, so that no finished job is taken for unstarted and run again.
-    let mut send_failed: Option<std::io::Error> = None;
+    let mut book = Book::new(driver, &conn, first);
     loop {
-        // Take what we hold and top up from the queue while the worker has room, then send
-        // it all in one write.
+        book.send(shared, i, &mut conn);
+        if book.is_empty() {
+            return book.finish(shared, i, conn);
+        }
+        let spin = spin_limit(shared);
+        if driver == Driver::Caller && !spin.is_zero() {
+            // A caller drives this worker and waits: spin for the answer, as it is due soon.
+            if let Err(e) = conn.link.wait_readable(spin, None) {
+                return book.fail(shared, i, *conn, FrameError::Io(e));
+            }
+        }
+        let taken = match conn.link.recv() {
+            Ok(incoming) => book.take(shared, i, incoming),
+            Err(e) => Err(e),
+        };
+        match taken {
+            Ok(true) => conn.link.shrink_buffers(),
+            Ok(false) => {}
+            Err(e) => return book.fail(shared, i, *conn, e),
+        }
+    }
+}
+
+/// The jobs a worker holds and what came of them so far: what a driver keeps, whether it
+/// waits for the worker on a thread of its own (`run`) or takes its messages as they come
+/// (`events`).
+pub(super) struct Book {
+    driver: Driver,
+    /// The jobs sent, oldest first; only the oldest can be running.
+    sent: VecDeque<Sent>,
+    sent_bytes: usize,
+    sent_tasks: u64,
+    /// The next job to send.
+    next: Option<Job>,
+    /// The outcomes of the oldest job sent that came in runs before its end.
+    gathered: Gathered,
+    /// A write that failed: the worker gets nothing more, and what it answered before is
+    /// still read, so that no finished job is taken for unstarted and run again.
+    send_failed: Option<std::io::Error>,
+    /// What the link holds unanswered without blocking either side.
+    budget: usize,
+    /// Tasks the worker finished, these included.
+    tasks_done: u64,
+}
+
+impl Book {
+    pub(super) fn new(driver: Driver, conn: &Conn, first: Job) -> Self {
+        Book {
+            driver,
+            sent: VecDeque::new(),
+            sent_bytes: 0,
+            sent_tasks: 0,
+            next: Some(first),
+            gathered: Gathered::default(),
+            send_failed: None,
+            budget: conn.link.budget(),
+            tasks_done: conn.tasks_done,
+        }
+    }
+
+    /// Whether the worker holds no job (and none is to be sent).
+    pub(super) fn is_empty(&self) -> bool {
+        self.sent.is_empty() && self.next.is_none()
+    }
+
+    fn tops_up(&self) -> bool {
+        self.driver != Driver::Caller
+    }
+
+    /// Sends the next job, and, topping up from the queue while the worker has room, more,
+    /// all in one write. A job that cannot run (cancelled, an entry not found, too large) is
+    /// answered here instead.
+    pub(super) fn send(&mut self, shared: &Inner, i: usize, conn: &mut Conn) {
         let depth = pipeline_depth(shared);
-        let unsent = sent.len();
-        while let Some(mut job) = next.take() {
+        let unsent = self.sent.len();
+        while let Some(mut job) = self.next.take() {
             if job.is_cancelled() {
                 job.deliver.send(Err(Error::Cancelled));
             } else if let Some((protocol::BROKEN_ENTRY, name)) = job.entry {
@@ -107,28 +176,30 @@ fn run(shared: &Inner, i: usize, mut conn: Box<Conn>, first: Job, driver: Driver
                 }));
             } else {
                 let id = shared.next_job_id();
-                let spin = !top_up && !spin_limit(shared).is_zero();
+                let spin = self.driver == Driver::Caller && !spin_limit(shared).is_zero();
                 stamp(&mut job, id, spin);
-                sent_bytes += job.frame.len();
-                sent_tasks += u64::from(job.count);
+                self.sent_bytes += job.frame.len();
+                self.sent_tasks += u64::from(job.count);
                 shared.stats.sent(u64::from(job.count));
-                if sent.is_empty() {
+                if self.sent.is_empty() {
                     arm(shared, i, &job);
                 }
-                sent.push_back(Sent { job, id });
+                self.sent.push_back(Sent { job, id });
             }
-            if top_up && sent.len() < depth && send_failed.is_none() {
-                next = take_more(shared, &conn, &sent, sent_bytes, sent_tasks);
+            if self.tops_up() && self.sent.len() < depth && self.send_failed.is_none() {
+                self.next = self.take_more(shared);
             }
         }
-        let written = match sent.len() - unsent {
+        let written = match self.sent.len() - unsent {
             0 => Ok(()),
             // The common case of a blocking call: no list to build.
-            1 => sent
+            1 => self
+                .sent
                 .back()
                 .map_or(Ok(()), |s| conn.link.send(&[s.job.frame.as_slice()])),
             _ => {
-                let frames: Vec<&[u8]> = sent
+                let frames: Vec<&[u8]> = self
+                    .sent
                     .range(unsent..)
                     .map(|s| s.job.frame.as_slice())
                     .collect();
@@ -144,29 +215,32 @@ fn run(shared: &Inner, i: usize, mut conn: Box<Conn>, first: Job, driver: Driver
             };
             // Whatever state it is in, it is done for; its answers are drained below.
             conn.peer.kill();
-            send_failed = Some(e);
+            self.send_failed = Some(e);
         }
-        let Some(head) = sent.front() else { break };
-        let (id, count) = (head.id, head.job.count);
-        let spin = spin_limit(shared);
-        if !top_up && !spin.is_zero() {
-            // A caller drives this worker and waits: spin for the answer, as it is due soon.
-            if let Err(e) = conn.link.wait_readable(spin, None) {
-                return fail(shared, i, *conn, sent, &mut gathered, FrameError::Io(e));
-            }
-        }
-        let incoming = match conn.link.recv() {
-            Ok(incoming) => incoming,
-            Err(e) => {
-                let cause = match (send_failed.take(), e) {
-                    (Some(sent_error), FrameError::Closed | FrameError::Io(_)) => {
-                        FrameError::Send(sent_error)
-                    }
-                    (_, e) => e,
-                };
-                return fail(shared, i, *conn, sent, &mut gathered, cause);
-            }
+    }
+
+    /// Takes what the worker sent next: a run of the oldest job's outcomes, delivered with
+    /// the job once its end came (then more is queued to send, if there is room). True when
+    /// a job ended; an error when the message was not what the worker owed.
+    pub(super) fn take(
+        &mut self,
+        shared: &Inner,
+        i: usize,
+        incoming: Incoming<'_>,
+    ) -> Result<bool, FrameError> {
+        let Some(head) = self.sent.front() else {
+            return Err(FrameError::Malformed(match incoming {
+                Incoming::Outcomes { job, .. } => {
+                    format!("results for job {job}, which it did not hold")
+                }
+                Incoming::Frame(body) => format!(
+                    "a frame of kind {} while it held no job",
+                    body.first().copied().unwrap_or_default()
+                ),
+            }));
         };
+        let (id, count) = (head.id, head.job.count);
+        let gathered = &mut self.gathered;
         let (raw, end) = match incoming {
             Incoming::Outcomes {
                 job,
@@ -177,23 +251,21 @@ fn run(shared: &Inner, i: usize, mut conn: Box<Conn>, first: Job, driver: Driver
                 let Some(end) = end else {
                     // Not all of them yet: keep this run and read the next.
                     gathered.add(n, raw);
-                    continue;
+                    return Ok(false);
                 };
                 (raw, end)
             }
             Incoming::Outcomes { job, count: n, .. } => {
-                let e = FrameError::Malformed(format!(
+                return Err(FrameError::Malformed(format!(
                     "{n} results for job {job} while job {id} ({count} tasks, {} in) was running",
                     gathered.count
-                ));
-                return fail(shared, i, *conn, sent, &mut gathered, e);
+                )));
             }
             Incoming::Frame(body) => {
-                let e = FrameError::Malformed(format!(
+                return Err(FrameError::Malformed(format!(
                     "expected RESULTS, got message kind {}",
                     body.first().copied().unwrap_or_default()
-                ));
-                return fail(shared, i, *conn, sent, &mut gathered, e);
+                )));
             }
         };
         // One run is the whole job: it is delivered from the link's buffer, as it came.
@@ -204,33 +276,96 @@ fn run(shared: &Inner, i: usize, mut conn: Box<Conn>, first: Job, driver: Driver
             &gathered.raw
         };
         let results = Results::from_parts(count, end.busy_nanos, end.max_task_nanos, raw);
-        let Some(done) = sent.pop_front() else { break };
+        let Some(done) = self.sent.pop_front() else {
+            return Ok(true);
+        };
         if shared.watchdog || done.job.cancel_kills {
             shared.watch.disarm(i);
         }
-        if let Some(head) = sent.front() {
+        if let Some(head) = self.sent.front() {
             arm(shared, i, &head.job);
         }
-        sent_bytes -= done.job.frame.len();
-        sent_tasks -= u64::from(done.job.count);
+        self.sent_bytes -= done.job.frame.len();
+        self.sent_tasks -= u64::from(done.job.count);
         shared
             .stats
             .record(i, count, results.busy_nanos, results.max_task_nanos);
         shared.stats.settled(u64::from(count));
         shared.observe_job(results.busy_nanos);
         done.job.deliver.send(Ok((results, i)));
-        gathered.clear();
-        conn.link.shrink_buffers();
-        conn.tasks_done += u64::from(count);
-        if top_up && sent.len() < pipeline_depth(shared) && send_failed.is_none() {
-            next = take_more(shared, &conn, &sent, sent_bytes, sent_tasks);
+        self.gathered.clear();
+        self.tasks_done += u64::from(count);
+        if self.tops_up() && self.sent.len() < pipeline_depth(shared) && self.send_failed.is_none()
+        {
+            self.next = self.take_more(shared);
         }
+        Ok(true)
     }
-    if let Some(e) = send_failed {
-        // Every job it held was answered before it went: the slot still needs a new worker.
-        return fail(shared, i, *conn, sent, &mut gathered, FrameError::Send(e));
+
+    /// The worker holds nothing more: what its slot holds now.
+    pub(super) fn finish(self, shared: &Inner, i: usize, mut conn: Box<Conn>) -> Slot {
+        conn.tasks_done = self.tasks_done;
+        if let Some(e) = self.send_failed {
+            // Every job it held was answered before it went: the slot still needs a new worker.
+            let book = Book {
+                send_failed: None,
+                ..self
+            };
+            return book.fail(shared, i, *conn, FrameError::Send(e));
+        }
+        recycle_if_due(shared, conn)
     }
-    recycle_if_due(shared, conn)
+
+    /// The next queued job for this worker, if it has room.
+    fn take_more(&self, shared: &Inner) -> Option<Job> {
+        // Sending ahead only pays for short jobs; behind a long one, a job would wait for
+        // nothing while another worker is free.
+        let job_nanos = shared.job_nanos();
+        if job_nanos == 0 || job_nanos > PIPELINE_BELOW_NANOS {
+            return None;
+        }
+        let (sent_bytes, sent_tasks) = (self.sent_bytes, self.sent_tasks);
+        let mut st = shared.state();
+        if st.phase == Phase::Closed {
+            return None;
+        }
+        let job = st.queue.front()?;
+        if sent_bytes > 0 && sent_bytes + job.frame.len() > self.budget {
+            return None;
+        }
+        // A job whose cancel kills its worker runs alone on it, so that the kill can never
+        // hit another job sent ahead or behind it; so if one is held, it is the only one.
+        let holds_killable = self.sent.front().is_some_and(|s| s.job.cancel_kills);
+        if sent_bytes > 0 && (holds_killable || job.cancel_kills) {
+            return None;
+        }
+        if let Some(max) = shared.settings.max_tasks_per_worker {
+            if self.tasks_done + sent_tasks + u64::from(job.count) > max && sent_tasks > 0 {
+                return None;
+            }
+            if self.tasks_done + sent_tasks >= max {
+                return None;
+            }
+        }
+        st.queue.pop_front()
+    }
+
+    /// Worker `i` failed, or its link ended: gather the facts, classify the failure, apply
+    /// the plan for its jobs, and leave the slot to be refilled, after everyone has their
+    /// answer.
+    pub(super) fn fail(mut self, shared: &Inner, i: usize, conn: Conn, cause: FrameError) -> Slot {
+        let cause = match (self.send_failed.take(), cause) {
+            (Some(sent_error), FrameError::Closed | FrameError::Io(_)) => {
+                FrameError::Send(sent_error)
+            }
+            (_, e) => e,
+        };
+        if let Some(job) = self.next.take() {
+            // Taken from the queue, never sent: it goes back.
+            shared.state().queue.push_front(job);
+        }
+        fail(shared, i, conn, self.sent, &mut self.gathered, cause)
+    }
 }
 
 /// Whether a run of `n` outcomes, after `got` of the same job already, fits a job of `count`
@@ -276,45 +411,6 @@ impl Gathered {
         self.raw.clear();
         protocol::shrink(&mut self.raw);
     }
-}
-
-/// The next queued job for a worker that already holds `sent_bytes` of jobs, if it has room.
-fn take_more(
-    shared: &Inner,
-    conn: &Conn,
-    sent: &VecDeque<Sent>,
-    sent_bytes: usize,
-    sent_tasks: u64,
-) -> Option<Job> {
-    // Sending ahead only pays for short jobs; behind a long one, a job would wait for nothing
-    // while another worker is free.
-    let job_nanos = shared.job_nanos();
-    if job_nanos == 0 || job_nanos > PIPELINE_BELOW_NANOS {
-        return None;
-    }
-    let mut st = shared.state();
-    if st.phase == Phase::Closed {
-        return None;
-    }
-    let job = st.queue.front()?;
-    if sent_bytes > 0 && sent_bytes + job.frame.len() > conn.link.budget() {
-        return None;
-    }
-    // A job whose cancel kills its worker runs alone on it, so that the kill can never hit
-    // another job sent ahead or behind it; so if one is held, it is the only one.
-    let holds_killable = sent.front().is_some_and(|s| s.job.cancel_kills);
-    if sent_bytes > 0 && (holds_killable || job.cancel_kills) {
-        return None;
-    }
-    if let Some(max) = shared.settings.max_tasks_per_worker {
-        if conn.tasks_done + sent_tasks + u64::from(job.count) > max && sent_tasks > 0 {
-            return None;
-        }
-        if conn.tasks_done + sent_tasks >= max {
-            return None;
-        }
-    }
-    st.queue.pop_front()
 }
 
 /// How long to spin for a worker's answer: only when jobs are short, so the answer is due
@@ -532,4 +628,17 @@ fn apply_fate(
             split: None,
         });
     }
+}
+
+/// Worker `i` ended (or broke its protocol) while it held no job: the facts of its end are
+/// gathered as for any failure, and its slot is left to be refilled.
+pub(super) fn fail_idle(shared: &Inner, i: usize, conn: Conn, cause: FrameError) -> Slot {
+    fail(
+        shared,
+        i,
+        conn,
+        VecDeque::new(),
+        &mut Gathered::default(),
+        cause,
+    )
 }

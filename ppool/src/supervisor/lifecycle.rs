@@ -1,13 +1,14 @@
 //! A worker's life seen from the supervisor, the same for every transport: greet it and wait
 //! for it to be ready, register it with the watchdog, retire it gracefully, replace it.
 
+use super::events;
 use super::state::{Conn, Inner, Phase, Slot, WorkerSpec};
 use crate::entry;
 use crate::error::Error;
 use crate::protocol::{self, FrameBuf, Hello, Ready};
 use crate::transport::{Link, Peer, Worker};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a started worker may take to answer the greeting.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -59,7 +60,8 @@ pub(super) fn start_all(shared: &Inner) -> Result<Vec<Conn>, Error> {
         .collect::<Result<Vec<_>, Error>>()?;
     let mut conns = Vec::with_capacity(n);
     for (i, worker) in started.into_iter().enumerate() {
-        let conn = ready(&shared.spec, i, worker).map_err(|f| f.error)?;
+        let mut conn = ready(&shared.spec, i, worker).map_err(|f| f.error)?;
+        events::install(shared, i, &mut conn);
         tracing::debug!(pool = %shared.spec.pool, worker = i, pid = conn.peer.pid(), "worker started");
         conns.push(conn);
     }
@@ -100,7 +102,8 @@ pub(super) fn replace(shared: &Inner, i: usize) -> Slot {
         }
     };
     match started {
-        Ok(conn) => {
+        Ok(mut conn) => {
+            events::install(shared, i, &mut conn);
             tracing::info!(pool = %shared.spec.pool, worker = i, pid = conn.peer.pid(), "worker replaced");
             register(shared, i, &conn);
             Slot::Idle(Box::new(conn))
@@ -194,6 +197,7 @@ fn ready(spec: &WorkerSpec, i: usize, worker: Worker) -> Result<Conn, StartFailu
         link,
         peer,
         tasks_done: 0,
+        events: None,
     })
 }
 
@@ -212,24 +216,75 @@ pub(super) fn retire(shared: &Inner, i: usize, conn: Conn) {
     tracing::debug!(pool = %shared.spec.pool, worker = i, pid, "worker retired");
 }
 
+/// Stops workers gracefully, as [`retire`] does, all at once: each is asked to exit, then
+/// each is waited for, so that retiring many costs about what retiring one does.
+pub(super) fn retire_many(shared: &Inner, conns: Vec<(usize, Box<Conn>)>) {
+    let hook = shared
+        .spec
+        .on_exit
+        .is_some()
+        .then_some(shared.spec.exit_timeout);
+    let asked: Vec<(usize, Box<Conn>, bool)> = conns
+        .into_iter()
+        .map(|(i, mut conn)| {
+            events::uninstall(&mut conn);
+            let asked = ask_exit(&mut *conn.link);
+            (i, conn, asked)
+        })
+        .collect();
+    let from = Instant::now();
+    for (i, conn, asked) in asked {
+        let Conn { mut link, peer, .. } = *conn;
+        if let Some(body) = await_exit(&mut *link, &*peer, hook, asked, from) {
+            shared.push_exit_result(body);
+        }
+        shared.watch.unregister(i);
+        tracing::debug!(pool = %shared.spec.pool, worker = i, pid = peer.pid(), "worker retired");
+    }
+}
+
+/// Sends the worker the frame that asks it to exit; whether it went.
+fn ask_exit(link: &mut dyn Link) -> bool {
+    let mut frame = FrameBuf::default();
+    protocol::write_exit(&mut frame);
+    link.send(&[frame.finish()]).is_ok()
+}
+
 /// Asks the worker to exit after its current work, and waits for it to; with an exit hook
 /// (which may run for `hook`), returns the EXITED frame's body.
 fn exit(link: &mut dyn Link, peer: &dyn Peer, hook: Option<Duration>) -> Option<Vec<u8>> {
-    let mut frame = FrameBuf::default();
-    protocol::write_exit(&mut frame);
-    let mut exited = None;
-    if link.send(&[frame.finish()]).is_ok() {
+    let asked = ask_exit(link);
+    await_exit(link, peer, hook, asked, Instant::now())
+}
+
+/// Waits for a worker that was `asked` to exit (else it is killed), keeping the EXITED
+/// frame's body of its exit hook, if it has one (which may run for `hook`); `from` is when
+/// the wait began, shared by workers asked together, so that waiting for many costs the
+/// longest wait, not their sum.
+fn await_exit(
+    link: &mut dyn Link,
+    peer: &dyn Peer,
+    hook: Option<Duration>,
+    asked: bool,
+    from: Instant,
+) -> Option<Vec<u8>> {
+    let left = |d: Duration| -> Option<Duration> {
         // A timeout too large for a deadline is no limit.
+        crate::sync::deadline(from, d).map(|at| at.saturating_duration_since(Instant::now()))
+    };
+    let mut exited = None;
+    if asked {
         if let Some(limit) = hook
             && link
-                .wait_readable(Duration::ZERO, crate::sync::limit(limit))
+                .wait_readable(Duration::ZERO, left(limit))
                 .unwrap_or(false)
         {
             if let Ok(Ok(body)) = link.recv().map(|incoming| incoming.frame()) {
                 exited = Some(body.to_vec());
             }
         }
-        if peer.wait_exit(RETIRE_GRACE) {
+        let grace = hook.map_or(RETIRE_GRACE, |h| h.saturating_add(RETIRE_GRACE));
+        if peer.wait_exit(left(grace).unwrap_or(RETIRE_GRACE)) {
             return exited;
         }
     }

@@ -2,19 +2,23 @@
 //! workers and results back. It handles bytes (finished frames), never user types; the typed
 //! layer hands it jobs with a `deliver` closure that decodes the results.
 //!
-//! A job is driven by whichever thread holds its worker: the worker's own driver thread for
-//! queued jobs, or the calling thread itself for a blocking `call` when a worker is idle, so
-//! that a round trip costs what the channel costs.
+//! A job is driven by whichever thread holds its worker: a local worker's own driver thread
+//! for queued jobs, or the calling thread itself for a blocking `call` when a worker is idle,
+//! so that a round trip costs what the channel costs; a remote worker's host's reader, as
+//! each message for it comes (`events`), so that a host costs two threads whatever its number
+//! of workers.
 //!
 //! # Slots
 //!
-//! Each worker has a slot, and each slot a driver thread, which sleeps on a bell of its own:
-//! a queued job wakes the one idle worker's driver that the placement rule of `idle` picks,
-//! never all of them. A slot is
+//! Each worker has a slot. A local slot has a driver thread, which sleeps on a bell of its
+//! own: a queued job wakes the one idle worker's driver that the placement rule of `idle`
+//! picks, never all of them; for a remote (evented) slot, the thread that queued the job
+//! sends it at once. A slot is
 //! - `Idle`: its worker waits for work; any thread may take it (its driver for the queue, a
 //!   caller for one `call`) and mark it `Busy` while it drives it;
-//! - `Vacant`: its worker failed and was reaped; only the slot's driver thread refills it, so
-//!   that the thread that drove the failed job answers its caller first;
+//! - `Vacant`: its worker failed and was reaped; only the slot's driver thread (for an evented
+//!   slot, a short-lived thread of its own) refills it, so that the thread that drove the
+//!   failed job answers its caller first;
 //! - `Recycle`: its worker reached `max_tasks_per_worker`; the driver thread retires it (with
 //!   its exit hook) and starts a replacement;
 //! - `Dead`: no worker could be started; `Retired`: stopped by `join` or `shutdown`.
@@ -48,6 +52,7 @@
 
 pub(crate) mod callbacks;
 mod driver;
+mod events;
 mod idle;
 mod job;
 mod lifecycle;
@@ -68,7 +73,7 @@ use crate::sync::lock;
 use crate::transport::Launch;
 use driver::{Driver, run_caught};
 use lifecycle::{register, replace, retire, start_all};
-use state::{Inner, Phase, Slot, State};
+use state::{Conn, Inner, Phase, Slot, State};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -94,10 +99,10 @@ impl std::fmt::Debug for Core {
 
 impl Core {
     pub(crate) fn new(spec: WorkerSpec, settings: Settings, launch: Box<dyn Launch>) -> Self {
-        let shared = Inner::new(spec, settings, launch);
+        let shared = Arc::new_cyclic(|me| Inner::new(me.clone(), spec, settings, launch));
         let callbacks = Callbacks::new(&shared.spec.pool);
         Core {
-            shared: Arc::new(shared),
+            shared,
             threads: Mutex::new(Vec::new()),
             watchdog: Mutex::new(None),
             joining: Mutex::new(()),
@@ -184,6 +189,10 @@ impl Core {
 
         let mut started = Vec::new();
         for i in 0..shared.settings.n_jobs {
+            if shared.evented[i] {
+                // Driven by its host's reader (see `events`).
+                continue;
+            }
             let s = Arc::clone(shared);
             started.push(spawn_thread(
                 format!("{}-{i}", shared.spec.pool),
@@ -251,6 +260,10 @@ impl Core {
             unreachable!("slot {i} was idle")
         };
         drop(st);
+        if shared.evented[i] {
+            // Sent from here; its host's reader delivers the answer.
+            return events::start(shared, i, conn, job);
+        }
         let back = run_caught(shared, i, conn, job, Driver::Caller);
         put_back(shared, i, back);
     }
@@ -297,6 +310,8 @@ impl Core {
         if !self.begin_joining() {
             return Ok(());
         }
+        self.join_threads();
+        self.retire_evented();
         self.join_threads();
         let mut st = shared.state();
         st.phase = Phase::Closed;
@@ -348,6 +363,8 @@ impl Core {
                 drop(st);
                 shared.watch.kill_all();
                 self.join_threads();
+                drop(self.settle_evented());
+                self.join_threads();
                 shared.launch.close();
                 self.callbacks.close();
                 return;
@@ -377,8 +394,46 @@ impl Core {
         }
         shared.ring_all();
         self.join_threads();
+        // Busy evented workers were killed: their hosts' readers settle their jobs.
+        drop(self.settle_evented());
+        self.join_threads();
         shared.launch.close();
         self.callbacks.close();
+    }
+
+    /// Waits until no evented slot holds a job or is being refilled, and nothing is queued
+    /// that a worker could still run.
+    fn settle_evented(&self) -> MutexGuard<'_, State> {
+        let shared = &self.shared;
+        let mut st = shared.state();
+        loop {
+            let unsettled = (0..st.slots().len()).any(|i| {
+                shared.evented[i]
+                    && matches!(st.slot(i), Slot::Busy | Slot::Vacant | Slot::Recycle(_))
+            });
+            if !unsettled && (st.queue.is_empty() || !st.any_alive()) {
+                return st;
+            }
+            st = crate::sync::wait(&shared.settled, st);
+        }
+    }
+
+    /// A joining pool's evented workers, once they finished every job: each is asked to
+    /// exit, all together (see `lifecycle::retire_many`).
+    fn retire_evented(&self) {
+        let shared = &self.shared;
+        let mut st = self.settle_evented();
+        let mut idle = Vec::new();
+        for i in 0..st.slots().len() {
+            if !shared.evented[i] || !matches!(st.slot(i), Slot::Idle(_)) {
+                continue;
+            }
+            if let Slot::Idle(conn) = st.put(i, Slot::Retired) {
+                idle.push((i, conn));
+            }
+        }
+        drop(st);
+        lifecycle::retire_many(shared, idle);
     }
 
     /// Joins the driver threads, except the calling one, then stops and joins the watchdog:
@@ -388,13 +443,20 @@ impl Core {
     /// `shutdown` returns only once every thread has ended, never early.
     fn join_threads(&self) {
         let _joining = lock(&self.joining);
-        let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *lock(&self.threads));
         let me = std::thread::current().id();
-        for handle in handles {
-            if handle.thread().id() == me {
-                continue;
+        loop {
+            let mut handles: Vec<JoinHandle<()>> = std::mem::take(&mut *lock(&self.threads));
+            // The threads that refill evented slots may start more while they are joined.
+            handles.append(&mut lock(&self.shared.transient));
+            if handles.is_empty() {
+                break;
             }
-            let _ = handle.join();
+            for handle in handles {
+                if handle.thread().id() == me {
+                    continue;
+                }
+                let _ = handle.join();
+            }
         }
         self.shared.watch.stop();
         let watchdog = lock(&self.watchdog).take();
@@ -444,10 +506,70 @@ fn spawn_thread(
 /// idle: one job, one wake-up. Busy drivers come back to the queue by themselves.
 fn enqueue(shared: &Inner, mut st: MutexGuard<'_, State>, job: Job) {
     st.queue.push_back(job);
-    let summoned = shared.summon(&mut st);
+    let summoned = summon(shared, &mut st);
     drop(st);
-    if let Some(i) = summoned {
-        shared.ring(i);
+    if let Some(wake) = summoned {
+        wake.run(shared);
+    }
+}
+
+/// What a thread does for a slot once it has unlocked the state.
+enum Wake {
+    /// Wake the slot's driver thread.
+    Ring(usize),
+    /// Start this job on this evented worker, taken from its slot.
+    Start(usize, Box<Conn>, Job),
+    /// Refill this evented slot (retiring the recycled worker first), or retire it when its
+    /// worker is not wanted any more.
+    Refill(usize, Option<Box<Conn>>, bool),
+}
+
+impl Wake {
+    fn run(self, shared: &Inner) {
+        match self {
+            Wake::Ring(i) => shared.ring(i),
+            Wake::Start(i, conn, job) => events::start(shared, i, conn, job),
+            Wake::Refill(i, recycled, wanted) => events::refill(shared, i, recycled, wanted),
+        }
+    }
+}
+
+/// Takes the idle worker the placement rule picks for the next queued job: its driver
+/// thread is to be woken, or, for an evented worker, the job is taken for it here.
+fn summon(shared: &Inner, st: &mut State) -> Option<Wake> {
+    let i = shared.summon(st)?;
+    if !shared.evented[i] {
+        return Some(Wake::Ring(i));
+    }
+    let wake = take_for(st, i);
+    if wake.is_none() && matches!(st.slot(i), Slot::Idle(_)) {
+        // Nothing for it after all: idle for the next job.
+        st.idle.push(i);
+    }
+    wake
+}
+
+/// What evented slot `i` is to do now, taken under the lock: its worker starts the next
+/// queued job, or its slot is refilled.
+fn take_for(st: &mut State, i: usize) -> Option<Wake> {
+    let wanted = st.phase == Phase::Running || !st.queue.is_empty();
+    match st.slot(i) {
+        Slot::Idle(_) => {
+            let job = st.queue.pop_front()?;
+            match st.put(i, Slot::Busy) {
+                Slot::Idle(conn) => Some(Wake::Start(i, conn, job)),
+                _ => unreachable!("slot {i} was idle"),
+            }
+        }
+        Slot::Vacant => {
+            st.put(i, Slot::Busy);
+            Some(Wake::Refill(i, None, wanted))
+        }
+        Slot::Recycle(_) => match st.put(i, Slot::Busy) {
+            Slot::Recycle(conn) => Some(Wake::Refill(i, Some(conn), wanted)),
+            _ => unreachable!("slot {i} was to be recycled"),
+        },
+        _ => None,
     }
 }
 
@@ -492,27 +614,39 @@ fn put_back(shared: &Inner, i: usize, back: Slot) {
         || (st.phase == Phase::Joining && !st.any_busy() && st.queue.is_empty());
     let takes = matches!(st.slot(i), Slot::Idle(_)) && !st.queue.is_empty();
     let own = vacated || takes;
-    if own {
+    let mut wakes = Vec::new();
+    if own && shared.evented[i] {
+        // Its next job is taken (or its refill begun) here: no thread waits to be woken.
+        wakes.extend(take_for(&mut st, i));
+    } else if own {
         // Its driver takes the work (or refills the slot); it is not idle for others.
         st.idle.remove(i);
+        if !everyone {
+            wakes.push(Wake::Ring(i));
+        }
     }
     // Jobs waiting while other workers sleep idle (put back by a failed worker's recovery,
     // say): wake as many of those as there are jobs beyond what this slot takes.
-    let waiting = st.queue.len().saturating_sub(usize::from(takes));
-    let mut summoned = Vec::new();
+    let waiting = if shared.evented[i] {
+        st.queue.len()
+    } else {
+        st.queue.len().saturating_sub(usize::from(takes))
+    };
     if !everyone {
         for _ in 0..waiting.min(st.idle.len()) {
-            summoned.extend(shared.summon(&mut st));
+            wakes.extend(summon(shared, &mut st));
         }
     }
+    let stopping = st.phase != Phase::Running;
     drop(st);
     if everyone {
         shared.ring_all();
-    } else if own {
-        shared.ring(i);
     }
-    for j in summoned {
-        shared.ring(j);
+    if stopping {
+        shared.settled.notify_all();
+    }
+    for wake in wakes {
+        wake.run(shared);
     }
     if let Some(conn) = dropped {
         shared.watch.unregister(i);

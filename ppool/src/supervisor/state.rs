@@ -1,5 +1,6 @@
 //! The supervisor's state: its settings, its slots and queue, and what its threads share.
 
+use super::events::Evented;
 use super::idle::IdleSet;
 use super::job::Job;
 use crate::error::Error;
@@ -9,7 +10,8 @@ use crate::sync::lock;
 use crate::transport::{Launch, Link, Peer};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// How a pool runs, fixed when it is built.
@@ -49,6 +51,9 @@ pub(crate) struct Conn {
     pub(crate) peer: Arc<dyn Peer>,
     /// Tasks this worker has finished.
     pub(crate) tasks_done: u64,
+    /// Where its host's reader hands its messages, when it is a remote worker (see
+    /// `events`); `None` for a worker read by the thread that drives it.
+    pub(crate) events: Option<Arc<Evented>>,
 }
 
 pub(crate) enum Slot {
@@ -140,6 +145,8 @@ impl Slot {
 }
 
 pub(crate) struct Inner {
+    /// This very value, for the sinks of remote workers (see `events`).
+    pub(crate) me: Weak<Inner>,
     pub(crate) spec: WorkerSpec,
     pub(crate) settings: Settings,
     pub(crate) launch: Box<dyn Launch>,
@@ -148,6 +155,13 @@ pub(crate) struct Inner {
     pub(crate) state: Mutex<State>,
     /// One bell per slot, that its driver thread sleeps on (see `idle`).
     bells: Vec<Condvar>,
+    /// Which slots are driven by events (remote workers): they have no driver thread.
+    pub(crate) evented: Vec<bool>,
+    /// Rung when a slot is put back while the pool is not running: `join` and `shutdown`
+    /// wait on it for the evented slots to settle.
+    pub(crate) settled: Condvar,
+    /// The short-lived threads that refill evented slots.
+    pub(crate) transient: Mutex<Vec<JoinHandle<()>>>,
     pub(crate) watch: Watch,
     last_error: Mutex<Option<Error>>,
     next_job: AtomicU64,
@@ -159,9 +173,20 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
-    pub(crate) fn new(spec: WorkerSpec, settings: Settings, launch: Box<dyn Launch>) -> Self {
+    pub(crate) fn new(
+        me: Weak<Inner>,
+        spec: WorkerSpec,
+        settings: Settings,
+        launch: Box<dyn Launch>,
+    ) -> Self {
         let slots = settings.n_jobs;
         Inner {
+            me,
+            evented: (0..slots)
+                .map(|i| !settings.debug && !launch.is_local(i))
+                .collect(),
+            settled: Condvar::new(),
+            transient: Mutex::new(Vec::new()),
             watch: Watch::new(slots, settings.memory_limit),
             state: Mutex::new(State {
                 phase: Phase::NotStarted,

@@ -66,6 +66,29 @@ pub(crate) trait Link: Send + Debug {
 
     /// Gives back the memory of buffers that one big frame grew.
     fn shrink_buffers(&mut self);
+
+    /// For a link whose messages arrive on a thread of the transport's own (a host's
+    /// reader): from now on, hand every message to `sink` on that thread instead of keeping
+    /// it for [`recv`](Self::recv); with `None`, keep them for `recv` again. When this returns,
+    /// no call to an earlier sink is under way. False when the link cannot (its messages
+    /// are read by whoever calls `recv`), or when it holds messages already, or its worker
+    /// has ended: the sink is set all the same, and the caller takes the worker for failed.
+    fn deliver_to(&mut self, _sink: Option<Arc<dyn Sink>>) -> bool {
+        false
+    }
+
+    /// Whether [`deliver_to`](Self::deliver_to) works for this link.
+    fn is_evented(&self) -> bool {
+        false
+    }
+}
+
+/// Where an evented link hands what comes for its worker (see [`Link::deliver_to`]).
+pub(crate) trait Sink: Send + Sync + Debug {
+    /// One message, in order, on the transport's thread: a run of outcomes or a frame, or,
+    /// once and last, why the link ended (`FrameError::Closed` when the worker exited or its
+    /// host was lost; [`Link::started`] then tells how far it got).
+    fn arrived(&self, incoming: Result<Incoming<'_>, FrameError>);
 }
 
 /// What a worker sent, as a link hands it to the supervisor.

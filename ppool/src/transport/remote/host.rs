@@ -20,7 +20,7 @@ use crate::hosts::{HostSpec, Via};
 use crate::mux::{self, AgentHello, AgentReady, CONTROL, Control};
 use crate::protocol::FrameError;
 use crate::sync::{lock, wait_timeout};
-use crate::transport::LaunchConfig;
+use crate::transport::{Incoming, LaunchConfig, Sink};
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
@@ -83,6 +83,12 @@ pub(super) struct Inbox {
     pub(super) frames: VecDeque<Vec<u8>>,
     spawned: Option<Result<u32, String>>,
     pub(super) exited: Option<(ExitCause, Option<(u64, u32)>)>,
+    /// Where the reader hands this worker's messages instead of `frames`, once the pool set
+    /// it (see `Link::deliver_to`).
+    pub(super) sink: Option<Arc<dyn Sink>>,
+    /// Held across each call to `sink`, and while it is set: a sink set or taken away is
+    /// never called after, nor concurrently with, the change.
+    pub(super) gate: Arc<Mutex<()>>,
 }
 
 /// `from + d`, or `None` (never) when that is past what an `Instant` holds.
@@ -399,6 +405,30 @@ impl Conn {
         }
     }
 
+    /// The gate of worker `slot`'s sink (see [`Inbox::gate`]).
+    pub(super) fn gate(&self, slot: u32) -> Option<Arc<Mutex<()>>> {
+        lock(&self.state)
+            .slots
+            .get(&slot)
+            .map(|inbox| Arc::clone(&inbox.gate))
+    }
+
+    /// Tells worker `slot`'s sink, if it has one, that its link ended, and takes the sink
+    /// away: that is the last it hears.
+    fn end_sink(&self, slot: u32) {
+        let Some(gate) = self.gate(slot) else {
+            return;
+        };
+        let _gate = lock(&gate);
+        let sink = lock(&self.state)
+            .slots
+            .get_mut(&slot)
+            .and_then(|inbox| inbox.sink.take());
+        if let Some(sink) = sink {
+            sink.arrived(Err(FrameError::Closed));
+        }
+    }
+
     fn heard(&self) {
         self.last_heard
             .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -492,10 +522,23 @@ struct Heard<'a, S> {
     nonce: u64,
 }
 
-impl<S> Heard<'_, S> {
+impl<S: AsFd> Heard<'_, S> {
     /// The heartbeat: declares the host lost when its launcher has ended or nothing came from
     /// it for the host timeout, and pings the agent when the stream to it is idle (bytes
     /// already on their way are as good as a ping). An error once the host is lost.
+    /// Whether bytes from the agent wait to be read.
+    fn bytes_waiting(&self) -> bool {
+        let mut fds = [rustix::event::PollFd::new(
+            &self.stdout,
+            rustix::event::PollFlags::IN,
+        )];
+        let now = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        matches!(rustix::event::poll(&mut fds, Some(&now)), Ok(n) if n > 0)
+    }
+
     fn beat(&mut self) -> io::Result<()> {
         self.last_beat = Instant::now();
         let closed = {
@@ -515,7 +558,9 @@ impl<S> Heard<'_, S> {
             return Err(io::Error::other("the host is lost"));
         }
         let silent = self.conn.silence();
-        if silent > self.conn.host_timeout {
+        // Bytes waiting unread are not silence: the reader was busy (a driver's delivery on
+        // this thread took long), not the host.
+        if silent > self.conn.host_timeout && !self.bytes_waiting() {
             self.conn
                 .lose(format!("nothing came from it for {silent:?}"));
             return Err(io::Error::other("the host is lost"));
@@ -569,6 +614,18 @@ impl<S: Read + AsFd> Read for Heard<'_, S> {
     }
 }
 
+/// Tells every sink that its link ended, when the reader that fed them ends.
+struct EndSinks<'a>(&'a Conn);
+
+impl Drop for EndSinks<'_> {
+    fn drop(&mut self) {
+        let slots: Vec<u32> = lock(&self.0.state).slots.keys().copied().collect();
+        for slot in slots {
+            self.0.end_sink(slot);
+        }
+    }
+}
+
 /// The reader thread: the preamble and the agent's answer to the greeting, sent to `ready`,
 /// then every message, each to its worker's inbox, until the stream ends.
 fn read_agent(
@@ -617,6 +674,8 @@ fn read_agent(
         return;
     }
     input.beating = true;
+    // However the reader ends, every worker whose messages it handed to a sink hears of it.
+    let _end = EndSinks(conn);
     loop {
         let channel = match mux::read_message(&mut input, &mut body, max_message) {
             Ok(channel) => channel,
@@ -639,11 +698,26 @@ fn read_agent(
                 ));
                 return;
             }
-            let mut st = lock(&conn.state);
-            if let Some(inbox) = st.slots.get_mut(&channel) {
-                inbox.frames.push_back(std::mem::take(&mut body));
-                inbox.bell.notify_all();
-            }
+            let Some(gate) = conn.gate(channel) else {
+                continue;
+            };
+            let _gate = lock(&gate);
+            let sink = {
+                let mut st = lock(&conn.state);
+                let Some(inbox) = st.slots.get_mut(&channel) else {
+                    continue;
+                };
+                match &inbox.sink {
+                    Some(sink) => Arc::clone(sink),
+                    None => {
+                        inbox.frames.push_back(std::mem::take(&mut body));
+                        inbox.bell.notify_all();
+                        continue;
+                    }
+                }
+            };
+            // Its worker's driver runs here, on this thread: no hop to another.
+            sink.arrived(Incoming::from_body(&body));
             continue;
         }
         let control = match Control::parse(&body) {
@@ -674,6 +748,10 @@ fn read_agent(
                     inbox.exited = Some((cause, progress));
                     inbox.bell.notify_all();
                 }
+                drop(st);
+                conn.end_sink(slot);
+                conn.changed.notify_all();
+                continue;
             }
             // The agent pings to be heard; hearing it is the point.
             Control::Ping(_) | Control::Pong(_) => continue,

@@ -6,7 +6,7 @@ use crate::error::ExitCause;
 use crate::mux::{CONTROL, Control};
 use crate::protocol::{self, FrameError};
 use crate::sync::{lock, wait_timeout};
-use crate::transport::{Incoming, Link, Peer, Started};
+use crate::transport::{Incoming, Link, Peer, Sink, Started};
 use std::io;
 use std::sync::{Arc, Condvar};
 use std::time::{Duration, Instant};
@@ -113,6 +113,26 @@ impl Link for RemoteLink {
 
     fn shrink_buffers(&mut self) {
         protocol::shrink(&mut self.body);
+    }
+
+    /// The host's reader hands this worker's messages to `sink` from now on.
+    fn deliver_to(&mut self, sink: Option<Arc<dyn Sink>>) -> bool {
+        let Some(gate) = self.conn.gate(self.slot) else {
+            return false;
+        };
+        let _gate = lock(&gate);
+        let mut st = lock(&self.conn.state);
+        let lost = st.lost.is_some();
+        let Some(inbox) = st.slots.get_mut(&self.slot) else {
+            return false;
+        };
+        let clean = inbox.frames.is_empty() && inbox.exited.is_none() && !lost;
+        inbox.sink = sink;
+        clean
+    }
+
+    fn is_evented(&self) -> bool {
+        true
     }
 }
 

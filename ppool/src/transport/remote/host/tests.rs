@@ -8,6 +8,18 @@ use std::io::Write;
 /// A connection to a scripted agent: the conn, the writer for the agent's side, and the
 /// reader of what the pool writes to the agent.
 fn scripted(host_timeout: Duration) -> (Arc<Conn>, std::io::PipeWriter, std::io::PipeReader) {
+    scripted_as(host_timeout, None)
+}
+
+/// [`scripted`], with its reader thread named `scripted-reader`.
+fn scripted_named(host_timeout: Duration) -> (Arc<Conn>, std::io::PipeWriter, std::io::PipeReader) {
+    scripted_as(host_timeout, Some("scripted-reader"))
+}
+
+fn scripted_as(
+    host_timeout: Duration,
+    reader_name: Option<&str>,
+) -> (Arc<Conn>, std::io::PipeWriter, std::io::PipeReader) {
     let launcher = Command::new("sleep")
         .arg("600")
         .stdin(Stdio::null())
@@ -26,7 +38,13 @@ fn scripted(host_timeout: Duration) -> (Arc<Conn>, std::io::PipeWriter, std::io:
     let (from_agent_r, from_agent_w) = std::io::pipe().expect("pipe");
     let (ready_tx, _ready_rx) = mpsc::channel();
     let reader = Arc::clone(&conn);
-    std::thread::spawn(move || read_agent(&reader, from_agent_r, 1 << 20, &ready_tx));
+    let read = move || read_agent(&reader, from_agent_r, 1 << 20, &ready_tx);
+    let builder = std::thread::Builder::new();
+    let builder = match reader_name {
+        Some(name) => builder.name(name.to_string()),
+        None => builder,
+    };
+    builder.spawn(read).expect("reader thread");
     let mut agent = from_agent_w;
     agent.write_all(mux::PREAMBLE).expect("preamble");
     let ready = AgentReady {
@@ -164,5 +182,149 @@ fn a_kill_is_posted_at_once_while_a_large_message_is_stuck() {
     };
     crate::transport::Peer::kill(&peer);
     assert!(started.elapsed() < Duration::from_secs(1));
+    conn.lose("test over".into());
+}
+
+/// A sink that records what it is handed: each frame's bytes, a run as `R<job>:<count>`, and
+/// its end as `end`; it may take long over the first message.
+#[derive(Debug, Default)]
+struct Record {
+    got: Mutex<Vec<String>>,
+    on_reader: Mutex<Vec<bool>>,
+    first_takes: Option<Duration>,
+}
+
+impl Sink for Record {
+    fn arrived(&self, incoming: Result<Incoming<'_>, FrameError>) {
+        let what = match incoming {
+            Ok(Incoming::Frame(body)) => String::from_utf8_lossy(body).into_owned(),
+            Ok(Incoming::Outcomes { job, count, .. }) => format!("R{job}:{count}"),
+            Err(_) => "end".to_string(),
+        };
+        let mut got = lock(&self.got);
+        if got.is_empty()
+            && let Some(pause) = self.first_takes
+        {
+            std::thread::sleep(pause);
+        }
+        got.push(what);
+        let name = std::thread::current().name().map(str::to_string);
+        lock(&self.on_reader).push(name.as_deref() == Some("scripted-reader"));
+    }
+}
+
+impl Record {
+    fn got(&self) -> Vec<String> {
+        lock(&self.got).clone()
+    }
+}
+
+/// Worker `slot`'s link on `conn`, as `Remotes` makes it.
+fn link_of(conn: &Arc<Conn>, slot: u32) -> super::super::link::RemoteLink {
+    super::super::link::RemoteLink {
+        conn: Arc::clone(conn),
+        bell: Arc::new(Condvar::new()),
+        slot,
+        body: Vec::new(),
+    }
+}
+
+/// Waits up to 10 s for `done` on what a sink got.
+fn until_got(record: &Record, done: impl Fn(&[String]) -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if done(&record.got()) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+#[test]
+fn a_sink_gets_its_workers_messages_in_order_on_the_reader_and_its_end_once() {
+    let (conn, mut agent, _to_agent) = scripted_named(Duration::from_secs(30));
+    allot(&conn, 2);
+    let record = Arc::new(Record::default());
+    let mut link = link_of(&conn, 0);
+    assert!(crate::transport::Link::deliver_to(
+        &mut link,
+        Some(record.clone())
+    ));
+    for (slot, body) in [(0u32, "a1"), (1, "b1"), (0, "a2"), (0, "a3"), (1, "b2")] {
+        mux::write_message(&mut agent, slot, body.as_bytes()).expect("write");
+    }
+    let exited = Control::Exited {
+        slot: 0,
+        cause: ExitCause::Code(0),
+        progress: None,
+    };
+    mux::write_message(&mut agent, CONTROL, &exited.encode()).expect("write");
+    assert!(until_got(&record, |got| got.len() == 4));
+    // The host lost after the end: the sink hears nothing more.
+    drop(agent);
+    assert!(until(&conn, |st| st.lost.is_some()));
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(record.got(), ["a1", "a2", "a3", "end"]);
+    assert!(
+        lock(&record.on_reader).iter().all(|&r| r),
+        "called on the reader"
+    );
+    let st = lock(&conn.state);
+    assert!(frames_of(&st, 0).is_empty(), "nothing kept for recv");
+    assert_eq!(frames_of(&st, 1), vec![b"b1".to_vec(), b"b2".to_vec()]);
+}
+
+#[test]
+fn a_lost_host_ends_every_sink_and_a_sink_taken_away_hears_nothing_more() {
+    let (conn, mut agent, _to_agent) = scripted_named(Duration::from_secs(30));
+    allot(&conn, 3);
+    let records: Vec<Arc<Record>> = (0..3).map(|_| Arc::new(Record::default())).collect();
+    let mut links: Vec<_> = (0..3).map(|slot| link_of(&conn, slot)).collect();
+    for (link, record) in links.iter_mut().zip(&records) {
+        let sink: Arc<dyn Sink> = record.clone();
+        assert!(crate::transport::Link::deliver_to(link, Some(sink)));
+    }
+    // Slot 2 is read by a thread again, as it is when its worker is retired.
+    assert!(crate::transport::Link::deliver_to(&mut links[2], None));
+    mux::write_message(&mut agent, 2, b"c1").expect("write");
+    mux::write_message(&mut agent, 0, b"a1").expect("write");
+    assert!(until_got(&records[0], |got| got.len() == 1));
+    drop(agent);
+    assert!(until(&conn, |st| st.lost.is_some()));
+    assert!(until_got(&records[1], |got| got == ["end"]));
+    assert!(until_got(&records[0], |got| got == ["a1", "end"]));
+    assert!(records[2].got().is_empty());
+    assert_eq!(frames_of(&lock(&conn.state), 2), vec![b"c1".to_vec()]);
+    // A sink set on a link that ended is refused: its worker is taken for failed.
+    assert!(!crate::transport::Link::deliver_to(
+        &mut links[1],
+        Some(records[1].clone())
+    ));
+}
+
+#[test]
+fn a_sink_that_takes_long_is_not_taken_for_a_silent_host() {
+    let (conn, mut agent, _to_agent) = scripted_named(Duration::from_millis(300));
+    allot(&conn, 1);
+    let record = Arc::new(Record {
+        first_takes: Some(Duration::from_millis(1500)),
+        ..Record::default()
+    });
+    let mut link = link_of(&conn, 0);
+    let sink: Arc<dyn Sink> = record.clone();
+    assert!(crate::transport::Link::deliver_to(&mut link, Some(sink)));
+    mux::write_message(&mut agent, 0, b"slow").expect("write");
+    // While the reader is busy with the first, the agent goes on talking.
+    for k in 0..12 {
+        std::thread::sleep(Duration::from_millis(100));
+        mux::write_message(&mut agent, 0, format!("m{k}").as_bytes()).expect("write");
+    }
+    assert!(until_got(&record, |got| got.len() == 13));
+    assert!(
+        lock(&conn.state).lost.is_none(),
+        "{:?}",
+        lock(&conn.state).lost
+    );
     conn.lose("test over".into());
 }
