@@ -688,3 +688,41 @@ fn bad_remote_settings_are_invalid_config() {
     }
     assert!(with_tag("bad").is_empty());
 }
+
+/// An idle remote worker that dies is replaced at once, from its host's report, not when a
+/// task next finds it dead: no task is bounced or delayed by it.
+#[test]
+fn an_idle_remote_worker_that_dies_is_replaced_before_a_task_needs_it() {
+    let _deadline = ppool_tests::deadline();
+    let tag = "idle-death";
+    let pool = ProcessPool::<nap>::builder()
+        .remote(Remote::command(tagged(tag)).workers(2))
+        .build()
+        .expect("the pool starts");
+    assert_eq!(pool.batch([1, 1]).wait().expect("a batch").len(), 2);
+    let agent = agents(tag)[0];
+    let workers: Vec<u32> = with_tag(tag)
+        .into_iter()
+        .filter(|&(_, parent)| parent == agent)
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    signal(workers[0], libc::SIGKILL);
+    let replaced = within(Duration::from_secs(20), || {
+        let insights = pool.insights();
+        insights.workers.iter().map(|w| w.restarts).sum::<u64>() == 1
+            && insights.workers.iter().all(|w| {
+                w.state == ppool::WorkerState::Idle && w.pid.is_some_and(|p| p != workers[0])
+            })
+    });
+    assert!(replaced, "{:#?}", pool.insights().workers);
+    let now: Vec<u32> = with_tag(tag)
+        .into_iter()
+        .filter(|&(_, parent)| parent == agent)
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert!(!now.contains(&workers[0]));
+    assert_eq!(pool.batch([1; 8]).wait().expect("a batch").len(), 8);
+    pool.join().expect("join");
+}

@@ -29,8 +29,9 @@ fn with_tag(tag: &str) -> Vec<(u32, u32)> {
     ppool_tests::processes_with_env(&env_tag(tag))
 }
 
-/// A thousand workers over 64 hosts (agents on this machine) start, run a batch and a stream,
-/// and `join` leaves no process of any host. The times are printed, not asserted.
+/// A thousand workers over 64 hosts (agents on this machine) start with two supervisor threads
+/// per host, run a batch and a stream, and `join` leaves no process of any host. The times
+/// are printed, not asserted.
 #[test]
 fn a_thousand_workers_on_sixty_four_hosts() {
     let _deadline = ppool_tests::deadline_secs(300);
@@ -43,6 +44,14 @@ fn a_thousand_workers_on_sixty_four_hosts() {
     let pool = builder.build().expect("1024 workers start");
     println!("built 64 x 16 in {:?}", started.elapsed());
     assert_eq!(pool.n_jobs(), hosts * per);
+    // A host costs its reader and writer threads, whatever its number of workers.
+    let threads = std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .count();
+    assert!(
+        threads <= 2 * hosts + 16,
+        "{threads} threads for {hosts} hosts of {per} workers"
+    );
     let started = Instant::now();
     let batch = pool.batch(0..20_000u64).wait().expect("a batch");
     println!("a batch of 20000 in {:?}", started.elapsed());
