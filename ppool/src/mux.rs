@@ -19,7 +19,7 @@ pub(crate) const NOISE_MAX: usize = 64 * 1024;
 /// The channel of control messages.
 pub(crate) const CONTROL: u32 = u32::MAX;
 /// The version of the control messages, checked in the agent's greeting.
-pub(crate) const MUX_VERSION: u32 = 2;
+pub(crate) const MUX_VERSION: u32 = 3;
 /// The largest control message accepted (a greeting's environment included).
 pub(crate) const CONTROL_MAX: usize = 16 << 20;
 
@@ -43,6 +43,12 @@ pub(crate) mod ctl {
     pub(crate) const PING: u8 = 8;
     /// Either way: yes.
     pub(crate) const PONG: u8 = 9;
+    /// Pool to agent: a shared value's bytes follow, in parts; store them for the workers.
+    pub(crate) const SHARE: u8 = 10;
+    /// Pool to agent: a part of a shared value's bytes, at an offset.
+    pub(crate) const SHARE_PART: u8 = 11;
+    /// Pool to agent: a shared value is no longer used; let it go.
+    pub(crate) const FORGET: u8 = 12;
 }
 
 /// The header of a message of `len` bytes on `channel`.
@@ -326,6 +332,22 @@ pub(crate) enum Control<'a> {
     },
     Ping(u64),
     Pong(u64),
+    /// A shared value of `len` bytes whose hash is `hash` comes next, in parts.
+    Share {
+        id: u64,
+        len: u64,
+        hash: u64,
+    },
+    /// Bytes `offset..offset + data.len()` of shared value `id`.
+    SharePart {
+        id: u64,
+        offset: u64,
+        data: &'a [u8],
+    },
+    /// Shared value `id` is no longer used.
+    Forget {
+        id: u64,
+    },
 }
 
 impl Control<'_> {
@@ -377,7 +399,26 @@ impl Control<'_> {
             Control::Pong(n) => {
                 f.start(ctl::PONG).u64(n);
             }
+            Control::Share { id, len, hash } => {
+                f.start(ctl::SHARE).u64(id).u64(len).u64(hash);
+            }
+            Control::SharePart { id, offset, data } => {
+                let mut body = Control::share_part_prefix(id, offset);
+                body.extend_from_slice(data);
+                return body;
+            }
+            Control::Forget { id } => {
+                f.start(ctl::FORGET).u64(id);
+            }
         }
+        f.finish()[4..].to_vec()
+    }
+
+    /// The body of a SHARE_PART message up to its bytes, which follow it unframed (the
+    /// pool writes them from where they lie).
+    pub(crate) fn share_part_prefix(id: u64, offset: u64) -> Vec<u8> {
+        let mut f = FrameBuf::default();
+        f.start(ctl::SHARE_PART).u64(id).u64(offset);
         f.finish()[4..].to_vec()
     }
 
@@ -421,6 +462,19 @@ impl Control<'_> {
             }
             ctl::PING => Control::Ping(f.u64("nonce")?),
             ctl::PONG => Control::Pong(f.u64("nonce")?),
+            ctl::SHARE => Control::Share {
+                id: f.u64("shared value")?,
+                len: f.u64("length")?,
+                hash: f.u64("hash")?,
+            },
+            ctl::SHARE_PART => Control::SharePart {
+                id: f.u64("shared value")?,
+                offset: f.u64("offset")?,
+                data: f.take_rest(),
+            },
+            ctl::FORGET => Control::Forget {
+                id: f.u64("shared value")?,
+            },
             k => {
                 return Err(FrameError::Malformed(format!(
                     "unknown control message kind {k}"
@@ -543,6 +597,22 @@ mod tests {
                 greeting: b"g",
             },
             Control::Spawned { slot: 1, pid: 9 },
+            Control::Share {
+                id: 3,
+                len: 1 << 40,
+                hash: u64::MAX,
+            },
+            Control::SharePart {
+                id: 3,
+                offset: 7,
+                data: b"bytes",
+            },
+            Control::SharePart {
+                id: 3,
+                offset: 0,
+                data: b"",
+            },
+            Control::Forget { id: 3 },
             Control::SpawnFailed { slot: 1, why: "no" },
             Control::Kill { slot: 2 },
             Control::Exited {

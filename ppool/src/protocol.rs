@@ -314,6 +314,11 @@ impl<'a> Fields<'a> {
     }
 
     /// Fails unless every byte was read.
+    /// Whatever is left, taken whole.
+    pub(crate) fn take_rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.rest)
+    }
+
     pub(crate) fn end(&self) -> Result<(), FrameError> {
         if self.rest.is_empty() {
             Ok(())

@@ -48,13 +48,69 @@ pub(super) struct Outbox {
 struct Pending {
     /// Messages (header and body) still to write; the first may be the rest of one that a
     /// poster began.
-    queue: VecDeque<Vec<u8>>,
+    queue: VecDeque<Queued>,
     /// A thread is writing (invariant 1).
     writing: bool,
     /// No more messages: the writer ends once the queue is written.
     closing: bool,
     /// The host is lost: the queue is dropped and the writer ends now.
     dead: bool,
+}
+
+/// Bytes shared with whoever else holds them (a shared value's mapping): a message may end
+/// with a range of them, written from where they lie, never copied into the queue.
+pub(crate) type SharedData = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// A message, or the rest of one, waiting in the queue: bytes of its own, then perhaps a
+/// range of shared bytes.
+#[derive(Clone)]
+struct Queued {
+    head: Vec<u8>,
+    tail: Option<(SharedData, std::ops::Range<usize>)>,
+}
+
+impl std::fmt::Debug for Queued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queued")
+            .field("head", &self.head.len())
+            .field("tail", &self.tail.as_ref().map(|(_, r)| r.len()))
+            .finish()
+    }
+}
+
+impl Queued {
+    /// Its bytes, in order, as slices.
+    fn parts(&self) -> [&[u8]; 2] {
+        let tail = match &self.tail {
+            Some((data, range)) => (*data).as_ref().as_ref().get(range.clone()).unwrap_or(&[]),
+            None => &[],
+        };
+        [&self.head, tail]
+    }
+}
+
+/// What is left of a message of `parts` once its first `n` bytes were written: the owned
+/// parts copied, the shared tail only referred to.
+fn rest_of(
+    parts: [&[u8]; 3],
+    tail: Option<&(SharedData, std::ops::Range<usize>)>,
+    n: usize,
+) -> Queued {
+    let owned = parts[0].len() + parts[1].len();
+    let mut head = Vec::new();
+    if n < owned {
+        let mut skip = n;
+        for part in &parts[..2] {
+            let from = skip.min(part.len());
+            head.extend_from_slice(&part[from..]);
+            skip -= from;
+        }
+    }
+    let tail = tail.map(|(data, range)| {
+        let done = n.saturating_sub(owned).min(range.len());
+        (Arc::clone(data), range.start + done..range.end)
+    });
+    Queued { head, tail }
 }
 
 /// Why a post was refused.
@@ -88,34 +144,61 @@ impl Outbox {
     /// Posts one message; it is written now or by the writer thread, in order. An error
     /// means it will never be written: the host is lost or closed.
     pub(super) fn post(&self, channel: u32, body: &[u8]) -> io::Result<()> {
-        let header = mux::header(channel, body.len())?;
+        self.post_parts(channel, body, None)
+    }
+
+    /// Posts one message whose body is `prefix` and then `data[range]`: the shared bytes are
+    /// written from where they lie, however long they wait in the queue.
+    pub(super) fn post_shared(
+        &self,
+        channel: u32,
+        prefix: &[u8],
+        data: SharedData,
+        range: std::ops::Range<usize>,
+    ) -> io::Result<()> {
+        if (*data).as_ref().get(range.clone()).is_none() {
+            return Err(io::Error::other("a range past the end of the shared bytes"));
+        }
+        self.post_parts(channel, prefix, Some((data, range)))
+    }
+
+    fn post_parts(
+        &self,
+        channel: u32,
+        body: &[u8],
+        tail: Option<(SharedData, std::ops::Range<usize>)>,
+    ) -> io::Result<()> {
+        let tail_len = tail.as_ref().map_or(0, |(_, range)| range.len());
+        let header = mux::header(channel, body.len() + tail_len)?;
         let mut st = lock(&self.state);
         if st.dead || st.closing {
             return Err(gone(&self.host));
         }
         if st.writing || !st.queue.is_empty() {
-            st.queue.push_back([&header[..], body].concat());
+            st.queue.push_back(Queued {
+                head: [&header[..], body].concat(),
+                tail,
+            });
             drop(st);
             self.wake.notify_one();
             return Ok(());
         }
         st.writing = true;
         drop(st);
-        let written = self.write_now(&header, body);
+        let shared: &[u8] = match &tail {
+            Some((data, range)) => (**data).as_ref().get(range.clone()).unwrap_or(&[]),
+            None => &[],
+        };
+        let parts = [&header[..], body, shared];
+        let total = header.len() + body.len() + shared.len();
+        let written = self.write_now(parts);
         let mut st = lock(&self.state);
         st.writing = false;
         match written {
-            Ok(n) if n == header.len() + body.len() => {}
+            Ok(n) if n == total => {}
             Ok(n) => {
                 // Invariant 1: nobody wrote meanwhile, so the rest goes first.
-                let mut rest = Vec::with_capacity(header.len() + body.len() - n);
-                if n < header.len() {
-                    rest.extend_from_slice(&header[n..]);
-                    rest.extend_from_slice(body);
-                } else {
-                    rest.extend_from_slice(&body[n - header.len()..]);
-                }
-                st.queue.push_front(rest);
+                st.queue.push_front(rest_of(parts, tail.as_ref(), n));
             }
             Err(e) => {
                 st.dead = true;
@@ -146,25 +229,29 @@ impl Outbox {
         self.post(channel, body).is_ok()
     }
 
-    /// Writes as much of `header` and `body` as the stream takes without blocking, on the
-    /// caller's thread; how much it wrote.
-    fn write_now(&self, header: &[u8], body: &[u8]) -> io::Result<usize> {
+    /// Writes as much of `parts`, one after another, as the stream takes without blocking,
+    /// on the caller's thread; how much it wrote.
+    fn write_now(&self, parts: [&[u8]; 3]) -> io::Result<usize> {
         let stream = lock(&self.stream);
         let Some(mut file) = stream.as_ref() else {
             return Err(gone(&self.host));
         };
-        let total = header.len() + body.len();
+        let total: usize = parts.iter().map(|p| p.len()).sum();
         let mut done = 0;
         while done < total {
-            let slices = if done < header.len() {
-                [IoSlice::new(&header[done..]), IoSlice::new(body)]
-            } else {
-                [
-                    IoSlice::new(&body[done - header.len()..]),
-                    IoSlice::new(&[]),
-                ]
-            };
-            match without_sigpipe(|| file.write_vectored(&slices)) {
+            let mut skip = done;
+            let mut slices = [IoSlice::new(&[]), IoSlice::new(&[]), IoSlice::new(&[])];
+            let mut k = 0;
+            for part in parts {
+                if skip >= part.len() {
+                    skip -= part.len();
+                    continue;
+                }
+                slices[k] = IoSlice::new(&part[skip..]);
+                skip = 0;
+                k += 1;
+            }
+            match without_sigpipe(|| file.write_vectored(&slices[..k])) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -213,12 +300,15 @@ impl Outbox {
                 }
                 st = wait(&self.wake, st);
             };
-            let Some(bytes) = message else {
+            let Some(queued) = message else {
                 break;
             };
             st.writing = true;
             drop(st);
-            let written = self.write_waiting(&mut own, &bytes);
+            let [head, tail] = queued.parts();
+            let written = self
+                .write_waiting(&mut own, head)
+                .and_then(|()| self.write_waiting(&mut own, tail));
             let mut st = lock(&self.state);
             st.writing = false;
             if written.is_err() {
@@ -324,6 +414,58 @@ mod tests {
                 let len = if i % 50 == 0 { 200_000 } else { 10 };
                 assert_eq!(body.len(), len);
                 assert!(body.iter().all(|&b| b == (i % 251) as u8));
+            }
+        }
+    }
+
+    #[test]
+    fn shared_tails_arrive_whole_and_in_order_however_the_writes_are_cut() {
+        let (outbox, reader, thread) = outbox();
+        let reading = std::thread::spawn(move || read_all(reader));
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        let shared: SharedData = Arc::new(data.clone());
+        let posters: Vec<_> = (0..3u32)
+            .map(|t| {
+                let (outbox, shared) = (Arc::clone(&outbox), Arc::clone(&shared));
+                std::thread::spawn(move || {
+                    for i in 0..40usize {
+                        let start = i * 50_000;
+                        // Parts larger than a pipe holds, so that writes are cut.
+                        let range = start..start + 300_000 + i;
+                        let prefix = [t as u8, i as u8];
+                        outbox
+                            .post_shared(t, &prefix, Arc::clone(&shared), range)
+                            .expect("post");
+                        outbox.post(t, &[i as u8; 3]).expect("post");
+                    }
+                })
+            })
+            .collect();
+        for p in posters {
+            p.join().expect("poster");
+        }
+        assert!(
+            outbox
+                .post_shared(9, b"", Arc::clone(&shared), 0..data.len() + 1)
+                .is_err(),
+            "a range past the end is refused"
+        );
+        outbox.close();
+        thread.join().expect("writer");
+        let got = reading.join().expect("reader");
+        assert_eq!(got.len(), 240);
+        for t in 0..3u32 {
+            let mine: Vec<&Vec<u8>> = got
+                .iter()
+                .filter(|(c, _)| *c == t)
+                .map(|(_, b)| b)
+                .collect();
+            for i in 0..40usize {
+                let (with_tail, plain) = (mine[2 * i], mine[2 * i + 1]);
+                assert_eq!(&with_tail[..2], &[t as u8, i as u8]);
+                let start = i * 50_000;
+                assert!(with_tail[2..] == data[start..start + 300_000 + i]);
+                assert_eq!(plain, &vec![i as u8; 3]);
             }
         }
     }
