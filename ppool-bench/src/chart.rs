@@ -1,4 +1,6 @@
 //! `results/latest.svg`: one horizontal bar chart per metric (median, min-max whisker).
+//! Metrics of mixed units are left out; `remote_scale` has a chart of its own
+//! ([`crate::scale_chart`]).
 
 use std::path::Path;
 
@@ -11,12 +13,12 @@ use crate::report::{RunInfo, fmt_value};
 use crate::results::MetricResult;
 use crate::stats::Summary;
 
-const WIDTH: u32 = 1500;
-const HEADER: u32 = 50;
+pub(crate) const WIDTH: u32 = 1500;
+pub(crate) const HEADER: u32 = 50;
 const PANEL_HEIGHT: u32 = 300;
 const COLUMNS: usize = 2;
-const PPOOL_COLOR: RGBColor = RGBColor(0xd9, 0x5f, 0x02);
-const ANCHOR_COLOR: RGBColor = RGBColor(0x75, 0x70, 0xb3);
+pub(crate) const PPOOL_COLOR: RGBColor = RGBColor(0xd9, 0x5f, 0x02);
+pub(crate) const ANCHOR_COLOR: RGBColor = RGBColor(0x75, 0x70, 0xb3);
 
 /// Draws every metric that has data into an SVG file at `path`.
 pub(crate) fn write_svg(path: &Path, info: &RunInfo, metrics: &[MetricResult]) -> BenchResult<()> {

@@ -1,5 +1,7 @@
 //! Command line of the benchmark's main process.
 
+use std::path::PathBuf;
+
 use crate::BenchResult;
 
 /// Every metric, in the order they run and are reported.
@@ -49,6 +51,8 @@ options:
   --reps N           repetitions per metric (default 5, quick 2)
   --only LIST        run only these metrics (comma separated, may repeat)
   --no-python        skip the Python anchors (multiprocessing, mpire)
+  --chart-from FILE  run nothing: redraw results/remote_scale.svg from the
+                     remote_scale metric of a saved JSON report
   --help             print this help and the metric names";
 
 /// Parsed options of the main benchmark process.
@@ -58,6 +62,8 @@ pub(crate) struct Options {
     pub(crate) reps: usize,
     pub(crate) only: Vec<String>,
     pub(crate) python: bool,
+    /// A saved JSON report to redraw the remote_scale chart from, instead of a run.
+    pub(crate) chart_from: Option<PathBuf>,
 }
 
 impl Options {
@@ -67,6 +73,7 @@ impl Options {
         let mut reps = None;
         let mut only = Vec::new();
         let mut python = true;
+        let mut chart_from = None;
         let mut it = args.iter();
         while let Some(arg) = it.next() {
             match arg.as_str() {
@@ -79,6 +86,10 @@ impl Options {
                         return Err("--reps must be at least 1".into());
                     }
                     reps = Some(n);
+                }
+                "--chart-from" => {
+                    let value = it.next().ok_or("--chart-from needs a JSON file")?;
+                    chart_from = Some(PathBuf::from(value));
                 }
                 "--only" => {
                     let value = it.next().ok_or("--only needs a metric name")?;
@@ -106,6 +117,7 @@ impl Options {
             reps: reps.unwrap_or(if quick { 2 } else { 5 }),
             only,
             python,
+            chart_from,
         }))
     }
 
@@ -136,6 +148,15 @@ mod tests {
         let quick = parse(&["--quick", "--only", "startup,bulk_tiny"])?.ok_or("no options")?;
         assert_eq!(quick.reps, 2);
         assert!(quick.wants("startup") && quick.wants("bulk_tiny") && !quick.wants("sync_rtt"));
+        assert_eq!(full.chart_from, None);
+        Ok(())
+    }
+
+    #[test]
+    fn chart_from_a_file() -> BenchResult<()> {
+        let opts = parse(&["--chart-from", "results/x.json"])?.ok_or("no options")?;
+        assert_eq!(opts.chart_from, Some(PathBuf::from("results/x.json")));
+        assert!(parse(&["--chart-from"]).is_err());
         Ok(())
     }
 

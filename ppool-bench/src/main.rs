@@ -2,9 +2,13 @@
 //!
 //! `cargo run --release -p ppool-bench [-- --quick] [-- --only METRIC]`
 //!
+//! `cargo run -p ppool-bench -- --chart-from ppool-bench/results/remote_scale-after.json`
+//! runs nothing and redraws `ppool-bench/results/remote_scale.svg` from a saved report.
+//!
 //! Every metric measures ppool and its anchors in the same run, interleaved, over
 //! several repetitions; the report gives medians with min-max and ppool/anchor ratios
-//! and is also written to `ppool-bench/results/latest.{json,svg}`.
+//! and is also written to `ppool-bench/results/latest.{json,svg}` (and `remote_scale` to
+//! `remote_scale.svg`).
 
 mod anchors;
 mod chart;
@@ -16,6 +20,7 @@ mod ppool_side;
 mod procs;
 mod report;
 mod results;
+mod scale_chart;
 mod stats;
 
 use std::path::Path;
@@ -28,7 +33,7 @@ use crate::report::RunInfo;
 /// Errors of a benchmark binary: any error, with its message.
 pub(crate) type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
-/// Where `latest.json` and `latest.svg` go.
+/// Where `latest.json`, `latest.svg` and `remote_scale.svg` go.
 const RESULTS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/results");
 
 /// Metrics that have Python anchors.
@@ -63,6 +68,16 @@ fn run() -> BenchResult<()> {
     let Some(opts) = Options::parse(&args)? else {
         return Ok(());
     };
+    let dir = Path::new(RESULTS_DIR);
+    if let Some(json) = &opts.chart_from {
+        scale_chart::redraw(json, &dir.join(scale_chart::FILE))?;
+        eprintln!(
+            "wrote ppool-bench/results/{} from {}",
+            scale_chart::FILE,
+            json.display()
+        );
+        return Ok(());
+    }
     let python = if !opts.python {
         Err("python anchors skipped (--no-python)".to_owned())
     } else if PYTHON_METRICS.iter().any(|m| opts.wants(m)) {
@@ -90,9 +105,16 @@ fn run() -> BenchResult<()> {
     }
 
     println!("{}", report::table(&info, &results));
-    let dir = Path::new(RESULTS_DIR);
     report::write_json(&dir.join("latest.json"), &report::to_json(&info, &results))?;
     chart::write_svg(&dir.join("latest.svg"), &info, &results)?;
     eprintln!("wrote ppool-bench/results/latest.json and latest.svg");
+    let scale = results
+        .iter()
+        .find(|m| m.id == scale_chart::METRIC)
+        .and_then(|m| scale_chart::ScaleRun::from_metric(&info, m));
+    if let Some(scale) = scale {
+        scale_chart::write_svg(&dir.join(scale_chart::FILE), &scale)?;
+        eprintln!("wrote ppool-bench/results/{}", scale_chart::FILE);
+    }
     Ok(())
 }
