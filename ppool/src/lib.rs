@@ -120,6 +120,7 @@ mod pool;
 mod progress_bar;
 mod protocol;
 mod relaunch;
+mod share;
 mod shm;
 mod stream;
 mod supervisor;
