@@ -139,6 +139,7 @@ pub use hosts::Remote;
 pub use insights::{Insights, WorkerInsights, WorkerState};
 pub use pool::Builder;
 pub use pool::{EntryView, ProcessPool};
+pub use share::{Shared, SharedBytes};
 pub use stream::Map;
 pub use task::Task;
 pub use transport::Transport;

@@ -36,7 +36,6 @@ mod progress;
 mod region;
 mod ring;
 #[allow(unsafe_code)]
-#[allow(dead_code)] // Used by `share`, next.
 mod sealed;
 #[cfg(test)]
 mod testing;
@@ -44,7 +43,6 @@ mod testing;
 pub(crate) use progress::ProgressReader;
 pub(crate) use region::{Layout, Region, RingError, SupervisorEnd, WorkerEnd};
 pub(crate) use ring::{Consumer, Producer};
-#[allow(unused_imports)] // Used by `share`, next.
 pub(crate) use sealed::{Header, Kind, Sealed, SealedWriter, memfd_link, os_error};
 
 /// A frame body.

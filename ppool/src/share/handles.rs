@@ -1,0 +1,258 @@
+//! The public handles, [`Shared`] and [`SharedBytes`].
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::reference::Reference;
+use super::resolve;
+use super::store::{self, Stored};
+use crate::shm::Sealed;
+
+/// A value shared once with a pool's workers, instead of being sent with every task.
+///
+/// ```ignore
+/// use ppool::{pool_entry, ProcessPool, Shared};
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Model {
+///     weights: Vec<f32>,
+/// }
+///
+/// #[pool_entry]
+/// fn score(model: Shared<Model>, row: Vec<f32>) -> f32 {
+///     let m: &Model = &model; // decoded once per worker, then kept
+///     m.weights.iter().zip(&row).map(|(w, x)| w * x).sum()
+/// }
+///
+/// ppool::main! {
+///     fn main() -> Result<(), ppool::Error> {
+///         let pool = ProcessPool::<score>::new(-1)?;
+///         let model: Shared<Model> = pool.share(Model { weights: vec![0.5; 1 << 20] })?;
+///         let rows = (0..100).map(|i| vec![i as f32; 1 << 20]);
+///         let scores = pool.batch(rows.map(|r| (model.clone(), r))).wait()?;
+///         assert_eq!(scores.len(), 100);
+///         assert_eq!(model.weights.len(), 1 << 20); // readable here too
+///         pool.join()
+///     }
+/// }
+/// ```
+///
+/// `pool.share(value)` encodes the value once, into memory that every worker of the host
+/// maps read-only (a remote host receives the bytes at most once). A `Shared<T>` is a small
+/// handle: cloning it is cheap (an `Arc`), and in a task's arguments (alone, in a tuple, in a
+/// struct of yours) it travels as a reference of a few bytes, never as the value.
+///
+/// In a worker, it dereferences to the value, decoded the first time a task of that worker
+/// receives it and kept for the next ones. In the program that shared it, it dereferences to
+/// the value it was given. Dropping the last clone there frees the value on every host, once
+/// the tasks that use it have finished.
+///
+/// A worker that cannot get the value (its host could not store it, or its bytes do not
+/// decode as a `T`) fails the tasks that name it, with the reason; the pool goes on.
+pub struct Shared<T> {
+    value: Arc<T>,
+    reference: Reference,
+    /// The stored value, in the process that shared it; `None` in a worker.
+    stored: Option<Arc<Stored>>,
+}
+
+impl<T> Shared<T> {
+    /// The handle of `value`, just stored as `stored`.
+    pub(super) fn owned(value: T, stored: Arc<Stored>) -> Self {
+        Shared {
+            value: Arc::new(value),
+            reference: stored.reference(),
+            stored: Some(stored),
+        }
+    }
+
+    /// What travels in place of the value.
+    pub(crate) fn reference(&self) -> Reference {
+        self.reference
+    }
+
+    /// The stored value, in the process that shared it.
+    pub(crate) fn stored(&self) -> Option<&Arc<Stored>> {
+        self.stored.as_ref()
+    }
+}
+
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        Shared {
+            value: Arc::clone(&self.value),
+            reference: self.reference,
+            stored: self.stored.clone(),
+        }
+    }
+}
+
+impl<T> Deref for Shared<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T> AsRef<T> for Shared<T> {
+    fn as_ref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Shared<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("id", &self.reference.id)
+            .field("bytes", &self.reference.len)
+            .field("value", &*self.value)
+            .finish()
+    }
+}
+
+impl<T> Serialize for Shared<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if let Some(stored) = &self.stored {
+            store::note(stored);
+        }
+        self.reference.serialize(serializer)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Shared<T>
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+{
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let reference = Reference::deserialize(deserializer)?;
+        let value = resolve::current()
+            .and_then(|resolver| resolver.value::<T>(&reference))
+            .map_err(D::Error::custom)?;
+        Ok(Shared {
+            value,
+            reference,
+            stored: None,
+        })
+    }
+}
+
+/// Bytes shared once with a pool's workers, read in place from read-only shared memory.
+///
+/// ```ignore
+/// use ppool::{pool_entry, ProcessPool, SharedBytes};
+///
+/// #[pool_entry]
+/// fn count(text: SharedBytes, byte: u8) -> usize {
+///     text.iter().filter(|&&b| b == byte).count() // a &[u8] into the mapping, not a copy
+/// }
+///
+/// ppool::main! {
+///     fn main() -> Result<(), ppool::Error> {
+///         let pool = ProcessPool::<count>::new(-1)?;
+///         let text: SharedBytes = pool.share_bytes(b"one\ntwo\nthree\n".repeat(1000))?;
+///         let lines = pool.call((text.clone(), b'\n'))?;
+///         assert_eq!(lines, 3000);
+///         assert_eq!(text.len(), 14_000); // readable here too
+///         pool.join()
+///     }
+/// }
+/// ```
+///
+/// `pool.share_bytes(bytes)` copies the bytes once into memory that every worker of the host
+/// maps read-only (a remote host receives them at most once). A `SharedBytes` dereferences
+/// to `&[u8]` straight into that mapping, in the workers and in the program that shared it
+/// alike: the bytes are never copied again, and no process can change them. Cloning it is
+/// cheap (an `Arc`); in a task's arguments it travels as a reference of a few bytes.
+///
+/// Dropping the last clone in the program that shared it frees the bytes on every host, once
+/// the tasks that use them have finished.
+#[derive(Clone)]
+pub struct SharedBytes {
+    bytes: Bytes,
+    reference: Reference,
+}
+
+/// Where the bytes of a [`SharedBytes`] are mapped.
+#[derive(Clone)]
+enum Bytes {
+    /// In the process that shared them.
+    Stored(Arc<Stored>),
+    /// In a worker.
+    Resolved(Arc<Sealed>),
+}
+
+impl SharedBytes {
+    /// The handle of bytes just stored as `stored`.
+    pub(super) fn owned(stored: Arc<Stored>) -> Self {
+        SharedBytes {
+            reference: stored.reference(),
+            bytes: Bytes::Stored(stored),
+        }
+    }
+
+    /// What travels in place of the bytes.
+    pub(crate) fn reference(&self) -> Reference {
+        self.reference
+    }
+
+    /// The stored value, in the process that shared it.
+    pub(crate) fn stored(&self) -> Option<&Arc<Stored>> {
+        match &self.bytes {
+            Bytes::Stored(stored) => Some(stored),
+            Bytes::Resolved(_) => None,
+        }
+    }
+}
+
+impl Deref for SharedBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match &self.bytes {
+            Bytes::Stored(stored) => stored.bytes(),
+            Bytes::Resolved(sealed) => sealed.bytes(),
+        }
+    }
+}
+
+impl AsRef<[u8]> for SharedBytes {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl fmt::Debug for SharedBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedBytes")
+            .field("id", &self.reference.id)
+            .field("len", &self.reference.len)
+            .finish()
+    }
+}
+
+impl Serialize for SharedBytes {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if let Bytes::Stored(stored) = &self.bytes {
+            store::note(stored);
+        }
+        self.reference.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for SharedBytes {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let reference = Reference::deserialize(deserializer)?;
+        let sealed = resolve::current()
+            .and_then(|resolver| resolver.bytes(&reference))
+            .map_err(D::Error::custom)?;
+        Ok(SharedBytes {
+            bytes: Bytes::Resolved(sealed),
+            reference,
+        })
+    }
+}

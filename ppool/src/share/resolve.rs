@@ -1,0 +1,273 @@
+//! The side that uses shared values: a worker turns a [`Reference`] into the value, through
+//! the memfd that the owner process (the supervisor, or a remote host's agent) holds open.
+//!
+//! # Finding a value
+//!
+//! The owner keeps each value's memfd open, named `ppool-share-<token>-<id>` (in hex, see
+//! `shm::sealed`). A worker lists `/proc/<owner>/fd`, finds the entry whose link reads `/memfd:<name> (deleted)`, opens it
+//! read-only through that entry (which gives a descriptor of the same memfd, without the
+//! owner's help), and maps it with [`Sealed::from_fd`], which refuses a memfd that is not
+//! fully sealed. The header must then match the reference: the pool's token, the id, the
+//! kind, the length and the hash; anything else (a forged or stale reference, a value freed
+//! meanwhile and an id reused) is an error for the task, never a wrong value.
+//!
+//! Opening another process' `/proc/<pid>/fd/<n>` needs what reading its memory needs (the
+//! same user, and the owner not made undumpable): a worker and the process that started it
+//! have that. `pidfd_getfd` would need the right to attach (which Yama's `ptrace_scope`
+//! denies to a child over its parent), and passing descriptors over a socket would need the
+//! owner to serve requests: the `/proc` way needs nothing from the owner but to keep the
+//! memfd open.
+//!
+//! # Caches
+//!
+//! Per worker process (per [`Resolver`]): the mapping of each `SharedBytes` value by id, and
+//! each `Shared<T>` value decoded, by id and type, so that it is decoded once per worker
+//! whatever the number of tasks. [`forget`] drops both for an id (the pool calls it when the
+//! value is freed); handles still held keep what they point to alive.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use serde::de::DeserializeOwned;
+
+use super::reference::Reference;
+use crate::shm::{Header, Kind, Sealed, memfd_link};
+
+/// A decoded value, shared by the handles of one worker.
+type Decoded = Arc<dyn Any + Send + Sync>;
+
+/// The cell of one (id, type): filled once, under its own lock, so that a value is decoded
+/// once even when two threads want it at the same time, without holding the cache's lock
+/// while decoding (a value may hold shared values of its own).
+type Cell = Arc<Mutex<Option<(Header, Decoded)>>>;
+
+/// Turns references into values, for the processes that a pool's values are found in.
+#[derive(Debug)]
+pub(crate) struct Resolver {
+    /// The process that holds the memfds open.
+    owner: u32,
+    /// The pool's token.
+    token: u64,
+    cache: Mutex<Cache>,
+}
+
+#[derive(Debug, Default)]
+struct Cache {
+    /// `SharedBytes` values, mapped.
+    bytes: HashMap<u64, Arc<Sealed>>,
+    /// `Shared<T>` values, decoded.
+    values: HashMap<(u64, TypeId), Cell>,
+}
+
+impl Resolver {
+    /// A resolver of the values of the pool with `token`, held open by process `owner`.
+    pub(crate) fn new(owner: u32, token: u64) -> Resolver {
+        Resolver {
+            owner,
+            token,
+            cache: Mutex::new(Cache::default()),
+        }
+    }
+
+    /// The header that `reference` promises for a value of `kind`.
+    fn expected(&self, reference: &Reference, kind: Kind) -> Header {
+        Header {
+            token: self.token,
+            id: reference.id,
+            kind,
+            len: reference.len,
+            hash: reference.hash,
+        }
+    }
+
+    /// Finds the value's memfd in the owner's descriptors.
+    fn find(&self, id: u64) -> Result<PathBuf, String> {
+        let dir = PathBuf::from(format!("/proc/{}/fd", self.owner));
+        let want = memfd_link(self.token, id);
+        let entries = std::fs::read_dir(&dir).map_err(|e| {
+            format!(
+                "cannot look for shared value #{id} in process {}: {}: {e}",
+                self.owner,
+                dir.display()
+            )
+        })?;
+        for entry in entries.flatten() {
+            if std::fs::read_link(entry.path()).is_ok_and(|link| link.as_os_str() == want.as_str())
+            {
+                return Ok(entry.path());
+            }
+        }
+        Err(format!(
+            "shared value #{id} is not held by process {} (it was freed, or it belongs to \
+             another pool)",
+            self.owner
+        ))
+    }
+
+    /// Opens, maps and checks the value that `reference` names.
+    fn open(&self, reference: &Reference, kind: Kind) -> Result<Sealed, String> {
+        let expected = self.expected(reference, kind);
+        let path = self.find(reference.id)?;
+        let sealed = Sealed::open(&path)
+            .map_err(|e| format!("cannot map shared value #{}: {e}", reference.id))?;
+        sealed.header().expect(&expected)?;
+        Ok(sealed)
+    }
+
+    /// The bytes that `reference` names, mapped once per resolver.
+    pub(crate) fn bytes(&self, reference: &Reference) -> Result<Arc<Sealed>, String> {
+        let expected = self.expected(reference, Kind::Bytes);
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(sealed) = cache.bytes.get(&reference.id) {
+            sealed.header().expect(&expected)?;
+            return Ok(Arc::clone(sealed));
+        }
+        let sealed = Arc::new(self.open(reference, Kind::Bytes)?);
+        cache.bytes.insert(reference.id, Arc::clone(&sealed));
+        Ok(sealed)
+    }
+
+    /// The value that `reference` names, decoded once per resolver and type. The mapping is
+    /// not kept: the decoded value is what the worker uses.
+    pub(crate) fn value<T>(&self, reference: &Reference) -> Result<Arc<T>, String>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
+        let expected = self.expected(reference, Kind::Value);
+        let cell = Arc::clone(
+            self.cache
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .values
+                .entry((reference.id, TypeId::of::<T>()))
+                .or_default(),
+        );
+        let mut slot = cell.lock().unwrap_or_else(PoisonError::into_inner);
+        let decoded = match &*slot {
+            Some((header, decoded)) => {
+                header.expect(&expected)?;
+                Arc::clone(decoded)
+            }
+            None => match self.decode::<T>(reference) {
+                Ok((header, decoded)) => {
+                    *slot = Some((header, Arc::clone(&decoded)));
+                    decoded
+                }
+                Err(e) => {
+                    // Leave no empty cell behind for a reference that named nothing. A cell
+                    // that another thread holds is its business (and waiting for it here,
+                    // under the cache's lock, could deadlock with a value being decoded
+                    // that resolves a value of its own).
+                    drop(slot);
+                    let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+                    let key = (reference.id, TypeId::of::<T>());
+                    if cache
+                        .values
+                        .get(&key)
+                        .is_some_and(|c| matches!(c.try_lock(), Ok(slot) if slot.is_none()))
+                    {
+                        cache.values.remove(&key);
+                    }
+                    return Err(e);
+                }
+            },
+        };
+        decoded.downcast::<T>().map_err(|_| {
+            format!(
+                "internal: shared value #{} cached under another type",
+                reference.id
+            )
+        })
+    }
+
+    /// Opens the value that `reference` names and decodes it as a `T`.
+    fn decode<T>(&self, reference: &Reference) -> Result<(Header, Decoded), String>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
+        let sealed = self.open(reference, Kind::Value)?;
+        let value: T = crate::codec::decode(sealed.bytes()).map_err(|e| {
+            format!(
+                "cannot decode shared value #{} as `{}`: {e}",
+                reference.id,
+                std::any::type_name::<T>()
+            )
+        })?;
+        Ok((*sealed.header(), Arc::new(value)))
+    }
+
+    /// Drops what the caches hold of value `id`.
+    pub(crate) fn forget(&self, id: u64) {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.bytes.remove(&id);
+        cache.values.retain(|&(of, _), _| of != id);
+    }
+
+    /// How many values the caches hold (mapped, decoded), for the tests.
+    #[cfg(test)]
+    pub(crate) fn cached(&self) -> (usize, usize) {
+        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        (cache.bytes.len(), cache.values.len())
+    }
+}
+
+/// The resolver of this process: a worker's, installed when it learns its pool.
+static INSTALLED: RwLock<Option<Arc<Resolver>>> = RwLock::new(None);
+
+thread_local! {
+    /// A resolver for this thread only, ahead of the installed one (in-process workers, tests).
+    static SCOPED: std::cell::RefCell<Option<Arc<Resolver>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Installs the resolver of this worker process: values of the pool with `token`, held open by
+/// process `owner` (the supervisor for a local worker, the host's agent for a remote one).
+/// Replaces (and so empties the caches of) any earlier one.
+pub(crate) fn install(owner: u32, token: u64) {
+    let resolver = Arc::new(Resolver::new(owner, token));
+    *INSTALLED.write().unwrap_or_else(PoisonError::into_inner) = Some(resolver);
+}
+
+/// Drops what the installed resolver holds of value `id`, when the pool freed it.
+pub(crate) fn forget(id: u64) {
+    if let Some(resolver) = INSTALLED
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+    {
+        resolver.forget(id);
+    }
+}
+
+/// Runs `f` with `resolver` ahead of the installed one, on this thread: for a worker served
+/// inside the supervisor's process, where no process-wide resolver may be installed.
+pub(crate) fn scoped<R>(resolver: &Arc<Resolver>, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Arc<Resolver>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let outer = self.0.take();
+            SCOPED.with(|s| *s.borrow_mut() = outer);
+        }
+    }
+    let outer = SCOPED.with(|s| s.borrow_mut().replace(Arc::clone(resolver)));
+    let _restore = Restore(outer);
+    f()
+}
+
+/// The resolver for this thread: the scoped one, else the installed one.
+pub(super) fn current() -> Result<Arc<Resolver>, String> {
+    if let Some(scoped) = SCOPED.with(|s| s.borrow().clone()) {
+        return Ok(scoped);
+    }
+    INSTALLED
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+        .ok_or_else(|| {
+            "a shared value can only be received by a pool's worker (no resolver is \
+             installed in this process)"
+                .to_string()
+        })
+}

@@ -1,0 +1,263 @@
+//! The side that shares: a pool's [`Store`] makes sealed memfds of values, the [`Stored`]
+//! values live as long as a handle or a job names them, and a thread-local collector records
+//! which ones the arguments of a job name.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use super::reference::Reference;
+use super::{Shared, SharedBytes};
+use crate::shm::{Header, Kind, Sealed, os_error};
+
+/// What the pool is told when a stored value is dropped: its id. Called on whatever thread
+/// drops the last holder (a user's thread, or the pool's own when a job ends), so it must not
+/// block or take the pool's locks: send on a channel.
+pub(crate) type ReleaseHook = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// The shared values of one pool: allocates their ids, stores them, and tells the pool when
+/// each one is dropped.
+pub(crate) struct Store {
+    token: u64,
+    next_id: AtomicU64,
+    release: ReleaseHook,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("token", &format_args!("{:016x}", self.token))
+            .field("next_id", &self.next_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// The store of the pool with `token`. `release` is called with the id of each stored
+    /// value once its last holder is gone (see [`ReleaseHook`]).
+    pub(crate) fn new(token: u64, release: ReleaseHook) -> Store {
+        Store {
+            token,
+            next_id: AtomicU64::new(1),
+            release,
+        }
+    }
+
+    /// The pool's token, in the name and the header of every memfd of this store.
+    pub(crate) fn token(&self) -> u64 {
+        self.token
+    }
+
+    /// Encodes `value` once and stores it. Shared values inside it (a `Shared<T>` field) stay
+    /// alive as long as it does, and travel with it.
+    pub(crate) fn share<T>(&self, value: T) -> Result<Shared<T>, ShareError>
+    where
+        T: Serialize + Send + Sync + 'static,
+    {
+        let mut encoded = Vec::new();
+        let (result, inner) = collect(|| crate::codec::encode_into(&value, &mut encoded));
+        result.map_err(ShareError::Encode)?;
+        let stored = self.store(Kind::Value, &encoded, inner)?;
+        drop(encoded);
+        Ok(Shared::owned(value, stored))
+    }
+
+    /// Stores `bytes` as they are.
+    pub(crate) fn share_bytes(&self, bytes: Vec<u8>) -> Result<SharedBytes, ShareError> {
+        let stored = self.store(Kind::Bytes, &bytes, Vec::new())?;
+        drop(bytes);
+        Ok(SharedBytes::owned(stored))
+    }
+
+    /// Stores `payload` under a fresh id.
+    fn store(
+        &self,
+        kind: Kind,
+        payload: &[u8],
+        inner: Vec<Arc<Stored>>,
+    ) -> Result<Arc<Stored>, ShareError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let sealed =
+            Sealed::create(self.token, id, kind, payload).map_err(|source| ShareError::Store {
+                len: payload.len() as u64,
+                source,
+            })?;
+        Ok(Arc::new(Stored {
+            sealed,
+            inner,
+            release: Some(Arc::clone(&self.release)),
+        }))
+    }
+}
+
+/// A value stored in a sealed memfd by this process, with the memfd open (so that workers find
+/// it in `/proc/<pid>/fd`) and mapped read-only. Dropping the last `Arc` of it closes the
+/// memfd and calls the pool's [`ReleaseHook`].
+pub(crate) struct Stored {
+    sealed: Sealed,
+    /// The stored values that this one's encoding names (kept alive with it).
+    inner: Vec<Arc<Stored>>,
+    release: Option<ReleaseHook>,
+}
+
+impl fmt::Debug for Stored {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stored")
+            .field("header", self.sealed.header())
+            .field("inner", &self.inner.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stored {
+    /// Wraps a value that this process stored itself (a host agent, with a
+    /// [`SealedWriter`](crate::shm::SealedWriter)), with no release hook.
+    pub(crate) fn from_sealed(sealed: Sealed) -> Stored {
+        Stored {
+            sealed,
+            inner: Vec::new(),
+            release: None,
+        }
+    }
+
+    /// The value's id in its pool.
+    pub(crate) fn id(&self) -> u64 {
+        self.sealed.header().id
+    }
+
+    /// The token of the pool that shared it.
+    pub(crate) fn token(&self) -> u64 {
+        self.sealed.header().token
+    }
+
+    /// Its header: token, id, kind, length and hash.
+    pub(crate) fn header(&self) -> &Header {
+        self.sealed.header()
+    }
+
+    /// What travels in place of it.
+    pub(crate) fn reference(&self) -> Reference {
+        let h = self.sealed.header();
+        Reference {
+            id: h.id,
+            len: h.len,
+            hash: h.hash,
+        }
+    }
+
+    /// The payload (the encoded value, or the bytes), from a read-only mapping: what a host
+    /// that lacks it is sent.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.sealed.bytes()
+    }
+
+    /// The memfd.
+    pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.sealed.fd()
+    }
+}
+
+impl Drop for Stored {
+    fn drop(&mut self) {
+        if let Some(release) = &self.release {
+            release(self.sealed.header().id);
+        }
+    }
+}
+
+/// Why a value could not be shared.
+#[derive(Debug)]
+pub(crate) enum ShareError {
+    /// Its `Serialize` failed (or panicked); the serializer's message.
+    Encode(String),
+    /// Its memfd could not be made, filled or sealed.
+    Store {
+        /// The payload's length in bytes.
+        len: u64,
+        /// The system's error.
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for ShareError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ShareError::Encode(message) => write!(f, "could not encode the value: {message}"),
+            ShareError::Store { len, source } => {
+                write!(
+                    f,
+                    "could not store a value of {len} bytes in shared memory: {source}"
+                )?;
+                match os_error(source) {
+                    Some(libc::ENOMEM | libc::ENOSPC | libc::EFBIG) => f.write_str(
+                        " (a shared value is held in memory, once per host: there is not \
+                         enough free memory, or a memory limit of this process' cgroup)",
+                    ),
+                    Some(libc::EACCES | libc::EPERM | libc::ENOSYS) => f.write_str(
+                        " (memfds are refused here: a seccomp policy, or the \
+                         vm.memfd_noexec setting)",
+                    ),
+                    Some(libc::EMFILE | libc::ENFILE) => {
+                        f.write_str(" (one descriptor is held per shared value: too many are open)")
+                    }
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+impl std::error::Error for ShareError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ShareError::Encode(_) => None,
+            ShareError::Store { source, .. } => Some(source),
+        }
+    }
+}
+
+thread_local! {
+    /// The stored values that the encoding under way names, when one is being collected.
+    static COLLECTOR: RefCell<Option<Vec<Arc<Stored>>>> = const { RefCell::new(None) };
+}
+
+/// Runs `encode` (the encoding of a job's arguments) and returns, with its result, the stored
+/// values that it named, each once (and those that they name in turn): the values that the
+/// job needs on the host that runs it, to be kept alive while the job is queued or running.
+/// Nested calls collect separately.
+pub(crate) fn collect<R>(encode: impl FnOnce() -> R) -> (R, Vec<Arc<Stored>>) {
+    /// Puts back the outer collector, also when `encode` panics.
+    struct Restore(Option<Option<Vec<Arc<Stored>>>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some(outer) = self.0.take() {
+                COLLECTOR.with(|c| *c.borrow_mut() = outer);
+            }
+        }
+    }
+    let outer = COLLECTOR.with(|c| c.borrow_mut().replace(Vec::new()));
+    let mut restore = Restore(Some(outer));
+    let result = encode();
+    let outer = restore.0.take().unwrap_or_default();
+    let mut named = COLLECTOR
+        .with(|c| std::mem::replace(&mut *c.borrow_mut(), outer))
+        .unwrap_or_default();
+    named.sort_by_key(|s| (s.token(), s.id()));
+    named.dedup_by_key(|s| (s.token(), s.id()));
+    (result, named)
+}
+
+/// Records that the encoding under way names `stored`, if it is being collected.
+pub(super) fn note(stored: &Arc<Stored>) {
+    COLLECTOR.with(|c| {
+        if let Some(named) = c.borrow_mut().as_mut() {
+            named.push(Arc::clone(stored));
+            named.extend(stored.inner.iter().cloned());
+        }
+    });
+}
