@@ -4,9 +4,11 @@
 //! # Finding a value
 //!
 //! The owner keeps each value's memfd open, named `ppool-share-<token>-<id>` (in hex, see
-//! `shm::sealed`). A worker lists `/proc/<owner>/fd`, finds the entry whose link reads `/memfd:<name> (deleted)`, opens it
-//! read-only through that entry (which gives a descriptor of the same memfd, without the
-//! owner's help), and maps it with [`Sealed::from_fd`], which refuses a memfd that is not
+//! `shm::sealed`). A worker lists `/proc/<owner>/fd`, finds the entry whose link reads
+//! `/memfd:<name> (deleted)` (noting where the pool's other values are, so that the next
+//! lookups read one link instead of all: the owner's descriptors can number thousands),
+//! opens it read-only through that entry (which gives a descriptor of the same memfd,
+//! without the owner's help), and maps it with [`Sealed::from_fd`], which refuses a memfd that is not
 //! fully sealed. The header must then match the reference: the pool's token, the id, the
 //! kind, the length and the hash; anything else (a forged or stale reference, a value freed
 //! meanwhile and an id reused) is an error for the task, never a wrong value.
@@ -27,13 +29,16 @@
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
+use rustix::fs::{Mode, OFlags};
 use serde::de::DeserializeOwned;
 
 use super::reference::Reference;
-use crate::shm::{Header, Kind, Sealed, memfd_link};
+use crate::shm::{Header, Kind, Sealed, memfd_link, parse_memfd_link};
 
 /// A decoded value, shared by the handles of one worker.
 type Decoded = Arc<dyn Any + Send + Sync>;
@@ -51,6 +56,9 @@ pub(crate) struct Resolver {
     /// The pool's token.
     token: u64,
     cache: Mutex<Cache>,
+    /// Where in the owner's descriptors the last search saw values not looked for yet: the
+    /// name of the entry in `/proc/<owner>/fd`, by id. Only a hint: it is checked before use.
+    hints: Mutex<HashMap<u64, OsString>>,
 }
 
 #[derive(Debug, Default)]
@@ -68,6 +76,7 @@ impl Resolver {
             owner,
             token,
             cache: Mutex::new(Cache::default()),
+            hints: Mutex::new(HashMap::new()),
         }
     }
 
@@ -82,22 +91,57 @@ impl Resolver {
         }
     }
 
-    /// Finds the value's memfd in the owner's descriptors.
+    /// Finds the value's memfd in the owner's descriptors: where an earlier search saw it,
+    /// if it is still there, else by reading every descriptor's link, noting on the way where
+    /// the pool's other values are.
     fn find(&self, id: u64) -> Result<PathBuf, String> {
         let dir = PathBuf::from(format!("/proc/{}/fd", self.owner));
         let want = memfd_link(self.token, id);
-        let entries = std::fs::read_dir(&dir).map_err(|e| {
+        let hint = self
+            .hints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        if let Some(path) = hint.map(|name| dir.join(name))
+            && std::fs::read_link(&path).is_ok_and(|link| link.as_os_str() == want.as_str())
+        {
+            return Ok(path);
+        }
+        let cannot = |e: rustix::io::Errno| {
             format!(
                 "cannot look for shared value #{id} in process {}: {}: {e}",
                 self.owner,
                 dir.display()
             )
-        })?;
-        for entry in entries.flatten() {
-            if std::fs::read_link(entry.path()).is_ok_and(|link| link.as_os_str() == want.as_str())
-            {
-                return Ok(entry.path());
+        };
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let dir_fd = rustix::fs::open(&dir, flags, Mode::empty()).map_err(cannot)?;
+        let mut entries = rustix::fs::Dir::read_from(&dir_fd).map_err(cannot)?;
+        let mut found = None;
+        let mut seen = HashMap::new();
+        // Longer links are cut, and so are no memfd of a pool's value.
+        let mut link = [0u8; 128];
+        while let Some(entry) = entries.read() {
+            let entry = entry.map_err(cannot)?;
+            let name = entry.file_name();
+            let Ok(len) = rustix::fs::readlinkat_raw(&dir_fd, name, &mut link[..]) else {
+                continue;
+            };
+            let name = || OsStr::from_bytes(name.to_bytes()).to_os_string();
+            match parse_memfd_link(self.token, &link[..len.min(link.len())]) {
+                Some(other) if other == id && found.is_none() => found = Some(dir.join(name())),
+                Some(other) => {
+                    seen.insert(other, name());
+                }
+                None => {}
             }
+        }
+        self.hints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(seen);
+        if let Some(path) = found {
+            return Ok(path);
         }
         Err(format!(
             "shared value #{id} is not held by process {} (it was freed, or it belongs to \
@@ -203,6 +247,30 @@ impl Resolver {
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         cache.bytes.remove(&id);
         cache.values.retain(|&(of, _), _| of != id);
+        drop(cache);
+        self.hints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+    }
+
+    /// Says that value `id` is (probably) at descriptor `fd` of the owner, so that its first
+    /// lookup reads one link instead of all of them (optional: for a pool that tells its
+    /// workers where a new value is; a wrong hint only costs the search).
+    pub(crate) fn hint(&self, id: u64, fd: u32) {
+        self.hints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, fd.to_string().into());
+    }
+
+    /// How many values the last searches saw but were not looked for yet, for the tests.
+    #[cfg(test)]
+    pub(crate) fn hinted(&self) -> usize {
+        self.hints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// How many values the caches hold (mapped, decoded), for the tests.

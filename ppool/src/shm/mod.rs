@@ -43,7 +43,9 @@ mod testing;
 pub(crate) use progress::ProgressReader;
 pub(crate) use region::{Layout, Region, RingError, SupervisorEnd, WorkerEnd};
 pub(crate) use ring::{Consumer, Producer};
-pub(crate) use sealed::{Header, Kind, Sealed, SealedWriter, memfd_link, os_error};
+pub(crate) use sealed::{
+    Header, Kind, Sealed, SealedWriter, memfd_link, os_error, parse_memfd_link,
+};
 
 /// A frame body.
 pub(crate) const ITEM_FRAME: u8 = 1;

@@ -247,6 +247,19 @@ pub(crate) fn memfd_link(token: u64, id: u64) -> String {
     format!("/memfd:{} (deleted)", memfd_name(token, id))
 }
 
+/// The id of the value of the pool with `token` whose memfd `readlink` shows as `link`, if it
+/// is one (the inverse of [`memfd_link`]).
+pub(crate) fn parse_memfd_link(token: u64, link: &[u8]) -> Option<u64> {
+    let prefix = format!("/memfd:ppool-share-{token:016x}-");
+    let hex = link
+        .strip_prefix(prefix.as_bytes())?
+        .strip_suffix(b" (deleted)")?;
+    if hex.len() != 16 || !hex.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+}
+
 /// An error of kind `InvalidData` saying `what`.
 fn invalid(what: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.into())

@@ -108,6 +108,22 @@ fn names_and_links() {
         memfd_link(u64::MAX, 1),
         "/memfd:ppool-share-ffffffffffffffff-0000000000000001 (deleted)"
     );
+    for (token, id) in [(0, 0), (0xab, 3), (u64::MAX, u64::MAX)] {
+        let link = memfd_link(token, id);
+        assert_eq!(parse_memfd_link(token, link.as_bytes()), Some(id));
+        assert_eq!(parse_memfd_link(token ^ 1, link.as_bytes()), None);
+    }
+    for other in [
+        "/memfd:ppool-share-00000000000000ab-0000000000000003",
+        "/memfd:ppool-share-00000000000000ab-000000000000003 (deleted)",
+        "/memfd:ppool-share-00000000000000ab-+000000000000003 (deleted)",
+        "/memfd:ppool-share-00000000000000ab-000000000000000g (deleted)",
+        "/memfd:ppool-shm (deleted)",
+        "pipe:[1234]",
+        "",
+    ] {
+        assert_eq!(parse_memfd_link(0xab, other.as_bytes()), None, "{other}");
+    }
     // Within the kernel's limit of 249 bytes for a memfd name.
     assert!(memfd_name(u64::MAX, u64::MAX).len() <= 249);
 }
