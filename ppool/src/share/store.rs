@@ -16,8 +16,8 @@ use super::{Shared, SharedBytes};
 use crate::shm::{Header, Kind, Sealed, os_error};
 
 /// What the pool is told when a stored value is dropped: its id. Called on whatever thread
-/// drops the last holder (a user's thread, or the pool's own when a job ends), so it must not
-/// block or take the pool's locks: send on a channel.
+/// drops the last holder (a user's thread, or the pool's own when a job ends), maybe while
+/// unwinding, so it must not block, take the pool's locks or panic: send on a channel.
 pub(crate) type ReleaseHook = Arc<dyn Fn(u64) + Send + Sync>;
 
 /// The shared values of one pool: allocates their ids, stores them, and tells the pool when
@@ -62,6 +62,13 @@ impl Store {
         let mut encoded = Vec::new();
         let (result, inner) = collect(|| crate::codec::encode_into(&value, &mut encoded));
         result.map_err(ShareError::Encode)?;
+        if let Some(foreign) = inner.iter().find(|s| s.token() != self.token) {
+            return Err(ShareError::Encode(format!(
+                "it holds shared value #{} of another pool, which this pool's workers cannot \
+                 reach; share that value with this pool",
+                foreign.id()
+            )));
+        }
         let stored = self.store(Kind::Value, &encoded, inner)?;
         drop(encoded);
         Ok(Shared::owned(value, stored))

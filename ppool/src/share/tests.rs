@@ -565,6 +565,21 @@ fn a_value_that_does_not_encode_is_an_error() {
     assert!(matches!(e, ShareError::Encode(_)), "{e}");
     assert!(e.to_string().contains("no encoding for this"), "{e}");
     assert!(released.lock().unwrap().is_empty(), "nothing was stored");
+    // A value of another pool inside: its workers could not reach it.
+    let (other, _) = self::store();
+    let foreign = other.share(model(1)).unwrap();
+    let e = store
+        .share(Outer {
+            inner: foreign,
+            text: store.share_bytes(vec![]).unwrap(),
+            x: 1,
+        })
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("holds shared value #1 of another pool"),
+        "{e}"
+    );
 }
 
 /// The variable that makes `child_side` act, in a child process.
