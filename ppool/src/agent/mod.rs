@@ -13,13 +13,14 @@
 //! Silence is counted in bytes: a large message still arriving is not silence, and neither
 //! is the time the main thread waits for room in a worker's ring.
 
+mod forward;
+mod watch;
+
 use crate::error::ExitCause;
 use crate::mux::{self, AgentHello, AgentReady, CONTROL, Control};
-use crate::protocol::{FrameError, ResultsHeader};
+use crate::protocol::FrameError;
 use crate::sync::lock;
-use crate::transport::{
-    Incoming, JobEnd, LaunchConfig, Peer, ProcessPeer, ShmRx, ShmTx, Transport,
-};
+use crate::transport::{LaunchConfig, Peer, ProcessPeer, ShmTx, Transport};
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::File;
@@ -31,10 +32,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub(crate) use crate::relaunch::AGENT_ENV;
-/// How long an agent waits for the pool's greeting.
-const GREETING_TIMEOUT: Duration = Duration::from_secs(20);
-/// How often the guard looks.
-const GUARD_EVERY: Duration = Duration::from_millis(250);
 /// How long the workers have to end on SIGTERM before they are killed.
 const END_GRACE: Duration = Duration::from_secs(2);
 /// How often an idle forwarder looks whether its worker died. A death wakes nothing here (the
@@ -72,7 +69,7 @@ pub(crate) fn run() -> ! {
     let started = Instant::now();
     let peers: Arc<Mutex<HashMap<u32, Arc<ProcessPeer>>>> = Arc::default();
     let hello = Arc::new(Mutex::new(None::<Duration>));
-    spawn_guard(
+    watch::spawn_guard(
         started,
         Arc::clone(&last_heard),
         Arc::clone(&hello),
@@ -132,7 +129,7 @@ pub(crate) fn run() -> ! {
         // Records from the workers pass through to the pool, which reads this stderr.
         dispatch: None,
     };
-    spawn_pinger(Arc::clone(&out), host_timeout);
+    watch::spawn_pinger(Arc::clone(&out), host_timeout);
     let mut txs: HashMap<u32, ShmTx> = HashMap::new();
     loop {
         let channel = match mux::read_message(&mut input, &mut body, config.max_frame) {
@@ -168,7 +165,7 @@ pub(crate) fn run() -> ! {
                             let pid = peer.pid();
                             txs.insert(slot, tx);
                             lock(&peers).insert(slot, Arc::clone(&peer));
-                            forward(
+                            forward::forward(
                                 slot,
                                 config.max_frame,
                                 rx,
@@ -299,160 +296,6 @@ impl std::io::Read for Counted<'_> {
             heard(self.heard, self.started);
         }
         Ok(n)
-    }
-}
-
-/// Pings the pool every quarter of the host timeout (at most every second) while the stream
-/// to it is idle: a writer busy with a large message is heard already.
-fn spawn_pinger(out: Out, host_timeout: Duration) {
-    let every = (host_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(1));
-    let spawned = std::thread::Builder::new()
-        .name("ppool-agent-ping".into())
-        .spawn(move || {
-            let mut nonce = 0u64;
-            loop {
-                std::thread::sleep(every);
-                nonce += 1;
-                let ping = Control::Ping(nonce).encode();
-                if let Ok(mut out) = out.try_lock() {
-                    if mux::write_message(&mut *out, CONTROL, &ping)
-                        .and_then(|()| out.flush())
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-        });
-    if spawned.is_err() {
-        eprintln!("ppool host agent: cannot start its ping thread");
-        std::process::exit(EXIT_NO_POOL);
-    }
-}
-
-/// Sends a run of `count` outcomes of `job` as it is, behind a RESULTS header: marked as
-/// followed by more unless it carries the job's `end`. A run larger than a frame (outcomes
-/// the ring gathered while the stream was busy) goes as several, each within a frame, so the
-/// pool never reads a message larger than `mux::host_message_limit`.
-fn send_run(
-    out: &Out,
-    slot: u32,
-    (job, count, raw, end): (u64, u32, &[u8], Option<JobEnd>),
-    max_frame: usize,
-) -> std::io::Result<()> {
-    let header = |count: u32, end: Option<JobEnd>| {
-        let mut header = ResultsHeader::run(job, count);
-        if let Some(end) = end {
-            header.busy_nanos = end.busy_nanos;
-            header.max_task_nanos = end.max_task_nanos;
-            header.more = false;
-        }
-        header.encode()
-    };
-    let send_one = |count: u32, raw: &[u8], end: Option<JobEnd>| {
-        let mut out = lock(out);
-        mux::write_parts(&mut *out, slot, &[&header(count, end), raw])?;
-        out.flush()
-    };
-    if ResultsHeader::LEN + raw.len() <= max_frame {
-        return send_one(count, raw, end);
-    }
-    let Some(runs) = crate::protocol::cut_outcomes(raw, count, max_frame) else {
-        return send_one(count, raw, end);
-    };
-    let last = runs.len() - 1;
-    for (k, (count, raw)) in runs.into_iter().enumerate() {
-        send_one(count, raw, if k == last { end } else { None })?;
-    }
-    Ok(())
-}
-
-/// Forwards the answers of the worker in `slot` until it ends, then says how it ended and
-/// how far it got.
-fn forward(
-    slot: u32,
-    max_frame: usize,
-    mut rx: ShmRx,
-    peer: Arc<ProcessPeer>,
-    out: Out,
-    peers: Arc<Mutex<HashMap<u32, Arc<ProcessPeer>>>>,
-) {
-    let spawned = std::thread::Builder::new()
-        .name(format!("ppool-agent-{slot}"))
-        .spawn(move || {
-            while let Ok(incoming) = rx.recv() {
-                let sent = match incoming {
-                    Incoming::Outcomes {
-                        job,
-                        count,
-                        raw,
-                        end,
-                    } => send_run(&out, slot, (job, count, raw, end), max_frame),
-                    Incoming::Frame(body) => send(&out, slot, body),
-                };
-                if sent.is_err() {
-                    break;
-                }
-                rx.shrink_buffers();
-            }
-            // Whatever ended the channel, the worker ends now.
-            peer.kill();
-            let cause = peer.reap();
-            lock(&peers).remove(&slot);
-            let exited = Control::Exited {
-                slot,
-                cause,
-                progress: rx.progress(),
-            };
-            let _ = send(&out, CONTROL, &exited.encode());
-        });
-    if spawned.is_err() {
-        eprintln!("ppool host agent: cannot start a thread; ending");
-        std::process::exit(3);
-    }
-}
-
-/// Ends the agent when the pool is gone: its parent changed (the launcher died), no greeting
-/// came in time, or nothing came from the pool for the host timeout.
-fn spawn_guard(
-    started: Instant,
-    last_heard: Arc<Heard>,
-    hello: Arc<Mutex<Option<Duration>>>,
-    peers: Arc<Mutex<HashMap<u32, Arc<ProcessPeer>>>>,
-) {
-    let parent = rustix::process::getppid();
-    let spawned = std::thread::Builder::new()
-        .name("ppool-agent-guard".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(GUARD_EVERY);
-                if rustix::process::getppid() != parent {
-                    end(&peers, 0);
-                }
-                let silent = started
-                    .elapsed()
-                    .saturating_sub(Duration::from_millis(last_heard.at.load(Ordering::Relaxed)));
-                if last_heard.delivering.load(Ordering::Relaxed) {
-                    continue;
-                }
-                match *lock(&hello) {
-                    None if started.elapsed() > GREETING_TIMEOUT => {
-                        fail_start("no pool greeted it in time")
-                    }
-                    Some(timeout) if silent > timeout => {
-                        eprintln!(
-                            "ppool host agent: nothing from the pool for {silent:?}; \
-                             ending its workers"
-                        );
-                        end(&peers, 0);
-                    }
-                    _ => {}
-                }
-            }
-        });
-    if spawned.is_err() {
-        eprintln!("ppool host agent: cannot start its guard thread");
-        std::process::exit(EXIT_NO_POOL);
     }
 }
 

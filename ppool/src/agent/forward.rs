@@ -1,0 +1,93 @@
+//! Forwarding a worker's answers to the pool: runs of outcomes as they come, each within a
+//! frame, then, once the worker ends, how it ended and how far it got.
+
+use super::{Out, send};
+use crate::mux::{self, CONTROL, Control};
+use crate::protocol::ResultsHeader;
+use crate::sync::lock;
+use crate::transport::{Incoming, JobEnd, Peer, ProcessPeer, ShmRx};
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+/// Sends a run of `count` outcomes of `job` as it is, behind a RESULTS header: marked as
+/// followed by more unless it carries the job's `end`. A run larger than a frame (outcomes
+/// the ring gathered while the stream was busy) goes as several, each within a frame, so the
+/// pool never reads a message larger than `mux::host_message_limit`.
+fn send_run(
+    out: &Out,
+    slot: u32,
+    (job, count, raw, end): (u64, u32, &[u8], Option<JobEnd>),
+    max_frame: usize,
+) -> std::io::Result<()> {
+    let header = |count: u32, end: Option<JobEnd>| {
+        let mut header = ResultsHeader::run(job, count);
+        if let Some(end) = end {
+            header.busy_nanos = end.busy_nanos;
+            header.max_task_nanos = end.max_task_nanos;
+            header.more = false;
+        }
+        header.encode()
+    };
+    let send_one = |count: u32, raw: &[u8], end: Option<JobEnd>| {
+        let mut out = lock(out);
+        mux::write_parts(&mut *out, slot, &[&header(count, end), raw])?;
+        out.flush()
+    };
+    if ResultsHeader::LEN + raw.len() <= max_frame {
+        return send_one(count, raw, end);
+    }
+    let Some(runs) = crate::protocol::cut_outcomes(raw, count, max_frame) else {
+        return send_one(count, raw, end);
+    };
+    let last = runs.len() - 1;
+    for (k, (count, raw)) in runs.into_iter().enumerate() {
+        send_one(count, raw, if k == last { end } else { None })?;
+    }
+    Ok(())
+}
+
+/// Forwards the answers of the worker in `slot` until it ends, then says how it ended and
+/// how far it got.
+pub(super) fn forward(
+    slot: u32,
+    max_frame: usize,
+    mut rx: ShmRx,
+    peer: Arc<ProcessPeer>,
+    out: Out,
+    peers: Arc<Mutex<HashMap<u32, Arc<ProcessPeer>>>>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name(format!("ppool-agent-{slot}"))
+        .spawn(move || {
+            while let Ok(incoming) = rx.recv() {
+                let sent = match incoming {
+                    Incoming::Outcomes {
+                        job,
+                        count,
+                        raw,
+                        end,
+                    } => send_run(&out, slot, (job, count, raw, end), max_frame),
+                    Incoming::Frame(body) => send(&out, slot, body),
+                };
+                if sent.is_err() {
+                    break;
+                }
+                rx.shrink_buffers();
+            }
+            // Whatever ended the channel, the worker ends now.
+            peer.kill();
+            let cause = peer.reap();
+            lock(&peers).remove(&slot);
+            let exited = Control::Exited {
+                slot,
+                cause,
+                progress: rx.progress(),
+            };
+            let _ = send(&out, CONTROL, &exited.encode());
+        });
+    if spawned.is_err() {
+        eprintln!("ppool host agent: cannot start a thread; ending");
+        std::process::exit(3);
+    }
+}
