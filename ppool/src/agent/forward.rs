@@ -1,14 +1,14 @@
 //! Forwarding a worker's answers to the pool: runs of outcomes as they come, each within a
 //! frame, then, once the worker ends, how it ended and how far it got.
 
-use super::{Out, send};
+use super::workers::Worker;
+use super::{Host, Out, send};
 use crate::mux::{self, CONTROL, Control};
 use crate::protocol::ResultsHeader;
 use crate::sync::lock;
-use crate::transport::{Incoming, JobEnd, Peer, ProcessPeer, ShmRx};
-use std::collections::HashMap;
+use crate::transport::{Incoming, JobEnd, Peer, ShmRx};
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Sends a run of `count` outcomes of `job` as it is, behind a RESULTS header: marked as
 /// followed by more unless it carries the job's `end`. A run larger than a frame (outcomes
@@ -49,17 +49,11 @@ fn send_run(
 
 /// Forwards the answers of the worker in `slot` until it ends, then says how it ended and
 /// how far it got.
-pub(super) fn forward(
-    slot: u32,
-    max_frame: usize,
-    mut rx: ShmRx,
-    peer: Arc<ProcessPeer>,
-    out: Out,
-    peers: Arc<Mutex<HashMap<u32, Arc<ProcessPeer>>>>,
-) {
+pub(super) fn forward(slot: u32, mut rx: ShmRx, worker: Arc<Worker>, host: Arc<Host>) {
     let spawned = std::thread::Builder::new()
         .name(format!("ppool-agent-{slot}"))
         .spawn(move || {
+            let (out, max_frame) = (&host.out, host.config.max_frame);
             while let Ok(incoming) = rx.recv() {
                 let sent = match incoming {
                     Incoming::Outcomes {
@@ -67,8 +61,8 @@ pub(super) fn forward(
                         count,
                         raw,
                         end,
-                    } => send_run(&out, slot, (job, count, raw, end), max_frame),
-                    Incoming::Frame(body) => send(&out, slot, body),
+                    } => send_run(out, slot, (job, count, raw, end), max_frame),
+                    Incoming::Frame(body) => send(out, slot, body),
                 };
                 if sent.is_err() {
                     break;
@@ -76,15 +70,15 @@ pub(super) fn forward(
                 rx.shrink_buffers();
             }
             // Whatever ended the channel, the worker ends now.
-            peer.kill();
-            let cause = peer.reap();
-            lock(&peers).remove(&slot);
+            worker.kill();
+            let cause = worker.peer.reap();
+            host.workers.remove(slot);
             let exited = Control::Exited {
                 slot,
                 cause,
                 progress: rx.progress(),
             };
-            let _ = send(&out, CONTROL, &exited.encode());
+            let _ = send(out, CONTROL, &exited.encode());
         });
     if spawned.is_err() {
         eprintln!("ppool host agent: cannot start a thread; ending");

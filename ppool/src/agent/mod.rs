@@ -14,14 +14,16 @@
 //! is the time the main thread waits for room in a worker's ring.
 
 mod forward;
+mod start;
 mod watch;
+mod workers;
 
 use crate::error::ExitCause;
 use crate::mux::{self, AgentHello, AgentReady, CONTROL, Control};
 use crate::protocol::FrameError;
 use crate::sync::lock;
-use crate::transport::{LaunchConfig, Peer, ProcessPeer, ShmTx, Transport};
-use std::collections::HashMap;
+use crate::transport::{LaunchConfig, Peer, Transport};
+use start::Starters;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::Write;
@@ -30,15 +32,11 @@ use std::os::unix::ffi::OsStringExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use workers::Workers;
 
 pub(crate) use crate::relaunch::AGENT_ENV;
 /// How long the workers have to end on SIGTERM before they are killed.
 const END_GRACE: Duration = Duration::from_secs(2);
-/// How often an idle forwarder looks whether its worker died. A death wakes nothing here (the
-/// worker's ring is what a forwarder waits on), so this bounds how late it is reported; the
-/// pool's own local workers are looked at every few milliseconds, but a host may hold hundreds
-/// of idle workers, each of whose checks is a wake-up.
-const FORWARD_DEATH_CHECK: Duration = Duration::from_millis(100);
 /// Exit code of an agent that no pool greeted.
 const EXIT_NO_POOL: i32 = 2;
 
@@ -67,13 +65,13 @@ pub(crate) fn run() -> ! {
     }
     let last_heard = Arc::new(Heard::default());
     let started = Instant::now();
-    let peers: Arc<Mutex<HashMap<u32, Arc<ProcessPeer>>>> = Arc::default();
+    let workers: Arc<Workers> = Arc::default();
     let hello = Arc::new(Mutex::new(None::<Duration>));
     watch::spawn_guard(
         started,
         Arc::clone(&last_heard),
         Arc::clone(&hello),
-        Arc::clone(&peers),
+        Arc::clone(&workers),
     );
 
     let mut input = Counted {
@@ -130,18 +128,25 @@ pub(crate) fn run() -> ! {
         dispatch: None,
     };
     watch::spawn_pinger(Arc::clone(&out), host_timeout);
-    let mut txs: HashMap<u32, ShmTx> = HashMap::new();
+    let host = Arc::new(Host {
+        out,
+        workers,
+        config,
+    });
+    let starters: Arc<Starters> = Arc::default();
     loop {
-        let channel = match mux::read_message(&mut input, &mut body, config.max_frame) {
+        let channel = match mux::read_message(&mut input, &mut body, host.config.max_frame) {
             Ok(channel) => channel,
-            Err(FrameError::Closed) => end(&peers, 0),
+            Err(FrameError::Closed) => end(&host.workers, 0),
             Err(e) => {
                 eprintln!("ppool host agent: {e}; ending its workers");
-                end(&peers, 3)
+                end(&host.workers, 3)
             }
         };
         if channel != CONTROL {
-            if let Some(tx) = txs.get_mut(&channel) {
+            if let Some(worker) = host.workers.get(channel)
+                && let Some(tx) = lock(&worker.tx).as_mut()
+            {
                 // Waiting for room in the worker's ring is not the pool's silence.
                 last_heard.delivering.store(true, Ordering::Relaxed);
                 // A worker that died takes no more; its forwarder says how it ended.
@@ -157,43 +162,18 @@ pub(crate) fn run() -> ! {
                 index,
                 greeting,
             }) => {
-                let reply =
-                    match crate::transport::spawn_shm_worker(&config, index as usize, greeting) {
-                        Ok((tx, mut rx, peer)) => {
-                            rx.hand_over_partials();
-                            rx.check_death_every(FORWARD_DEATH_CHECK);
-                            let pid = peer.pid();
-                            txs.insert(slot, tx);
-                            lock(&peers).insert(slot, Arc::clone(&peer));
-                            forward::forward(
-                                slot,
-                                config.max_frame,
-                                rx,
-                                peer,
-                                Arc::clone(&out),
-                                Arc::clone(&peers),
-                            );
-                            Control::Spawned { slot, pid }.encode()
-                        }
-                        Err(e) => Control::SpawnFailed {
-                            slot,
-                            why: &e.to_string(),
-                        }
-                        .encode(),
-                    };
-                if send(&out, CONTROL, &reply).is_err() {
-                    end(&peers, 0);
-                }
+                host.workers.starting(slot);
+                let request = start::Request {
+                    slot,
+                    index,
+                    greeting: greeting.to_vec(),
+                };
+                starters.start(&host, request);
             }
-            Ok(Control::Kill { slot }) => {
-                if let Some(peer) = lock(&peers).get(&slot) {
-                    peer.kill();
-                }
-                txs.remove(&slot);
-            }
+            Ok(Control::Kill { slot }) => host.workers.kill(slot),
             Ok(Control::Ping(n)) => {
-                if send(&out, CONTROL, &Control::Pong(n).encode()).is_err() {
-                    end(&peers, 0);
+                if send(&host.out, CONTROL, &Control::Pong(n).encode()).is_err() {
+                    end(&host.workers, 0);
                 }
             }
             Ok(Control::Pong(_)) => {}
@@ -202,10 +182,20 @@ pub(crate) fn run() -> ! {
             }
             Err(e) => {
                 eprintln!("ppool host agent: {e}; ending its workers");
-                end(&peers, 3)
+                end(&host.workers, 3)
             }
         }
     }
+}
+
+/// What the agent's threads share once the pool greeted it.
+#[derive(Debug)]
+struct Host {
+    /// The stream to the pool.
+    out: Out,
+    workers: Arc<Workers>,
+    /// How its workers are started.
+    config: LaunchConfig,
 }
 
 /// Why the agent cannot use its stdout, when its launcher made its stderr the same pipe or
@@ -300,9 +290,9 @@ impl std::io::Read for Counted<'_> {
 }
 
 /// Ends every worker, SIGTERM first and SIGKILL after [`END_GRACE`], waits for them, and
-/// exits with `code`.
-fn end(peers: &Mutex<HashMap<u32, Arc<ProcessPeer>>>, code: i32) -> ! {
-    let all: Vec<Arc<ProcessPeer>> = lock(peers).values().cloned().collect();
+/// exits with `code`. A worker that starts meanwhile is killed as it does.
+fn end(workers: &Workers, code: i32) -> ! {
+    let all = workers.end();
     for peer in &all {
         peer.terminate();
     }

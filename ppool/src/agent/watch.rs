@@ -1,11 +1,10 @@
 //! The agent's watch on the pool: the guard, which ends everything when the pool is gone, and
 //! the pinger, which lets the pool hear the host while the stream to it is idle.
 
+use super::workers::Workers;
 use super::{EXIT_NO_POOL, Heard, Out, end, fail_start};
 use crate::mux::{self, CONTROL, Control};
 use crate::sync::lock;
-use crate::transport::ProcessPeer;
-use std::collections::HashMap;
 use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -50,7 +49,7 @@ pub(super) fn spawn_guard(
     started: Instant,
     last_heard: Arc<Heard>,
     hello: Arc<Mutex<Option<Duration>>>,
-    peers: Arc<Mutex<HashMap<u32, Arc<ProcessPeer>>>>,
+    workers: Arc<Workers>,
 ) {
     let parent = rustix::process::getppid();
     let spawned = std::thread::Builder::new()
@@ -59,7 +58,7 @@ pub(super) fn spawn_guard(
             loop {
                 std::thread::sleep(GUARD_EVERY);
                 if rustix::process::getppid() != parent {
-                    end(&peers, 0);
+                    end(&workers, 0);
                 }
                 let silent = started
                     .elapsed()
@@ -76,7 +75,7 @@ pub(super) fn spawn_guard(
                             "ppool host agent: nothing from the pool for {silent:?}; \
                              ending its workers"
                         );
-                        end(&peers, 0);
+                        end(&workers, 0);
                     }
                     _ => {}
                 }

@@ -1,0 +1,138 @@
+//! Starting the host's workers: the pool asks for many at once (a SPAWN message per worker,
+//! all in a row), and up to [`STARTERS`] threads start them in parallel, each answering
+//! SPAWNED (or SPAWN_FAILED) as soon as its worker runs, in whatever order they come. The
+//! threads are started as requests come and end once none is left, so an agent whose workers
+//! all run holds none.
+//!
+//! A start is the local shared-memory transport's (`transport::spawn_shm_worker`): a region,
+//! the process (this very binary again), its stderr forwarding, and the greeting written into
+//! its job ring. Most of it is the system's `fork` and `exec`, which threads overlap (while one
+//! waits for its child's `exec`, another forks); more threads than that only queue in the
+//! kernel: see [`STARTERS`].
+
+use super::workers::{Entered, Worker};
+use super::{Host, end, forward, send};
+use crate::mux::{CONTROL, Control};
+use crate::sync::lock;
+use crate::transport::Peer;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The most workers started at once. Measured on one agent with 16, 64 and 128 workers (two
+/// CPUs, each worker ready once it greeted the pool): see the module's docs.
+pub(super) const STARTERS: usize = 4;
+
+/// How often an idle forwarder looks whether its worker died. A death wakes nothing here (the
+/// worker's ring is what a forwarder waits on), so this bounds how late it is reported; the
+/// pool's own local workers are looked at every few milliseconds, but a host may hold hundreds
+/// of idle workers, each of whose checks is a wake-up.
+const FORWARD_DEATH_CHECK: Duration = Duration::from_millis(100);
+
+/// A worker to start.
+#[derive(Debug)]
+pub(super) struct Request {
+    pub(super) slot: u32,
+    pub(super) index: u32,
+    pub(super) greeting: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    requests: VecDeque<Request>,
+    /// Starter threads alive.
+    starters: usize,
+}
+
+/// The workers waiting to be started, and the threads that start them.
+#[derive(Debug, Default)]
+pub(super) struct Starters(Mutex<Queue>);
+
+impl Starters {
+    /// Starts a worker as soon as a starter is free; starts a starter if fewer than
+    /// [`STARTERS`] run. Without any thread for it, starts it on this one.
+    pub(super) fn start(self: &Arc<Self>, host: &Arc<Host>, request: Request) {
+        let mut queue = lock(&self.0);
+        queue.requests.push_back(request);
+        if queue.starters >= STARTERS {
+            return;
+        }
+        queue.starters += 1;
+        drop(queue);
+        let (starters, thread_host) = (Arc::clone(self), Arc::clone(host));
+        let spawned = std::thread::Builder::new()
+            .name("ppool-agent-start".into())
+            .spawn(move || starters.serve(&thread_host));
+        if spawned.is_err() {
+            let mut queue = lock(&self.0);
+            queue.starters -= 1;
+            let none = queue.starters == 0;
+            drop(queue);
+            if none {
+                self.serve_here(host);
+            }
+        }
+    }
+
+    /// Starts workers until none waits, then ends this starter.
+    fn serve(&self, host: &Arc<Host>) {
+        while let Some(request) = self.next(true) {
+            start(host, request);
+        }
+    }
+
+    /// Starts the waiting workers on this thread, when no starter thread could be started.
+    fn serve_here(&self, host: &Arc<Host>) {
+        while let Some(request) = self.next(false) {
+            start(host, request);
+        }
+    }
+
+    /// The next worker to start; none left ends a starter thread (`is_starter`).
+    fn next(&self, is_starter: bool) -> Option<Request> {
+        let mut queue = lock(&self.0);
+        let next = queue.requests.pop_front();
+        if next.is_none() && is_starter {
+            queue.starters -= 1;
+        }
+        next
+    }
+}
+
+/// Starts one worker, enters it, starts its forwarder, and answers the pool.
+fn start(
+    host: &Arc<Host>,
+    Request {
+        slot,
+        index,
+        greeting,
+    }: Request,
+) {
+    let reply = match crate::transport::spawn_shm_worker(&host.config, index as usize, &greeting) {
+        Ok((tx, mut rx, peer)) => {
+            rx.hand_over_partials();
+            rx.check_death_every(FORWARD_DEATH_CHECK);
+            let pid = peer.pid();
+            let worker = Arc::new(Worker::new(peer, tx));
+            if host.workers.enter(slot, &worker) == Entered::Ending {
+                // The agent exits meanwhile; this one goes first.
+                let _ = worker.peer.reap();
+                return;
+            }
+            // A worker killed while it started still has its end reported, as any.
+            forward::forward(slot, rx, worker, Arc::clone(host));
+            Control::Spawned { slot, pid }.encode()
+        }
+        Err(e) => {
+            host.workers.failed(slot);
+            Control::SpawnFailed {
+                slot,
+                why: &e.to_string(),
+            }
+            .encode()
+        }
+    };
+    if send(&host.out, CONTROL, &reply).is_err() {
+        end(&host.workers, 0);
+    }
+}
