@@ -61,7 +61,13 @@ pub(super) fn forward(slot: u32, mut rx: ShmRx, worker: Arc<Worker>, host: Arc<H
                         count,
                         raw,
                         end,
-                    } => send_run(out, slot, (job, count, raw, end), max_frame),
+                    } => {
+                        if end.is_some() {
+                            // The job is out of the worker's ring: room for more.
+                            lock(&worker.feed).job_ended(job);
+                        }
+                        send_run(out, slot, (job, count, raw, end), max_frame)
+                    }
                     Incoming::Frame(body) => send(out, slot, body),
                 };
                 if sent.is_err() {

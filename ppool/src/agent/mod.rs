@@ -13,6 +13,8 @@
 //! Silence is counted in bytes: a large message still arriving is not silence, and neither
 //! is the time the main thread waits for room in a worker's ring.
 
+mod backlog;
+mod feed;
 mod forward;
 mod start;
 mod watch;
@@ -144,15 +146,8 @@ pub(crate) fn run() -> ! {
             }
         };
         if channel != CONTROL {
-            if let Some(worker) = host.workers.get(channel)
-                && let Some(tx) = lock(&worker.tx).as_mut()
-            {
-                // Waiting for room in the worker's ring is not the pool's silence.
-                last_heard.delivering.store(true, Ordering::Relaxed);
-                // A worker that died takes no more; its forwarder says how it ended.
-                let _ = tx.send_body(&body);
-                last_heard.delivering.store(false, Ordering::Relaxed);
-                heard(&last_heard, started);
+            if let Some(worker) = host.workers.get(channel) {
+                feed::deliver(&worker, &mut body, &last_heard, started);
             }
             continue;
         }

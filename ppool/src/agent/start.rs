@@ -113,7 +113,7 @@ fn start(
             rx.hand_over_partials();
             rx.check_death_every(FORWARD_DEATH_CHECK);
             let pid = peer.pid();
-            let worker = Arc::new(Worker::new(peer, tx));
+            let worker = Arc::new(Worker::new(slot, peer, tx, &greeting));
             if host.workers.enter(slot, &worker) == Entered::Ending {
                 // The agent exits meanwhile; this one goes first.
                 let _ = worker.peer.reap();

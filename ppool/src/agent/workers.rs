@@ -7,6 +7,7 @@
 //! worker is killed as soon as it runs; a worker that starts while the agent ends is killed at
 //! once.
 
+use super::feed::Feed;
 use crate::sync::lock;
 use crate::transport::{Peer, ProcessPeer, ShmTx};
 use std::collections::{HashMap, HashSet};
@@ -15,23 +16,26 @@ use std::sync::{Arc, Mutex};
 /// One worker of the host.
 #[derive(Debug)]
 pub(super) struct Worker {
+    pub(super) slot: u32,
     pub(super) peer: Arc<ProcessPeer>,
-    /// The sending half of its link; `None` once it was killed.
-    pub(super) tx: Mutex<Option<ShmTx>>,
+    pub(super) feed: Mutex<Feed>,
 }
 
 impl Worker {
-    pub(super) fn new(peer: Arc<ProcessPeer>, tx: ShmTx) -> Self {
+    /// The worker of `slot`, just started: its process, and the sending half of its link,
+    /// whose ring holds its `greeting`.
+    pub(super) fn new(slot: u32, peer: Arc<ProcessPeer>, tx: ShmTx, greeting: &[u8]) -> Self {
         Worker {
+            slot,
             peer,
-            tx: Mutex::new(Some(tx)),
+            feed: Mutex::new(Feed::new(tx, greeting)),
         }
     }
 
     /// Kills it; it is sent nothing more (its forwarder says how it ended).
     pub(super) fn kill(&self) {
         self.peer.kill();
-        lock(&self.tx).take();
+        lock(&self.feed).close();
     }
 }
 
