@@ -725,4 +725,94 @@ fn an_idle_remote_worker_that_dies_is_replaced_before_a_task_needs_it() {
     assert!(!now.contains(&workers[0]));
     assert_eq!(pool.batch([1; 8]).wait().expect("a batch").len(), 8);
     pool.join().expect("join");
+
+/// Writes this worker's pid to `<dir>/started`, waits until `<dir>/go` exists, and returns
+/// its pid.
+#[pool_entry]
+fn hold(dir: String) -> u32 {
+    let dir = std::path::Path::new(&dir);
+    let pid = std::process::id();
+    let fresh = dir.join(format!("started.{pid}"));
+    std::fs::write(&fresh, pid.to_string()).expect("the marker is written");
+    std::fs::rename(&fresh, dir.join("started")).expect("the marker is in place");
+    while !dir.join("go").exists() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    pid
+}
+
+/// A worker that does not read its job ring (stopped) while the pool sends it a job four
+/// times the ring's size holds up none of the host's other workers: the other worker of the
+/// host finishes the task it held and twenty more while that job still waits in the agent;
+/// the job runs once its worker goes on.
+#[test]
+fn a_worker_whose_ring_is_full_holds_up_no_other_worker_of_its_host() {
+    let _deadline = ppool_tests::deadline();
+    let tag = "full-ring";
+    let dir = ppool_tests::TempDir::new("full-ring");
+    let pool = std::sync::Arc::new(
+        ProcessPool::<length>::builder()
+            .remote(Remote::command(tagged(tag)).workers(2))
+            .build()
+            .expect("the pool starts"),
+    );
+    let agent = agents(tag);
+    assert_eq!(agent.len(), 1, "one agent: {agent:?}");
+    let workers: Vec<u32> = with_tag(tag)
+        .into_iter()
+        .filter(|&(_, parent)| parent == agent[0])
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(workers.len(), 2, "two workers: {workers:?}");
+    // One worker holds a task until told to go on.
+    let held = pool.entry::<hold>().submit(dir.arg());
+    let started = dir.path().join("started");
+    assert!(
+        within(Duration::from_secs(30), || started.exists()),
+        "the held task did not start"
+    );
+    let busy: u32 = std::fs::read_to_string(&started)
+        .expect("the marker")
+        .parse()
+        .expect("a pid");
+    let stopped = *workers
+        .iter()
+        .find(|&&pid| pid != busy)
+        .expect("the other worker");
+    // The other stops reading its ring, and is sent, being the only idle worker, a job
+    // larger than its ring: the agent cannot write it all.
+    signal(stopped, libc::SIGSTOP);
+    let big = pool.submit(vec![3u8; 4 << 20]);
+    let holds_it =
+        |w: &ppool::WorkerInsights| w.pid == Some(stopped) && w.state == ppool::WorkerState::Busy;
+    assert!(
+        within(Duration::from_secs(30), || pool
+            .insights()
+            .workers
+            .iter()
+            .any(holds_it)),
+        "the large job did not go to the stopped worker: {}",
+        pool.insights()
+    );
+    // The held task ends, and the busy worker takes twenty more: the stopped worker, which
+    // holds the large job (more than its budget), takes none of them.
+    std::fs::write(dir.path().join("go"), b"").expect("go");
+    let p = std::sync::Arc::clone(&pool);
+    let more = ppool_tests::within(
+        Duration::from_secs(60),
+        "the busy worker's tasks",
+        move || p.batch(vec![vec![1u8; 10]; 20]).wait(),
+    );
+    assert_eq!(more.expect("twenty small tasks"), vec![10; 20]);
+    assert_eq!(held.wait().expect("the held task"), busy);
+    assert!(!big.is_done(), "the stopped worker answered");
+    signal(stopped, libc::SIGCONT);
+    assert_eq!(big.wait().expect("the large job"), 4 << 20);
+    let pool = std::sync::Arc::into_inner(pool).expect("the only handle");
+    pool.join().expect("join");
+    assert!(
+        within(Duration::from_secs(10), || with_tag(tag).is_empty()),
+        "{:?}",
+        with_tag(tag)
+    );
 }
