@@ -2,23 +2,27 @@
 //! for room in it: a pure policy, with no thread and no ring of its own.
 //!
 //! The agent keeps a ledger of what it wrote into each worker's job ring and is not known to
-//! be read yet: every frame body, with what it may take in the ring, until the worker
-//! answers a job's end. A worker reads a job whole (and says so) before it runs it, so once a
-//! job ended, the job and everything written before it have left the ring. What the ledger
-//! holds is therefore at least what the ring holds, and a body goes straight into the ring
-//! only while the ledger, with it, stays within [`WRITE_WITHOUT_WAITING`]: that write cannot
-//! wait. Any other body waits in the worker's backlog, in order, behind which everything else
-//! for that worker waits too, until a writer of its own has put it in the ring (see `feed`).
+//! be read yet: every frame body, with the most it may take in the ring, until the worker
+//! answers a job's end. A worker reads a job whole (and publishes how far it read) before it
+//! runs it, so once a job ended, the job and everything written before it have left the ring.
+//! What the ring holds is therefore at most what the ledger holds and one pad at the ring's
+//! end, and a body goes straight into the ring only while the ledger, with it, stays within
+//! [`WRITE_WITHOUT_WAITING`]: that write cannot wait. Any other body waits in the worker's
+//! backlog, and everything after it for that worker waits behind it, in order, until a writer
+//! of its own has put them in the ring (see `feed`).
 //!
-//! The pool never sends a worker more than [`remote_budget`] unanswered (but one job larger
-//! than that alone, to a worker that holds nothing), so a backlog holds at most that much, and
-//! within the budget every body goes straight into the ring.
+//! The pool never sends a worker more than [`remote_budget`] unanswered, but one job larger
+//! than that alone, to a worker that holds nothing. So within the budget every body goes
+//! straight into the ring, and what waits in a backlog is at most one such job (and the
+//! frames that end the worker, behind it).
 
+use super::remote_budget;
 use crate::protocol::{TasksHeader, kind};
 use std::collections::VecDeque;
 
-/// The bytes of each worker's job ring: `transport::shm`'s ring size, which the agent cannot
-/// read from there (see the crate's scale notes).
+/// The bytes of each worker's job ring: `transport::shm`'s `RING_BYTES`, private to that
+/// module, so repeated here. The two must agree: with a smaller ring there, a write this
+/// ledger allows could wait for room, and hold up the main thread.
 pub(super) const JOB_RING_BYTES: usize = 1 << 20;
 
 /// The largest piece of an item in one record of the ring: a quarter of it, less the tag
@@ -32,14 +36,6 @@ const PAD_MAX: usize = JOB_RING_BYTES / 4 + 8;
 /// The most the ledger may hold with a body about to be written, for the write never to wait:
 /// the ring less one pad (what is unread spans the ring's end at most once).
 pub(super) const WRITE_WITHOUT_WAITING: usize = JOB_RING_BYTES - PAD_MAX;
-
-/// What a remote worker may hold unanswered (bytes of job frames, their length prefixes
-/// included): a quarter of its job ring on the host, as for a local worker over shared
-/// memory. Within it, the agent writes every job straight into the ring; the pool's link to
-/// a remote worker reports it as its budget.
-pub(crate) const fn remote_budget() -> usize {
-    JOB_RING_BYTES / 4
-}
 
 // The budget, with the records' overhead of as many jobs as a worker is ever sent ahead and
 // a greeting as large again, goes straight into the ring.

@@ -1,5 +1,9 @@
 //! Forwarding a worker's answers to the pool: runs of outcomes as they come, each within a
-//! frame, then, once the worker ends, how it ended and how far it got.
+//! frame, then, once the worker ends, how it ended and how far it got. A job's end also tells
+//! the worker's feed that the job has left its ring.
+//!
+//! One thread per worker: it waits on the worker's result ring (its futex, with a look at
+//! the worker's pidfd every [`FORWARD_DEATH_CHECK`] while idle), the only wait `ShmRx` offers.
 
 use super::workers::Worker;
 use super::{Host, Out, send};
@@ -9,6 +13,13 @@ use crate::sync::lock;
 use crate::transport::{Incoming, JobEnd, Peer, ShmRx};
 use std::io::Write;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How often an idle forwarder looks whether its worker died. A death wakes nothing here (the
+/// worker's ring is what a forwarder waits on), so this bounds how late it is reported; the
+/// pool's own local workers are looked at every few milliseconds, but a host may hold hundreds
+/// of idle workers, each of whose checks is a wake-up.
+const FORWARD_DEATH_CHECK: Duration = Duration::from_millis(100);
 
 /// Sends a run of `count` outcomes of `job` as it is, behind a RESULTS header: marked as
 /// followed by more unless it carries the job's `end`. A run larger than a frame (outcomes
@@ -50,6 +61,9 @@ fn send_run(
 /// Forwards the answers of the worker in `slot` until it ends, then says how it ended and
 /// how far it got.
 pub(super) fn forward(slot: u32, mut rx: ShmRx, worker: Arc<Worker>, host: Arc<Host>) {
+    // Outcomes go on as they come, so that the pool keeps them should the host be lost.
+    rx.hand_over_partials();
+    rx.check_death_every(FORWARD_DEATH_CHECK);
     let spawned = std::thread::Builder::new()
         .name(format!("ppool-agent-{slot}"))
         .spawn(move || {

@@ -4,14 +4,31 @@
 //! shared-memory transport, so that crash detection, the progress word and stderr forwarding
 //! stay on the host.
 //!
-//! Threads: the main thread reads the pool's messages and feeds the workers; one thread per
-//! worker forwards its answers; a guard ends everything when the pool is gone (stdin at its
-//! end, a new parent, or nothing from the pool for the host timeout), killing the workers
-//! first. The guard also pings the pool when the stream to it is idle, so that a pool busy
-//! sending a large message still hears the host.
+//! Threads, for a host of `n` workers:
+//! - the main thread reads the pool's messages. It hands each body to its worker straight
+//!   into the worker's job ring when that write cannot wait, and otherwise to the worker's
+//!   backlog (`feed`, `backlog`): it never waits for one worker's ring while the others wait
+//!   behind it;
+//! - up to [`start::STARTERS`] starter threads (`start`) start workers in parallel while SPAWN
+//!   messages wait, answering each as soon as its worker runs, and end when none waits;
+//! - a writer thread per worker whose backlog holds something, until it is written out: none
+//!   while the pool keeps within [`remote_budget`];
+//! - one forwarder thread per worker (`forward`), which waits on its worker's result ring and
+//!   forwards its answers, and looks at the worker's pidfd every 100 ms while it is idle. It
+//!   is one per worker because the local transport's receiving half (`ShmRx`) only receives
+//!   by waiting on its own ring; fewer threads would need a receive that does not wait and a
+//!   wait on many rings at once;
+//! - the guard and the pinger (`watch`): the guard ends everything when the pool is gone
+//!   (stdin at its end, a new parent, or nothing from the pool for the host timeout), killing
+//!   the workers first; the pinger pings the pool when the stream to it is idle, so that a
+//!   pool busy sending a large message still hears the host.
+//!
+//! Besides, the local transport copies each worker's stderr on a thread of its own when it is
+//! forwarded (`transport::stderr`). The workers the agent starts are in one registry
+//! (`workers`) that every thread shares.
 //!
 //! Silence is counted in bytes: a large message still arriving is not silence, and neither
-//! is the time the main thread waits for room in a worker's ring.
+//! is the time the main thread would wait for room in a worker's ring.
 
 mod backlog;
 mod feed;
@@ -41,6 +58,16 @@ pub(crate) use crate::relaunch::AGENT_ENV;
 const END_GRACE: Duration = Duration::from_secs(2);
 /// Exit code of an agent that no pool greeted.
 const EXIT_NO_POOL: i32 = 2;
+
+/// What a remote worker may hold unanswered (bytes of job frames, length prefixes included),
+/// for the pool's link to it to report as its budget: a quarter of the worker's job ring on
+/// the host, as for a local worker over shared memory. Within it the agent writes every job
+/// straight into the ring (see `backlog`); past it (one job larger than the budget, which the
+/// pool sends only to a worker that holds nothing), a job waits in the agent until the ring
+/// has room, without holding up the host's other workers.
+pub(crate) const fn remote_budget() -> usize {
+    backlog::JOB_RING_BYTES / 4
+}
 
 /// The stream to the pool, shared by the threads that write to it.
 type Out = Arc<Mutex<File>>;

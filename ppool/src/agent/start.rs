@@ -5,10 +5,11 @@
 //! all run holds none.
 //!
 //! A start is the local shared-memory transport's (`transport::spawn_shm_worker`): a region,
-//! the process (this very binary again), its stderr forwarding, and the greeting written into
-//! its job ring. Most of it is the system's `fork` and `exec`, which threads overlap (while one
-//! waits for its child's `exec`, another forks); more threads than that only queue in the
-//! kernel: see [`STARTERS`].
+//! the process (this very binary again, `fork` and `exec`, the caller waiting until the
+//! `exec` is done), its stderr forwarding, and the greeting written into its job ring (a
+//! greeting larger than the ring waits for the worker to read it: that holds up one starter,
+//! not the agent). The agent does not wait for a worker's READY: that comes through its
+//! forwarder, and the pool waits for all of them at once.
 
 use super::workers::{Entered, Worker};
 use super::{Host, end, forward, send};
@@ -17,17 +18,19 @@ use crate::sync::lock;
 use crate::transport::Peer;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-/// The most workers started at once. Measured on one agent with 16, 64 and 128 workers (two
-/// CPUs, each worker ready once it greeted the pool): see the module's docs.
+/// The most workers started at once. The time for a pool of one host to start (`build`, until
+/// every worker answered READY), on two busy CPUs, best of 5 (median), in ms:
+///
+/// | workers | before (one at a time) | 1 thread  | 2         | 4         | 8         |
+/// |---------|------------------------|-----------|-----------|-----------|-----------|
+/// | 16      | 25 (28)                | 27 (31)   | 24 (28)   | 24 (26)   | 23 (28)   |
+/// | 64      | 105 (122)              | 124 (130) | 87 (103)  | 88 (89)   | 84 (100)  |
+/// | 128     | 300 (359)              | 285 (300) | 237 (247) | 219 (235) | 219 (227) |
+///
+/// Past two, the workers' own start (their `exec`, their greeting) takes the CPUs; four leave
+/// room for hosts with more of them, where `fork` and `exec` overlap further.
 pub(super) const STARTERS: usize = 4;
-
-/// How often an idle forwarder looks whether its worker died. A death wakes nothing here (the
-/// worker's ring is what a forwarder waits on), so this bounds how late it is reported; the
-/// pool's own local workers are looked at every few milliseconds, but a host may hold hundreds
-/// of idle workers, each of whose checks is a wake-up.
-const FORWARD_DEATH_CHECK: Duration = Duration::from_millis(100);
 
 /// A worker to start.
 #[derive(Debug)]
@@ -109,9 +112,7 @@ fn start(
     }: Request,
 ) {
     let reply = match crate::transport::spawn_shm_worker(&host.config, index as usize, &greeting) {
-        Ok((tx, mut rx, peer)) => {
-            rx.hand_over_partials();
-            rx.check_death_every(FORWARD_DEATH_CHECK);
+        Ok((tx, rx, peer)) => {
             let pid = peer.pid();
             let worker = Arc::new(Worker::new(slot, peer, tx, &greeting));
             if host.workers.enter(slot, &worker) == Entered::Ending {
