@@ -3,8 +3,9 @@
 //!
 //! The agent keeps a ledger of what it wrote into each worker's job ring and is not known to
 //! be read yet: every frame body, with the most it may take in the ring, until the worker
-//! answers a job's end. A worker reads a job whole (and publishes how far it read) before it
-//! runs it, so once a job ended, the job and everything written before it have left the ring.
+//! answers a job after it. A worker reads a job whole (and publishes how far it read) before
+//! it runs it, so once it answered a job (an outcome, or the job's end), the job and
+//! everything written before it have left the ring.
 //! What the ring holds is therefore at most what the ledger holds and one pad at the ring's
 //! end, and a body goes straight into the ring only while the ledger, with it, stays within
 //! [`WRITE_WITHOUT_WAITING`]: that write cannot wait. Any other body waits in the worker's
@@ -132,9 +133,9 @@ impl Backlog {
         self.unread.push_back((job, cost));
     }
 
-    /// The worker answered the end of `job`: it read the job, and all written before it. A
-    /// job not in the ledger changes nothing.
-    pub(super) fn job_ended(&mut self, job: u64) {
+    /// The worker answered `job` (an outcome, or its end): it read the job, and all written
+    /// before it. A job not in the ledger changes nothing.
+    pub(super) fn job_read(&mut self, job: u64) {
         let Some(at) = self.unread.iter().position(|&(j, _)| j == Some(job)) else {
             return;
         };
@@ -207,7 +208,7 @@ mod tests {
     }
 
     #[test]
-    fn a_jobs_end_frees_it_and_everything_written_before_it() {
+    fn an_answered_job_frees_it_and_everything_written_before_it() {
         let mut backlog = Backlog::default();
         backlog.wrote_frames(&[&4u32.to_le_bytes()[..], &[kind::HELLO, 0, 0, 0]].concat());
         backlog.wrote(&tasks(5, 500 << 10));
@@ -215,13 +216,14 @@ mod tests {
         backlog.wrote(&tasks(6, 200 << 10));
         assert_eq!(backlog.route(200 << 10), Route::BacklogAndStartWriter);
         assert_eq!(backlog.next(), None);
-        // An end the ledger does not know (sent before it, or never) frees nothing.
-        backlog.job_ended(99);
+        // An answer to a job the ledger does not know (sent before it, or never) frees
+        // nothing.
+        backlog.job_read(99);
         assert_eq!(backlog.unread.len(), 4);
-        backlog.job_ended(5);
+        backlog.job_read(5);
         assert_eq!(backlog.unread.len(), 2, "the greeting and job 5 are read");
         assert_eq!(backlog.route(200 << 10), Route::Ring);
-        backlog.job_ended(6);
+        backlog.job_read(6);
         assert_eq!((backlog.unread.len(), backlog.unread_cost), (0, 0));
     }
 
@@ -255,7 +257,7 @@ mod tests {
     }
 
     /// Jobs of many sizes written as the ledger allows, into a real ring of the agent's size
-    /// whose worker reads them a job at a time, late, and answers their ends: no write ever
+    /// whose worker reads them a job at a time, late, and answers them: no write ever
     /// waits for room.
     #[test]
     fn a_write_the_ledger_allows_never_waits_for_room() {
@@ -298,7 +300,7 @@ mod tests {
                 pending.pop_front();
                 written += 1;
             }
-            // The worker reads a job now and then, and answers its end.
+            // The worker reads a job now and then, and answers it.
             if rand(3) == 0 || !pending.is_empty() {
                 if let Some(kind) = asm
                     .pop(&mut worker.jobs, &mut frame, &mut outcome)
@@ -308,7 +310,7 @@ mod tests {
                     worker.jobs.publish_head();
                     let done = job_of(&frame).expect("a job");
                     frame.clear();
-                    backlog.job_ended(done);
+                    backlog.job_read(done);
                 }
             }
         }

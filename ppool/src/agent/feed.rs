@@ -2,9 +2,9 @@
 //! straight into the worker's job ring when that cannot wait (see `backlog`), and otherwise
 //! leaves it in the worker's backlog and goes on reading. A writer thread of that worker,
 //! started then, holds the ring's sending half and writes the backlog out as room appears
-//! (the ring wakes it), then hands the ring back and ends. Under the pool's budget the backlog
-//! stays empty, and a writer runs only for a job larger than the budget (sent to an idle
-//! worker) or a worker that stopped reading its ring.
+//! (the ring wakes it), then hands the ring back and ends. While the pool keeps within its
+//! budget the backlog stays empty: a writer runs only for a job larger than that, which the
+//! pool sends only to a worker that holds nothing, and only while that job is being written.
 //!
 //! Nothing waits for room with a lock held: the forwarder, which frees room by forwarding
 //! the worker's answers, never waits for a writer.
@@ -40,9 +40,9 @@ impl Feed {
         }
     }
 
-    /// The worker answered the end of `job`: it is out of the ring.
-    pub(super) fn job_ended(&mut self, job: u64) {
-        self.backlog.job_ended(job);
+    /// The worker answered `job`: it read it out of the ring.
+    pub(super) fn job_read(&mut self, job: u64) {
+        self.backlog.job_read(job);
     }
 
     /// The worker is gone: nothing more is written, and what waits is dropped.

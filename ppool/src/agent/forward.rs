@@ -1,6 +1,6 @@
 //! Forwarding a worker's answers to the pool: runs of outcomes as they come, each within a
-//! frame, then, once the worker ends, how it ended and how far it got. A job's end also tells
-//! the worker's feed that the job has left its ring.
+//! frame, then, once the worker ends, how it ended and how far it got. A job's first outcomes
+//! also tell the worker's feed that the job has left its ring.
 //!
 //! One thread per worker: it waits on the worker's result ring (its futex, with a look at
 //! the worker's pidfd every [`FORWARD_DEATH_CHECK`] while idle), the only wait `ShmRx` offers.
@@ -68,6 +68,8 @@ pub(super) fn forward(slot: u32, mut rx: ShmRx, worker: Arc<Worker>, host: Arc<H
         .name(format!("ppool-agent-{slot}"))
         .spawn(move || {
             let (out, max_frame) = (&host.out, host.config.max_frame);
+            // The latest job with outcomes: the worker read it whole before it ran it.
+            let mut running = None;
             while let Ok(incoming) = rx.recv() {
                 let sent = match incoming {
                     Incoming::Outcomes {
@@ -76,9 +78,10 @@ pub(super) fn forward(slot: u32, mut rx: ShmRx, worker: Arc<Worker>, host: Arc<H
                         raw,
                         end,
                     } => {
-                        if end.is_some() {
+                        if running != Some(job) {
                             // The job is out of the worker's ring: room for more.
-                            lock(&worker.feed).job_ended(job);
+                            running = Some(job);
+                            lock(&worker.feed).job_read(job);
                         }
                         send_run(out, slot, (job, count, raw, end), max_frame)
                     }
