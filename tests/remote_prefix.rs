@@ -725,6 +725,7 @@ fn an_idle_remote_worker_that_dies_is_replaced_before_a_task_needs_it() {
     assert!(!now.contains(&workers[0]));
     assert_eq!(pool.batch([1; 8]).wait().expect("a batch").len(), 8);
     pool.join().expect("join");
+}
 
 /// Writes this worker's pid to `<dir>/started`, waits until `<dir>/go` exists, and returns
 /// its pid.

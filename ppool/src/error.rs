@@ -155,6 +155,19 @@ pub enum Error {
         source: Option<Cause>,
     },
 
+    /// A value could not be shared (`share`, `share_bytes`): its `Serialize` failed, there is
+    /// not enough memory for it, or memfds are refused here; or it belongs to another pool.
+    #[error("could not share a value: {}", one_line(message))]
+    #[non_exhaustive]
+    Share {
+        /// What went wrong.
+        message: String,
+        /// The system's error beneath, when there is one; also
+        /// [`source`](std::error::Error::source).
+        #[source]
+        source: Option<Cause>,
+    },
+
     /// A frame from a worker was malformed, oversized or of another build. The worker has been
     /// replaced.
     #[error("protocol error with worker {worker}: {}", one_line(message))]
@@ -385,6 +398,21 @@ impl Error {
         Error::Spawn {
             message: message.into(),
             source: Some(Cause::new(error)),
+        }
+    }
+
+    /// A value that could not be shared.
+    pub(crate) fn share(error: crate::share::ShareError) -> Self {
+        let message = error.to_string();
+        match error {
+            crate::share::ShareError::Store { source, .. } => Error::Share {
+                message,
+                source: Some(Cause::new(source)),
+            },
+            _ => Error::Share {
+                message,
+                source: None,
+            },
         }
     }
 

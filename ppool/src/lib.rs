@@ -87,8 +87,9 @@
 //! so. The last two stable releases are always supported.
 
 #![deny(missing_docs)]
-// Unsafe code lives in five modules only, each allowed where it is declared and each with
-// its invariants in its docs: `shm::mapping` (the shared-memory mapping), `transport::process`
+// Unsafe code lives in six modules only, each allowed where it is declared and each with
+// its invariants in its docs: `shm::mapping` (the shared-memory mapping), `shm::sealed` (a
+// shared value's sealed, read-only mapping), `transport::process`
 // (spawning a worker), `transport::sigpipe` (signal masks),
 // `worker::bootstrap` (the inherited descriptors and environment) and `worker::exec` (a
 // fork inside an entry).

@@ -332,9 +332,12 @@ pub(crate) enum Control<'a> {
     },
     Ping(u64),
     Pong(u64),
-    /// A shared value of `len` bytes whose hash is `hash` comes next, in parts.
+    /// A shared value of the pool with `token` comes next, in parts: `len` bytes of kind
+    /// `kind` (see `shm::sealed`) whose hash is `hash`.
     Share {
+        token: u64,
         id: u64,
+        kind: u8,
         len: u64,
         hash: u64,
     },
@@ -399,8 +402,19 @@ impl Control<'_> {
             Control::Pong(n) => {
                 f.start(ctl::PONG).u64(n);
             }
-            Control::Share { id, len, hash } => {
-                f.start(ctl::SHARE).u64(id).u64(len).u64(hash);
+            Control::Share {
+                token,
+                id,
+                kind,
+                len,
+                hash,
+            } => {
+                f.start(ctl::SHARE)
+                    .u64(token)
+                    .u64(id)
+                    .u8(kind)
+                    .u64(len)
+                    .u64(hash);
             }
             Control::SharePart { id, offset, data } => {
                 let mut body = Control::share_part_prefix(id, offset);
@@ -463,7 +477,9 @@ impl Control<'_> {
             ctl::PING => Control::Ping(f.u64("nonce")?),
             ctl::PONG => Control::Pong(f.u64("nonce")?),
             ctl::SHARE => Control::Share {
+                token: f.u64("pool token")?,
                 id: f.u64("shared value")?,
+                kind: f.u8("kind")?,
                 len: f.u64("length")?,
                 hash: f.u64("hash")?,
             },
@@ -598,7 +614,9 @@ mod tests {
             },
             Control::Spawned { slot: 1, pid: 9 },
             Control::Share {
+                token: 9,
                 id: 3,
+                kind: 2,
                 len: 1 << 40,
                 hash: u64::MAX,
             },

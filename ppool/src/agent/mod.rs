@@ -40,6 +40,7 @@ mod workers;
 use crate::error::ExitCause;
 use crate::mux::{self, AgentHello, AgentReady, CONTROL, Control};
 use crate::protocol::FrameError;
+use crate::share::HostValues;
 use crate::sync::lock;
 use crate::transport::{LaunchConfig, Peer, Transport};
 use start::Starters;
@@ -79,6 +80,8 @@ pub(crate) fn run() -> ! {
     crate::worker::bootstrap::remove_var_before_threads(AGENT_ENV);
     // A pool that went away is an EPIPE on a write.
     crate::worker::bootstrap::ignore_sigpipe();
+    // A file size limit fails a shared value it cannot store, not the agent.
+    crate::worker::bootstrap::ignore_sigxfsz();
     if let Some(why) = merged_streams() {
         // Said on the merged stream, before the preamble: the pool quotes it as it gives up.
         eprintln!("ppool host agent: {why}");
@@ -163,6 +166,9 @@ pub(crate) fn run() -> ! {
         config,
     });
     let starters: Arc<Starters> = Arc::default();
+    // The pool's shared values, held here for the host's workers (they find them in this
+    // process's descriptors).
+    let mut values = HostValues::default();
     loop {
         let channel = match mux::read_message(&mut input, &mut body, host.config.max_frame) {
             Ok(channel) => channel,
@@ -199,8 +205,18 @@ pub(crate) fn run() -> ! {
                 }
             }
             Ok(Control::Pong(_)) => {}
+            Ok(Control::Share {
+                token,
+                id,
+                kind,
+                len,
+                hash,
+            }) => values.begin(token, id, kind, len, hash),
+            Ok(Control::SharePart { id, offset, data }) => values.part(id, offset, data),
+            Ok(Control::Forget { id }) => values.forget(id),
             Ok(other) => {
-                eprintln!("ppool host agent: ignoring an unexpected {other:?}");
+                let what: String = format!("{other:?}").chars().take(200).collect();
+                eprintln!("ppool host agent: ignoring an unexpected {what}");
             }
             Err(e) => {
                 eprintln!("ppool host agent: {e}; ending its workers");

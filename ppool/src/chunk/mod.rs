@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::outcome;
 use crate::progress_bar::Bar;
 use crate::protocol::{self, FrameBuf, TasksHeader};
+use crate::share::Stored;
 use crate::supervisor::{Core, Deliver, Delivery, Job, Split};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -29,6 +30,8 @@ pub(crate) struct ChunkEncoder {
     count: u32,
     /// The largest frame body allowed.
     max: usize,
+    /// The shared values its tasks name.
+    needs: Vec<Arc<Stored>>,
 }
 
 impl ChunkEncoder {
@@ -39,6 +42,7 @@ impl ChunkEncoder {
             frame,
             count: 0,
             max,
+            needs: Vec::new(),
         }
     }
 
@@ -48,16 +52,17 @@ impl ChunkEncoder {
     /// and the chunk is unchanged.
     pub(crate) fn push<F: Entry>(&mut self, args: &F::Args) -> Result<Option<ChunkEncoder>> {
         let at = self.frame.len();
-        self.frame
-            .block(|out| crate::entry::encode_into(args, out))
-            .map_err(|message| Error::Codec {
-                entry: F::NAME.to_string(),
-                action: "encode the arguments",
-                message,
-            })?;
+        let (encoded, named) =
+            crate::share::collect(|| self.frame.block(|out| crate::entry::encode_into(args, out)));
+        encoded.map_err(|message| Error::Codec {
+            entry: F::NAME.to_string(),
+            action: "encode the arguments",
+            message,
+        })?;
         let body = self.frame.len() - 4;
         if body <= self.max {
             self.count += 1;
+            add_needs(&mut self.needs, named);
             return Ok(None);
         }
         let task = at..self.frame.len();
@@ -73,6 +78,7 @@ impl ChunkEncoder {
         let mut next = ChunkEncoder::new(self.max);
         next.frame.append_raw(&self.frame.as_bytes()[task]);
         next.count = 1;
+        next.needs = named;
         self.frame.truncate(at);
         Ok(Some(std::mem::replace(self, next)))
     }
@@ -94,6 +100,7 @@ impl ChunkEncoder {
             attempts: 0,
             bounces: 0,
             split: None,
+            needs: self.needs,
         }
     }
 
@@ -118,6 +125,15 @@ impl ChunkEncoder {
         });
         job.split = Some(split);
         job
+    }
+}
+
+/// Adds the shared values one task names to those of its chunk, each once.
+fn add_needs(needs: &mut Vec<Arc<Stored>>, named: Vec<Arc<Stored>>) {
+    for stored in named {
+        if !needs.iter().any(|n| Arc::ptr_eq(n, &stored)) {
+            needs.push(stored);
+        }
     }
 }
 

@@ -13,10 +13,12 @@ use crate::insights::Insights;
 use crate::outcome;
 use crate::progress_bar::{self, Bar};
 use crate::protocol;
+use crate::share::{Shared, SharedBytes};
 use crate::stream::{Map, StreamSource};
 use crate::supervisor::{Core, Deliver, Delivery};
 use crate::task::{OneShot, Task};
 pub use builder::Builder;
+use serde::Serialize;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
@@ -437,6 +439,61 @@ impl<F: Entry> ProcessPool<F> {
         self.core.insights()
     }
 
+    /// Shares `value` with the pool's workers: it is encoded once, into memory that every
+    /// worker of a host maps read-only, and a task names it by the returned handle, a small
+    /// reference, instead of carrying it. A remote host is sent its bytes once, when the
+    /// first task that names it goes there. The value is freed everywhere once the last
+    /// clone of the handle is dropped and no task that names it is queued or running.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool, Shared};
+    /// #[pool_entry]
+    /// fn nth(table: Shared<Vec<u64>>, i: usize) -> u64 {
+    ///     table[i] // decoded once per worker, then kept
+    /// }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<nth>::new(2)?;
+    /// let table = pool.share((0..1_000u64).map(|x| x * x).collect::<Vec<_>>())?;
+    /// let got = pool.batch((0..10).map(|i| (table.clone(), i))).wait()?;
+    /// assert_eq!(got[9], 81);
+    /// # Ok(()) } }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Share`] when the value's `Serialize` fails, or when there is not enough
+    /// memory for it here (checked before storing it) or memfds are refused; [`Error::Closed`]
+    /// or [`Error::NotStarted`] when the pool cannot take tasks.
+    pub fn share<T>(&self, value: T) -> Result<Shared<T>>
+    where
+        T: Serialize + Send + Sync + 'static,
+    {
+        self.view::<F>().share(value)
+    }
+
+    /// Shares `bytes` with the pool's workers as they are, like [`share`](Self::share): a
+    /// task's [`SharedBytes`] dereferences to them in a read-only mapping, never copied.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool, SharedBytes};
+    /// #[pool_entry]
+    /// fn count(text: SharedBytes, byte: u8) -> usize {
+    ///     text.iter().filter(|&&b| b == byte).count()
+    /// }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<count>::new(2)?;
+    /// let text = pool.share_bytes(b"one\ntwo\nthree\n".to_vec())?;
+    /// assert_eq!(pool.call((text.clone(), b'\n'))?, 3);
+    /// # Ok(()) } }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As for [`share`](Self::share).
+    pub fn share_bytes(&self, bytes: Vec<u8>) -> Result<SharedBytes> {
+        self.view::<F>().share_bytes(bytes)
+    }
+
     /// What the worker-exit hook `E` (see [`Builder::worker_exit`]) returned in each worker
     /// that exited gracefully so far (at [`join`](Self::join) or when recycled). Workers that
     /// were killed or died do not run it.
@@ -591,6 +648,27 @@ impl<G: Entry> std::fmt::Debug for EntryView<'_, G> {
 }
 
 impl<'p, G: Entry> EntryView<'p, G> {
+    /// [`ProcessPool::share`], from a view.
+    ///
+    /// # Errors
+    ///
+    /// As for [`ProcessPool::share`].
+    pub fn share<T>(&self, value: T) -> Result<Shared<T>>
+    where
+        T: Serialize + Send + Sync + 'static,
+    {
+        self.core.store()?.share(value).map_err(Error::share)
+    }
+
+    /// [`ProcessPool::share_bytes`], from a view.
+    ///
+    /// # Errors
+    ///
+    /// As for [`ProcessPool::share`].
+    pub fn share_bytes(&self, bytes: Vec<u8>) -> Result<SharedBytes> {
+        self.core.store()?.share_bytes(bytes).map_err(Error::share)
+    }
+
     /// Runs one task and waits for its result. Call it from many threads at once to use every
     /// worker; a call made when a worker is idle drives that worker from the calling thread.
     ///

@@ -14,7 +14,7 @@ use crate::shm::Sealed;
 
 /// A value shared once with a pool's workers, instead of being sent with every task.
 ///
-/// ```ignore
+/// ```
 /// use ppool::{pool_entry, ProcessPool, Shared};
 ///
 /// #[derive(serde::Serialize, serde::Deserialize)]
@@ -31,11 +31,11 @@ use crate::shm::Sealed;
 /// ppool::main! {
 ///     fn main() -> Result<(), ppool::Error> {
 ///         let pool = ProcessPool::<score>::new(-1)?;
-///         let model: Shared<Model> = pool.share(Model { weights: vec![0.5; 1 << 20] })?;
-///         let rows = (0..100).map(|i| vec![i as f32; 1 << 20]);
+///         let model: Shared<Model> = pool.share(Model { weights: vec![0.5; 1 << 10] })?;
+///         let rows = (0..100).map(|i| vec![i as f32; 1 << 10]);
 ///         let scores = pool.batch(rows.map(|r| (model.clone(), r))).wait()?;
 ///         assert_eq!(scores.len(), 100);
-///         assert_eq!(model.weights.len(), 1 << 20); // readable here too
+///         assert_eq!(model.weights.len(), 1 << 10); // readable here too
 ///         pool.join()
 ///     }
 /// }
@@ -71,11 +71,13 @@ impl<T> Shared<T> {
     }
 
     /// What travels in place of the value.
+    #[cfg(test)]
     pub(crate) fn reference(&self) -> Reference {
         self.reference
     }
 
     /// The stored value, in the process that shared it.
+    #[cfg(test)]
     pub(crate) fn stored(&self) -> Option<&Arc<Stored>> {
         self.stored.as_ref()
     }
@@ -143,7 +145,7 @@ where
 
 /// Bytes shared once with a pool's workers, read in place from read-only shared memory.
 ///
-/// ```ignore
+/// ```
 /// use ppool::{pool_entry, ProcessPool, SharedBytes};
 ///
 /// #[pool_entry]
@@ -196,11 +198,13 @@ impl SharedBytes {
     }
 
     /// What travels in place of the bytes.
+    #[cfg(test)]
     pub(crate) fn reference(&self) -> Reference {
         self.reference
     }
 
     /// The stored value, in the process that shared it.
+    #[cfg(test)]
     pub(crate) fn stored(&self) -> Option<&Arc<Stored>> {
         match &self.bytes {
             Bytes::Stored(stored) => Some(stored),

@@ -7,9 +7,12 @@
 //! pieces (the agent receives a value in chunks), and give the same answer on every host and
 //! in every version: XXH3 is specified, and its 64-bit output is frozen.
 
-use xxhash_rust::xxh3::{Xxh3Default, xxh3_64};
+use xxhash_rust::xxh3::Xxh3Default;
+#[cfg(test)]
+use xxhash_rust::xxh3::xxh3_64;
 
 /// The hash of `bytes`, whole.
+#[cfg(test)]
 pub(crate) fn hash(bytes: &[u8]) -> u64 {
     xxh3_64(bytes)
 }

@@ -30,21 +30,21 @@
 //!   first, then the bytes in pieces, then the hash), keeps the resulting [`Stored`] (made
 //!   with [`Stored::from_sealed`]) open until told to drop it.
 
-// The pool calls this module's crate-visible items once it is wired to it (the supervisor,
-// the protocol, the worker and the host agent); until then only the tests do.
-#![cfg_attr(not(test), allow(dead_code, unused_imports))]
-
 mod handles;
 pub(crate) mod hash;
+mod host;
 mod reference;
 mod resolve;
 pub(crate) mod room;
 mod store;
 
-pub(crate) use crate::shm::SealedWriter;
 pub use handles::{Shared, SharedBytes};
+pub(crate) use host::HostValues;
+#[cfg(test)]
 pub(crate) use reference::Reference;
-pub(crate) use resolve::{Resolver, forget, install, scoped};
+#[cfg(test)]
+pub(crate) use resolve::forget;
+pub(crate) use resolve::{Resolver, install, scoped, sweep};
 pub(crate) use store::{ReleaseHook, ShareError, Store, Stored, collect};
 
 #[cfg(test)]

@@ -59,6 +59,9 @@ pub(crate) struct Resolver {
     /// Where in the owner's descriptors the last search saw values not looked for yet: the
     /// name of the entry in `/proc/<owner>/fd`, by id. Only a hint: it is checked before use.
     hints: Mutex<HashMap<u64, OsString>>,
+    /// Where the values this worker opened were found in the owner's descriptors: what
+    /// [`sweep`](Resolver::sweep) looks at to learn that the pool freed one.
+    located: Mutex<HashMap<u64, PathBuf>>,
 }
 
 #[derive(Debug, Default)]
@@ -77,6 +80,7 @@ impl Resolver {
             token,
             cache: Mutex::new(Cache::default()),
             hints: Mutex::new(HashMap::new()),
+            located: Mutex::new(HashMap::new()),
         }
     }
 
@@ -156,8 +160,39 @@ impl Resolver {
         let path = self.find(reference.id)?;
         let sealed = Sealed::open(&path)
             .map_err(|e| format!("cannot map shared value #{}: {e}", reference.id))?;
+        if sealed.header().kind == Kind::Failed && sealed.header().token == self.token {
+            return Err(format!(
+                "the host could not store shared value #{}: {}",
+                reference.id,
+                String::from_utf8_lossy(sealed.bytes())
+            ));
+        }
         sealed.header().expect(&expected)?;
+        self.located
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(reference.id, path);
         Ok(sealed)
+    }
+
+    /// Forgets every value whose memfd the owner no longer holds: the pool freed it (a
+    /// host's agent closes its memfd when told to; the supervisor, when the last handle and
+    /// job naming it are gone). One `readlink` per value this worker opened. Handles still
+    /// held keep what they point to.
+    pub(crate) fn sweep(&self) {
+        let located: Vec<(u64, PathBuf)> = self
+            .located
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(id, path)| (*id, path.clone()))
+            .collect();
+        for (id, path) in located {
+            let want = memfd_link(self.token, id);
+            if !std::fs::read_link(&path).is_ok_and(|link| link.as_os_str() == want.as_str()) {
+                self.forget(id);
+            }
+        }
     }
 
     /// The bytes that `reference` names, mapped once per resolver.
@@ -252,11 +287,16 @@ impl Resolver {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
+        self.located
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
     }
 
     /// Says that value `id` is (probably) at descriptor `fd` of the owner, so that its first
     /// lookup reads one link instead of all of them (optional: for a pool that tells its
     /// workers where a new value is; a wrong hint only costs the search).
+    #[cfg(test)]
     pub(crate) fn hint(&self, id: u64, fd: u32) {
         self.hints
             .lock()
@@ -299,6 +339,7 @@ pub(crate) fn install(owner: u32, token: u64) {
 }
 
 /// Drops what the installed resolver holds of value `id`, when the pool freed it.
+#[cfg(test)]
 pub(crate) fn forget(id: u64) {
     if let Some(resolver) = INSTALLED
         .read()
@@ -306,6 +347,17 @@ pub(crate) fn forget(id: u64) {
         .as_ref()
     {
         resolver.forget(id);
+    }
+}
+
+/// Forgets the values the pool freed, in the installed resolver (see [`Resolver::sweep`]).
+pub(crate) fn sweep() {
+    let installed = INSTALLED
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    if let Some(resolver) = installed {
+        resolver.sweep();
     }
 }
 

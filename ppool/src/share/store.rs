@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::io;
+#[cfg(test)]
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,6 +50,7 @@ impl Store {
     }
 
     /// The pool's token, in the name and the header of every memfd of this store.
+    #[cfg(test)]
     pub(crate) fn token(&self) -> u64 {
         self.token
     }
@@ -164,6 +166,7 @@ impl Stored {
     }
 
     /// The memfd.
+    #[cfg(test)]
     pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
         self.sealed.fd()
     }

@@ -1,5 +1,6 @@
 use super::*;
 use crate::codec::{decode, encode_into};
+use crate::shm::SealedWriter;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -92,20 +92,25 @@ pub(crate) enum Kind {
     Value,
     /// Raw bytes (`SharedBytes`).
     Bytes,
+    /// In place of a value that its host could not store: why, as text, for the workers
+    /// that look for it.
+    Failed,
 }
 
 impl Kind {
-    fn code(self) -> u64 {
+    pub(crate) fn code(self) -> u64 {
         match self {
             Kind::Value => 1,
             Kind::Bytes => 2,
+            Kind::Failed => 3,
         }
     }
 
-    fn from_code(code: u64) -> Option<Kind> {
+    pub(crate) fn from_code(code: u64) -> Option<Kind> {
         match code {
             1 => Some(Kind::Value),
             2 => Some(Kind::Bytes),
+            3 => Some(Kind::Failed),
             _ => None,
         }
     }
@@ -116,6 +121,7 @@ impl fmt::Display for Kind {
         f.write_str(match self {
             Kind::Value => "an encoded value",
             Kind::Bytes => "bytes",
+            Kind::Failed => "a value its host could not store",
         })
     }
 }
@@ -419,6 +425,11 @@ impl SealedWriter {
     }
 
     /// The payload bytes still expected.
+    /// How many bytes of the payload were written.
+    pub(crate) fn written(&self) -> u64 {
+        self.written
+    }
+
     pub(crate) fn remaining(&self) -> u64 {
         self.header.len - self.written
     }
@@ -480,7 +491,9 @@ pub(crate) struct Sealed {
     header: Header,
     /// The payload's mapping; `None` for an empty payload (nothing to map).
     map: Option<ReadOnly>,
-    /// The descriptor, kept by the process that other processes find the value in.
+    /// The descriptor, kept by the process that other processes find the value in: held
+    /// open for them, read only by the tests.
+    #[cfg_attr(not(test), allow(dead_code))]
     fd: Option<OwnedFd>,
 }
 
@@ -559,6 +572,7 @@ impl Sealed {
     }
 
     /// The descriptor, if kept.
+    #[cfg(test)]
     pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
         self.fd.as_ref().map(AsFd::as_fd)
     }

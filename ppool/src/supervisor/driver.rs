@@ -190,7 +190,14 @@ impl Book {
                 self.next = self.take_more(shared);
             }
         }
+        // The shared values the new jobs name go first, to a host that lacks them.
+        let provided = self
+            .sent
+            .range(unsent..)
+            .filter(|s| !s.job.needs.is_empty())
+            .try_for_each(|s| conn.link.provide(&s.job.needs));
         let written = match self.sent.len() - unsent {
+            _ if provided.is_err() => provided,
             0 => Ok(()),
             // The common case of a blocking call: no list to build.
             1 => self
@@ -276,9 +283,12 @@ impl Book {
             &gathered.raw
         };
         let results = Results::from_parts(count, end.busy_nanos, end.max_task_nanos, raw);
-        let Some(done) = self.sent.pop_front() else {
+        let Some(mut done) = self.sent.pop_front() else {
             return Ok(true);
         };
+        // The shared values it named are let go of before its caller hears of it, so that a
+        // value whose last handle the caller then drops is freed at once.
+        drop(std::mem::take(&mut done.job.needs));
         if shared.watchdog || done.job.cancel_kills {
             shared.watch.disarm(i);
         }
@@ -598,6 +608,7 @@ fn apply_fate(
         cancel_kills,
         entry,
         attempts,
+        needs,
         ..
     } = job;
     deliver.disarm();
@@ -626,6 +637,7 @@ fn apply_fate(
             attempts: attempts + u32::from(ran_it),
             bounces: 0,
             split: None,
+            needs: needs.clone(),
         });
     }
 }

@@ -92,6 +92,9 @@ pub(crate) struct Job {
     pub(crate) bounces: u32,
     /// For a job of several tasks: how to run them one by one instead.
     pub(crate) split: Option<Split>,
+    /// The shared values its arguments name: kept alive while it is queued or running, and
+    /// sent to a remote host that lacks them before it.
+    pub(crate) needs: Vec<Arc<crate::share::Stored>>,
 }
 
 impl std::fmt::Debug for Job {

@@ -87,6 +87,8 @@ pub(crate) struct Core {
     /// Held while the threads are joined.
     joining: Mutex<()>,
     callbacks: Arc<Callbacks>,
+    /// The pool's shared values.
+    store: crate::share::Store,
 }
 
 impl std::fmt::Debug for Core {
@@ -101,12 +103,31 @@ impl Core {
     pub(crate) fn new(spec: WorkerSpec, settings: Settings, launch: Box<dyn Launch>) -> Self {
         let shared = Arc::new_cyclic(|me| Inner::new(me.clone(), spec, settings, launch));
         let callbacks = Callbacks::new(&shared.spec.pool);
+        // A value freed is forgotten by the hosts it was sent to; local workers find its memfd
+        // gone from this process.
+        let weak = Arc::downgrade(&shared);
+        let release: crate::share::ReleaseHook = Arc::new(move |id| {
+            if let Some(shared) = weak.upgrade() {
+                shared.launch.forget(id);
+            }
+        });
+        let store = crate::share::Store::new(shared.spec.token, release);
         Core {
+            store,
             shared,
             threads: Mutex::new(Vec::new()),
             watchdog: Mutex::new(None),
             joining: Mutex::new(()),
             callbacks,
+        }
+    }
+
+    /// The pool's store of shared values, while it can take tasks that use them.
+    pub(crate) fn store(&self) -> Result<&crate::share::Store, Error> {
+        let st = self.shared.state();
+        match refusal(&self.shared, &st) {
+            Some(error) => Err(error),
+            None => Ok(&self.store),
         }
     }
 
@@ -270,6 +291,19 @@ impl Core {
 
     /// Locks the state for a new job, or fails the job at once if the pool cannot run it.
     fn admit(&self, job: Job) -> Option<(MutexGuard<'_, State>, Job)> {
+        let token = self.shared.spec.token;
+        if let Some(foreign) = job.needs.iter().find(|n| n.token() != token) {
+            let error = Error::Share {
+                message: format!(
+                    "a task names shared value #{} of another pool: a value shared by one \
+                     pool can only be used in that pool's tasks",
+                    foreign.id()
+                ),
+                source: None,
+            };
+            job.deliver.send(Err(error));
+            return None;
+        }
         let st = self.shared.state();
         match refusal(&self.shared, &st) {
             None => Some((st, job)),

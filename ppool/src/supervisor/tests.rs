@@ -310,6 +310,7 @@ fn job(tasks: &[&str], tx: &mpsc::Sender<(Vec<String>, Got)>) -> Job {
         attempts: 0,
         bounces: 0,
         split: (tasks.len() > 1).then_some(split),
+        needs: Vec::new(),
     }
 }
 

@@ -81,6 +81,13 @@ pub(crate) trait Link: Send + Debug {
     fn is_evented(&self) -> bool {
         false
     }
+
+    /// Makes sure the worker can find `needs`, the shared values of the jobs about to be
+    /// sent: a remote host is sent those it lacks, ahead of the jobs; a local worker finds
+    /// them in the supervisor's own descriptors.
+    fn provide(&mut self, _needs: &[Arc<crate::share::Stored>]) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Where an evented link hands what comes for its worker (see [`Link::deliver_to`]).
@@ -204,6 +211,9 @@ pub(crate) trait Launch: Send + Sync + Debug {
     fn host(&self, _index: usize) -> String {
         "localhost".to_string()
     }
+
+    /// Tells the hosts that were sent shared value `id` that the pool freed it.
+    fn forget(&self, _id: u64) {}
 
     /// Ends what the launcher keeps beside its workers (remote hosts' agents), once every
     /// worker was stopped; returns when it has ended. A worker started later starts it anew.

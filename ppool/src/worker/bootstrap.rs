@@ -199,6 +199,14 @@ pub(crate) fn ignore_sigpipe() {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 }
 
+/// Sets the disposition of `SIGXFSZ` to "ignore" for the whole process: for a host agent,
+/// whose shared values are files in memory, so that a file size limit (`ulimit -f`) makes
+/// storing one an `EFBIG` error for the tasks that need it, not the agent's death.
+pub(crate) fn ignore_sigxfsz() {
+    // SAFETY: sets a disposition, no handler: no code of ours runs in signal context.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+}
+
 /// Removes `name` from the environment. Only for the first thing a worker or host agent does
 /// in `main` (or in the worker test of a test binary), before it starts any thread.
 pub(crate) fn remove_var_before_threads(name: &str) {
@@ -206,6 +214,9 @@ pub(crate) fn remove_var_before_threads(name: &str) {
     // could read or write the environment meanwhile.
     unsafe { std::env::remove_var(name) };
 }
+
+/// How often a worker looks for shared values the pool freed.
+const SWEEP_EVERY: Duration = Duration::from_millis(500);
 
 /// Watches, on its own thread, that the greeting comes in time and that the supervisor (this
 /// process's parent) lives.
@@ -215,8 +226,14 @@ pub(crate) fn spawn_guard(greeted: &'static AtomicBool) {
     let spawned = std::thread::Builder::new()
         .name("ppool-guard".into())
         .spawn(move || {
+            let mut swept = Instant::now();
             loop {
                 std::thread::sleep(PARENT_POLL);
+                if swept.elapsed() >= SWEEP_EVERY {
+                    // Shared values the pool freed are let go of here too.
+                    crate::share::sweep();
+                    swept = Instant::now();
+                }
                 if rustix::process::getppid() != parent {
                     // The supervisor is gone: nobody wants our results.
                     std::process::exit(0);

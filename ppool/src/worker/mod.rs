@@ -15,6 +15,7 @@ use bootstrap::{ChannelDesc, Opened};
 use channel::{Channel, PipeChannel, ShmChannel};
 use exec::{Publish, WORKER, WorkerInfo};
 use std::io::Write;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The largest frame accepted before a pool's greeting: enough for any HELLO.
@@ -45,6 +46,9 @@ pub(crate) struct Session {
     in_process: Option<(usize, &'static str)>,
     /// The subscriber that forwards entries' `tracing` events, until it is made global.
     capture: Option<tracing::Dispatch>,
+    /// For the in-process transport: where its tasks find shared values (a worker process
+    /// installs its resolver process-wide).
+    resolver: Option<Arc<crate::share::Resolver>>,
 }
 
 impl Session {
@@ -57,6 +61,7 @@ impl Session {
             out: FrameBuf::default(),
             in_process: None,
             capture: None,
+            resolver: None,
         }
     }
 
@@ -90,7 +95,7 @@ impl Session {
                         .ok_or_else(|| format!("no entry at index {index} in this binary"))?,
                 };
                 let (out, max) = (&mut self.out, self.max_frame);
-                as_worker(self.in_process, || {
+                as_worker(self.in_process, self.resolver.as_ref(), || {
                     exec::run_tasks(record, tasks, out, max, publish)
                 })
                 .map_err(|e| e.to_string())?;
@@ -99,7 +104,9 @@ impl Session {
             Some(kind::INIT) => {
                 let out = &mut self.out;
                 let in_process = self.in_process;
-                let mut run = move || as_worker(in_process, || exec::run_init(body, out));
+                let resolver = self.resolver.clone();
+                let mut run =
+                    move || as_worker(in_process, resolver.as_ref(), || exec::run_init(body, out));
                 match &self.capture {
                     Some(capture) => tracing::dispatcher::with_default(capture, run),
                     None => run(),
@@ -126,7 +133,9 @@ impl Session {
                 };
                 let (out, max) = (&mut self.out, self.max_frame);
                 protocol::start_exited(out);
-                as_worker(self.in_process, || exec::run_one(hook, args, out, max));
+                as_worker(self.in_process, self.resolver.as_ref(), || {
+                    exec::run_one(hook, args, out, max)
+                });
                 Ok(Step::Exit { answer: true })
             }
             Some(k) => Err(format!("unexpected message kind {k}")),
@@ -156,7 +165,18 @@ impl Session {
                     ));
                 }
                 let record = entry::find(hello.entry).map_err(|e| e.to_string())?;
-                if self.in_process.is_none() {
+                if self.in_process.is_some() {
+                    // Served in the supervisor's process: its values are its own memfds.
+                    self.resolver = Some(Arc::new(crate::share::Resolver::new(
+                        std::process::id(),
+                        hello.token,
+                    )));
+                } else {
+                    // The process that started it holds the pool's values open: the
+                    // supervisor, or its host's agent.
+                    let owner = rustix::process::getppid()
+                        .map_or(0, |pid| pid.as_raw_nonzero().get() as u32);
+                    crate::share::install(owner, hello.token);
                     let _ = WORKER.set(WorkerInfo {
                         index: hello.worker as usize,
                         pool: hello.pool.to_string(),
@@ -200,10 +220,17 @@ impl Session {
 }
 
 /// Runs `f` as worker code: as the in-process worker `who` stands for, if any.
-fn as_worker<R>(who: Option<(usize, &'static str)>, f: impl FnOnce() -> R) -> R {
-    match who {
-        Some((index, pool)) => exec::as_in_process(index, pool, f),
-        None => f(),
+fn as_worker<R>(
+    who: Option<(usize, &'static str)>,
+    resolver: Option<&Arc<crate::share::Resolver>>,
+    f: impl FnOnce() -> R,
+) -> R {
+    match (who, resolver) {
+        (Some((index, pool)), Some(resolver)) => {
+            crate::share::scoped(resolver, || exec::as_in_process(index, pool, f))
+        }
+        (Some((index, pool)), None) => exec::as_in_process(index, pool, f),
+        (None, _) => f(),
     }
 }
 

@@ -64,6 +64,10 @@ pub(super) struct Conn {
     last_heard: AtomicU64,
     next_slot: AtomicU32,
     pub(super) host_timeout: Duration,
+    /// The shared values this host was sent (see `share`), by id; held while one is sent.
+    pub(super) provided: Mutex<std::collections::HashSet<u64>>,
+    /// The largest message the agent takes.
+    pub(super) max_message: usize,
 }
 
 #[derive(Debug, Default)]
@@ -157,6 +161,7 @@ impl Host {
             outbox,
             child,
             host_timeout,
+            mux::host_message_limit(config.max_frame),
         ));
         // From here on, dropping `host` ends the launcher.
         let host = Host {
@@ -389,8 +394,11 @@ impl Conn {
         outbox: Arc<Outbox>,
         launcher: Child,
         host_timeout: Duration,
+        max_message: usize,
     ) -> Conn {
         Conn {
+            provided: Mutex::new(std::collections::HashSet::new()),
+            max_message,
             name: name.to_string(),
             via,
             outbox,

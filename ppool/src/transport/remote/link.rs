@@ -134,6 +134,11 @@ impl Link for RemoteLink {
     fn is_evented(&self) -> bool {
         true
     }
+
+    fn provide(&mut self, needs: &[Arc<crate::share::Stored>]) -> io::Result<()> {
+        super::share::provide(&self.conn, needs)
+            .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()))
+    }
 }
 
 /// The process of a worker on a host, as its agent reports it.

@@ -5,7 +5,8 @@
 //! - `host`: one host's agent and connection: start, reader, heartbeat, losing it;
 //! - `outbox`: the writing half of a host's stream, where no thread waits behind another;
 //! - `link`: one worker on a host, as a link and a peer;
-//! - `command`: the command lines that reach a host, and copying the program there.
+//! - `command`: the command lines that reach a host, and copying the program there;
+//! - `share`: shared values, sent to a host once and forgotten there when freed.
 //!
 //! This file keeps the hosts of a pool: which host a worker is on, starting an agent when a
 //! worker needs one (again after a host was lost), setting aside a host that failed to start
@@ -15,6 +16,7 @@ mod command;
 mod host;
 mod link;
 mod outbox;
+mod share;
 
 use super::{Launch, LaunchConfig, Worker};
 use crate::error::Error;
@@ -89,6 +91,16 @@ impl Remotes {
 
     /// Ends every host's agent, together, and reaps their launchers (see `host::stop_all`).
     /// A worker started later gets a new agent.
+    /// Tells every host that was sent shared value `id` to let it go.
+    pub(crate) fn forget(&self, id: u64) {
+        for entry in &self.hosts {
+            let host = lock(&entry.agent).clone();
+            if let Some(host) = host {
+                share::forget(&host.conn, id);
+            }
+        }
+    }
+
     pub(crate) fn close(&self) {
         let hosts: Vec<Arc<Host>> = self
             .hosts
@@ -264,6 +276,10 @@ impl Launch for Mixed {
 
     fn is_local(&self, index: usize) -> bool {
         index < self.local_workers
+    }
+
+    fn forget(&self, id: u64) {
+        self.remote.forget(id);
     }
 
     fn host(&self, index: usize) -> String {

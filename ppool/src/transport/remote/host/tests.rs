@@ -34,6 +34,7 @@ fn scripted_as(
         outbox,
         launcher,
         host_timeout,
+        1 << 20,
     ));
     let (from_agent_r, from_agent_w) = std::io::pipe().expect("pipe");
     let (ready_tx, _ready_rx) = mpsc::channel();

@@ -1,0 +1,347 @@
+//! Shared inputs with real worker processes: a value decoded once per worker, bytes read in
+//! place from a read-only mapping, a value freed everywhere after its last handle, a forged
+//! reference, a worker killed while it holds a value, another pool's value, and `share`
+//! after `shutdown`. The remote half (a host sent a value once, a host that cannot store it)
+//! uses command-prefix hosts, so nothing here needs root.
+
+use ppool::{Error, ProcessPool, Remote, Shared, SharedBytes, pool_entry};
+use serde::{Deserialize, Deserializer, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+ppool::test_support!();
+
+/// Whether `done` holds within `limit`, looking every 20 ms.
+fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
+/// How many times this process decoded a [`Counted`].
+static DECODES: AtomicU64 = AtomicU64::new(0);
+
+/// A value whose `Deserialize` counts.
+#[derive(Serialize, Debug)]
+struct Counted(Vec<u64>);
+
+impl<'de> Deserialize<'de> for Counted {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        DECODES.fetch_add(1, Ordering::SeqCst);
+        Ok(Counted(Vec::deserialize(d)?))
+    }
+}
+
+/// This worker's pid, how many times it decoded a `Counted`, and the value's sum.
+#[pool_entry]
+fn decodes(table: Shared<Counted>, _i: u64) -> (u32, u64, u64) {
+    let sum = table.0.iter().sum();
+    (std::process::id(), DECODES.load(Ordering::SeqCst), sum)
+}
+
+#[test]
+fn a_shared_value_is_decoded_once_per_worker_across_two_thousand_tasks() {
+    let _deadline = ppool_tests::deadline();
+    let pool = ProcessPool::<decodes>::new(2).expect("pool");
+    let table = pool.share(Counted((0..10_000).collect())).expect("shared");
+    let got = pool
+        .batch((0..2_000).map(|i| (table.clone(), i)))
+        .wait()
+        .expect("batch");
+    assert_eq!(got.len(), 2_000);
+    let sum: u64 = (0..10_000).sum();
+    assert!(got.iter().all(|&(_, _, s)| s == sum));
+    let mut pids: Vec<u32> = got.iter().map(|&(pid, _, _)| pid).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    for pid in pids {
+        let most = got.iter().filter(|g| g.0 == pid).map(|g| g.1).max();
+        assert_eq!(most, Some(1), "worker {pid} decoded it more than once");
+    }
+    // The program that shared it reads it too, without decoding.
+    assert_eq!(table.0.len(), 10_000);
+    pool.join().expect("join");
+}
+
+/// The mapping that holds `bytes` in this worker, as `/proc/self/maps` says: its permissions
+/// and its path; and the bytes' sum.
+#[pool_entry]
+fn where_bytes(bytes: SharedBytes) -> (String, String, u64) {
+    let at = bytes.as_ptr() as usize;
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let line = maps.lines().find(|line| {
+        let range = line.split_whitespace().next().unwrap_or("");
+        let (lo, hi) = range.split_once('-').unwrap_or(("0", "0"));
+        let lo = usize::from_str_radix(lo, 16).unwrap_or(0);
+        let hi = usize::from_str_radix(hi, 16).unwrap_or(0);
+        (lo..hi).contains(&at)
+    });
+    let mut fields = line.unwrap_or("").split_whitespace();
+    let perms = fields.nth(1).unwrap_or("").to_string();
+    let path = fields.nth(3).unwrap_or("").to_string();
+    (perms, path, bytes.iter().map(|&b| u64::from(b)).sum())
+}
+
+#[test]
+fn shared_bytes_lie_in_a_read_only_shared_mapping_of_the_worker() {
+    let _deadline = ppool_tests::deadline();
+    let pool = ProcessPool::<where_bytes>::new(1).expect("pool");
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let sum: u64 = data.iter().map(|&b| u64::from(b)).sum();
+    let bytes = pool.share_bytes(data).expect("shared");
+    let (perms, path, got) = pool.call(bytes).expect("call");
+    assert_eq!(got, sum);
+    assert_eq!(perms, "r--s", "the mapping is read-only and shared: {path}");
+    assert!(path.contains("memfd:ppool-share"), "{path}");
+    pool.join().expect("join");
+}
+
+/// This worker's pid, once it has read `bytes`.
+#[pool_entry]
+fn read_it(bytes: SharedBytes, _i: u32) -> u32 {
+    assert!(bytes.len() > 1);
+    std::process::id()
+}
+
+/// Whether process `pid` maps the memfd named `name` (its `/proc/<pid>/maps` names it).
+fn maps_a_value(pid: u32, name: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|maps| maps.contains(name))
+}
+
+/// Whether process `pid` holds the memfd named `name` open.
+fn holds(pid: u32, name: &str) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+        fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|link| link.to_string_lossy().contains(name))
+        })
+    })
+}
+
+/// The memfd name of a shared value, as a worker maps it (other tests of this binary run
+/// pools of their own in this process).
+fn memfd_name(path: &str) -> String {
+    let name = path.trim_start_matches('/').to_string();
+    assert!(name.starts_with("memfd:ppool-share-"), "{path}");
+    name
+}
+
+#[test]
+fn a_value_is_freed_on_every_worker_after_its_last_clone_is_dropped() {
+    let _deadline = ppool_tests::deadline();
+    let pool = ProcessPool::<read_it>::new(2).expect("pool");
+    let bytes = pool.share_bytes(vec![7u8; 4 << 20]).expect("shared");
+    let (_, path, _) = pool
+        .entry::<where_bytes>()
+        .call(bytes.clone())
+        .expect("call");
+    let name = memfd_name(&path);
+    let mut pids: Vec<u32> = pool
+        .batch((0..200).map(|i| (bytes.clone(), i)))
+        .wait()
+        .expect("batch");
+    pids.sort_unstable();
+    pids.dedup();
+    assert!(pids.iter().all(|&pid| maps_a_value(pid, &name)), "{pids:?}");
+    let me = std::process::id();
+    assert!(holds(me, &name));
+    drop(bytes);
+    assert!(
+        !holds(me, &name),
+        "the supervisor let it go with its last handle"
+    );
+    let freed = eventually(Duration::from_secs(10), || {
+        !pids.iter().any(|&pid| maps_a_value(pid, &name))
+    });
+    assert!(freed, "workers still map it");
+    pool.join().expect("join");
+}
+
+/// Decodes a reference made of `(id, len, hash)` as a `SharedBytes` in this worker, as a
+/// forged task argument would be, and says what came of it.
+#[pool_entry]
+fn forge(id: u64, len: u64, hash: u64) -> Result<usize, String> {
+    let wire = postcard::to_allocvec(&(id, len, hash.to_le_bytes())).map_err(|e| e.to_string())?;
+    postcard::from_bytes::<SharedBytes>(&wire)
+        .map(|bytes| bytes.len())
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn a_forged_reference_fails_its_task_alone() {
+    let _deadline = ppool_tests::deadline();
+    let pool = ProcessPool::<forge>::new(1).expect("pool");
+    let real = pool.share_bytes(vec![1u8; 1000]).expect("shared");
+    let forged = pool.call((999, 1000, 42)).expect("the task runs");
+    assert!(forged.is_err(), "an id the pool never shared: {forged:?}");
+    // The real value's id with the wrong hash or length is refused too.
+    assert!(matches!(pool.call((1, 1000, 42)), Ok(Err(_))));
+    assert!(matches!(pool.call((1, 999, 42)), Ok(Err(_))));
+    assert_eq!(pool.entry::<read_it>().call((real, 0)).map(|_| ()), Ok(()));
+    pool.join().expect("join");
+}
+
+/// Reads `bytes` whole, then ends this worker if asked to.
+#[pool_entry]
+fn read_then_die(bytes: SharedBytes, die: bool) -> u64 {
+    let sum = bytes.iter().map(|&b| u64::from(b)).sum();
+    if die {
+        std::process::abort();
+    }
+    sum
+}
+
+#[test]
+fn a_worker_killed_while_it_holds_a_value_fails_its_task_alone() {
+    let _deadline = ppool_tests::deadline();
+    let pool = ProcessPool::<read_then_die>::new(2).expect("pool");
+    let bytes = pool.share_bytes(vec![1u8; 1 << 20]).expect("shared");
+    let results = pool
+        .batch((0..20).map(|i| (bytes.clone(), i == 7)))
+        .wait_all();
+    for (i, result) in results.iter().enumerate() {
+        if i == 7 {
+            assert!(
+                matches!(result, Err(Error::WorkerDied { .. })),
+                "{result:?}"
+            );
+        } else {
+            assert_eq!(
+                result.as_ref().ok(),
+                Some(&(1 << 20)),
+                "task {i}: {result:?}"
+            );
+        }
+    }
+    assert_eq!(pool.call((bytes, false)).ok(), Some(1 << 20));
+    pool.join().expect("join");
+}
+
+#[test]
+fn a_value_of_another_pool_and_share_after_shutdown_are_errors() {
+    let _deadline = ppool_tests::deadline();
+    let one = ProcessPool::<read_it>::new(1).expect("pool");
+    let other = ProcessPool::<read_it>::new(1).expect("pool");
+    let bytes = one.share_bytes(vec![1u8; 10]).expect("shared");
+    let refused = other.call((bytes.clone(), 0));
+    assert!(matches!(refused, Err(Error::Share { .. })), "{refused:?}");
+    assert!(one.call((bytes, 0)).is_ok());
+    one.shutdown();
+    assert!(matches!(one.share_bytes(vec![1]), Err(Error::Closed)));
+    assert!(matches!(one.share(1u64), Err(Error::Closed)));
+    other.join().expect("join");
+}
+
+/// The length of a shared value, on a remote host.
+#[pool_entry]
+fn length_there(bytes: SharedBytes, _i: u32) -> (usize, u32) {
+    (bytes.len(), std::process::id())
+}
+
+const TAG: &str = "PPOOL_SHARED_TAG";
+
+/// Bytes that process `pid` read (its `/proc/<pid>/io` `rchar`).
+fn bytes_read(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_host_is_sent_a_value_once_for_two_hundred_tasks_on_four_workers() {
+    let _deadline = ppool_tests::deadline();
+    let tag = "sent-once";
+    let pool = ProcessPool::<length_there>::builder()
+        .remote(Remote::command(ppool_tests::tagged_prefix(TAG, tag)).workers(4))
+        .build()
+        .expect("pool");
+    let me = std::process::id();
+    let agent = ppool_tests::processes_with_env(&ppool_tests::env_tag(TAG, tag))
+        .into_iter()
+        .find(|&(_, parent)| parent == me)
+        .map(|(pid, _)| pid)
+        .expect("its agent");
+    let before = bytes_read(agent);
+    let size = 64 << 20;
+    let bytes = pool.share_bytes(vec![3u8; size]).expect("shared");
+    let got = pool
+        .batch((0..200).map(|i| (bytes.clone(), i)))
+        .wait()
+        .expect("batch");
+    assert!(got.iter().all(|&(len, _)| len == size));
+    let mut workers: Vec<u32> = got.iter().map(|&(_, pid)| pid).collect();
+    workers.sort_unstable();
+    workers.dedup();
+    let read = bytes_read(agent) - before;
+    assert!(
+        read >= size as u64 && read < size as u64 * 21 / 20,
+        "the agent read {read} bytes for a value of {size} used by 200 tasks on {} workers",
+        workers.len()
+    );
+    // Freed: its agent lets go of it, and so do its workers.
+    let (_, path, _) = pool
+        .entry::<where_bytes>()
+        .call(bytes.clone())
+        .expect("call");
+    let name = memfd_name(&path);
+    assert!(holds(agent, &name));
+    drop(bytes);
+    let freed = eventually(Duration::from_secs(10), || {
+        !holds(agent, &name) && !workers.iter().any(|&pid| maps_a_value(pid, &name))
+    });
+    assert!(freed, "the host still holds it");
+    pool.join().expect("join");
+}
+
+#[test]
+fn a_host_that_cannot_store_a_value_fails_its_tasks_alone() {
+    let _deadline = ppool_tests::deadline();
+    // Files of at most 8 MiB on the first host (its workers' rings fit, the value does not): a
+    // memfd is a file.
+    let mut small = vec![
+        "sh".to_string(),
+        "-c".into(),
+        "ulimit -f 8192 && exec \"$0\" \"$@\"".into(),
+    ];
+    small.splice(0..0, ppool_tests::tagged_prefix(TAG, "small"));
+    let pool = ProcessPool::<length_there>::builder()
+        .remote(Remote::command(small).workers(1))
+        .remote(Remote::command(ppool_tests::tagged_prefix(TAG, "roomy")).workers(1))
+        .build()
+        .expect("pool");
+    let bytes = pool.share_bytes(vec![5u8; 16 << 20]).expect("shared");
+    let results = pool.batch((0..40).map(|i| (bytes.clone(), i))).wait_all();
+    let (mut ok, mut failed) = (0, 0);
+    for result in &results {
+        match result {
+            Ok((len, _)) => {
+                assert_eq!(*len, 16 << 20);
+                ok += 1;
+            }
+            Err(Error::Codec { message, .. }) => {
+                assert!(message.contains("could not store"), "{message}");
+                failed += 1;
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert!(ok > 0 && failed > 0, "{ok} ran, {failed} failed");
+    // Both hosts go on, values or not.
+    let small_only = pool.call((bytes, 0));
+    assert!(small_only.is_ok() || matches!(small_only, Err(Error::Codec { .. })));
+    assert_eq!(
+        pool.insights()
+            .workers
+            .iter()
+            .map(|w| w.restarts)
+            .sum::<u64>(),
+        0
+    );
+    pool.join().expect("join");
+}
