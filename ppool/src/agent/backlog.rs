@@ -21,10 +21,9 @@ use super::remote_budget;
 use crate::protocol::{TasksHeader, kind};
 use std::collections::VecDeque;
 
-/// The bytes of each worker's job ring: `transport::shm`'s `RING_BYTES`, private to that
-/// module, so repeated here. The two must agree: with a smaller ring there, a write this
-/// ledger allows could wait for room, and hold up the main thread.
-pub(super) const JOB_RING_BYTES: usize = 1 << 20;
+/// The bytes of each worker's job ring, as `transport::shm` makes it: the ledger's bound is
+/// derived from it, so that a write it allows never waits for room.
+pub(super) const JOB_RING_BYTES: usize = crate::transport::RING_BYTES;
 
 /// The largest piece of an item in one record of the ring: a quarter of it, less the tag
 /// (`shm::push_item`).

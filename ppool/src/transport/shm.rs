@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 /// Each ring's size. Items larger than a quarter of it cross in pieces, both sides copying
 /// at once; only the pages a ring has used count against anyone's memory.
-const RING_BYTES: usize = 1 << 20;
+pub(crate) const RING_BYTES: usize = 1 << 20;
 
 /// The longest a wait goes without looking whether the worker is still alive.
 const DEATH_CHECK: Duration = Duration::from_millis(5);

@@ -11,8 +11,9 @@ use std::io;
 use std::sync::{Arc, Condvar};
 use std::time::{Duration, Instant};
 
-/// What a host's worker may hold unanswered: what its shared-memory ring on the host takes.
-const BUDGET: usize = 256 << 10;
+/// What a host's worker may hold unanswered: derived from its shared-memory ring on the host
+/// (see `agent::remote_budget`).
+const BUDGET: usize = crate::agent::remote_budget();
 
 /// One worker on a host.
 #[derive(Debug)]
