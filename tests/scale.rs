@@ -52,6 +52,26 @@ fn a_thousand_workers_on_sixty_four_hosts() {
         threads <= 2 * hosts + 16,
         "{threads} threads for {hosts} hosts of {per} workers"
     );
+    // An agent forwards its workers' answers from one thread per group of workers, not one
+    // per worker.
+    let me = std::process::id();
+    for h in 0..hosts {
+        let agent = with_tag(&format!("big-{h}"))
+            .into_iter()
+            .find(|&(_, parent)| parent == me)
+            .map(|(pid, _)| pid)
+            .expect("an agent per host");
+        let names = thread_names(agent);
+        let forwarders = names
+            .iter()
+            .filter(|n| {
+                n.starts_with("ppool-forward")
+                    || n.strip_prefix("ppool-agent-")
+                        .is_some_and(|slot| slot.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .count();
+        assert_eq!(forwarders, 1, "agent {agent}: {names:?}");
+    }
     let started = Instant::now();
     let batch = pool.batch(0..20_000u64).wait().expect("a batch");
     println!("a batch of 20000 in {:?}", started.elapsed());
@@ -69,4 +89,17 @@ fn a_thousand_workers_on_sixty_four_hosts() {
     println!("joined in {:?}", started.elapsed());
     let left: usize = (0..64).map(|h| with_tag(&format!("big-{h}")).len()).sum();
     assert_eq!(left, 0, "processes left after join");
+}
+
+/// The names of process `pid`'s threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                .map(|name| name.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -2,7 +2,8 @@
 //! command prefix) with [`AGENT_ENV`] set. It talks to the pool over its stdin and stdout
 //! (see `mux`), and starts, feeds and watches the host's workers with the local
 //! shared-memory transport, so that crash detection, the progress word and stderr forwarding
-//! stay on the host.
+//! stay on the host. It holds the pool's shared values that the host was sent, in sealed
+//! memfds its workers map (`share::HostValues`).
 //!
 //! Threads, for a host of `n` workers:
 //! - the main thread reads the pool's messages. It hands each body to its worker straight
@@ -13,11 +14,10 @@
 //!   messages wait, answering each as soon as its worker runs, and end when none waits;
 //! - a writer thread per worker whose backlog holds something, until it is written out: none
 //!   while the pool keeps within [`remote_budget`];
-//! - one forwarder thread per worker (`forward`), which waits on its worker's result ring and
-//!   forwards its answers, and looks at the worker's pidfd every 100 ms while it is idle. It
-//!   is one per worker because the local transport's receiving half (`ShmRx`) only receives
-//!   by waiting on its own ring; fewer threads would need a receive that does not wait and a
-//!   wait on many rings at once;
+//! - one forwarder thread per group of up to 64 workers (`forward`), which takes what each
+//!   worker published without waiting for any, sleeps on all their result rings at once
+//!   (`futex_waitv`), and looks at their pidfds every 100 ms (one thread per worker where the
+//!   kernel has no `futex_waitv`);
 //! - the guard and the pinger (`watch`): the guard ends everything when the pool is gone
 //!   (stdin at its end, a new parent, or nothing from the pool for the host timeout), killing
 //!   the workers first; the pinger pings the pool when the stream to it is idle, so that a
@@ -164,6 +164,7 @@ pub(crate) fn run() -> ! {
         out,
         workers,
         config,
+        forwarders: forward::Forwarders::default(),
     });
     let starters: Arc<Starters> = Arc::default();
     // The pool's shared values, held here for the host's workers (they find them in this
@@ -234,6 +235,8 @@ struct Host {
     workers: Arc<Workers>,
     /// How its workers are started.
     config: LaunchConfig,
+    /// The threads that forward the workers' answers.
+    forwarders: forward::Forwarders,
 }
 
 /// Why the agent cannot use its stdout, when its launcher made its stderr the same pipe or

@@ -548,6 +548,30 @@ impl Consumer {
         })
     }
 
+    /// Prepares to sleep on this ring among others (`transport::shm::wait_any`): says that
+    /// the reader sleeps (invariant 6), and returns the data bell and the value it had before,
+    /// to wait on; `None` when a record may be read already (the reader stays awake). Every
+    /// `arm` that returned a bell is followed by [`disarm`](Self::disarm) once awake.
+    pub(crate) fn arm(&self) -> Option<(&AtomicU32, u32)> {
+        if self.head != self.tail {
+            return None;
+        }
+        let bell = self.ring.bell(DATA_BELL);
+        let rung = bell.load(Ordering::Acquire);
+        let sleeping = self.ring.bell(READER_SLEEPING);
+        sleeping.store(1, Ordering::SeqCst);
+        if self.ring.word(TAIL).load(Ordering::SeqCst) != self.head {
+            sleeping.store(0, Ordering::Relaxed);
+            return None;
+        }
+        Some((bell, rung))
+    }
+
+    /// The reader is awake again, after [`arm`](Self::arm).
+    pub(crate) fn disarm(&self) {
+        self.ring.bell(READER_SLEEPING).store(0, Ordering::Relaxed);
+    }
+
     /// Publishes how far it has read now, rather than at the next quarter ring or empty ring
     /// (invariant 6), and rings the producer if it sleeps.
     pub(crate) fn publish_head(&mut self) {

@@ -28,7 +28,7 @@ mod sigpipe;
 mod stderr;
 
 pub(crate) use process::ProcessPeer;
-pub(crate) use shm::{RING_BYTES, ShmRx, ShmTx, spawn as spawn_shm_worker};
+pub(crate) use shm::{RING_BYTES, ShmRx, ShmTx, WAIT_ANY_MAX, spawn as spawn_shm_worker, wait_any};
 pub(crate) use sigpipe::block_sigpipe_on_this_thread;
 
 use crate::error::{Error, ExitCause};

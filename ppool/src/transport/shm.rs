@@ -24,6 +24,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
 use std::time::{Duration, Instant};
 
 /// Each ring's size. Items larger than a quarter of it cross in pieces, both sides copying
@@ -389,6 +390,65 @@ impl ShmRx {
         }
     }
 
+    /// [`recv`](Self::recv) without waiting: what the worker sent next, or `None` when nothing
+    /// came for now. With `exited` (the worker was seen dead, see [`has_exited`]), nothing
+    /// more will come: what it published is handed over, its last outcomes as a run, then
+    /// `FrameError::Closed`.
+    ///
+    /// [`has_exited`]: Self::has_exited
+    pub(crate) fn try_recv(&mut self, exited: bool) -> Result<Option<Incoming<'_>>, FrameError> {
+        match std::mem::replace(&mut self.returned, Returned::Nothing) {
+            Returned::Nothing => {}
+            Returned::Frame => self.body.clear(),
+            Returned::Outcomes => {
+                self.raw.clear();
+                self.outcomes = 0;
+                self.body.clear();
+            }
+        }
+        loop {
+            if self.dead {
+                return Err(FrameError::Closed);
+            }
+            match self.next_item()? {
+                Next::Frame => return self.complete().map(Some),
+                Next::Outcome => continue,
+                Next::Empty => {}
+            }
+            if exited {
+                self.dead = true;
+                if self.outcomes > 0 {
+                    return self.salvage().map(Some);
+                }
+                return Err(FrameError::Closed);
+            }
+            if self.partials && self.outcomes > 0 {
+                let progress = self.progress.read().map_err(frame_error)?;
+                match self.next_item()? {
+                    Next::Frame => return self.complete().map(Some),
+                    Next::Outcome => continue,
+                    Next::Empty => return self.run(progress.job).map(Some),
+                }
+            }
+            return Ok(None);
+        }
+    }
+
+    /// Whether the worker has ended (its pidfd says so): its last stores are visible then.
+    pub(crate) fn has_exited(&self) -> bool {
+        self.pidfd.has_exited()
+    }
+
+    /// See [`Consumer::arm`]: the result ring's data bell to sleep on with others.
+    pub(crate) fn arm(&self) -> Option<(&AtomicU32, u32)> {
+        self.results.arm()
+    }
+
+    /// See [`Consumer::disarm`].
+    pub(crate) fn disarm(&self) {
+        self.results.disarm();
+    }
+
     /// Takes the next item out of the result ring, counting outcomes.
     fn next_item(&mut self) -> Result<Next, FrameError> {
         let popped = self
@@ -464,6 +524,49 @@ impl ShmRx {
         protocol::shrink(&mut self.raw);
     }
 }
+
+/// Sleeps until one of `bells` (each a futex word and the value it had when armed) changes,
+/// or `timeout` passes: how one thread waits on many workers' rings at once (`futex_waitv`,
+/// at most [`WAIT_ANY_MAX`] words). An error of kind `Unsupported` means the kernel has no
+/// `futex_waitv` (before Linux 5.16).
+pub(crate) fn wait_any(bells: &[(&AtomicU32, u32)], timeout: Duration) -> io::Result<()> {
+    use rustix::thread::futex;
+    let waiters: Vec<futex::Wait> = bells
+        .iter()
+        .map(|&(bell, rung)| {
+            let mut wait = futex::Wait::new();
+            wait.val = u64::from(rung);
+            wait.uaddr = futex::WaitPtr::new(bell.as_ptr().cast());
+            wait.flags = futex::WaitFlags::SIZE_U32;
+            wait
+        })
+        .collect();
+    let timeout = rustix::time::Timespec::try_from(timeout).ok();
+    let deadline = timeout.map(|t| {
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        let nanos = now.tv_nsec + t.tv_nsec;
+        rustix::time::Timespec {
+            tv_sec: now.tv_sec + t.tv_sec + nanos / 1_000_000_000,
+            tv_nsec: nanos % 1_000_000_000,
+        }
+    });
+    match futex::waitv(
+        &waiters,
+        futex::WaitvFlags::empty(),
+        deadline.as_ref(),
+        rustix::time::ClockId::Monotonic,
+    ) {
+        Ok(_) => Ok(()),
+        Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR | rustix::io::Errno::TIMEDOUT) => {
+            Ok(())
+        }
+        Err(rustix::io::Errno::NOSYS) => Err(io::ErrorKind::Unsupported.into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The most bells [`wait_any`] waits on at once.
+pub(crate) const WAIT_ANY_MAX: usize = 128;
 
 impl Link for ShmLink {
     fn send(&mut self, frames: &[&[u8]]) -> io::Result<()> {
