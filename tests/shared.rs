@@ -345,3 +345,25 @@ fn a_host_that_cannot_store_a_value_fails_its_tasks_alone() {
     );
     pool.join().expect("join");
 }
+
+/// Reads every byte of `bytes`.
+#[pool_entry]
+fn read_all(bytes: SharedBytes) -> u64 {
+    bytes.iter().map(|&b| u64::from(b)).sum()
+}
+
+#[test]
+fn reading_a_large_shared_value_does_not_count_against_the_memory_limit() {
+    let _deadline = ppool_tests::deadline();
+    let pool = ProcessPool::<read_all>::builder()
+        .n_jobs(1)
+        .worker_memory_limit(64 << 20)
+        .build()
+        .expect("pool");
+    let bytes = pool.share_bytes(vec![1u8; 160 << 20]).expect("shared");
+    for _ in 0..3 {
+        assert_eq!(pool.call(bytes.clone()).ok(), Some(160 << 20));
+    }
+    assert_eq!(pool.insights().workers[0].restarts, 0);
+    pool.join().expect("join");
+}

@@ -183,14 +183,35 @@ impl Peer for ProcessPeer {
             return None;
         }
         let statm = std::fs::read_to_string(format!("/proc/{}/statm", self.pid)).ok()?;
-        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-        Some(pages * rustix::param::page_size() as u64)
+        Some(own_resident(&statm)? * rustix::param::page_size() as u64)
     }
+}
+
+/// The pages of a process's own memory from its `statm`: resident less shared (its mapped
+/// files, and shared memory such as its rings and the pool's shared values, which every
+/// worker maps and none owns), so that reading a large shared value never counts against a
+/// worker's memory limit.
+fn own_resident(statm: &str) -> Option<u64> {
+    let mut fields = statm.split_whitespace().skip(1);
+    let resident: u64 = fields.next()?.parse().ok()?;
+    let shared: u64 = fields.next()?.parse().ok()?;
+    Some(resident.saturating_sub(shared))
 }
 
 impl Drop for ProcessPeer {
     fn drop(&mut self) {
         self.kill();
         self.reap();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn own_memory_is_resident_less_shared() {
+        assert_eq!(super::own_resident("1000 600 450 10 0 300 0\n"), Some(150));
+        assert_eq!(super::own_resident("1000 600 700 10 0 300 0"), Some(0));
+        assert_eq!(super::own_resident("1000 600"), None);
+        assert_eq!(super::own_resident("garbage"), None);
     }
 }

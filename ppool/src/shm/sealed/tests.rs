@@ -44,7 +44,7 @@ fn header_rejections() {
         (with(0, 0), "bad magic"),
         (with(1, 2), "version 2"),
         (with(4, 0), "unknown kind 0"),
-        (with(4, 3), "unknown kind 3"),
+        (with(4, 4), "unknown kind 4"),
         (with(5, MAX_LEN + 1), "beyond the address space"),
         (with(5, u64::MAX), "beyond the address space"),
     ] {
