@@ -31,8 +31,14 @@ use std::time::Duration;
 /// A worker to start: its pool index and its greeting.
 type Member<'a> = (usize, &'a [u8]);
 
+/// The workers of one host's start, in order.
+type Started = Vec<Result<Worker, Error>>;
+
 /// Failed starts in a row after which a host is set aside.
 const SET_ASIDE_AFTER: u32 = 3;
+
+/// How many hosts start at once.
+const STARTERS: usize = 16;
 
 /// The remote hosts of a pool.
 #[derive(Debug)]
@@ -153,36 +159,7 @@ impl Remotes {
                 .map(|(entry, members)| self.start_on(entry, members))
                 .collect()
         } else {
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = groups
-                    .iter()
-                    .map(|(entry, members)| {
-                        std::thread::Builder::new()
-                            .name("ppool-host-start".into())
-                            .spawn_scoped(scope, move || self.start_on(entry, members))
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .zip(&groups)
-                    .map(|(handle, (entry, members))| {
-                        let failed = |why: String| {
-                            members
-                                .iter()
-                                .map(|_| {
-                                    Err(Error::spawn(format!("host {}: {why}", entry.spec.name)))
-                                })
-                                .collect()
-                        };
-                        match handle {
-                            Ok(handle) => handle
-                                .join()
-                                .unwrap_or_else(|_| failed("its start panicked".into())),
-                            Err(e) => failed(format!("cannot start a thread: {e}")),
-                        }
-                    })
-                    .collect()
-            })
+            self.start_groups(&groups)
         };
         let mut each = started.into_iter().flatten();
         for slot in &mut results {
@@ -197,6 +174,68 @@ impl Remotes {
     }
 
     /// Starts `members` on `entry`'s host, its agent first if it has none running.
+    /// Starts each group's host, [`STARTERS`] at a time: as many as keep a host's answer
+    /// from waiting on another's, without a thread per host.
+    fn start_groups(
+        &self,
+        groups: &[(&HostEntry, Vec<Member<'_>>)],
+    ) -> Vec<Vec<Result<Worker, Error>>> {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let done: Mutex<Vec<Option<Started>>> = Mutex::new(groups.iter().map(|_| None).collect());
+        let work = || {
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some((entry, members)) = groups.get(k) else {
+                    return;
+                };
+                let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.start_on(entry, members)
+                }))
+                .unwrap_or_else(|_| {
+                    members
+                        .iter()
+                        .map(|_| {
+                            Err(Error::spawn(format!(
+                                "host {}: its start panicked",
+                                entry.spec.name
+                            )))
+                        })
+                        .collect()
+                });
+                lock(&done)[k] = Some(started);
+            }
+        };
+        std::thread::scope(|scope| {
+            for _ in 1..groups.len().min(STARTERS) {
+                // One that cannot be started leaves the hosts to the others.
+                let _ = std::thread::Builder::new()
+                    .name("ppool-host-start".into())
+                    .spawn_scoped(scope, work);
+            }
+            // This thread starts hosts too, so that hosts start even if no thread could.
+            work();
+        });
+        let done = done
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        done.into_iter()
+            .zip(groups)
+            .map(|(started, (entry, members))| {
+                started.unwrap_or_else(|| {
+                    members
+                        .iter()
+                        .map(|_| {
+                            Err(Error::spawn(format!(
+                                "host {}: not started",
+                                entry.spec.name
+                            )))
+                        })
+                        .collect()
+                })
+            })
+            .collect()
+    }
+
     fn start_on(
         &self,
         entry: &HostEntry,
