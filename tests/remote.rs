@@ -1015,7 +1015,7 @@ fn a_host_running_another_build_is_refused() {
 }
 
 /// Settings that cannot work are refused with `Error::InvalidConfig` before anything
-/// starts: no workers on a host, an empty host name, an empty command prefix, a memory limit,
+/// starts: no workers on a host, an empty host name, an empty command prefix,
 /// and Slurm outside an allocation (checked only when this process is not in one). Nothing
 /// is reached, so this test needs no cluster: the hosts named do not exist.
 #[test]
@@ -1033,17 +1033,6 @@ fn bad_remote_settings_are_invalid_config() {
             Remote::command(Vec::<String>::new()).workers(1),
         ),
     ];
-    let limited = build_err(
-        ProcessPool::<netns>::builder()
-            .remote(Remote::ssh(NOWHERE).workers(1))
-            .worker_memory_limit(1 << 30)
-            .build(),
-        "a memory limit with remote hosts",
-    );
-    assert!(
-        matches!(&limited, Error::InvalidConfig { setting, .. } if *setting == "worker_memory_limit"),
-        "a memory limit, which remote hosts cannot enforce yet: {limited:?}"
-    );
     if std::env::var_os("SLURM_JOB_ID").is_none() {
         cases.push(("Remote::slurm() outside an allocation", Remote::slurm()));
     } else {

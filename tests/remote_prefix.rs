@@ -817,3 +817,88 @@ fn a_worker_whose_ring_is_full_holds_up_no_other_worker_of_its_host() {
         with_tag(tag)
     );
 }
+
+/// Holds `mib` MiB of its own memory for `ms` milliseconds.
+#[pool_entry]
+fn hog(mib: usize, ms: u64) -> usize {
+    let held: Vec<u8> = vec![1u8; mib << 20];
+    std::thread::sleep(Duration::from_millis(ms));
+    held.iter().step_by(4096).map(|&b| usize::from(b)).sum()
+}
+
+/// A remote worker over `worker_memory_limit` fails its task with `MemoryLimit`, as a local
+/// one does, and the pool goes on with its replacement.
+#[test]
+fn a_remote_worker_over_its_memory_limit_fails_its_task_and_the_pool_goes_on() {
+    let _deadline = ppool_tests::deadline();
+    let pool = ProcessPool::<hog>::builder()
+        .remote(Remote::command(tagged("memory")).workers(1))
+        .worker_memory_limit(100 << 20)
+        .build()
+        .expect("the pool starts");
+    let over = pool.call((300, 5_000));
+    assert!(
+        matches!(over, Err(Error::MemoryLimit { .. })),
+        "300 MiB against a limit of 100: {over:?}"
+    );
+    assert_eq!(pool.call((10, 0)).ok(), Some(10 << 8));
+    pool.join().expect("join");
+}
+
+/// This process's CPUs, as `sched_getaffinity` says.
+fn my_cpus() -> Vec<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let mut cpus = Vec::new();
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.parse().unwrap_or(0), b.parse().unwrap_or(0));
+                cpus.extend(a..=b);
+            }
+            None => cpus.extend(part.parse::<usize>().ok()),
+        }
+    }
+    cpus
+}
+
+/// The CPUs this worker may run on.
+#[pool_entry]
+fn where_pinned(_x: u32) -> Vec<usize> {
+    my_cpus()
+}
+
+/// `cpu_affinity` pins remote workers to CPUs of their host; a host without them fails the
+/// build with `Spawn`, naming the CPUs it has.
+#[test]
+fn cpu_affinity_pins_remote_workers_and_a_host_without_the_cpus_says_which_it_has() {
+    let _deadline = ppool_tests::deadline();
+    let last = *my_cpus().last().expect("a CPU");
+    let pool = ProcessPool::<where_pinned>::builder()
+        .remote(Remote::command(tagged("pinned")).workers(2))
+        .cpu_affinity([last])
+        .build()
+        .expect("the pool starts");
+    for pinned in pool.batch(0..4).wait().expect("a batch") {
+        assert_eq!(pinned, [last]);
+    }
+    pool.join().expect("join");
+    let refused = ProcessPool::<where_pinned>::builder()
+        .remote(Remote::command(tagged("unpinnable")).workers(1))
+        .cpu_affinity([1000])
+        .build();
+    match refused {
+        Err(Error::Spawn { message, .. }) => {
+            assert!(message.contains("CPU 1000"), "{message}");
+            assert!(message.contains("it has CPUs"), "{message}");
+        }
+        other => panic!("a CPU the host lacks: {other:?}"),
+    }
+    assert!(within(Duration::from_secs(10), || with_tag("unpinnable")
+        .is_empty()));
+}

@@ -49,6 +49,9 @@ pub(crate) mod ctl {
     pub(crate) const SHARE_PART: u8 = 11;
     /// Pool to agent: a shared value is no longer used; let it go.
     pub(crate) const FORGET: u8 = 12;
+    /// Agent to pool: the worker of a slot holds this much memory of its own, past the
+    /// pool's limit.
+    pub(crate) const MEMORY: u8 = 13;
 }
 
 /// The header of a message of `len` bytes on `channel`.
@@ -217,6 +220,10 @@ pub(crate) struct AgentHello {
     pub(crate) disable_gpu: bool,
     pub(crate) forward_stderr: bool,
     pub(crate) env: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The workers' memory limit in bytes (0: none): the agent reports a worker past it.
+    pub(crate) memory_limit: u64,
+    /// The CPUs to pin the workers to, on the host (empty: none).
+    pub(crate) cpus: Vec<u32>,
 }
 
 impl AgentHello {
@@ -232,6 +239,10 @@ impl AgentHello {
             .u32(self.env.len() as u32);
         for (k, v) in &self.env {
             f.bytes(k).bytes(v);
+        }
+        f.u64(self.memory_limit).u32(self.cpus.len() as u32);
+        for &cpu in &self.cpus {
+            f.u32(cpu);
         }
         f.finish()[4..].to_vec()
     }
@@ -252,6 +263,12 @@ impl AgentHello {
             let v = f.bytes("variable value")?.to_vec();
             env.push((k, v));
         }
+        let memory_limit = f.u64("memory limit")?;
+        let n = f.u32("CPU count")?;
+        let mut cpus = Vec::new();
+        for _ in 0..n {
+            cpus.push(f.u32("CPU")?);
+        }
         f.end()?;
         Ok(AgentHello {
             version,
@@ -261,6 +278,8 @@ impl AgentHello {
             disable_gpu,
             forward_stderr,
             env,
+            memory_limit,
+            cpus,
         })
     }
 }
@@ -351,6 +370,11 @@ pub(crate) enum Control<'a> {
     Forget {
         id: u64,
     },
+    /// The worker of `slot` holds `bytes` of memory of its own, past the pool's limit.
+    Memory {
+        slot: u32,
+        bytes: u64,
+    },
 }
 
 impl Control<'_> {
@@ -424,6 +448,9 @@ impl Control<'_> {
             Control::Forget { id } => {
                 f.start(ctl::FORGET).u64(id);
             }
+            Control::Memory { slot, bytes } => {
+                f.start(ctl::MEMORY).u32(slot).u64(bytes);
+            }
         }
         f.finish()[4..].to_vec()
     }
@@ -490,6 +517,10 @@ impl Control<'_> {
             },
             ctl::FORGET => Control::Forget {
                 id: f.u64("shared value")?,
+            },
+            ctl::MEMORY => Control::Memory {
+                slot: f.u32("slot")?,
+                bytes: f.u64("bytes")?,
             },
             k => {
                 return Err(FrameError::Malformed(format!(
@@ -596,6 +627,8 @@ mod tests {
             disable_gpu: true,
             forward_stderr: false,
             env: vec![(b"K".to_vec(), b"V".to_vec())],
+            memory_limit: 1 << 30,
+            cpus: vec![0, 3],
         };
         assert_eq!(AgentHello::parse(&hello.encode()).ok(), Some(hello));
         let ready = AgentReady {
@@ -631,6 +664,10 @@ mod tests {
                 data: b"",
             },
             Control::Forget { id: 3 },
+            Control::Memory {
+                slot: 2,
+                bytes: 1 << 33,
+            },
             Control::SpawnFailed { slot: 1, why: "no" },
             Control::Kill { slot: 2 },
             Control::Exited {

@@ -173,6 +173,9 @@ fn serve(group: &Group, host: &Host) {
         if due {
             looked = Instant::now();
         }
+        if due && let Some(limit) = host.config.memory_limit {
+            report_memory(&members, host, limit);
+        }
         let mut k = 0;
         while k < members.len() {
             let exited = due && members[k].rx.has_exited();
@@ -205,6 +208,22 @@ fn serve(group: &Group, host: &Host) {
         }
         for member in &members {
             member.rx.disarm();
+        }
+    }
+}
+
+/// Tells the pool of each worker whose own memory is past `limit`: the pool's watchdog kills
+/// it, and its task fails with `Error::MemoryLimit`, as for a local worker.
+fn report_memory(members: &[Member], host: &Host, limit: u64) {
+    for member in members {
+        if let Some(bytes) = member.worker.peer.resident_bytes()
+            && bytes > limit
+        {
+            let report = Control::Memory {
+                slot: member.slot,
+                bytes,
+            };
+            let _ = send(&host.out, CONTROL, &report.encode());
         }
     }
 }

@@ -154,10 +154,12 @@ pub(crate) fn run() -> ! {
             .map(|(k, v)| (OsString::from_vec(k.clone()), OsString::from_vec(v.clone())))
             .collect(),
         disable_gpu: greeting.disable_gpu,
-        cpu_affinity: Vec::new(),
+        // Checked against this host's CPUs as each worker starts.
+        cpu_affinity: greeting.cpus.iter().map(|&cpu| cpu as usize).collect(),
         forward_stderr: greeting.forward_stderr,
         // Records from the workers pass through to the pool, which reads this stderr.
         dispatch: None,
+        memory_limit: (greeting.memory_limit > 0).then_some(greeting.memory_limit),
     };
     watch::spawn_pinger(Arc::clone(&out), host_timeout);
     let host = Arc::new(Host {

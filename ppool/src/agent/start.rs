@@ -102,6 +102,24 @@ impl Starters {
     }
 }
 
+/// Why worker `index` cannot be pinned to its CPU of `cpus` on this host, if it cannot: the
+/// pool's CPUs are named on each host, and a host without them says which it has.
+fn missing_cpu(cpus: &[usize], index: usize) -> Option<String> {
+    let cpu = *cpus.get(index % cpus.len().max(1))?;
+    let allowed = rustix::thread::sched_getaffinity(None).ok()?;
+    if cpu < rustix::thread::CpuSet::MAX_CPU && allowed.is_set(cpu) {
+        return None;
+    }
+    let has: Vec<String> = (0..rustix::thread::CpuSet::MAX_CPU)
+        .filter(|&c| allowed.is_set(c))
+        .map(|c| c.to_string())
+        .collect();
+    Some(format!(
+        "cpu_affinity names CPU {cpu}, which this host does not let it use (it has CPUs {})",
+        has.join(", ")
+    ))
+}
+
 /// Starts one worker, enters it, starts its forwarder, and answers the pool.
 fn start(
     host: &Arc<Host>,
@@ -111,7 +129,11 @@ fn start(
         greeting,
     }: Request,
 ) {
-    let reply = match crate::transport::spawn_shm_worker(&host.config, index as usize, &greeting) {
+    let spawned = missing_cpu(&host.config.cpu_affinity, index as usize).map_or_else(
+        || crate::transport::spawn_shm_worker(&host.config, index as usize, &greeting),
+        |why| Err(crate::error::Error::spawn(why)),
+    );
+    let reply = match spawned {
         Ok((tx, rx, peer)) => {
             let pid = peer.pid();
             let worker = Arc::new(Worker::new(slot, peer, tx, &greeting));

@@ -256,7 +256,7 @@ impl Config {
         })
     }
 
-    /// Remote hosts exclude debug mode, and the settings they cannot honour yet.
+    /// Remote hosts exclude debug mode.
     fn check_remote_support(&self) -> Result<(), Error> {
         if self.remotes.is_empty() {
             return Ok(());
@@ -266,17 +266,6 @@ impl Config {
                 "remote",
                 "debug mode runs tasks in this process; it has no remote workers",
             ));
-        }
-        for (set, setting) in [
-            (self.memory_limit.is_some(), "worker_memory_limit"),
-            (!self.cpu_affinity.is_empty(), "cpu_affinity"),
-        ] {
-            if set {
-                return Err(Error::config(
-                    setting,
-                    "is not supported yet in a pool with remote hosts",
-                ));
-            }
         }
         Ok(())
     }
@@ -388,7 +377,8 @@ impl Config {
                 ),
             ));
         }
-        if self.cpu_affinity.is_empty() {
+        // A pool of remote hosts alone pins no worker here: each host checks its own CPUs.
+        if self.cpu_affinity.is_empty() || (!self.remotes.is_empty() && !self.n_jobs_set) {
             return Ok(());
         }
         if let Some(allowed) = world.allowed_cpus() {

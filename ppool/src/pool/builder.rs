@@ -183,11 +183,13 @@ impl<F: Entry> Builder<F> {
         self
     }
 
-    /// Kills and replaces a worker whose resident memory grows past `bytes`; its task fails
-    /// with [`Error::MemoryLimit`].
+    /// Kills and replaces a worker whose own resident memory grows past `bytes` (shared memory,
+    /// such as the pool's shared values, is not its own); its task fails with
+    /// [`Error::MemoryLimit`]. On a remote host, its agent watches the host's workers and
+    /// reports one past the limit.
     ///
-    /// [`build`](Self::build) refuses `0`, or a pool with remote hosts, with
-    /// [`Error::InvalidConfig`]. See [`Builder`] for an example.
+    /// [`build`](Self::build) refuses `0` with [`Error::InvalidConfig`]. See [`Builder`] for
+    /// an example.
     pub fn worker_memory_limit(mut self, bytes: u64) -> Self {
         self.config.memory_limit = Some(bytes);
         self
@@ -270,10 +272,12 @@ impl<F: Entry> Builder<F> {
         self
     }
 
-    /// Pins worker `i` to CPU `cpus[i % cpus.len()]` (mpire's `cpu_ids`).
+    /// Pins worker `i` to CPU `cpus[i % cpus.len()]` (mpire's `cpu_ids`), on whichever host
+    /// it runs: the CPUs are named on each host.
     ///
     /// [`build`](Self::build) refuses, with [`Error::InvalidConfig`], a CPU this process may
-    /// not run on, or a pool with remote hosts. See [`Builder`] for an example.
+    /// not run on when local workers are pinned, and fails with [`Error::Spawn`] naming the
+    /// host and the CPUs it has when a remote host lacks one. See [`Builder`] for an example.
     pub fn cpu_affinity(mut self, cpus: impl IntoIterator<Item = usize>) -> Self {
         self.config.cpu_affinity = cpus.into_iter().collect();
         self
@@ -389,6 +393,7 @@ impl<F: Entry> Builder<F> {
             cpu_affinity: v.cpu_affinity,
             forward_stderr: v.forward_stderr,
             dispatch,
+            memory_limit: v.memory_limit,
         };
         let (launch, n_jobs) =
             transport::compose(config, v.debug, v.local_workers, v.host_timeout, v.hosts);

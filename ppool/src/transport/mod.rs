@@ -271,6 +271,8 @@ pub(crate) struct LaunchConfig {
     pub(crate) forward_stderr: bool,
     /// The subscriber that gets the entries' `tracing` events, when they are forwarded.
     pub(crate) dispatch: Option<tracing::Dispatch>,
+    /// The workers' memory limit: a remote host's agent reports a worker past it.
+    pub(crate) memory_limit: Option<u64>,
 }
 
 /// The launcher for a pool's workers, and how many workers it starts in all: first

@@ -238,17 +238,31 @@ fn debug_mode_refuses_each_setting_that_needs_a_process() {
 // remote hosts
 
 #[test]
-fn remote_hosts_refuse_a_memory_limit_and_cpu_affinity() {
+fn remote_hosts_take_a_memory_limit_and_cpus_of_their_own() {
     let limited = Config {
         memory_limit: Some(1 << 30),
         ..with_remote()
     };
-    assert_refused(limited, "worker_memory_limit", "remote hosts");
+    assert_eq!(accepted(limited).memory_limit, Some(1 << 30));
+    // CPUs this machine lacks are the hosts' business when no worker runs here...
     let pinned = Config {
-        cpu_affinity: vec![0],
+        cpu_affinity: vec![900],
         ..with_remote()
     };
-    assert_refused(pinned, "cpu_affinity", "remote hosts");
+    assert_eq!(accepted(pinned).cpu_affinity, [900]);
+    // ...and this machine's when local workers are pinned too.
+    let both = Config {
+        cpu_affinity: vec![900],
+        n_jobs_set: true,
+        ..with_remote()
+    };
+    let two = Fake {
+        allowed: Some(vec![0, 1]),
+        ..Fake::default()
+    };
+    let (setting, message) = refused_on(both, &two);
+    assert_eq!(setting, "cpu_affinity");
+    assert!(message.contains("CPU 900"), "{message}");
 }
 
 #[test]
@@ -721,18 +735,10 @@ fn accepted_settings_pass_through_unchanged() {
 
 /// Each rule, in the order `validate` checks them, and a change to the default settings that
 /// breaks it alone.
-const RULES: [Rule; 21] = [
+const RULES: [Rule; 19] = [
     ("remote", |c| {
         c.debug = true;
         c.remotes.push(remote());
-    }),
-    ("worker_memory_limit", |c| {
-        c.remotes.push(remote());
-        c.memory_limit = Some(1 << 30);
-    }),
-    ("cpu_affinity", |c| {
-        c.remotes.push(remote());
-        c.cpu_affinity.push(0);
     }),
     ("init_timeout", |c| c.init_timeout = Duration::ZERO),
     ("exit_timeout", |c| c.exit_timeout = Duration::ZERO),

@@ -87,6 +87,8 @@ pub(super) struct Inbox {
     pub(super) frames: VecDeque<Vec<u8>>,
     spawned: Option<Result<u32, String>>,
     pub(super) exited: Option<(ExitCause, Option<(u64, u32)>)>,
+    /// The worker's own memory, as its agent last reported it past the pool's limit.
+    pub(super) resident: Option<u64>,
     /// Where the reader hands this worker's messages instead of `frames`, once the pool set
     /// it (see `Link::deliver_to`).
     pub(super) sink: Option<Arc<dyn Sink>>,
@@ -187,6 +189,12 @@ impl Host {
                     use std::os::unix::ffi::OsStrExt;
                     (k.as_bytes().to_vec(), v.as_bytes().to_vec())
                 })
+                .collect(),
+            memory_limit: config.memory_limit.unwrap_or(0),
+            cpus: config
+                .cpu_affinity
+                .iter()
+                .map(|&cpu| u32::try_from(cpu).unwrap_or(u32::MAX))
                 .collect(),
         };
         // Sent at once: it waits in the pipe while the launcher logs in.
@@ -759,6 +767,12 @@ fn read_agent(
                 drop(st);
                 conn.end_sink(slot);
                 conn.changed.notify_all();
+                continue;
+            }
+            Control::Memory { slot, bytes } => {
+                if let Some(inbox) = st.slots.get_mut(&slot) {
+                    inbox.resident = Some(bytes);
+                }
                 continue;
             }
             // The agent pings to be heard; hearing it is the point.

@@ -210,8 +210,12 @@ impl Peer for RemotePeer {
             .unwrap_or(ExitCause::Lost)
     }
 
+    /// What its agent reported, when the worker went past the pool's memory limit.
     fn resident_bytes(&self) -> Option<u64> {
-        None
+        lock(&self.conn.state)
+            .slots
+            .get(&self.slot)
+            .and_then(|inbox| inbox.resident)
     }
 }
 
