@@ -902,3 +902,51 @@ fn cpu_affinity_pins_remote_workers_and_a_host_without_the_cpus_says_which_it_ha
     assert!(within(Duration::from_secs(10), || with_tag("unpinnable")
         .is_empty()));
 }
+
+/// With `min_workers`, a pool starts with the hosts it can get: a host whose launcher fails
+/// is a warning and an entry of `insights().hosts` with its error, and the pool runs on the
+/// others. Without it, or with more than the others hold, `build` fails.
+#[test]
+fn min_workers_starts_a_pool_with_the_hosts_it_can_get() {
+    let _deadline = ppool_tests::deadline();
+    let builder = || {
+        ProcessPool::<square_where>::builder()
+            .remote(Remote::command(tagged("min-a")).workers(2))
+            .remote(Remote::command(["false"]).workers(2))
+            .remote(Remote::command(tagged("min-c")).workers(2))
+    };
+    let pool = builder().min_workers(4).build().expect("four of six start");
+    assert_eq!(pool.n_jobs(), 6);
+    let insights = pool.insights();
+    let hosts: Vec<(&str, usize, bool)> = insights
+        .hosts
+        .iter()
+        .map(|h| (h.name.as_str(), h.running, h.error.is_some()))
+        .collect();
+    assert_eq!(hosts.len(), 3, "{hosts:?}");
+    assert_eq!(hosts.iter().filter(|h| h.2).count(), 1, "{hosts:?}");
+    assert!(
+        hosts.iter().any(|h| h.0 == "false" && h.1 == 0 && h.2),
+        "{hosts:?}"
+    );
+    let ran: Vec<(u64, String)> = pool.batch(0..40).wait().expect("a batch");
+    assert!(ran.iter().enumerate().all(|(i, r)| r.0 == (i * i) as u64));
+    assert!(ran.iter().any(|r| r.1.starts_with("min-a")));
+    assert!(ran.iter().any(|r| r.1.starts_with("min-c")));
+    pool.join().expect("join");
+    for (what, built) in [
+        ("without min_workers", builder().build()),
+        ("min_workers(5)", builder().min_workers(5).build()),
+    ] {
+        match built {
+            Err(Error::Spawn { .. }) => {}
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    for tag in ["min-a", "min-c"] {
+        assert!(
+            within(Duration::from_secs(10), || with_tag(tag).is_empty()),
+            "{tag}"
+        );
+    }
+}

@@ -69,9 +69,10 @@ impl Stats {
         live: impl Fn(usize) -> (WorkerState, Option<u32>, Option<u64>),
         queued_jobs: usize,
         host: impl Fn(usize) -> String,
+        failures: &[(String, String)],
     ) -> Insights {
         let uptime = self.started.elapsed();
-        let workers = self
+        let workers: Vec<WorkerInsights> = self
             .slots
             .iter()
             .enumerate()
@@ -96,13 +97,57 @@ impl Stats {
                 }
             })
             .collect();
+        let hosts = hosts_of(&workers, failures);
         Insights {
             uptime,
             workers,
+            hosts,
             queued_jobs,
             in_flight_tasks: self.in_flight.load(Ordering::Relaxed),
         }
     }
+}
+
+/// The hosts of `workers`, in the order their first worker comes, with the start failures
+/// of `failures` (host, error).
+fn hosts_of(workers: &[WorkerInsights], failures: &[(String, String)]) -> Vec<HostInsights> {
+    let mut hosts: Vec<HostInsights> = Vec::new();
+    for w in workers {
+        let at = match hosts.iter().position(|h| h.name == w.host) {
+            Some(at) => at,
+            None => {
+                hosts.push(HostInsights {
+                    name: w.host.clone(),
+                    workers: 0,
+                    running: 0,
+                    error: failures
+                        .iter()
+                        .find(|(host, _)| *host == w.host)
+                        .map(|(_, error)| error.clone()),
+                });
+                hosts.len() - 1
+            }
+        };
+        hosts[at].workers += 1;
+        hosts[at].running += usize::from(matches!(w.state, WorkerState::Idle | WorkerState::Busy));
+    }
+    hosts
+}
+
+/// One host of a pool (`localhost` for its local workers), from [`Insights::hosts`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct HostInsights {
+    /// The host's name, as its workers' [`WorkerInsights::host`] says.
+    pub name: String,
+    /// Its worker slots.
+    pub workers: usize,
+    /// Those whose worker runs (idle or busy).
+    pub running: usize,
+    /// Why some of its workers could not start, when `min_workers` let the pool go on
+    /// without them.
+    pub error: Option<String>,
 }
 
 /// What the workers of a pool have done, from [`ProcessPool::insights`](crate::ProcessPool::insights).
@@ -129,6 +174,9 @@ pub struct Insights {
     pub uptime: Duration,
     /// One entry per worker slot (a replaced worker keeps its slot).
     pub workers: Vec<WorkerInsights>,
+    /// One entry per host, local workers first: how many of its workers run, and why the
+    /// others could not start, if they could not.
+    pub hosts: Vec<HostInsights>,
     /// Jobs waiting in the queue (a job is one task, or a chunk of a `batch` or `map`).
     pub queued_jobs: usize,
     /// Tasks sent to workers whose results are not back yet.
@@ -311,7 +359,17 @@ impl fmt::Display for Insights {
             self.utilization() * 100.0,
             self.queued_jobs,
             self.in_flight_tasks
-        )
+        )?;
+        for host in &self.hosts {
+            if let Some(error) = &host.error {
+                write!(
+                    f,
+                    "\nhost {}: {} of {} workers running; {error}",
+                    host.name, host.running, host.workers
+                )?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -337,6 +395,7 @@ mod serde_tests {
                 restarts: 1,
                 failures: 2,
             }],
+            hosts: Vec::new(),
             queued_jobs: 3,
             in_flight_tasks: 4,
         };

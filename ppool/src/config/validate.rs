@@ -45,6 +45,9 @@ pub(crate) struct Config {
     pub(crate) env: Vec<(OsString, OsString)>,
     pub(crate) disable_gpu: bool,
     pub(crate) max_tasks_per_worker: Option<u64>,
+    /// `build()` succeeds once this many workers are ready (the hosts that failed are left
+    /// out); `None`: every worker must start.
+    pub(crate) min_workers: Option<usize>,
     pub(crate) task_timeout: Option<Duration>,
     pub(crate) memory_limit: Option<u64>,
     pub(crate) retries: u32,
@@ -75,6 +78,7 @@ impl Default for Config {
             env: Vec::new(),
             disable_gpu: true,
             max_tasks_per_worker: None,
+            min_workers: None,
             task_timeout: None,
             memory_limit: None,
             retries: 0,
@@ -114,6 +118,7 @@ pub(crate) struct Validated {
     pub(crate) env: Vec<(OsString, OsString)>,
     pub(crate) disable_gpu: bool,
     pub(crate) max_tasks_per_worker: Option<u64>,
+    pub(crate) min_workers: Option<usize>,
     pub(crate) task_timeout: Option<Duration>,
     pub(crate) memory_limit: Option<u64>,
     pub(crate) retries: u32,
@@ -185,6 +190,15 @@ impl Config {
         self.check_timeouts()?;
         let hosts = self.plan_hosts(world)?;
         let local_workers = self.local_workers(&hosts, world)?;
+        let all = local_workers + hosts.iter().map(|h| h.workers).sum::<usize>();
+        if let Some(min) = self.min_workers
+            && min > all
+        {
+            return Err(Error::config(
+                "min_workers",
+                format!("{min} is more than the pool's {all} workers"),
+            ));
+        }
         let name = self
             .name
             .clone()
@@ -241,6 +255,7 @@ impl Config {
             env: self.env,
             disable_gpu: self.disable_gpu,
             max_tasks_per_worker: self.max_tasks_per_worker,
+            min_workers: self.min_workers,
             task_timeout: self.task_timeout,
             memory_limit: self.memory_limit,
             retries: self.retries,
@@ -347,6 +362,9 @@ impl Config {
     fn check_sizes(&self) -> Result<(), Error> {
         if self.max_tasks_per_worker == Some(0) {
             return Err(Error::config("max_tasks_per_worker", "must be at least 1"));
+        }
+        if self.min_workers == Some(0) {
+            return Err(Error::config("min_workers", "must be at least 1"));
         }
         if self.task_timeout.is_some_and(|t| t.is_zero()) {
             return Err(Error::config("task_timeout", "must be longer than zero"));

@@ -163,6 +163,33 @@ impl<F: Entry> Builder<F> {
         self
     }
 
+    /// Lets [`build`](Self::build) succeed once `n` workers are ready, leaving out the hosts
+    /// (or local workers) that failed to start within their timeouts: each is a `tracing`
+    /// warning and an entry of [`Insights::hosts`](crate::Insights::hosts) with its error,
+    /// and the pool goes on without it. Without it, `build` fails when any worker fails to
+    /// start.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool, Remote};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::builder()
+    ///     .n_jobs(2)
+    ///     .remote(Remote::command(["/nonexistent/launcher"]).workers(4))
+    ///     .min_workers(2)
+    ///     .build()?;
+    /// assert_eq!(pool.call(3)?, 9);
+    /// assert!(pool.insights().hosts.iter().any(|h| h.error.is_some()));
+    /// # Ok(()) } }
+    /// ```
+    ///
+    /// [`build`](Self::build) refuses `0`, or more than the pool's workers, with
+    /// [`Error::InvalidConfig`].
+    pub fn min_workers(mut self, n: usize) -> Self {
+        self.config.min_workers = Some(n);
+        self
+    }
+
     /// Replaces a worker after it has run `n` tasks (`maxtasksperchild`).
     ///
     /// [`build`](Self::build) refuses `0` with [`Error::InvalidConfig`]. See [`Builder`] for an
@@ -401,6 +428,7 @@ impl<F: Entry> Builder<F> {
             n_jobs,
             debug: v.debug,
             max_tasks_per_worker: v.max_tasks_per_worker,
+            min_workers: v.min_workers,
             task_timeout: v.task_timeout,
             memory_limit: v.memory_limit,
             retries: v.retries,

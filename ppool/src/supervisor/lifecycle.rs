@@ -6,6 +6,7 @@ use super::state::{Conn, Inner, Phase, Slot, WorkerSpec};
 use crate::entry;
 use crate::error::Error;
 use crate::protocol::{self, FrameBuf, Hello, Ready};
+use crate::sync::lock;
 use crate::transport::{Link, Peer, Worker};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,22 +49,48 @@ pub(super) fn register(shared: &Inner, i: usize, conn: &Conn) {
     shared.watch.register(i, Arc::clone(&conn.peer));
 }
 
-/// Starts every worker at once, then waits for each to be ready.
-pub(super) fn start_all(shared: &Inner) -> Result<Vec<Conn>, Error> {
+/// Starts every worker at once, then waits for each to be ready. Under `min_workers`, a
+/// worker that did not start is `None`, and its host's failure is kept for `insights`, as
+/// long as enough did; otherwise the first failure is the error.
+pub(super) fn start_all(shared: &Inner) -> Result<Vec<Option<Conn>>, Error> {
     let n = shared.settings.n_jobs;
+    let min = shared.settings.min_workers;
     let greetings: Vec<Vec<u8>> = (0..n).map(|i| greeting(&shared.spec, i)).collect();
     // Every host at once: a remote pool's start costs its slowest host, not their sum.
-    let started = shared
-        .launch
-        .start_many(0, &greetings)
-        .into_iter()
-        .collect::<Result<Vec<_>, Error>>()?;
+    let started = shared.launch.start_many(0, &greetings);
     let mut conns = Vec::with_capacity(n);
+    let mut failed: Vec<(String, Error)> = Vec::new();
     for (i, worker) in started.into_iter().enumerate() {
-        let mut conn = ready(&shared.spec, i, worker).map_err(|f| f.error)?;
-        events::install(shared, i, &mut conn);
-        tracing::debug!(pool = %shared.spec.pool, worker = i, pid = conn.peer.pid(), "worker started");
-        conns.push(conn);
+        let conn = worker.and_then(|worker| ready(&shared.spec, i, worker).map_err(|f| f.error));
+        match conn {
+            Ok(mut conn) => {
+                events::install(shared, i, &mut conn);
+                tracing::debug!(pool = %shared.spec.pool, worker = i, pid = conn.peer.pid(), "worker started");
+                conns.push(Some(conn));
+            }
+            Err(e) if min.is_none() => return Err(e),
+            Err(e) => {
+                let host = shared.launch.host(i);
+                if !failed.iter().any(|(h, _)| *h == host) {
+                    failed.push((host, e));
+                }
+                conns.push(None);
+            }
+        }
+    }
+    let running = conns.iter().flatten().count();
+    if let Some(min) = min
+        && running < min
+    {
+        let why: Vec<String> = failed.iter().map(|(_, e)| e.to_string()).collect();
+        return Err(Error::spawn(format!(
+            "{running} of {n} workers started, fewer than min_workers ({min}): {}",
+            why.join("; ")
+        )));
+    }
+    for (host, error) in failed {
+        tracing::warn!(pool = %shared.spec.pool, host = %host, error = &error as &dyn std::error::Error, "a host's workers did not start; the pool goes on without them (min_workers)");
+        lock(&shared.host_failures).push((host, error.to_string()));
     }
     Ok(conns)
 }

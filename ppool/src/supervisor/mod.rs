@@ -183,7 +183,8 @@ impl Core {
             )
         };
         let host = |i: usize| self.shared.launch.host(i);
-        self.shared.stats.snapshot(live, queued, host)
+        let failures = lock(&self.shared.host_failures).clone();
+        self.shared.stats.snapshot(live, queued, host, &failures)
     }
 
     /// The EXITED bodies collected so far.
@@ -202,8 +203,11 @@ impl Core {
         }
         let conns = start_all(shared)?;
         for (i, conn) in conns.into_iter().enumerate() {
-            register(shared, i, &conn);
-            st.put(i, Slot::Idle(Box::new(conn)));
+            // A worker that could not start (under `min_workers`) leaves its slot dead.
+            if let Some(conn) = conn {
+                register(shared, i, &conn);
+                st.put(i, Slot::Idle(Box::new(conn)));
+            }
         }
         st.phase = Phase::Running;
         drop(st);

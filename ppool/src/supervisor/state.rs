@@ -20,6 +20,8 @@ pub(crate) struct Settings {
     pub(crate) n_jobs: usize,
     pub(crate) debug: bool,
     pub(crate) max_tasks_per_worker: Option<u64>,
+    /// `build()` succeeds once this many workers are ready.
+    pub(crate) min_workers: Option<usize>,
     pub(crate) task_timeout: Option<Duration>,
     pub(crate) memory_limit: Option<u64>,
     pub(crate) retries: u32,
@@ -170,6 +172,8 @@ pub(crate) struct Inner {
     pub(crate) stats: Stats,
     /// Bodies of the EXITED frames of retired workers.
     exit_results: Mutex<Vec<Vec<u8>>>,
+    /// The hosts whose workers could not start (under `min_workers`), and why.
+    pub(crate) host_failures: Mutex<Vec<(String, String)>>,
 }
 
 impl Inner {
@@ -203,6 +207,7 @@ impl Inner {
             stats: Stats::new(slots),
             watchdog: settings.task_timeout.is_some() || settings.memory_limit.is_some(),
             exit_results: Mutex::new(Vec::new()),
+            host_failures: Mutex::new(Vec::new()),
             spec,
             settings,
             launch,

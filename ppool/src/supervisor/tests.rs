@@ -326,6 +326,7 @@ fn settings(n_jobs: usize) -> Settings {
         n_jobs,
         debug: false,
         max_tasks_per_worker: None,
+        min_workers: None,
         task_timeout: None,
         memory_limit: None,
         retries: 0,

@@ -854,3 +854,28 @@ fn nothing_is_read_of_the_machine_or_the_entry_table_for_an_early_refusal() {
     assert_eq!(*world.asked.borrow(), ["cpus"]);
     assert_eq!(world.entries_asked.get(), 0, "the entry is looked up last");
 }
+
+// min_workers
+
+#[test]
+fn min_workers_is_at_least_one_and_at_most_the_pools_workers() {
+    let none = Config {
+        min_workers: Some(0),
+        ..with_remote()
+    };
+    assert_refused(none, "min_workers", "at least 1");
+    let too_many = Config {
+        min_workers: Some(3),
+        ..with_remote()
+    };
+    assert_refused(
+        too_many,
+        "min_workers",
+        "3 is more than the pool's 2 workers",
+    );
+    let some = Config {
+        min_workers: Some(2),
+        ..with_remote()
+    };
+    assert_eq!(accepted(some).min_workers, Some(2));
+}
