@@ -950,3 +950,55 @@ fn min_workers_starts_a_pool_with_the_hosts_it_can_get() {
         );
     }
 }
+
+/// Sleeps `ms`, then says where it ran (the host's tag, or "" here).
+#[pool_entry]
+fn nap_there(ms: u64) -> String {
+    std::thread::sleep(Duration::from_millis(ms));
+    let tag = std::env::var(TAG).unwrap_or_default();
+    tag.rsplit_once('.')
+        .map_or(tag.as_str(), |(host, _)| host)
+        .to_string()
+}
+
+/// A host added to a running pool during a batch takes the batch's queued tasks at once;
+/// every task runs once, and `join` ends the joined host's agent too.
+#[test]
+fn add_remote_during_a_batch_takes_its_queued_tasks() {
+    let _deadline = ppool_tests::deadline();
+    let pool = std::sync::Arc::new(
+        ProcessPool::<nap_there>::builder()
+            .n_jobs(1)
+            .chunk_size(1)
+            .build()
+            .expect("the pool starts"),
+    );
+    let batch = pool.batch(std::iter::repeat_n(50u64, 60));
+    pool.add_remote(Remote::command(tagged("joined")).workers(3))
+        .expect("the host joins");
+    assert_eq!(pool.n_jobs(), 4);
+    let ran = batch.wait().expect("the batch");
+    assert_eq!(ran.len(), 60);
+    let joined = ran.iter().filter(|h| *h == "joined").count();
+    let here = ran.iter().filter(|h| h.is_empty()).count();
+    assert_eq!(joined + here, 60, "{ran:?}");
+    assert!(
+        joined > here,
+        "the joined host's 3 workers ran {joined}, the local one {here}"
+    );
+    let insights = pool.insights();
+    assert!(
+        insights
+            .hosts
+            .iter()
+            .any(|h| h.name.contains("joined") && h.running == 3)
+    );
+    // A host that cannot start is a Spawn error that names it; the pool goes on.
+    match pool.add_remote(Remote::command(["false"]).workers(1)) {
+        Err(Error::Spawn { message, .. }) => assert!(message.contains("false"), "{message}"),
+        other => panic!("a launcher that fails: {other:?}"),
+    }
+    assert_eq!(pool.batch([1, 1, 1]).wait().expect("a batch").len(), 3);
+    pool.join().expect("join");
+    assert!(with_tag("joined").is_empty(), "{:?}", with_tag("joined"));
+}

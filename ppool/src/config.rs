@@ -5,7 +5,7 @@ use crate::error::Error;
 
 mod validate;
 
-pub(crate) use validate::{Config, ThisProcess};
+pub(crate) use validate::{Config, ThisProcess, World};
 
 /// How many workers a pool has, as given to [`ProcessPool::new`](crate::ProcessPool::new) or
 /// [`Builder::n_jobs`](crate::Builder::n_jobs): `-1` for every CPU, a count `n >= 1` (clamped to

@@ -17,7 +17,8 @@ struct SlotStats {
 /// The live counters of a pool.
 #[derive(Debug)]
 pub(crate) struct Stats {
-    slots: Vec<SlotStats>,
+    /// One per slot; more as hosts join a running pool.
+    slots: std::sync::RwLock<Vec<SlotStats>>,
     started: Instant,
     /// Tasks sent to workers and not answered yet.
     in_flight: AtomicU64,
@@ -26,7 +27,7 @@ pub(crate) struct Stats {
 impl Stats {
     pub(crate) fn new(slots: usize) -> Self {
         Stats {
-            slots: (0..slots).map(|_| SlotStats::default()).collect(),
+            slots: std::sync::RwLock::new((0..slots).map(|_| SlotStats::default()).collect()),
             started: Instant::now(),
             in_flight: AtomicU64::new(0),
         }
@@ -48,18 +49,42 @@ impl Stats {
 
     /// Worker `i` finished `count` tasks in `busy_nanos`, the longest taking `max_nanos`.
     pub(crate) fn record(&self, i: usize, count: u32, busy_nanos: u64, max_nanos: u64) {
-        let s = &self.slots[i];
+        let slots = self.read();
+        let Some(s) = slots.get(i) else {
+            return;
+        };
         s.tasks.fetch_add(u64::from(count), Ordering::Relaxed);
         s.busy_nanos.fetch_add(busy_nanos, Ordering::Relaxed);
         s.max_task_nanos.fetch_max(max_nanos, Ordering::Relaxed);
     }
 
     pub(crate) fn restarted(&self, i: usize) {
-        self.slots[i].restarts.fetch_add(1, Ordering::Relaxed);
+        if let Some(s) = self.read().get(i) {
+            s.restarts.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn failed(&self, i: usize) {
-        self.slots[i].failures.fetch_add(1, Ordering::Relaxed);
+        if let Some(s) = self.read().get(i) {
+            s.failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counters for slots up to `n`, for workers of hosts that joined.
+    pub(crate) fn grow(&self, n: usize) {
+        let mut slots = self
+            .slots
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while slots.len() < n {
+            slots.push(SlotStats::default());
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<SlotStats>> {
+        self.slots
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The counters, with each worker's state, pid and memory as `live(i)` says, and the
@@ -73,7 +98,7 @@ impl Stats {
     ) -> Insights {
         let uptime = self.started.elapsed();
         let workers: Vec<WorkerInsights> = self
-            .slots
+            .read()
             .iter()
             .enumerate()
             .map(|(index, s)| {

@@ -429,6 +429,7 @@ impl<F: Entry> Builder<F> {
             debug: v.debug,
             max_tasks_per_worker: v.max_tasks_per_worker,
             min_workers: v.min_workers,
+            host_timeout: v.host_timeout,
             task_timeout: v.task_timeout,
             memory_limit: v.memory_limit,
             retries: v.retries,

@@ -6,9 +6,10 @@ pub(crate) mod builder;
 
 use crate::chunk::size::Chunking;
 use crate::chunk::{self, ChunkEncoder, Target};
-use crate::config::NJobs;
+use crate::config::{NJobs, ThisProcess, World};
 use crate::entry::{self, Entry};
 use crate::error::{Error, Result};
+use crate::hosts::Remote;
 use crate::insights::Insights;
 use crate::outcome;
 use crate::progress_bar::{self, Bar};
@@ -370,7 +371,40 @@ impl<F: Entry> ProcessPool<F> {
     /// # Ok(()) } }
     /// ```
     pub fn n_jobs(&self) -> usize {
-        self.core.settings().n_jobs
+        self.core.n_workers()
+    }
+
+    /// Adds the workers of `remote` to the running pool: its agent and workers start (as at
+    /// [`build`](Builder::build)), and queued tasks flow to them as soon as they are ready.
+    /// Works from any thread, during a batch or a stream. [`n_jobs`](Self::n_jobs) counts
+    /// them from then on.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool, Remote};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::new(1)?;
+    /// pool.add_remote(Remote::command(["env", "HOST=joined"]).workers(2))?;
+    /// assert_eq!(pool.n_jobs(), 3);
+    /// assert_eq!(pool.batch(0..10).wait()?.len(), 10);
+    /// # Ok(()) } }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Spawn`] naming the host and the reason when its workers cannot start (those
+    /// that did start stay in the pool); [`Error::InvalidConfig`] for a `Remote` that
+    /// [`Builder::remote`] would refuse, or in debug mode; [`Error::Closed`] or
+    /// [`Error::NotStarted`] when the pool does not run.
+    pub fn add_remote(&self, remote: Remote) -> Result<()> {
+        let program = ThisProcess.program()?;
+        let hosts = crate::hosts::plan(
+            &[remote],
+            &program,
+            self.core.settings().host_timeout,
+            &mut || ThisProcess.allocation(),
+        )?;
+        self.core.add_hosts(hosts)
     }
 
     /// The pool's name, used for its threads and log lines.

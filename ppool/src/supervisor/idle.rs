@@ -49,6 +49,12 @@ impl IdleSet {
         }
     }
 
+    /// Room for `n` more workers, remote ones (hosts that joined a running pool).
+    pub(crate) fn grow(&mut self, n: usize) {
+        self.member.extend(std::iter::repeat_n(false, n));
+        self.is_local.extend(std::iter::repeat_n(false, n));
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.len
     }

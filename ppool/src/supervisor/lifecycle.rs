@@ -55,19 +55,11 @@ pub(super) fn register(shared: &Inner, i: usize, conn: &Conn) {
 pub(super) fn start_all(shared: &Inner) -> Result<Vec<Option<Conn>>, Error> {
     let n = shared.settings.n_jobs;
     let min = shared.settings.min_workers;
-    let greetings: Vec<Vec<u8>> = (0..n).map(|i| greeting(&shared.spec, i)).collect();
-    // Every host at once: a remote pool's start costs its slowest host, not their sum.
-    let started = shared.launch.start_many(0, &greetings);
     let mut conns = Vec::with_capacity(n);
     let mut failed: Vec<(String, Error)> = Vec::new();
-    for (i, worker) in started.into_iter().enumerate() {
-        let conn = worker.and_then(|worker| ready(&shared.spec, i, worker).map_err(|f| f.error));
+    for (i, conn) in start_range(shared, 0, n).into_iter().enumerate() {
         match conn {
-            Ok(mut conn) => {
-                events::install(shared, i, &mut conn);
-                tracing::debug!(pool = %shared.spec.pool, worker = i, pid = conn.peer.pid(), "worker started");
-                conns.push(Some(conn));
-            }
+            Ok(conn) => conns.push(Some(conn)),
             Err(e) if min.is_none() => return Err(e),
             Err(e) => {
                 let host = shared.launch.host(i);
@@ -93,6 +85,25 @@ pub(super) fn start_all(shared: &Inner) -> Result<Vec<Option<Conn>>, Error> {
         lock(&shared.host_failures).push((host, error.to_string()));
     }
     Ok(conns)
+}
+
+/// Starts workers `first..first + n` at once (every host at once: a remote pool's start
+/// costs its slowest host, not their sum), then waits for each to be ready.
+pub(super) fn start_range(shared: &Inner, first: usize, n: usize) -> Vec<Result<Conn, Error>> {
+    let greetings: Vec<Vec<u8>> = (first..first + n)
+        .map(|i| greeting(&shared.spec, i))
+        .collect();
+    let started = shared.launch.start_many(first, &greetings);
+    started
+        .into_iter()
+        .zip(first..)
+        .map(|(worker, i)| {
+            let mut conn = worker.and_then(|w| ready(&shared.spec, i, w).map_err(|f| f.error))?;
+            events::install(shared, i, &mut conn);
+            tracing::debug!(pool = %shared.spec.pool, worker = i, pid = conn.peer.pid(), "worker started");
+            Ok(conn)
+        })
+        .collect()
 }
 
 /// Starts a replacement for slot `i`, or marks it dead. A replacement that died while it

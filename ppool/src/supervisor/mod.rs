@@ -214,7 +214,7 @@ impl Core {
 
         let mut started = Vec::new();
         for i in 0..shared.settings.n_jobs {
-            if shared.evented[i] {
+            if shared.is_evented(i) {
                 // Driven by its host's reader (see `events`).
                 continue;
             }
@@ -258,6 +258,61 @@ impl Core {
         }
     }
 
+    /// How many worker slots the pool has: those it was built with, and those of the hosts
+    /// that joined.
+    pub(crate) fn n_workers(&self) -> usize {
+        self.shared.state().slots().len()
+    }
+
+    /// Adds `hosts` to the running pool: their slots are added, their workers started, and
+    /// each takes queued work as soon as it is ready. Returns once every one is ready, or
+    /// with the first failure (the slots of workers that did not start stay dead).
+    pub(crate) fn add_hosts(&self, hosts: Vec<crate::hosts::HostSpec>) -> Result<(), Error> {
+        let shared = &self.shared;
+        let n: usize = hosts.iter().map(|h| h.workers).sum();
+        let first = {
+            let mut st = shared.state();
+            if let Some(error) = refusal(shared, &st).filter(|_| st.phase != Phase::Running) {
+                return Err(error);
+            }
+            if st.phase != Phase::Running {
+                return Err(Error::Closed);
+            }
+            let first = st.slots().len();
+            if !shared.launch.add_hosts(hosts) {
+                return Err(Error::config(
+                    "remote",
+                    "debug mode runs tasks in this process; it has no remote workers",
+                ));
+            }
+            st.grow(n);
+            shared.watch.grow(first + n);
+            shared.stats.grow(first + n);
+            first
+        };
+        let mut failure = None;
+        for (conn, i) in lifecycle::start_range(shared, first, n)
+            .into_iter()
+            .zip(first..)
+        {
+            match conn {
+                Ok(conn) => {
+                    register(shared, i, &conn);
+                    // Takes queued work at once, as a slot put back does.
+                    put_back(shared, i, Slot::Idle(Box::new(conn)));
+                }
+                Err(e) => {
+                    tracing::warn!(pool = %shared.spec.pool, worker = i, error = &e as &dyn std::error::Error, "a worker of a joining host did not start");
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// Queues a job; it fails at once if the pool cannot run it.
     pub(crate) fn submit(&self, job: Job) {
         if let Some((st, job)) = self.admit(job) {
@@ -285,7 +340,7 @@ impl Core {
             unreachable!("slot {i} was idle")
         };
         drop(st);
-        if shared.evented[i] {
+        if shared.is_evented(i) {
             // Sent from here; its host's reader delivers the answer.
             return events::start(shared, i, conn, job);
         }
@@ -446,7 +501,7 @@ impl Core {
         let mut st = shared.state();
         loop {
             let unsettled = (0..st.slots().len()).any(|i| {
-                shared.evented[i]
+                shared.is_evented(i)
                     && matches!(st.slot(i), Slot::Busy | Slot::Vacant | Slot::Recycle(_))
             });
             if !unsettled && (st.queue.is_empty() || !st.any_alive()) {
@@ -463,7 +518,7 @@ impl Core {
         let mut st = self.settle_evented();
         let mut idle = Vec::new();
         for i in 0..st.slots().len() {
-            if !shared.evented[i] || !matches!(st.slot(i), Slot::Idle(_)) {
+            if !shared.is_evented(i) || !matches!(st.slot(i), Slot::Idle(_)) {
                 continue;
             }
             if let Slot::Idle(conn) = st.put(i, Slot::Retired) {
@@ -576,7 +631,7 @@ impl Wake {
 /// thread is to be woken, or, for an evented worker, the job is taken for it here.
 fn summon(shared: &Inner, st: &mut State) -> Option<Wake> {
     let i = shared.summon(st)?;
-    if !shared.evented[i] {
+    if !shared.is_evented(i) {
         return Some(Wake::Ring(i));
     }
     let wake = take_for(st, i);
@@ -653,7 +708,7 @@ fn put_back(shared: &Inner, i: usize, back: Slot) {
     let takes = matches!(st.slot(i), Slot::Idle(_)) && !st.queue.is_empty();
     let own = vacated || takes;
     let mut wakes = Vec::new();
-    if own && shared.evented[i] {
+    if own && shared.is_evented(i) {
         // Its next job is taken (or its refill begun) here: no thread waits to be woken.
         wakes.extend(take_for(&mut st, i));
     } else if own {
@@ -665,7 +720,7 @@ fn put_back(shared: &Inner, i: usize, back: Slot) {
     }
     // Jobs waiting while other workers sleep idle (put back by a failed worker's recovery,
     // say): wake as many of those as there are jobs beyond what this slot takes.
-    let waiting = if shared.evented[i] {
+    let waiting = if shared.is_evented(i) {
         st.queue.len()
     } else {
         st.queue.len().saturating_sub(usize::from(takes))

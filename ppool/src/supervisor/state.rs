@@ -22,6 +22,8 @@ pub(crate) struct Settings {
     pub(crate) max_tasks_per_worker: Option<u64>,
     /// `build()` succeeds once this many workers are ready.
     pub(crate) min_workers: Option<usize>,
+    /// How long a remote host may stay silent (for the hosts that join later).
+    pub(crate) host_timeout: Duration,
     pub(crate) task_timeout: Option<Duration>,
     pub(crate) memory_limit: Option<u64>,
     pub(crate) retries: u32,
@@ -115,6 +117,12 @@ impl State {
     /// Every slot, in order.
     pub(crate) fn slots(&self) -> &[Slot] {
         &self.slots
+    }
+
+    /// `n` more slots, dead until their workers start: those of hosts that joined.
+    pub(crate) fn grow(&mut self, n: usize) {
+        self.slots.extend((0..n).map(|_| Slot::Dead));
+        self.idle.grow(n);
     }
 
     /// Puts `slot` in slot `i` and returns what it held, keeping the counts, and the idle set:
@@ -221,6 +229,12 @@ impl Inner {
     /// Slot `i`'s driver thread sleeps until rung: `st` is released meanwhile.
     pub(crate) fn sleep<'a>(&self, i: usize, st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
         crate::sync::wait(&self.bells[i], st)
+    }
+
+    /// Whether slot `i` is driven by events (a remote worker): those of hosts that joined a
+    /// running pool are.
+    pub(crate) fn is_evented(&self, i: usize) -> bool {
+        self.evented.get(i).copied().unwrap_or(true)
     }
 
     /// Wakes slot `i`'s driver thread.

@@ -327,6 +327,7 @@ fn settings(n_jobs: usize) -> Settings {
         debug: false,
         max_tasks_per_worker: None,
         min_workers: None,
+        host_timeout: Duration::from_secs(30),
         task_timeout: None,
         memory_limit: None,
         retries: 0,

@@ -57,6 +57,14 @@ impl Watch {
         }
     }
 
+    /// Watches slots up to `n`, for workers of hosts that joined.
+    pub(crate) fn grow(&self, n: usize) {
+        let mut st = self.lock();
+        while st.slots.len() < n {
+            st.slots.push(SlotWatch::default());
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Watched> {
         lock(&self.state)
     }

@@ -215,6 +215,12 @@ pub(crate) trait Launch: Send + Sync + Debug {
     /// Tells the hosts that were sent shared value `id` that the pool freed it.
     fn forget(&self, _id: u64) {}
 
+    /// Adds `hosts`, whose workers come after every worker so far; false where the kind
+    /// has no remote hosts (debug mode).
+    fn add_hosts(&self, _hosts: Vec<crate::hosts::HostSpec>) -> bool {
+        false
+    }
+
     /// Ends what the launcher keeps beside its workers (remote hosts' agents), once every
     /// worker was stopped; returns when it has ended. A worker started later starts it anew.
     fn close(&self) {}
@@ -295,9 +301,10 @@ pub(crate) fn compose(
             }
         }
     }
-    if hosts.is_empty() {
+    if debug {
         return (local(config, debug), local_workers);
     }
+    // Remote hosts, if any now; hosts may join later (`add_remote`).
     let remote = remote::Remotes::new(config.clone(), host_timeout, hosts);
     let all = local_workers + remote.workers();
     let local = local(config, false);

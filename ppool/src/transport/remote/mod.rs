@@ -25,7 +25,7 @@ use crate::sync::lock;
 use host::Host;
 use link::{RemoteLink, RemotePeer};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 /// A worker to start: its pool index and its greeting.
@@ -45,7 +45,19 @@ const STARTERS: usize = 16;
 pub(crate) struct Remotes {
     config: LaunchConfig,
     host_timeout: Duration,
-    hosts: Vec<HostEntry>,
+    /// Every host the pool was given, in the order of their workers' indexes; a host added
+    /// to a running pool comes last.
+    hosts: RwLock<Vec<Arc<HostEntry>>>,
+}
+
+impl HostEntry {
+    fn new(spec: HostSpec) -> Arc<HostEntry> {
+        Arc::new(HostEntry {
+            spec,
+            agent: Mutex::new(None),
+            failures: AtomicU32::new(0),
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -62,27 +74,34 @@ impl Remotes {
         Remotes {
             config,
             host_timeout,
-            hosts: hosts
-                .into_iter()
-                .map(|spec| HostEntry {
-                    spec,
-                    agent: Mutex::new(None),
-                    failures: AtomicU32::new(0),
-                })
-                .collect(),
+            hosts: RwLock::new(hosts.into_iter().map(HostEntry::new).collect()),
         }
+    }
+
+    /// Adds `hosts`, whose workers come after every worker so far.
+    pub(crate) fn add(&self, hosts: Vec<HostSpec>) {
+        let mut all = self.hosts.write().unwrap_or_else(PoisonError::into_inner);
+        all.extend(hosts.into_iter().map(HostEntry::new));
+    }
+
+    fn hosts(&self) -> Vec<Arc<HostEntry>> {
+        self.hosts
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The workers of every host, in order.
     pub(crate) fn workers(&self) -> usize {
-        self.hosts.iter().map(|h| h.spec.workers).sum()
+        self.hosts().iter().map(|h| h.spec.workers).sum()
     }
 
     /// The host of remote worker `i` (counted from the first remote one).
-    fn entry(&self, mut i: usize) -> Option<&HostEntry> {
-        for host in &self.hosts {
+    fn entry(&self, mut i: usize) -> Option<Arc<HostEntry>> {
+        let hosts = self.hosts.read().unwrap_or_else(PoisonError::into_inner);
+        for host in hosts.iter() {
             if i < host.spec.workers {
-                return Some(host);
+                return Some(Arc::clone(host));
             }
             i -= host.spec.workers;
         }
@@ -95,11 +114,9 @@ impl Remotes {
             .map_or_else(|| "?".to_string(), |h| h.spec.name.clone())
     }
 
-    /// Ends every host's agent, together, and reaps their launchers (see `host::stop_all`).
-    /// A worker started later gets a new agent.
     /// Tells every host that was sent shared value `id` to let it go.
     pub(crate) fn forget(&self, id: u64) {
-        for entry in &self.hosts {
+        for entry in &self.hosts() {
             let host = lock(&entry.agent).clone();
             if let Some(host) = host {
                 share::forget(&host.conn, id);
@@ -107,9 +124,11 @@ impl Remotes {
         }
     }
 
+    /// Ends every host's agent, together, and reaps their launchers (see `host::stop_all`).
+    /// A worker started later gets a new agent.
     pub(crate) fn close(&self) {
         let hosts: Vec<Arc<Host>> = self
-            .hosts
+            .hosts()
             .iter()
             .filter_map(|entry| lock(&entry.agent).take())
             .collect();
@@ -134,7 +153,7 @@ impl Remotes {
         greetings: &[Vec<u8>],
     ) -> Vec<Result<Worker, Error>> {
         // Consecutive workers of one host form a group.
-        let mut groups: Vec<(&HostEntry, Vec<Member<'_>>)> = Vec::new();
+        let mut groups: Vec<(Arc<HostEntry>, Vec<Member<'_>>)> = Vec::new();
         let mut results: Vec<Option<Result<Worker, Error>>> = Vec::new();
         for (k, greeting) in greetings.iter().enumerate() {
             results.push(None);
@@ -146,7 +165,7 @@ impl Remotes {
                     ))));
                 }
                 Some(entry) => match groups.last_mut() {
-                    Some((last, members)) if std::ptr::eq(*last, entry) => {
+                    Some((last, members)) if Arc::ptr_eq(last, &entry) => {
                         members.push((index + k, greeting.as_slice()));
                     }
                     _ => groups.push((entry, vec![(index + k, greeting.as_slice())])),
@@ -178,7 +197,7 @@ impl Remotes {
     /// from waiting on another's, without a thread per host.
     fn start_groups(
         &self,
-        groups: &[(&HostEntry, Vec<Member<'_>>)],
+        groups: &[(Arc<HostEntry>, Vec<Member<'_>>)],
     ) -> Vec<Vec<Result<Worker, Error>>> {
         let next = std::sync::atomic::AtomicUsize::new(0);
         let done: Mutex<Vec<Option<Started>>> = Mutex::new(groups.iter().map(|_| None).collect());
@@ -319,6 +338,11 @@ impl Launch for Mixed {
 
     fn forget(&self, id: u64) {
         self.remote.forget(id);
+    }
+
+    fn add_hosts(&self, hosts: Vec<HostSpec>) -> bool {
+        self.remote.add(hosts);
+        true
     }
 
     fn host(&self, index: usize) -> String {
