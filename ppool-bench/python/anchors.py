@@ -380,6 +380,230 @@ def remote_scale_steps(args):
     emit({"values": {"join ms": (time.perf_counter() - start) * 1e3}})
 
 
+# ---- shared: one large value to every worker (see ppool-bench/src/metrics/shared_broadcast.rs) ----
+
+PAGE = 4096
+RELEASE = "release"
+BARRIER_WAIT = 120.0
+
+
+def page_sum(buf):
+    """One byte of each 4 KiB page, summed: every page read once."""
+    return sum(buf[::PAGE])
+
+
+def make_value(size):
+    """`size` bytes, every page written (resident before it is handed to the pool)."""
+    pattern = bytes((i * 31) & 0xFF for i in range(256))
+    return (pattern * (size // 256 + 1))[:size]
+
+
+def arrive(dir_):
+    """Reads are done: leave this process's marker (named by its pid, holding the time) and
+    wait until the parent creates `release`."""
+    at = time.monotonic_ns()
+    pid = os.getpid()
+    tmp = os.path.join(dir_, f".{pid}")
+    with open(tmp, "w") as f:
+        f.write(str(at))
+    os.rename(tmp, os.path.join(dir_, str(pid)))
+    release = os.path.join(dir_, RELEASE)
+    deadline = time.monotonic() + BARRIER_WAIT
+    while not os.path.exists(release):
+        if time.monotonic() > deadline:
+            raise RuntimeError("not released in time")
+        time.sleep(0.002)
+    return at
+
+
+def read_arg(data, dir_):
+    s = page_sum(data)
+    return os.getpid(), arrive(dir_), s
+
+
+INIT_DATA = None
+
+
+def init_data(data):
+    global INIT_DATA
+    INIT_DATA = data
+
+
+def read_init(dir_):
+    s = page_sum(INIT_DATA)
+    return os.getpid(), arrive(dir_), s
+
+
+def read_mpire(shared, dir_):
+    s = page_sum(shared)
+    return os.getpid(), arrive(dir_), s
+
+
+def mpire_square(_shared, x):
+    return x * x
+
+
+def rollup_kib(pid):
+    """(Rss, Pss) of a process in KiB, from /proc/PID/smaps_rollup (zeros if it is gone)."""
+    rss = pss = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Rss:"):
+                    rss = int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss = int(line.split()[1])
+    except OSError:
+        pass
+    return rss, pss
+
+
+def children_of(parent):
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if int(stat[stat.rfind(")") + 2:].split()[1]) == parent:
+            out.append(int(name))
+    return out
+
+
+def tree_memory():
+    """(Rss, Pss) summed over this process and its children, KiB."""
+    me = os.getpid()
+    pids = [me] + children_of(me)
+    both = [rollup_kib(p) for p in pids]
+    return sum(r for r, _ in both), sum(p for _, p in both)
+
+
+def arrived(dir_):
+    return sum(1 for n in os.listdir(dir_) if n.isdigit())
+
+
+def broadcast_one(name, dir_, n, size, expected, start, run, base, timeout, out):
+    """Waits until the `n` workers have read the value (run() started their tasks), reads
+    the memory of this process and its children, releases them, checks and records."""
+    results = []
+    failure = []
+
+    def waiter():
+        try:
+            results.extend(run())
+        except Exception as err:  # reported below
+            failure.append(err)
+
+    thread = threading.Thread(target=waiter, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while arrived(dir_) < n:
+        if failure:
+            raise failure[0]
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{arrived(dir_)} of {n} workers read the value in time")
+        time.sleep(0.002)
+    rss, pss = tree_memory()
+    open(os.path.join(dir_, RELEASE), "w").close()
+    thread.join(timeout)
+    if failure:
+        raise failure[0]
+    if len(results) != n or any(s != expected for _, _, s in results):
+        raise RuntimeError("wrong results")
+    pids = {pid for pid, _, _ in results}
+    last = max(at for _, at, _ in results)
+    kib = size / 1024
+    out[f"{name}: ms"] = (last - start) / 1e6
+    out[f"{name}: workers"] = len(pids)
+    out[f"{name}: pss x"] = (pss - base[1]) / kib
+    out[f"{name}: rss x"] = (rss - base[0]) / kib
+
+
+def mem_available():
+    """MemAvailable of /proc/meminfo in bytes, or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def shared_broadcast(args, out, notes):
+    """One value of `--bytes` to each of `--workers` workers: in every task (mp), to an
+    initializer (mp, fork), as mpire's shared_objects (fork). Times from handing the value
+    over (map / Pool / WorkerPool) until the last worker had read it."""
+    n, size = args.workers, args.bytes
+    ctx = multiprocessing.get_context("fork")
+
+    def fresh_dir(name):
+        d = os.path.join(args.dir, name.replace(" ", "-"))
+        os.makedirs(d)
+        return d
+
+    def attempt(name, fn):
+        try:
+            fn(name)
+        except Exception as err:
+            notes.append(f"{name} (N={n}) failed: {err!r}")
+
+    def per_task(name):
+        d = fresh_dir(name)
+        with ctx.Pool(n) as pool:
+            pool.map(square, range(n * 4), chunksize=1)
+            base = tree_memory()
+            data = make_value(size)
+            expected = page_sum(data)
+            start = time.monotonic_ns()
+            run = lambda: pool.starmap(read_arg, [(data, d)] * n, chunksize=1)
+            broadcast_one(name, d, n, size, expected, start, run, base, args.wave_timeout, out)
+
+    def initializer(name):
+        d = fresh_dir(name)
+        # The same pool without the value, for the memory it takes by itself.
+        with ctx.Pool(n, initializer=init_data, initargs=(b"",)) as pool:
+            pool.map(square, range(n * 4), chunksize=1)
+            base = tree_memory()
+        data = make_value(size)
+        expected = page_sum(data)
+        start = time.monotonic_ns()
+        pool = ctx.Pool(n, initializer=init_data, initargs=(data,))
+        try:
+            run = lambda: pool.map(read_init, [d] * n, chunksize=1)
+            broadcast_one(name, d, n, size, expected, start, run, base, args.wave_timeout, out)
+        finally:
+            pool.terminate()
+            pool.join()
+
+    def mpire_shared(name):
+        d = fresh_dir(name)
+        with WorkerPool(n_jobs=n, shared_objects=b"", start_method="fork", keep_alive=True) as pool:
+            pool.map(mpire_square, range(n * 4), chunk_size=1)
+            base = tree_memory()
+            pool.terminate()
+        data = make_value(size)
+        expected = page_sum(data)
+        start = time.monotonic_ns()
+        with WorkerPool(n_jobs=n, shared_objects=data, start_method="fork") as pool:
+            run = lambda: pool.map(read_mpire, [d] * n, chunk_size=1)
+            broadcast_one(name, d, n, size, expected, start, run, base, args.wave_timeout, out)
+
+    available = mem_available()
+    if available is not None and available < (n + 2) * size + args.margin:
+        notes.append(f"mp per task (N={n}) skipped: needs about {((n + 2) * size + args.margin) / 2**30:.1f} GiB, "
+                     f"the machine has {available / 2**30:.1f} GiB available")
+    else:
+        attempt("mp per task", per_task)
+    attempt("mp initializer", initializer)
+    if WorkerPool is not None:
+        attempt("mpire shared", mpire_shared)
+
+
 def status_kib_of(pid, field):
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -406,6 +630,9 @@ def main():
     parser.add_argument("--min-secs", type=float, default=1.0)
     parser.add_argument("--max-tiny", type=int, default=50_000_000)
     parser.add_argument("--wave-timeout", type=float, default=600.0)
+    parser.add_argument("--bytes", type=int, default=MIB)
+    parser.add_argument("--dir", default="")
+    parser.add_argument("--margin", type=int, default=2 << 30)
     args = parser.parse_args()
 
     metrics = {
@@ -417,6 +644,7 @@ def main():
         "startup_code": startup_code,
         "map_rss": map_rss,
         "remote_scale": remote_scale,
+        "shared_broadcast": shared_broadcast,
     }
     if args.metric not in metrics:
         parser.error(f"unknown metric {args.metric}")

@@ -31,6 +31,8 @@ pub(crate) const MAP_RSS: &str = "--map-rss-child";
 pub(crate) const PINNED_RTT: &str = "--pinned-rtt-child";
 /// ppool: one size of `remote_scale`, figures as JSON lines as they are measured.
 pub(crate) const REMOTE_SCALE: &str = "--remote-scale-child";
+/// ppool: one run of the `shared` broadcast (one way of passing the value, one layout).
+pub(crate) const SHARED_BROADCAST: &str = "--shared-broadcast-child";
 
 /// Runs the child mode named by `args[0]`, if any; `Ok(true)` when one ran.
 pub(crate) fn dispatch(args: &[String]) -> BenchResult<bool> {
@@ -47,6 +49,7 @@ pub(crate) fn dispatch(args: &[String]) -> BenchResult<bool> {
         MAP_RSS => ppool_side::map_rss_child(count_arg(args)?)?,
         PINNED_RTT => metrics::latency::pinned_child(count_arg(args)?)?,
         REMOTE_SCALE => metrics::remote_scale::child(&args[1..])?,
+        SHARED_BROADCAST => metrics::shared_broadcast::child(&args[1..])?,
         _ => return Ok(false),
     }
     Ok(true)

@@ -27,6 +27,11 @@ pub(crate) const METRICS: &[(&str, &str)] = &[
         "remote_scale",
         "remote workers by count (4x4, 16x16, 64x16 agents x workers) beside mp.Pool(N)",
     ),
+    (
+        "shared",
+        "shared inputs: 256 MiB to every worker (2 local, 4x4 hosts), a handle in tiny tasks, \
+         10/100 MiB as SharedBytes",
+    ),
     ("cpu_scaling", "CPU scaling, 200 x ~10 ms tasks"),
     (
         "startup",

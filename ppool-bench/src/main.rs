@@ -46,6 +46,7 @@ const PYTHON_METRICS: &[&str] = &[
     "startup",
     "map_rss",
     "remote_scale",
+    "shared",
 ];
 
 ppool::main! {

@@ -48,8 +48,14 @@ pub(crate) fn table(info: &RunInfo, metrics: &[MetricResult]) -> String {
     );
     for m in metrics {
         let _ = writeln!(out, "\n[{}] {}", m.id, m.title);
-        if let Some(t) = &m.table {
-            write_table(&mut out, t);
+        if m.table.is_some() || !m.tables.is_empty() {
+            if let Some(t) = &m.table {
+                write_table(&mut out, t);
+            }
+            for (title, t) in &m.tables {
+                let _ = writeln!(out, "  -- {title}");
+                write_table(&mut out, t);
+            }
             for note in &m.notes {
                 let _ = writeln!(out, "  note: {note}");
             }
@@ -129,6 +135,7 @@ fn write_table(out: &mut String, t: &Table) {
                 // Counts read better without decimals.
                 Cell::Value(v) if v.fract() == 0.0 && v.abs() < 1e4 => format!("{v:.0}"),
                 Cell::Value(v) => fmt_value(*v),
+                Cell::Text(text) => text.clone(),
                 Cell::Missing if c.error.is_some() => "err".to_owned(),
                 Cell::Missing | Cell::NotApplicable => "-".to_owned(),
             };
@@ -161,6 +168,7 @@ fn table_json(t: &Table) -> Value {
                 .iter()
                 .map(|cell| match cell {
                     Cell::Value(v) => json!(v),
+                    Cell::Text(text) => json!(text),
                     Cell::Missing => Value::Null,
                     Cell::NotApplicable => json!("n/a"),
                 })
@@ -219,6 +227,15 @@ fn metric_json(m: &MetricResult) -> Value {
         "ratio_meaning": m.ratio_meaning(),
         "notes": m.notes,
         "table": m.table.as_ref().map(table_json),
+        "tables": m
+            .tables
+            .iter()
+            .map(|(title, t)| {
+                let mut t = table_json(t);
+                t["title"] = json!(title);
+                t
+            })
+            .collect::<Vec<_>>(),
     })
 }
 
@@ -313,5 +330,38 @@ mod tests {
         assert_eq!(json["metrics"][0]["table"]["rows"][0]["medians"][0], 12.0);
         assert_eq!(json["metrics"][0]["table"]["rows"][1]["medians"][0], "n/a");
         assert_eq!(json["metrics"][0]["contenders"][1]["samples"][0], 60.0);
+    }
+
+    #[test]
+    fn titled_tables_print_words_and_go_to_json() {
+        use crate::results::{Column, TableRow};
+        let mut m = MetricResult::new("shared", "t", "per row", Better::Lower);
+        m.mixed_units = true;
+        m.tables.push((
+            "goals".into(),
+            Table {
+                columns: vec![Column {
+                    name: "met".into(),
+                    error: None,
+                }],
+                rows: vec![TableRow {
+                    label: "memory".into(),
+                    cells: vec![Cell::Text("yes".into())],
+                }],
+            },
+        ));
+        let info = RunInfo {
+            quick: true,
+            reps: 1,
+            cpus: 2,
+        };
+        let text = table(&info, std::slice::from_ref(&m));
+        assert!(text.contains("-- goals") && text.contains("yes"), "{text}");
+        let json = to_json(&info, &[m]);
+        assert_eq!(json["metrics"][0]["tables"][0]["title"], "goals");
+        assert_eq!(
+            json["metrics"][0]["tables"][0]["rows"][0]["medians"][0],
+            "yes"
+        );
     }
 }

@@ -49,6 +49,9 @@ pub(crate) struct MetricResult {
     pub(crate) mixed_units: bool,
     /// A table of medians the metric prints instead of its list of contenders.
     pub(crate) table: Option<Table>,
+    /// Further tables, each under its title, printed after `table` (also instead of the
+    /// list of contenders).
+    pub(crate) tables: Vec<(String, Table)>,
 }
 
 /// Medians laid out by the metric: one column per configuration, one row per quantity.
@@ -74,9 +77,11 @@ pub(crate) struct TableRow {
 }
 
 /// One median of a [`Table`].
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Cell {
     Value(f64),
+    /// A word rather than a number (a goal's limit, whether it was met).
+    Text(String),
     /// Not measured: its configuration failed first.
     Missing,
     /// The quantity does not exist for this configuration.
@@ -99,6 +104,7 @@ impl MetricResult {
             notes: Vec::new(),
             mixed_units: false,
             table: None,
+            tables: Vec::new(),
         }
     }
 

@@ -51,6 +51,24 @@ impl ProcspawnPool {
         }
         Ok(elapsed)
     }
+
+    /// `payload` one way as `serde_bytes::ByteBuf`, the worker answering with its page sum
+    /// (one byte of each 4 KiB page); times only the call.
+    pub(crate) fn page_sum(&self, payload: &[u8]) -> BenchResult<Duration> {
+        let arg = ByteBuf::from(payload.to_vec());
+        let start = Instant::now();
+        let sum = self
+            .pool
+            .spawn(arg, |b: ByteBuf| {
+                crate::metrics::shared_broadcast::page_sum(&b)
+            })
+            .join()?;
+        let elapsed = start.elapsed();
+        if sum != crate::metrics::shared_broadcast::page_sum(payload) {
+            return Err("procspawn page sum returned a wrong sum".into());
+        }
+        Ok(elapsed)
+    }
 }
 
 impl Drop for ProcspawnPool {

@@ -10,6 +10,8 @@ pub(crate) mod process;
 pub(crate) mod remote;
 pub(crate) mod remote_scale;
 pub(crate) mod scaling;
+pub(crate) mod shared;
+pub(crate) mod shared_broadcast;
 pub(crate) mod throughput;
 
 use std::time::Duration;
@@ -49,6 +51,7 @@ pub(crate) fn run_metric(id: &str, ctx: &Ctx) -> BenchResult<MetricResult> {
         "map_rss" => process::map_rss(ctx),
         "codec_small" => codec::codec_small(ctx),
         "codec_record" => codec::codec_record(ctx),
+        "shared" => shared::shared(ctx),
         other => return Err(format!("no metric {other:?}").into()),
     })
 }

@@ -140,10 +140,10 @@ struct Side {
 
 /// What one run of one side at one size produced.
 #[derive(Debug, Default)]
-struct Outcome {
-    values: Vec<(String, f64)>,
-    notes: Vec<String>,
-    error: Option<String>,
+pub(crate) struct Outcome {
+    pub(crate) values: Vec<(String, f64)>,
+    pub(crate) notes: Vec<String>,
+    pub(crate) error: Option<String>,
 }
 
 pub(crate) fn remote_scale(ctx: &Ctx) -> MetricResult {
@@ -355,7 +355,7 @@ fn run_mp(
 
 /// Runs a child that prints JSON lines (`{"at": step}`, `{"values": {..}}`,
 /// `{"error": why}`, `{"notes": [..]}`) and gathers them.
-fn run_child(name: &str, cmd: &mut std::process::Command, limit: Duration) -> Outcome {
+pub(crate) fn run_child(name: &str, cmd: &mut std::process::Command, limit: Duration) -> Outcome {
     let mut step = String::from("start");
     let mut out = Outcome::default();
     let started = Instant::now();
@@ -400,7 +400,7 @@ fn run_child(name: &str, cmd: &mut std::process::Command, limit: Duration) -> Ou
 }
 
 impl Outcome {
-    fn failed(why: String) -> Outcome {
+    pub(crate) fn failed(why: String) -> Outcome {
         Outcome {
             error: Some(why),
             ..Outcome::default()
@@ -410,7 +410,8 @@ impl Outcome {
 
 // ---- the child: one size, measured in a process of its own ----
 
-fn emit(json: Value) {
+/// Prints one JSON line on stdout and flushes it (for [`run_child`] in the parent).
+pub(crate) fn emit(json: Value) {
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{json}");
     let _ = stdout.flush();
