@@ -35,6 +35,27 @@ const HOSTS: Layout = Layout {
     per_host: 4,
 };
 
+/// Picks parts: `PPOOL_BENCH_SHARED_PARTS=broadcast,tiny,payloads` (all by default).
+const PARTS_ENV: &str = "PPOOL_BENCH_SHARED_PARTS";
+const PARTS: [&str; 3] = ["broadcast", "tiny", "payloads"];
+
+/// The parts to run, from the value of [`PARTS_ENV`] (`None`: all).
+fn parts(spec: Option<&str>) -> Result<Vec<&'static str>, String> {
+    let Some(spec) = spec else {
+        return Ok(PARTS.to_vec());
+    };
+    spec.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            PARTS
+                .into_iter()
+                .find(|p| *p == s)
+                .ok_or_else(|| format!("{PARTS_ENV}: no part {s:?} (parts: {})", PARTS.join(", ")))
+        })
+        .collect()
+}
+
 /// The goals of shared inputs.
 const MEMORY_GOAL: f64 = 1.10;
 const STREAM_GOAL: f64 = 1.05;
@@ -50,6 +71,16 @@ pub(crate) fn shared(ctx: &Ctx) -> MetricResult {
         Better::Lower,
     );
     m.mixed_units = true;
+    let parts = match parts(std::env::var(PARTS_ENV).ok().as_deref()) {
+        Ok(parts) => parts,
+        Err(e) => {
+            m.note(format!("skipped: {e}"));
+            return m;
+        }
+    };
+    if parts.len() < PARTS.len() {
+        m.note(format!("only {} ({PARTS_ENV})", parts.join(", ")));
+    }
     let size = ctx.opts.size(256 * MIB, 64 * MIB);
     let reps = ctx.opts.reps.min(3);
     let python = match &ctx.python {
@@ -59,6 +90,52 @@ pub(crate) fn shared(ctx: &Ctx) -> MetricResult {
             None
         }
     };
+    if parts.contains(&"broadcast") {
+        broadcast_notes(&mut m, size, reps);
+        for layout in [LOCAL, HOSTS] {
+            eprintln!(
+                "  broadcast of {} MiB to {} workers ({})",
+                size / MIB,
+                layout.workers(),
+                layout.name()
+            );
+            let table = shared_broadcast::run(&mut m, python, layout, size, reps);
+            let title = if layout.hosts == 0 {
+                format!(
+                    "broadcast {} MiB to {} local workers (Python: same N)",
+                    size / MIB,
+                    layout.per_host
+                )
+            } else {
+                format!(
+                    "broadcast {} MiB to {} hosts x {} workers (Python: {} local workers)",
+                    size / MIB,
+                    layout.hosts,
+                    layout.per_host,
+                    layout.workers()
+                )
+            };
+            m.tables.push((title, table));
+        }
+    }
+    if parts.contains(&"tiny") {
+        let tiny = tiny(ctx, &mut m);
+        m.tables
+            .push(("tiny tasks on 2 local workers".to_owned(), tiny));
+    }
+    if parts.contains(&"payloads") {
+        let payloads = payloads(ctx, &mut m);
+        m.tables
+            .push(("10 MiB and 100 MiB to one worker of 2".to_owned(), payloads));
+    }
+    let goals = goals(&m);
+    m.tables
+        .push(("goals (ratio <= goal is met)".to_owned(), goals));
+    m
+}
+
+/// What the broadcast tables mean.
+fn broadcast_notes(m: &mut MetricResult, size: usize, reps: usize) {
     m.note(format!(
         "broadcast: a value of {} MiB; each worker runs one task that reads one byte of every \
          4 KiB page, notes the time (CLOCK_MONOTONIC) and waits at a barrier (a marker file, \
@@ -92,41 +169,6 @@ pub(crate) fn shared(ctx: &Ctx) -> MetricResult {
          {} local workers",
         HOSTS.workers()
     ));
-    for layout in [LOCAL, HOSTS] {
-        eprintln!(
-            "  broadcast of {} MiB to {} workers ({})",
-            size / MIB,
-            layout.workers(),
-            layout.name()
-        );
-        let table = shared_broadcast::run(&mut m, python, layout, size, reps);
-        let title = if layout.hosts == 0 {
-            format!(
-                "broadcast {} MiB to {} local workers (Python: same N)",
-                size / MIB,
-                layout.per_host
-            )
-        } else {
-            format!(
-                "broadcast {} MiB to {} hosts x {} workers (Python: {} local workers)",
-                size / MIB,
-                layout.hosts,
-                layout.per_host,
-                layout.workers()
-            )
-        };
-        m.tables.push((title, table));
-    }
-    let tiny = tiny(ctx, &mut m);
-    m.tables
-        .push(("tiny tasks on 2 local workers".to_owned(), tiny));
-    let payloads = payloads(ctx, &mut m);
-    m.tables
-        .push(("10 MiB and 100 MiB to one worker of 2".to_owned(), payloads));
-    let goals = goals(&m);
-    m.tables
-        .push(("goals (ratio <= goal is met)".to_owned(), goals));
-    m
 }
 
 // ---- part 2: a handle in a tiny task ----
@@ -522,6 +564,13 @@ mod tests {
         assert_eq!(ratio(Some(3.0), None), None);
         assert_eq!(ratio(Some(3.0), Some(0.0)), None);
         assert_eq!(ratio(Some(f64::NAN), Some(1.0)), None);
+    }
+
+    #[test]
+    fn parts_by_name() {
+        assert_eq!(parts(None), Ok(PARTS.to_vec()));
+        assert_eq!(parts(Some("tiny, payloads")), Ok(vec!["tiny", "payloads"]));
+        assert!(parts(Some("nope")).is_err());
     }
 
     #[test]
