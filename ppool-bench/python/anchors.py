@@ -593,11 +593,14 @@ def shared_broadcast(args, out, notes):
             run = lambda: pool.map(read_mpire, [d] * n, chunk_size=1)
             broadcast_one(name, d, n, size, expected, start, run, base, args.wave_timeout, out)
 
+    # The value in every task: (n + 2) copies at once (the parent's, one being pickled, one
+    # per worker); left out when the Rust side says so or memory is short.
+    need = (n + 2) * size + args.margin
     available = mem_available()
-    if available is not None and available < (n + 2) * size + args.margin:
-        notes.append(f"mp per task (N={n}) skipped: needs about {((n + 2) * size + args.margin) / 2**30:.1f} GiB, "
+    if args.per_task and available is not None and available < need:
+        notes.append(f"mp per task (N={n}) skipped: needs about {need / 2**30:.1f} GiB, "
                      f"the machine has {available / 2**30:.1f} GiB available")
-    else:
+    elif args.per_task:
         attempt("mp per task", per_task)
     attempt("mp initializer", initializer)
     if WorkerPool is not None:
@@ -633,6 +636,7 @@ def main():
     parser.add_argument("--bytes", type=int, default=MIB)
     parser.add_argument("--dir", default="")
     parser.add_argument("--margin", type=int, default=2 << 30)
+    parser.add_argument("--per-task", type=int, default=1)
     args = parser.parse_args()
 
     metrics = {

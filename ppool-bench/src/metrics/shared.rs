@@ -143,8 +143,10 @@ fn broadcast_notes(m: &mut MetricResult, size: usize, reps: usize) {
          while memory is read. Time: from handing the value over (share / share_bytes; the \
          first submission; mp map; Pool(initializer) or WorkerPool creation, which includes \
          forking the workers) until the last worker had read it. Medians of {reps} \
-         repetitions, ppool in a fresh process each",
-        size / MIB
+         repetitions ({heavy} for the value in every task to 16 workers, ppool's and mp's), \
+         ppool in a fresh process each",
+        size / MIB,
+        heavy = reps.min(shared_broadcast::HEAVY_REPS),
     ));
     m.note(
         "ppool columns: share_bytes = pool.share_bytes(vec), SharedBytes in the tasks; \

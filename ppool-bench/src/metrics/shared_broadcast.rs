@@ -231,8 +231,19 @@ pub(crate) const MS: &str = "ms";
 pub(crate) const PSS: &str = "pss x";
 pub(crate) const STREAM: &str = "stream x";
 
+/// Repetitions of the value in every task's arguments (ppool and mp) to more than a few
+/// workers: at 16 workers one takes about 15 s here.
+pub(crate) const HEAVY_REPS: usize = 2;
+const HEAVY_WORKERS: usize = 4;
+
+/// Whether repetition `rep` (from 0) of `layout` still runs the by-value anchors.
+fn runs_heavy(layout: Layout, rep: usize) -> bool {
+    layout.workers() <= HEAVY_WORKERS || rep < HEAVY_REPS
+}
+
 /// Runs every contender of `layout` `reps` times, interleaved, recording into `m`; returns
-/// the table of medians.
+/// the table of medians. Past [`HEAVY_REPS`], the by-value anchors of a layout of more than
+/// [`HEAVY_WORKERS`] workers are left out.
 pub(crate) fn run(
     m: &mut MetricResult,
     python: Option<&PythonEnv>,
@@ -258,13 +269,15 @@ pub(crate) fn run(
         for side in order {
             let (label, outcome) = match Kind::ALL.get(side) {
                 Some(&kind) => {
-                    if columns[side].error.is_some() {
+                    if columns[side].error.is_some()
+                        || (kind == Kind::Args && !runs_heavy(layout, rep))
+                    {
                         continue;
                     }
                     (kind.column(), run_ppool(kind, layout, size))
                 }
                 None => match python {
-                    Some(env) => ("python", run_python(env, n, size)),
+                    Some(env) => ("python", run_python(env, n, size, runs_heavy(layout, rep))),
                     None => continue,
                 },
             };
@@ -418,7 +431,7 @@ fn run_ppool(kind: Kind, layout: Layout, size: usize) -> Outcome {
     out
 }
 
-fn run_python(env: &PythonEnv, workers: usize, size: usize) -> Outcome {
+fn run_python(env: &PythonEnv, workers: usize, size: usize, per_task: bool) -> Outcome {
     let dir = match marker_dir() {
         Ok(dir) => dir,
         Err(e) => return Outcome::failed(format!("marker directory: {e}")),
@@ -429,6 +442,7 @@ fn run_python(env: &PythonEnv, workers: usize, size: usize) -> Outcome {
         ("dir", dir.to_string_lossy().into_owned()),
         ("wave-timeout", ARRIVE_WAIT.as_secs().to_string()),
         ("margin", MEMORY_MARGIN.to_string()),
+        ("per-task", u8::from(per_task).to_string()),
     ]);
     let mut cmd = env.command("shared_broadcast", &args);
     let out = run_child("python", &mut cmd, RUN_LIMIT);
@@ -687,6 +701,7 @@ mod tests {
         assert_eq!(copies_needed(Kind::Bytes, hosts), 6);
         assert_eq!(copies_needed(Kind::Args, local), 7);
         assert!(room_for(0, 0).is_ok());
+        assert!(runs_heavy(local, 4) && runs_heavy(hosts, 1) && !runs_heavy(hosts, 2));
         assert!(room_for(1 << 20, 1 << 30).is_err());
         for kind in Kind::ALL {
             assert_eq!(Kind::parse(kind.arg()), Some(kind));
