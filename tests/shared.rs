@@ -165,7 +165,7 @@ fn a_value_is_freed_on_every_worker_after_its_last_clone_is_dropped() {
 /// forged task argument would be, and says what came of it.
 #[pool_entry]
 fn forge(id: u64, len: u64, hash: u64) -> Result<usize, String> {
-    let wire = postcard::to_allocvec(&(id, len, hash.to_le_bytes())).map_err(|e| e.to_string())?;
+    let wire = postcard::to_allocvec(&(id, len, hash)).map_err(|e| e.to_string())?;
     postcard::from_bytes::<SharedBytes>(&wire)
         .map(|bytes| bytes.len())
         .map_err(|e| e.to_string())

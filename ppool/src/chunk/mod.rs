@@ -52,19 +52,25 @@ impl ChunkEncoder {
     /// and the chunk is unchanged.
     pub(crate) fn push<F: Entry>(&mut self, args: &F::Args) -> Result<Option<ChunkEncoder>> {
         let at = self.frame.len();
-        let (encoded, named) =
-            crate::share::collect(|| self.frame.block(|out| crate::entry::encode_into(args, out)));
-        encoded.map_err(|message| Error::Codec {
-            entry: F::NAME.to_string(),
-            action: "encode the arguments",
-            message,
-        })?;
+        let named_from = self.needs.len();
+        let frame = &mut self.frame;
+        let encoded = crate::share::collect_into(&mut self.needs, || {
+            frame.block(|out| crate::entry::encode_into(args, out))
+        });
+        if let Err(message) = encoded {
+            self.needs.truncate(named_from);
+            return Err(Error::Codec {
+                entry: F::NAME.to_string(),
+                action: "encode the arguments",
+                message,
+            });
+        }
         let body = self.frame.len() - 4;
         if body <= self.max {
             self.count += 1;
-            add_needs(&mut self.needs, named);
             return Ok(None);
         }
+        let named = self.needs.split_off(named_from);
         let task = at..self.frame.len();
         let alone = 4 + TasksHeader::LEN + task.len();
         if alone - 4 > self.max {
@@ -100,7 +106,11 @@ impl ChunkEncoder {
             attempts: 0,
             bounces: 0,
             split: None,
-            needs: self.needs,
+            needs: {
+                let mut needs = self.needs;
+                crate::share::dedup(&mut needs);
+                needs
+            },
         }
     }
 
@@ -125,15 +135,6 @@ impl ChunkEncoder {
         });
         job.split = Some(split);
         job
-    }
-}
-
-/// Adds the shared values one task names to those of its chunk, each once.
-fn add_needs(needs: &mut Vec<Arc<Stored>>, named: Vec<Arc<Stored>>) {
-    for stored in named {
-        if !needs.iter().any(|n| Arc::ptr_eq(n, &stored)) {
-            needs.push(stored);
-        }
     }
 }
 

@@ -132,9 +132,7 @@ where
 {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let reference = Reference::deserialize(deserializer)?;
-        let value = resolve::current()
-            .and_then(|resolver| resolver.value::<T>(&reference))
-            .map_err(D::Error::custom)?;
+        let value = resolve::value::<T>(&reference).map_err(D::Error::custom)?;
         Ok(Shared {
             value,
             reference,
@@ -251,9 +249,7 @@ impl Serialize for SharedBytes {
 impl<'de> Deserialize<'de> for SharedBytes {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let reference = Reference::deserialize(deserializer)?;
-        let sealed = resolve::current()
-            .and_then(|resolver| resolver.bytes(&reference))
-            .map_err(D::Error::custom)?;
+        let sealed = resolve::bytes(&reference).map_err(D::Error::custom)?;
         Ok(SharedBytes {
             bytes: Bytes::Resolved(sealed),
             reference,

@@ -45,7 +45,9 @@ pub(crate) use reference::Reference;
 #[cfg(test)]
 pub(crate) use resolve::forget;
 pub(crate) use resolve::{Resolver, install, scoped, sweep};
-pub(crate) use store::{ReleaseHook, ShareError, Store, Stored, collect};
+#[cfg(test)]
+pub(crate) use store::collect;
+pub(crate) use store::{ReleaseHook, ShareError, Store, Stored, collect_into, dedup};
 
 #[cfg(test)]
 mod tests;

@@ -32,7 +32,8 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 
 use rustix::fs::{Mode, OFlags};
 use serde::de::DeserializeOwned;
@@ -279,6 +280,7 @@ impl Resolver {
 
     /// Drops what the caches hold of value `id`.
     pub(crate) fn forget(&self, id: u64) {
+        EPOCH.fetch_add(1, Ordering::AcqRel);
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         cache.bytes.remove(&id);
         cache.values.retain(|&(of, _), _| of != id);
@@ -336,6 +338,7 @@ thread_local! {
 pub(crate) fn install(owner: u32, token: u64) {
     let resolver = Arc::new(Resolver::new(owner, token));
     *INSTALLED.write().unwrap_or_else(PoisonError::into_inner) = Some(resolver);
+    EPOCH.fetch_add(1, Ordering::AcqRel);
 }
 
 /// Drops what the installed resolver holds of value `id`, when the pool freed it.
@@ -348,6 +351,100 @@ pub(crate) fn forget(id: u64) {
     {
         resolver.forget(id);
     }
+}
+
+/// Bumped whenever what a resolver may hand out changes: one is installed, or forgets a
+/// value. A thread's last answer ([`LAST`]) holds only while it is unchanged.
+static EPOCH: AtomicU64 = AtomicU64::new(0);
+
+/// The last value of each kind this thread resolved, with the epoch it was resolved in: the
+/// common case of many tasks naming one value costs no lock and no map look-up. Held weakly:
+/// the resolver's caches (and the handles in use) keep a value, so that one the pool freed is
+/// let go of whatever a thread last resolved.
+struct Last {
+    epoch: u64,
+    reference: Reference,
+    bytes: Option<Weak<Sealed>>,
+    value: Option<(TypeId, Weak<dyn Any + Send + Sync>)>,
+}
+
+thread_local! {
+    static LAST: std::cell::RefCell<Option<Last>> = const { std::cell::RefCell::new(None) };
+}
+
+/// What the thread's last answer for `reference` was, if it still holds (no scoped resolver,
+/// nothing installed or forgotten since).
+fn last<R>(reference: &Reference, pick: impl FnOnce(&Last) -> Option<R>) -> Option<R> {
+    if SCOPED.with(|s| s.borrow().is_some()) {
+        return None;
+    }
+    let epoch = EPOCH.load(Ordering::Acquire);
+    LAST.with(|l| {
+        l.borrow()
+            .as_ref()
+            .filter(|last| last.epoch == epoch && last.reference == *reference)
+            .and_then(pick)
+    })
+}
+
+/// Keeps `update`d what this thread resolved for `reference` in `epoch`.
+fn remember(epoch: u64, reference: Reference, update: impl FnOnce(&mut Last)) {
+    if SCOPED.with(|s| s.borrow().is_some()) {
+        return;
+    }
+    LAST.with(|l| {
+        let mut l = l.borrow_mut();
+        let fresh = !l
+            .as_ref()
+            .is_some_and(|last| last.epoch == epoch && last.reference == reference);
+        if fresh {
+            *l = Some(Last {
+                epoch,
+                reference,
+                bytes: None,
+                value: None,
+            });
+        }
+        if let Some(last) = l.as_mut() {
+            update(last);
+        }
+    });
+}
+
+/// The bytes that `reference` names, from this thread's resolver.
+pub(super) fn bytes(reference: &Reference) -> Result<Arc<Sealed>, String> {
+    if let Some(sealed) = last(reference, |last| last.bytes.as_ref()?.upgrade()) {
+        return Ok(sealed);
+    }
+    let epoch = EPOCH.load(Ordering::Acquire);
+    let sealed = current()?.bytes(reference)?;
+    remember(epoch, *reference, |last| {
+        last.bytes = Some(Arc::downgrade(&sealed))
+    });
+    Ok(sealed)
+}
+
+/// The value that `reference` names, decoded once, from this thread's resolver.
+pub(super) fn value<T>(reference: &Reference) -> Result<Arc<T>, String>
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+{
+    let kept = last(reference, |last| {
+        last.value
+            .as_ref()
+            .filter(|(ty, _)| *ty == TypeId::of::<T>())
+            .and_then(|(_, decoded)| decoded.upgrade())
+    });
+    if let Some(decoded) = kept.and_then(|d| d.downcast::<T>().ok()) {
+        return Ok(decoded);
+    }
+    let epoch = EPOCH.load(Ordering::Acquire);
+    let value = current()?.value::<T>(reference)?;
+    let decoded: Decoded = value.clone();
+    remember(epoch, *reference, |last| {
+        last.value = Some((TypeId::of::<T>(), Arc::downgrade(&decoded)));
+    });
+    Ok(value)
 }
 
 /// Forgets the values the pool freed, in the installed resolver (see [`Resolver::sweep`]).

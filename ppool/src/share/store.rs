@@ -262,10 +262,47 @@ pub(crate) fn collect<R>(encode: impl FnOnce() -> R) -> (R, Vec<Arc<Stored>>) {
     (result, named)
 }
 
+/// Runs `encode` and adds to `sink` the stored values that it named (and those they name),
+/// in the order named and with repeats: what a job's encoder keeps for all its tasks without
+/// a vector per task (see [`dedup`]). Nested calls collect separately.
+pub(crate) fn collect_into<R>(sink: &mut Vec<Arc<Stored>>, encode: impl FnOnce() -> R) -> R {
+    /// Puts back the outer collector and the sink, also when `encode` panics.
+    struct Restore<'a> {
+        sink: &'a mut Vec<Arc<Stored>>,
+        outer: Option<Option<Vec<Arc<Stored>>>>,
+    }
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            let outer = self.outer.take().unwrap_or_default();
+            let named = COLLECTOR.with(|c| std::mem::replace(&mut *c.borrow_mut(), outer));
+            *self.sink = named.unwrap_or_default();
+        }
+    }
+    let taken = std::mem::take(sink);
+    let outer = COLLECTOR.with(|c| c.borrow_mut().replace(taken));
+    let _restore = Restore {
+        sink,
+        outer: Some(outer),
+    };
+    encode()
+}
+
+/// Removes repeats from values collected with [`collect_into`].
+pub(crate) fn dedup(values: &mut Vec<Arc<Stored>>) {
+    if values.len() > 1 {
+        values.sort_by_key(|s| Arc::as_ptr(s) as usize);
+        values.dedup_by(|a, b| Arc::ptr_eq(a, b));
+    }
+}
+
 /// Records that the encoding under way names `stored`, if it is being collected.
 pub(super) fn note(stored: &Arc<Stored>) {
     COLLECTOR.with(|c| {
         if let Some(named) = c.borrow_mut().as_mut() {
+            // Many tasks of a chunk name one value: a repeat of the last costs nothing.
+            if named.last().is_some_and(|last| Arc::ptr_eq(last, stored)) {
+                return;
+            }
             named.push(Arc::clone(stored));
             named.extend(stored.inner.iter().cloned());
         }

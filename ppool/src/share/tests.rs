@@ -71,7 +71,7 @@ fn a_reference_is_a_few_bytes_under_postcard() {
         hash: u64::MAX,
     };
     let bytes = postcard::to_allocvec(&r).unwrap();
-    assert_eq!(bytes.len(), 1 + 5 + 8);
+    assert_eq!(bytes.len(), 1 + 5 + 10);
     assert_eq!(postcard::from_bytes::<Reference>(&bytes).unwrap(), r);
     let r = Reference {
         id: u64::MAX,
@@ -79,7 +79,7 @@ fn a_reference_is_a_few_bytes_under_postcard() {
         hash: 0,
     };
     let bytes = postcard::to_allocvec(&r).unwrap();
-    assert_eq!(bytes.len(), 10 + 10 + 8);
+    assert_eq!(bytes.len(), 10 + 10 + 1);
     assert_eq!(postcard::from_bytes::<Reference>(&bytes).unwrap(), r);
 }
 
