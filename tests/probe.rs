@@ -439,7 +439,6 @@ fn a_remote_callback_that_joins_its_pool_does_not_deadlock() {
 /// not lost (it is not silent: the pool is busy), the task succeeds, and the host's other
 /// worker goes on, during and after.
 #[test]
-#[ignore = "defect: a slow result Deserialize on the host's reader stops the pool's pings; the agent ends its workers, the host is lost"]
 fn a_result_slow_to_decode_does_not_lose_its_host() {
     let _deadline = ppool_tests::deadline();
     let tag = "slow-decode";
@@ -483,7 +482,7 @@ fn a_result_slow_to_decode_does_not_lose_its_host() {
 /// While a result takes three seconds to decode, the host's other worker still delivers
 /// results (decoding one result holds up no other worker of the host).
 #[test]
-#[ignore = "defect: a result decoded on the host's reader thread holds up every other worker of the host"]
+#[ignore = "known limitation (README, Limits): a remote result is decoded on its host's reader thread, so a slow Deserialize holds up the host's other workers meanwhile"]
 fn a_result_slow_to_decode_holds_up_no_other_worker_of_its_host() {
     let _deadline = ppool_tests::deadline();
     let tag = "slow-decode-during";
@@ -805,7 +804,6 @@ fn shutdown_from_another_thread_during_a_remote_batch() {
 /// `join_timeout` shorter than the remote work: `JoinTimeout` at about that time, the pool
 /// refuses new tasks, goes on with its own, and a later `join` finishes them.
 #[test]
-#[ignore = "defect: join_timeout ignores its timeout with remote workers, waits for all their work and returns Ok"]
 fn join_timeout_with_remote_work_then_join() {
     let _deadline = ppool_tests::deadline();
     let tag = "join-timeout";

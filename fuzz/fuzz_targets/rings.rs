@@ -20,6 +20,11 @@ mod shm;
 #[rustfmt::skip]
 #[path = "../../ppool/src/sync.rs"]
 mod sync;
+// What `shm::sealed` (a shared value's memfd) uses of the shared-inputs module.
+#[allow(dead_code, unreachable_pub)]
+#[rustfmt::skip]
+#[path = "share_parts.rs"]
+mod share;
 
 use libfuzzer_sys::fuzz_target;
 use shm::{Layout, Region};

@@ -436,7 +436,8 @@ impl Core {
                 .iter()
                 .all(|h| h.thread().id() == me || h.is_finished())
         });
-        if drivers_done {
+        // Remote workers have no driver thread: their jobs are done when their slots settle.
+        if drivers_done && self.settle_evented_until(deadline) {
             return self.join_until(deadline, timeout);
         }
         let insights = self.insights();
@@ -499,16 +500,42 @@ impl Core {
     fn settle_evented(&self) -> MutexGuard<'_, State> {
         let shared = &self.shared;
         let mut st = shared.state();
-        loop {
-            let unsettled = (0..st.slots().len()).any(|i| {
-                shared.is_evented(i)
-                    && matches!(st.slot(i), Slot::Busy | Slot::Vacant | Slot::Recycle(_))
-            });
-            if !unsettled && (st.queue.is_empty() || !st.any_alive()) {
-                return st;
-            }
+        while !Self::settled(shared, &st) {
             st = crate::sync::wait(&shared.settled, st);
         }
+        st
+    }
+
+    /// [`settle_evented`](Self::settle_evented), giving up at `deadline`: whether they
+    /// settled.
+    fn settle_evented_until(&self, deadline: Option<Instant>) -> bool {
+        let shared = &self.shared;
+        let mut st = shared.state();
+        loop {
+            if Self::settled(shared, &st) {
+                return true;
+            }
+            st = match deadline {
+                None => crate::sync::wait(&shared.settled, st),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return false;
+                    }
+                    crate::sync::wait_timeout(&shared.settled, st, deadline - now)
+                }
+            };
+        }
+    }
+
+    /// Whether no evented slot holds a job or is being refilled, with nothing queued that a
+    /// worker could still run.
+    fn settled(shared: &Inner, st: &State) -> bool {
+        let unsettled = (0..st.slots().len()).any(|i| {
+            shared.is_evented(i)
+                && matches!(st.slot(i), Slot::Busy | Slot::Vacant | Slot::Recycle(_))
+        });
+        !unsettled && (st.queue.is_empty() || !st.any_alive())
     }
 
     /// A joining pool's evented workers, once they finished every job: each is asked to

@@ -214,7 +214,11 @@ impl Host {
         // `recv_timeout` waits without limit when the timeout is past what an Instant holds.
         let patience = host_timeout.max(ANSWER_MIN);
         let ready = match ready_rx.recv_timeout(patience) {
-            Ok(Ok(ready)) => ready,
+            Ok(Ok(ready)) => {
+                // The agent hears the pool even while the reader is busy delivering.
+                conn.outbox.keep_alive(heartbeat_every(host_timeout));
+                ready
+            }
             Ok(Err(why)) => return Err(spawn_error(host.stop_and_explain(&why))),
             Err(_) => {
                 let why = format!("its agent did not answer within {patience:?}");
@@ -630,6 +634,11 @@ impl<S: Read + AsFd> Read for Heard<'_, S> {
     }
 }
 
+/// How often an idle stream carries a ping: a quarter of the host timeout, within 0.2–1 s.
+fn heartbeat_every(host_timeout: Duration) -> Duration {
+    (host_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(1))
+}
+
 /// Tells every sink that its link ended, when the reader that fed them ends.
 struct EndSinks<'a>(&'a Conn);
 
@@ -650,7 +659,7 @@ fn read_agent(
     max_message: usize,
     ready: &mpsc::Sender<Result<AgentReady, String>>,
 ) {
-    let every = (conn.host_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(1));
+    let every = heartbeat_every(conn.host_timeout);
     if let Err(e) = rustix::io::ioctl_fionbio(&stdout, true) {
         let _ = ready.send(Err(format!("cannot set up its stream: {e}")));
         return;

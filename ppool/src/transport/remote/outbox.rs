@@ -24,7 +24,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, IoSlice, Write};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -42,6 +42,10 @@ pub(super) struct Outbox {
     /// Mirrors `Pending::dead`, for a writer waiting for room.
     dead: AtomicBool,
     host: String,
+    /// Every this many milliseconds of an idle stream, the writer thread sends a ping of its
+    /// own (0: never), so that the agent hears the pool even while the host's reader is
+    /// busy (a slow delivery) and cannot ping.
+    keep_alive_ms: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -113,6 +117,31 @@ fn rest_of(
     Queued { head, tail }
 }
 
+/// A PING message of the writer's own, ready to write.
+fn ping(nonce: u64) -> Queued {
+    let body = mux::Control::Ping(nonce | 1 << 63).encode();
+    let mut head = mux::header(mux::CONTROL, body.len())
+        .map(|h| h.to_vec())
+        .unwrap_or_default();
+    head.extend_from_slice(&body);
+    Queued { head, tail: None }
+}
+
+/// Waits on `cv` at most `ms` milliseconds; whether the time ran out.
+fn wait_timeout_result<'a, T>(
+    cv: &Condvar,
+    guard: std::sync::MutexGuard<'a, T>,
+    ms: u64,
+) -> (std::sync::MutexGuard<'a, T>, bool) {
+    match cv.wait_timeout(guard, Duration::from_millis(ms)) {
+        Ok((guard, result)) => (guard, result.timed_out()),
+        Err(poisoned) => {
+            let (guard, result) = poisoned.into_inner();
+            (guard, result.timed_out())
+        }
+    }
+}
+
 /// Why a post was refused.
 fn gone(host: &str) -> io::Error {
     io::Error::new(
@@ -136,6 +165,7 @@ impl Outbox {
             stream: Mutex::new(Some(theirs)),
             dead: AtomicBool::new(false),
             host: host.to_string(),
+            keep_alive_ms: AtomicU64::new(0),
         });
         let writer = Arc::clone(&outbox);
         Ok((outbox, move || writer.run(own)))
@@ -262,6 +292,13 @@ impl Outbox {
         Ok(done)
     }
 
+    /// From now on, the writer thread pings the agent after `every` of an idle stream.
+    pub(super) fn keep_alive(&self, every: Duration) {
+        let ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.keep_alive_ms.store(ms, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
     /// No more messages: the writer writes what is queued, then closes the stream (the agent
     /// reads its end).
     pub(super) fn close(&self) {
@@ -284,6 +321,7 @@ impl Outbox {
     /// closes the stream (invariant 2).
     fn run(&self, mut own: File) {
         block_sigpipe_on_this_thread();
+        let mut pings = 0u64;
         loop {
             let mut st = lock(&self.state);
             let message = loop {
@@ -298,7 +336,17 @@ impl Outbox {
                         break None;
                     }
                 }
-                st = wait(&self.wake, st);
+                let every = self.keep_alive_ms.load(Ordering::Relaxed);
+                if every == 0 {
+                    st = wait(&self.wake, st);
+                    continue;
+                }
+                let (next, timed_out) = wait_timeout_result(&self.wake, st, every);
+                st = next;
+                if timed_out && !st.writing && st.queue.is_empty() && !st.closing && !st.dead {
+                    pings += 1;
+                    break Some(ping(pings));
+                }
             };
             let Some(queued) = message else {
                 break;
