@@ -1002,3 +1002,60 @@ fn add_remote_during_a_batch_takes_its_queued_tasks() {
     pool.join().expect("join");
     assert!(with_tag("joined").is_empty(), "{:?}", with_tag("joined"));
 }
+
+/// `retire_host` during a batch: the host takes no new task, its running ones finish and are
+/// delivered, no task is lost or runs twice, and its agent and workers are gone when it
+/// returns; the other host runs the rest.
+#[test]
+fn retire_host_during_a_batch_loses_nothing_and_ends_the_host() {
+    let _deadline = ppool_tests::deadline();
+    let dir = ppool_tests::TempDir::new("retire");
+    let log = dir.path().join("log").to_string_lossy().into_owned();
+    let pool = ProcessPool::<log_then_sleep>::builder()
+        .remote(Remote::command(tagged("retire-a")).workers(2))
+        .remote(Remote::command(tagged("retire-b")).workers(2))
+        .chunk_size(1)
+        .retries(1)
+        .build()
+        .expect("the pool starts");
+    let leaving = pool
+        .insights()
+        .hosts
+        .iter()
+        .find(|h| h.name.contains("retire-a"))
+        .map(|h| h.name.clone())
+        .expect("host a");
+    let batch = pool.batch((0..40).map(|i| (log.clone(), i, 40)));
+    std::thread::sleep(Duration::from_millis(150));
+    pool.retire_host(&leaving).expect("retired");
+    assert!(
+        with_tag("retire-a").is_empty(),
+        "{:?}",
+        with_tag("retire-a")
+    );
+    let done = batch.wait().expect("the batch");
+    assert_eq!(done, (0..40).collect::<Vec<u64>>());
+    let mut ran = log_lines(std::path::Path::new(&log));
+    ran.sort_unstable();
+    assert_eq!(ran, (0..40).collect::<Vec<u64>>(), "each task ran once");
+    let insights = pool.insights();
+    let a = insights
+        .hosts
+        .iter()
+        .find(|h| h.name == leaving)
+        .expect("a");
+    assert_eq!(a.running, 0);
+    assert!(matches!(
+        pool.retire_host("nowhere"),
+        Err(Error::InvalidConfig { .. })
+    ));
+    assert_eq!(
+        pool.batch([(log.clone(), 99, 0)])
+            .wait()
+            .expect("after")
+            .len(),
+        1
+    );
+    pool.join().expect("join");
+    assert!(with_tag("retire-b").is_empty());
+}

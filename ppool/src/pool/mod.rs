@@ -374,6 +374,33 @@ impl<F: Entry> ProcessPool<F> {
         self.core.n_workers()
     }
 
+    /// Retires the remote host `name` (as [`Insights::hosts`](crate::Insights::hosts) names
+    /// it): it gets no new task, the tasks it runs finish and their results are delivered,
+    /// then its workers (with their exit hooks) and its agent end. Returns once they have
+    /// ended. A task under `retries` is not run again because of it: nothing failed.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool, Remote};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::builder()
+    ///     .n_jobs(1)
+    ///     .remote(Remote::command(["env", "HOST=leaving"]).workers(2))
+    ///     .build()?;
+    /// let name = pool.insights().hosts[1].name.clone();
+    /// pool.retire_host(&name)?;
+    /// assert_eq!(pool.batch(0..10).wait()?.len(), 10); // on the local worker
+    /// # Ok(()) } }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when the pool has no remote host of that name;
+    /// [`Error::Closed`] or [`Error::NotStarted`] when the pool does not run.
+    pub fn retire_host(&self, name: &str) -> Result<()> {
+        self.core.retire_host(name)
+    }
+
     /// Adds the workers of `remote` to the running pool: its agent and workers start (as at
     /// [`build`](Builder::build)), and queued tasks flow to them as soon as they are ready.
     /// Works from any thread, during a batch or a stream. [`n_jobs`](Self::n_jobs) counts

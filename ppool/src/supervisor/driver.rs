@@ -187,7 +187,7 @@ impl Book {
                 self.sent.push_back(Sent { job, id });
             }
             if self.tops_up() && self.sent.len() < depth && self.send_failed.is_none() {
-                self.next = self.take_more(shared);
+                self.next = self.take_more(shared, i);
             }
         }
         // The shared values the new jobs name go first, to a host that lacks them.
@@ -307,7 +307,7 @@ impl Book {
         self.tasks_done += u64::from(count);
         if self.tops_up() && self.sent.len() < pipeline_depth(shared) && self.send_failed.is_none()
         {
-            self.next = self.take_more(shared);
+            self.next = self.take_more(shared, i);
         }
         Ok(true)
     }
@@ -327,7 +327,7 @@ impl Book {
     }
 
     /// The next queued job for this worker, if it has room.
-    fn take_more(&self, shared: &Inner) -> Option<Job> {
+    fn take_more(&self, shared: &Inner, i: usize) -> Option<Job> {
         // Sending ahead only pays for short jobs; behind a long one, a job would wait for
         // nothing while another worker is free.
         let job_nanos = shared.job_nanos();
@@ -336,7 +336,8 @@ impl Book {
         }
         let (sent_bytes, sent_tasks) = (self.sent_bytes, self.sent_tasks);
         let mut st = shared.state();
-        if st.phase == Phase::Closed {
+        // A worker whose host retires takes nothing more.
+        if st.phase == Phase::Closed || st.is_retiring(i) {
             return None;
         }
         let job = st.queue.front()?;

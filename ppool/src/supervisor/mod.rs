@@ -313,6 +313,53 @@ impl Core {
         }
     }
 
+    /// Retires the remote host `name`: its workers take no new task, finish those they hold
+    /// (delivered as any), and end, with their exit hooks; then its agent ends, and nothing
+    /// starts there again. Returns once they have ended.
+    pub(crate) fn retire_host(&self, name: &str) -> Result<(), Error> {
+        let shared = &self.shared;
+        let mine: Vec<usize> = {
+            let mut st = shared.state();
+            if matches!(st.phase, Phase::NotStarted | Phase::Closed) {
+                return Err(refusal(shared, &st).unwrap_or(Error::Closed));
+            }
+            let mine: Vec<usize> = (0..st.slots().len())
+                .filter(|&i| shared.is_evented(i) && shared.launch.host(i) == name)
+                .collect();
+            if mine.is_empty() {
+                return Err(Error::config(
+                    "retire_host",
+                    format!("the pool has no remote host named {name:?}"),
+                ));
+            }
+            for &i in &mine {
+                st.retire(i);
+            }
+            mine
+        };
+        // Its workers finish what they hold; none takes more.
+        let mut st = shared.state();
+        while mine
+            .iter()
+            .any(|&i| matches!(st.slot(i), Slot::Busy | Slot::Vacant | Slot::Recycle(_)))
+        {
+            st = crate::sync::wait(&shared.settled, st);
+        }
+        let mut idle = Vec::new();
+        for &i in &mine {
+            if matches!(st.slot(i), Slot::Idle(_))
+                && let Slot::Idle(conn) = st.put(i, Slot::Retired)
+            {
+                idle.push((i, conn));
+            }
+        }
+        drop(st);
+        lifecycle::retire_many(shared, idle);
+        shared.launch.retire_host(name);
+        tracing::info!(pool = %shared.spec.pool, host = name, "host retired");
+        Ok(())
+    }
+
     /// Queues a job; it fails at once if the pool cannot run it.
     pub(crate) fn submit(&self, job: Job) {
         if let Some((st, job)) = self.admit(job) {
@@ -709,6 +756,14 @@ fn refusal(shared: &Inner, st: &State) -> Option<Error> {
 fn put_back(shared: &Inner, i: usize, back: Slot) {
     let mut st = shared.state();
     let closed = st.phase == Phase::Closed;
+    // A slot whose host retires is neither refilled nor recycled: its worker, if it has one,
+    // waits idle (out of the idle set) for `retire_hosts` to end it.
+    let retiring = st.is_retiring(i);
+    let back = match back {
+        Slot::Vacant if retiring => Slot::Retired,
+        Slot::Recycle(conn) if retiring => Slot::Idle(conn),
+        other => other,
+    };
     let vacated = matches!(back, Slot::Vacant | Slot::Recycle(_));
     let dropped = match back {
         Slot::Idle(conn) | Slot::Recycle(conn) if closed => {
@@ -732,7 +787,7 @@ fn put_back(shared: &Inner, i: usize, back: Slot) {
     let everyone = closed
         || !orphaned.is_empty()
         || (st.phase == Phase::Joining && !st.any_busy() && st.queue.is_empty());
-    let takes = matches!(st.slot(i), Slot::Idle(_)) && !st.queue.is_empty();
+    let takes = matches!(st.slot(i), Slot::Idle(_)) && !st.queue.is_empty() && !retiring;
     let own = vacated || takes;
     let mut wakes = Vec::new();
     if own && shared.is_evented(i) {
@@ -762,7 +817,7 @@ fn put_back(shared: &Inner, i: usize, back: Slot) {
     if everyone {
         shared.ring_all();
     }
-    if stopping {
+    if stopping || retiring {
         shared.settled.notify_all();
     }
     for wake in wakes {

@@ -96,6 +96,8 @@ pub(crate) struct State {
     alive: usize,
     /// `Busy` slots.
     busy: usize,
+    /// Slots whose host retires: they take no new work, and their workers end once idle.
+    retiring: Vec<bool>,
 }
 
 impl State {
@@ -122,7 +124,21 @@ impl State {
     /// `n` more slots, dead until their workers start: those of hosts that joined.
     pub(crate) fn grow(&mut self, n: usize) {
         self.slots.extend((0..n).map(|_| Slot::Dead));
+        self.retiring.extend(std::iter::repeat_n(false, n));
         self.idle.grow(n);
+    }
+
+    /// Whether slot `i`'s host retires.
+    pub(crate) fn is_retiring(&self, i: usize) -> bool {
+        self.retiring.get(i).copied().unwrap_or(false)
+    }
+
+    /// Slot `i`'s host retires: its worker takes no new work (it leaves the idle set).
+    pub(crate) fn retire(&mut self, i: usize) {
+        if let Some(r) = self.retiring.get_mut(i) {
+            *r = true;
+        }
+        self.idle.remove(i);
     }
 
     /// Puts `slot` in slot `i` and returns what it held, keeping the counts, and the idle set:
@@ -138,7 +154,7 @@ impl State {
         let new = &self.slots[i];
         self.alive += usize::from(new.alive());
         self.busy += usize::from(matches!(new, Slot::Busy));
-        if matches!(new, Slot::Idle(_)) {
+        if matches!(new, Slot::Idle(_)) && !self.is_retiring(i) {
             self.idle.push(i);
         }
         old
@@ -207,6 +223,7 @@ impl Inner {
                 idle: IdleSet::new((0..slots).map(|i| launch.is_local(i)).collect()),
                 alive: 0,
                 busy: 0,
+                retiring: vec![false; slots],
             }),
             bells: (0..slots).map(|_| Condvar::new()).collect(),
             last_error: Mutex::new(None),

@@ -215,6 +215,10 @@ pub(crate) trait Launch: Send + Sync + Debug {
     /// Tells the hosts that were sent shared value `id` that the pool freed it.
     fn forget(&self, _id: u64) {}
 
+    /// Ends the agent of host `name`, whose workers were retired, and starts nothing there
+    /// again.
+    fn retire_host(&self, _name: &str) {}
+
     /// Adds `hosts`, whose workers come after every worker so far; false where the kind
     /// has no remote hosts (debug mode).
     fn add_hosts(&self, _hosts: Vec<crate::hosts::HostSpec>) -> bool {

@@ -56,6 +56,7 @@ impl HostEntry {
             spec,
             agent: Mutex::new(None),
             failures: AtomicU32::new(0),
+            retired: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -67,6 +68,8 @@ struct HostEntry {
     agent: Mutex<Option<Arc<Host>>>,
     /// Starts that failed in a row.
     failures: AtomicU32,
+    /// The pool retired it: nothing starts there again.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 impl Remotes {
@@ -112,6 +115,21 @@ impl Remotes {
     pub(crate) fn host_name(&self, i: usize) -> String {
         self.entry(i)
             .map_or_else(|| "?".to_string(), |h| h.spec.name.clone())
+    }
+
+    /// Ends the agents of the hosts named `name`, together, and starts nothing there again.
+    pub(crate) fn retire(&self, name: &str) {
+        let agents: Vec<Arc<Host>> = self
+            .hosts()
+            .iter()
+            .filter(|entry| entry.spec.name == name)
+            .filter_map(|entry| {
+                entry.retired.store(true, Ordering::Relaxed);
+                lock(&entry.agent).take()
+            })
+            .collect();
+        let conns: Vec<&host::Conn> = agents.iter().map(|h| &*h.conn).collect();
+        host::stop_all(&conns);
     }
 
     /// Tells every host that was sent shared value `id` to let it go.
@@ -262,6 +280,9 @@ impl Remotes {
     ) -> Vec<Result<Worker, Error>> {
         let name = &entry.spec.name;
         let refuse = |e: Error| members.iter().map(|_| Err(e.clone())).collect();
+        if entry.retired.load(Ordering::Relaxed) {
+            return refuse(Error::spawn(format!("host {name} was retired")));
+        }
         if entry.failures.load(Ordering::Relaxed) >= SET_ASIDE_AFTER {
             return refuse(Error::spawn(format!(
                 "host {name} is set aside: it failed to start {SET_ASIDE_AFTER} times in a row"
@@ -338,6 +359,10 @@ impl Launch for Mixed {
 
     fn forget(&self, id: u64) {
         self.remote.forget(id);
+    }
+
+    fn retire_host(&self, name: &str) {
+        self.remote.retire(name);
     }
 
     fn add_hosts(&self, hosts: Vec<HostSpec>) -> bool {
