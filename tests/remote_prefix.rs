@@ -1059,3 +1059,46 @@ fn retire_host_during_a_batch_loses_nothing_and_ends_the_host() {
     pool.join().expect("join");
     assert!(with_tag("retire-b").is_empty());
 }
+
+/// With `rejoin(true)`, a host that was lost and could not be started again (its launcher
+/// fails while a gate file exists) is tried again in the background, and its workers rejoin
+/// once it answers.
+#[test]
+fn a_lost_host_rejoins_when_it_answers_again() {
+    let _deadline = ppool_tests::deadline();
+    let dir = ppool_tests::TempDir::new("rejoin");
+    let gate = dir.path().join("gate");
+    let mut prefix = tagged("rejoin");
+    prefix.extend([
+        format!("PPOOL_TEST_GATE={}", gate.display()),
+        "sh".into(),
+        "-c".into(),
+        "test -e \"$PPOOL_TEST_GATE\" && exit 1; exec \"$0\" \"$@\"".into(),
+    ]);
+    let pool = ProcessPool::<square_where>::builder()
+        .remote(Remote::command(prefix).workers(2))
+        .rejoin(true)
+        .build()
+        .expect("the pool starts");
+    assert!(pool.call(3).expect("a call").1.starts_with("rejoin"));
+    let running =
+        |pool: &ProcessPool<square_where>| pool.insights().hosts.first().map_or(0, |h| h.running);
+    std::fs::write(&gate, b"closed").expect("the gate");
+    for agent in agents("rejoin") {
+        signal(agent, libc::SIGKILL);
+    }
+    assert!(
+        within(Duration::from_secs(30), || running(&pool) == 0),
+        "{:#?}",
+        pool.insights().hosts
+    );
+    std::fs::remove_file(&gate).expect("the gate opens");
+    assert!(
+        within(Duration::from_secs(30), || running(&pool) == 2),
+        "{:#?}",
+        pool.insights().hosts
+    );
+    assert!(pool.call(4).expect("a call").1.starts_with("rejoin"));
+    pool.join().expect("join");
+    assert!(within(Duration::from_secs(10), || with_tag("rejoin").is_empty()));
+}

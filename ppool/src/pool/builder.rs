@@ -245,6 +245,28 @@ impl<F: Entry> Builder<F> {
         self
     }
 
+    /// Tries a lost remote host again in the background (Julia's and dask's users ask for
+    /// this): the slots of a host that was lost and could not be started again are retried
+    /// after 1 s, then 2, 4, up to 60 s between tries, and its workers rejoin the pool when
+    /// it answers. Without it, a host that failed to start three times in a row is set
+    /// aside for good. Default off.
+    ///
+    /// ```
+    /// # use ppool::{pool_entry, ProcessPool, Remote};
+    /// # #[pool_entry] fn square(x: u64) -> u64 { x * x }
+    /// # ppool::main! { fn main() -> Result<(), ppool::Error> {
+    /// let pool = ProcessPool::<square>::builder()
+    ///     .remote(Remote::command(["env", "HOST=flaky"]).workers(2))
+    ///     .rejoin(true)
+    ///     .build()?;
+    /// assert_eq!(pool.call(4)?, 16);
+    /// # Ok(()) } }
+    /// ```
+    pub fn rejoin(mut self, rejoin: bool) -> Self {
+        self.config.rejoin = rejoin;
+        self
+    }
+
     /// Runs a task again, up to `n` times on a fresh worker, when its worker died under it.
     /// Panics and timeouts are not retried. Default 0.
     ///
@@ -430,6 +452,7 @@ impl<F: Entry> Builder<F> {
             max_tasks_per_worker: v.max_tasks_per_worker,
             min_workers: v.min_workers,
             host_timeout: v.host_timeout,
+            rejoin: v.rejoin,
             task_timeout: v.task_timeout,
             memory_limit: v.memory_limit,
             retries: v.retries,

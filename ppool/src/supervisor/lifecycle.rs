@@ -106,6 +106,22 @@ pub(super) fn start_range(shared: &Inner, first: usize, n: usize) -> Vec<Result<
         .collect()
 }
 
+/// Starts the workers of `slots` (in order), each contiguous run at once.
+pub(super) fn start_slots(shared: &Inner, slots: &[usize]) -> Vec<(usize, Result<Conn, Error>)> {
+    let mut started = Vec::with_capacity(slots.len());
+    let mut k = 0;
+    while k < slots.len() {
+        let first = slots[k];
+        let mut n = 1;
+        while k + n < slots.len() && slots[k + n] == first + n {
+            n += 1;
+        }
+        started.extend((first..).zip(start_range(shared, first, n)));
+        k += n;
+    }
+    started
+}
+
 /// Starts a replacement for slot `i`, or marks it dead. A replacement that died while it
 /// started (killed from outside, say) is tried again, a few times with a pause; one that
 /// refused, timed out, or whose initializer failed is not, so nothing loops restarting.

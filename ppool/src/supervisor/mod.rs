@@ -224,6 +224,13 @@ impl Core {
                 move || drive(&s, i),
             ));
         }
+        if shared.settings.rejoin && (0..shared.settings.n_jobs).any(|i| shared.is_evented(i)) {
+            let s = Arc::clone(shared);
+            started.push(spawn_thread(
+                format!("{}-rejoin", shared.spec.pool),
+                move || rejoin(&s),
+            ));
+        }
         let mut failed = None;
         if shared.watchdog {
             let s = Arc::clone(shared);
@@ -440,6 +447,7 @@ impl Core {
         }
         drop(st);
         self.shared.ring_all();
+        self.shared.settled.notify_all();
         true
     }
 
@@ -534,6 +542,7 @@ impl Core {
             job.deliver.send(Err(Error::Closed));
         }
         shared.ring_all();
+        shared.settled.notify_all();
         self.join_threads();
         // Busy evented workers were killed: their hosts' readers settle their jobs.
         drop(self.settle_evented());
@@ -831,6 +840,63 @@ fn put_back(shared: &Inner, i: usize, back: Slot) {
         let error = shared.no_worker_error();
         for job in orphaned {
             job.deliver.send(Err(error.clone()));
+        }
+    }
+}
+
+/// The first pause before a lost host is tried again, and the longest.
+const REJOIN_FIRST: Duration = Duration::from_secs(1);
+const REJOIN_MAX: Duration = Duration::from_secs(60);
+
+/// Tries the dead remote slots again (their host was lost and could not be started again),
+/// with a pause that doubles while they stay dead, until the pool stops running.
+fn rejoin(shared: &Inner) {
+    let mut pause = REJOIN_FIRST;
+    loop {
+        let dead: Vec<usize> = {
+            let mut st = shared.state();
+            if st.phase != Phase::Running {
+                return;
+            }
+            st = crate::sync::wait_timeout(&shared.settled, st, pause);
+            if st.phase != Phase::Running {
+                return;
+            }
+            let dead: Vec<usize> = (0..st.slots().len())
+                .filter(|&i| {
+                    shared.is_evented(i) && matches!(st.slot(i), Slot::Dead) && !st.is_retiring(i)
+                })
+                .collect();
+            // Held while they start, so that nothing else touches them.
+            for &i in &dead {
+                st.put(i, Slot::Busy);
+            }
+            dead
+        };
+        if dead.is_empty() {
+            pause = REJOIN_FIRST;
+            continue;
+        }
+        shared.launch.revive();
+        let mut back = 0;
+        for (i, conn) in lifecycle::start_slots(shared, &dead) {
+            match conn {
+                Ok(conn) => {
+                    register(shared, i, &conn);
+                    put_back(shared, i, Slot::Idle(Box::new(conn)));
+                    back += 1;
+                }
+                Err(e) => {
+                    tracing::debug!(pool = %shared.spec.pool, worker = i, error = &e as &dyn std::error::Error, "a lost host's worker did not start yet");
+                    put_back(shared, i, Slot::Dead);
+                }
+            }
+        }
+        if back > 0 {
+            tracing::info!(pool = %shared.spec.pool, workers = back, "workers of a lost host rejoined");
+            pause = REJOIN_FIRST;
+        } else {
+            pause = pause.saturating_mul(2).min(REJOIN_MAX);
         }
     }
 }

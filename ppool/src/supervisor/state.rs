@@ -24,6 +24,8 @@ pub(crate) struct Settings {
     pub(crate) min_workers: Option<usize>,
     /// How long a remote host may stay silent (for the hosts that join later).
     pub(crate) host_timeout: Duration,
+    /// Lost remote hosts are tried again in the background.
+    pub(crate) rejoin: bool,
     pub(crate) task_timeout: Option<Duration>,
     pub(crate) memory_limit: Option<u64>,
     pub(crate) retries: u32,

@@ -328,6 +328,7 @@ fn settings(n_jobs: usize) -> Settings {
         max_tasks_per_worker: None,
         min_workers: None,
         host_timeout: Duration::from_secs(30),
+        rejoin: false,
         task_timeout: None,
         memory_limit: None,
         retries: 0,

@@ -219,6 +219,9 @@ pub(crate) trait Launch: Send + Sync + Debug {
     /// again.
     fn retire_host(&self, _name: &str) {}
 
+    /// Lets the hosts set aside after failing to start be tried again (not retired ones).
+    fn revive(&self) {}
+
     /// Adds `hosts`, whose workers come after every worker so far; false where the kind
     /// has no remote hosts (debug mode).
     fn add_hosts(&self, _hosts: Vec<crate::hosts::HostSpec>) -> bool {

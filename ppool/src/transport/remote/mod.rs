@@ -365,6 +365,12 @@ impl Launch for Mixed {
         self.remote.retire(name);
     }
 
+    fn revive(&self) {
+        for entry in self.remote.hosts() {
+            entry.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
     fn add_hosts(&self, hosts: Vec<HostSpec>) -> bool {
         self.remote.add(hosts);
         true
