@@ -929,6 +929,18 @@ fn min_workers_starts_a_pool_with_the_hosts_it_can_get() {
         hosts.iter().any(|h| h.0 == "false" && h.1 == 0 && h.2),
         "{hosts:?}"
     );
+    let failed = insights
+        .hosts
+        .iter()
+        .find(|h| h.name == "false")
+        .expect("false");
+    assert!(
+        matches!(
+            failed.history.first().map(|c| &c.event),
+            Some(ppool::HostEvent::NotStarted { .. })
+        ),
+        "{failed:#?}"
+    );
     let ran: Vec<(u64, String)> = pool.batch(0..40).wait().expect("a batch");
     assert!(ran.iter().enumerate().all(|(i, r)| r.0 == (i * i) as u64));
     assert!(ran.iter().any(|r| r.1.starts_with("min-a")));
@@ -987,12 +999,12 @@ fn add_remote_during_a_batch_takes_its_queued_tasks() {
         "the joined host's 3 workers ran {joined}, the local one {here}"
     );
     let insights = pool.insights();
-    assert!(
-        insights
-            .hosts
-            .iter()
-            .any(|h| h.name.contains("joined") && h.running == 3)
-    );
+    assert!(insights.hosts.iter().any(|h| h.name.contains("joined")
+        && h.running == 3
+        && matches!(
+            h.history.first().map(|c| &c.event),
+            Some(ppool::HostEvent::Joined)
+        )));
     // A host that cannot start is a Spawn error that names it; the pool goes on.
     match pool.add_remote(Remote::command(["false"]).workers(1)) {
         Err(Error::Spawn { message, .. }) => assert!(message.contains("false"), "{message}"),
@@ -1045,6 +1057,13 @@ fn retire_host_during_a_batch_loses_nothing_and_ends_the_host() {
         .find(|h| h.name == leaving)
         .expect("a");
     assert_eq!(a.running, 0);
+    assert!(
+        matches!(
+            a.history.last().map(|c| &c.event),
+            Some(ppool::HostEvent::Retired)
+        ),
+        "{a:#?}"
+    );
     assert!(matches!(
         pool.retire_host("nowhere"),
         Err(Error::InvalidConfig { .. })
@@ -1099,6 +1118,19 @@ fn a_lost_host_rejoins_when_it_answers_again() {
         pool.insights().hosts
     );
     assert!(pool.call(4).expect("a call").1.starts_with("rejoin"));
+    // The host's history says so, in order, with times.
+    let history = pool.insights().hosts[0].history.clone();
+    let kinds: Vec<&str> = history
+        .iter()
+        .map(|c| match c.event {
+            ppool::HostEvent::Lost { .. } => "lost",
+            ppool::HostEvent::Down { .. } => "down",
+            ppool::HostEvent::Back => "back",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["lost", "down", "back"], "{history:#?}");
+    assert!(history.windows(2).all(|w| w[0].at <= w[1].at));
     pool.join().expect("join");
     assert!(within(Duration::from_secs(10), || with_tag("rejoin").is_empty()));
 }

@@ -70,6 +70,11 @@ impl Stats {
         }
     }
 
+    /// The time since the pool was built.
+    pub(crate) fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
     /// Counters for slots up to `n`, for workers of hosts that joined.
     pub(crate) fn grow(&self, n: usize) {
         let mut slots = self
@@ -95,6 +100,7 @@ impl Stats {
         queued_jobs: usize,
         host: impl Fn(usize) -> String,
         failures: &[(String, String)],
+        history: &[(String, HostChange)],
     ) -> Insights {
         let uptime = self.started.elapsed();
         let workers: Vec<WorkerInsights> = self
@@ -122,7 +128,7 @@ impl Stats {
                 }
             })
             .collect();
-        let hosts = hosts_of(&workers, failures);
+        let hosts = hosts_of(&workers, failures, history);
         Insights {
             uptime,
             workers,
@@ -135,7 +141,11 @@ impl Stats {
 
 /// The hosts of `workers`, in the order their first worker comes, with the start failures
 /// of `failures` (host, error).
-fn hosts_of(workers: &[WorkerInsights], failures: &[(String, String)]) -> Vec<HostInsights> {
+fn hosts_of(
+    workers: &[WorkerInsights],
+    failures: &[(String, String)],
+    history: &[(String, HostChange)],
+) -> Vec<HostInsights> {
     let mut hosts: Vec<HostInsights> = Vec::new();
     for w in workers {
         let at = match hosts.iter().position(|h| h.name == w.host) {
@@ -149,6 +159,11 @@ fn hosts_of(workers: &[WorkerInsights], failures: &[(String, String)]) -> Vec<Ho
                         .iter()
                         .find(|(host, _)| *host == w.host)
                         .map(|(_, error)| error.clone()),
+                    history: history
+                        .iter()
+                        .filter(|(host, _)| *host == w.host)
+                        .map(|(_, change)| change.clone())
+                        .collect(),
                 });
                 hosts.len() - 1
             }
@@ -157,6 +172,46 @@ fn hosts_of(workers: &[WorkerInsights], failures: &[(String, String)]) -> Vec<Ho
         hosts[at].running += usize::from(matches!(w.state, WorkerState::Idle | WorkerState::Busy));
     }
     hosts
+}
+
+/// What happened to a host, and when (see [`HostInsights::history`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct HostChange {
+    /// When, since the pool was built.
+    pub at: Duration,
+    /// What.
+    pub event: HostEvent,
+}
+
+/// A change of a host's membership in a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub enum HostEvent {
+    /// It joined a running pool (`add_remote`).
+    Joined,
+    /// Its workers could not start (under `min_workers`, or when it joined).
+    NotStarted {
+        /// Why.
+        reason: String,
+    },
+    /// It stopped answering, or its launcher ended: the tasks it held failed (or ran again).
+    Lost {
+        /// Why.
+        reason: String,
+    },
+    /// Its workers could not be started again after it was lost: set aside (tried again in
+    /// the background under `rejoin`).
+    Down {
+        /// Why.
+        reason: String,
+    },
+    /// Workers of it that were down run again (`rejoin`).
+    Back,
+    /// It was retired (`retire_host`).
+    Retired,
 }
 
 /// One host of a pool (`localhost` for its local workers), from [`Insights::hosts`].
@@ -173,6 +228,8 @@ pub struct HostInsights {
     /// Why some of its workers could not start, when `min_workers` let the pool go on
     /// without them.
     pub error: Option<String>,
+    /// What happened to it since the pool was built: joined, lost, down, back, retired.
+    pub history: Vec<HostChange>,
 }
 
 /// What the workers of a pool have done, from [`ProcessPool::insights`](crate::ProcessPool::insights).

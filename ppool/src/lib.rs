@@ -137,7 +137,7 @@ pub use config::NJobs;
 pub use entry::{Entry, Portable};
 pub use error::{Cause, Error, ExitCause, Result};
 pub use hosts::Remote;
-pub use insights::{HostInsights, Insights, WorkerInsights, WorkerState};
+pub use insights::{HostChange, HostEvent, HostInsights, Insights, WorkerInsights, WorkerState};
 pub use pool::Builder;
 pub use pool::{EntryView, ProcessPool};
 pub use share::{Shared, SharedBytes};

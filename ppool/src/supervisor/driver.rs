@@ -502,6 +502,15 @@ fn fail(
         memory_limit: shared.settings.memory_limit,
     };
     let error = recovery::classify(who, verdict, &cause, exit, closed);
+    if !closed
+        && let Error::WorkerDied {
+            cause: crate::error::ExitCause::Lost,
+            ..
+        } = &error
+    {
+        let reason = error.to_string();
+        shared.host_event(i, crate::insights::HostEvent::Lost { reason });
+    }
     let cancelled = matches!(
         verdict,
         Some(crate::supervisor::watchdog::Verdict::Cancelled)

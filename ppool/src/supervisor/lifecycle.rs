@@ -81,6 +81,11 @@ pub(super) fn start_all(shared: &Inner) -> Result<Vec<Option<Conn>>, Error> {
         )));
     }
     for (host, error) in failed {
+        let reason = error.to_string();
+        shared.host_event_of(
+            host.clone(),
+            crate::insights::HostEvent::NotStarted { reason },
+        );
         tracing::warn!(pool = %shared.spec.pool, host = %host, error = &error as &dyn std::error::Error, "a host's workers did not start; the pool goes on without them (min_workers)");
         lock(&shared.host_failures).push((host, error.to_string()));
     }
@@ -163,6 +168,12 @@ pub(super) fn replace(shared: &Inner, i: usize) -> Slot {
             Slot::Idle(Box::new(conn))
         }
         Err(e) => {
+            shared.host_event(
+                i,
+                crate::insights::HostEvent::Down {
+                    reason: e.to_string(),
+                },
+            );
             shared.watch.unregister(i);
             tracing::error!(pool = %shared.spec.pool, worker = i, error = &e as &dyn std::error::Error, "cannot replace worker");
             shared.set_last_error(e);

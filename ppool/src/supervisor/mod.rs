@@ -184,7 +184,10 @@ impl Core {
         };
         let host = |i: usize| self.shared.launch.host(i);
         let failures = lock(&self.shared.host_failures).clone();
-        self.shared.stats.snapshot(live, queued, host, &failures)
+        let history = lock(&self.shared.host_history).clone();
+        self.shared
+            .stats
+            .snapshot(live, queued, host, &failures, &history)
     }
 
     /// The EXITED bodies collected so far.
@@ -307,8 +310,11 @@ impl Core {
                     register(shared, i, &conn);
                     // Takes queued work at once, as a slot put back does.
                     put_back(shared, i, Slot::Idle(Box::new(conn)));
+                    shared.host_event(i, crate::insights::HostEvent::Joined);
                 }
                 Err(e) => {
+                    let reason = e.to_string();
+                    shared.host_event(i, crate::insights::HostEvent::NotStarted { reason });
                     tracing::warn!(pool = %shared.spec.pool, worker = i, error = &e as &dyn std::error::Error, "a worker of a joining host did not start");
                     failure.get_or_insert(e);
                 }
@@ -363,6 +369,7 @@ impl Core {
         drop(st);
         lifecycle::retire_many(shared, idle);
         shared.launch.retire_host(name);
+        shared.host_event_of(name.to_string(), crate::insights::HostEvent::Retired);
         tracing::info!(pool = %shared.spec.pool, host = name, "host retired");
         Ok(())
     }
@@ -884,6 +891,7 @@ fn rejoin(shared: &Inner) {
                 Ok(conn) => {
                     register(shared, i, &conn);
                     put_back(shared, i, Slot::Idle(Box::new(conn)));
+                    shared.host_event(i, crate::insights::HostEvent::Back);
                     back += 1;
                 }
                 Err(e) => {

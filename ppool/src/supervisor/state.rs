@@ -200,6 +200,8 @@ pub(crate) struct Inner {
     exit_results: Mutex<Vec<Vec<u8>>>,
     /// The hosts whose workers could not start (under `min_workers`), and why.
     pub(crate) host_failures: Mutex<Vec<(String, String)>>,
+    /// What happened to each host, in order (see `insights::HostEvent`).
+    pub(crate) host_history: Mutex<Vec<(String, crate::insights::HostChange)>>,
 }
 
 impl Inner {
@@ -235,6 +237,7 @@ impl Inner {
             watchdog: settings.task_timeout.is_some() || settings.memory_limit.is_some(),
             exit_results: Mutex::new(Vec::new()),
             host_failures: Mutex::new(Vec::new()),
+            host_history: Mutex::new(Vec::new()),
             spec,
             settings,
             launch,
@@ -273,6 +276,31 @@ impl Inner {
     /// lock still held.
     pub(crate) fn summon(&self, st: &mut State) -> Option<usize> {
         st.idle.pop()
+    }
+
+    /// Records that `event` happened to the host of worker `i` (a remote one), unless it is
+    /// what last happened to it (a lost host's workers each report the loss).
+    pub(crate) fn host_event(&self, i: usize, event: crate::insights::HostEvent) {
+        if !self.is_evented(i) {
+            return;
+        }
+        self.host_event_of(self.launch.host(i), event);
+    }
+
+    /// [`host_event`](Self::host_event), for a host named.
+    pub(crate) fn host_event_of(&self, host: String, event: crate::insights::HostEvent) {
+        let mut history = lock(&self.host_history);
+        let same = history
+            .iter()
+            .rev()
+            .find(|(h, _)| *h == host)
+            .is_some_and(|(_, last)| {
+                std::mem::discriminant(&last.event) == std::mem::discriminant(&event)
+            });
+        if !same {
+            let at = self.stats.uptime();
+            history.push((host, crate::insights::HostChange { at, event }));
+        }
     }
 
     /// The last worker failure seen.
