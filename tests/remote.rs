@@ -1341,3 +1341,100 @@ fn a_slurm_node_cut_mid_batch_with_retries_loses_no_task() {
     let nodes = (s.node(1), s.node(2));
     cut_mid_batch(&c, slurm_pair(), nodes, 3).assert_no_task_was_lost();
 }
+
+/// `add_remote` over ssh during a batch: host 2 joins a pool on host 1 and runs part of the
+/// batch; every task runs; `join` leaves nothing on either host.
+#[test]
+#[ignore = "needs the test cluster: as root, bash .ci/cluster/up and source its env file"]
+fn ssh_host_added_during_a_batch_runs_part_of_it() {
+    let _deadline = ppool_tests::deadline();
+    let c = cluster();
+    let (ns1, ns2) = (c.ns_id(1), c.ns_id(2));
+    let pool = ProcessPool::<nap_where>::builder()
+        .remote(Remote::ssh(c.host(1)).workers(2))
+        .chunk_size(1)
+        .build()
+        .expect("a pool on node1");
+    let batch = pool.batch(std::iter::repeat_n(30u64, 120));
+    pool.add_remote(Remote::ssh(c.host(2)).workers(2))
+        .expect("node2 joins");
+    assert_eq!(pool.n_jobs(), 4);
+    let ran = batch.wait().expect("the batch");
+    assert_eq!(ran.len(), 120);
+    assert!(ran.iter().all(|ns| *ns == ns1 || *ns == ns2), "{ran:?}");
+    assert!(ran.contains(&ns2), "node2 ran none of the batch");
+    pool.join().expect("join");
+    let left = left_behind(
+        &[c.ns(1).to_string(), c.ns(2).to_string()],
+        Duration::from_secs(10),
+    );
+    assert!(left.is_empty(), "left after join: {left:?}");
+}
+
+/// With `rejoin(true)`, a host cut until it is down (lost, then not started again) rejoins
+/// once healed, and runs tasks again; its history says lost, down, back.
+#[test]
+#[ignore = "needs the test cluster: as root, bash .ci/cluster/up and source its env file"]
+fn an_ssh_host_cut_then_healed_rejoins() {
+    let _deadline = ppool_tests::deadline_secs(300);
+    let c = cluster();
+    let ns1 = c.ns_id(1);
+    let pool = ProcessPool::<nap_where>::builder()
+        .remote(Remote::ssh(c.host(1)).workers(2))
+        .remote(Remote::ssh(c.host(2)).workers(2))
+        .host_timeout(Duration::from_secs(3))
+        .rejoin(true)
+        .build()
+        .expect("a pool on node1 and node2");
+    let host1 = |pool: &ProcessPool<nap_where>| {
+        pool.insights()
+            .hosts
+            .into_iter()
+            .find(|h| h.name == c.host(1))
+            .expect("node1 in insights")
+    };
+    let down = |h: &ppool::HostInsights| {
+        h.history
+            .iter()
+            .any(|c| matches!(c.event, ppool::HostEvent::Down { .. }))
+    };
+    let mut healer = c.cut(1);
+    let started = Instant::now();
+    while !(host1(&pool).running == 0 && down(&host1(&pool))) {
+        assert!(
+            started.elapsed() < Duration::from_secs(110),
+            "node1 not down after 110 s: {:#?}",
+            host1(&pool)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The pool goes on with node2 meanwhile.
+    assert!(pool.call(1).is_ok());
+    healer.heal();
+    let started = Instant::now();
+    while host1(&pool).running < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "node1 did not rejoin within 120 s of healing: {:#?}",
+            host1(&pool)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let ran = pool
+        .batch(std::iter::repeat_n(50u64, 12))
+        .wait()
+        .expect("a batch");
+    assert!(
+        ran.contains(&ns1),
+        "node1 ran nothing after rejoining: {ran:?}"
+    );
+    let history = host1(&pool).history;
+    assert!(
+        matches!(
+            history.last().map(|c| &c.event),
+            Some(ppool::HostEvent::Back)
+        ),
+        "{history:#?}"
+    );
+    pool.join().expect("join");
+}
