@@ -1384,6 +1384,7 @@ fn an_ssh_host_cut_then_healed_rejoins() {
         .remote(Remote::ssh(c.host(2)).workers(2))
         .host_timeout(Duration::from_secs(3))
         .rejoin(true)
+        .chunk_size(1)
         .build()
         .expect("a pool on node1 and node2");
     let host1 = |pool: &ProcessPool<nap_where>| {
@@ -1420,8 +1421,9 @@ fn an_ssh_host_cut_then_healed_rejoins() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // One task per job, every worker busy: node1's two take their share.
     let ran = pool
-        .batch(std::iter::repeat_n(50u64, 12))
+        .batch(std::iter::repeat_n(50u64, 40))
         .wait()
         .expect("a batch");
     assert!(
