@@ -299,6 +299,28 @@ pub fn within<T: Send + 'static>(
     }
 }
 
+/// The CPUs this process (or thread) may run on, as `/proc/self/status` says.
+pub fn my_cpus() -> Vec<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let mut cpus = Vec::new();
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.parse().unwrap_or(0), b.parse().unwrap_or(0));
+                cpus.extend(a..=b);
+            }
+            None => cpus.extend(part.parse::<usize>().ok()),
+        }
+    }
+    cpus
+}
+
 /// `VAR=<tag>.<this process's pid>`: a value by which a test tags the hosts it starts through
 /// a command prefix (`env VAR=…`), and finds them again with [`processes_with_env`], never
 /// seeing those of another test process.

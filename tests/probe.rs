@@ -270,32 +270,10 @@ fn nth_slowly(table: Shared<Vec<u64>>, i: usize, ms: u64) -> u64 {
     table[i]
 }
 
-/// This process's CPUs, as `/proc/self/status` says.
-fn my_cpus() -> Vec<usize> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let list = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    let mut cpus = Vec::new();
-    for part in list.split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (usize, usize) = (a.parse().unwrap_or(0), b.parse().unwrap_or(0));
-                cpus.extend(a..=b);
-            }
-            None => cpus.extend(part.parse::<usize>().ok()),
-        }
-    }
-    cpus
-}
-
 /// The CPUs this worker may run on, and whether it is remote (tagged).
 #[pool_entry]
 fn pinned_where(_x: u32) -> (Vec<usize>, bool) {
-    (my_cpus(), std::env::var(TAG).is_ok())
+    (ppool_tests::my_cpus(), std::env::var(TAG).is_ok())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1451,7 +1429,7 @@ fn min_workers_with_every_host_failing() {
 fn cpu_affinity_with_local_and_remote_workers() {
     let _deadline = ppool_tests::deadline();
     let tag = "affinity";
-    let cpus = my_cpus();
+    let cpus = ppool_tests::my_cpus();
     let first = *cpus.first().expect("a CPU");
     let pool = ProcessPool::<pinned_where>::builder()
         .n_jobs(1)

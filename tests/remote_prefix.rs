@@ -845,32 +845,10 @@ fn a_remote_worker_over_its_memory_limit_fails_its_task_and_the_pool_goes_on() {
     pool.join().expect("join");
 }
 
-/// This process's CPUs, as `sched_getaffinity` says.
-fn my_cpus() -> Vec<usize> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let list = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    let mut cpus = Vec::new();
-    for part in list.split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (usize, usize) = (a.parse().unwrap_or(0), b.parse().unwrap_or(0));
-                cpus.extend(a..=b);
-            }
-            None => cpus.extend(part.parse::<usize>().ok()),
-        }
-    }
-    cpus
-}
-
 /// The CPUs this worker may run on.
 #[pool_entry]
 fn where_pinned(_x: u32) -> Vec<usize> {
-    my_cpus()
+    ppool_tests::my_cpus()
 }
 
 /// `cpu_affinity` pins remote workers to CPUs of their host; a host without them fails the
@@ -878,7 +856,7 @@ fn where_pinned(_x: u32) -> Vec<usize> {
 #[test]
 fn cpu_affinity_pins_remote_workers_and_a_host_without_the_cpus_says_which_it_has() {
     let _deadline = ppool_tests::deadline();
-    let last = *my_cpus().last().expect("a CPU");
+    let last = *ppool_tests::my_cpus().last().expect("a CPU");
     let pool = ProcessPool::<where_pinned>::builder()
         .remote(Remote::command(tagged("pinned")).workers(2))
         .cpu_affinity([last])

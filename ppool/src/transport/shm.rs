@@ -334,15 +334,7 @@ impl ShmTx {
 impl ShmRx {
     /// Receives one frame (see [`Link::recv`]).
     pub(crate) fn recv(&mut self) -> Result<Incoming<'_>, FrameError> {
-        match std::mem::replace(&mut self.returned, Returned::Nothing) {
-            Returned::Nothing => {}
-            Returned::Frame => self.body.clear(),
-            Returned::Outcomes => {
-                self.raw.clear();
-                self.outcomes = 0;
-                self.body.clear();
-            }
-        }
+        self.release_returned();
         loop {
             if self.dead {
                 return Err(FrameError::Closed);
@@ -397,15 +389,7 @@ impl ShmRx {
     ///
     /// [`has_exited`]: Self::has_exited
     pub(crate) fn try_recv(&mut self, exited: bool) -> Result<Option<Incoming<'_>>, FrameError> {
-        match std::mem::replace(&mut self.returned, Returned::Nothing) {
-            Returned::Nothing => {}
-            Returned::Frame => self.body.clear(),
-            Returned::Outcomes => {
-                self.raw.clear();
-                self.outcomes = 0;
-                self.body.clear();
-            }
-        }
+        self.release_returned();
         loop {
             if self.dead {
                 return Err(FrameError::Closed);
@@ -447,6 +431,19 @@ impl ShmRx {
     /// See [`Consumer::disarm`].
     pub(crate) fn disarm(&self) {
         self.results.disarm();
+    }
+
+    /// Lets go of what the last receive handed out: it is borrowed no more.
+    fn release_returned(&mut self) {
+        match std::mem::replace(&mut self.returned, Returned::Nothing) {
+            Returned::Nothing => {}
+            Returned::Frame => self.body.clear(),
+            Returned::Outcomes => {
+                self.raw.clear();
+                self.outcomes = 0;
+                self.body.clear();
+            }
+        }
     }
 
     /// Takes the next item out of the result ring, counting outcomes.
