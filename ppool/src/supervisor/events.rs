@@ -34,6 +34,10 @@ struct Driving {
     /// The link ended (the worker exited, its host was lost) or broke while no job was held:
     /// the next job started on it fails at once, as one that never reached the worker.
     ended: bool,
+    /// The worker broke its protocol (a malformed or unexpected message): it was killed, and
+    /// is failed with this cause once its end is reported. That report comes through this
+    /// very thread, the host's reader, so it is never waited for here.
+    broken: Option<FrameError>,
 }
 
 impl std::fmt::Debug for Evented {
@@ -84,7 +88,7 @@ pub(super) fn start(shared: &Inner, i: usize, mut conn: Box<Conn>, job: Job) {
     let mut driving = lock(&events.driving);
     let back = caught(shared, i, || {
         let mut book = Book::new(Driver::Event, &conn, job);
-        if driving.ended {
+        if driving.ended || driving.broken.is_some() {
             return book.fail(shared, i, *conn, FrameError::Closed);
         }
         book.send(shared, i, &mut conn);
@@ -107,13 +111,34 @@ impl Sink for Evented {
             return;
         };
         let i = self.i;
+        // Only the end of the link comes as `Closed` (see `Sink::arrived`).
+        let ended_link = matches!(incoming, Err(FrameError::Closed));
         let mut driving = lock(&self.driving);
+        if !ended_link && driving.broken.is_some() {
+            // Killed for breaking its protocol: what else it says until its end is dropped.
+            return;
+        }
         let Some((mut conn, mut book)) = driving.held.take() else {
-            driving.ended = true;
+            if ended_link {
+                driving.ended = true;
+                let cause = driving.broken.take();
+                drop(driving);
+                return self.ended_idle(&shared, cause);
+            }
+            // It spoke while it held no job: killed now, failed when its end comes.
+            driving.broken = Some(match incoming {
+                Err(e) => e,
+                Ok(_) => FrameError::Malformed("a message while it held no job".into()),
+            });
             drop(driving);
-            return self.ended_idle(&shared, incoming.err());
+            return self.kill_idle(&shared);
         };
         let back = caught(&shared, i, || {
+            if ended_link {
+                driving.ended = true;
+                let cause = driving.broken.take().unwrap_or(FrameError::Closed);
+                return book.fail(&shared, i, *conn, cause);
+            }
             let taken = incoming.and_then(|incoming| book.take(&shared, i, incoming));
             match taken {
                 Ok(ended) => {
@@ -128,8 +153,12 @@ impl Sink for Evented {
                     Slot::Busy
                 }
                 Err(e) => {
-                    driving.ended = true;
-                    book.fail(&shared, i, *conn, e)
+                    // Broke its protocol: killed now, and failed when its end is reported
+                    // (reaping it here would wait for a report only this thread can read).
+                    conn.peer.kill();
+                    driving.broken = Some(e);
+                    driving.held = Some((conn, book));
+                    Slot::Busy
                 }
             }
         });
@@ -141,6 +170,19 @@ impl Sink for Evented {
 }
 
 impl Evented {
+    /// Kills the idle worker of its slot, if the slot still holds it: it broke its protocol.
+    fn kill_idle(&self, shared: &Inner) {
+        let st = shared.state();
+        if let Slot::Idle(conn) = st.slot(self.i)
+            && conn
+                .events
+                .as_ref()
+                .is_some_and(|e| std::ptr::eq(Arc::as_ptr(e), self))
+        {
+            conn.peer.kill();
+        }
+    }
+
     /// Its link ended, or spoke out of turn, while its worker held no job: an idle worker
     /// died. If its slot still holds it, it is failed there and refilled at once, rather
     /// than when its next job finds out.
