@@ -92,6 +92,34 @@ pub fn children() -> Vec<(u32, char)> {
         .collect()
 }
 
+/// The processes whose environment holds `var` (see [`processes_with_env`]) and whose parent
+/// is `parent`: a host's agents are this test's children, its workers the agent's.
+pub fn children_with_env(var: &str, parent: u32) -> Vec<u32> {
+    processes_with_env(var)
+        .into_iter()
+        .filter(|&(_, p)| p == parent)
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Sends `signal` to process `pid`, one this test found among its own processes.
+pub fn signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) takes any pid and signal; it touches no memory of ours.
+    unsafe { libc::kill(pid as libc::pid_t, signal) };
+}
+
+/// Whether `done` holds within `limit`, looking every 20 ms (and once more at the end).
+pub fn eventually(limit: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    done()
+}
+
 /// `(pid, parent)` of every live process (zombies left out: they have ended) whose
 /// environment holds `var` (`NAME=value`) exactly: how a test finds the host agents and
 /// workers it tagged.

@@ -10,6 +10,7 @@
 //! workers by that tag in `/proc`.
 
 use ppool::{Error, ExitCause, ProcessPool, Remote, Shared, SharedBytes, pool_entry};
+use ppool_tests::{eventually, signal};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,45 +42,19 @@ fn with_tag(tag: &str) -> Vec<(u32, u32)> {
 
 /// The agents of `tag`'s hosts: its processes whose parent is this test process.
 fn agents(tag: &str) -> Vec<u32> {
-    let me = std::process::id();
-    with_tag(tag)
-        .into_iter()
-        .filter(|&(_, parent)| parent == me)
-        .map(|(pid, _)| pid)
-        .collect()
+    ppool_tests::children_with_env(&ppool_tests::env_tag(TAG, tag), std::process::id())
 }
 
 /// The workers of agent `agent` (its children tagged `tag`).
 fn workers_of(tag: &str, agent: u32) -> Vec<u32> {
-    with_tag(tag)
-        .into_iter()
-        .filter(|&(_, parent)| parent == agent)
-        .map(|(pid, _)| pid)
-        .collect()
-}
-
-fn signal(pid: u32, signal: libc::c_int) {
-    // SAFETY: kill(2) with a pid this test found among its own processes.
-    unsafe { libc::kill(pid as libc::pid_t, signal) };
-}
-
-/// Waits up to `limit` for `done`; whether it came.
-fn within(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    done()
+    ppool_tests::children_with_env(&ppool_tests::env_tag(TAG, tag), agent)
 }
 
 /// Asserts that no process tagged with one of `tags` is left within 10 s.
 fn none_left(tags: &[&str]) {
     for tag in tags {
         assert!(
-            within(Duration::from_secs(10), || with_tag(tag).is_empty()),
+            eventually(Duration::from_secs(10), || with_tag(tag).is_empty()),
             "processes of host {tag} are left: {:?}",
             with_tag(tag)
         );
@@ -557,7 +532,7 @@ fn cancel_of_running_and_queued_remote_tasks() {
     let running: Vec<_> = (0..2).map(|i| pool.submit((dir.arg(), i, 2_000))).collect();
     let queued: Vec<_> = (2..6).map(|i| pool.submit((dir.arg(), i, 100))).collect();
     assert!(
-        within(Duration::from_secs(20), || runs(&dir).len() >= 2),
+        eventually(Duration::from_secs(20), || runs(&dir).len() >= 2),
         "the first tasks did not start: {:?}",
         runs(&dir)
     );
@@ -891,7 +866,7 @@ fn an_agent_killed_mid_batch_loses_nothing_and_its_slots_are_refilled_or_fail_cl
             .build()
             .expect("the pool starts");
         let batch = pool.batch((0..40u64).map(|i| (dir.arg(), i, 150)));
-        assert!(within(Duration::from_secs(20), || runs(&dir).len() >= 4));
+        assert!(eventually(Duration::from_secs(20), || runs(&dir).len() >= 4));
         let victim = agents(&tag_a);
         assert_eq!(victim.len(), 1, "{victim:?}");
         let old_workers = workers_of(&tag_a, victim[0]);
@@ -945,7 +920,7 @@ fn an_agent_killed_mid_batch_loses_nothing_and_its_slots_are_refilled_or_fail_cl
         }
         // The killed agent's workers end; its slots come back, or are reported.
         assert!(
-            within(Duration::from_secs(10), || {
+            eventually(Duration::from_secs(10), || {
                 let alive = with_tag(&tag_a);
                 !old_workers
                     .iter()
@@ -953,7 +928,7 @@ fn an_agent_killed_mid_batch_loses_nothing_and_its_slots_are_refilled_or_fail_cl
             }),
             "workers of the killed agent are left"
         );
-        let settled = within(Duration::from_secs(30), || {
+        let settled = eventually(Duration::from_secs(30), || {
             let insights = pool.insights();
             let busy_or_idle = insights
                 .workers
@@ -994,7 +969,7 @@ fn an_agent_stopped_past_the_host_timeout_then_continued() {
         .build()
         .expect("the pool starts");
     let batch = pool.batch((0..40u64).map(|i| (dir.arg(), i, 100)));
-    assert!(within(Duration::from_secs(20), || runs(&dir).len() >= 4));
+    assert!(eventually(Duration::from_secs(20), || runs(&dir).len() >= 4));
     let victim = agents(tag_a);
     assert_eq!(victim.len(), 1, "{victim:?}");
     let old_workers = workers_of(tag_a, victim[0]);
@@ -1012,7 +987,7 @@ fn an_agent_stopped_past_the_host_timeout_then_continued() {
     let mut gone = old_workers.clone();
     gone.push(victim[0]);
     assert!(
-        within(Duration::from_secs(15), || {
+        eventually(Duration::from_secs(15), || {
             let alive = with_tag(tag_a);
             !gone.iter().any(|w| alive.iter().any(|&(p, _)| p == *w))
         }),
@@ -1121,7 +1096,7 @@ fn many_values_shared_and_dropped_leak_no_descriptors() {
             round as u64
         );
     }
-    let settled = within(Duration::from_secs(10), || {
+    let settled = eventually(Duration::from_secs(10), || {
         ppool_tests::open_fds() <= mine + 8 && fds_of(agent) <= its + 8
     });
     assert!(
@@ -1575,7 +1550,7 @@ fn the_last_handle_dropped_inside_a_remote_callback() {
         Ok(300)
     );
     assert!(
-        within(Duration::from_secs(20), || with_tag(tag).is_empty()),
+        eventually(Duration::from_secs(20), || with_tag(tag).is_empty()),
         "the pool dropped in its callback left {:?}",
         with_tag(tag)
     );
@@ -1608,7 +1583,7 @@ fn a_killed_host_that_cannot_be_started_again() {
         .build()
         .expect("the pool starts");
     let batch = pool.batch((0..30u64).map(|i| (marks.arg(), i, 100)));
-    assert!(within(Duration::from_secs(20), || runs(&marks).len() >= 4));
+    assert!(eventually(Duration::from_secs(20), || runs(&marks).len() >= 4));
     let victim = agents(tag_a);
     assert_eq!(victim.len(), 1, "{victim:?}");
     signal(victim[0], libc::SIGKILL);
@@ -1618,7 +1593,7 @@ fn a_killed_host_that_cannot_be_started_again() {
     for (i, r) in results.iter().enumerate() {
         assert_eq!(r.as_ref().ok(), Some(&(i as u64)), "task {i}: {r:?}");
     }
-    let reported = within(Duration::from_secs(30), || {
+    let reported = eventually(Duration::from_secs(30), || {
         let insights = pool.insights();
         let a_dead = insights
             .workers

@@ -13,6 +13,7 @@
 //! agents and workers by it in `/proc`.
 
 use ppool::{Error, ExitCause, ProcessPool, Remote, pool_entry};
+use ppool_tests::{eventually, signal};
 use std::time::{Duration, Instant};
 
 ppool::test_support!();
@@ -64,29 +65,7 @@ fn with_tag(tag: &str) -> Vec<(u32, u32)> {
 
 /// The agents of `tag`'s hosts: its processes whose parent is this test process.
 fn agents(tag: &str) -> Vec<u32> {
-    let me = std::process::id();
-    with_tag(tag)
-        .into_iter()
-        .filter(|&(_, parent)| parent == me)
-        .map(|(pid, _)| pid)
-        .collect()
-}
-
-fn signal(pid: u32, signal: libc::c_int) {
-    // SAFETY: kill(2) with a pid this test found among its own children.
-    unsafe { libc::kill(pid as libc::pid_t, signal) };
-}
-
-/// Waits up to `limit` for `done`; whether it came.
-fn within(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    done()
+    ppool_tests::children_with_env(&env_tag(tag), std::process::id())
 }
 
 /// Runs `f` on a thread of its own and gives its result, or `None` if it did not return
@@ -144,7 +123,7 @@ fn a_host_that_stops_reading_a_large_message_is_lost_and_nothing_waits_behind_it
         "shutdown hung"
     );
     assert!(
-        within(Duration::from_secs(10), || with_tag(tag).is_empty()),
+        eventually(Duration::from_secs(10), || with_tag(tag).is_empty()),
         "processes of the lost host are left: {:?}",
         with_tag(tag)
     );
@@ -356,7 +335,7 @@ fn text_on_the_stream_allocates_nothing_and_says_what_came() {
     }
     for tag in ["after-exit", "mid-stream", "merged"] {
         assert!(
-            within(Duration::from_secs(10), || with_tag(tag).is_empty()),
+            eventually(Duration::from_secs(10), || with_tag(tag).is_empty()),
             "{tag}: {:?}",
             with_tag(tag)
         );
@@ -609,7 +588,7 @@ fn an_agent_killed_mid_batch_fails_only_its_tasks() {
                 .any(|&(p, _)| p == *pid)
         };
         assert!(
-            within(Duration::from_secs(10), || !its_workers.iter().any(alive)),
+            eventually(Duration::from_secs(10), || !its_workers.iter().any(alive)),
             "workers of the killed agent are left"
         );
         pool.join().expect("join");
@@ -653,8 +632,10 @@ fn shell_noise_is_skipped_and_another_build_is_refused() {
         }
         other => panic!("a host of another build: {other:?}"),
     }
-    assert!(within(Duration::from_secs(10), || with_tag("other-build")
-        .is_empty()));
+    assert!(eventually(Duration::from_secs(10), || with_tag(
+        "other-build"
+    )
+    .is_empty()));
 }
 
 /// Settings that cannot work are `InvalidConfig` before anything starts.
@@ -701,14 +682,10 @@ fn an_idle_remote_worker_that_dies_is_replaced_before_a_task_needs_it() {
         .expect("the pool starts");
     assert_eq!(pool.batch([1, 1]).wait().expect("a batch").len(), 2);
     let agent = agents(tag)[0];
-    let workers: Vec<u32> = with_tag(tag)
-        .into_iter()
-        .filter(|&(_, parent)| parent == agent)
-        .map(|(pid, _)| pid)
-        .collect();
+    let workers = ppool_tests::children_with_env(&env_tag(tag), agent);
     assert_eq!(workers.len(), 2, "{workers:?}");
     signal(workers[0], libc::SIGKILL);
-    let replaced = within(Duration::from_secs(20), || {
+    let replaced = eventually(Duration::from_secs(20), || {
         let insights = pool.insights();
         insights.workers.iter().map(|w| w.restarts).sum::<u64>() == 1
             && insights.workers.iter().all(|w| {
@@ -716,11 +693,7 @@ fn an_idle_remote_worker_that_dies_is_replaced_before_a_task_needs_it() {
             })
     });
     assert!(replaced, "{:#?}", pool.insights().workers);
-    let now: Vec<u32> = with_tag(tag)
-        .into_iter()
-        .filter(|&(_, parent)| parent == agent)
-        .map(|(pid, _)| pid)
-        .collect();
+    let now = ppool_tests::children_with_env(&env_tag(tag), agent);
     assert_eq!(now.len(), 2, "{now:?}");
     assert!(!now.contains(&workers[0]));
     assert_eq!(pool.batch([1; 8]).wait().expect("a batch").len(), 8);
@@ -759,17 +732,13 @@ fn a_worker_whose_ring_is_full_holds_up_no_other_worker_of_its_host() {
     );
     let agent = agents(tag);
     assert_eq!(agent.len(), 1, "one agent: {agent:?}");
-    let workers: Vec<u32> = with_tag(tag)
-        .into_iter()
-        .filter(|&(_, parent)| parent == agent[0])
-        .map(|(pid, _)| pid)
-        .collect();
+    let workers = ppool_tests::children_with_env(&env_tag(tag), agent[0]);
     assert_eq!(workers.len(), 2, "two workers: {workers:?}");
     // One worker holds a task until told to go on.
     let held = pool.entry::<hold>().submit(dir.arg());
     let started = dir.path().join("started");
     assert!(
-        within(Duration::from_secs(30), || started.exists()),
+        eventually(Duration::from_secs(30), || started.exists()),
         "the held task did not start"
     );
     let busy: u32 = std::fs::read_to_string(&started)
@@ -787,7 +756,7 @@ fn a_worker_whose_ring_is_full_holds_up_no_other_worker_of_its_host() {
     let holds_it =
         |w: &ppool::WorkerInsights| w.pid == Some(stopped) && w.state == ppool::WorkerState::Busy;
     assert!(
-        within(Duration::from_secs(30), || pool
+        eventually(Duration::from_secs(30), || pool
             .insights()
             .workers
             .iter()
@@ -812,7 +781,7 @@ fn a_worker_whose_ring_is_full_holds_up_no_other_worker_of_its_host() {
     let pool = std::sync::Arc::into_inner(pool).expect("the only handle");
     pool.join().expect("join");
     assert!(
-        within(Duration::from_secs(10), || with_tag(tag).is_empty()),
+        eventually(Duration::from_secs(10), || with_tag(tag).is_empty()),
         "{:?}",
         with_tag(tag)
     );
@@ -877,8 +846,10 @@ fn cpu_affinity_pins_remote_workers_and_a_host_without_the_cpus_says_which_it_ha
         }
         other => panic!("a CPU the host lacks: {other:?}"),
     }
-    assert!(within(Duration::from_secs(10), || with_tag("unpinnable")
-        .is_empty()));
+    assert!(eventually(Duration::from_secs(10), || with_tag(
+        "unpinnable"
+    )
+    .is_empty()));
 }
 
 /// With `min_workers`, a pool starts with the hosts it can get: a host whose launcher fails
@@ -935,7 +906,7 @@ fn min_workers_starts_a_pool_with_the_hosts_it_can_get() {
     }
     for tag in ["min-a", "min-c"] {
         assert!(
-            within(Duration::from_secs(10), || with_tag(tag).is_empty()),
+            eventually(Duration::from_secs(10), || with_tag(tag).is_empty()),
             "{tag}"
         );
     }
@@ -1085,13 +1056,13 @@ fn a_lost_host_rejoins_when_it_answers_again() {
         signal(agent, libc::SIGKILL);
     }
     assert!(
-        within(Duration::from_secs(30), || running(&pool) == 0),
+        eventually(Duration::from_secs(30), || running(&pool) == 0),
         "{:#?}",
         pool.insights().hosts
     );
     std::fs::remove_file(&gate).expect("the gate opens");
     assert!(
-        within(Duration::from_secs(30), || running(&pool) == 2),
+        eventually(Duration::from_secs(30), || running(&pool) == 2),
         "{:#?}",
         pool.insights().hosts
     );
@@ -1110,5 +1081,5 @@ fn a_lost_host_rejoins_when_it_answers_again() {
     assert_eq!(kinds, ["lost", "down", "back"], "{history:#?}");
     assert!(history.windows(2).all(|w| w[0].at <= w[1].at));
     pool.join().expect("join");
-    assert!(within(Duration::from_secs(10), || with_tag("rejoin").is_empty()));
+    assert!(eventually(Duration::from_secs(10), || with_tag("rejoin").is_empty()));
 }

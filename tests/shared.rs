@@ -5,23 +5,12 @@
 //! uses command-prefix hosts, so nothing here needs root.
 
 use ppool::{Error, ProcessPool, Remote, Shared, SharedBytes, pool_entry};
+use ppool_tests::eventually;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 ppool::test_support!();
-
-/// Whether `done` holds within `limit`, looking every 20 ms.
-fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let started = std::time::Instant::now();
-    while started.elapsed() < limit {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    done()
-}
 
 /// How many times this process decoded a [`Counted`].
 static DECODES: AtomicU64 = AtomicU64::new(0);

@@ -91,6 +91,7 @@ impl Store {
         inner: Vec<Arc<Stored>>,
     ) -> Result<Arc<Stored>, ShareError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        ANY_STORED.store(true, Ordering::Relaxed);
         let sealed =
             Sealed::create(self.token, id, kind, payload).map_err(|source| ShareError::Store {
                 len: payload.len() as u64,
@@ -127,6 +128,7 @@ impl Stored {
     /// Wraps a value that this process stored itself (a host agent, with a
     /// [`SealedWriter`](crate::shm::SealedWriter)), with no release hook.
     pub(crate) fn from_sealed(sealed: Sealed) -> Stored {
+        ANY_STORED.store(true, Ordering::Relaxed);
         Stored {
             sealed,
             inner: Vec::new(),
@@ -266,6 +268,11 @@ pub(crate) fn collect<R>(encode: impl FnOnce() -> R) -> (R, Vec<Arc<Stored>>) {
 /// in the order named and with repeats: what a job's encoder keeps for all its tasks without
 /// a vector per task (see [`dedup`]). Nested calls collect separately.
 pub(crate) fn collect_into<R>(sink: &mut Vec<Arc<Stored>>, encode: impl FnOnce() -> R) -> R {
+    if !ANY_STORED.load(Ordering::Relaxed) {
+        // Nothing was ever shared in this process: no argument can name a value, and a tiny
+        // task's encoding pays nothing for the collector.
+        return encode();
+    }
     /// Puts back the outer collector and the sink, also when `encode` panics.
     struct Restore<'a> {
         sink: &'a mut Vec<Arc<Stored>>,
@@ -286,6 +293,9 @@ pub(crate) fn collect_into<R>(sink: &mut Vec<Arc<Stored>>, encode: impl FnOnce()
     };
     encode()
 }
+
+/// Whether this process ever stored a value (a `Stored` exists only where one was).
+static ANY_STORED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Removes repeats from values collected with [`collect_into`].
 pub(crate) fn dedup(values: &mut Vec<Arc<Stored>>) {

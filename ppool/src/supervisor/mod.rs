@@ -306,12 +306,7 @@ impl Core {
             .zip(first..)
         {
             match conn {
-                Ok(conn) => {
-                    register(shared, i, &conn);
-                    // Takes queued work at once, as a slot put back does.
-                    put_back(shared, i, Slot::Idle(Box::new(conn)));
-                    shared.host_event(i, crate::insights::HostEvent::Joined);
-                }
+                Ok(conn) => take_in(shared, i, conn, crate::insights::HostEvent::Joined),
                 Err(e) => {
                     let reason = e.to_string();
                     shared.host_event(i, crate::insights::HostEvent::NotStarted { reason });
@@ -851,6 +846,14 @@ fn put_back(shared: &Inner, i: usize, back: Slot) {
     }
 }
 
+/// Puts a worker that started in a running pool (its host joined, or came back) in slot `i`,
+/// where it takes queued work at once, as a slot put back does, and records `event`.
+fn take_in(shared: &Inner, i: usize, conn: Conn, event: crate::insights::HostEvent) {
+    register(shared, i, &conn);
+    put_back(shared, i, Slot::Idle(Box::new(conn)));
+    shared.host_event(i, event);
+}
+
 /// The first pause before a lost host is tried again, and the longest.
 const REJOIN_FIRST: Duration = Duration::from_secs(1);
 const REJOIN_MAX: Duration = Duration::from_secs(60);
@@ -889,9 +892,7 @@ fn rejoin(shared: &Inner) {
         for (i, conn) in lifecycle::start_slots(shared, &dead) {
             match conn {
                 Ok(conn) => {
-                    register(shared, i, &conn);
-                    put_back(shared, i, Slot::Idle(Box::new(conn)));
-                    shared.host_event(i, crate::insights::HostEvent::Back);
+                    take_in(shared, i, conn, crate::insights::HostEvent::Back);
                     back += 1;
                 }
                 Err(e) => {
