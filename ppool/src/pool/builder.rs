@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::hosts::Remote;
 use crate::pool::ProcessPool;
 use crate::progress_bar;
-use crate::supervisor::{Core, Settings, WorkerSpec};
+use crate::supervisor::{Core, PoolStore, Settings, WorkerSpec};
 use crate::transport::{self, LaunchConfig, Transport};
 use std::ffi::OsString;
 use std::marker::PhantomData;
@@ -62,6 +62,8 @@ use std::time::Duration;
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct Builder<F: Entry> {
     config: Config,
+    /// The store of the pool it builds, made with the builder.
+    store: PoolStore,
     _entry: PhantomData<fn() -> F>,
 }
 
@@ -81,6 +83,7 @@ impl<F: Entry> Builder<F> {
     pub(crate) fn new() -> Self {
         Builder {
             config: Config::default(),
+            store: PoolStore::new(random_token()),
             _entry: PhantomData,
         }
     }
@@ -430,7 +433,7 @@ impl<F: Entry> Builder<F> {
             on_exit: v.on_exit,
             init_timeout: v.init_timeout,
             exit_timeout: v.exit_timeout,
-            token: random_token(),
+            token: self.store.token(),
             trace,
         };
         let config = LaunchConfig {
@@ -458,7 +461,7 @@ impl<F: Entry> Builder<F> {
             retries: v.retries,
         };
         let pool = ProcessPool::assemble(
-            Core::new(spec, settings, launch),
+            Core::new(spec, settings, launch, self.store),
             chunking,
             v.stream_window,
             v.progress,

@@ -74,7 +74,7 @@ use crate::transport::Launch;
 use driver::{Driver, run_caught};
 use lifecycle::{register, replace, retire, start_all};
 use state::{Conn, Inner, Phase, Slot, State};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::thread::JoinHandle;
 
 /// The untyped pool.
@@ -91,6 +91,49 @@ pub(crate) struct Core {
     store: crate::share::Store,
 }
 
+/// A pool's store of shared values, made before the pool is (by its builder, so that values
+/// shared then are the pool's): its release hook finds the pool once [`Core::new`] has made it.
+pub(crate) struct PoolStore {
+    store: crate::share::Store,
+    token: u64,
+    /// The pool, once made.
+    pool: Arc<OnceLock<Weak<Inner>>>,
+}
+
+impl std::fmt::Debug for PoolStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolStore")
+            .field("store", &self.store)
+            .field("pool_made", &self.pool.get().is_some())
+            .finish()
+    }
+}
+
+impl PoolStore {
+    /// The store of the pool that will have `token`.
+    pub(crate) fn new(token: u64) -> Self {
+        let pool: Arc<OnceLock<Weak<Inner>>> = Arc::default();
+        let cell = Arc::clone(&pool);
+        // A value freed is forgotten by the hosts it was sent to; local workers find its memfd
+        // gone from this process. One freed before the pool was made was sent nowhere.
+        let release: crate::share::ReleaseHook = Arc::new(move |id| {
+            if let Some(shared) = cell.get().and_then(Weak::upgrade) {
+                shared.launch.forget(id);
+            }
+        });
+        PoolStore {
+            store: crate::share::Store::new(token, release),
+            token,
+            pool,
+        }
+    }
+
+    /// The token of its pool.
+    pub(crate) fn token(&self) -> u64 {
+        self.token
+    }
+}
+
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Core")
@@ -100,20 +143,23 @@ impl std::fmt::Debug for Core {
 }
 
 impl Core {
-    pub(crate) fn new(spec: WorkerSpec, settings: Settings, launch: Box<dyn Launch>) -> Self {
+    /// The pool of `spec`, with `store`, made for it beforehand (with the same token).
+    pub(crate) fn new(
+        spec: WorkerSpec,
+        settings: Settings,
+        launch: Box<dyn Launch>,
+        store: PoolStore,
+    ) -> Self {
+        debug_assert_eq!(
+            spec.token, store.token,
+            "a pool's store has the pool's token"
+        );
         let shared = Arc::new_cyclic(|me| Inner::new(me.clone(), spec, settings, launch));
         let callbacks = Callbacks::new(&shared.spec.pool);
-        // A value freed is forgotten by the hosts it was sent to; local workers find its memfd
-        // gone from this process.
-        let weak = Arc::downgrade(&shared);
-        let release: crate::share::ReleaseHook = Arc::new(move |id| {
-            if let Some(shared) = weak.upgrade() {
-                shared.launch.forget(id);
-            }
-        });
-        let store = crate::share::Store::new(shared.spec.token, release);
+        // Set once, here: the store is this pool's alone.
+        let _ = store.pool.set(Arc::downgrade(&shared));
         Core {
-            store,
+            store: store.store,
             shared,
             threads: Mutex::new(Vec::new()),
             watchdog: Mutex::new(None),

@@ -12,7 +12,7 @@
 
 use super::job::{Deliver, Job, Sent, Split};
 use super::recovery::{self, Failed, Fate, HeadFacts, MAX_BOUNCES};
-use super::{Core, Settings, WorkerSpec};
+use super::{Core, PoolStore, Settings, WorkerSpec};
 use crate::entry;
 use crate::error::{Error, ExitCause};
 use crate::protocol::{
@@ -348,7 +348,12 @@ fn core(settings: Settings) -> (Core, Arc<Script>) {
         token: 42,
         trace: 0,
     };
-    let core = Core::new(spec, settings, Box::new(FakeLaunch(Arc::clone(&script))));
+    let core = Core::new(
+        spec,
+        settings,
+        Box::new(FakeLaunch(Arc::clone(&script))),
+        PoolStore::new(42),
+    );
     core.start().expect("a pool of fake workers starts");
     (core, script)
 }
