@@ -9,8 +9,10 @@ use crate::error::{Error, Result};
 use crate::hosts::Remote;
 use crate::pool::ProcessPool;
 use crate::progress_bar;
-use crate::supervisor::{Core, PoolStore, Settings, WorkerSpec};
+use crate::share::{Shared, SharedBytes, Stored};
+use crate::supervisor::{Core, HookValues, PoolStore, Settings, WorkerSpec};
 use crate::transport::{self, LaunchConfig, Transport};
+use serde::Serialize;
 use std::ffi::OsString;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -62,8 +64,11 @@ use std::time::Duration;
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct Builder<F: Entry> {
     config: Config,
-    /// The store of the pool it builds, made with the builder.
+    /// The store of the pool it builds: values shared with the builder are the pool's.
     store: PoolStore,
+    /// The shared values that the initializer's arguments name, and the exit hook's.
+    init_values: Vec<Arc<Stored>>,
+    exit_values: Vec<Arc<Stored>>,
     _entry: PhantomData<fn() -> F>,
 }
 
@@ -84,6 +89,8 @@ impl<F: Entry> Builder<F> {
         Builder {
             config: Config::default(),
             store: PoolStore::new(random_token()),
+            init_values: Vec::new(),
+            exit_values: Vec::new(),
             _entry: PhantomData,
         }
     }
@@ -297,16 +304,127 @@ impl<F: Entry> Builder<F> {
         self
     }
 
+    /// Shares `value` with the workers of the pool this builder builds, before the pool
+    /// exists, so that the [`initializer`](Self::initializer) can take it: a model loaded
+    /// once per host, not once per worker. The handle is the pool's, as one from
+    /// [`ProcessPool::share`] is: the pool's tasks may name it too.
+    ///
+    /// ```
+    /// use ppool::{pool_entry, ProcessPool, Shared};
+    /// use std::sync::OnceLock;
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Model {
+    ///     weights: Vec<f32>,
+    /// }
+    ///
+    /// /// The worker's model, kept by its initializer.
+    /// static MODEL: OnceLock<Shared<Model>> = OnceLock::new();
+    ///
+    /// #[pool_entry]
+    /// fn load(model: Shared<Model>) {
+    ///     let _ = MODEL.set(model); // decoded here, once per worker
+    /// }
+    ///
+    /// #[pool_entry]
+    /// fn score(row: Vec<f32>) -> Option<f32> {
+    ///     let model = MODEL.get()?;
+    ///     Some(model.weights.iter().zip(&row).map(|(w, x)| w * x).sum())
+    /// }
+    ///
+    /// ppool::main! {
+    ///     fn main() -> Result<(), ppool::Error> {
+    ///         let builder = ProcessPool::<score>::builder().n_jobs(2);
+    ///         let model = builder.share(Model { weights: vec![0.5; 1 << 10] })?;
+    ///         let pool = builder.initializer::<load>(model).build()?;
+    ///         let scores = pool.batch((0..100).map(|i| vec![i as f32; 1 << 10])).wait()?;
+    ///         assert_eq!(scores[2], Some(1024.0));
+    ///         pool.join()
+    ///     }
+    /// }
+    /// ```
+    ///
+    /// The value is encoded once and stored once per host, as with [`ProcessPool::share`].
+    /// When the initializer or the exit hook ([`worker_exit`](Self::worker_exit)) names it, a
+    /// remote host is sent its bytes before its first worker starts (so is a host that joins
+    /// with [`ProcessPool::add_remote`], or comes back after it was lost), and the pool keeps
+    /// it, handles or not, until [`join`](ProcessPool::join) or
+    /// [`shutdown`](ProcessPool::shutdown) returns: every replacement runs the same
+    /// initializer. A value no hook names is freed as one from `ProcessPool::share` is, once
+    /// its last handle is dropped and no task names it.
+    ///
+    /// A value shared with a builder belongs to the pool it builds: another pool refuses it
+    /// in a task, and another builder's [`build`](Self::build) refuses it in its initializer
+    /// or exit hook, with [`Error::Share`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Share`] when the value's `Serialize` fails, or when there is not enough
+    /// memory for it here (checked before storing it) or memfds are refused.
+    pub fn share<T>(&self, value: T) -> Result<Shared<T>>
+    where
+        T: Serialize + Send + Sync + 'static,
+    {
+        self.store.store().share(value).map_err(Error::share)
+    }
+
+    /// Shares `bytes` as they are with the workers of the pool this builder builds, like
+    /// [`share`](Self::share): a [`SharedBytes`] that the initializer, the exit hook and the
+    /// pool's tasks may take, which dereferences to the bytes in a read-only mapping, never
+    /// copied.
+    ///
+    /// ```
+    /// use ppool::{pool_entry, ProcessPool, SharedBytes};
+    /// use std::sync::OnceLock;
+    ///
+    /// static LINES: OnceLock<usize> = OnceLock::new();
+    ///
+    /// #[pool_entry]
+    /// fn index(text: SharedBytes) {
+    ///     let _ = LINES.set(text.iter().filter(|&&b| b == b'\n').count());
+    /// }
+    ///
+    /// #[pool_entry]
+    /// fn lines() -> usize {
+    ///     LINES.get().copied().unwrap_or(0)
+    /// }
+    ///
+    /// ppool::main! {
+    ///     fn main() -> Result<(), ppool::Error> {
+    ///         let builder = ProcessPool::<lines>::builder().n_jobs(1);
+    ///         let text = builder.share_bytes(b"one\ntwo\nthree\n".repeat(1000))?;
+    ///         let pool = builder.initializer::<index>(text).build()?;
+    ///         assert_eq!(pool.call(())?, 3000);
+    ///         pool.join()
+    ///     }
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As for [`share`](Self::share).
+    pub fn share_bytes(&self, bytes: Vec<u8>) -> Result<SharedBytes> {
+        self.store.store().share_bytes(bytes).map_err(Error::share)
+    }
+
     /// Runs the entry `E` with `args` once in every worker, replacements too, before its
     /// first task (`multiprocessing`'s `initializer` and `initargs`).
     ///
+    /// `args` may hold values shared with this builder ([`share`](Self::share),
+    /// [`share_bytes`](Self::share_bytes)): each host then stores a value once for all its
+    /// workers, instead of each worker receiving a copy. See [`share`](Self::share) for an
+    /// example.
+    ///
     /// [`build`](Self::build) fails with [`Error::Codec`] when `args` cannot be encoded, with
+    /// [`Error::Share`] when they hold a value shared with another builder or pool, with
     /// [`Error::InvalidConfig`] when they are larger than the
     /// [`max_frame_size`](Self::max_frame_size), and with [`Error::Spawn`] when the initializer
     /// panics, returns an `Err` or runs past the [`init_timeout`](Self::init_timeout). See
     /// [`Builder`] for an example.
     pub fn initializer<E: Entry>(mut self, args: E::Args) -> Self {
-        self.config.initializer = Some((E::NAME, encode_args::<E>(&args)));
+        let (encoded, values) = self.encode_hook::<E>(&args, "initializer");
+        self.config.initializer = Some((E::NAME, encoded));
+        self.init_values = values;
         self
     }
 
@@ -315,13 +433,48 @@ impl<F: Entry> Builder<F> {
     /// `worker_exit`; collect what it returned with
     /// [`ProcessPool::worker_exit_results`].
     ///
-    /// [`build`](Self::build) fails with [`Error::Codec`] when `args` cannot be encoded, and
-    /// with [`Error::InvalidConfig`] when they are larger than the
+    /// `args` may hold values shared with this builder, as the
+    /// [`initializer`](Self::initializer)'s may.
+    ///
+    /// [`build`](Self::build) fails with [`Error::Codec`] when `args` cannot be encoded, with
+    /// [`Error::Share`] when they hold a value shared with another builder or pool, and with
+    /// [`Error::InvalidConfig`] when they are larger than the
     /// [`max_frame_size`](Self::max_frame_size). See [`ProcessPool::worker_exit_results`] for
     /// an example.
     pub fn worker_exit<E: Entry>(mut self, args: E::Args) -> Self {
-        self.config.on_exit = Some((E::NAME, encode_args::<E>(&args)));
+        let (encoded, values) = self.encode_hook::<E>(&args, "exit hook");
+        self.config.on_exit = Some((E::NAME, encoded));
+        self.exit_values = values;
         self
+    }
+
+    /// Encodes the arguments of a hook (`what`: which one, for errors), with the shared
+    /// values they name, each once; a value of another builder or pool is an error.
+    fn encode_hook<E: Entry>(
+        &self,
+        args: &E::Args,
+        what: &str,
+    ) -> (Result<Vec<u8>>, Vec<Arc<Stored>>) {
+        let mut values = Vec::new();
+        let encoded = crate::share::collect_into(&mut values, || encode_args::<E>(args));
+        crate::share::dedup(&mut values);
+        let token = self.store.token();
+        if let Some(foreign) = values.iter().find(|v| v.token() != token) {
+            let error = Error::Share {
+                message: format!(
+                    "the {what}'s arguments name shared value #{} of another pool: a value \
+                     shared with one builder or pool can only be used by that pool's workers; \
+                     share it with this builder",
+                    foreign.id()
+                ),
+                source: None,
+            };
+            return (Err(error), Vec::new());
+        }
+        match encoded {
+            Ok(bytes) => (Ok(bytes), values),
+            Err(e) => (Err(e), Vec::new()),
+        }
     }
 
     /// Pins worker `i` to CPU `cpus[i % cpus.len()]` (mpire's `cpu_ids`), on whichever host
@@ -417,6 +570,7 @@ impl<F: Entry> Builder<F> {
     /// - [`Error::DuplicateEntry`] when the name of `F`, of the initializer or of the exit
     ///   hook is not unique in the binary;
     /// - [`Error::Codec`] when the initializer's or exit hook's arguments cannot be encoded;
+    /// - [`Error::Share`] when they hold a value shared with another builder or pool;
     /// - [`Error::Spawn`] when a worker cannot start: its process cannot be started, its
     ///   initializer panicked, returned an `Err` or ran past the
     ///   [`init_timeout`](Self::init_timeout), or a remote host cannot be reached or runs
@@ -425,20 +579,12 @@ impl<F: Entry> Builder<F> {
         let v = self.config.validate(F::NAME, &ThisProcess)?;
         let chunking = Arc::new(Chunking::new(v.chunk_size, v.max_tasks_per_worker));
         let (trace, dispatch) = forwarded_events(v.forward_stderr && !v.debug);
-        let spec = WorkerSpec {
-            pool: v.name.clone(),
-            entry: F::NAME,
-            max_frame: v.max_frame,
-            initializer: v.initializer,
-            on_exit: v.on_exit,
-            init_timeout: v.init_timeout,
-            exit_timeout: v.exit_timeout,
-            token: self.store.token(),
-            trace,
-        };
+        let mut hook_values = self.init_values;
+        hook_values.extend(self.exit_values);
+        crate::share::dedup(&mut hook_values);
         let config = LaunchConfig {
             transport: v.transport,
-            pool: v.name,
+            pool: v.name.clone(),
             max_frame: v.max_frame,
             env: v.env,
             disable_gpu: v.disable_gpu,
@@ -447,8 +593,26 @@ impl<F: Entry> Builder<F> {
             dispatch,
             memory_limit: v.memory_limit,
         };
-        let (launch, n_jobs) =
-            transport::compose(config, v.debug, v.local_workers, v.host_timeout, v.hosts);
+        let (launch, n_jobs) = transport::compose(
+            config,
+            v.debug,
+            v.local_workers,
+            v.host_timeout,
+            v.hosts,
+            &hook_values,
+        );
+        let spec = WorkerSpec {
+            pool: v.name,
+            entry: F::NAME,
+            max_frame: v.max_frame,
+            initializer: v.initializer,
+            on_exit: v.on_exit,
+            hook_values: HookValues::new(hook_values),
+            init_timeout: v.init_timeout,
+            exit_timeout: v.exit_timeout,
+            token: self.store.token(),
+            trace,
+        };
         let settings = Settings {
             n_jobs,
             debug: v.debug,

@@ -504,7 +504,8 @@ impl<F: Entry> ProcessPool<F> {
     /// worker of a host maps read-only, and a task names it by the returned handle, a small
     /// reference, instead of carrying it. A remote host is sent its bytes once, when the
     /// first task that names it goes there. The value is freed everywhere once the last
-    /// clone of the handle is dropped and no task that names it is queued or running.
+    /// clone of the handle is dropped and no task that names it is queued or running. A value
+    /// for the initializer is shared with the builder instead: see [`Builder::share`].
     ///
     /// ```
     /// # use ppool::{pool_entry, ProcessPool, Shared};

@@ -63,7 +63,7 @@ mod tests;
 pub(crate) mod watchdog;
 
 pub(crate) use job::{Deliver, Delivery, Job, Split};
-pub(crate) use state::{Settings, WorkerSpec};
+pub(crate) use state::{HookValues, Settings, WorkerSpec};
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
@@ -131,6 +131,11 @@ impl PoolStore {
     /// The token of its pool.
     pub(crate) fn token(&self) -> u64 {
         self.token
+    }
+
+    /// The store.
+    pub(crate) fn store(&self) -> &crate::share::Store {
+        &self.store
     }
 }
 
@@ -513,7 +518,7 @@ impl Core {
         st.phase = Phase::Closed;
         drop(st);
         // Every worker was stopped: the hosts' agents end too, before `join` returns.
-        shared.launch.close();
+        close_launcher(shared);
         if self.callbacks.close_within(deadline) {
             Ok(())
         } else {
@@ -562,7 +567,7 @@ impl Core {
                 self.join_threads();
                 drop(self.settle_evented());
                 self.join_threads();
-                shared.launch.close();
+                close_launcher(shared);
                 self.callbacks.close();
                 return;
             }
@@ -595,7 +600,7 @@ impl Core {
         // Busy evented workers were killed: their hosts' readers settle their jobs.
         drop(self.settle_evented());
         self.join_threads();
-        shared.launch.close();
+        close_launcher(shared);
         self.callbacks.close();
     }
 
@@ -710,6 +715,13 @@ impl Drop for Core {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Ends what the launcher keeps beside the workers, every worker being stopped, and lets go
+/// of the values the hooks name: no worker starts again.
+fn close_launcher(shared: &Inner) {
+    shared.launch.close();
+    shared.spec.hook_values.release();
 }
 
 /// Starts one of the pool's threads. Its writes to worker pipes never raise `SIGPIPE`.

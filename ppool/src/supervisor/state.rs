@@ -5,6 +5,7 @@ use super::idle::IdleSet;
 use super::job::Job;
 use crate::error::Error;
 use crate::insights::Stats;
+use crate::share::Stored;
 use crate::supervisor::watchdog::Watch;
 use crate::sync::lock;
 use crate::transport::{Launch, Link, Peer};
@@ -33,13 +34,15 @@ pub(crate) struct Settings {
 
 /// What a pool's workers are told in their greeting: what they serve, and what they run
 /// before their first task and at their end.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct WorkerSpec {
     pub(crate) pool: String,
     pub(crate) entry: &'static str,
     pub(crate) max_frame: usize,
     pub(crate) initializer: Option<(&'static str, Vec<u8>)>,
     pub(crate) on_exit: Option<(&'static str, Vec<u8>)>,
+    /// The shared values that the arguments of `initializer` and `on_exit` name.
+    pub(crate) hook_values: HookValues,
     /// How long the initializer may run.
     pub(crate) init_timeout: Duration,
     /// How long the worker-exit hook may run.
@@ -48,6 +51,28 @@ pub(crate) struct WorkerSpec {
     pub(crate) token: u64,
     /// The most verbose `tracing` level to forward from entries (0: none).
     pub(crate) trace: u8,
+}
+
+/// The shared values that a pool's initializer and exit hook name, held from `build` until
+/// the pool is closed: as long as a worker (a replacement, one of a host that joins or comes
+/// back) may start, or run its exit hook. The launcher sends a remote host those it lacks
+/// before it starts workers there (see `transport::compose`).
+#[derive(Debug, Default)]
+pub(crate) struct HookValues(Mutex<Vec<Arc<Stored>>>);
+
+impl HookValues {
+    /// Holds `values`.
+    pub(crate) fn new(values: Vec<Arc<Stored>>) -> Self {
+        HookValues(Mutex::new(values))
+    }
+
+    /// Lets them go, once the pool is closed and no worker can start again: each is freed
+    /// unless a handle or a job still names it.
+    pub(crate) fn release(&self) {
+        let values = std::mem::take(&mut *lock(&self.0));
+        // Dropped unlocked: the last one of a value calls the pool's release hook.
+        drop(values);
+    }
 }
 
 /// A worker held by a slot: how it is reached, and what it has done.

@@ -12,7 +12,7 @@
 
 use super::job::{Deliver, Job, Sent, Split};
 use super::recovery::{self, Failed, Fate, HeadFacts, MAX_BOUNCES};
-use super::{Core, PoolStore, Settings, WorkerSpec};
+use super::{Core, HookValues, PoolStore, Settings, WorkerSpec};
 use crate::entry;
 use crate::error::{Error, ExitCause};
 use crate::protocol::{
@@ -343,6 +343,7 @@ fn core(settings: Settings) -> (Core, Arc<Script>) {
         max_frame: 1 << 20,
         initializer: None,
         on_exit: None,
+        hook_values: HookValues::default(),
         init_timeout: Duration::from_secs(300),
         exit_timeout: Duration::from_secs(60),
         token: 42,

@@ -291,12 +291,18 @@ pub(crate) struct LaunchConfig {
 /// The launcher for a pool's workers, and how many workers it starts in all: first
 /// `local_workers` in this process (debug mode) or as local processes, then those of the
 /// remote `hosts`, if any, each host silent for `host_timeout` counting as lost.
+///
+/// `hook_values` are the shared values that the workers' greetings name (in the arguments of
+/// the initializer and the exit hook): a remote host is sent those it lacks before it is
+/// asked for workers, whenever that is (hosts that join later, or come back, included). The
+/// launcher does not keep them alive: the pool holds them while workers may start.
 pub(crate) fn compose(
     config: LaunchConfig,
     debug: bool,
     local_workers: usize,
     host_timeout: Duration,
     hosts: Vec<crate::hosts::HostSpec>,
+    hook_values: &[Arc<crate::share::Stored>],
 ) -> (Box<dyn Launch>, usize) {
     fn local(config: LaunchConfig, debug: bool) -> Box<dyn Launch> {
         if debug {
@@ -312,7 +318,7 @@ pub(crate) fn compose(
         return (local(config, debug), local_workers);
     }
     // Remote hosts, if any now; hosts may join later (`add_remote`).
-    let remote = remote::Remotes::new(config.clone(), host_timeout, hosts);
+    let remote = remote::Remotes::new(config.clone(), host_timeout, hosts, hook_values);
     let all = local_workers + remote.workers();
     let local = local(config, false);
     (

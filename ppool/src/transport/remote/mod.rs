@@ -21,11 +21,12 @@ mod share;
 use super::{Launch, LaunchConfig, Worker};
 use crate::error::Error;
 use crate::hosts::HostSpec;
+use crate::share::Stored;
 use crate::sync::lock;
 use host::Host;
 use link::{RemoteLink, RemotePeer};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 /// A worker to start: its pool index and its greeting.
@@ -45,6 +46,9 @@ const STARTERS: usize = 16;
 pub(crate) struct Remotes {
     config: LaunchConfig,
     host_timeout: Duration,
+    /// The shared values the workers' greetings name, sent to a host before its workers are
+    /// asked for; held by the pool, not here.
+    hook_values: Vec<Weak<Stored>>,
     /// Every host the pool was given, in the order of their workers' indexes; a host added
     /// to a running pool comes last.
     hosts: RwLock<Vec<Arc<HostEntry>>>,
@@ -73,10 +77,16 @@ struct HostEntry {
 }
 
 impl Remotes {
-    pub(crate) fn new(config: LaunchConfig, host_timeout: Duration, hosts: Vec<HostSpec>) -> Self {
+    pub(crate) fn new(
+        config: LaunchConfig,
+        host_timeout: Duration,
+        hosts: Vec<HostSpec>,
+        hook_values: &[Arc<Stored>],
+    ) -> Self {
         Remotes {
             config,
             host_timeout,
+            hook_values: hook_values.iter().map(Arc::downgrade).collect(),
             hosts: RwLock::new(hosts.into_iter().map(HostEntry::new).collect()),
         }
     }
@@ -309,6 +319,20 @@ impl Remotes {
                 },
             }
         };
+        // The values the greetings name reach the host's agent before the workers are asked
+        // for (a new agent, after a host was lost, is sent them again). Those the pool let go
+        // of belong to no worker that can still start.
+        let needs: Vec<Arc<Stored>> = self.hook_values.iter().filter_map(Weak::upgrade).collect();
+        if let Err(e) = share::provide(&host.conn, &needs) {
+            entry.failures.fetch_add(1, Ordering::Relaxed);
+            return refuse(Error::spawn_io(
+                format!(
+                    "host {name}: cannot send it the shared values that the initializer or \
+                     the exit hook names: {e}"
+                ),
+                e,
+            ));
+        }
         let spawned = host.spawn_many(members);
         if spawned.iter().any(Result::is_ok) {
             entry.failures.store(0, Ordering::Relaxed);
