@@ -1,12 +1,16 @@
 //! Shared inputs with real worker processes: a value decoded once per worker, bytes read in
 //! place from a read-only mapping, a value freed everywhere after its last handle, a forged
 //! reference, a worker killed while it holds a value, another pool's value, and `share`
-//! after `shutdown`. The remote half (a host sent a value once, a host that cannot store it)
-//! uses command-prefix hosts, so nothing here needs root.
+//! after `shutdown`; values shared with a builder, taken by the initializer (decoded once per
+//! worker, replacements too; held while the pool lives; refused from another builder; in
+//! debug mode). The remote half (a host sent a value once, a host that cannot store it, an
+//! initializer's bytes sent to each host once before its workers start) uses command-prefix
+//! hosts, so nothing here needs root.
 
-use ppool::{Error, ProcessPool, Remote, Shared, SharedBytes, pool_entry};
+use ppool::{Error, ProcessPool, Remote, Shared, SharedBytes, WorkerState, pool_entry};
 use ppool_tests::eventually;
 use serde::{Deserialize, Deserializer, Serialize};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -57,11 +61,10 @@ fn a_shared_value_is_decoded_once_per_worker_across_two_thousand_tasks() {
     pool.join().expect("join");
 }
 
-/// The mapping that holds `bytes` in this worker, as `/proc/self/maps` says: its permissions
-/// and its path; and the bytes' sum.
-#[pool_entry]
-fn where_bytes(bytes: SharedBytes) -> (String, String, u64) {
-    let at = bytes.as_ptr() as usize;
+/// The mapping of this process that holds address `at`, as `/proc/self/maps` says: its
+/// permissions and its path.
+fn mapping_of(at: *const u8) -> (String, String) {
+    let at = at as usize;
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
     let line = maps.lines().find(|line| {
         let range = line.split_whitespace().next().unwrap_or("");
@@ -73,6 +76,14 @@ fn where_bytes(bytes: SharedBytes) -> (String, String, u64) {
     let mut fields = line.unwrap_or("").split_whitespace();
     let perms = fields.nth(1).unwrap_or("").to_string();
     let path = fields.nth(3).unwrap_or("").to_string();
+    (perms, path)
+}
+
+/// The mapping that holds `bytes` in this worker, as `/proc/self/maps` says: its permissions
+/// and its path; and the bytes' sum.
+#[pool_entry]
+fn where_bytes(bytes: SharedBytes) -> (String, String, u64) {
+    let (perms, path) = mapping_of(bytes.as_ptr());
     (perms, path, bytes.iter().map(|&b| u64::from(b)).sum())
 }
 
@@ -354,5 +365,330 @@ fn reading_a_large_shared_value_does_not_count_against_the_memory_limit() {
         assert_eq!(pool.call(bytes.clone()).ok(), Some(160 << 20));
     }
     assert_eq!(pool.insights().workers[0].restarts, 0);
+    pool.join().expect("join");
+}
+
+/// What this worker's initializer read of its shared value: the value's sum, and how many
+/// times this worker had decoded a [`Counted`] by then.
+static INIT_READ: OnceLock<(u64, u64)> = OnceLock::new();
+
+/// An initializer that reads a shared value and keeps what it learned.
+#[pool_entry]
+fn init_counted(table: Shared<Counted>) {
+    let _ = INIT_READ.set((table.0.iter().sum(), DECODES.load(Ordering::SeqCst)));
+}
+
+/// This worker's pid, what its initializer read, and how many times it decoded a `Counted`
+/// so far; with `die`, it aborts first.
+#[pool_entry]
+fn init_read(die: bool) -> (u32, Option<(u64, u64)>, u64) {
+    if die {
+        std::process::abort();
+    }
+    let decoded = DECODES.load(Ordering::SeqCst);
+    (std::process::id(), INIT_READ.get().copied(), decoded)
+}
+
+/// The pids of the pool's live workers.
+fn live_pids<F: ppool::Entry>(pool: &ProcessPool<F>) -> Vec<u32> {
+    let mut pids: Vec<u32> = pool
+        .insights()
+        .workers
+        .iter()
+        .filter(|w| matches!(w.state, WorkerState::Idle | WorkerState::Busy))
+        .filter_map(|w| w.pid)
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+#[test]
+fn an_initializer_takes_a_value_shared_with_the_builder_decoded_once_per_worker() {
+    let _deadline = ppool_tests::deadline();
+    let builder = ProcessPool::<init_read>::builder().n_jobs(2).chunk_size(1);
+    let table = builder
+        .share(Counted((0..10_000).collect()))
+        .expect("shared");
+    let pool = builder
+        .initializer::<init_counted>(table.clone())
+        .worker_exit::<init_read>(false)
+        .build()
+        .expect("pool");
+    let sum: u64 = (0..10_000).sum();
+    let first = live_pids(&pool);
+    assert_eq!(first.len(), 2, "{first:?}");
+    for (pid, read, decoded) in pool.batch(vec![false; 40]).wait().expect("batch") {
+        assert_eq!(read, Some((sum, 1)), "worker {pid}");
+        assert_eq!(decoded, 1, "worker {pid}");
+    }
+    // The same handle goes into the pool's tasks: the value the initializer decoded is kept.
+    let (pid, decoded, got) = pool
+        .entry::<decodes>()
+        .call((table.clone(), 0))
+        .expect("call");
+    assert_eq!((decoded, got), (1, sum), "worker {pid}");
+    // A worker that dies is replaced, and its replacement runs the initializer with it.
+    let died = pool.call(true);
+    assert!(matches!(died, Err(Error::WorkerDied { .. })), "{died:?}");
+    let replaced = eventually(Duration::from_secs(20), || {
+        let now = live_pids(&pool);
+        now.len() == 2 && now.iter().any(|pid| !first.contains(pid))
+    });
+    assert!(replaced, "no replacement: {:?}", pool.insights());
+    pool.join().expect("join");
+    let exits = pool
+        .worker_exit_results::<init_read>()
+        .expect("exit results");
+    assert_eq!(exits.len(), 2, "{exits:?}");
+    let mut pids = Vec::new();
+    for exit in exits {
+        let (pid, read, decoded) = exit.expect("the exit hook ran");
+        assert_eq!((read, decoded), (Some((sum, 1)), 1), "worker {pid}");
+        pids.push(pid);
+    }
+    assert!(
+        pids.iter().any(|pid| !first.contains(pid)),
+        "the replacement's exit is among {pids:?} (first workers {first:?})"
+    );
+}
+
+/// What this worker's initializer was given: the bytes, and their sum.
+static KEPT: OnceLock<(SharedBytes, u64)> = OnceLock::new();
+
+/// An initializer that reads shared bytes whole and keeps them.
+#[pool_entry]
+fn keep_bytes(bytes: SharedBytes) {
+    let sum = bytes.iter().map(|&b| u64::from(b)).sum();
+    let _ = KEPT.set((bytes, sum));
+}
+
+/// This worker's pid and, when its initializer kept bytes, their length, their sum and the
+/// path of the mapping they lie in; with `die`, it aborts first.
+#[pool_entry]
+fn kept_bytes(die: bool) -> (u32, Option<(usize, u64, String)>) {
+    if die {
+        std::process::abort();
+    }
+    let kept = KEPT
+        .get()
+        .map(|(bytes, sum)| (bytes.len(), *sum, mapping_of(bytes.as_ptr()).1));
+    (std::process::id(), kept)
+}
+
+/// The agent of the host tagged `tag` (see [`ppool_tests::tagged_prefix`]).
+fn agent_of(tag: &str) -> u32 {
+    let me = std::process::id();
+    let mine = ppool_tests::children_with_env(&ppool_tests::env_tag(TAG, tag), me);
+    assert_eq!(mine.len(), 1, "host {tag}: {mine:?}");
+    mine[0]
+}
+
+#[test]
+fn an_initializer_on_two_hosts_reads_shared_bytes_each_host_received_once() {
+    let _deadline = ppool_tests::deadline();
+    // What an agent reads with no value: its program (it checks which build it is), the
+    // pool's messages, its workers' answers.
+    let plain = ProcessPool::<kept_bytes>::builder()
+        .remote(Remote::command(ppool_tests::tagged_prefix(TAG, "init-plain")).workers(2))
+        .worker_exit::<kept_bytes>(false)
+        .build()
+        .expect("pool");
+    let got = plain.batch(vec![false; 40]).wait().expect("batch");
+    assert!(got.iter().all(|(_, kept)| kept.is_none()));
+    let baseline = bytes_read(agent_of("init-plain"));
+    plain.join().expect("join");
+    let tags = ["init-a", "init-b"];
+    let mut builder = ProcessPool::<kept_bytes>::builder();
+    for tag in tags {
+        let prefix = ppool_tests::tagged_prefix(TAG, tag);
+        builder = builder.remote(Remote::command(prefix).workers(2));
+    }
+    let size = 16 << 20;
+    let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let sum: u64 = data.iter().map(|&b| u64::from(b)).sum();
+    let bytes = builder.share_bytes(data).expect("shared");
+    let pool = builder
+        .initializer::<keep_bytes>(bytes.clone())
+        .worker_exit::<kept_bytes>(false)
+        .build()
+        .expect("pool");
+    assert_eq!(pool.n_jobs(), 4);
+    let agents: Vec<u32> = tags.iter().map(|tag| agent_of(tag)).collect();
+    let got = pool.batch(vec![false; 40]).wait().expect("batch");
+    for (pid, kept) in &got {
+        let (len, got_sum, _) = kept.as_ref().expect("the initializer kept the bytes");
+        assert_eq!((*len, *got_sum), (size, sum), "worker {pid}");
+    }
+    let name = memfd_name(&got[0].1.as_ref().expect("kept").2);
+    // A task that names the same handle finds it there: it is not sent again.
+    let there = pool
+        .entry::<length_there>()
+        .call((bytes.clone(), 0))
+        .expect("call");
+    assert_eq!(there.0, size);
+    for (agent, tag) in agents.iter().zip(tags) {
+        assert!(holds(*agent, &name), "host {tag} holds the value");
+        let read = bytes_read(*agent).saturating_sub(baseline);
+        assert!(
+            read >= size as u64 && read < size as u64 * 21 / 20,
+            "host {tag}'s agent read {read} bytes more than one without a value, for a \
+             value of {size} and two workers"
+        );
+    }
+    pool.join().expect("join");
+    let exits = pool
+        .worker_exit_results::<kept_bytes>()
+        .expect("exit results");
+    assert_eq!(exits.len(), 4, "{exits:?}");
+    let mut pids = Vec::new();
+    for exit in exits {
+        let (pid, kept) = exit.expect("the exit hook ran");
+        let (len, got_sum, path) = kept.expect("the initializer kept the bytes");
+        assert_eq!((len, got_sum), (size, sum), "worker {pid}");
+        assert!(path.contains("memfd:ppool-share"), "worker {pid}: {path}");
+        pids.push(pid);
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    assert_eq!(
+        pids.len(),
+        4,
+        "every remote worker ran the initializer: {pids:?}"
+    );
+}
+
+#[test]
+fn a_host_that_joins_or_comes_back_is_sent_the_initializers_value_before_its_workers_start() {
+    let _deadline = ppool_tests::deadline();
+    let builder = ProcessPool::<kept_bytes>::builder()
+        .remote(Remote::command(ppool_tests::tagged_prefix(TAG, "init-lost")).workers(1))
+        .worker_exit::<kept_bytes>(false);
+    let bytes = builder.share_bytes(vec![4u8; 1 << 20]).expect("shared");
+    let pool = builder
+        .initializer::<keep_bytes>(bytes)
+        .build()
+        .expect("pool");
+    let joining = Remote::command(ppool_tests::tagged_prefix(TAG, "init-joined")).workers(1);
+    pool.add_remote(joining).expect("a host joins");
+    let (_, kept) = pool.call(false).expect("call");
+    let name = memfd_name(&kept.expect("the initializer kept the bytes").2);
+    let joined = agent_of("init-joined");
+    assert!(holds(joined, &name), "the joined host holds the value");
+    // The lost host's worker starts again on a new agent, which is sent the value again.
+    let lost = agent_of("init-lost");
+    ppool_tests::signal(lost, libc::SIGKILL);
+    let me = std::process::id();
+    let tag = ppool_tests::env_tag(TAG, "init-lost");
+    let back = eventually(Duration::from_secs(30), || {
+        let agents = ppool_tests::children_with_env(&tag, me);
+        agents.len() == 1 && agents[0] != lost && live_pids(&pool).len() == 2
+    });
+    assert!(back, "{:#?}", pool.insights());
+    assert!(
+        holds(agent_of("init-lost"), &name),
+        "the new agent holds the value"
+    );
+    pool.join().expect("join");
+    let exits = pool
+        .worker_exit_results::<kept_bytes>()
+        .expect("exit results");
+    assert_eq!(exits.len(), 2, "{exits:?}");
+    for exit in exits {
+        let (pid, kept) = exit.expect("the exit hook ran");
+        let got = kept.map(|(len, sum, _)| (len, sum));
+        assert_eq!(got, Some((1 << 20, 4 << 20)), "worker {pid}");
+    }
+}
+
+#[test]
+fn an_initializer_refuses_a_value_of_another_builder_or_pool() {
+    let _deadline = ppool_tests::deadline();
+    let one = ProcessPool::<kept_bytes>::builder().n_jobs(1);
+    let ours = one.share_bytes(vec![1u8; 10]).expect("shared");
+    let refused = |result: Result<ProcessPool<kept_bytes>, Error>, what: &str| match result {
+        Err(Error::Share { message, .. }) => {
+            assert!(message.contains("another pool"), "{what}: {message}");
+            assert!(
+                message.contains("share it with this builder"),
+                "{what}: {message}"
+            );
+        }
+        Err(other) => panic!("{what}: {other}"),
+        Ok(_) => panic!("{what}: built"),
+    };
+    let other = ProcessPool::<kept_bytes>::builder()
+        .n_jobs(1)
+        .initializer::<keep_bytes>(ours.clone())
+        .build();
+    refused(other, "another builder's value in the initializer");
+    let other = ProcessPool::<kept_bytes>::builder()
+        .n_jobs(1)
+        .worker_exit::<keep_bytes>(ours.clone())
+        .build();
+    refused(other, "another builder's value in the exit hook");
+    let pool = ProcessPool::<read_it>::new(1).expect("pool");
+    let theirs = pool.share_bytes(vec![2u8; 10]).expect("shared");
+    let other = ProcessPool::<kept_bytes>::builder()
+        .n_jobs(1)
+        .initializer::<keep_bytes>(theirs)
+        .build();
+    refused(other, "a pool's value in the initializer");
+    // Its own builder's pool takes it, in the initializer and in tasks alike.
+    let mine = one
+        .initializer::<keep_bytes>(ours.clone())
+        .build()
+        .expect("pool");
+    let (_, kept) = mine.call(false).expect("call");
+    assert_eq!(kept.map(|(len, _, _)| len), Some(10));
+    assert!(mine.entry::<read_it>().call((ours, 0)).is_ok());
+    // And another pool refuses it in a task.
+    let task = pool.call((mine.share_bytes(vec![3u8; 2]).expect("shared"), 0));
+    assert!(matches!(task, Err(Error::Share { .. })), "{task:?}");
+    mine.join().expect("join");
+    pool.join().expect("join");
+}
+
+#[test]
+fn an_initializers_value_lives_while_the_pool_does_without_a_handle_and_not_after() {
+    let _deadline = ppool_tests::deadline();
+    let builder = ProcessPool::<kept_bytes>::builder().n_jobs(1);
+    let bytes = builder.share_bytes(vec![9u8; 1 << 20]).expect("shared");
+    // The only handle goes to the initializer.
+    let pool = builder
+        .initializer::<keep_bytes>(bytes)
+        .build()
+        .expect("pool");
+    let (first, kept) = pool.call(false).expect("call");
+    let (len, sum, path) = kept.expect("the initializer kept the bytes");
+    assert_eq!((len, sum), (1 << 20, 9 << 20));
+    let name = memfd_name(&path);
+    let me = std::process::id();
+    assert!(holds(me, &name));
+    let died = pool.call(true);
+    assert!(matches!(died, Err(Error::WorkerDied { .. })), "{died:?}");
+    // Its replacement's initializer finds the value.
+    let (second, kept) = pool.call(false).expect("call");
+    assert_ne!(first, second, "a new worker");
+    assert_eq!(
+        kept.map(|(len, sum, _)| (len, sum)),
+        Some((1 << 20, 9 << 20))
+    );
+    assert!(holds(me, &name));
+    pool.join().expect("join");
+    assert!(!holds(me, &name), "the pool let it go at join");
+}
+
+#[test]
+fn an_initializer_takes_a_shared_value_in_debug_mode() {
+    let _deadline = ppool_tests::deadline();
+    let builder = ProcessPool::<init_read>::builder().debug(true);
+    let table = builder.share(Counted((0..100).collect())).expect("shared");
+    let pool = builder
+        .initializer::<init_counted>(table)
+        .build()
+        .expect("pool");
+    let (pid, read, _) = pool.call(false).expect("call");
+    assert_eq!(pid, std::process::id(), "served in this process");
+    assert_eq!(read.map(|(sum, _)| sum), Some((0..100).sum()));
     pool.join().expect("join");
 }
