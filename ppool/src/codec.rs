@@ -32,6 +32,7 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, St
 /// Appends the encoding of `value` to `out`.
 pub fn encode_into<T: Serialize + 'static>(value: &T, out: &mut Vec<u8>) -> Result<(), String> {
     if let Some(bytes) = (value as &dyn Any).downcast_ref::<Vec<u8>>() {
+        crate::huge::reserve(out, bytes.len() + 10);
         write_varint(out, bytes.len() as u64);
         out.extend_from_slice(bytes);
         return Ok(());
@@ -64,7 +65,9 @@ pub fn decode<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T, String> 
                 rest.len()
             ));
         }
-        *vec_slot = Some(rest.to_vec());
+        let mut vec = crate::huge::with_capacity(rest.len());
+        vec.extend_from_slice(rest);
+        *vec_slot = Some(vec);
         return slot.ok_or_else(|| "internal: byte buffer fast path".to_string());
     }
     guarded("its Deserialize implementation", || {
@@ -125,6 +128,7 @@ impl postcard::ser_flavors::Flavor for VecFlavor<'_> {
 
     #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        crate::huge::reserve(self.0, data.len());
         self.0.extend_from_slice(data);
         Ok(())
     }

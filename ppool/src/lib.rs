@@ -114,6 +114,8 @@ mod entry;
 mod entry_point;
 mod error;
 mod hosts;
+#[allow(unsafe_code)]
+mod huge;
 mod insights;
 mod mux;
 mod outcome;

@@ -186,7 +186,7 @@ impl Assembler {
                 total.copy_from_slice(&into[start..]);
                 into.truncate(start);
                 let room = (u64::from_le_bytes(total) as usize).min(self.max);
-                into.reserve(room);
+                crate::huge::reserve(into, room);
                 continue;
             }
             if item != ITEM_FRAME && item != ITEM_OUTCOME || tag & HINT != 0 {
