@@ -1083,3 +1083,36 @@ fn a_lost_host_rejoins_when_it_answers_again() {
     pool.join().expect("join");
     assert!(eventually(Duration::from_secs(10), || with_tag("rejoin").is_empty()));
 }
+
+/// What this worker's initializer was given, kept.
+static KEPT: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+#[pool_entry]
+fn keep_bytes(bytes: Vec<u8>) {
+    let _ = KEPT.set(bytes);
+}
+
+/// The length and the byte sum of what this worker's initializer kept.
+#[pool_entry]
+fn kept(_x: u32) -> (usize, u64) {
+    KEPT.get()
+        .map_or((0, 0), |k| (k.len(), k.iter().map(|&b| u64::from(b)).sum()))
+}
+
+#[test]
+fn an_initializer_argument_larger_than_a_control_message_reaches_every_remote_worker() {
+    // A worker's greeting travels to its host in one control message; one of 20 MiB is past
+    // what control messages alone may hold (16 MiB), and within a frame.
+    let len = 20 << 20;
+    let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    let sum: u64 = bytes.iter().map(|&b| u64::from(b)).sum();
+    let pool = ProcessPool::<kept>::builder()
+        .remote(Remote::command(tagged("bigint")).workers(2))
+        .initializer::<keep_bytes>(bytes)
+        .build()
+        .expect("a pool whose remote workers take a 20 MiB initializer argument");
+    let got = pool.batch(0..8).wait().expect("tasks");
+    assert!(got.iter().all(|&g| g == (len, sum)), "{:?}", &got[..2]);
+    pool.join().expect("join");
+    assert!(eventually(Duration::from_secs(5), || with_tag("bigint").is_empty()));
+}

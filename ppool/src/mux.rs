@@ -96,7 +96,8 @@ pub(crate) fn host_message_limit(max_frame: usize) -> usize {
 }
 
 /// Reads one message into `body`; its channel. A body above `max` (or, on [`CONTROL`],
-/// above [`CONTROL_MAX`]) is refused before it is read, and the buffer grows only as the
+/// above [`CONTROL_MAX`] more than `max`, since a worker's greeting, which may be as large
+/// as a frame, travels in one) is refused before it is read, and the buffer grows only as the
 /// body's bytes arrive: a stray header that claims gigabytes costs nothing until they come.
 pub(crate) fn read_message(
     input: &mut impl Read,
@@ -107,7 +108,11 @@ pub(crate) fn read_message(
     read_exact(input, &mut header, true)?;
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
     let channel = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    let limit = if channel == CONTROL { CONTROL_MAX } else { max };
+    let limit = if channel == CONTROL {
+        CONTROL_MAX.saturating_add(max)
+    } else {
+        max
+    };
     if len > limit {
         return Err(match text_header(&header) {
             Some(text) => stray_text(&text),
@@ -575,6 +580,15 @@ mod tests {
         assert!(matches!(
             read_message(&mut &cut[..], &mut body, 100),
             Err(FrameError::Malformed(_))
+        ));
+        // A control message may hold a frame (a greeting) besides its own limit, no more.
+        let mut control = Vec::new();
+        write_message(&mut control, CONTROL, &vec![0; CONTROL_MAX + 100]).expect("write");
+        let read = read_message(&mut control.as_slice(), &mut body, 100).expect("read");
+        assert_eq!((read, body.len()), (CONTROL, CONTROL_MAX + 100));
+        assert!(matches!(
+            read_message(&mut control.as_slice(), &mut body, 99),
+            Err(FrameError::TooLarge { .. })
         ));
     }
 
