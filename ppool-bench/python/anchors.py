@@ -536,7 +536,7 @@ def mem_available():
 
 def shared_broadcast(args, out, notes):
     """One value of `--bytes` to each of `--workers` workers: in every task (mp), to an
-    initializer (mp, fork), as mpire's shared_objects (fork). Times from handing the value
+    initializer (mp, fork and spawn), as mpire's shared_objects (fork). Times from handing the value
     over (map / Pool / WorkerPool) until the last worker had read it."""
     n, size = args.workers, args.bytes
     ctx = multiprocessing.get_context("fork")
@@ -563,7 +563,7 @@ def shared_broadcast(args, out, notes):
             run = lambda: pool.starmap(read_arg, [(data, d)] * n, chunksize=1)
             broadcast_one(name, d, n, size, expected, start, run, base, args.wave_timeout, out)
 
-    def initializer(name):
+    def initializer(name, ctx=ctx):
         d = fresh_dir(name)
         # The same pool without the value, for the memory it takes by itself.
         with ctx.Pool(n, initializer=init_data, initargs=(b"",)) as pool:
@@ -603,6 +603,11 @@ def shared_broadcast(args, out, notes):
     elif args.per_task:
         attempt("mp per task", per_task)
     attempt("mp initializer", initializer)
+    # Under spawn (the default on macOS and Windows, and from Python 3.14 on Linux) the
+    # initializer's arguments are pickled to each worker: the value is passed once per
+    # worker, as it is to remote hosts.
+    attempt("mp initializer spawn",
+            lambda name: initializer(name, multiprocessing.get_context("spawn")))
     if WorkerPool is not None:
         attempt("mpire shared", mpire_shared)
 

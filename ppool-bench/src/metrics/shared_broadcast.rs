@@ -1,7 +1,8 @@
 //! Part 1 of the `shared` metric: one large value to every worker of a pool, by
-//! `share_bytes`, by `share` (a typed value), and by value in every task's arguments, beside
-//! Python's `multiprocessing.Pool` (the value in every task, or given once to an
-//! `initializer`) and mpire's `shared_objects`.
+//! `share_bytes`, by `share` (a typed value), by value in every task's arguments, and by
+//! value to an initializer (once per worker), beside Python's `multiprocessing.Pool` (the
+//! value in every task, or given once to an `initializer`, under fork and under spawn) and
+//! mpire's `shared_objects`.
 //!
 //! Every worker runs one task that reads one byte of each 4 KiB page of the value, notes the
 //! time (CLOCK_MONOTONIC, one clock for every process of the machine), leaves a marker file
@@ -22,9 +23,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ppool::{ProcessPool, Remote, Shared, SharedBytes, Task, pool_entry};
+use ppool::{Builder, Entry, ProcessPool, Remote, Shared, SharedBytes, Task, pool_entry};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Value, json};
+use std::sync::OnceLock;
 
 use super::py_args;
 use super::remote_scale::{Outcome, emit, run_child};
@@ -139,6 +141,28 @@ fn read_owned(value: Payload, dir: String) -> Read {
     read_and_wait(&value.0, &dir)
 }
 
+/// What the initializer of this worker kept: when it had read the value (ns), its page sum,
+/// and the value.
+static KEPT: OnceLock<(u64, u64, Payload)> = OnceLock::new();
+
+/// The initializer: reads the value it was given, notes when, keeps it.
+#[pool_entry]
+fn keep(value: Payload) {
+    let sum = page_sum(&value.0);
+    let _ = KEPT.set((procs::monotonic_ns(), sum, value));
+}
+
+/// A task of a pool whose initializer kept the value: arrives at the barrier with the time
+/// the initializer had read it.
+#[pool_entry]
+fn read_kept(dir: String) -> Read {
+    let Some((at, sum, _)) = KEPT.get() else {
+        return Err("this worker's initializer kept no value".into());
+    };
+    arrive(Path::new(&dir), *at)?;
+    Ok((std::process::id(), *at, *sum))
+}
+
 /// Sleeps `ms`; returns its worker's pid (to start every worker before anything is timed).
 #[pool_entry]
 fn hello(ms: u64) -> u32 {
@@ -155,16 +179,24 @@ pub(crate) enum Kind {
     Typed,
     /// The bytes themselves in every task's arguments.
     Args,
+    /// The bytes given to an initializer (`Builder::initializer`), once per worker.
+    Init,
 }
 
 impl Kind {
-    const ALL: [Kind; 3] = [Kind::Bytes, Kind::Typed, Kind::Args];
+    const ALL: [Kind; 4] = [Kind::Bytes, Kind::Typed, Kind::Args, Kind::Init];
+
+    /// Whether it sends the value once per task or worker (the slow anchors).
+    fn by_value(self) -> bool {
+        matches!(self, Kind::Args | Kind::Init)
+    }
 
     fn arg(self) -> &'static str {
         match self {
             Kind::Bytes => "bytes",
             Kind::Typed => "typed",
             Kind::Args => "args",
+            Kind::Init => "init",
         }
     }
 
@@ -178,6 +210,7 @@ impl Kind {
             Kind::Bytes => "share_bytes",
             Kind::Typed => "Shared<Vec>",
             Kind::Args => "Vec per task",
+            Kind::Init => "initializer",
         }
     }
 }
@@ -185,8 +218,9 @@ impl Kind {
 /// The Python contenders' columns, as `anchors.py shared_broadcast` names them.
 pub(crate) const MP_TASK: &str = "mp per task";
 pub(crate) const MP_INIT: &str = "mp initializer";
+pub(crate) const MP_INIT_SPAWN: &str = "mp initializer spawn";
 pub(crate) const MPIRE: &str = "mpire shared";
-const PY_COLUMNS: [&str; 3] = [MP_TASK, MP_INIT, MPIRE];
+const PY_COLUMNS: [&str; 4] = [MP_TASK, MP_INIT, MP_INIT_SPAWN, MPIRE];
 
 /// Where the workers are: `hosts` command-prefix hosts of `per_host` workers each, or
 /// (`hosts == 0`) `per_host` local workers.
@@ -270,7 +304,7 @@ pub(crate) fn run(
             let (label, outcome) = match Kind::ALL.get(side) {
                 Some(&kind) => {
                     if columns[side].error.is_some()
-                        || (kind == Kind::Args && !runs_heavy(layout, rep))
+                        || (kind.by_value() && !runs_heavy(layout, rep))
                     {
                         continue;
                     }
@@ -357,7 +391,7 @@ pub(crate) fn copies_needed(kind: Kind, layout: Layout) -> usize {
     match kind {
         Kind::Bytes => 2 + layout.hosts,
         Kind::Typed => 2 + layout.hosts + n,
-        Kind::Args => 1 + 3 * n,
+        Kind::Args | Kind::Init => 1 + 3 * n,
     }
 }
 
@@ -524,22 +558,10 @@ fn measure(
     let me = i32::try_from(std::process::id())?;
     let tag = std::env::var(RUN_VAR)?;
     let local = layout.hosts == 0;
-    let mut builder = ProcessPool::<read_shared>::builder().name("bench-shared");
-    if local {
-        builder = builder.n_jobs(layout.per_host);
-    } else {
-        for i in 0..layout.hosts {
-            builder = builder.remote(
-                Remote::command([
-                    "env".to_owned(),
-                    format!("{HOST_VAR}={i}"),
-                    format!("{RUN_VAR}={tag}"),
-                ])
-                .workers(layout.per_host),
-            );
-        }
+    if kind == Kind::Init {
+        return measure_init(layout, size, dir, me, &tag);
     }
-    let pool = builder.build()?;
+    let pool = builder::<read_shared>(layout, &tag).build()?;
     let n = pool.n_jobs();
     if n != layout.workers() {
         return Err(format!("the pool has {n} workers, not {}", layout.workers()).into());
@@ -595,6 +617,7 @@ fn measure(
                 .collect();
             (Held::Args(p), tasks)
         }
+        Kind::Init => return Err("an initializer's value is measured apart".into()),
     };
     // Until every worker holds the value (or a task ended: an error, since none returns
     // before the release).
@@ -673,6 +696,83 @@ fn measure(
             .iter()
             .zip(&read_after)
             .map(|(b, a)| a.saturating_sub(*b))
+            .max()
+            .unwrap_or(0);
+        values.push((STREAM, most as f64 / size as f64));
+    }
+    pool.join()?;
+    Ok(values)
+}
+
+/// A builder of the pool of `layout`, its processes marked with `tag`.
+fn builder<E: Entry>(layout: Layout, tag: &str) -> Builder<E> {
+    let builder = ProcessPool::<E>::builder().name("bench-shared");
+    if layout.hosts == 0 {
+        return builder.n_jobs(layout.per_host);
+    }
+    (0..layout.hosts).fold(builder, |builder, i| {
+        builder.remote(
+            Remote::command([
+                "env".to_owned(),
+                format!("{HOST_VAR}={i}"),
+                format!("{RUN_VAR}={tag}"),
+            ])
+            .workers(layout.per_host),
+        )
+    })
+}
+
+/// The value given to an initializer: timed from `build()` (which starts the workers, and
+/// each runs the initializer) until the last initializer had read it, as mp's initializer
+/// columns are timed from `Pool()`. Memory is not compared (no pool exists before the
+/// value), and the bytes into a host's stream are all its agent read.
+fn measure_init(
+    layout: Layout,
+    size: usize,
+    dir: &Path,
+    me: i32,
+    tag: &str,
+) -> BenchResult<Vec<(&'static str, f64)>> {
+    let value = pattern(size);
+    let expected = page_sum(&value);
+    let start = procs::monotonic_ns();
+    let pool = builder::<read_kept>(layout, tag)
+        .initializer::<keep>(Payload(Arc::new(value)))
+        .build()?;
+    let n = pool.n_jobs();
+    let d = dir.to_string_lossy().into_owned();
+    let tasks: Vec<Task<Read>> = (0..n).map(|_| pool.submit(d.clone())).collect();
+    let deadline = Instant::now() + ARRIVE_WAIT;
+    while arrived(dir) < n && !tasks.iter().any(Task::is_done) {
+        if Instant::now() > deadline {
+            return Err(format!("{} of {n} workers arrived", arrived(dir)).into());
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    fs::write(dir.join(RELEASE), "")?;
+    let mut pids = HashSet::new();
+    let mut last = start;
+    for task in tasks {
+        let (pid, at, sum) = task.wait()??;
+        if sum != expected {
+            return Err("a worker read other bytes".into());
+        }
+        pids.insert(pid);
+        last = last.max(at);
+    }
+    if pids.len() != n {
+        return Err(format!("{n} tasks ran on {} workers", pids.len()).into());
+    }
+    let hosts = hosts(me, tag, layout.hosts == 0);
+    let mut values = vec![
+        (MS, (last - start) as f64 / 1e6),
+        ("workers", pids.len() as f64),
+        ("hosts", hosts.len() as f64),
+    ];
+    if layout.hosts > 0 {
+        let most = hosts
+            .iter()
+            .map(|h| procs::bytes_read(h[0]).unwrap_or(0))
             .max()
             .unwrap_or(0);
         values.push((STREAM, most as f64 / size as f64));
