@@ -4,10 +4,10 @@ use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
 
-use serde::de::{DeserializeOwned, Error as _};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::reference::Reference;
+use super::reference::{self, Reference};
 use super::resolve;
 use super::store::{self, Stored};
 use crate::shm::Sealed;
@@ -119,10 +119,13 @@ impl<T: fmt::Debug> fmt::Debug for Shared<T> {
 
 impl<T> Serialize for Shared<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        if let Some(stored) = &self.stored {
-            store::note(stored);
+        match &self.stored {
+            Some(stored) => {
+                store::note(stored);
+                stored.wire().serialize(serializer)
+            }
+            None => self.reference.serialize(serializer),
         }
-        self.reference.serialize(serializer)
     }
 }
 
@@ -131,12 +134,12 @@ where
     T: DeserializeOwned + Send + Sync + 'static,
 {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let reference = Reference::deserialize(deserializer)?;
-        let value = resolve::value::<T>(&reference).map_err(D::Error::custom)?;
-        Ok(Shared {
-            value,
-            reference,
-            stored: None,
+        reference::deserialize_then(deserializer, |reference| {
+            Ok(Shared {
+                value: resolve::value::<T>(reference)?,
+                reference: *reference,
+                stored: None,
+            })
         })
     }
 }
@@ -239,20 +242,23 @@ impl fmt::Debug for SharedBytes {
 
 impl Serialize for SharedBytes {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        if let Bytes::Stored(stored) = &self.bytes {
-            store::note(stored);
+        match &self.bytes {
+            Bytes::Stored(stored) => {
+                store::note(stored);
+                stored.wire().serialize(serializer)
+            }
+            Bytes::Resolved(_) => self.reference.serialize(serializer),
         }
-        self.reference.serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for SharedBytes {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let reference = Reference::deserialize(deserializer)?;
-        let sealed = resolve::bytes(&reference).map_err(D::Error::custom)?;
-        Ok(SharedBytes {
-            bytes: Bytes::Resolved(sealed),
-            reference,
+        reference::deserialize_then(deserializer, |reference| {
+            Ok(SharedBytes {
+                bytes: Bytes::Resolved(resolve::bytes(reference)?),
+                reference: *reference,
+            })
         })
     }
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
-use super::reference::Reference;
+use super::reference::{Reference, Wire};
 use super::{Shared, SharedBytes};
 use crate::shm::{Header, Kind, Sealed, os_error};
 
@@ -98,6 +98,7 @@ impl Store {
                 source,
             })?;
         Ok(Arc::new(Stored {
+            wire: Wire::new(Reference::of(sealed.header())),
             sealed,
             inner,
             release: Some(Arc::clone(&self.release)),
@@ -110,6 +111,8 @@ impl Store {
 /// memfd and calls the pool's [`ReleaseHook`].
 pub(crate) struct Stored {
     sealed: Sealed,
+    /// What travels in place of it, made once.
+    wire: Wire,
     /// The stored values that this one's encoding names (kept alive with it).
     inner: Vec<Arc<Stored>>,
     release: Option<ReleaseHook>,
@@ -130,6 +133,7 @@ impl Stored {
     pub(crate) fn from_sealed(sealed: Sealed) -> Stored {
         ANY_STORED.store(true, Ordering::Relaxed);
         Stored {
+            wire: Wire::new(Reference::of(sealed.header())),
             sealed,
             inner: Vec::new(),
             release: None,
@@ -153,12 +157,12 @@ impl Stored {
 
     /// What travels in place of it.
     pub(crate) fn reference(&self) -> Reference {
-        let h = self.sealed.header();
-        Reference {
-            id: h.id,
-            len: h.len,
-            hash: h.hash,
-        }
+        self.wire.reference()
+    }
+
+    /// What travels in place of it, as it is written.
+    pub(crate) fn wire(&self) -> &Wire {
+        &self.wire
     }
 
     /// The payload (the encoded value, or the bytes), from a read-only mapping: what a host

@@ -71,16 +71,101 @@ fn a_reference_is_a_few_bytes_under_postcard() {
         hash: u64::MAX,
     };
     let bytes = postcard::to_allocvec(&r).unwrap();
-    assert_eq!(bytes.len(), 1 + 5 + 10);
+    // The string's length, the id, the length, the hash in 8 bytes.
+    assert_eq!(bytes.len(), 1 + 1 + 5 + 8);
+    assert_eq!(bytes[0], 14);
+    assert_eq!(&bytes[7..], &u64::MAX.to_le_bytes());
     assert_eq!(postcard::from_bytes::<Reference>(&bytes).unwrap(), r);
+    assert_eq!(decode::<Reference>(&encode(&r)).unwrap(), r);
     let r = Reference {
         id: u64::MAX,
         len: u64::MAX,
         hash: 0,
     };
     let bytes = postcard::to_allocvec(&r).unwrap();
-    assert_eq!(bytes.len(), 10 + 10 + 1);
+    assert_eq!(bytes.len(), 1 + 10 + 10 + 8);
     assert_eq!(postcard::from_bytes::<Reference>(&bytes).unwrap(), r);
+    // A tiny task's reference: one of the first values of a pool, of 1 MiB.
+    let r = Reference {
+        id: 1,
+        len: 1 << 20,
+        hash: 0x0123_4567_89ab_cdef,
+    };
+    assert_eq!(encode(&r).len(), 13);
+}
+
+#[test]
+fn the_compact_form_round_trips_and_refuses_what_no_pool_wrote() {
+    let edges = [
+        0,
+        1,
+        127,
+        128,
+        16_383,
+        16_384,
+        u64::from(u32::MAX),
+        u64::MAX - 1,
+        u64::MAX,
+    ];
+    for id in edges {
+        for len in edges {
+            let r = Reference {
+                id,
+                len,
+                hash: id.rotate_left(17) ^ len,
+            };
+            let wire = reference::Wire::new(r);
+            assert_eq!(wire.reference(), r);
+            let bytes = postcard::to_allocvec(&wire).unwrap();
+            assert_eq!(
+                bytes,
+                postcard::to_allocvec(&r).unwrap(),
+                "made once or each time"
+            );
+            assert_eq!(Reference::from_compact(&bytes[1..]), Some(r), "{id} {len}");
+        }
+    }
+    let good = encode(&Reference {
+        id: 5,
+        len: 300,
+        hash: 42,
+    });
+    let compact = &good[1..];
+    assert!(Reference::from_compact(compact).is_some());
+    assert_eq!(Reference::from_compact(&[]), None);
+    assert_eq!(
+        Reference::from_compact(&compact[..compact.len() - 1]),
+        None,
+        "short hash"
+    );
+    assert_eq!(
+        Reference::from_compact(&[compact, &[0]].concat()),
+        None,
+        "a byte too many"
+    );
+    // A varint longer than 10 bytes, or past 64 bits.
+    let eleven = [[0x80; 10].as_slice(), &[0], &[0], &[0; 8]].concat();
+    assert_eq!(Reference::from_compact(&eleven), None);
+    let too_big = [[0xff; 9].as_slice(), &[0x02], &[0], &[0; 8]].concat();
+    assert_eq!(Reference::from_compact(&too_big), None);
+    let max = [[0xff; 9].as_slice(), &[0x01], &[0], &[0; 8]].concat();
+    assert_eq!(Reference::from_compact(&max).map(|r| r.id), Some(u64::MAX));
+    // In a task, a malformed reference is the task's error, and says so.
+    let (store, _) = store();
+    let r = resolver(&store);
+    let bad = encode(&(1u8, vec![7u8; 5]));
+    let e = receive::<(u8, SharedBytes)>(&r, &bad).unwrap_err();
+    assert!(e.contains("a malformed reference to a shared value"), "{e}");
+    let e = receive::<(u8, Shared<Model>)>(&r, &bad).unwrap_err();
+    assert!(e.contains("a malformed reference to a shared value"), "{e}");
+}
+
+#[test]
+fn a_human_readable_format_reads_the_tuple() {
+    use serde::de::value::{Error, SeqDeserializer};
+    let tuple = SeqDeserializer::<_, Error>::new([7u64, 8, 9].into_iter());
+    let r = Reference::deserialize(tuple).unwrap();
+    assert_eq!((r.id, r.len, r.hash), (7, 8, 9));
 }
 
 #[test]
