@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::reference::{self, Reference};
 use super::resolve;
 use super::store::{self, Stored};
-use crate::shm::Sealed;
+use crate::shm::{Header, Sealed};
 
 /// A value shared once with a pool's workers, instead of being sent with every task.
 ///
@@ -54,41 +54,48 @@ use crate::shm::Sealed;
 /// A worker that cannot get the value (its host could not store it, or its bytes do not
 /// decode as a `T`) fails the tasks that name it, with the reason; the pool goes on.
 pub struct Shared<T> {
-    value: Arc<T>,
-    reference: Reference,
-    /// The stored value, in the process that shared it; `None` in a worker.
-    stored: Option<Arc<Stored>>,
+    /// One allocation for all it holds: a clone, sent with each task, moves one reference
+    /// count.
+    held: Arc<Held<T>>,
+}
+
+/// What a [`Shared`] holds: the value, what travels in place of it, and the stored value in
+/// the process that shared it (`None` in a worker).
+pub(super) struct Held<T> {
+    pub(super) reference: Reference,
+    pub(super) stored: Option<Arc<Stored>>,
+    pub(super) value: T,
 }
 
 impl<T> Shared<T> {
     /// The handle of `value`, just stored as `stored`.
     pub(super) fn owned(value: T, stored: Arc<Stored>) -> Self {
         Shared {
-            value: Arc::new(value),
-            reference: stored.reference(),
-            stored: Some(stored),
+            held: Arc::new(Held {
+                reference: stored.reference(),
+                stored: Some(stored),
+                value,
+            }),
         }
     }
 
     /// What travels in place of the value.
     #[cfg(test)]
     pub(crate) fn reference(&self) -> Reference {
-        self.reference
+        self.held.reference
     }
 
     /// The stored value, in the process that shared it.
     #[cfg(test)]
     pub(crate) fn stored(&self) -> Option<&Arc<Stored>> {
-        self.stored.as_ref()
+        self.held.stored.as_ref()
     }
 }
 
 impl<T> Clone for Shared<T> {
     fn clone(&self) -> Self {
         Shared {
-            value: Arc::clone(&self.value),
-            reference: self.reference,
-            stored: self.stored.clone(),
+            held: Arc::clone(&self.held),
         }
     }
 }
@@ -97,34 +104,34 @@ impl<T> Deref for Shared<T> {
     type Target = T;
 
     fn deref(&self) -> &T {
-        &self.value
+        &self.held.value
     }
 }
 
 impl<T> AsRef<T> for Shared<T> {
     fn as_ref(&self) -> &T {
-        &self.value
+        &self.held.value
     }
 }
 
 impl<T: fmt::Debug> fmt::Debug for Shared<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Shared")
-            .field("id", &self.reference.id)
-            .field("bytes", &self.reference.len)
-            .field("value", &*self.value)
+            .field("id", &self.held.reference.id)
+            .field("bytes", &self.held.reference.len)
+            .field("value", &self.held.value)
             .finish()
     }
 }
 
 impl<T> Serialize for Shared<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match &self.stored {
+        match &self.held.stored {
             Some(stored) => {
                 store::note(stored);
                 stored.wire().serialize(serializer)
             }
-            None => self.reference.serialize(serializer),
+            None => self.held.reference.serialize(serializer),
         }
     }
 }
@@ -136,9 +143,7 @@ where
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         reference::deserialize_then(deserializer, |reference| {
             Ok(Shared {
-                value: resolve::value::<T>(reference)?,
-                reference: *reference,
-                stored: None,
+                held: resolve::value::<T>(reference)?,
             })
         })
     }
@@ -176,40 +181,51 @@ where
 /// the tasks that use them have finished.
 #[derive(Clone)]
 pub struct SharedBytes {
-    bytes: Bytes,
-    reference: Reference,
+    /// One pointer: a clone moves one reference count, and a task's arguments that hold it
+    /// move less.
+    held: Arc<HeldBytes>,
 }
 
-/// Where the bytes of a [`SharedBytes`] are mapped.
-#[derive(Clone)]
-enum Bytes {
+/// Where the bytes of a [`SharedBytes`] are mapped, with their header: what travels in place
+/// of them is read from it (in a worker, the header was checked against the reference that
+/// came).
+#[derive(Debug)]
+pub(super) enum HeldBytes {
     /// In the process that shared them.
     Stored(Arc<Stored>),
     /// In a worker.
-    Resolved(Arc<Sealed>),
+    Resolved(Sealed),
+}
+
+impl HeldBytes {
+    pub(super) fn header(&self) -> &Header {
+        match self {
+            HeldBytes::Stored(stored) => stored.header(),
+            HeldBytes::Resolved(sealed) => sealed.header(),
+        }
+    }
 }
 
 impl SharedBytes {
     /// The handle of bytes just stored as `stored`.
     pub(super) fn owned(stored: Arc<Stored>) -> Self {
         SharedBytes {
-            reference: stored.reference(),
-            bytes: Bytes::Stored(stored),
+            held: Arc::new(HeldBytes::Stored(stored)),
         }
     }
 
     /// What travels in place of the bytes.
     #[cfg(test)]
     pub(crate) fn reference(&self) -> Reference {
-        self.reference
+        Reference::of(self.held.header())
     }
 
     /// The stored value, in the process that shared it.
     #[cfg(test)]
     pub(crate) fn stored(&self) -> Option<&Arc<Stored>> {
-        match &self.bytes {
-            Bytes::Stored(stored) => Some(stored),
-            Bytes::Resolved(_) => None,
+        match &*self.held {
+            HeldBytes::Stored(stored) => Some(stored),
+            HeldBytes::Resolved(_) => None,
         }
     }
 }
@@ -218,9 +234,9 @@ impl Deref for SharedBytes {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        match &self.bytes {
-            Bytes::Stored(stored) => stored.bytes(),
-            Bytes::Resolved(sealed) => sealed.bytes(),
+        match &*self.held {
+            HeldBytes::Stored(stored) => stored.bytes(),
+            HeldBytes::Resolved(sealed) => sealed.bytes(),
         }
     }
 }
@@ -233,21 +249,22 @@ impl AsRef<[u8]> for SharedBytes {
 
 impl fmt::Debug for SharedBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let reference = Reference::of(self.held.header());
         f.debug_struct("SharedBytes")
-            .field("id", &self.reference.id)
-            .field("len", &self.reference.len)
+            .field("id", &reference.id)
+            .field("len", &reference.len)
             .finish()
     }
 }
 
 impl Serialize for SharedBytes {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match &self.bytes {
-            Bytes::Stored(stored) => {
+        match &*self.held {
+            HeldBytes::Stored(stored) => {
                 store::note(stored);
                 stored.wire().serialize(serializer)
             }
-            Bytes::Resolved(_) => self.reference.serialize(serializer),
+            HeldBytes::Resolved(sealed) => Reference::of(sealed.header()).serialize(serializer),
         }
     }
 }
@@ -256,8 +273,7 @@ impl<'de> Deserialize<'de> for SharedBytes {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         reference::deserialize_then(deserializer, |reference| {
             Ok(SharedBytes {
-                bytes: Bytes::Resolved(resolve::bytes(reference)?),
-                reference: *reference,
+                held: resolve::bytes(reference)?,
             })
         })
     }

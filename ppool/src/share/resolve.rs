@@ -38,10 +38,11 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use rustix::fs::{Mode, OFlags};
 use serde::de::DeserializeOwned;
 
+use super::handles::{Held, HeldBytes};
 use super::reference::Reference;
 use crate::shm::{Header, Kind, Sealed, memfd_link, parse_memfd_link};
 
-/// A decoded value, shared by the handles of one worker.
+/// A decoded value (a [`Held`] of its type), shared by the handles of one worker.
 type Decoded = Arc<dyn Any + Send + Sync>;
 
 /// The cell of one (id, type): filled once, under its own lock, so that a value is decoded
@@ -68,7 +69,7 @@ pub(crate) struct Resolver {
 #[derive(Debug, Default)]
 struct Cache {
     /// `SharedBytes` values, mapped.
-    bytes: HashMap<u64, Arc<Sealed>>,
+    bytes: HashMap<u64, Arc<HeldBytes>>,
     /// `Shared<T>` values, decoded.
     values: HashMap<(u64, TypeId), Cell>,
 }
@@ -197,21 +198,21 @@ impl Resolver {
     }
 
     /// The bytes that `reference` names, mapped once per resolver.
-    pub(crate) fn bytes(&self, reference: &Reference) -> Result<Arc<Sealed>, String> {
+    pub(super) fn bytes(&self, reference: &Reference) -> Result<Arc<HeldBytes>, String> {
         let expected = self.expected(reference, Kind::Bytes);
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(sealed) = cache.bytes.get(&reference.id) {
-            sealed.header().expect(&expected)?;
-            return Ok(Arc::clone(sealed));
+        if let Some(held) = cache.bytes.get(&reference.id) {
+            held.header().expect(&expected)?;
+            return Ok(Arc::clone(held));
         }
-        let sealed = Arc::new(self.open(reference, Kind::Bytes)?);
-        cache.bytes.insert(reference.id, Arc::clone(&sealed));
-        Ok(sealed)
+        let held = Arc::new(HeldBytes::Resolved(self.open(reference, Kind::Bytes)?));
+        cache.bytes.insert(reference.id, Arc::clone(&held));
+        Ok(held)
     }
 
     /// The value that `reference` names, decoded once per resolver and type. The mapping is
     /// not kept: the decoded value is what the worker uses.
-    pub(crate) fn value<T>(&self, reference: &Reference) -> Result<Arc<T>, String>
+    pub(super) fn value<T>(&self, reference: &Reference) -> Result<Arc<Held<T>>, String>
     where
         T: DeserializeOwned + Send + Sync + 'static,
     {
@@ -254,7 +255,7 @@ impl Resolver {
                 }
             },
         };
-        decoded.downcast::<T>().map_err(|_| {
+        decoded.downcast::<Held<T>>().map_err(|_| {
             format!(
                 "internal: shared value #{} cached under another type",
                 reference.id
@@ -275,7 +276,12 @@ impl Resolver {
                 std::any::type_name::<T>()
             )
         })?;
-        Ok((*sealed.header(), Arc::new(value)))
+        let held = Held {
+            reference: Reference::of(sealed.header()),
+            stored: None,
+            value,
+        };
+        Ok((*sealed.header(), Arc::new(held)))
     }
 
     /// Drops what the caches hold of value `id`.
@@ -364,7 +370,7 @@ static EPOCH: AtomicU64 = AtomicU64::new(0);
 struct Last {
     epoch: u64,
     reference: Reference,
-    bytes: Option<Weak<Sealed>>,
+    bytes: Option<Weak<HeldBytes>>,
     value: Option<(TypeId, Weak<dyn Any + Send + Sync>)>,
 }
 
@@ -412,20 +418,20 @@ fn remember(epoch: u64, reference: Reference, update: impl FnOnce(&mut Last)) {
 }
 
 /// The bytes that `reference` names, from this thread's resolver.
-pub(super) fn bytes(reference: &Reference) -> Result<Arc<Sealed>, String> {
-    if let Some(sealed) = last(reference, |last| last.bytes.as_ref()?.upgrade()) {
-        return Ok(sealed);
+pub(super) fn bytes(reference: &Reference) -> Result<Arc<HeldBytes>, String> {
+    if let Some(held) = last(reference, |last| last.bytes.as_ref()?.upgrade()) {
+        return Ok(held);
     }
     let epoch = EPOCH.load(Ordering::Acquire);
-    let sealed = current()?.bytes(reference)?;
+    let held = current()?.bytes(reference)?;
     remember(epoch, *reference, |last| {
-        last.bytes = Some(Arc::downgrade(&sealed))
+        last.bytes = Some(Arc::downgrade(&held))
     });
-    Ok(sealed)
+    Ok(held)
 }
 
 /// The value that `reference` names, decoded once, from this thread's resolver.
-pub(super) fn value<T>(reference: &Reference) -> Result<Arc<T>, String>
+pub(super) fn value<T>(reference: &Reference) -> Result<Arc<Held<T>>, String>
 where
     T: DeserializeOwned + Send + Sync + 'static,
 {
@@ -435,7 +441,7 @@ where
             .filter(|(ty, _)| *ty == TypeId::of::<T>())
             .and_then(|(_, decoded)| decoded.upgrade())
     });
-    if let Some(decoded) = kept.and_then(|d| d.downcast::<T>().ok()) {
+    if let Some(decoded) = kept.and_then(|d| d.downcast::<Held<T>>().ok()) {
         return Ok(decoded);
     }
     let epoch = EPOCH.load(Ordering::Acquire);

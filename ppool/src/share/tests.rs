@@ -169,6 +169,13 @@ fn a_human_readable_format_reads_the_tuple() {
 }
 
 #[test]
+fn handles_are_one_pointer() {
+    assert_eq!(size_of::<SharedBytes>(), size_of::<usize>());
+    assert_eq!(size_of::<Shared<Model>>(), size_of::<usize>());
+    assert_eq!(size_of::<Option<SharedBytes>>(), size_of::<usize>());
+}
+
+#[test]
 fn share_errors_say_what_to_do() {
     let store_error = |code| ShareError::Store {
         len: 1 << 30,
