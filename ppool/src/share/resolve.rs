@@ -378,12 +378,12 @@ thread_local! {
     static LAST: std::cell::RefCell<Option<Last>> = const { std::cell::RefCell::new(None) };
 }
 
-/// What the thread's last answer for `reference` was, if it still holds (no scoped resolver,
-/// nothing installed or forgotten since).
+/// What the thread's last answer for `reference` was, if it still holds (nothing installed or
+/// forgotten since). A thread under a scoped resolver has no last answer: [`scoped`] clears
+/// it and [`remember`] keeps none, so that this path, taken by every task that names a
+/// value, reads one thread-local.
+#[inline]
 fn last<R>(reference: &Reference, pick: impl FnOnce(&Last) -> Option<R>) -> Option<R> {
-    if SCOPED.with(|s| s.borrow().is_some()) {
-        return None;
-    }
     let epoch = EPOCH.load(Ordering::Acquire);
     LAST.with(|l| {
         l.borrow()
@@ -418,10 +418,18 @@ fn remember(epoch: u64, reference: Reference, update: impl FnOnce(&mut Last)) {
 }
 
 /// The bytes that `reference` names, from this thread's resolver.
+#[inline]
 pub(super) fn bytes(reference: &Reference) -> Result<Arc<HeldBytes>, String> {
-    if let Some(held) = last(reference, |last| last.bytes.as_ref()?.upgrade()) {
-        return Ok(held);
+    match last(reference, |last| last.bytes.as_ref()?.upgrade()) {
+        Some(held) => Ok(held),
+        None => bytes_anew(reference),
     }
+}
+
+/// The bytes that `reference` names, from the resolver, remembered as this thread's last.
+#[cold]
+#[inline(never)]
+fn bytes_anew(reference: &Reference) -> Result<Arc<HeldBytes>, String> {
     let epoch = EPOCH.load(Ordering::Acquire);
     let held = current()?.bytes(reference)?;
     remember(epoch, *reference, |last| {
@@ -475,6 +483,8 @@ pub(crate) fn scoped<R>(resolver: &Arc<Resolver>, f: impl FnOnce() -> R) -> R {
         }
     }
     let outer = SCOPED.with(|s| s.borrow_mut().replace(Arc::clone(resolver)));
+    // What the thread last resolved came from another resolver (see `last`).
+    LAST.with(|l| l.borrow_mut().take());
     let _restore = Restore(outer);
     f()
 }

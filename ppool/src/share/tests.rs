@@ -715,6 +715,38 @@ fn child_side() {
                 );
                 assert_eq!(perms_of(text.as_ptr() as usize), "r--s");
             }
+            // What this thread resolved last is kept for the next task, and a reference
+            // that differs from it in anything is checked anew, and refused.
+            for wrong in [
+                Reference {
+                    hash: bytes.hash ^ 1,
+                    ..bytes
+                },
+                Reference {
+                    len: bytes.len + 1,
+                    ..bytes
+                },
+            ] {
+                let e = decode::<SharedBytes>(&encode(&wrong)).unwrap_err();
+                assert!(
+                    e.contains("the reference says") || e.contains("bytes long"),
+                    "{e}"
+                );
+            }
+            let wrong = Reference {
+                hash: value.hash ^ 1,
+                ..value
+            };
+            let e = decode::<Shared<Model>>(&encode(&wrong)).unwrap_err();
+            assert!(e.contains("the reference says"), "{e}");
+            let _: SharedBytes = decode(&encode(&bytes)).unwrap();
+            // A scoped resolver of another pool does not see what the thread kept.
+            let other = Arc::new(Resolver::new(owner.parse().unwrap(), 1));
+            let e = scoped(&other, || decode::<SharedBytes>(&encode(&bytes))).unwrap_err();
+            assert!(e.contains("not held by process"), "{e}");
+            let e = scoped(&other, || decode::<Shared<Model>>(&encode(&value))).unwrap_err();
+            assert!(e.contains("not held by process"), "{e}");
+            let _: (Shared<Model>, SharedBytes) = decode(&encode(&(value, bytes))).unwrap();
             forget(value.id);
             forget(bytes.id);
             println!("child resolved both");
