@@ -2,7 +2,7 @@
 //! values live as long as a handle or a job names them, and a thread-local collector records
 //! which ones the arguments of a job name.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io;
 #[cfg(test)]
@@ -237,9 +237,27 @@ impl std::error::Error for ShareError {
     }
 }
 
+/// What this thread's encodings under way name.
+struct Collector {
+    /// Whether an encoding is being collected.
+    active: Cell<bool>,
+    /// The address of the value that the collection under way named last (or that its sink
+    /// ends with), only ever compared: that value is held by the sink or by `named` while
+    /// the collection lasts, so no other value can have its address meanwhile. Many tasks of
+    /// a chunk name one value: noting it again costs one comparison.
+    last: Cell<usize>,
+    /// What the collections under way named, the innermost's last.
+    named: RefCell<Vec<Arc<Stored>>>,
+}
+
 thread_local! {
-    /// The stored values that the encoding under way names, when one is being collected.
-    static COLLECTOR: RefCell<Option<Vec<Arc<Stored>>>> = const { RefCell::new(None) };
+    static COLLECTOR: Collector = const {
+        Collector {
+            active: Cell::new(false),
+            last: Cell::new(0),
+            named: RefCell::new(Vec::new()),
+        }
+    };
 }
 
 /// Runs `encode` (the encoding of a job's arguments) and returns, with its result, the stored
@@ -247,55 +265,58 @@ thread_local! {
 /// job needs on the host that runs it, to be kept alive while the job is queued or running.
 /// Nested calls collect separately.
 pub(crate) fn collect<R>(encode: impl FnOnce() -> R) -> (R, Vec<Arc<Stored>>) {
-    /// Puts back the outer collector, also when `encode` panics.
-    struct Restore(Option<Option<Vec<Arc<Stored>>>>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            if let Some(outer) = self.0.take() {
-                COLLECTOR.with(|c| *c.borrow_mut() = outer);
-            }
-        }
-    }
-    let outer = COLLECTOR.with(|c| c.borrow_mut().replace(Vec::new()));
-    let mut restore = Restore(Some(outer));
-    let result = encode();
-    let outer = restore.0.take().unwrap_or_default();
-    let mut named = COLLECTOR
-        .with(|c| std::mem::replace(&mut *c.borrow_mut(), outer))
-        .unwrap_or_default();
+    let mut named = Vec::new();
+    let result = collect_into(&mut named, encode);
     named.sort_by_key(|s| (s.token(), s.id()));
     named.dedup_by_key(|s| (s.token(), s.id()));
     (result, named)
 }
 
 /// Runs `encode` and adds to `sink` the stored values that it named (and those they name),
-/// in the order named and with repeats: what a job's encoder keeps for all its tasks without
-/// a vector per task (see [`dedup`]). Nested calls collect separately.
+/// in the order named, a value named again right after itself once: what a job's encoder
+/// keeps for all its tasks without a vector per task (see [`dedup`]). Nested calls collect
+/// separately.
 pub(crate) fn collect_into<R>(sink: &mut Vec<Arc<Stored>>, encode: impl FnOnce() -> R) -> R {
     if !ANY_STORED.load(Ordering::Relaxed) {
         // Nothing was ever shared in this process: no argument can name a value, and a tiny
         // task's encoding pays nothing for the collector.
         return encode();
     }
-    /// Puts back the outer collector and the sink, also when `encode` panics.
+    /// Moves what the collection named into the sink and puts back the outer collection's
+    /// state, also when `encode` panics.
     struct Restore<'a> {
         sink: &'a mut Vec<Arc<Stored>>,
-        outer: Option<Option<Vec<Arc<Stored>>>>,
+        /// Where this collection's values start in `named`.
+        from: usize,
+        /// The outer collection's state.
+        active: bool,
+        last: usize,
     }
     impl Drop for Restore<'_> {
         fn drop(&mut self) {
-            let outer = self.outer.take().unwrap_or_default();
-            let named = COLLECTOR.with(|c| std::mem::replace(&mut *c.borrow_mut(), outer));
-            *self.sink = named.unwrap_or_default();
+            COLLECTOR.with(|c| {
+                let mut named = c.named.borrow_mut();
+                if named.len() > self.from {
+                    self.sink.extend(named.drain(self.from..));
+                }
+                c.active.set(self.active);
+                c.last.set(self.last);
+            });
         }
     }
-    let taken = std::mem::take(sink);
-    let outer = COLLECTOR.with(|c| c.borrow_mut().replace(taken));
-    let _restore = Restore {
+    let last = sink.last().map_or(0, address);
+    let _restore = COLLECTOR.with(|c| Restore {
+        from: c.named.borrow().len(),
+        active: c.active.replace(true),
+        last: c.last.replace(last),
         sink,
-        outer: Some(outer),
-    };
+    });
     encode()
+}
+
+/// What [`Collector::last`] compares.
+fn address(stored: &Arc<Stored>) -> usize {
+    Arc::as_ptr(stored) as usize
 }
 
 /// Whether this process ever stored a value (a `Stored` exists only where one was).
@@ -312,13 +333,18 @@ pub(crate) fn dedup(values: &mut Vec<Arc<Stored>>) {
 /// Records that the encoding under way names `stored`, if it is being collected.
 pub(super) fn note(stored: &Arc<Stored>) {
     COLLECTOR.with(|c| {
-        if let Some(named) = c.borrow_mut().as_mut() {
-            // Many tasks of a chunk name one value: a repeat of the last costs nothing.
-            if named.last().is_some_and(|last| Arc::ptr_eq(last, stored)) {
-                return;
-            }
-            named.push(Arc::clone(stored));
-            named.extend(stored.inner.iter().cloned());
+        if !c.active.get() {
+            return;
         }
+        let at = address(stored);
+        if c.last.get() == at {
+            return;
+        }
+        let mut named = c.named.borrow_mut();
+        // The values it names first, so that it ends the sink: the next task that names it
+        // finds it last.
+        named.extend(stored.inner.iter().cloned());
+        named.push(Arc::clone(stored));
+        c.last.set(at);
     });
 }

@@ -484,6 +484,100 @@ fn collect_names_each_value_once_and_keeps_it_alive() {
     assert!(named.is_empty());
 }
 
+/// Encodes `value` into a collection to `sink`.
+fn name_into<T: Serialize + 'static>(sink: &mut Vec<Arc<Stored>>, value: &T) {
+    let mut out = Vec::new();
+    collect_into(sink, || encode_into(value, &mut out)).unwrap();
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "Miri cannot make a memfd")]
+fn a_chunk_keeps_one_arc_of_a_value_its_tasks_all_name() {
+    let (store, released) = store();
+    let text = store.share_bytes(vec![1, 2, 3]).unwrap();
+    let base = Arc::strong_count(text.stored().unwrap());
+    let mut sink = Vec::new();
+    for i in 0..1000u32 {
+        name_into(&mut sink, &(text.clone(), i));
+    }
+    assert_eq!(sink.len(), 1);
+    assert_eq!(Arc::strong_count(text.stored().unwrap()), base + 1);
+
+    // A value that names others: it, and they, once.
+    let inner = store.share(model(2)).unwrap();
+    let outer = store
+        .share(Outer {
+            inner: inner.clone(),
+            text: text.clone(),
+            x: 1,
+        })
+        .unwrap();
+    sink.clear();
+    for _ in 0..100 {
+        name_into(&mut sink, &outer);
+    }
+    let ids: Vec<u64> = sink.iter().map(|s| s.id()).collect();
+    let (i, t, o) = (
+        inner.reference().id,
+        text.reference().id,
+        outer.reference().id,
+    );
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    assert_eq!(ids.last(), Some(&o), "{ids:?}");
+    assert!(ids.contains(&i) && ids.contains(&t), "{ids:?}");
+
+    // Values in turn are each kept where they change, and `dedup` leaves one of each.
+    sink.clear();
+    for k in 0..10 {
+        if k % 2 == 0 {
+            name_into(&mut sink, &text);
+        } else {
+            name_into(&mut sink, &inner);
+        }
+    }
+    assert_eq!(sink.len(), 10);
+    dedup(&mut sink);
+    assert_eq!(sink.len(), 2);
+    // Named again after another value, the value the sink ended with is added again.
+    sink.clear();
+    name_into(&mut sink, &text);
+    name_into(&mut sink, &(inner.clone(), text.clone()));
+    assert_eq!(sink.len(), 3);
+
+    // A collection inside another names its values to its own sink only, and the outer one
+    // still knows what it named last.
+    sink.clear();
+    name_into(&mut sink, &text);
+    let mut out = Vec::new();
+    collect_into(&mut sink, || {
+        encode_into(&text, &mut out)?;
+        let mut nested = Vec::new();
+        name_into(&mut nested, &(inner.clone(), text.clone()));
+        assert_eq!(nested.len(), 2);
+        encode_into(&text, &mut out)
+    })
+    .unwrap();
+    assert_eq!(sink.len(), 1);
+
+    // A panic keeps what was named before it, and leaves no collection active.
+    sink.clear();
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        collect_into(&mut sink, || {
+            encode(&text);
+            panic!("in encode")
+        })
+    }));
+    assert!(caught.is_err());
+    assert_eq!(sink.len(), 1);
+    encode(&inner);
+    let ((), named) = collect(|| ());
+    assert!(named.is_empty());
+
+    drop((sink, text, inner, outer));
+    let released = released.lock().unwrap().len();
+    assert_eq!(released, 3, "nothing is kept beyond its holders");
+}
+
 #[test]
 #[cfg_attr(miri, ignore = "Miri cannot make a memfd")]
 fn a_host_agent_stores_what_it_receives_in_pieces_for_its_workers() {
