@@ -51,16 +51,25 @@ impl ChunkEncoder {
     /// returned to be sent. A task that fits in no frame, or cannot be encoded, is an error,
     /// and the chunk is unchanged.
     pub(crate) fn push<F: Entry>(&mut self, args: &F::Args) -> Result<Option<ChunkEncoder>> {
+        self.push_with(F::NAME, |out| crate::entry::encode_into(args, out))
+    }
+
+    /// [`push`](Self::push) of a task that `encode` appends, for entry `entry`.
+    #[inline]
+    fn push_with(
+        &mut self,
+        entry: &str,
+        encode: impl FnOnce(&mut Vec<u8>) -> std::result::Result<(), String>,
+    ) -> Result<Option<ChunkEncoder>> {
         let at = self.frame.len();
         let named_from = self.needs.len();
         let frame = &mut self.frame;
-        let encoded = crate::share::collect_into(&mut self.needs, || {
-            frame.block(|out| crate::entry::encode_into(args, out))
-        });
+        let (encoded, repeated) =
+            crate::share::collect_into(&mut self.needs, || frame.block(encode));
         if let Err(message) = encoded {
             self.needs.truncate(named_from);
             return Err(Error::Codec {
-                entry: F::NAME.to_string(),
+                entry: entry.to_string(),
                 action: "encode the arguments",
                 message,
             });
@@ -70,13 +79,18 @@ impl ChunkEncoder {
             self.count += 1;
             return Ok(None);
         }
-        let named = self.needs.split_off(named_from);
+        let mut named = self.needs.split_off(named_from);
+        if repeated {
+            // The task named the value these needs ended with, which was not added again:
+            // the chunk that takes the task needs it too.
+            named.extend(self.needs.last().cloned());
+        }
         let task = at..self.frame.len();
         let alone = 4 + TasksHeader::LEN + task.len();
         if alone - 4 > self.max {
             self.frame.truncate(at);
             return Err(Error::ArgumentsTooLarge {
-                entry: F::NAME.to_string(),
+                entry: entry.to_string(),
                 size: alone - 4,
                 limit: self.max,
             });
@@ -238,3 +252,6 @@ pub(crate) fn submit<F: Entry, S: Sink<F::Output>>(
     job.entry = entry;
     core.submit(job);
 }
+
+#[cfg(test)]
+mod tests;

@@ -246,6 +246,10 @@ struct Collector {
     /// the collection lasts, so no other value can have its address meanwhile. Many tasks of
     /// a chunk name one value: noting it again costs one comparison.
     last: Cell<usize>,
+    /// The address of the value that the sink of the collection under way ended with when it
+    /// began (0 if none), and whether the collection named it again (see [`collect_into`]).
+    sink_last: Cell<usize>,
+    repeated: Cell<bool>,
     /// What the collections under way named, the innermost's last.
     named: RefCell<Vec<Arc<Stored>>>,
 }
@@ -255,6 +259,8 @@ thread_local! {
         Collector {
             active: Cell::new(false),
             last: Cell::new(0),
+            sink_last: Cell::new(0),
+            repeated: Cell::new(false),
             named: RefCell::new(Vec::new()),
         }
     };
@@ -266,7 +272,7 @@ thread_local! {
 /// Nested calls collect separately.
 pub(crate) fn collect<R>(encode: impl FnOnce() -> R) -> (R, Vec<Arc<Stored>>) {
     let mut named = Vec::new();
-    let result = collect_into(&mut named, encode);
+    let (result, _) = collect_into(&mut named, encode);
     named.sort_by_key(|s| (s.token(), s.id()));
     named.dedup_by_key(|s| (s.token(), s.id()));
     (result, named)
@@ -276,11 +282,18 @@ pub(crate) fn collect<R>(encode: impl FnOnce() -> R) -> (R, Vec<Arc<Stored>>) {
 /// in the order named, a value named again right after itself once: what a job's encoder
 /// keeps for all its tasks without a vector per task (see [`dedup`]). Nested calls collect
 /// separately.
-pub(crate) fn collect_into<R>(sink: &mut Vec<Arc<Stored>>, encode: impl FnOnce() -> R) -> R {
+///
+/// So a value that the sink ends with is not added again. Whether `encode` named it comes
+/// back with its result: a caller that moves what this encoding named to another sink (a
+/// task that does not fit its chunk starts the next one) must take that value along.
+pub(crate) fn collect_into<R>(
+    sink: &mut Vec<Arc<Stored>>,
+    encode: impl FnOnce() -> R,
+) -> (R, bool) {
     if !ANY_STORED.load(Ordering::Relaxed) {
         // Nothing was ever shared in this process: no argument can name a value, and a tiny
         // task's encoding pays nothing for the collector.
-        return encode();
+        return (encode(), false);
     }
     /// Moves what the collection named into the sink and puts back the outer collection's
     /// state, also when `encode` panics.
@@ -291,9 +304,16 @@ pub(crate) fn collect_into<R>(sink: &mut Vec<Arc<Stored>>, encode: impl FnOnce()
         /// The outer collection's state.
         active: bool,
         last: usize,
+        sink_last: usize,
+        repeated: bool,
+        ended: bool,
     }
-    impl Drop for Restore<'_> {
-        fn drop(&mut self) {
+    impl Restore<'_> {
+        /// Ends the collection, once: whether it named the value its sink ended with.
+        fn end(&mut self) -> bool {
+            if std::mem::replace(&mut self.ended, true) {
+                return false;
+            }
             COLLECTOR.with(|c| {
                 let mut named = c.named.borrow_mut();
                 if named.len() > self.from {
@@ -301,17 +321,28 @@ pub(crate) fn collect_into<R>(sink: &mut Vec<Arc<Stored>>, encode: impl FnOnce()
                 }
                 c.active.set(self.active);
                 c.last.set(self.last);
-            });
+                c.sink_last.set(self.sink_last);
+                c.repeated.replace(self.repeated)
+            })
+        }
+    }
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            self.end();
         }
     }
     let last = sink.last().map_or(0, address);
-    let _restore = COLLECTOR.with(|c| Restore {
+    let mut restore = COLLECTOR.with(|c| Restore {
         from: c.named.borrow().len(),
         active: c.active.replace(true),
         last: c.last.replace(last),
+        sink_last: c.sink_last.replace(last),
+        repeated: c.repeated.replace(false),
+        ended: false,
         sink,
     });
-    encode()
+    let result = encode();
+    (result, restore.end())
 }
 
 /// What [`Collector::last`] compares.
@@ -338,6 +369,9 @@ pub(super) fn note(stored: &Arc<Stored>) {
         }
         let at = address(stored);
         if c.last.get() == at {
+            if at == c.sink_last.get() {
+                c.repeated.set(true);
+            }
             return;
         }
         let mut named = c.named.borrow_mut();

@@ -484,10 +484,13 @@ fn collect_names_each_value_once_and_keeps_it_alive() {
     assert!(named.is_empty());
 }
 
-/// Encodes `value` into a collection to `sink`.
-fn name_into<T: Serialize + 'static>(sink: &mut Vec<Arc<Stored>>, value: &T) {
+/// Encodes `value` into a collection to `sink`: whether it named the value the sink ended
+/// with (which it does not add again).
+fn name_into<T: Serialize + 'static>(sink: &mut Vec<Arc<Stored>>, value: &T) -> bool {
     let mut out = Vec::new();
-    collect_into(sink, || encode_into(value, &mut out)).unwrap();
+    let (encoded, repeated) = collect_into(sink, || encode_into(value, &mut out));
+    encoded.unwrap();
+    repeated
 }
 
 #[test]
@@ -497,11 +500,13 @@ fn a_chunk_keeps_one_arc_of_a_value_its_tasks_all_name() {
     let text = store.share_bytes(vec![1, 2, 3]).unwrap();
     let base = Arc::strong_count(text.stored().unwrap());
     let mut sink = Vec::new();
-    for i in 0..1000u32 {
-        name_into(&mut sink, &(text.clone(), i));
+    assert!(!name_into(&mut sink, &(text.clone(), 0u32)), "a first");
+    for i in 1..1000u32 {
+        assert!(name_into(&mut sink, &(text.clone(), i)), "a repeat");
     }
     assert_eq!(sink.len(), 1);
     assert_eq!(Arc::strong_count(text.stored().unwrap()), base + 1);
+    assert!(!name_into(&mut sink, &7u32), "not named");
 
     // A value that names others: it, and they, once.
     let inner = store.share(model(2)).unwrap();
@@ -529,11 +534,12 @@ fn a_chunk_keeps_one_arc_of_a_value_its_tasks_all_name() {
     // Values in turn are each kept where they change, and `dedup` leaves one of each.
     sink.clear();
     for k in 0..10 {
-        if k % 2 == 0 {
-            name_into(&mut sink, &text);
+        let repeated = if k % 2 == 0 {
+            name_into(&mut sink, &text)
         } else {
-            name_into(&mut sink, &inner);
-        }
+            name_into(&mut sink, &inner)
+        };
+        assert!(!repeated);
     }
     assert_eq!(sink.len(), 10);
     dedup(&mut sink);
@@ -541,7 +547,7 @@ fn a_chunk_keeps_one_arc_of_a_value_its_tasks_all_name() {
     // Named again after another value, the value the sink ended with is added again.
     sink.clear();
     name_into(&mut sink, &text);
-    name_into(&mut sink, &(inner.clone(), text.clone()));
+    assert!(!name_into(&mut sink, &(inner.clone(), text.clone())));
     assert_eq!(sink.len(), 3);
 
     // A collection inside another names its values to its own sink only, and the outer one
@@ -549,14 +555,15 @@ fn a_chunk_keeps_one_arc_of_a_value_its_tasks_all_name() {
     sink.clear();
     name_into(&mut sink, &text);
     let mut out = Vec::new();
-    collect_into(&mut sink, || {
+    let (encoded, repeated) = collect_into(&mut sink, || {
         encode_into(&text, &mut out)?;
         let mut nested = Vec::new();
-        name_into(&mut nested, &(inner.clone(), text.clone()));
+        assert!(!name_into(&mut nested, &(inner.clone(), text.clone())));
         assert_eq!(nested.len(), 2);
         encode_into(&text, &mut out)
-    })
-    .unwrap();
+    });
+    encoded.unwrap();
+    assert!(repeated);
     assert_eq!(sink.len(), 1);
 
     // A panic keeps what was named before it, and leaves no collection active.
