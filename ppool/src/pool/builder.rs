@@ -456,7 +456,7 @@ impl<F: Entry> Builder<F> {
         what: &str,
     ) -> (Result<Vec<u8>>, Vec<Arc<Stored>>) {
         let mut values = Vec::new();
-        let encoded = crate::share::collect_into(&mut values, || encode_args::<E>(args));
+        let (encoded, _) = crate::share::collect_into(&mut values, || encode_args::<E>(args));
         crate::share::dedup(&mut values);
         let token = self.store.token();
         if let Some(foreign) = values.iter().find(|v| v.token() != token) {
