@@ -44,7 +44,9 @@ use crate::shm::{Header, Sealed};
 /// `pool.share(value)` encodes the value once, into memory that every worker of the host
 /// maps read-only (a remote host receives the bytes at most once). A `Shared<T>` is a small
 /// handle: cloning it is cheap (an `Arc`), and in a task's arguments (alone, in a tuple, in a
-/// struct of yours) it travels as a reference of a few bytes, never as the value.
+/// struct of yours) it travels as a reference of a few bytes, never as the value. To give one
+/// to an initializer, share it with the builder first
+/// ([`Builder::share`](crate::Builder::share)).
 ///
 /// In a worker, it dereferences to the value, decoded the first time a task of that worker
 /// receives it and kept for the next ones. In the program that shared it, it dereferences to
@@ -175,7 +177,9 @@ where
 /// maps read-only (a remote host receives them at most once). A `SharedBytes` dereferences
 /// to `&[u8]` straight into that mapping, in the workers and in the program that shared it
 /// alike: the bytes are never copied again, and no process can change them. Cloning it is
-/// cheap (an `Arc`); in a task's arguments it travels as a reference of a few bytes.
+/// cheap (an `Arc`); in a task's arguments it travels as a reference of a few bytes. To give
+/// one to an initializer, share it with the builder first
+/// ([`Builder::share_bytes`](crate::Builder::share_bytes)).
 ///
 /// Dropping the last clone in the program that shared it frees the bytes on every host, once
 /// the tasks that use them have finished.
