@@ -98,10 +98,10 @@ impl Killer {
                 if !live.contains(&pid) {
                     continue;
                 }
-                if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
-                    if rustix::process::kill_process(p, rustix::process::Signal::KILL).is_ok() {
-                        k.fetch_add(1, Ordering::Relaxed);
-                    }
+                if let Some(p) = rustix::process::Pid::from_raw(pid as i32)
+                    && rustix::process::kill_process(p, rustix::process::Signal::KILL).is_ok()
+                {
+                    k.fetch_add(1, Ordering::Relaxed);
                 }
             }
         });

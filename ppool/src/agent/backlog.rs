@@ -300,17 +300,16 @@ mod tests {
                 written += 1;
             }
             // The worker reads a job now and then, and answers it.
-            if rand(3) == 0 || !pending.is_empty() {
-                if let Some(kind) = asm
+            if (rand(3) == 0 || !pending.is_empty())
+                && let Some(kind) = asm
                     .pop(&mut worker.jobs, &mut frame, &mut outcome)
                     .expect("pop")
-                {
-                    assert_eq!(kind, shm::ITEM_FRAME);
-                    worker.jobs.publish_head();
-                    let done = job_of(&frame).expect("a job");
-                    frame.clear();
-                    backlog.job_read(done);
-                }
+            {
+                assert_eq!(kind, shm::ITEM_FRAME);
+                worker.jobs.publish_head();
+                let done = job_of(&frame).expect("a job");
+                frame.clear();
+                backlog.job_read(done);
             }
         }
         assert!(written > 1000, "only {written} jobs were written");

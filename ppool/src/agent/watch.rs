@@ -27,13 +27,12 @@ pub(super) fn spawn_pinger(out: Out, host_timeout: Duration) {
                 std::thread::sleep(every);
                 nonce += 1;
                 let ping = Control::Ping(nonce).encode();
-                if let Ok(mut out) = out.try_lock() {
-                    if mux::write_message(&mut *out, CONTROL, &ping)
+                if let Ok(mut out) = out.try_lock()
+                    && mux::write_message(&mut *out, CONTROL, &ping)
                         .and_then(|()| out.flush())
                         .is_err()
-                    {
-                        return;
-                    }
+                {
+                    return;
                 }
             }
         });

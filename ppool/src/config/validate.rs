@@ -404,20 +404,20 @@ impl Config {
         if self.cpu_affinity.is_empty() || (!self.remotes.is_empty() && !self.n_jobs_set) {
             return Ok(());
         }
-        if let Some(allowed) = world.allowed_cpus() {
-            if let Some(&cpu) = self.cpu_affinity.iter().find(|&&c| !allowed.is_set(c)) {
-                let usable: Vec<String> = (0..CpuSet::MAX_CPU)
-                    .filter(|&c| allowed.is_set(c))
-                    .map(|c| c.to_string())
-                    .collect();
-                return Err(Error::config(
-                    "cpu_affinity",
-                    format!(
-                        "CPU {cpu} is not one this process may run on (it may use CPUs {})",
-                        usable.join(", ")
-                    ),
-                ));
-            }
+        if let Some(allowed) = world.allowed_cpus()
+            && let Some(&cpu) = self.cpu_affinity.iter().find(|&&c| !allowed.is_set(c))
+        {
+            let usable: Vec<String> = (0..CpuSet::MAX_CPU)
+                .filter(|&c| allowed.is_set(c))
+                .map(|c| c.to_string())
+                .collect();
+            return Err(Error::config(
+                "cpu_affinity",
+                format!(
+                    "CPU {cpu} is not one this process may run on (it may use CPUs {})",
+                    usable.join(", ")
+                ),
+            ));
         }
         Ok(())
     }

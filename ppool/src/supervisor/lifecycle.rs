@@ -343,10 +343,9 @@ fn await_exit(
             && link
                 .wait_readable(Duration::ZERO, left(limit))
                 .unwrap_or(false)
+            && let Ok(Ok(body)) = link.recv().map(|incoming| incoming.frame())
         {
-            if let Ok(Ok(body)) = link.recv().map(|incoming| incoming.frame()) {
-                exited = Some(body.to_vec());
-            }
+            exited = Some(body.to_vec());
         }
         let grace = hook.map_or(RETIRE_GRACE, |h| h.saturating_add(RETIRE_GRACE));
         if peer.wait_exit(left(grace).unwrap_or(RETIRE_GRACE)) {

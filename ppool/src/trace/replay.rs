@@ -147,10 +147,10 @@ fn with_values<R>(
         }
     }
     let more = more.join(" ");
-    if !more.is_empty() {
-        if let Some(field) = set.field("ppool.more_fields") {
-            known.push((field, Shown::text(&more)));
-        }
+    if !more.is_empty()
+        && let Some(field) = set.field("ppool.more_fields")
+    {
+        known.push((field, Shown::text(&more)));
     }
     let errors: Vec<Option<&(dyn std::error::Error + 'static)>> = known
         .iter()
