@@ -746,3 +746,51 @@ fn an_initializer_takes_a_shared_value_in_debug_mode() {
     assert_eq!(read.map(|(sum, _)| sum), Some((0..100).sum()));
     pool.join().expect("join");
 }
+
+#[test]
+fn a_host_that_cannot_store_an_initializers_value_fails_the_build_or_is_left_out() {
+    let _deadline = ppool_tests::deadline();
+    // Files of at most 8 MiB on the first host: the value (a memfd is a file) does not fit.
+    let small = |tag: &str| {
+        let mut prefix = vec![
+            "sh".to_string(),
+            "-c".into(),
+            "ulimit -f 8192 && exec \"$0\" \"$@\"".into(),
+        ];
+        prefix.splice(0..0, ppool_tests::tagged_prefix(TAG, tag));
+        prefix
+    };
+    let value = vec![3u8; 16 << 20];
+    // Without `min_workers`, the build fails, naming the host and why.
+    let builder = ProcessPool::<kept_bytes>::builder();
+    let bytes = builder.share_bytes(value.clone()).expect("shared");
+    let e = builder
+        .remote(Remote::command(small("init-small")).workers(1))
+        .remote(Remote::command(ppool_tests::tagged_prefix(TAG, "init-roomy")).workers(1))
+        .initializer::<keep_bytes>(bytes)
+        .build()
+        .expect_err("a host cannot store the initializer's value");
+    let text = e.to_string();
+    assert!(matches!(e, Error::Spawn { .. }), "{e:?}");
+    assert!(text.contains("could not store"), "{text}");
+    // With `min_workers(1)`, the pool starts with the host that could, and says why the other
+    // is missing.
+    let builder = ProcessPool::<kept_bytes>::builder();
+    let bytes = builder.share_bytes(value).expect("shared");
+    let pool = builder
+        .remote(Remote::command(small("init-small2")).workers(1))
+        .remote(Remote::command(ppool_tests::tagged_prefix(TAG, "init-roomy2")).workers(1))
+        .min_workers(1)
+        .initializer::<keep_bytes>(bytes)
+        .build()
+        .expect("the roomy host's worker is enough");
+    let (_, kept) = pool.call(false).expect("a task on the roomy host");
+    let (len, sum, _) = kept.expect("its initializer kept the bytes");
+    assert_eq!((len, sum), (16 << 20, 3 * (16 << 20)));
+    let hosts = pool.insights().hosts;
+    let failed: Vec<_> = hosts.iter().filter(|h| h.error.is_some()).collect();
+    assert_eq!(failed.len(), 1, "{hosts:?}");
+    let why = failed[0].error.as_deref().unwrap_or_default();
+    assert!(why.contains("could not store"), "{why}");
+    pool.join().expect("join");
+}
