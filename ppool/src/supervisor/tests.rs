@@ -8,6 +8,10 @@
 //! when it dies mid-job the supervisor sees which tasks finished and which one was running.
 //! The script counts how often each task ran.
 //!
+//! A script may also make its workers evented, as remote ones are: their answers then reach
+//! the pool through a sink, on a thread of the fake transport's own (a host's reader, in a
+//! real pool), and a worker's end is reported there too.
+//!
 //! The pure rules are tested on their own at the end.
 
 use super::job::{Deliver, Job, Sent, Split};
@@ -20,7 +24,7 @@ use crate::protocol::{
 };
 use crate::supervisor::watchdog::Verdict;
 use crate::sync::lock;
-use crate::transport::{Incoming, Launch, Link, Peer, Started, Worker};
+use crate::transport::{Incoming, Launch, Link, Peer, Sink, Started, Worker};
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -39,12 +43,18 @@ struct Script {
     peers: Mutex<Vec<Arc<FakePeer>>>,
     /// How many times each task started, by its arguments.
     runs: Arc<Mutex<HashMap<String, u32>>>,
+    /// Its workers are evented (see the module's docs).
+    evented: bool,
 }
 
 #[derive(Debug)]
 struct FakeLaunch(Arc<Script>);
 
 impl Launch for FakeLaunch {
+    fn is_local(&self, _index: usize) -> bool {
+        !self.0.evented
+    }
+
     fn start(&self, _index: usize, greeting: &[u8]) -> Result<Worker, Error> {
         let n = self.0.started.fetch_add(1, Ordering::SeqCst);
         let peer = Arc::new(FakePeer {
@@ -53,6 +63,7 @@ impl Launch for FakeLaunch {
             changed: Condvar::new(),
             rss: AtomicU64::new(0),
             idle_death: AtomicBool::new(false),
+            on_death: Mutex::new(None),
         });
         lock(&self.0.peers).push(Arc::clone(&peer));
         let mut link = FakeLink {
@@ -61,6 +72,8 @@ impl Launch for FakeLaunch {
             progress: (u64::MAX, 0),
             runs: Arc::clone(&self.0.runs),
             body: Vec::new(),
+            evented: self.0.evented,
+            events: None,
         };
         link.send(&[greeting])
             .map_err(|e| Error::spawn(e.to_string()))?;
@@ -80,14 +93,27 @@ struct FakePeer {
     rss: AtomicU64,
     /// Killed from outside while idle: the next frame sent is never read.
     idle_death: AtomicBool,
+    /// An evented worker's transport thread, told of its end.
+    on_death: Mutex<Option<mpsc::Sender<Event>>>,
+}
+
+/// What an evented fake's transport thread hands to the sink, in order.
+#[derive(Debug)]
+enum Event {
+    Body(Vec<u8>),
+    End,
 }
 
 impl FakePeer {
     fn die(&self, cause: ExitCause) {
         let mut dead = lock(&self.dead);
+        let first = dead.is_none();
         dead.get_or_insert(cause);
         drop(dead);
         self.changed.notify_all();
+        if first && let Some(tx) = lock(&self.on_death).as_ref() {
+            let _ = tx.send(Event::End);
+        }
     }
 
     fn is_dead(&self) -> bool {
@@ -134,9 +160,24 @@ struct FakeLink {
     progress: (u64, u32),
     runs: Arc<Mutex<HashMap<String, u32>>>,
     body: Vec<u8>,
+    /// It may deliver to a sink.
+    evented: bool,
+    /// Once it does: where its answers go, for its transport thread to hand to the sink.
+    events: Option<mpsc::Sender<Event>>,
 }
 
 impl FakeLink {
+    /// An answer: for the sink, through the transport thread, once there is one; else kept
+    /// for `recv`.
+    fn emit(&mut self, body: Vec<u8>) {
+        match &self.events {
+            Some(tx) => {
+                let _ = tx.send(Event::Body(body));
+            }
+            None => self.answers.push_back(body),
+        }
+    }
+
     fn answer(&mut self, body: &[u8]) -> io::Result<()> {
         let mut out = FrameBuf::default();
         match body[0] {
@@ -167,7 +208,7 @@ impl FakeLink {
                             // Dies running this task: what finished before it was published.
                             if in_frame > 0 {
                                 ResultsHeader::run(tasks.job, in_frame).store(out.body_mut());
-                                self.answers.push_back(out.finish()[4..].to_vec());
+                                self.emit(out.finish()[4..].to_vec());
                             }
                             self.peer.die(ExitCause::Signal(6));
                             return Ok(());
@@ -182,7 +223,7 @@ impl FakeLink {
                             return Ok(());
                         }
                         b"garbage" => {
-                            self.answers.push_back(vec![kind::RESULTS, 1, 2, 3]);
+                            self.emit(vec![kind::RESULTS, 1, 2, 3]);
                             return Ok(());
                         }
                         // Stands for a bug of the supervisor's own: its thread panics.
@@ -197,7 +238,7 @@ impl FakeLink {
                     in_frame += 1;
                     if args == b"flush" {
                         ResultsHeader::run(tasks.job, in_frame).store(out.body_mut());
-                        self.answers.push_back(out.finish()[4..].to_vec());
+                        self.emit(out.finish()[4..].to_vec());
                         ResultsHeader::run(tasks.job, 0).start(&mut out);
                         in_frame = 0;
                     }
@@ -217,7 +258,7 @@ impl FakeLink {
             }
             _ => return Ok(()),
         }
-        self.answers.push_back(out.finish()[4..].to_vec());
+        self.emit(out.finish()[4..].to_vec());
         Ok(())
     }
 }
@@ -269,6 +310,39 @@ impl Link for FakeLink {
     }
 
     fn shrink_buffers(&mut self) {}
+
+    fn is_evented(&self) -> bool {
+        self.evented
+    }
+
+    fn deliver_to(&mut self, sink: Option<Arc<dyn Sink>>) -> bool {
+        let Some(sink) = sink.filter(|_| self.evented) else {
+            // Back to `recv` (to retire it): what is on its way to the old sink is dropped,
+            // which a retired (idle) worker never has.
+            self.events = None;
+            *lock(&self.peer.on_death) = None;
+            return self.evented;
+        };
+        let (tx, rx) = mpsc::channel::<Event>();
+        std::thread::spawn(move || {
+            for event in rx {
+                match event {
+                    Event::Body(body) => sink.arrived(Incoming::from_body(&body)),
+                    Event::End => {
+                        sink.arrived(Err(FrameError::Closed));
+                        return;
+                    }
+                }
+            }
+        });
+        let ready = self.answers.is_empty() && !self.peer.is_dead();
+        *lock(&self.peer.on_death) = Some(tx.clone());
+        if self.peer.is_dead() {
+            let _ = tx.send(Event::End);
+        }
+        self.events = Some(tx);
+        ready
+    }
 }
 
 /// What a job's handler received: each task's outcome, or the job's error.
@@ -336,7 +410,22 @@ fn settings(n_jobs: usize) -> Settings {
 }
 
 fn core(settings: Settings) -> (Core, Arc<Script>) {
-    let script = Arc::new(Script::default());
+    core_of(settings, Script::default())
+}
+
+/// A pool of evented fake workers, driven as remote ones are.
+fn core_evented(settings: Settings) -> (Core, Arc<Script>) {
+    core_of(
+        settings,
+        Script {
+            evented: true,
+            ..Script::default()
+        },
+    )
+}
+
+fn core_of(settings: Settings, script: Script) -> (Core, Arc<Script>) {
+    let script = Arc::new(script);
     let spec = WorkerSpec {
         pool: "fake".into(),
         entry: "fake::entry",
@@ -621,6 +710,54 @@ fn retries_run_a_task_again_until_the_budget_is_used_up() {
         crashed, 3,
         "the first run and 2 retries, each on a worker of its own"
     );
+}
+
+#[test]
+fn an_evented_worker_that_breaks_its_protocol_fails_its_job_alone_and_is_replaced() {
+    let (core, script) = core_evented(settings(1));
+    let (tx, rx) = mpsc::channel();
+    core.submit(job(&["a"], &tx));
+    assert_eq!(collect(&rx, 1)[0].1, Ok(vec!["a".to_string()]));
+    // Its answer is malformed: it is killed, and its job fails once its end is reported on
+    // the transport's thread, the very thread the malformed answer came on; nothing waits
+    // for the host's silence (30 s here) and nothing calls the worker lost.
+    core.submit(job(&["garbage"], &tx));
+    let got = collect(&rx, 1);
+    assert!(
+        matches!(got[0].1, Err(Error::Protocol { worker: 0, .. })),
+        "{got:?}"
+    );
+    core.submit(job(&["b"], &tx));
+    assert_eq!(collect(&rx, 1)[0].1, Ok(vec!["b".to_string()]));
+    assert_eq!(script.started.load(Ordering::SeqCst), 2, "replaced once");
+    assert!(lock(&script.peers)[0].is_dead());
+}
+
+#[test]
+fn an_evented_worker_that_crashes_mid_chunk_fails_the_culprit_alone_and_runs_the_rest_once() {
+    let (core, script) = core_evented(settings(1));
+    let (tx, rx) = mpsc::channel();
+    core.submit(job(&["a", "crash", "b"], &tx));
+    let got = collect(&rx, 3);
+    let by_name: Vec<(&str, bool)> = got
+        .iter()
+        .map(|(names, got)| (names[0].as_str(), got.is_ok()))
+        .collect();
+    assert_eq!(by_name, [("a", true), ("b", true), ("crash", false)]);
+    assert!(
+        matches!(
+            got[2].1,
+            Err(Error::WorkerDied {
+                cause: ExitCause::Signal(6),
+                ..
+            })
+        ),
+        "{got:?}"
+    );
+    let runs = lock(&script.runs).clone();
+    let once: HashMap<String, u32> = ["a", "crash", "b"].map(|t| (t.to_string(), 1)).into();
+    assert_eq!(runs, once, "no task ran twice");
+    assert_eq!(script.started.load(Ordering::SeqCst), 2, "replaced once");
 }
 
 #[test]
