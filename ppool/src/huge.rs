@@ -11,7 +11,10 @@
 //! Only buffers of at least [`HUGE_MIN`] bytes are advised, once, when they are allocated
 //! or grow; smaller ones stay as the allocator made them. Where transparent huge pages are
 //! off (`/sys/kernel/mm/transparent_hugepage/enabled` is `never`), or the kernel refuses the
-//! advice, nothing changes but the one system call, whose result is ignored.
+//! advice, nothing changes but the one system call, whose result is ignored. Where memory is
+//! fragmented, the kernel may compact it before it hands out a huge page (with `defrag` at
+//! its default, `madvise`): a program that would rather not wait for that sets
+//! `PPOOL_HUGE_PAGES=0` ([`ENV`]), which its workers inherit.
 //!
 //! # Safety
 //!
@@ -30,6 +33,23 @@
 
 /// The smallest buffer advised to use huge pages.
 pub(crate) const HUGE_MIN: usize = 4 << 20;
+
+/// The environment variable that turns the advice off: `0`, `off`, `no` or `false`.
+pub(crate) const ENV: &str = "PPOOL_HUGE_PAGES";
+
+/// Whether the advice is given, for the value of [`ENV`].
+fn enabled_by(value: Option<&str>) -> bool {
+    !matches!(
+        value.map(|v| v.trim().to_ascii_lowercase()).as_deref(),
+        Some("0" | "off" | "no" | "false")
+    )
+}
+
+/// Whether the advice is given in this process (read once).
+fn enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| enabled_by(std::env::var(ENV).ok().as_deref()))
+}
 
 /// The huge page size the advice aims at (x86-64 and aarch64 with 4 KiB pages).
 const HUGE_PAGE: usize = 2 << 20;
@@ -65,7 +85,7 @@ fn huge_pages_within(start: usize, len: usize) -> (usize, usize) {
 
 /// Advises that the whole huge pages within `buf`'s allocation be backed by huge pages.
 fn advise(buf: &mut Vec<u8>) {
-    if buf.capacity() < HUGE_MIN || cfg!(miri) {
+    if buf.capacity() < HUGE_MIN || cfg!(miri) || !enabled() {
         return;
     }
     let (first, len) = huge_pages_within(buf.as_mut_ptr() as usize, buf.capacity());
@@ -111,6 +131,16 @@ mod tests {
         assert!(buf[..100].iter().all(|&b| b == 7) && buf[100..].iter().all(|&b| b == 9));
         let fresh = with_capacity(big);
         assert!(fresh.is_empty() && fresh.capacity() >= big);
+    }
+
+    #[test]
+    fn the_advice_is_off_only_when_asked() {
+        for off in ["0", "off", "OFF", " no ", "false"] {
+            assert!(!enabled_by(Some(off)), "{off:?}");
+        }
+        for on in [None, Some("1"), Some("on"), Some(""), Some("yes")] {
+            assert!(enabled_by(on), "{on:?}");
+        }
     }
 
     #[test]
