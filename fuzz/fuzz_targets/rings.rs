@@ -20,6 +20,11 @@ mod shm;
 #[rustfmt::skip]
 #[path = "../../ppool/src/sync.rs"]
 mod sync;
+// Large buffers in huge pages, which `shm` asks for when it makes room for a large item.
+#[allow(dead_code, unreachable_pub)]
+#[rustfmt::skip]
+#[path = "../../ppool/src/huge.rs"]
+mod huge;
 // What `shm::sealed` (a shared value's memfd) uses of the shared-inputs module.
 #[allow(dead_code, unreachable_pub)]
 #[rustfmt::skip]
