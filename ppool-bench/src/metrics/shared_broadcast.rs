@@ -641,17 +641,7 @@ fn measure(
         .iter()
         .map(|&a| procs::bytes_read(a).unwrap_or(0))
         .collect();
-    fs::write(dir.join(RELEASE), "")?;
-    let mut pids = HashSet::new();
-    let mut last = start;
-    for task in tasks {
-        let (pid, at, sum) = task.wait()??;
-        if sum != expected {
-            return Err("a worker read other bytes".into());
-        }
-        pids.insert(pid);
-        last = last.max(at);
-    }
+    let (pids, last) = release(dir, tasks, start, expected)?;
     if pids.len() != n {
         return Err(format!(
             "{n} tasks ran on {} workers (one each expected; {} answered hello)",
@@ -704,6 +694,28 @@ fn measure(
     Ok(values)
 }
 
+/// Lets the waiting readers go, and checks what each read: the pids of the workers that
+/// ran them, and when the last had read the value (`start` if none did).
+fn release(
+    dir: &Path,
+    tasks: Vec<Task<Read>>,
+    start: u64,
+    expected: u64,
+) -> BenchResult<(HashSet<u32>, u64)> {
+    fs::write(dir.join(RELEASE), "")?;
+    let mut pids = HashSet::new();
+    let mut last = start;
+    for task in tasks {
+        let (pid, at, sum) = task.wait()??;
+        if sum != expected {
+            return Err("a worker read other bytes".into());
+        }
+        pids.insert(pid);
+        last = last.max(at);
+    }
+    Ok((pids, last))
+}
+
 /// A builder of the pool of `layout`, its processes marked with `tag`.
 fn builder<E: Entry>(layout: Layout, tag: &str) -> Builder<E> {
     let builder = ProcessPool::<E>::builder().name("bench-shared");
@@ -749,17 +761,7 @@ fn measure_init(
         }
         thread::sleep(Duration::from_millis(2));
     }
-    fs::write(dir.join(RELEASE), "")?;
-    let mut pids = HashSet::new();
-    let mut last = start;
-    for task in tasks {
-        let (pid, at, sum) = task.wait()??;
-        if sum != expected {
-            return Err("a worker read other bytes".into());
-        }
-        pids.insert(pid);
-        last = last.max(at);
-    }
+    let (pids, last) = release(dir, tasks, start, expected)?;
     if pids.len() != n {
         return Err(format!("{n} tasks ran on {} workers", pids.len()).into());
     }
