@@ -128,8 +128,7 @@ impl postcard::ser_flavors::Flavor for VecFlavor<'_> {
 
     #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        crate::huge::reserve(self.0, data.len());
-        self.0.extend_from_slice(data);
+        crate::huge::extend(self.0, data);
         Ok(())
     }
 

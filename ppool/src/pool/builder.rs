@@ -455,9 +455,7 @@ impl<F: Entry> Builder<F> {
         args: &E::Args,
         what: &str,
     ) -> (Result<Vec<u8>>, Vec<Arc<Stored>>) {
-        let mut values = Vec::new();
-        let (encoded, _) = crate::share::collect_into(&mut values, || encode_args::<E>(args));
-        crate::share::dedup(&mut values);
+        let (encoded, values) = crate::share::collect(|| encode_args::<E>(args));
         let token = self.store.token();
         if let Some(foreign) = values.iter().find(|v| v.token() != token) {
             let error = Error::Share {

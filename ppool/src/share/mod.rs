@@ -45,9 +45,7 @@ pub(crate) use reference::Reference;
 #[cfg(test)]
 pub(crate) use resolve::forget;
 pub(crate) use resolve::{Resolver, install, scoped, sweep};
-#[cfg(test)]
-pub(crate) use store::collect;
-pub(crate) use store::{ReleaseHook, ShareError, Store, Stored, collect_into, dedup};
+pub(crate) use store::{ReleaseHook, ShareError, Store, Stored, collect, collect_into, dedup};
 
 #[cfg(test)]
 mod tests;
